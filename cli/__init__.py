@@ -1,0 +1,1 @@
+"""The `oai` command line: thin Typer commands over the Python API."""

@@ -1,0 +1,40 @@
+"""``oai db``: manage the cohort database's schema by hand."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import emit_json, handles_errors, out_console, state
+from oaicohort.db import open_database, resolve_url, table_names
+from oaicohort.migrate import current_revision, head_revision, upgrade
+
+db_app = typer.Typer(help="Manage the cohort database schema (migrations run automatically on open).")
+
+
+@db_app.command("upgrade")
+@handles_errors
+def upgrade_command(ctx: typer.Context, revision: str = typer.Argument("head")) -> None:
+    """Apply pending migrations up to REVISION (default: head)."""
+    db = open_database(state(ctx).db, migrate=False)
+    upgrade(db.engine, revision)
+    out_console.print(f"{resolve_url(state(ctx).db)}: at revision {current_revision(db.engine)}")
+
+
+@db_app.command("current")
+@handles_errors
+def current_command(
+    ctx: typer.Context, json_out: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """Show the database's schema revision and the newest one this toolkit knows."""
+    db = open_database(state(ctx).db, migrate=False)
+    info = {
+        "url": db.engine.url.render_as_string(hide_password=True),
+        "current": current_revision(db.engine),
+        "head": head_revision(),
+        "tables": [t for t in table_names(db.engine) if t != "alembic_version"],
+    }
+    if json_out:
+        emit_json(info)
+        return
+    up = "up to date" if info["current"] == info["head"] else "migrations pending"
+    out_console.print(f"{info['url']}: revision {info['current']} (head {info['head']}, {up})")

@@ -1,0 +1,47 @@
+"""Root of the ``oai`` command line. Each command lives in its own module under ``cli/``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli.common import CliState, configure_logging
+from cli.db import db_app
+
+app = typer.Typer(
+    name="oai",
+    help="Knee OA progression research on the Osteoarthritis Initiative cohort.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # no participant data in tracebacks
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: Optional[str] = typer.Option(
+        None,
+        "--db",
+        envvar="OAI_DB",
+        help="Cohort database: a file path (SQLite, default ./oai.sqlite) or a SQLAlchemy URL.",
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv: debug)."),
+) -> None:
+    ctx.obj = CliState(db=db, verbose=verbose)
+    configure_logging(verbose)
+
+
+app.add_typer(db_app, name="db")
+
+# Commands are registered below, one module each (keep this list in data-flow order).
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Alembic migrations applied programmatically (on open, or by ``oai db upgrade``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+import migrations
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision``; a no-op (one cheap query) when already there."""
+    if revision == "head" and current_revision(engine) == head_revision():
+        return
+    cfg = alembic_config(engine)
+    with engine.connect() as conn:
+        # a write transaction: on SQLite two processes opening a new database serialise here
+        conn.info["write"] = True
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        finally:
+            conn.info.pop("write", None)
+    log.info("database migrated to %s", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    cfg = alembic_config(engine)
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+        finally:
+            conn.info.pop("write", None)
