@@ -1,0 +1,1 @@
+"""Model layer of the `oai` toolkit: networks (``oaimodels.networks``), data, training, evaluation."""

@@ -1,0 +1,79 @@
+"""Small helpers shared by the model families."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+Shape = tuple[int, ...]
+
+
+def take_view(x: Mapping[str, torch.Tensor], view: str, ndim: int) -> torch.Tensor:
+    """``x[view]`` with a clear error when the view is missing or has the wrong rank."""
+    if not isinstance(x, Mapping):
+        raise TypeError(f"models take a dict {{view: tensor}}, got {type(x).__name__}")
+    if view not in x:
+        raise KeyError(f"input has no {view!r} view (got {sorted(x)})")
+    t = x[view]
+    if t.dim() != ndim:
+        raise ValueError(f"view {view!r}: expected a {ndim}-d tensor, got shape {tuple(t.shape)}")
+    return t
+
+
+def resolve_shapes(
+    defaults: Mapping[str, Shape],
+    given: Mapping[str, Sequence[int]] | None,
+    views: Sequence[str],
+) -> dict[str, Shape]:
+    """Per-view sample shapes for ``views``: ``given`` where present, else the paper defaults."""
+    given = dict(given or {})
+    unknown = set(given) - set(views)
+    if unknown:
+        raise ValueError(f"input_shapes for views this model does not read: {sorted(unknown)}")
+    return {v: tuple(int(n) for n in given.get(v, defaults[v])) for v in views}
+
+
+def require_scratch(init: str, model: str) -> None:
+    """Volumetric models have no ImageNet encoder; anything but ``scratch`` is a mistake."""
+    if init != "scratch":
+        raise ValueError(f"{model} has no 2D ImageNet encoder; init must be 'scratch', got {init!r}")
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Convert 4-d parameters to ``channels_last`` and 5-d ones to ``channels_last_3d``.
+
+    ``Module.to(memory_format=torch.channels_last)`` raises on the 5-d weights of 3D convs, so
+    one call that handles both kinds lets callers treat every model of the registry alike.
+    """
+    for p in module.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+        elif p.dim() == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def inputs_channels_last(x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The input dict with 4-d/5-d tensors in channels-last layout (for the benchmarks)."""
+    out = {}
+    for k, t in x.items():
+        if t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        elif t.dim() == 5:
+            t = t.contiguous(memory_format=torch.channels_last_3d)
+        out[k] = t
+    return out
+
+
+class VolumeClassifier(nn.Module):
+    """Adapter from the registry's ``{view: tensor}`` input to a network on the 'sag' volume."""
+
+    def __init__(self, net: nn.Module, view: str = "sag") -> None:
+        super().__init__()
+        self.view = view
+        self.net = net
+
+    def forward(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(take_view(x, self.view, 5))
