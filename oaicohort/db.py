@@ -13,15 +13,44 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from oaicohort.errors import ConcurrentWriteError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "oai.sqlite"
 ENV_VAR = "OAI_DB"
-SQLITE_BUSY_TIMEOUT_MS = 60_000
+# arbitrary constant naming the toolkit's writer lock among PostgreSQL advisory locks
+POSTGRES_WRITE_LOCK_KEY = 0x0A1C_0407
+
+
+def lock_timeout_s() -> float:
+    """Seconds a writer waits for another writer to finish (``OAI_DB_LOCK_TIMEOUT``, default 60)."""
+    return float(os.environ.get("OAI_DB_LOCK_TIMEOUT", "60"))
+
+
+def _concurrent_write_error(url: str) -> ConcurrentWriteError:
+    shown = make_url(url).render_as_string(hide_password=True)
+    return ConcurrentWriteError(
+        f"{shown}: another process is writing to this database (waited {lock_timeout_s():g} s); "
+        "nothing was changed - run the command again when it has finished "
+        "(or raise OAI_DB_LOCK_TIMEOUT)"
+    )
+
+
+def _take_postgres_write_lock(conn: Connection, url: str) -> None:
+    timeout_ms = int(lock_timeout_s() * 1000)
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRES_WRITE_LOCK_KEY})")
+    except OperationalError as exc:
+        raise _concurrent_write_error(url) from exc
+    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
 
 
 def resolve_url(db: str | os.PathLike[str] | None = None) -> str:
@@ -39,7 +68,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # whole unit of work; BEGIN IMMEDIATE for writers is chosen per transaction.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s() * 1000)}")
         cur.execute("PRAGMA foreign_keys = ON")
         try:
             mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -69,7 +98,7 @@ def make_engine(url: str) -> Engine:
                     db_path.touch(mode=0o644)
                 finally:
                     os.umask(old)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, connect_args={"timeout": lock_timeout_s()})
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -97,13 +126,21 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A write transaction: committed at the end, rolled back on any exception.
 
-        On SQLite it takes the write lock at BEGIN (``BEGIN IMMEDIATE``) so that two writers are
-        serialised instead of failing half-way with "database is locked".
+        Writers are serialised: on SQLite by taking the write lock at BEGIN
+        (``BEGIN IMMEDIATE``), on PostgreSQL by a transaction-scoped advisory lock. A writer
+        that cannot get the lock within ``OAI_DB_LOCK_TIMEOUT`` seconds (default 60) fails with
+        ``ConcurrentWriteError`` before changing anything, never half-way through.
         """
         with self.engine.connect() as conn:
             conn.info["write"] = True
             try:
-                with conn.begin():
+                try:
+                    transaction = conn.begin()
+                except OperationalError as exc:
+                    raise _concurrent_write_error(self.url) from exc
+                with transaction:
+                    if conn.dialect.name == "postgresql":
+                        _take_postgres_write_lock(conn, self.url)
                     session = Session(bind=conn, expire_on_commit=False)
                     try:
                         yield session
