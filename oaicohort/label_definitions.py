@@ -1,0 +1,237 @@
+"""Progression-label definitions as data: parameters, canonical hash and the named presets.
+
+A definition says which follow-up X-ray readings are examined, what counts as progression, how
+a knee is classified (``none`` / ``fast`` / ``slow``) and which knees are excluded from the
+cohort. Definitions are stored in ``label_definitions`` under their name and the sha256 of their
+canonical JSON, so several coexist and old labels stay reproducible.
+
+Presets
+-------
+``panfilov2022`` (the default) reproduces the reference algorithm of Panfilov et al. (ISBI 2022,
+REFERENCE.md section 1) exactly, quirks included:
+
+- follow-ups examined 12, 24, 36, 72, 96 months; the 48-month reading is *not* looked at;
+- among reading-project duplicates of a knee at a visit the first row in file order wins,
+  whatever the later rows say;
+- a follow-up row whose KLG is missing (prosthesis ``.P``, technical failure ``.T``, any missing
+  code) counts as progression with an "increase" of 5 - KL0 (the reference's proxy for a knee
+  replacement);
+- 0 -> 1 never counts (a change to KLG 1 is not progression), decreases never count;
+- a knee that never progresses is a non-progressor only if its subject appears in the 96-month
+  reading file (either knee, any row); otherwise it is lost to follow-up;
+- then knees are dropped for a knee replacement at baseline, missing BMI, or no baseline
+  SAG_3D_DESS series, in that order.
+
+``oai_tkr2024`` is the better-founded variant (our naming; not a published algorithm):
+
+- the 48-month reading is examined too (a first progression at 48 months is ``fast``: the
+  fast/slow boundary stays at 72 months);
+- knee replacement is taken from what says so: Outcomes99 (``V99E?KRPSN`` = 1, at the first
+  visit after the replacement) or a ``.P`` (prosthesis) KLG code, counted as progression with
+  increase 5 - KL0. Other missing KLG codes (technical problems, missing forms) are skipped like
+  absent rows instead of being called progression;
+- among duplicates the first *graded* row in file order wins (a reading project that could not
+  grade the film does not hide one that could);
+- a non-progressor must have a graded reading of that knee at the last examined visit
+  (96 months); the subject merely being in the 96-month file is not evidence about the knee.
+
+Other definitions are made with ``dataclasses.replace(preset("panfilov2022"), name=..., ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from oaicohort.errors import OAIError
+from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
+
+MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
+NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
+DuplicatePolicy = Literal["first", "first_graded"]
+
+CLASSES: tuple[str, ...] = ("none", "fast", "slow")
+
+# Exclusions decided by the label algorithm itself, in the order they are checked.
+# (A baseline KLG outside ``baseline_klg_allowed`` gives ``baseline_klg_<k>``, e.g. baseline_klg_4.)
+NO_BASELINE_READING = "no_baseline_reading"
+BASELINE_KLG_MISSING = "baseline_klg_missing"
+LOST_TO_FOLLOW_UP = "lost_to_follow_up"
+# Cohort exclusions applied after labelling, in the order a definition lists them.
+REPLACED_AT_BASELINE = "replaced_at_baseline"
+BMI_MISSING = "bmi_missing"
+NO_BASELINE_DESS = "no_baseline_dess"
+# Applied last, only when the labels are derived for an image store.
+IMAGE_FAILED = "image_failed"
+IMAGE_MISSING = "image_missing"
+COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
+
+DEFAULT_DEFINITION = "panfilov2022"
+
+
+class LabelDefinitionError(OAIError):
+    """A label definition's parameters are inconsistent, or its name is unknown."""
+
+
+@dataclass(frozen=True)
+class LabelDefinitionParams:
+    """Everything that decides a knee's progression label; hashed to identify stored labels.
+
+    ``name`` is not part of the hash: two names with the same parameters give the same labels.
+    """
+
+    name: str = DEFAULT_DEFINITION
+    # OAI visit codes of the follow-up readings walked, in order (12, 24, 36, 72, 96 months)
+    followup_visits: tuple[int, ...] = (1, 3, 5, 8, 10)
+    # a first progression seen before this month is "fast", from it on "slow"
+    fast_before_month: int = 72
+    # follow-ups (and knee replacements) after this month are not looked at
+    horizon_month: int = 96
+    # whether a change 0 -> 1 is progression (the reference: never)
+    count_0_to_1: bool = False
+    # a follow-up row that is present but has no KLG
+    missing_klg: MissingKlgPolicy = "progression_proxy"
+    # what makes a knee without progression a non-progressor rather than lost to follow-up
+    non_progressor_requires: NonProgressorRule = "subject_at_last_visit"
+    baseline_klg_allowed: tuple[int, ...] = (0, 1, 2, 3)
+    # which row of several reading projects (same knee, same visit) is used
+    duplicates: DuplicatePolicy = "first"
+    # cohort exclusions after labelling, applied in this order
+    exclusions: tuple[str, ...] = COHORT_EXCLUSIONS
+    # the baseline series whose absence excludes a knee (``no_baseline_dess``)
+    dess_sequence: str = "SAG_3D_DESS"
+    # absolute path of a volume store: knees without a good baseline volume there are excluded
+    image_store: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("followup_visits", "baseline_klg_allowed", "exclusions"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise LabelDefinitionError(f"label definition {self.name!r}: {name} must be a sequence")
+            object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        where = f"label definition {self.name!r}"
+        if not self.name or not isinstance(self.name, str):
+            raise LabelDefinitionError("a label definition needs a non-empty name")
+        visits = self.followup_visits
+        if not visits:
+            raise LabelDefinitionError(f"{where}: followup_visits is empty")
+        bad = [v for v in visits if v not in XRAY_VISITS or v == 0]
+        if bad:
+            raise LabelDefinitionError(
+                f"{where}: followup_visits {bad} are not follow-up X-ray visits "
+                f"(allowed: {[v for v in XRAY_VISITS if v]})"
+            )
+        if list(visits) != sorted(set(visits)):
+            raise LabelDefinitionError(f"{where}: followup_visits must be increasing, got {list(visits)}")
+        if not self.examined_visits:
+            raise LabelDefinitionError(
+                f"{where}: no follow-up visit within horizon_month={self.horizon_month}"
+            )
+        if self.fast_before_month <= 0:
+            raise LabelDefinitionError(f"{where}: fast_before_month must be positive")
+        _check_choice(where, "missing_klg", self.missing_klg, MissingKlgPolicy)
+        _check_choice(where, "non_progressor_requires", self.non_progressor_requires, NonProgressorRule)
+        _check_choice(where, "duplicates", self.duplicates, DuplicatePolicy)
+        if not self.baseline_klg_allowed or any(
+            k not in (0, 1, 2, 3, 4) for k in self.baseline_klg_allowed
+        ):
+            raise LabelDefinitionError(
+                f"{where}: baseline_klg_allowed must be KL grades 0-4, got {list(self.baseline_klg_allowed)}"
+            )
+        unknown = [e for e in self.exclusions if e not in COHORT_EXCLUSIONS]
+        if unknown or len(set(self.exclusions)) != len(self.exclusions):
+            raise LabelDefinitionError(
+                f"{where}: exclusions must be distinct names from {list(COHORT_EXCLUSIONS)}, "
+                f"got {list(self.exclusions)}"
+            )
+
+    @property
+    def examined_visits(self) -> tuple[int, ...]:
+        """The follow-up visit codes actually walked (those within the horizon)."""
+        return tuple(v for v in self.followup_visits if VISIT_MONTHS[v] <= self.horizon_month)
+
+    @property
+    def last_visit(self) -> int:
+        """The visit a non-progressor must be seen at (the last examined one)."""
+        return self.examined_visits[-1]
+
+    @property
+    def exclusion_reasons(self) -> tuple[str, ...]:
+        """Every exclusion reason this definition can give, in the order they are checked
+        (``baseline_klg_<k>`` stands for each grade not allowed)."""
+        grades = tuple(f"baseline_klg_{k}" for k in range(5) if k not in self.baseline_klg_allowed)
+        images = (IMAGE_FAILED, IMAGE_MISSING) if self.image_store else ()
+        return (NO_BASELINE_READING, BASELINE_KLG_MISSING, *grades, LOST_TO_FOLLOW_UP,
+                *self.exclusions, *images)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able parameters (tuples as lists), name included."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def canonical_json(self) -> str:
+        """The hashed form: every parameter but the name, sorted keys, no whitespace."""
+        params = self.to_dict()
+        params.pop("name")
+        return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """sha256 of :meth:`canonical_json`."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> LabelDefinitionParams:
+        """Rebuild from :meth:`to_dict` output (e.g. the JSON stored in the database)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise LabelDefinitionError(
+                f"unknown label-definition parameters {unknown}; known: {sorted(names)}"
+            )
+        return cls(**params)
+
+
+def _check_choice(where: str, name: str, value: object, literal: Any) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise LabelDefinitionError(f"{where}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+PRESETS: dict[str, LabelDefinitionParams] = {
+    "panfilov2022": LabelDefinitionParams(name="panfilov2022"),
+    "oai_tkr2024": LabelDefinitionParams(
+        name="oai_tkr2024",
+        followup_visits=(1, 3, 5, 6, 8, 10),
+        missing_klg="outcomes99",
+        non_progressor_requires="knee_at_last_visit",
+        duplicates="first_graded",
+    ),
+}
+
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "panfilov2022": "the reference algorithm of Panfilov et al. 2022, quirks included",
+    "oai_tkr2024": "48 months examined; knee replacement from Outcomes99 or .P only; "
+    "non-progressors graded at 96 months",
+}
+
+
+def preset(name: str) -> LabelDefinitionParams:
+    """The preset definition called ``name``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise LabelDefinitionError(
+            f"unknown label definition {name!r}; presets: {sorted(PRESETS)}"
+        ) from None
+
+
+def resolve_definition(definition: str | LabelDefinitionParams) -> LabelDefinitionParams:
+    """A preset by name, or the given parameters unchanged."""
+    if isinstance(definition, LabelDefinitionParams):
+        return definition
+    return preset(definition)
