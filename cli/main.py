@@ -37,6 +37,8 @@ def root(
 app.add_typer(db_app, name="db")
 
 # Commands are registered below, one module each (keep this list in data-flow order).
+from cli.preprocess import preprocess_command; app.command("preprocess")(preprocess_command)  # noqa: E402,E702
+from cli.store import store_app; app.add_typer(store_app, name="store")  # noqa: E402,E702
 
 
 def main() -> None:

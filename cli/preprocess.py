@@ -1,0 +1,67 @@
+"""``oai preprocess``: DESS series of the database -> preprocessed volumes in a Zarr store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+
+VIEW_CHOICES = ("sag", "cor", "ax", "all")
+
+
+@handles_errors
+def preprocess_command(
+    ctx: typer.Context,
+    store: Path = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
+    view: str = typer.Option("sag", "--view", help="sag, cor, ax or all."),
+    visit: int = typer.Option(0, "--visit", help="OAI visit code (0 = baseline)."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="Preprocessing preset: full or small (default: the store's, else full)."
+    ),
+    workers: int = typer.Option(
+        min(4, os.cpu_count() or 1), "--workers", min=1, help="Worker processes reading series."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop with an error at the first failed series."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Process at most N series."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Preprocess the indexed SAG_3D_DESS series of a visit into a volume store (resumable)."""
+    from oaicohort.preprocess_run import run_preprocess
+    from oaicohort.preprocessing import PreprocessParams
+
+    if view not in VIEW_CHOICES:
+        raise typer.BadParameter(f"{view!r}; choose from {', '.join(VIEW_CHOICES)}", param_hint="--view")
+    views = ("sag", "cor", "ax") if view == "all" else (view,)
+    try:
+        params = PreprocessParams.preset_named(preset) if preset else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--preset") from None
+    db = state(ctx).open_db()
+    try:
+        with rich_progress(enabled=True) as progress:
+            summary = run_preprocess(
+                db, store, params, views=views, visit=visit, workers=workers,
+                strict=strict, limit=limit, progress=progress,
+            )  # fmt: skip
+    finally:
+        db.dispose()
+    if json_out:
+        emit_json(summary.to_dict())
+        return
+    out_console.print(
+        f"{summary.store_path} ({', '.join(summary.views)}, visit {summary.visit}): "
+        f"{summary.done} done, {summary.skipped} already done, {summary.failed} failed"
+        + (f", {summary.remaining} left by --limit" if summary.remaining else "")
+        + f" in {summary.seconds:.1f} s",
+        highlight=False,
+    )
+    if summary.failures:
+        table = Table("subject", "side", "reason", title="Failed series", title_justify="left")
+        for failure in summary.failures:
+            table.add_row(str(failure["subject_id"]), failure["side"], failure["reason"])
+        err_console.print(table)
