@@ -1,0 +1,298 @@
+"""Reading one MR series stored as one DICOM file per slice (the OAI image package layout).
+
+Slices are ordered by their position along the slice normal (the cross product of the row and
+column direction cosines of ImageOrientationPatient, dotted with ImagePositionPatient), never by
+file name: OAI file names usually follow the acquisition order but not always. Index 0 is the
+slice with the smallest position along that normal.
+
+A series is used only when it is complete and consistent; anything else raises ``SeriesError``
+naming the offending file, so a preprocessing run can record the reason and continue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from oaicohort.errors import InputFileError
+
+log = logging.getLogger(__name__)
+
+# Positions closer than this are the same slice (scanners write positions to ~1e-4 mm).
+DUPLICATE_TOLERANCE_MM = 0.01
+# Allowed deviation of one slice step from the median step, relative to that step.
+SPACING_TOLERANCE = 0.05
+# A step this many times the median step means slices are missing (uneven spacing below it).
+GAP_FACTOR = 1.5
+ORIENTATION_TOLERANCE = 1e-3
+PIXEL_SPACING_TOLERANCE_MM = 1e-3
+
+_NATIVE_DTYPES = {(16, 0): np.dtype("<u2"), (16, 1): np.dtype("<i2"), (8, 0): np.dtype("u1"), (8, 1): np.dtype("i1")}
+
+
+class SeriesError(InputFileError):
+    """A DICOM series that cannot be used; ``path`` is the offending file (or the folder)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(path, reason)
+
+
+@dataclass
+class DicomVolume:
+    """One series as a volume: ``pixels`` (slices, rows, cols) uint16, slice 0 first along the
+    slice normal, MONOCHROME1 already inverted; ``spacing_mm`` is (slice, row, column)."""
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    photometric: str
+    series_description: str
+    side: str | None
+    patient_id: str
+    study_date: str
+    series_uid: str
+    orientation: tuple[float, float, float, float, float, float]
+    origin_mm: tuple[float, float, float]
+    folder: Path
+    files: tuple[Path, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+
+def side_from_description(description: str) -> str | None:
+    """``"R"``/``"L"`` from an OAI series description suffix (``SAG_3D_DESS_RIGHT``), else None."""
+    text = description.strip().upper()
+    if text.endswith("RIGHT"):
+        return "R"
+    if text.endswith("LEFT"):
+        return "L"
+    return None
+
+
+def _read_file(path: Path) -> FileDataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise SeriesError(path, "not a DICOM file (no DICM marker after the preamble)") from None
+    except Exception as exc:  # truncated or garbled files fail in many ways inside pydicom
+        raise SeriesError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _required(path: Path, ds: FileDataset, keyword: str) -> object:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise SeriesError(path, f"missing {keyword} (incomplete or truncated file?)")
+    return value
+
+
+def _floats(path: Path, ds: FileDataset, keyword: str, count: int) -> np.ndarray:
+    value = _required(path, ds, keyword)
+    try:
+        numbers = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise SeriesError(path, f"{keyword} {value!r} is not {count} numbers") from None
+    if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
+        raise SeriesError(path, f"{keyword} {value!r} is not {count} numbers")
+    return numbers
+
+
+@dataclass
+class _Reference:
+    """Header values every slice of the series must share (taken from the first file)."""
+
+    rows: int
+    cols: int
+    orientation: np.ndarray
+    normal: np.ndarray
+    pixel_spacing: np.ndarray
+    photometric: str
+    series_uid: str
+    bits_stored: int
+
+
+def _reference(path: Path, ds: FileDataset) -> _Reference:
+    rows = int(_required(path, ds, "Rows"))  # type: ignore[arg-type]
+    cols = int(_required(path, ds, "Columns"))  # type: ignore[arg-type]
+    orientation = _floats(path, ds, "ImageOrientationPatient", 6)
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if length < 0.5:
+        raise SeriesError(path, f"ImageOrientationPatient {list(orientation)} has parallel row and column directions")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise SeriesError(path, f"unsupported PhotometricInterpretation {photometric!r} (need MONOCHROME1 or MONOCHROME2)")
+    bits_allocated = int(ds.get("BitsAllocated", 16))
+    return _Reference(
+        rows=rows,
+        cols=cols,
+        orientation=orientation,
+        normal=normal / length,
+        pixel_spacing=_floats(path, ds, "PixelSpacing", 2),
+        photometric=photometric,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        bits_stored=int(ds.get("BitsStored", bits_allocated)),
+    )
+
+
+def _check_slice(path: Path, ds: FileDataset, ref: _Reference, first: Path) -> None:
+    rows, cols = _required(path, ds, "Rows"), _required(path, ds, "Columns")
+    if (rows, cols) != (ref.rows, ref.cols):
+        raise SeriesError(path, f"slice is {rows}x{cols} (rows x columns) but {first.name} is {ref.rows}x{ref.cols}")
+    orientation = _floats(path, ds, "ImageOrientationPatient", 6)
+    if not np.allclose(orientation, ref.orientation, atol=ORIENTATION_TOLERANCE):
+        raise SeriesError(path, f"ImageOrientationPatient {list(orientation)} differs from {first.name}'s {list(ref.orientation)}")
+    spacing = _floats(path, ds, "PixelSpacing", 2)
+    if not np.allclose(spacing, ref.pixel_spacing, atol=PIXEL_SPACING_TOLERANCE_MM):
+        raise SeriesError(path, f"PixelSpacing {list(spacing)} differs from {first.name}'s {list(ref.pixel_spacing)}")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric != ref.photometric:
+        raise SeriesError(path, f"PhotometricInterpretation {photometric} differs from {first.name}'s {ref.photometric}")
+    series_uid = str(ds.get("SeriesInstanceUID", ""))
+    if series_uid != ref.series_uid:
+        raise SeriesError(path, f"SeriesInstanceUID {series_uid} differs from {first.name}'s {ref.series_uid}: files of two series in one folder")
+
+
+def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, notes: set[str]) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise SeriesError(path, "no pixel data (PixelData element missing; truncated file?)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise SeriesError(path, f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale image")
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    key = (int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)))
+    if syntax is not None and not syntax.is_compressed and syntax.is_little_endian and key in _NATIVE_DTYPES:
+        # Uncompressed: view the bytes directly, cheaper than pydicom's generic decoder path.
+        dtype = _NATIVE_DTYPES[key]
+        data = ds.PixelData
+        expected = ref.rows * ref.cols * dtype.itemsize
+        if len(data) < expected:
+            raise SeriesError(path, f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} (truncated file?)")
+        image = np.frombuffer(data, dtype=dtype, count=ref.rows * ref.cols).reshape(ref.rows, ref.cols)
+    else:
+        try:
+            image = ds.pixel_array
+        except (NotImplementedError, RuntimeError) as exc:
+            name = getattr(syntax, "name", str(syntax))
+            raise SeriesError(path, f"cannot decode pixel data with transfer syntax {name} ({syntax}): {exc}") from None
+        except Exception as exc:
+            raise SeriesError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+        if syntax is not None and syntax.is_compressed:
+            notes.add(f"decoded {getattr(syntax, 'name', syntax)} pixel data")
+        if image.shape != (ref.rows, ref.cols):
+            raise SeriesError(path, f"pixel data has shape {image.shape}, expected one {ref.rows}x{ref.cols} frame")
+    if image.dtype.kind == "i":
+        if image.min() < 0:
+            notes.add("signed pixel values below 0 clipped to 0")
+        image = np.clip(image, 0, None)
+    return image
+
+
+def read_series(folder: Path | str, *, expected_description: str | None = None) -> DicomVolume:
+    """Read the series in ``folder`` (one DICOM file per slice, any file names).
+
+    Raises ``SeriesError`` naming the offending file when the folder is missing or empty, a file
+    is not (complete) DICOM or lacks pixel data, slices disagree in size, orientation, pixel
+    spacing, photometric interpretation or series, positions repeat, a slice is missing, the
+    slice spacing is uneven, the series has a single slice, or its description is not
+    ``expected_description``. Hidden files (``.name``) are ignored.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise SeriesError(folder, "series folder does not exist")
+    if not folder.is_dir():
+        raise SeriesError(folder, "is not a folder")
+    notes: set[str] = set()
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if not p.name.startswith(".") and p.is_file()]
+    if skipped := [p.name for p in entries if p.name.startswith(".")]:
+        notes.add(f"ignored hidden file(s) {', '.join(skipped)}")
+    if subfolders := [p.name for p in entries if not p.name.startswith(".") and p.is_dir()]:
+        notes.add(f"ignored subfolder(s) {', '.join(subfolders)}")
+    if not files:
+        raise SeriesError(folder, "no slice files in the series folder")
+    if len(files) == 1:
+        raise SeriesError(files[0], "series has a single slice; a volume needs at least 2")
+
+    first = _read_file(files[0])
+    ref = _reference(files[0], first)
+    pixels = np.empty((len(files), ref.rows, ref.cols), dtype=np.uint16)
+    origins = np.empty((len(files), 3), dtype=np.float64)
+    for index, path in enumerate(files):
+        ds = first if index == 0 else _read_file(path)
+        if index:
+            _check_slice(path, ds, ref, files[0])
+        origins[index] = _floats(path, ds, "ImagePositionPatient", 3)
+        pixels[index] = _slice_pixels(path, ds, ref, notes)
+
+    positions = origins @ ref.normal
+    order = np.argsort(positions, kind="stable")
+    if np.any(order != np.arange(len(files))):
+        pixels = pixels[order]
+        notes.add("file names were not in slice-position order; sorted by position along the slice normal")
+    ordered = [files[i] for i in order]
+    step = _check_positions(folder, ordered, positions[order])
+
+    if ref.photometric == "MONOCHROME1":
+        # MONOCHROME1 shows low values bright: invert within the stored bit depth
+        top = np.uint16(min((1 << ref.bits_stored) - 1, 65535))
+        np.minimum(pixels, top, out=pixels)
+        np.subtract(top, pixels, out=pixels)
+        notes.add("MONOCHROME1 inverted")
+
+    declared = first.get("SpacingBetweenSlices")
+    if declared not in (None, "") and abs(float(declared) - step) > SPACING_TOLERANCE * step:
+        notes.add(f"SpacingBetweenSlices {float(declared):g} mm differs from the slice positions' {step:.4g} mm; used the positions")
+
+    description = str(first.get("SeriesDescription", "")).strip()
+    if expected_description is not None and description.upper() != expected_description.strip().upper():
+        raise SeriesError(files[0], f"series description is {description!r}, expected {expected_description.strip()!r}")
+    volume = DicomVolume(
+        pixels=pixels,
+        spacing_mm=(step, float(ref.pixel_spacing[0]), float(ref.pixel_spacing[1])),
+        photometric=ref.photometric,
+        series_description=description,
+        side=side_from_description(description),
+        patient_id=str(first.get("PatientID", "")).strip(),
+        study_date=str(first.get("StudyDate", "")).strip(),
+        series_uid=ref.series_uid,
+        orientation=tuple(float(v) for v in ref.orientation),  # type: ignore[arg-type]
+        origin_mm=tuple(float(v) for v in origins[order[0]]),  # type: ignore[arg-type]
+        folder=folder,
+        files=tuple(ordered),
+        notes=sorted(notes),
+    )
+    log.debug("read %s: %s slices, spacing %s, notes %s", folder, volume.shape, volume.spacing_mm, volume.notes)
+    return volume
+
+
+def _check_positions(folder: Path, ordered: list[Path], positions: np.ndarray) -> float:
+    """Check sorted slice positions are distinct, evenly spaced and gap-free; return the step."""
+    steps = np.diff(positions)
+    for i in np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM):
+        raise SeriesError(
+            ordered[i + 1],
+            f"duplicate slice position: same position ({positions[i]:.4f} mm along the slice normal) as {ordered[i].name}",
+        )
+    step = round(float(np.median(steps)), 6)
+    for i in np.flatnonzero(steps > step * GAP_FACTOR):
+        missing = round(steps[i] / step) - 1
+        raise SeriesError(
+            ordered[i + 1],
+            f"missing slice(s): gap of {steps[i]:.4g} mm after {ordered[i].name} where slices are {step:.4g} mm apart "
+            f"(about {missing} slice(s) missing)",
+        )
+    deviation = np.abs(steps - step)
+    for i in np.flatnonzero(deviation > SPACING_TOLERANCE * step):
+        raise SeriesError(
+            ordered[i + 1],
+            f"inconsistent slice spacing: {steps[i]:.4g} mm after {ordered[i].name}, the series' step is {step:.4g} mm",
+        )
+    return step
