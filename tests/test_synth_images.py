@@ -14,9 +14,11 @@ from oaicohort.errors import InputFileError
 from oaicohort.synth.images import (
     IMAGE_SIZES,
     ImageGeometry,
+    SeriesMeta,
     knee_anatomy,
     render_knee_volume,
     write_images,
+    write_series,
 )
 
 CONTENTS = """Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription
@@ -129,6 +131,19 @@ def test_rewrite_replaces_a_longer_earlier_series(tmp_path: Path) -> None:
     write_images(root, size="small", seed=1)
     assert not stale.exists()
     assert read_series(stale.parent).shape[0] == 40
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_fast_slice_encoder_writes_the_same_bytes_as_pydicom(tmp_path: Path, photometric: str) -> None:
+    volume = render_knee_volume(0.0, "L", np.random.default_rng(4), ImageGeometry(5, 16, 12, 2.8, 1.46, 1.46))
+    meta = SeriesMeta("9000099", "SAG_3D_DESS_LEFT", accession_number="016610201", spacing_mm=(2.8, 1.46, 1.46))
+    options = {"photometric": photometric, "positions_mm": [0.0, 2.8, 5.6, 8.4, 11.2], "file_names": list("edcba")}
+    fast = write_series(tmp_path / "fast", volume, meta, **options)
+    slow = write_series(tmp_path / "pydicom", volume, meta, force_pydicom=True, **options)
+    for a, b in zip(fast, slow):
+        assert a.name == b.name
+        assert a.read_bytes() == b.read_bytes()
+    assert pydicom.dcmread(fast[0]).file_meta.ImplementationVersionName == "OAICOHORT_SYNTH"
 
 
 def test_right_knee_is_the_mirror_image_of_the_left() -> None:

@@ -31,6 +31,7 @@ import csv
 import hashlib
 import logging
 import math
+import struct
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,6 +41,8 @@ from typing import Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -393,6 +396,23 @@ class _Canvas:
 
         return (span(x, ds, s, 1.0), span(z_img, dr, r, -1.0), span(y_img, dc, c, 1.0))
 
+    def leg_section(self) -> np.ndarray:
+        """The leg, subcutaneous fat around muscle, as a (slices, cols) section.
+
+        The leg runs along the image rows (the tilt only turns the knee inside it), so it is the
+        same in every row: painting it in 2D and broadcasting is far cheaper than in 3D.
+        """
+        s, _, c = self.geometry.shape
+        ds, _, dc = self.geometry.spacing_mm
+        x = ((np.arange(s) - (s - 1) / 2) * ds - self.shift[0]) / self.scale
+        y = ((np.arange(c) - (c - 1) / 2) * dc - self.shift[1]) / self.scale
+        section = np.zeros((s, c), dtype=np.float32)
+        for (cy, ax, ay), value in (((4.0, 74.0, 66.0), FAT), ((6.0, 66.0, 57.0), MUSCLE)):
+            radial = np.sqrt((x[:, None] / ax) ** 2 + ((y[None, :] - cy) / ay) ** 2) - 1.0
+            alpha = np.clip(0.5 - radial * min(ax, ay) * (self.scale / self.edge_mm), 0.0, 1.0)
+            section += (alpha * (value - section)).astype(np.float32)
+        return section
+
     def paint(self, slab: np.ndarray, first: int, layers: Sequence[Layer]) -> None:
         """Blend each layer's value into the voxels inside its shape (painter's algorithm).
 
@@ -423,9 +443,7 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
     joint_top = max(condyle_z)
     compartments = (_MEDIAL_X, _LATERAL_X)
     layers: list[Layer] = [
-        # leg: subcutaneous fat around muscle
-        (_CylinderZ(0.0, 4.0, 74.0, 66.0, -200.0, 200.0), FAT),
-        (_CylinderZ(0.0, 6.0, 66.0, 57.0, -200.0, 200.0), MUSCLE),
+        # (the leg itself, fat around muscle, is painted by _Canvas.leg_section)
         # joint capsule, and its fluid-filled suprapatellar pouch which grows with effusion
         (_Ellipsoid((0.0, 2.0, 8.0), (46.0, 33.0, 18.0)), SYNOVIUM),
         (_Ellipsoid((0.0, -23.0, joint_top + 10.0), (26.0, 3.0 + 4.0 * knee.effusion, 10.0 + 9.0 * knee.effusion)), FLUID),
@@ -494,10 +512,12 @@ def render_anatomy(knee: KneeAnatomy, side: str, rng: np.random.Generator, size:
     in_plane = 1.0 + gy * np.linspace(-1, 1, c, dtype=np.float32)[None, :] + gz * np.linspace(-1, 1, r, dtype=np.float32)[:, None]
     sigma = np.float32(knee.noise_sigma)
     volume = np.empty(geometry.shape, dtype=np.uint16)
+    leg = canvas.leg_section()
     step = max(1, _SLAB_VOXELS // (r * c))
     for first in range(0, s, step):
         n = min(step, s - first)
-        slab = np.zeros((n, r, c), dtype=np.float32)
+        slab = np.empty((n, r, c), dtype=np.float32)
+        slab[...] = leg[first : first + n, None, :]
         canvas.paint(slab, first, layers)
         slab *= across_slices[first : first + n, None, None]
         slab *= in_plane
@@ -613,6 +633,7 @@ def write_series(
     transfer_syntax: str = ExplicitVRLittleEndian,
     positions_mm: Sequence[float] | None = None,
     file_names: Sequence[str] | None = None,
+    force_pydicom: bool = False,
 ) -> list[Path]:
     """Write ``volume`` (slices, rows, cols) as one DICOM file per slice into ``folder``.
 
@@ -620,7 +641,9 @@ def write_series(
     along the slice normal (default ``k * spacing``). With ``MONOCHROME1`` the stored values are
     ``4095 - volume`` so a reader that inverts gets ``volume`` back. ``transfer_syntax`` may be
     any syntax pydicom can encode (RLE Lossless is used by the tests). Tests use the overrides to
-    build unusual or corrupt series. Returns the written paths in slice order.
+    build unusual or corrupt series. Explicit VR Little Endian slices are encoded by a fast path
+    that writes the same bytes as pydicom (``force_pydicom=True`` uses pydicom's writer for every
+    slice). Returns the written paths in slice order.
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
@@ -647,29 +670,118 @@ def write_series(
     folder.mkdir(parents=True, exist_ok=True)
     base = _base_dataset(meta, volume.shape, photometric)
     syntax = UID(transfer_syntax)
-    compress = syntax.is_compressed
     file_meta = FileMetaDataset()
     file_meta.MediaStorageSOPClassUID = MRImageStorage
     file_meta.TransferSyntaxUID = syntax
+    file_meta.ImplementationClassUID = IMPLEMENTATION_UID
+    file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    fast = _SliceEncoder(base, file_meta) if syntax == ExplicitVRLittleEndian and not force_pydicom else None
     paths = []
     for k in range(n):
-        ds = base.copy()
-        ds.file_meta = FileMetaDataset(file_meta)
-        sop_uid = f"{base.SeriesInstanceUID}.{k + 1}"
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = k + 1
-        position = start + normal * positions[k]
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.SliceLocation = _ds(float(np.dot(position, normal)))
-        if compress:
-            ds.compress(syntax, stored[k], encoding_plugin="pydicom")
-        else:
-            ds.PixelData = stored[k].tobytes()
         path = folder / names[k]
-        ds.save_as(path, enforce_file_format=True)
+        sop_uid = f"{base.SeriesInstanceUID}.{k + 1}"
+        position = start + normal * positions[k]
+        image_position = [_ds(v) for v in position]
+        slice_location = _ds(float(np.dot(position, normal)))
+        if fast is not None:
+            path.write_bytes(fast.encode(sop_uid, k + 1, image_position, slice_location, stored[k]))
+        else:
+            ds = base.copy()
+            ds.file_meta = FileMetaDataset(file_meta)
+            ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+            ds.SOPInstanceUID = sop_uid
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = image_position
+            ds.SliceLocation = slice_location
+            if syntax.is_compressed:
+                ds.compress(syntax, stored[k], encoding_plugin="pydicom")
+            else:
+                ds.PixelData = stored[k].tobytes()
+            ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+IMPLEMENTATION_UID = _uid("implementation")
+IMPLEMENTATION_VERSION = "OAICOHORT_SYNTH"
+
+# Tags that change from slice to slice (in ascending order, as they appear in the file).
+_SOP_INSTANCE_UID = 0x00080018
+_INSTANCE_NUMBER = 0x00200013
+_IMAGE_POSITION = 0x00200032
+_SLICE_LOCATION = 0x00201041
+_PIXEL_DATA = 0x7FE00010
+_VARYING = (_SOP_INSTANCE_UID, _INSTANCE_NUMBER, _IMAGE_POSITION, _SLICE_LOCATION, _PIXEL_DATA)
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    """One explicit-VR little-endian element with a short (16-bit) length field."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def _long_element(tag: int, vr: str, value: bytes) -> bytes:
+    """One explicit-VR little-endian element of a VR with a 32-bit length field (OB, OW, ...)."""
+    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+
+
+def _text(value: str, pad: bytes = b" ") -> bytes:
+    data = value.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+class _SliceEncoder:
+    """Explicit VR Little Endian slices from a header encoded once by pydicom.
+
+    pydicom re-validates and re-encodes every element of every file, which costs more than the
+    phantom for small series; here only the elements that change per slice are encoded, and a
+    test checks the bytes equal pydicom's own output.
+    """
+
+    def __init__(self, base: Dataset, file_meta: FileMetaDataset) -> None:
+        self.meta_elements = [
+            (tag, file_meta[tag].VR, file_meta[tag].value) for tag in sorted(file_meta.keys()) if tag != 0x00020003
+        ]
+        segments: list[bytes] = []
+        bounds = (0, *_VARYING)
+        for low, high in zip(bounds, bounds[1:]):
+            part = Dataset()
+            for element in base:
+                if low < element.tag < high:
+                    part.add(element)
+            segments.append(_encode_dataset(part))
+        self.segments = segments
+
+    def _file_meta(self, sop_uid: str) -> bytes:
+        body = [_long_element(0x00020001, "OB", b"\x00\x01")]  # file meta version 1
+        for tag, vr, value in self.meta_elements:
+            if tag in (0x00020000, 0x00020001):
+                continue
+            body.append(_element(tag, vr, _text(str(value), b"\x00" if vr == "UI" else b" ")))
+            if tag == 0x00020002:
+                body.append(_element(0x00020003, "UI", _text(sop_uid, b"\x00")))
+        joined = b"".join(body)
+        return b"\x00" * 128 + b"DICM" + _element(0x00020000, "UL", struct.pack("<I", len(joined))) + joined
+
+    def encode(self, sop_uid: str, instance: int, position: list[str], location: str, pixels: np.ndarray) -> bytes:
+        seg = self.segments
+        return b"".join(
+            (
+                self._file_meta(sop_uid),
+                seg[0], _element(_SOP_INSTANCE_UID, "UI", _text(sop_uid, b"\x00")),
+                seg[1], _element(_INSTANCE_NUMBER, "IS", _text(str(instance))),
+                seg[2], _element(_IMAGE_POSITION, "DS", _text("\\".join(position))),
+                seg[3], _element(_SLICE_LOCATION, "DS", _text(location)),
+                seg[4], _long_element(_PIXEL_DATA, "OW", pixels.tobytes()),
+            )
+        )
+
+
+def _encode_dataset(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
