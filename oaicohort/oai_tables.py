@@ -1,0 +1,704 @@
+"""Reading the files of a real OAI release, as distributed, into typed pandas frames.
+
+Everything here tolerates the variations of OAI_FORMATS.md: either folder layout, file-name and
+header case, coded (``1: Right``) or bare (``1``) values, every missing-value code, UTF-8 or
+latin-1 text, wrapper folders above image visit dirs. Bad input raises ``InputFileError`` naming
+the file, the line (the header is line 1) and the column.
+
+Files are read once, as bytes (so that their sha256 comes for free), then parsed with pandas
+restricted to the columns asked for, because AllClinical files are hundreds of columns wide and
+only a handful are ever needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from oaicohort.errors import InputFileError
+from oaicohort.visits import RELEASE_VISITS, VISIT_MONTHS
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- discovery
+
+ENROLLEES = "enrollees"
+ALLCLINICAL = "allclinical"
+SUBJECTCHAR = "subjectchar"
+OUTCOMES = "outcomes"
+KXR_SQ_BU = "kxr_sq_bu"
+CONTENTS = "contents"
+
+# lower-cased file name -> kind; the group, when present, is the visit code
+_FILE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"enrollees\.txt"), ENROLLEES),
+    (re.compile(r"allclinical(\d{2})\.txt"), ALLCLINICAL),
+    (re.compile(r"subjectchar(\d{2})\.txt"), SUBJECTCHAR),
+    (re.compile(r"outcomes99\.txt"), OUTCOMES),
+    (re.compile(r"kxr_sq_bu(\d{2})\.txt"), KXR_SQ_BU),
+    (re.compile(r"contents\.csv"), CONTENTS),
+)
+_SKIPPED_DIRS = {"__macosx"}
+_VISIT_DIR = re.compile(r"(\d{1,3})m", re.IGNORECASE)
+
+EXPECTED_FILES = "Enrollees.txt, AllClinical{vv}.txt, SubjectChar00.txt, Outcomes99.txt, kXR_SQ_BU{vv}.txt, <visit dir>/contents.csv"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One OAI file found below a release root."""
+
+    path: Path
+    relative_path: str  # POSIX path relative to the root, as recorded in ingest provenance
+    kind: str  # enrollees | allclinical | subjectchar | outcomes | kxr_sq_bu | contents
+    visit: int | None  # OAI visit code from the file name (or the image visit dir)
+
+
+def classify(name: str) -> tuple[str, int | None] | None:
+    """Kind and visit code of an OAI file name (case-insensitive), or None for other files."""
+    lower = name.lower()
+    for pattern, kind in _FILE_PATTERNS:
+        m = pattern.fullmatch(lower)
+        if m:
+            return kind, int(m.group(1)) if m.groups() else None
+    return None
+
+
+def visit_of_dir(name: str) -> int | None:
+    """Visit code of an image package visit dir such as ``00m`` or ``96m``."""
+    m = _VISIT_DIR.fullmatch(name)
+    if not m:
+        return None
+    month = int(m.group(1))
+    return next((v for v, mo in VISIT_MONTHS.items() if mo == month), None)
+
+
+def discover_release(root: Path | str) -> list[SourceFile]:
+    """Every OAI table and image index below ``root`` (any depth, any layout), sorted by path.
+
+    A clinical table found twice (say a flat and a per-category copy side by side) is an error:
+    silently picking one would make the ingest depend on directory order. ``contents.csv`` may
+    occur many times per visit, because image packages split a visit over several folders.
+    """
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise InputFileError(root_path, "no such directory (the OAI release root)")
+    if not root_path.is_dir():
+        raise InputFileError(root_path, "not a directory; give the folder that holds the OAI release")
+    found: list[SourceFile] = []
+
+    def walk_error(err: OSError) -> None:
+        raise InputFileError(err.filename or root_path, f"cannot list directory: {err.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS
+        )
+        for name in sorted(filenames):
+            kind_visit = classify(name)
+            if kind_visit is None:
+                continue
+            kind, visit = kind_visit
+            path = Path(dirpath) / name
+            if kind == CONTENTS:
+                visit = visit_of_dir(Path(dirpath).name)
+            elif visit is not None and visit not in VISIT_MONTHS:
+                log.warning("%s: visit %02d is not an OAI visit this toolkit knows; skipped", path, visit)
+                continue
+            found.append(
+                SourceFile(path, path.relative_to(root_path).as_posix(), kind, visit)
+            )
+    found.sort(key=lambda f: f.relative_path)
+    seen: dict[tuple[str, int | None], SourceFile] = {}
+    for f in found:
+        if f.kind == CONTENTS:
+            continue
+        other = seen.get((f.kind, f.visit))
+        if other is not None:
+            raise InputFileError(
+                f.path,
+                f"the release holds this table twice (also {other.relative_path}); "
+                "point ROOT at one release",
+            )
+        seen[(f.kind, f.visit)] = f
+    return found
+
+
+# --------------------------------------------------------------------------- raw bytes
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """A file's content read once, with the provenance facts computed from the same bytes."""
+
+    source: SourceFile
+    data: bytes
+    sha256: str
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+
+def load_source(source: SourceFile) -> FileBytes:
+    """Read a file whole and hash it (one pass over the disk)."""
+    try:
+        data = source.path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+    return FileBytes(source, data, hashlib.sha256(data).hexdigest())
+
+
+def _encoding(data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        # older releases were exported from SAS on Windows
+        return "latin-1"
+    return "utf-8"
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+
+def read_header(source: SourceFile, sep: str = "|") -> list[str]:
+    """Upper-cased column names of a file, reading only its first line."""
+    try:
+        with source.path.open("rb") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+    return _header_names(source.path, first.rstrip(b"\r\n"), sep)
+
+
+_OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
+    text = first_line.decode(_encoding(first_line)).lstrip("\ufeff")
+    if not text.strip():
+        raise InputFileError(path, "empty file or blank header line; expected a header row", line=1)
+    if sep not in text:
+        found = [name for d, name in _OTHER_DELIMITERS.items() if d != sep and d in text]
+        looks = f"; the header looks {found[0]}-separated" if found else ""
+        expected = _OTHER_DELIMITERS[sep]
+        raise InputFileError(
+            path, f"unknown delimiter: expected {expected}-separated ({sep!r}) text{looks}", line=1
+        )
+    return [name.strip().upper() for name in text.split(sep)]
+
+
+# --------------------------------------------------------------------------- delimited tables
+
+
+@dataclass
+class Table:
+    """Selected columns of a delimited file: every cell a stripped string, plus file lines.
+
+    ``frame`` has the upper-cased column names; ``lines`` gives each row's 1-based line number
+    in the file (the header is line 1), for error messages and file-order provenance.
+    """
+
+    source: SourceFile
+    frame: pd.DataFrame
+    lines: np.ndarray
+    header: list[str]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def error(self, message: str, *, row: int | None = None, column: str | None = None) -> InputFileError:
+        line = int(self.lines[row]) if row is not None else None
+        return InputFileError(self.source.path, message, line=line, column=column)
+
+
+def read_table(
+    raw: FileBytes,
+    columns: Iterable[str],
+    *,
+    required: Iterable[str] = (),
+    sep: str = "|",
+) -> Table:
+    """Parse ``raw`` keeping only ``columns`` (matched case-insensitively; absent ones skipped).
+
+    ``required`` columns must be in the header. Rows must have as many fields as the header
+    (pipe files are not quoted, so a ragged row means a damaged file); blank lines are ignored.
+    """
+    path = raw.source.path
+    data = raw.data
+    if not data.strip():
+        raise InputFileError(path, "empty file; expected a header row", line=1)
+    lines = _split_lines(data)
+    header = _header_names(path, lines[0], sep)
+    position: dict[str, int] = {}
+    for i, name in enumerate(header):
+        position.setdefault(name, i)
+    for name in required:
+        if name.upper() not in position:
+            raise InputFileError(
+                path, f"missing required column {name} (header has {len(header)} columns)",
+                line=1, column=name,
+            )
+    wanted = sorted({position[c.upper()] for c in columns if c.upper() in position})
+    row_lines = _check_rows(path, lines, len(header), sep.encode())
+    if not wanted or not row_lines.size:
+        frame = pd.DataFrame({header[i]: pd.Series([], dtype=object) for i in wanted})
+        return Table(raw.source, frame.iloc[:0], row_lines, header)
+    quoting = csv.QUOTE_NONE if sep == "|" else csv.QUOTE_MINIMAL
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            sep=sep,
+            header=0,
+            usecols=wanted,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            quoting=quoting,
+            encoding=_encoding(data),
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputFileError(path, f"cannot parse file: {exc}") from None
+    frame.columns = [header[i] for i in wanted]
+    if len(frame) != len(row_lines):
+        # only a quoted CSV cell spanning lines gets here; line numbers become approximate
+        row_lines = np.arange(2, len(frame) + 2)
+    frame = frame.apply(lambda col: col.str.strip())
+    return Table(raw.source, frame, row_lines, header)
+
+
+def _check_rows(path: Path, lines: list[bytes], n_columns: int, sep: bytes) -> np.ndarray:
+    """Line numbers of the data rows; a row with the wrong number of fields is an error."""
+    numbers: list[int] = []
+    expected = n_columns - 1
+    quoted = sep != b"|"
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if not quoted and line.count(sep) != expected:
+            raise InputFileError(
+                path,
+                f"row has {line.count(sep) + 1} fields but the header has {n_columns}",
+                line=number,
+            )
+        numbers.append(number)
+    return np.asarray(numbers, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- values
+
+# A cell is "<head>" or "<head>: <label>"; the head is a number (code or measurement) or an OAI
+# missing code (a dot and at most one letter).
+_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+_MISSING = r"^\.[A-Za-z]?$"
+_NUMBER_RE = re.compile(_NUMBER)
+_MISSING_RE = re.compile(_MISSING)
+
+
+@dataclass(frozen=True)
+class ParsedValue:
+    """One OAI cell: its number (code or measurement), or its missing code, and the raw text."""
+
+    number: float | None
+    missing_code: str | None  # ".", ".A", ".T", ".P", ".M", ".D"...; "" for an empty cell
+    text: str | None  # the stripped cell, None when empty
+
+
+def parse_value(cell: str | None) -> ParsedValue:
+    """Parse one cell: ``"1: Male"`` -> 1, ``".A: Not Expected"`` -> missing ``.A``, free text -> text."""
+    text = (cell or "").strip()
+    if not text:
+        return ParsedValue(None, "", None)
+    head = text.split(":", 1)[0].strip()
+    if _NUMBER_RE.match(head):
+        return ParsedValue(float(head), None, text)
+    if _MISSING_RE.match(head):
+        return ParsedValue(None, head.upper(), text)
+    return ParsedValue(None, None, text)
+
+
+@dataclass
+class CodedColumn:
+    """A column parsed vectorised: numbers (NaN where none), missing codes, unparseable cells."""
+
+    number: np.ndarray  # float64
+    missing_code: np.ndarray  # object: None where a number was read, "" for an empty cell
+    invalid: np.ndarray  # bool: neither a number nor a missing code (free text)
+
+
+def parse_coded(values: pd.Series) -> CodedColumn:
+    """Vectorised ``parse_value`` over a column of strings (Arrow compute: no Python per cell)."""
+    cells = pc.utf8_trim_whitespace(pa.array(values, type=pa.large_string(), from_pandas=True).fill_null(""))
+    head = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(cells, ":", max_splits=1), 0))
+    is_number = pc.match_substring_regex(head, _NUMBER).to_numpy(zero_copy_only=False)
+    is_missing = pc.match_substring_regex(head, _MISSING).to_numpy(zero_copy_only=False)
+    blank = pc.equal(cells, "").to_numpy(zero_copy_only=False)
+    number = np.full(len(values), np.nan)
+    if is_number.any():
+        number[is_number] = pc.cast(pc.filter(head, is_number), pa.float64()).to_numpy(zero_copy_only=False)
+    missing = np.full(len(values), None, dtype=object)
+    if is_missing.any():
+        missing[is_missing] = pc.utf8_upper(pc.filter(head, is_missing)).to_numpy(zero_copy_only=False)
+    missing[blank] = ""
+    return CodedColumn(number, missing, ~(is_number | is_missing | blank))
+
+
+def numeric(table: Table, column: str, *, integer: bool = False) -> CodedColumn:
+    """Parse a numeric/coded column; any cell that is neither a number nor a missing code is an error."""
+    if column not in table.frame.columns:
+        n = len(table)
+        return CodedColumn(np.full(n, np.nan), np.full(n, "", dtype=object), np.zeros(n, dtype=bool))
+    parsed = parse_coded(table.frame[column])
+    bad = np.flatnonzero(parsed.invalid)
+    if bad.size:
+        row = int(bad[0])
+        raise table.error(
+            f"expected a number, a coded value ('1: label') or a missing code ('.: ...'), "
+            f"got {table.frame[column].iloc[row]!r}",
+            row=row, column=column,
+        )
+    if integer:
+        finite = ~np.isnan(parsed.number)
+        fractional = finite & (parsed.number != np.round(parsed.number))
+        if fractional.any():
+            row = int(np.flatnonzero(fractional)[0])
+            raise table.error(
+                f"expected a whole number, got {table.frame[column].iloc[row]!r}", row=row, column=column
+            )
+    return parsed
+
+
+def as_int(parsed: CodedColumn) -> pd.Series:
+    return pd.Series(parsed.number).round().astype("Int64")
+
+
+def subject_ids(table: Table, column: str = "ID") -> np.ndarray:
+    """OAI participant ids (7-digit integers) as int64; a non-numeric id names its line."""
+    ids = table.frame[column]
+    ok = ids.str.fullmatch(r"\d{1,10}").fillna(False).to_numpy(dtype=bool)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise table.error(
+            f"participant id must be a whole number, got {ids.iloc[row]!r}", row=row, column=column
+        )
+    return ids.astype("int64").to_numpy()
+
+
+def dates(table: Table, column: str, fmt: str = "%m/%d/%Y") -> pd.Series:
+    """Dates (``mm/dd/yyyy`` by default) as ``datetime.date`` objects; missing codes -> None."""
+    n = len(table)
+    if column not in table.frame.columns:
+        return pd.Series([None] * n, dtype=object)
+    cells = table.frame[column]
+    missing = parse_coded(cells).missing_code
+    is_missing = np.array([m is not None for m in missing], dtype=bool)
+    parsed = pd.to_datetime(cells.where(~is_missing, None), format=fmt, errors="coerce")
+    bad = parsed.isna().to_numpy() & ~is_missing
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        human = fmt.replace("%m", "mm").replace("%d", "dd").replace("%Y", "yyyy")
+        raise table.error(
+            f"expected a date {human} or a missing code, got {cells.iloc[row]!r}", row=row, column=column
+        )
+    out = np.full(n, None, dtype=object)
+    ok = ~is_missing
+    out[ok] = parsed[ok].dt.date.to_numpy(dtype=object)
+    return pd.Series(out, dtype=object)
+
+
+def knee_sides(table: Table, column: str = "SIDE") -> np.ndarray:
+    """``SIDE`` (1/``1: Right`` -> ``"R"``, 2/``2: Left`` -> ``"L"``) as an array of strings."""
+    cells = table.frame[column]
+    parsed = parse_coded(cells)
+    side = np.full(len(cells), None, dtype=object)
+    side[parsed.number == 1] = "R"
+    side[parsed.number == 2] = "L"
+    words = cells.str.upper().str.strip()
+    side[(words.isin(["RIGHT", "R"])).to_numpy(dtype=bool)] = "R"
+    side[(words.isin(["LEFT", "L"])).to_numpy(dtype=bool)] = "L"
+    unknown = np.array([s is None for s in side], dtype=bool)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise table.error(
+            f"knee side must be 1 (right) or 2 (left), got {cells.iloc[row]!r}", row=row, column=column
+        )
+    return side
+
+
+def _text_or_none(table: Table, column: str) -> pd.Series:
+    """A text column with None for empty cells (all None when the file lacks the column)."""
+    out = np.full(len(table), None, dtype=object)
+    if column in table.frame.columns:
+        cells = table.frame[column]
+        filled = (cells != "").to_numpy(dtype=bool)
+        out[filled] = cells[filled].to_numpy(dtype=object)
+    return pd.Series(out, dtype=object)
+
+
+def _none_if_missing(values: pd.Series) -> pd.Series:
+    """Strings with missing codes and empty cells replaced by None; ``"C: label"`` -> ``"C"``."""
+    parsed = parse_coded(values)
+    text = values.str.split(":", n=1).str[0].str.strip()
+    keep = np.array([m is None for m in parsed.missing_code], dtype=bool)
+    out = np.full(len(values), None, dtype=object)
+    out[keep] = text[keep].to_numpy(dtype=object)
+    return pd.Series(out, dtype=object)
+
+
+# --------------------------------------------------------------------------- per-table readers
+
+
+def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
+    """Enrollees: ``subject_id, site, sex ("M"/"F"), race, cohort`` (one row per participant),
+    plus a ``Table`` holding the extra ``variables`` asked for (see ``clinical_values``)."""
+    t = read_table(raw, ["ID", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", *variables],
+                   required=["ID", "V00SITE"])
+    sex_code = numeric(t, "P02SEX", integer=True).number
+    sex = np.full(len(t), None, dtype=object)
+    sex[sex_code == 1] = "M"
+    sex[sex_code == 2] = "F"
+    other = ~np.isnan(sex_code) & (sex_code != 1) & (sex_code != 2)
+    if other.any():
+        row = int(np.flatnonzero(other)[0])
+        raise t.error(f"sex must be 1 (male) or 2 (female), got {t.frame['P02SEX'].iloc[row]!r}",
+                      row=row, column="P02SEX")
+    site = _none_if_missing(t.frame["V00SITE"])
+    frame = pd.DataFrame({
+        "subject_id": subject_ids(t),
+        "site": site,
+        "sex": pd.Series(sex, dtype=object),
+        "race": as_int(numeric(t, "P02RACE", integer=True)),
+        "cohort": as_int(numeric(t, "V00COHORT", integer=True)),
+        "line": t.lines,
+    })
+    long_site = np.array([s is not None and len(s) != 1 for s in site], dtype=bool)
+    if long_site.any():
+        row = int(np.flatnonzero(long_site)[0])
+        raise t.error(f"site must be one letter (A-E), got {t.frame['V00SITE'].iloc[row]!r}",
+                      row=row, column="V00SITE")
+    return _unique_subjects(t, frame), t
+
+
+def _unique_subjects(t: Table, frame: pd.DataFrame) -> pd.DataFrame:
+    dup = frame["subject_id"].duplicated().to_numpy()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        raise t.error(f"participant {frame['subject_id'].iloc[row]} is listed twice", row=row, column="ID")
+    return frame
+
+
+def allclinical_columns(visit: int) -> dict[str, str]:
+    """The typed per-visit columns of ``AllClinical{vv}`` (field -> OAI variable)."""
+    vv = f"V{visit:02d}"
+    if visit == 0:
+        # screening BMI (P01) is the baseline BMI; the enrolment visit has its own date column
+        return {"age": "V00AGE", "bmi": "P01BMI", "visit_date": "V00EVDATE"}
+    return {"age": f"{vv}AGE", "bmi": f"{vv}BMI", "visit_date": f"{vv}FVDATE"}
+
+
+def read_allclinical(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
+    """AllClinical{vv}: per-visit ``subject_id, visit, age, bmi, visit_date``, plus a ``Table``
+    holding the extra ``variables`` asked for (see ``clinical_values``).
+
+    At baseline ``V00AGE`` and ``P01BMI`` are required: the paper's cohort needs them, and a file
+    without them is not the AllClinical00 we think it is.
+    """
+    visit = raw.source.visit
+    assert visit is not None
+    typed = allclinical_columns(visit)
+    required = ["ID", typed["age"], typed["bmi"]] if visit == 0 else ["ID"]
+    t = read_table(raw, ["ID", *typed.values(), *variables], required=required)
+    frame = pd.DataFrame({
+        "subject_id": subject_ids(t),
+        "visit": visit,
+        "age": numeric(t, typed["age"]).number,
+        "bmi": numeric(t, typed["bmi"]).number,
+        "visit_date": dates(t, typed["visit_date"]),
+        "line": t.lines,
+    })
+    return _unique_subjects(t, frame), t
+
+
+def clinical_values(table: Table, variables: Sequence[str], ids: np.ndarray | None = None) -> pd.DataFrame:
+    """Long rows ``subject_id, variable, value_text, value_num, missing_code, source_file`` for the
+    requested ``variables`` found in ``table`` (one row per subject and variable)."""
+    ids = subject_ids(table) if ids is None else ids
+    frames = []
+    for name in variables:
+        column = name.upper()
+        if column not in table.frame.columns:
+            continue
+        parsed = parse_coded(table.frame[column])
+        text = table.frame[column].where(table.frame[column] != "", None)
+        frames.append(pd.DataFrame({
+            "subject_id": ids,
+            "variable": column,
+            "value_text": text.astype(object).where(text.notna(), None),
+            "value_num": parsed.number,
+            "missing_code": parsed.missing_code,
+            "source_file": table.source.relative_path,
+        }))
+    if not frames:
+        return pd.DataFrame(columns=["subject_id", "variable", "value_text", "value_num",
+                                     "missing_code", "source_file"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def kxr_columns(visit: int) -> dict[str, str]:
+    """The ``kXR_SQ_BU{vv}`` columns read into ``xray_readings`` (field -> OAI variable)."""
+    vv = f"V{visit:02d}XR"
+    return {
+        "klg": f"{vv}KL",
+        "jsn_medial": f"{vv}JSM",
+        "jsn_lateral": f"{vv}JSL",
+        "osteophyte_fm": f"{vv}OSFM",
+        "osteophyte_fl": f"{vv}OSFL",
+        "osteophyte_tm": f"{vv}OSTM",
+        "osteophyte_tl": f"{vv}OSTL",
+    }
+
+
+def read_kxr(raw: FileBytes) -> pd.DataFrame:
+    """kXR_SQ_BU{vv}: one row per reading, in file order, with ``source_row`` = file line.
+
+    Columns: ``subject_id, side, visit, read_project, klg, klg_missing_code, jsn_*,
+    osteophyte_*, source_file, source_row``. Duplicates across reading projects are kept; which
+    one counts is the label definition's business.
+    """
+    visit = raw.source.visit
+    assert visit is not None
+    cols = kxr_columns(visit)
+    t = read_table(raw, ["ID", "SIDE", "READPRJ", *cols.values()],
+                   required=["ID", "SIDE", cols["klg"]])
+    klg = numeric(t, cols["klg"], integer=True)
+    frame = pd.DataFrame({
+        "subject_id": subject_ids(t),
+        "side": knee_sides(t),
+        "visit": visit,
+        "read_project": as_int(numeric(t, "READPRJ", integer=True)),
+        "klg": as_int(klg),
+        "klg_missing_code": pd.Series(klg.missing_code, dtype=object),
+    })
+    out_of_range = frame["klg"].notna() & ~frame["klg"].isin([0, 1, 2, 3, 4])
+    if out_of_range.any():
+        row = int(np.flatnonzero(out_of_range.to_numpy())[0])
+        raise t.error(f"KL grade must be 0-4, got {t.frame[cols['klg']].iloc[row]!r}",
+                      row=row, column=cols["klg"])
+    for field, column in cols.items():
+        if field != "klg":
+            frame[field] = numeric(t, column).number
+    frame["source_file"] = raw.source.relative_path
+    frame["source_row"] = t.lines
+    return frame
+
+
+# Outcomes99 knee columns: field -> suffix after V99E{R,L}K
+OUTCOME_FIELDS: dict[str, str] = {
+    "status": "RPSN",
+    "at_baseline": "BLRP",
+    "days_from_enrolment": "DAYS",
+    "visit_before": "VSPR",
+    "visit_after": "VSAF",
+    "xray_visit_before": "XRPR",
+    "xray_visit_after": "XRAF",
+    "adjudication": "RPCF",
+    "total_or_partial": "TLPR",
+}
+
+
+def read_outcomes(raw: FileBytes) -> pd.DataFrame:
+    """Outcomes99: knee replacement facts, one row per subject and side (``R``/``L``)."""
+    sides = {"R": "V99ERK", "L": "V99ELK"}
+    wanted = ["ID"] + [p + s for p in sides.values() for s in OUTCOME_FIELDS.values()]
+    t = read_table(raw, wanted, required=["ID", "V99ERKRPSN", "V99ELKRPSN"])
+    ids = subject_ids(t)
+    _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
+    frames = []
+    for side, prefix in sides.items():
+        cols: dict[str, object] = {"subject_id": ids, "side": side}
+        for field, suffix in OUTCOME_FIELDS.items():
+            cols[field] = as_int(numeric(t, prefix + suffix, integer=True))
+        frame = pd.DataFrame(cols)
+        frame["at_baseline"] = frame["at_baseline"].astype("boolean")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_contents(raw: FileBytes) -> pd.DataFrame:
+    """An image package's ``contents.csv``: one row per series, rescans collapsed to the last.
+
+    Columns: ``subject_id, visit, side ("R"/"L"/""), sequence, series_description,
+    study_description, folder, visit_dir, study_date, barcode, source_file, source_row``.
+    The visit comes from the release code that starts ``Folder`` (``0.C.2/...``), else from the
+    visit dir's name (``00m``).
+    """
+    t = read_table(
+        raw,
+        ["FOLDER", "PARTICIPANTID", "STUDYDATE", "BARCODE", "ACCESSIONNUMBER",
+         "STUDYDESCRIPTION", "SERIESDESCRIPTION"],
+        required=["FOLDER", "PARTICIPANTID", "SERIESDESCRIPTION"],
+        sep=",",
+    )
+    f = t.frame
+    folder = f["FOLDER"].str.replace("\\", "/", regex=False).str.strip("/")
+    code = folder.str.split("/", n=1).str[0].str.split(".", n=1).str[0]
+    visit = code.map(RELEASE_VISITS)
+    dir_visit = raw.source.visit
+    if dir_visit is not None:
+        visit = visit.fillna(dir_visit)
+    if visit.isna().any():
+        row = int(np.flatnonzero(visit.isna().to_numpy())[0])
+        raise t.error(
+            f"cannot tell the visit: Folder {f['FOLDER'].iloc[row]!r} does not start with a "
+            "release code (0.C.2, 1.E.1 ...) and the folder is not a visit dir (00m, 12m ...)",
+            row=row, column="FOLDER",
+        )
+    description = f["SERIESDESCRIPTION"]  # already stripped of its padding
+    if (description == "").any():
+        row = int(np.flatnonzero((description == "").to_numpy())[0])
+        raise t.error("empty SeriesDescription", row=row, column="SERIESDESCRIPTION")
+    upper = description.str.upper()
+    side = np.full(len(t), "", dtype=object)
+    sequence = upper.to_numpy(dtype=object).copy()
+    for suffix, letter in (("_RIGHT", "R"), ("_LEFT", "L")):
+        has = upper.str.endswith(suffix).to_numpy(dtype=bool)
+        side[has] = letter
+        sequence[has] = [s[: -len(suffix)] for s in sequence[has]]
+    barcode = "BARCODE" if "BARCODE" in f.columns else "ACCESSIONNUMBER"
+    frame = pd.DataFrame({
+        "subject_id": subject_ids(t, "PARTICIPANTID"),
+        "visit": visit.astype("int64").to_numpy(),
+        "side": side,
+        "sequence": sequence,
+        "series_description": description.to_numpy(dtype=object),
+        "study_description": _text_or_none(t, "STUDYDESCRIPTION"),
+        "folder": folder.to_numpy(dtype=object),
+        "visit_dir": str(raw.source.path.parent.resolve()),
+        "study_date": dates(t, "STUDYDATE", fmt="%Y%m%d"),
+        # kept as written: some releases lost the leading zeros (compare with lstrip("0"))
+        "barcode": _text_or_none(t, barcode),
+        "source_file": raw.source.relative_path,
+        "source_row": t.lines,
+    })
+    # a rescan is listed after the series it replaces
+    return frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
+
