@@ -116,9 +116,47 @@ class _Reference:
     photometric: str
     series_uid: str
     bits_stored: int
+    signature: tuple[object, ...]
+    native_dtype: np.dtype | None  # uncompressed little-endian pixels: read the bytes directly
+
+
+# Elements every slice must share. A slice whose encoded values equal the first file's needs no
+# further header checks; comparing the undecoded bytes is much cheaper than decoding them.
+_SHARED_TAGS = (
+    0x0020000E,  # SeriesInstanceUID
+    0x00200037,  # ImageOrientationPatient
+    0x00280002,  # SamplesPerPixel
+    0x00280004,  # PhotometricInterpretation
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280030,  # PixelSpacing
+    0x00280100,  # BitsAllocated
+    0x00280103,  # PixelRepresentation
+)
+
+
+def _signature(ds: FileDataset) -> tuple[object, ...]:
+    """The shared elements as read from the file (call before any attribute access decodes them)."""
+    values: list[object] = []
+    for tag in _SHARED_TAGS:
+        element = ds.get_item(tag)
+        values.append(None if element is None else element.value)
+    file_meta = getattr(ds, "file_meta", None)
+    values.append(None if file_meta is None else str(file_meta.get("TransferSyntaxUID", "")))
+    return tuple(values)
+
+
+def _native_dtype(ds: FileDataset) -> np.dtype | None:
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if syntax is None or syntax.is_compressed or not syntax.is_little_endian:
+        return None
+    key = (int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)))
+    return _NATIVE_DTYPES.get(key)
 
 
 def _reference(path: Path, ds: FileDataset) -> _Reference:
+    signature = _signature(ds)
     rows = int(_required(path, ds, "Rows"))  # type: ignore[arg-type]
     cols = int(_required(path, ds, "Columns"))  # type: ignore[arg-type]
     orientation = _floats(path, ds, "ImageOrientationPatient", 6)
@@ -139,6 +177,8 @@ def _reference(path: Path, ds: FileDataset) -> _Reference:
         photometric=photometric,
         series_uid=str(ds.get("SeriesInstanceUID", "")),
         bits_stored=int(ds.get("BitsStored", bits_allocated)),
+        signature=signature,
+        native_dtype=_native_dtype(ds),
     )
 
 
@@ -158,25 +198,37 @@ def _check_slice(path: Path, ds: FileDataset, ref: _Reference, first: Path) -> N
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     if series_uid != ref.series_uid:
         raise SeriesError(path, f"SeriesInstanceUID {series_uid} differs from {first.name}'s {ref.series_uid}: files of two series in one folder")
-
-
-def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, notes: set[str]) -> np.ndarray:
-    if "PixelData" not in ds:
-        raise SeriesError(path, "no pixel data (PixelData element missing; truncated file?)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise SeriesError(path, f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale image")
-    file_meta = getattr(ds, "file_meta", None)
-    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    key = (int(ds.get("BitsAllocated", 16)), int(ds.get("PixelRepresentation", 0)))
-    if syntax is not None and not syntax.is_compressed and syntax.is_little_endian and key in _NATIVE_DTYPES:
-        # Uncompressed: view the bytes directly, cheaper than pydicom's generic decoder path.
-        dtype = _NATIVE_DTYPES[key]
-        data = ds.PixelData
+
+
+def _position(path: Path, ds: FileDataset) -> np.ndarray:
+    element = ds.get_item(0x00200032)
+    if element is not None and isinstance(element.value, bytes):
+        try:
+            values = np.array([float(v) for v in element.value.split(b"\\")])
+        except ValueError:
+            values = np.empty(0)
+        if values.shape == (3,) and np.all(np.isfinite(values)):
+            return values
+    return _floats(path, ds, "ImagePositionPatient", 3)
+
+
+def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype | None, notes: set[str]) -> np.ndarray:
+    element = ds.get_item(0x7FE00010)
+    if element is None:
+        raise SeriesError(path, "no pixel data (PixelData element missing; truncated file?)")
+    if dtype is not None:
+        data = element.value
+        if not isinstance(data, bytes):
+            data = ds.PixelData
         expected = ref.rows * ref.cols * dtype.itemsize
         if len(data) < expected:
             raise SeriesError(path, f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} (truncated file?)")
         image = np.frombuffer(data, dtype=dtype, count=ref.rows * ref.cols).reshape(ref.rows, ref.cols)
     else:
+        file_meta = getattr(ds, "file_meta", None)
+        syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
         try:
             image = ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
@@ -223,14 +275,18 @@ def read_series(folder: Path | str, *, expected_description: str | None = None) 
 
     first = _read_file(files[0])
     ref = _reference(files[0], first)
+    if int(first.get("SamplesPerPixel", 1)) != 1:
+        raise SeriesError(files[0], f"SamplesPerPixel {first.SamplesPerPixel}: not a grayscale image")
     pixels = np.empty((len(files), ref.rows, ref.cols), dtype=np.uint16)
     origins = np.empty((len(files), 3), dtype=np.float64)
     for index, path in enumerate(files):
         ds = first if index == 0 else _read_file(path)
-        if index:
+        dtype = ref.native_dtype
+        if index and _signature(ds) != ref.signature:
             _check_slice(path, ds, ref, files[0])
-        origins[index] = _floats(path, ds, "ImagePositionPatient", 3)
-        pixels[index] = _slice_pixels(path, ds, ref, notes)
+            dtype = _native_dtype(ds)
+        origins[index] = _position(path, ds)
+        pixels[index] = _slice_pixels(path, ds, ref, dtype, notes)
 
     positions = origins @ ref.normal
     order = np.argsort(positions, kind="stable")

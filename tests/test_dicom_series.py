@@ -240,3 +240,24 @@ def test_declared_slice_spacing_that_disagrees_with_positions_is_noted(tmp_path:
 )
 def test_side_from_description(description: str, side: str | None) -> None:
     assert side_from_description(description) == side
+
+
+def test_slices_may_differ_in_encoding_but_not_in_value(tmp_path: Path, volume: np.ndarray) -> None:
+    folder = write(tmp_path / "s", volume)
+    compressed = write(tmp_path / "rle", volume, transfer_syntax=RLELossless)
+    shutil.copy(compressed / "002", folder / "002")  # same series, one slice RLE-compressed
+    ds = pydicom.dcmread(folder / "005")
+    ds.PixelSpacing = ["0.36500", "0.365000"]  # same value written differently
+    ds.save_as(folder / "005")
+
+    series = read_series(folder)
+
+    np.testing.assert_array_equal(series.pixels, volume)
+
+
+def test_pixel_spacing_that_really_differs_is_rejected(tmp_path: Path, volume: np.ndarray) -> None:
+    folder = write(tmp_path / "s", volume)
+    ds = pydicom.dcmread(folder / "005")
+    ds.PixelSpacing = ["0.4", "0.365"]
+    ds.save_as(folder / "005")
+    assert_fails(folder, "005", "PixelSpacing", "001")
