@@ -121,9 +121,9 @@ class KneeAnatomy:
     noise_sigma: float
     shading: tuple[float, float, float]
     # cartilage thickness (mm) per plate and joint-space gap (mm) per compartment
-    femoral_cartilage_mm: tuple[float, float]  # (medial, lateral)
+    femoral_cartilage_mm: tuple[float, float]  # (medial, lateral), as every pair below
     tibial_cartilage_mm: tuple[float, float]
-    gap_mm: tuple[float, float]
+    gap_mm: tuple[float, float]  # between the femoral and tibial cartilage
     patellar_cartilage_mm: float
     effusion: float
     marrow_lesions: tuple[Blob, ...] = field(default_factory=tuple)
@@ -205,11 +205,15 @@ def knee_anatomy(latent: float, rng: np.random.Generator) -> KneeAnatomy:
     )
 
 
-def _condyle_bottom(compartment: int, femoral, tibial, gaps) -> float:
+Pair = tuple[float, float]  # (medial, lateral)
+
+
+def _condyle_bottom(compartment: int, femoral: Pair, tibial: Pair, gaps: Pair) -> float:
+    """Height of a femoral condyle's lowest bone point above the tibial plateau (mm)."""
     return tibial[compartment] + gaps[compartment] + femoral[compartment]
 
 
-def _marrow_lesion(rng: np.random.Generator, femoral, tibial, gaps) -> Blob:
+def _marrow_lesion(rng: np.random.Generator, femoral: Pair, tibial: Pair, gaps: Pair) -> Blob:
     # Lesions sit just under the articular surface, mostly in the medial compartment.
     compartment = 0 if rng.random() < 0.7 else 1
     x = (_MEDIAL_X, _LATERAL_X)[compartment] + rng.uniform(-9.0, 9.0)
@@ -223,7 +227,7 @@ def _marrow_lesion(rng: np.random.Generator, femoral, tibial, gaps) -> Blob:
     return Blob((float(x), float(y), float(z)), (radius, radius * 1.3, radius * 0.8))
 
 
-def _osteophyte(rng: np.random.Generator, femoral, tibial, gaps) -> Blob:
+def _osteophyte(rng: np.random.Generator, femoral: Pair, tibial: Pair, gaps: Pair) -> Blob:
     # Bumps at the margins of the tibial plateau or of the femoral condyles.
     radius = float(rng.uniform(2.0, 5.0))
     site = int(rng.integers(0, 4))
@@ -238,7 +242,6 @@ def _osteophyte(rng: np.random.Generator, femoral, tibial, gaps) -> Blob:
         y = _PLATEAU_Y + (_PLATEAU_HALF[1] if rng.random() < 0.5 else -_PLATEAU_HALF[1])
         z = -1.5
     else:  # posterior or anterior margin of a femoral condyle
-        x = cx + (_CONDYLE_HALF_WIDTH if compartment == 1 else -_CONDYLE_HALF_WIDTH)
         bottom = _condyle_bottom(compartment, femoral, tibial, gaps)
         angle = math.radians(rng.uniform(35.0, 80.0)) * (1 if site == 2 else -1)
         y = _CONDYLE_Y + _CONDYLE_RADIUS * math.sin(angle)
@@ -259,42 +262,50 @@ class _Shape(Protocol):
     def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray: ...
 
 
+# Shape parameters are kept as Python floats: a NumPy float64 scalar would promote the float32
+# coordinate arrays to float64 and double the cost of every operation.
+
+
 class _Ellipsoid:
     def __init__(self, center: Sequence[float], semi_axes: Sequence[float]) -> None:
-        self.c = np.asarray(center, dtype=np.float64)
-        self.a = np.asarray(semi_axes, dtype=np.float64)
-        self.lo, self.hi = self.c - self.a, self.c + self.a
+        self.c = tuple(float(v) for v in center)
+        self.a = tuple(float(v) for v in semi_axes)
+        self.lo = np.subtract(self.c, self.a)
+        self.hi = np.add(self.c, self.a)
 
     def sdf(self, x, y, z):
-        q = ((x - self.c[0]) / self.a[0]) ** 2 + (((y - self.c[1]) / self.a[1]) ** 2 + ((z - self.c[2]) / self.a[2]) ** 2)
-        return (np.sqrt(q) - 1.0) * float(self.a.min())
+        (cx, cy, cz), (ax, ay, az) = self.c, self.a
+        q = ((x - cx) / ax) ** 2 + (((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2)
+        return (np.sqrt(q) - 1.0) * min(self.a)
 
 
 class _Box:
     """Axis-aligned box with rounded edges (radius 0 gives sharp edges)."""
 
     def __init__(self, center: Sequence[float], half: Sequence[float], radius: float = 0.0) -> None:
-        self.c = np.asarray(center, dtype=np.float64)
-        self.h = np.asarray(half, dtype=np.float64)
+        self.c = tuple(float(v) for v in center)
+        self.h = tuple(float(v) for v in half)
         self.r = float(radius)
-        self.lo, self.hi = self.c - self.h, self.c + self.h
+        self.lo = np.subtract(self.c, self.h)
+        self.hi = np.add(self.c, self.h)
 
     def sdf(self, x, y, z):
-        inner = self.h - self.r
-        qx = np.abs(x - self.c[0]) - inner[0]
-        qy = np.abs(y - self.c[1]) - inner[1]
-        qz = np.abs(z - self.c[2]) - inner[2]
+        (cx, cy, cz), r = self.c, self.r
+        hx, hy, hz = (h - r for h in self.h)
+        qx = np.abs(x - cx) - hx
+        qy = np.abs(y - cy) - hy
+        qz = np.abs(z - cz) - hz
         outside = np.sqrt(np.maximum(qx, 0) ** 2 + (np.maximum(qy, 0) ** 2 + np.maximum(qz, 0) ** 2))
         inside = np.minimum(np.maximum(qx, np.maximum(qy, qz)), 0)
-        return outside + inside - self.r
+        return outside + inside - r
 
 
 class _CylinderZ:
     """Elliptic cylinder along z between z_lo and z_hi."""
 
     def __init__(self, cx: float, cy: float, ax: float, ay: float, z_lo: float, z_hi: float) -> None:
-        self.cx, self.cy, self.ax, self.ay = cx, cy, ax, ay
-        self.z_lo, self.z_hi = z_lo, z_hi
+        self.cx, self.cy, self.ax, self.ay = float(cx), float(cy), float(ax), float(ay)
+        self.z_lo, self.z_hi = float(z_lo), float(z_hi)
         self.lo = np.array([cx - ax, cy - ay, z_lo])
         self.hi = np.array([cx + ax, cy + ay, z_hi])
 
@@ -457,7 +468,7 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
         for cx, cz in zip(compartments, condyle_z)
     ]
     for condyle, thickness, cz in zip(condyles, femoral, condyle_z):
-        grown = _Ellipsoid(condyle.c, condyle.a + np.array([1.0, thickness, thickness]))
+        grown = _Ellipsoid(condyle.c, np.add(condyle.a, (1.0, thickness, thickness)))
         articular = _Box((condyle.c[0], condyle.c[1], cz - 40.0), (30.0, 40.0, 40.0 + 0.3 * _CONDYLE_RADIUS))
         layers.append((_Intersection(grown, articular), CARTILAGE))
     for cx, thickness in zip(compartments, tibial):
@@ -482,7 +493,7 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
     fibula = _CylinderZ(31.0, 20.0, 7.0, 7.0, -200.0, -14.0)
     patella = _Ellipsoid((0.0, -34.0, joint_top + 4.0), (20.0, 8.0, 17.0))
     patellar_cartilage = _Intersection(
-        _Ellipsoid(patella.c, patella.a + knee.patellar_cartilage_mm),
+        _Ellipsoid(patella.c, np.add(patella.a, knee.patellar_cartilage_mm)),
         _Box((0.0, patella.c[1] + 20.0, patella.c[2]), (40.0, 20.0, 40.0)),
     )
     layers.append((patellar_cartilage, CARTILAGE))
