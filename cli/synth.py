@@ -1,0 +1,56 @@
+"""``oai synth``: write a synthetic OAI release in the real file formats."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicohort.errors import OAIError
+from oaicohort.synth import OAI_SIZE, write_release
+
+
+class ImageSize(str, Enum):
+    full = "full"
+    small = "small"
+
+
+def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) -> int:
+    try:
+        from oaicohort.synth.images import write_images  # heavy (pydicom); only when asked
+    except ImportError as exc:
+        raise OAIError(f"--images needs oaicohort.synth.images, which cannot be imported here ({exc})") from None
+    return write_images(out, size=size, seed=seed, workers=workers, progress=progress)
+
+
+@handles_errors
+def synth_command(
+    out: Path = typer.Argument(..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."),
+    subjects: int = typer.Option(OAI_SIZE, "--subjects", "-n", help="Number of participants (the OAI enrolled 4,796)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
+    images: bool = typer.Option(False, "--images", help="Also write a DICOM DESS series for every knee listed in 00m/contents.csv."),
+    image_size: ImageSize = typer.Option(ImageSize.full, "--image-size", help="full: 384x384x160 as in the OAI; small: a tiny version for tests and demos."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes writing image series."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
+) -> None:
+    """Write a synthetic OAI release: clinical tables, X-ray readings, outcomes, the baseline image
+    index and synth_truth.csv (the per-knee latent progression factor), optionally DESS images."""
+    with rich_progress(enabled=not json_out) as progress:
+        summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
+        series = _write_images(out, image_size.value, seed, workers, progress) if images else None
+    result = {**summary.to_dict(), "images": series, "image_size": image_size.value if images else None}
+    if json_out:
+        emit_json(result)
+        return
+    out_console.print(
+        f"[bold]{summary.subjects}[/] subjects (seed {summary.seed}) written to {summary.root}: "
+        f"{len(summary.files)} files, {summary.xray_readings} X-ray readings, "
+        f"{summary.image_series} MR series indexed, {summary.knee_replacements} knee replacements "
+        f"in {summary.seconds:.1f} s")
+    if series is not None:
+        out_console.print(f"{series} DESS series written ({image_size.value})")
+    else:
+        err_console.print("images not written (add --images)", style="dim")
