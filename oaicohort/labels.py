@@ -37,6 +37,7 @@ from oaicohort.label_definitions import (
     NO_BASELINE_DESS,
     NO_BASELINE_READING,
     REPLACED_AT_BASELINE,
+    LabelDefinitionError,
     LabelDefinitionParams,
     resolve_definition,
 )
@@ -361,6 +362,22 @@ def _python_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return clean.to_dict("records")
 
 
+def _definition_params(db: Database, definition: str | LabelDefinitionParams) -> LabelDefinitionParams:
+    """A preset, the given parameters, or the parameters stored under a non-preset name."""
+    try:
+        return resolve_definition(definition)
+    except LabelDefinitionError:
+        with db.read() as session:
+            row = session.execute(
+                select(LabelDefinition)
+                .where(LabelDefinition.name == definition)
+                .order_by(LabelDefinition.created_at.desc(), LabelDefinition.id.desc())
+            ).scalars().first()
+        if row is None:
+            raise
+        return LabelDefinitionParams.from_dict(row.params)
+
+
 def derive_labels(
     db: Database,
     definition: str | LabelDefinitionParams = DEFAULT_DEFINITION,
@@ -368,7 +385,8 @@ def derive_labels(
     store: str | Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> LabelResult:
-    """Derive and store the labels of every knee under ``definition`` (a preset name or params).
+    """Derive and store the labels of every knee under ``definition``: a preset name, params, or
+    the name of a definition stored earlier (its stored parameters are used again).
 
     With ``store`` (a volume store path) knees without a good baseline volume in that store are
     excluded too (``image_failed`` / ``image_missing``); the store is part of the definition's
@@ -376,7 +394,7 @@ def derive_labels(
     """
     started = time.perf_counter()
     report = progress or no_progress
-    params = resolve_definition(definition)
+    params = _definition_params(db, definition)
     if store is not None:
         params = dataclasses.replace(params, image_store=str(Path(store).expanduser().resolve()))
     params_hash = params.hash()

@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-from sklearn.model_selection import StratifiedGroupKFold
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -145,10 +143,18 @@ def assign_folds(
             f"{folds} folds need at least {folds} training subjects; the cohort has {n_subjects} "
             f"outside test site(s) {list(sites)}"
         )
+    from sklearn.model_selection import StratifiedGroupKFold  # slow import: only when splitting
+
     fold = np.full(len(frame), -1)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     y = frame.loc[train, "label"].astype(str).to_numpy()
     groups = frame.loc[train, "subject_id"].to_numpy()
+    per_class = pd.Series(y).value_counts()
+    if (per_class < folds).all():
+        raise SplitError(
+            f"{folds} folds need at least {folds} training knees of some class; the cohort has "
+            f"{per_class.to_dict()} outside test site(s) {list(sites)}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for k, (_, held) in enumerate(splitter.split(np.zeros(len(train)), y, groups)):
@@ -291,6 +297,8 @@ def make_split(
                                False, assignments)
         assignments = assign_folds(included, test_sites=params["test_sites"], folds=folds, seed=seed)
         check_split(assignments, included, test_sites=params["test_sites"], folds=folds)
+        import sklearn
+
         stored_params = {**params, "sklearn_version": sklearn.__version__}
         split = Split(definition_id=row.id, params=stored_params, params_hash=params_hash)
         session.add(split)

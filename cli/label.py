@@ -1,0 +1,74 @@
+"""``oai label``: derive progression labels and print the paper's cohort table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicohort.label_definitions import DEFAULT_DEFINITION, PRESET_DESCRIPTIONS
+from oaicohort.labels import CohortSummary, cohort_summary, derive_labels
+
+
+def _mean_sd(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f}"
+
+
+def cohort_table(summary: CohortSummary, labelled: dict[str, int] | None = None) -> Table:
+    """The cohort table of the paper (section 3.1) as a Rich table."""
+    table = Table(
+        title=f"Cohort: {summary.definition} (labels {summary.params_hash[:12]})",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("Knees / subjects", f"{summary.knees} / {summary.subjects}")
+    table.add_row("Non-progressors / fast / slow", f"{summary.none} / {summary.fast} / {summary.slow}")
+    grades = "/".join(str(k) for k in summary.kl)
+    table.add_row(f"KLG {grades} (knees)", " / ".join(str(v) for v in summary.kl.values()))
+    table.add_row("Age (years)", _mean_sd(summary.age_mean, summary.age_sd))
+    table.add_row("BMI (kg/m²)", _mean_sd(summary.bmi_mean, summary.bmi_sd))
+    table.add_row("Female / male subjects", f"{summary.female} / {summary.male}")
+    if labelled is not None:
+        table.add_row(
+            "Labelled before cohort exclusions",
+            f"{labelled['knees']} knees / {labelled['subjects']} subjects "
+            f"({labelled['none']} / {labelled['fast']} / {labelled['slow']})",
+        )
+    table.add_section()
+    table.add_row("Excluded knees", str(sum(summary.excluded.values())))
+    for reason, count in summary.excluded.items():
+        table.add_row(f"  {reason.replace('_', ' ')}", str(count))
+    return table
+
+
+@handles_errors
+def label_command(
+    ctx: typer.Context,
+    definition: str = typer.Option(
+        DEFAULT_DEFINITION, "--definition", "-d",
+        help="Label definition: " + "; ".join(f"{k} ({v})" for k, v in PRESET_DESCRIPTIONS.items()),
+    ),
+    store: Optional[Path] = typer.Option(
+        None, "--store", help="Also exclude knees without a good baseline volume in this volume store."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
+) -> None:
+    """Derive knee progression labels (none / fast / slow) and print the cohort table."""
+    db = state(ctx).open_db()
+    with rich_progress(not json_out) as progress:
+        result = derive_labels(db, definition, store=store, progress=progress)
+    summary = cohort_summary(db, result.definition_id)
+    if json_out:
+        out: dict[str, Any] = summary.to_dict()
+        out["labelled"] = result.labelled
+        out["seconds"] = round(result.seconds, 3)
+        emit_json(out)
+        return
+    out_console.print(cohort_table(summary, result.labelled))
