@@ -37,6 +37,9 @@ def root(
 app.add_typer(db_app, name="db")
 
 # Commands are registered below, one module each (keep this list in data-flow order).
+from cli.label import label_command; app.command("label")(label_command)  # noqa: E402,E702
+from cli.split import split_command; app.command("split")(split_command)  # noqa: E402,E702
+from cli.cohort import cohort_command; app.command("cohort")(cohort_command)  # noqa: E402,E702
 from cli.preprocess import preprocess_command; app.command("preprocess")(preprocess_command)  # noqa: E402,E702
 from cli.store import store_app; app.add_typer(store_app, name="store")  # noqa: E402,E702
 
