@@ -61,7 +61,8 @@ def make_release(root: Path, count: int) -> None:
     for i in range(count):
         subject, side = 9000000 + i // 2, "RL"[i % 2]
         word = {"R": "RIGHT", "L": "LEFT"}[side]
-        rows.append(f"0.C.2/{subject}/20050101/{10000000 + i},{subject},20050101,0166{i:06d},OAI^MR^ENROLLMENT^{word},SAG_3D_DESS_{word}")
+        folder = f"0.C.2/{subject}/20050101/{10000000 + i}"
+        rows.append(f"{folder},{subject},20050101,0166{i:06d},OAI^MR^ENROLLMENT^{word},SAG_3D_DESS_{word}")
         truth.append(f"{subject},{side},{rng.normal():.4f},none")
     (root / "00m").mkdir(parents=True)
     (root / "00m" / "contents.csv").write_text("\n".join(rows) + "\n")
@@ -71,9 +72,12 @@ def make_release(root: Path, count: int) -> None:
 def bench_size(size: str, count: int, workers: int, repeats: int) -> None:
     geometry = IMAGE_SIZES[size]
     megabytes = np.prod(geometry.shape) * 2 / 1e6
-    print(f"\n== {size}: {geometry.shape} (slices, rows, cols) at {geometry.spacing_mm} mm, {megabytes:.1f} MB of pixels per series")
-    rng_seed = iter(range(10**6))
-    render_wall, render_cpu = best(lambda: render_knee_volume(0.5, "L", np.random.default_rng(next(rng_seed)), size), repeats)
+    print(f"\n== {size}: {geometry.shape} (slices, rows, cols) at {geometry.spacing_mm} mm, "
+          f"{megabytes:.1f} MB of pixels per series")
+    seeds = iter(range(10**6))
+    render_wall, render_cpu = best(
+        lambda: render_knee_volume(0.5, "L", np.random.default_rng(next(seeds)), size), repeats
+    )
     volume = render_knee_volume(0.5, "L", np.random.default_rng(0), size)
     meta = SeriesMeta("9000099", "SAG_3D_DESS_LEFT", spacing_mm=geometry.spacing_mm)
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,11 +88,15 @@ def bench_size(size: str, count: int, workers: int, repeats: int) -> None:
         bare_wall, bare_cpu = best(lambda: [pydicom.dcmread(p).pixel_array for p in files], repeats)
         read_wall, read_cpu = best(lambda: read_series(folder), repeats)
     print(f"render phantom          {render_wall:7.3f} s wall  {render_cpu:7.3f} s CPU")
-    print(f"write (fast encoder)    {fast_wall:7.3f} s wall  {fast_cpu:7.3f} s CPU   {megabytes / fast_wall:6.0f} MB/s")
-    print(f"write (pydicom writer)  {slow_wall:7.3f} s wall  {slow_cpu:7.3f} s CPU   fast is {slow_cpu / fast_cpu:.1f}x cheaper")
-    print(f"render + write          {render_wall + fast_wall:7.3f} s per series, {1 / (render_cpu + fast_cpu):.1f} series per CPU second")
+    print(f"write (fast encoder)    {fast_wall:7.3f} s wall  {fast_cpu:7.3f} s CPU   "
+          f"{megabytes / fast_cpu:6.0f} MB per CPU s")
+    print(f"write (pydicom writer)  {slow_wall:7.3f} s wall  {slow_cpu:7.3f} s CPU   "
+          f"fast is {slow_cpu / fast_cpu:.1f}x cheaper")
+    print(f"render + write          {render_wall + fast_wall:7.3f} s wall per series, "
+          f"{1 / (render_cpu + fast_cpu):.1f} series per CPU second")
     print(f"bare dcmread+pixel_array{bare_wall:7.3f} s wall  {bare_cpu:7.3f} s CPU")
-    print(f"read_series             {read_wall:7.3f} s wall  {read_cpu:7.3f} s CPU   ratio to bare {read_cpu / bare_cpu:.2f} (CPU), {read_wall / bare_wall:.2f} (wall)")
+    print(f"read_series             {read_wall:7.3f} s wall  {read_cpu:7.3f} s CPU   "
+          f"ratio to bare {read_cpu / bare_cpu:.2f} (CPU), {read_wall / bare_wall:.2f} (wall)")
 
     for n_workers in sorted({1, workers}):
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +106,8 @@ def bench_size(size: str, count: int, workers: int, repeats: int) -> None:
             wall, cpu = best(lambda: write_images(root, size=size, seed=0, workers=n_workers), 1)
             cpu += children_cpu() - before
             shutil.rmtree(root / "00m" / "0.C.2")
-        print(f"write_images {count:4d} series, {n_workers} worker(s): {wall:7.2f} s wall ({count / wall:6.1f} series/s), {cpu:7.2f} s CPU in all")
+        print(f"write_images {count:4d} series, {n_workers} worker(s): {wall:7.2f} s wall "
+              f"({count / wall:6.1f} series/s), {cpu:7.2f} s CPU in all")
 
 
 def main() -> None:

@@ -33,7 +33,29 @@ GAP_FACTOR = 1.5
 ORIENTATION_TOLERANCE = 1e-3
 PIXEL_SPACING_TOLERANCE_MM = 1e-3
 
-_NATIVE_DTYPES = {(16, 0): np.dtype("<u2"), (16, 1): np.dtype("<i2"), (8, 0): np.dtype("u1"), (8, 1): np.dtype("i1")}
+# (BitsAllocated, PixelRepresentation) -> dtype of uncompressed little-endian pixel data
+_NATIVE_DTYPES = {
+    (16, 0): np.dtype("<u2"),
+    (16, 1): np.dtype("<i2"),
+    (8, 0): np.dtype("u1"),
+    (8, 1): np.dtype("i1"),
+}
+
+# Elements every slice must share. A slice whose encoded values equal the first file's needs no
+# further header checks; comparing the undecoded bytes is much cheaper than decoding them.
+_SHARED_TAGS = (
+    0x0020000E,  # SeriesInstanceUID
+    0x00200037,  # ImageOrientationPatient
+    0x00280002,  # SamplesPerPixel
+    0x00280004,  # PhotometricInterpretation
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280030,  # PixelSpacing
+    0x00280100,  # BitsAllocated
+    0x00280103,  # PixelRepresentation
+)
+_IMAGE_POSITION = 0x00200032
+_PIXEL_DATA = 0x7FE00010
 
 
 class SeriesError(InputFileError):
@@ -46,7 +68,8 @@ class SeriesError(InputFileError):
 @dataclass
 class DicomVolume:
     """One series as a volume: ``pixels`` (slices, rows, cols) uint16, slice 0 first along the
-    slice normal, MONOCHROME1 already inverted; ``spacing_mm`` is (slice, row, column)."""
+    slice normal, MONOCHROME1 already inverted; ``spacing_mm`` is (slice, row, column);
+    ``files`` in slice order; ``notes`` say what was tolerated or fixed on the way."""
 
     pixels: np.ndarray
     spacing_mm: tuple[float, float, float]
@@ -75,6 +98,97 @@ def side_from_description(description: str) -> str | None:
     if text.endswith("LEFT"):
         return "L"
     return None
+
+
+def read_series(folder: Path | str, *, expected_description: str | None = None) -> DicomVolume:
+    """Read the series in ``folder`` (one DICOM file per slice, any file names).
+
+    Raises ``SeriesError`` naming the offending file when the folder is missing or empty, a file
+    is not (complete) DICOM or lacks pixel data, slices disagree in size, orientation, pixel
+    spacing, photometric interpretation or series, positions repeat, a slice is missing, the
+    slice spacing is uneven, the series has a single slice, its pixel data cannot be decoded, or
+    its description is not ``expected_description``. Hidden files (``.name``) are ignored.
+    """
+    folder = Path(folder)
+    files, notes = _slice_files(folder)
+    first = _read_file(files[0])
+    ref = _reference(files[0], first)
+    description = str(first.get("SeriesDescription", "")).strip()
+    if expected_description is not None:
+        expected = expected_description.strip()
+        if description.upper() != expected.upper():
+            raise SeriesError(files[0], f"series description is {description!r}, expected {expected!r}")
+
+    pixels = np.empty((len(files), ref.rows, ref.cols), dtype=np.uint16)
+    origins = np.empty((len(files), 3), dtype=np.float64)
+    for index, path in enumerate(files):
+        ds = first if index == 0 else _read_file(path)
+        dtype = ref.native_dtype
+        if index and _signature(ds) != ref.signature:
+            _check_slice(path, ds, ref, files[0])
+            dtype = _native_dtype(ds)
+        origins[index] = _position(path, ds)
+        pixels[index] = _slice_pixels(path, ds, ref, dtype, notes)
+
+    positions = origins @ ref.normal
+    order = np.argsort(positions, kind="stable")
+    if np.any(order != np.arange(len(files))):
+        pixels = pixels[order]
+        notes.add("file names were not in slice-position order; sorted by position along the normal")
+    ordered = [files[i] for i in order]
+    step = _check_positions(ordered, positions[order])
+
+    if ref.photometric == "MONOCHROME1":
+        # MONOCHROME1 shows low values bright: invert within the stored bit depth
+        top = np.uint16(min((1 << ref.bits_stored) - 1, 65535))
+        np.minimum(pixels, top, out=pixels)
+        np.subtract(top, pixels, out=pixels)
+        notes.add("MONOCHROME1 inverted")
+
+    declared = first.get("SpacingBetweenSlices")
+    if declared not in (None, "") and abs(float(declared) - step) > SPACING_TOLERANCE * step:
+        notes.add(
+            f"SpacingBetweenSlices {float(declared):g} mm differs from the slice positions' "
+            f"{step:.4g} mm; used the positions"
+        )
+
+    volume = DicomVolume(
+        pixels=pixels,
+        spacing_mm=(step, float(ref.pixel_spacing[0]), float(ref.pixel_spacing[1])),
+        photometric=ref.photometric,
+        series_description=description,
+        side=side_from_description(description),
+        patient_id=str(first.get("PatientID", "")).strip(),
+        study_date=str(first.get("StudyDate", "")).strip(),
+        series_uid=ref.series_uid,
+        orientation=tuple(float(v) for v in ref.orientation),  # type: ignore[arg-type]
+        origin_mm=tuple(float(v) for v in origins[order[0]]),  # type: ignore[arg-type]
+        folder=folder,
+        files=tuple(ordered),
+        notes=sorted(notes),
+    )
+    log.debug("read %s: shape %s, spacing %s, notes %s", folder, volume.shape, volume.spacing_mm, volume.notes)
+    return volume
+
+
+def _slice_files(folder: Path) -> tuple[list[Path], set[str]]:
+    """The slice files of ``folder`` sorted by name, and notes on what was skipped."""
+    if not folder.exists():
+        raise SeriesError(folder, "series folder does not exist")
+    if not folder.is_dir():
+        raise SeriesError(folder, "is not a folder")
+    notes: set[str] = set()
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if not p.name.startswith(".") and p.is_file()]
+    if hidden := [p.name for p in entries if p.name.startswith(".")]:
+        notes.add(f"ignored hidden file(s) {', '.join(hidden)}")
+    if subfolders := [p.name for p in entries if not p.name.startswith(".") and p.is_dir()]:
+        notes.add(f"ignored subfolder(s) {', '.join(subfolders)}")
+    if not files:
+        raise SeriesError(folder, "no slice files in the series folder")
+    if len(files) == 1:
+        raise SeriesError(files[0], "series has a single slice; a volume needs at least 2")
+    return files, notes
 
 
 def _read_file(path: Path) -> FileDataset:
@@ -120,23 +234,8 @@ class _Reference:
     native_dtype: np.dtype | None  # uncompressed little-endian pixels: read the bytes directly
 
 
-# Elements every slice must share. A slice whose encoded values equal the first file's needs no
-# further header checks; comparing the undecoded bytes is much cheaper than decoding them.
-_SHARED_TAGS = (
-    0x0020000E,  # SeriesInstanceUID
-    0x00200037,  # ImageOrientationPatient
-    0x00280002,  # SamplesPerPixel
-    0x00280004,  # PhotometricInterpretation
-    0x00280010,  # Rows
-    0x00280011,  # Columns
-    0x00280030,  # PixelSpacing
-    0x00280100,  # BitsAllocated
-    0x00280103,  # PixelRepresentation
-)
-
-
 def _signature(ds: FileDataset) -> tuple[object, ...]:
-    """The shared elements as read from the file (call before any attribute access decodes them)."""
+    """The shared elements as read from the file (before attribute access decodes them)."""
     values: list[object] = []
     for tag in _SHARED_TAGS:
         element = ds.get_item(tag)
@@ -156,17 +255,19 @@ def _native_dtype(ds: FileDataset) -> np.dtype | None:
 
 
 def _reference(path: Path, ds: FileDataset) -> _Reference:
-    signature = _signature(ds)
-    rows = int(_required(path, ds, "Rows"))  # type: ignore[arg-type]
-    cols = int(_required(path, ds, "Columns"))  # type: ignore[arg-type]
+    signature = _signature(ds)  # first: reading attributes below replaces the raw values
+    rows = int(_required(path, ds, "Rows"))  # type: ignore[call-overload]
+    cols = int(_required(path, ds, "Columns"))  # type: ignore[call-overload]
     orientation = _floats(path, ds, "ImageOrientationPatient", 6)
     normal = np.cross(orientation[:3], orientation[3:])
     length = float(np.linalg.norm(normal))
     if length < 0.5:
-        raise SeriesError(path, f"ImageOrientationPatient {list(orientation)} has parallel row and column directions")
+        raise SeriesError(path, f"ImageOrientationPatient {list(orientation)} has parallel row and column cosines")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise SeriesError(path, f"unsupported PhotometricInterpretation {photometric!r} (need MONOCHROME1 or MONOCHROME2)")
+        raise SeriesError(path, f"unsupported PhotometricInterpretation {photometric!r} (need MONOCHROME1/2)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise SeriesError(path, f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale image")
     bits_allocated = int(ds.get("BitsAllocated", 16))
     return _Reference(
         rows=rows,
@@ -183,27 +284,42 @@ def _reference(path: Path, ds: FileDataset) -> _Reference:
 
 
 def _check_slice(path: Path, ds: FileDataset, ref: _Reference, first: Path) -> None:
+    """Full header check of a slice whose shared elements are not byte-identical to the first's."""
     rows, cols = _required(path, ds, "Rows"), _required(path, ds, "Columns")
     if (rows, cols) != (ref.rows, ref.cols):
-        raise SeriesError(path, f"slice is {rows}x{cols} (rows x columns) but {first.name} is {ref.rows}x{ref.cols}")
+        raise SeriesError(
+            path, f"slice is {rows}x{cols} (rows x columns) but {first.name} is {ref.rows}x{ref.cols}"
+        )
     orientation = _floats(path, ds, "ImageOrientationPatient", 6)
     if not np.allclose(orientation, ref.orientation, atol=ORIENTATION_TOLERANCE):
-        raise SeriesError(path, f"ImageOrientationPatient {list(orientation)} differs from {first.name}'s {list(ref.orientation)}")
+        raise SeriesError(
+            path,
+            f"ImageOrientationPatient {list(orientation)} differs from {first.name}'s {list(ref.orientation)}",
+        )
     spacing = _floats(path, ds, "PixelSpacing", 2)
     if not np.allclose(spacing, ref.pixel_spacing, atol=PIXEL_SPACING_TOLERANCE_MM):
-        raise SeriesError(path, f"PixelSpacing {list(spacing)} differs from {first.name}'s {list(ref.pixel_spacing)}")
+        raise SeriesError(
+            path, f"PixelSpacing {list(spacing)} differs from {first.name}'s {list(ref.pixel_spacing)}"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric != ref.photometric:
-        raise SeriesError(path, f"PhotometricInterpretation {photometric} differs from {first.name}'s {ref.photometric}")
+        raise SeriesError(
+            path, f"PhotometricInterpretation {photometric} differs from {first.name}'s {ref.photometric}"
+        )
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     if series_uid != ref.series_uid:
-        raise SeriesError(path, f"SeriesInstanceUID {series_uid} differs from {first.name}'s {ref.series_uid}: files of two series in one folder")
+        raise SeriesError(
+            path,
+            f"SeriesInstanceUID {series_uid} differs from {first.name}'s {ref.series_uid}: "
+            "files of two series in one folder",
+        )
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise SeriesError(path, f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale image")
 
 
 def _position(path: Path, ds: FileDataset) -> np.ndarray:
-    element = ds.get_item(0x00200032)
+    """ImagePositionPatient, parsed straight from its encoded text when possible."""
+    element = ds.get_item(_IMAGE_POSITION)
     if element is not None and isinstance(element.value, bytes):
         try:
             values = np.array([float(v) for v in element.value.split(b"\\")])
@@ -214,30 +330,25 @@ def _position(path: Path, ds: FileDataset) -> np.ndarray:
     return _floats(path, ds, "ImagePositionPatient", 3)
 
 
-def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype | None, notes: set[str]) -> np.ndarray:
-    element = ds.get_item(0x7FE00010)
+def _slice_pixels(
+    path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype | None, notes: set[str]
+) -> np.ndarray:
+    element = ds.get_item(_PIXEL_DATA)
     if element is None:
         raise SeriesError(path, "no pixel data (PixelData element missing; truncated file?)")
     if dtype is not None:
-        data = element.value
-        if not isinstance(data, bytes):
-            data = ds.PixelData
+        # uncompressed: view the bytes, cheaper than pydicom's generic decoder path
+        data = element.value if isinstance(element.value, bytes) else ds.PixelData
         expected = ref.rows * ref.cols * dtype.itemsize
         if len(data) < expected:
-            raise SeriesError(path, f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} (truncated file?)")
+            raise SeriesError(
+                path,
+                f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} "
+                "(truncated file?)",
+            )
         image = np.frombuffer(data, dtype=dtype, count=ref.rows * ref.cols).reshape(ref.rows, ref.cols)
     else:
-        file_meta = getattr(ds, "file_meta", None)
-        syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-        try:
-            image = ds.pixel_array
-        except (NotImplementedError, RuntimeError) as exc:
-            name = getattr(syntax, "name", str(syntax))
-            raise SeriesError(path, f"cannot decode pixel data with transfer syntax {name} ({syntax}): {exc}") from None
-        except Exception as exc:
-            raise SeriesError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
-        if syntax is not None and syntax.is_compressed:
-            notes.add(f"decoded {getattr(syntax, 'name', syntax)} pixel data")
+        image = _decoded_pixels(path, ds, notes)
         if image.shape != (ref.rows, ref.cols):
             raise SeriesError(path, f"pixel data has shape {image.shape}, expected one {ref.rows}x{ref.cols} frame")
     if image.dtype.kind == "i":
@@ -247,108 +358,46 @@ def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype 
     return image
 
 
-def read_series(folder: Path | str, *, expected_description: str | None = None) -> DicomVolume:
-    """Read the series in ``folder`` (one DICOM file per slice, any file names).
-
-    Raises ``SeriesError`` naming the offending file when the folder is missing or empty, a file
-    is not (complete) DICOM or lacks pixel data, slices disagree in size, orientation, pixel
-    spacing, photometric interpretation or series, positions repeat, a slice is missing, the
-    slice spacing is uneven, the series has a single slice, or its description is not
-    ``expected_description``. Hidden files (``.name``) are ignored.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise SeriesError(folder, "series folder does not exist")
-    if not folder.is_dir():
-        raise SeriesError(folder, "is not a folder")
-    notes: set[str] = set()
-    entries = sorted(folder.iterdir())
-    files = [p for p in entries if not p.name.startswith(".") and p.is_file()]
-    if skipped := [p.name for p in entries if p.name.startswith(".")]:
-        notes.add(f"ignored hidden file(s) {', '.join(skipped)}")
-    if subfolders := [p.name for p in entries if not p.name.startswith(".") and p.is_dir()]:
-        notes.add(f"ignored subfolder(s) {', '.join(subfolders)}")
-    if not files:
-        raise SeriesError(folder, "no slice files in the series folder")
-    if len(files) == 1:
-        raise SeriesError(files[0], "series has a single slice; a volume needs at least 2")
-
-    first = _read_file(files[0])
-    ref = _reference(files[0], first)
-    if int(first.get("SamplesPerPixel", 1)) != 1:
-        raise SeriesError(files[0], f"SamplesPerPixel {first.SamplesPerPixel}: not a grayscale image")
-    pixels = np.empty((len(files), ref.rows, ref.cols), dtype=np.uint16)
-    origins = np.empty((len(files), 3), dtype=np.float64)
-    for index, path in enumerate(files):
-        ds = first if index == 0 else _read_file(path)
-        dtype = ref.native_dtype
-        if index and _signature(ds) != ref.signature:
-            _check_slice(path, ds, ref, files[0])
-            dtype = _native_dtype(ds)
-        origins[index] = _position(path, ds)
-        pixels[index] = _slice_pixels(path, ds, ref, dtype, notes)
-
-    positions = origins @ ref.normal
-    order = np.argsort(positions, kind="stable")
-    if np.any(order != np.arange(len(files))):
-        pixels = pixels[order]
-        notes.add("file names were not in slice-position order; sorted by position along the slice normal")
-    ordered = [files[i] for i in order]
-    step = _check_positions(folder, ordered, positions[order])
-
-    if ref.photometric == "MONOCHROME1":
-        # MONOCHROME1 shows low values bright: invert within the stored bit depth
-        top = np.uint16(min((1 << ref.bits_stored) - 1, 65535))
-        np.minimum(pixels, top, out=pixels)
-        np.subtract(top, pixels, out=pixels)
-        notes.add("MONOCHROME1 inverted")
-
-    declared = first.get("SpacingBetweenSlices")
-    if declared not in (None, "") and abs(float(declared) - step) > SPACING_TOLERANCE * step:
-        notes.add(f"SpacingBetweenSlices {float(declared):g} mm differs from the slice positions' {step:.4g} mm; used the positions")
-
-    description = str(first.get("SeriesDescription", "")).strip()
-    if expected_description is not None and description.upper() != expected_description.strip().upper():
-        raise SeriesError(files[0], f"series description is {description!r}, expected {expected_description.strip()!r}")
-    volume = DicomVolume(
-        pixels=pixels,
-        spacing_mm=(step, float(ref.pixel_spacing[0]), float(ref.pixel_spacing[1])),
-        photometric=ref.photometric,
-        series_description=description,
-        side=side_from_description(description),
-        patient_id=str(first.get("PatientID", "")).strip(),
-        study_date=str(first.get("StudyDate", "")).strip(),
-        series_uid=ref.series_uid,
-        orientation=tuple(float(v) for v in ref.orientation),  # type: ignore[arg-type]
-        origin_mm=tuple(float(v) for v in origins[order[0]]),  # type: ignore[arg-type]
-        folder=folder,
-        files=tuple(ordered),
-        notes=sorted(notes),
-    )
-    log.debug("read %s: %s slices, spacing %s, notes %s", folder, volume.shape, volume.spacing_mm, volume.notes)
-    return volume
+def _decoded_pixels(path: Path, ds: FileDataset, notes: set[str]) -> np.ndarray:
+    """Pixels through pydicom's decoders (compressed or unusual encodings)."""
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    name = getattr(syntax, "name", str(syntax))
+    try:
+        image = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        # no installed plugin handles this transfer syntax
+        raise SeriesError(path, f"cannot decode pixel data with transfer syntax {name} ({syntax}): {exc}") from None
+    except Exception as exc:
+        raise SeriesError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if syntax is not None and syntax.is_compressed:
+        notes.add(f"decoded {name} pixel data")
+    return image
 
 
-def _check_positions(folder: Path, ordered: list[Path], positions: np.ndarray) -> float:
+def _check_positions(ordered: list[Path], positions: np.ndarray) -> float:
     """Check sorted slice positions are distinct, evenly spaced and gap-free; return the step."""
     steps = np.diff(positions)
-    for i in np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM):
+    if (duplicates := np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM)).size:
+        i = int(duplicates[0])
         raise SeriesError(
             ordered[i + 1],
-            f"duplicate slice position: same position ({positions[i]:.4f} mm along the slice normal) as {ordered[i].name}",
+            f"duplicate slice position: same position ({positions[i]:.4f} mm along the slice normal) "
+            f"as {ordered[i].name}",
         )
     step = round(float(np.median(steps)), 6)
-    for i in np.flatnonzero(steps > step * GAP_FACTOR):
-        missing = round(steps[i] / step) - 1
+    if (gaps := np.flatnonzero(steps > step * GAP_FACTOR)).size:
+        i = int(gaps[0])
         raise SeriesError(
             ordered[i + 1],
-            f"missing slice(s): gap of {steps[i]:.4g} mm after {ordered[i].name} where slices are {step:.4g} mm apart "
-            f"(about {missing} slice(s) missing)",
+            f"missing slice(s): gap of {steps[i]:.4g} mm after {ordered[i].name} where slices are "
+            f"{step:.4g} mm apart (about {round(steps[i] / step) - 1} slice(s) missing)",
         )
-    deviation = np.abs(steps - step)
-    for i in np.flatnonzero(deviation > SPACING_TOLERANCE * step):
+    if (uneven := np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)).size:
+        i = int(uneven[0])
         raise SeriesError(
             ordered[i + 1],
-            f"inconsistent slice spacing: {steps[i]:.4g} mm after {ordered[i].name}, the series' step is {step:.4g} mm",
+            f"inconsistent slice spacing: {steps[i]:.4g} mm after {ordered[i].name}, "
+            f"the series' step is {step:.4g} mm",
         )
     return step

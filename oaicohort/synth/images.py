@@ -310,7 +310,8 @@ class _CylinderZ:
         self.hi = np.array([cx + ax, cy + ay, z_hi])
 
     def sdf(self, x, y, z):
-        radial = (np.sqrt(((x - self.cx) / self.ax) ** 2 + ((y - self.cy) / self.ay) ** 2) - 1.0) * min(self.ax, self.ay)
+        q = ((x - self.cx) / self.ax) ** 2 + ((y - self.cy) / self.ay) ** 2
+        radial = (np.sqrt(q) - 1.0) * min(self.ax, self.ay)
         return np.maximum(radial, np.maximum(self.z_lo - z, z - self.z_hi))
 
 
@@ -453,11 +454,12 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
     condyle_z = [b + _CONDYLE_RADIUS for b in bottoms]
     joint_top = max(condyle_z)
     compartments = (_MEDIAL_X, _LATERAL_X)
+    e = knee.effusion
     layers: list[Layer] = [
         # (the leg itself, fat around muscle, is painted by _Canvas.leg_section)
         # joint capsule, and its fluid-filled suprapatellar pouch which grows with effusion
         (_Ellipsoid((0.0, 2.0, 8.0), (46.0, 33.0, 18.0)), SYNOVIUM),
-        (_Ellipsoid((0.0, -23.0, joint_top + 10.0), (26.0, 3.0 + 4.0 * knee.effusion, 10.0 + 9.0 * knee.effusion)), FLUID),
+        (_Ellipsoid((0.0, -23.0, joint_top + 10.0), (26.0, 3.0 + 4.0 * e, 10.0 + 9.0 * e)), FLUID),
         # patellar tendon, from the patella's apex to the tibial tuberosity
         (_Box((0.0, -31.0, -8.0), (13.0, 3.0, 22.0), 2.0), TENDON),
     ]
@@ -472,7 +474,8 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
         articular = _Box((condyle.c[0], condyle.c[1], cz - 40.0), (30.0, 40.0, 40.0 + 0.3 * _CONDYLE_RADIUS))
         layers.append((_Intersection(grown, articular), CARTILAGE))
     for cx, thickness in zip(compartments, tibial):
-        plate = _Box((cx, _PLATEAU_Y, thickness / 2 - 0.5), (16.0, 20.0, thickness / 2 + 0.5), min(thickness / 2, 1.5))
+        half = thickness / 2
+        plate = _Box((cx, _PLATEAU_Y, half - 0.5), (16.0, 20.0, half + 0.5), min(half, 1.5))
         layers.append((plate, CARTILAGE))
     # menisci: dark wedges on the periphery of each compartment
     for cx, bottom in zip(compartments, bottoms):
@@ -520,7 +523,9 @@ def render_anatomy(knee: KneeAnatomy, side: str, rng: np.random.Generator, size:
     gx, gy, gz = knee.shading
     # coil shading: smooth multiplicative gradients across the field of view
     across_slices = knee.intensity_scale * (1.0 + gx * np.linspace(-1, 1, s, dtype=np.float32))
-    in_plane = 1.0 + gy * np.linspace(-1, 1, c, dtype=np.float32)[None, :] + gz * np.linspace(-1, 1, r, dtype=np.float32)[:, None]
+    ramp_cols = np.linspace(-1, 1, c, dtype=np.float32)[None, :]
+    ramp_rows = np.linspace(-1, 1, r, dtype=np.float32)[:, None]
+    in_plane = 1.0 + gy * ramp_cols + gz * ramp_rows
     sigma = np.float32(knee.noise_sigma)
     volume = np.empty(geometry.shape, dtype=np.uint16)
     leg = canvas.leg_section()
@@ -551,7 +556,9 @@ def render_anatomy(knee: KneeAnatomy, side: str, rng: np.random.Generator, size:
     return volume
 
 
-def render_knee_volume(latent: float, side: str, rng: np.random.Generator, size: str | ImageGeometry = "small") -> np.ndarray:
+def render_knee_volume(
+    latent: float, side: str, rng: np.random.Generator, size: str | ImageGeometry = "small"
+) -> np.ndarray:
     """A synthetic DESS volume (slices, rows, cols), uint16 12-bit, of a knee with ``latent``.
 
     ``side`` is ``"L"`` or ``"R"`` (mirrored along the slice axis); ``size`` a key of
@@ -610,7 +617,9 @@ def _base_dataset(meta: SeriesMeta, shape: tuple[int, int, int], photometric: st
     ds.SeriesDescription = meta.series_description
     ds.AccessionNumber = meta.accession_number
     ds.StudyInstanceUID = meta.study_uid or _uid("study", meta.patient_id, meta.study_date)
-    ds.SeriesInstanceUID = meta.series_uid or _uid("series", meta.patient_id, meta.study_date, meta.series_description)
+    ds.SeriesInstanceUID = meta.series_uid or _uid(
+        "series", meta.patient_id, meta.study_date, meta.series_description
+    )
     ds.FrameOfReferenceUID = _uid("frame", ds.SeriesInstanceUID)
     ds.SeriesNumber = meta.series_number
     ds.ScanningSequence = "GR"
@@ -813,6 +822,13 @@ def _strip_row(row: dict[str | None, str | None]) -> dict[str, str]:
     return {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
 
 
+def _integer(path: Path, row: dict[str, str], column: str, line: int) -> int:
+    try:
+        return int(row[column])
+    except ValueError:
+        raise InputFileError(path, f"{column} {row[column]!r} is not an integer", line=line, column=column) from None
+
+
 def _read_truth(path: Path) -> dict[tuple[int, str], float]:
     if not path.is_file():
         raise InputFileError(path, "synth_truth.csv not found (write the clinical synth first)")
@@ -824,19 +840,16 @@ def _read_truth(path: Path) -> dict[tuple[int, str], float]:
             raise InputFileError(path, f"missing column(s) {sorted(missing)}", line=1)
         for line, raw in enumerate(reader, start=2):
             row = _strip_row(raw)
-            try:
-                subject = int(row["subject_id"])
-            except ValueError:
-                raise InputFileError(path, f"subject_id {row['subject_id']!r} is not an integer", line=line, column="subject_id") from None
+            subject = _integer(path, row, "subject_id", line)
             side = row["side"].upper()[:1]
             if side not in ("L", "R"):
                 raise InputFileError(path, f"side {row['side']!r} is not R or L", line=line, column="side")
             try:
                 latent = float(row["latent"])
             except ValueError:
-                raise InputFileError(path, f"latent {row['latent']!r} is not a number", line=line, column="latent") from None
+                latent = math.nan
             if not math.isfinite(latent):
-                raise InputFileError(path, f"latent {row['latent']!r} is not finite", line=line, column="latent")
+                raise InputFileError(path, f"latent {row['latent']!r} is not a number", line=line, column="latent")
             latents[(subject, side)] = latent
     return latents
 
@@ -854,22 +867,22 @@ def _dess_tasks(release_root: Path, visit_dir: str, geometry: ImageGeometry, see
         required = {"Folder", "ParticipantID", "StudyDate", "StudyDescription", "SeriesDescription"}
         if missing := required - header:
             raise InputFileError(contents, f"missing column(s) {sorted(missing)}", line=1)
-        barcode_column = "Barcode" if "Barcode" in header else "AccessionNumber" if "AccessionNumber" in header else None
+        # the barcode column is called AccessionNumber in some releases
+        barcode_column = next((c for c in ("Barcode", "AccessionNumber") if c in header), None)
         for line, raw in enumerate(reader, start=2):
             row = _strip_row(raw)
             description = row["SeriesDescription"].upper()
             if description not in DESS_DESCRIPTIONS:
                 continue
             side = DESS_DESCRIPTIONS[description]
-            try:
-                subject = int(row["ParticipantID"])
-            except ValueError:
-                raise InputFileError(contents, f"ParticipantID {row['ParticipantID']!r} is not an integer", line=line, column="ParticipantID") from None
+            subject = _integer(contents, row, "ParticipantID", line)
             folder = (visit_root / row["Folder"]).resolve()
             if not row["Folder"] or not folder.is_relative_to(visit_root):
-                raise InputFileError(contents, f"Folder {row['Folder']!r} is not inside {visit_dir}/", line=line, column="Folder")
+                message = f"Folder {row['Folder']!r} is not inside {visit_dir}/"
+                raise InputFileError(contents, message, line=line, column="Folder")
             if (subject, side) not in latents:
-                raise InputFileError(release_root / "synth_truth.csv", f"no latent for subject {subject} side {side} (listed in {contents}, line {line})")
+                message = f"no latent for subject {subject} side {side} (listed in {contents}, line {line})"
+                raise InputFileError(release_root / "synth_truth.csv", message)
             series_key = row["Folder"].replace("\\", "/")
             entropy = (seed, subject, 1 if side == "R" else 2, zlib.crc32(series_key.encode()))
             meta = SeriesMeta(
