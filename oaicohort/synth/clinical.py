@@ -7,6 +7,13 @@ Layout written under ``out``::
     00m/contents.csv          baseline MR series index (series folders: oaicohort.synth.images)
     synth_truth.csv           subject_id,side,latent,label_hint (never part of a real release)
 
+``latent`` is the per-knee progression factor (standard normal, correlation 0.5 between the two
+knees of a person) that multiplies the hazard of KLG progression; ``label_hint`` is what the knee
+truly did, read the way the reference label algorithm reads it but free of drop-outs, missed
+readings and reader error (``fast``: first KLG rise to a grade other than 1, or a replacement, by
+36 months; ``slow``: by 96 months; ``none`` otherwise). Labels derived from the files differ from
+it wherever the release hides or distorts the truth, as a real release does.
+
 The same ``(subjects, seed)`` always gives byte-identical files.
 """
 
@@ -76,7 +83,7 @@ class SynthSummary:
     rows: dict[str, int] = field(default_factory=dict)  # data rows per file
     xray_readings: int = 0
     image_series: int = 0
-    knee_replacements: int = 0
+    knee_replacements: int = 0  # knees with a replacement recorded in Outcomes99 (baseline or follow-up)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,21 +230,21 @@ def write_release(out: Path, *, subjects: int = OAI_SIZE, seed: int = 0,
     started = time.perf_counter()
     cohort = simulate_cohort(subjects, seed)
     ascii_dir = Path(ASCII_DIR)
+    outcomes = outcomes_columns(cohort)
+    previous_series = _listed_folders(out / CONTENTS_FILE)
     jobs: list[tuple[Path, Any, dict[str, str]]] = [
+        # the truth file first: it marks the folder as synthetic, so an interrupted run can be redone
+        (Path(TRUTH_FILE), lambda: truth_columns(cohort), {"delimiter": ","}),
         (ascii_dir / "Enrollees.txt", lambda: enrollees_columns(cohort), {}),
         *[(ascii_dir / f"AllClinical{v:02d}.txt", (lambda v=v: allclinical_columns(cohort, v)), {})
           for v in CLINIC_VISITS],
         (ascii_dir / "SubjectChar00.txt", lambda: subjectchar_columns(cohort), {}),
         # this one with Windows line ends, as files edited on a PC come
-        (ascii_dir / "Outcomes99.txt", lambda: outcomes_columns(cohort), {"line_end": "\r\n"}),
+        (ascii_dir / "Outcomes99.txt", lambda: outcomes, {"line_end": "\r\n"}),
         *[(ascii_dir / LAYOUTS[v].file_name, (lambda v=v: xray_columns(cohort, v)), {})
           for v in XRAY_VISITS],
         (Path(CONTENTS_FILE), lambda: contents_rows(cohort), {"delimiter": ","}),
-        (Path(TRUTH_FILE), lambda: truth_columns(cohort), {"delimiter": ","}),
     ]
-    previous_series = _listed_folders(out / CONTENTS_FILE)
-    outcomes = outcomes_columns(cohort)
-    jobs = [(p, (lambda: outcomes) if p.name == "Outcomes99.txt" else b, o) for p, b, o in jobs]
     rows: dict[str, int] = {}
     task = "synthesising OAI release"
     report(task, 0, len(jobs))

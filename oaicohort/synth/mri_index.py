@@ -42,57 +42,59 @@ def _pad(description: str, u: float) -> str:
     return f" {description}" if u < 0.25 else description + " " * (1 + int(u * 12) % 3)
 
 
+STUDIES = ("RIGHT", "LEFT", "THIGH")
+# one row per series a fully imaged subject gets: (study index, description)
+_TEMPLATE: tuple[tuple[int, str], ...] = (
+    *((0, d) for d in KNEE_PROTOCOL["RIGHT"]),
+    *((1, d) for d in KNEE_PROTOCOL["LEFT"]),
+    *((2, d) for d in THIGH_PROTOCOL),
+)
+
+
 def contents_rows(cohort: SynthCohort) -> dict[str, list[str]]:
-    """The columns of ``00m/contents.csv``."""
+    """The columns of ``00m/contents.csv``: subjects in ID order, each subject's rescans after
+    its other series."""
     rng = stream(cohort.seed, "contents")
     n = cohort.n_subjects
     release = np.where(rng.random(n) < P_RELEASE_E, RELEASES[1], RELEASES[0])
     study_date = yyyymmdd(cohort.enrolment + rng.integers(0, 30, n).astype("timedelta64[D]"))
     thigh = rng.random(n) < P_THIGH_STUDY
-    per_subject = len(KNEE_PROTOCOL["RIGHT"]) + len(KNEE_PROTOCOL["LEFT"]) + len(THIGH_PROTOCOL)
-    series_ids = (10_000_000 + rng.choice(90_000_000, size=int(n * per_subject * 1.1) + 16,
-                                          replace=False)).astype(str)
-    barcodes = (10_000_000 + rng.choice(90_000_000, size=3 * n, replace=False)).astype(str)
-    u_pad = rng.random(n * per_subject)
-    u_pad_kind = rng.random(n * per_subject)
-    u_zero = rng.random(n * 3)
-    u_rescan = rng.random(n * per_subject)
+    barcodes = np.char.add(BARCODE_PREFIX, (10_000_000 + rng.choice(90_000_000, size=3 * n, replace=False)).astype(str))
+    barcodes = np.where(rng.random(3 * n) < P_BARCODE_NO_ZEROS, np.char.lstrip(barcodes, "0"), barcodes)
 
-    columns: dict[str, list[str]] = {name: [] for name in CONTENTS_COLUMNS}
-    next_series = 0
-    row_index = 0
+    study_of = np.asarray([study for study, _ in _TEMPLATE])
+    description_of = np.asarray([d for _, d in _TEMPLATE], dtype=object)
+    from_dess = np.asarray([d.startswith(DESS_DERIVED) for _, d in _TEMPLATE])
+    subject = np.repeat(np.arange(n), len(_TEMPLATE))
+    template = np.tile(np.arange(len(_TEMPLATE)), n)
+    study = study_of[template]
+    knee_has_dess = cohort.has_dess[subject, np.minimum(study, 1)]
+    keep = cohort.has_mri[subject] & ((study < 2) | thigh[subject]) & ~(from_dess[template] & ~knee_has_dess)
+    subject, template, study = subject[keep], template[keep], study[keep]
 
-    def add(i: int, study: int, study_name: str, description: str) -> None:
-        nonlocal next_series
-        pid = str(cohort.subject_id[i])
-        barcode = BARCODE_PREFIX + barcodes[3 * i + study]
-        if u_zero[3 * i + study] < P_BARCODE_NO_ZEROS:
-            barcode = barcode.lstrip("0")
-        columns["Folder"].append(f"{release[i]}/{pid}/{study_date[i]}/{series_ids[next_series]}")
-        next_series += 1
-        columns["ParticipantID"].append(pid)
-        columns["StudyDate"].append(study_date[i])
-        columns["Barcode"].append(barcode)
-        columns["StudyDescription"].append(f"OAI^MR^ENROLLMENT^{study_name}")
-        columns["SeriesDescription"].append(description)
+    rows = subject.size
+    description = description_of[template]
+    padded = rng.random(rows) < P_PADDED
+    padding_kind = rng.random(rows)
+    written = description.copy()
+    written[padded] = [_pad(d, u) for d, u in zip(description[padded], padding_kind[padded])]
+    rescan = np.flatnonzero(rng.random(rows) < P_RESCAN)
+    # a rescan repeats the series (unpadded) after the subject's other rows
+    index = np.concatenate([np.arange(rows), rescan])
+    is_rescan = np.concatenate([np.zeros(rows, dtype=bool), np.ones(rescan.size, dtype=bool)])
+    order = np.lexsort((np.arange(index.size), is_rescan, subject[index]))
+    index, is_rescan = index[order], is_rescan[order]
+    subject, study = subject[index], study[index]
+    written = np.where(is_rescan, description[index], written[index])
+    series = (10_000_000 + rng.choice(90_000_000, size=index.size, replace=False)).astype(str)
 
-    for i in range(n):
-        if not cohort.has_mri[i]:
-            continue
-        rescans: list[tuple[int, str, str]] = []
-        studies = [(0, "RIGHT"), (1, "LEFT")] + ([(2, "THIGH")] if thigh[i] else [])
-        for study, name in studies:
-            protocol = THIGH_PROTOCOL if name == "THIGH" else KNEE_PROTOCOL[name]
-            for description in protocol:
-                if name != "THIGH" and not cohort.has_dess[i, study] and description.startswith(DESS_DERIVED):
-                    continue
-                written = description
-                if u_pad[row_index] < P_PADDED:
-                    written = _pad(description, u_pad_kind[row_index])
-                add(i, study, name, written)
-                if u_rescan[row_index] < P_RESCAN:
-                    rescans.append((study, name, description))
-                row_index += 1
-        for study, name, description in rescans:
-            add(i, study, name, description)
-    return columns
+    pid = cohort.subject_id[subject].astype(str)
+    date = study_date[subject]
+    return {
+        "Folder": [f"{r}/{p}/{d}/{s}" for r, p, d, s in zip(release[subject], pid, date, series)],
+        "ParticipantID": pid.tolist(),
+        "StudyDate": list(date),
+        "Barcode": barcodes[3 * subject + study].tolist(),
+        "StudyDescription": [f"OAI^MR^ENROLLMENT^{STUDIES[k]}" for k in study],
+        "SeriesDescription": list(written),
+    }

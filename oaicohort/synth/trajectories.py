@@ -151,16 +151,6 @@ class SynthCohort:
     def n_subjects(self) -> int:
         return int(self.subject_id.shape[0])
 
-    def clinic_index(self, visit: int) -> int:
-        return CLINIC_VISITS.index(visit)
-
-    def xray_index(self, visit: int) -> int:
-        return XRAY_VISITS.index(visit)
-
-    def kl_at_visit(self, visit: int) -> np.ndarray:
-        """True KLG (N, 2) at a clinic visit."""
-        return self.kl_clinic[:, :, self.clinic_index(visit)]
-
     def visit_dates(self, visit: int) -> np.ndarray:
         """Exam dates (datetime64[D]) of a visit: the enrolment date plus the nominal months."""
         days = np.round(VISIT_MONTHS[visit] * 365.25 / 12).astype(np.int64)
