@@ -38,6 +38,7 @@ app.add_typer(db_app, name="db")
 
 # Commands are registered below, one module each (keep this list in data-flow order).
 from cli.synth import synth_command; app.command("synth")(synth_command)  # noqa: E402,E702
+from cli.ingest import ingest_command; app.command("ingest")(ingest_command)  # noqa: E402,E702
 from cli.label import label_command; app.command("label")(label_command)  # noqa: E402,E702
 from cli.split import split_command; app.command("split")(split_command)  # noqa: E402,E702
 from cli.cohort import cohort_command; app.command("cohort")(cohort_command)  # noqa: E402,E702

@@ -102,9 +102,14 @@ def discover_release(root: Path | str) -> list[SourceFile]:
     def walk_error(err: OSError) -> None:
         raise InputFileError(err.filename or root_path, f"cannot list directory: {err.strerror}")
 
-    for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error):
+    # image packages are often linked in from other disks, so links are followed, once each
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
+        visited.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS
+            d for d in dirnames
+            if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS
+            and os.path.realpath(os.path.join(dirpath, d)) not in visited
         )
         for name in sorted(filenames):
             kind_visit = classify(name)
@@ -203,7 +208,8 @@ def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
         raise InputFileError(
             path, f"unknown delimiter: expected {expected}-separated ({sep!r}) text{looks}", line=1
         )
-    return [name.strip().upper() for name in text.split(sep)]
+    names = text.split(sep) if sep == "|" else next(csv.reader([text], delimiter=sep))
+    return [name.strip().upper() for name in names]
 
 
 # --------------------------------------------------------------------------- delimited tables
@@ -258,7 +264,11 @@ def read_table(
                 line=1, column=name,
             )
     wanted = sorted({position[c.upper()] for c in columns if c.upper() in position})
-    row_lines = _check_rows(path, lines, len(header), sep.encode())
+    encoding = _encoding(data)
+    if sep == "|":
+        row_lines = _pipe_row_lines(path, lines, len(header))
+    else:
+        row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
     if not wanted or not row_lines.size:
         frame = pd.DataFrame({header[i]: pd.Series([], dtype=object) for i in wanted})
         return Table(raw.source, frame.iloc[:0], row_lines, header)
@@ -273,34 +283,52 @@ def read_table(
             keep_default_na=False,
             na_filter=False,
             quoting=quoting,
-            encoding=_encoding(data),
+            encoding=encoding,
             engine="c",
         )
     except (ValueError, pd.errors.ParserError) as exc:
-        raise InputFileError(path, f"cannot parse file: {exc}") from None
+        where = re.search(r"line (\d+)", str(exc))
+        raise InputFileError(
+            path, f"cannot parse file: {exc}", line=int(where.group(1)) if where else None
+        ) from None
     frame.columns = [header[i] for i in wanted]
-    if len(frame) != len(row_lines):
-        # only a quoted CSV cell spanning lines gets here; line numbers become approximate
-        row_lines = np.arange(2, len(frame) + 2)
+    if len(frame) != len(row_lines):  # the two parsers disagree: refuse rather than misnumber
+        raise InputFileError(path, f"cannot parse file: {len(frame)} rows read, {len(row_lines)} expected")
     frame = frame.apply(lambda col: col.str.strip())
     return Table(raw.source, frame, row_lines, header)
 
 
-def _check_rows(path: Path, lines: list[bytes], n_columns: int, sep: bytes) -> np.ndarray:
-    """Line numbers of the data rows; a row with the wrong number of fields is an error."""
+def _pipe_row_lines(path: Path, lines: list[bytes], n_columns: int) -> np.ndarray:
+    """Line numbers of the data rows of an unquoted pipe file; a ragged row is an error."""
     numbers: list[int] = []
     expected = n_columns - 1
-    quoted = sep != b"|"
     for number, line in enumerate(lines[1:], start=2):
         if not line:
             continue
-        if not quoted and line.count(sep) != expected:
+        if line.count(b"|") != expected:
             raise InputFileError(
-                path,
-                f"row has {line.count(sep) + 1} fields but the header has {n_columns}",
+                path, f"row has {line.count(b'|') + 1} fields but the header has {n_columns}",
                 line=number,
             )
         numbers.append(number)
+    return np.asarray(numbers, dtype=np.int64)
+
+
+def _csv_row_lines(path: Path, text: str, n_columns: int, sep: str) -> np.ndarray:
+    """Line numbers where the records of a (possibly quoted) CSV file start; ragged is an error."""
+    numbers: list[int] = []
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    previous_end = reader.line_num
+    for record in reader:
+        start, previous_end = previous_end + 1, reader.line_num
+        if not record:
+            continue
+        if len(record) != n_columns:
+            raise InputFileError(
+                path, f"row has {len(record)} fields but the header has {n_columns}", line=start
+            )
+        numbers.append(start)
     return np.asarray(numbers, dtype=np.int64)
 
 

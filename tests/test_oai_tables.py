@@ -420,3 +420,25 @@ def test_clinical_values_long_rows(tmp_path: Path) -> None:
     # P01INJR was not read into this table, so it yields nothing here
     assert set(values["variable"]) == {"V00WOMKPR", "V00COMMENT"}
     assert np.isnan(frame["bmi"].tolist()[1])
+
+
+def test_contents_quoted_cells_ragged_rows_and_links(tmp_path: Path) -> None:
+    p = write(tmp_path / "00m" / "contents.csv",
+              '"Folder","ParticipantID","StudyDate","Barcode","StudyDescription","SeriesDescription"\n'
+              '"0.C.2/9000001/20040315/1",9000001,20040315,1,"OAI^MR^ENROLLMENT, RIGHT",SAG_3D_DESS_RIGHT\n'
+              "\n"
+              '"0.C.2/9000002/20040315/2",9000002,20040315,2,"two\nlines",SAG_3D_DESS_LEFT\n'
+              '"0.C.2/9000003/20040315/3",9000003,20040315,3,x,SAG_3D_DESS_LEFT\n')
+    frame = ot.read_contents(raw(p, "contents", 0))
+    assert frame["study_description"].tolist() == ["OAI^MR^ENROLLMENT, RIGHT", "two\nlines", "x"]
+    assert frame["source_row"].tolist() == [2, 4, 6]
+    q = write(tmp_path / "12m" / "contents.csv", CONTENTS_HEADER +
+              "1.C.2/9000001/20050315/1,9000001,20050315,1,x,SAG_3D_DESS_RIGHT\n"
+              "1.C.2/9000001/20050315/2,9000001,20050315,1,x,SAG_3D_DESS_RIGHT,extra\n")
+    with pytest.raises(InputFileError, match=r"line 3: row has 7 fields but the header has 6"):
+        ot.read_contents(raw(q, "contents", 1))
+    # image packages linked in from elsewhere are found, a link loop is walked once
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "images").symlink_to(tmp_path / "12m", target_is_directory=True)
+    (tmp_path / "root" / "loop").symlink_to(tmp_path / "root", target_is_directory=True)
+    assert [f.relative_path for f in ot.discover_release(tmp_path / "root")] == ["images/contents.csv"]

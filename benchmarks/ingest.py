@@ -1,0 +1,211 @@
+"""Benchmark: `oai ingest` of a full-size OAI release against a bare pandas read of the same files.
+
+    python benchmarks/ingest.py [--subjects 4796] [--seed 0] [--release DIR] [--keep DIR]
+
+Target (issue 2): ingest within 3x the bare read and under 1 GB peak memory. The release is
+written by ``oaicohort.synth.clinical.write_release`` when that exists, otherwise by a built-in
+generator of the same shape (wide coded AllClinical files, kXR files with reading-project
+duplicates, Outcomes99, a 00m contents.csv). Each measurement runs in a fresh child process, so
+its peak RSS is its own and not the generator's; files are read once beforehand so that both
+sides find them in the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oaicohort.oai_tables import CONTENTS, discover_release  # noqa: E402
+
+MISSING = [".: Missing Form/Incomplete Workbook", ".A: Not Expected", ".", ""]
+
+
+# --------------------------------------------------------------------------- built-in release
+
+
+def _write(path: Path, header: list[str], columns: list[np.ndarray], sep: str = "|") -> None:
+    rows = zip(*[c.tolist() for c in columns])
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        fh.write(sep.join(header) + "\n")
+        fh.writelines(sep.join(row) + "\n" for row in rows)
+
+
+def _coded(rng: np.random.Generator, n: int, labels: list[str], p_missing: float = 0.05,
+           start: int = 0) -> np.ndarray:
+    values = np.array([f"{i}: {label}" for i, label in enumerate(labels, start)] + MISSING[:1], dtype=object)
+    p = np.r_[np.full(len(labels), (1 - p_missing) / len(labels)), p_missing]
+    return values[rng.choice(len(values), size=n, p=p)]
+
+
+def _numbers(rng: np.random.Generator, n: int, mean: float, sd: float, decimals: int = 1) -> np.ndarray:
+    out = np.round(rng.normal(mean, sd, n), decimals).astype(str).astype(object)
+    out[rng.random(n) < 0.05] = MISSING[0]
+    return out
+
+
+def write_builtin_release(out: Path, *, subjects: int = 4796, seed: int = 0) -> Path:
+    """A release shaped like the real one (OAICompleteData_ASCII layout) for timing only."""
+    rng = np.random.default_rng(seed)
+    ascii_dir = out / "OAICompleteData_ASCII"
+    ascii_dir.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(9000001, 9000001 + subjects).astype(str).astype(object)
+    sites = np.array(list("ABCDE"), dtype=object)[rng.integers(0, 5, subjects)]
+    _write(ascii_dir / "Enrollees.txt",
+           ["ID", "VERSION", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", "P02HISP"],
+           [ids, np.full(subjects, "2.2.1", dtype=object), sites,
+            _coded(rng, subjects, ["Male", "Female"], 0, start=1), _coded(rng, subjects, ["Other", "White", "Black", "Asian"]),
+            _coded(rng, subjects, ["Progression", "Incidence", "Non-exposed control group"], 0, start=1),
+            _coded(rng, subjects, ["No", "Yes"])])
+    vocab = [["No", "Yes"], ["None", "Mild", "Moderate", "Severe", "Extreme"],
+             [str(i) for i in range(11)], ["Less than high school", "High school", "College graduate"]]
+    for visit in range(11):
+        vv = f"V{visit:02d}"
+        header = ["ID", "VERSION", f"{vv}AGE", "P01BMI" if visit == 0 else f"{vv}BMI",
+                  "V00EVDATE" if visit == 0 else f"{vv}FVDATE", f"{vv}COMMENT"]
+        cols = [ids, np.full(subjects, "2.2.1", dtype=object), _numbers(rng, subjects, 61 + visit, 9, 0),
+                _numbers(rng, subjects, 28.5, 4.8), np.full(subjects, f"03/{visit + 1:02d}/{2004 + visit}", dtype=object),
+                rng.choice(np.array(["", "pt reports knee pain: left > right", "n/a"], dtype=object), subjects)]
+        for j in range(300):
+            header.append(f"{vv}X{j:03d}")
+            cols.append(_numbers(rng, subjects, 50, 20) if j % 4 == 3 else _coded(rng, subjects, vocab[j % 4]))
+        _write(ascii_dir / f"AllClinical{visit:02d}.txt", header, cols)
+    _write(ascii_dir / "Outcomes99.txt",
+           ["id", "V99ERKRPSN", "V99ELKRPSN", "V99ERKDAYS", "V99ELKDAYS", "V99ERKVSAF", "V99ELKVSAF"],
+           [ids, _coded(rng, subjects, ["No replacement seen on any FU xray", "Yes, replacement seen on FU xray"], 0),
+            _coded(rng, subjects, ["No replacement seen on any FU xray", "Yes, replacement seen on FU xray"], 0),
+            np.full(subjects, ".A: Not Expected", dtype=object), np.full(subjects, ".A: Not Expected", dtype=object),
+            np.full(subjects, ".A: Not Expected", dtype=object), np.full(subjects, ".A: Not Expected", dtype=object)])
+    knee_ids = np.repeat(ids, 2)
+    knee_sides = np.tile(np.array(["1: Right", "2: Left"], dtype=object), subjects)
+    for visit in (0, 1, 3, 5, 6, 8, 10):
+        present = rng.random(len(knee_ids)) < (0.9 - 0.04 * visit)
+        dup = present & (rng.random(len(knee_ids)) < 0.35)  # read by a second project
+        idx = np.sort(np.r_[np.flatnonzero(present), np.flatnonzero(dup)])
+        n = len(idx)
+        vv = f"V{visit:02d}XR"
+        kl = np.array(["0: 0", "1: 1", "2: 2", "3: 3", "4: 4", ".T: Technical problems"], dtype=object)
+        _write(ascii_dir / f"kXR_SQ_BU{visit:02d}.txt",
+               ["ID", "SIDE", "READPRJ", "VERSION", f"{vv}KL", f"{vv}JSM", f"{vv}JSL",
+                f"{vv}OSFM", f"{vv}OSFL", f"{vv}OSTM", f"{vv}OSTL", f"{vv}QCOMM"],
+               [knee_ids[idx], knee_sides[idx], rng.choice(np.array(["15", "37", "42"], dtype=object), n),
+                np.full(n, "1.6", dtype=object), kl[rng.choice(6, n, p=[.38, .22, .2, .12, .05, .03])],
+                *[rng.choice(np.array(["0", "0.5", "1", "2", "."], dtype=object), n) for _ in range(6)],
+                np.full(n, "", dtype=object)])
+    image_dir = out / "00m"
+    image_dir.mkdir(exist_ok=True)
+    seqs = ["SAG_3D_DESS", "COR_MPR", "AX_MPR", "SAG_IW_TSE", "COR_IW_TSE", "COR_T1_3D_FLASH",
+            "SAG_T2_MAP", "MP_LOCATOR"]
+    folder, pid, desc = [], [], []
+    for k, sid in enumerate(ids.tolist()):
+        for side in ("RIGHT", "LEFT"):
+            for s, seq in enumerate(seqs):
+                folder.append(f"0.C.2/{sid}/20040315/{k:05d}{s}{side[0]}")
+                pid.append(sid)
+                desc.append(f"{seq}_{side}")
+    m = len(folder)
+    _write(image_dir / "contents.csv",
+           ["Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription"],
+           [np.array(folder, dtype=object), np.array(pid, dtype=object), np.full(m, "20040315", dtype=object),
+            np.full(m, "016610203004", dtype=object), np.full(m, "OAI^MR^ENROLLMENT^KNEE", dtype=object),
+            np.array(desc, dtype=object)], sep=",")
+    return out
+
+
+def synthesise(out: Path, subjects: int, seed: int) -> tuple[Path, str]:
+    try:
+        from oaicohort.synth.clinical import write_release  # the synth engineer's module
+    except ImportError:
+        return write_builtin_release(out, subjects=subjects, seed=seed), "built-in generator"
+    write_release(out, subjects=subjects, seed=seed)
+    return out, "oaicohort.synth.clinical.write_release"
+
+
+# --------------------------------------------------------------------------- measurements (child side)
+
+
+def _child_bare(root: Path) -> dict[str, float]:
+    import pandas as pd
+
+    files = discover_release(root)
+    t0 = time.perf_counter()
+    for f in files:
+        pd.read_csv(f.path, sep="," if f.kind == CONTENTS else "|", dtype=str)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _child_ingest(root: Path, db_path: Path) -> dict[str, float]:
+    from oaicohort.db import open_database
+    from oaicohort.ingest import ingest_release
+
+    db = open_database(db_path)  # migrations outside the timing: they are a one-off
+    t0 = time.perf_counter()
+    result = ingest_release(db, root)
+    seconds = time.perf_counter() - t0
+    db.dispose()
+    return {"seconds": seconds, "rows": sum(result.rows.values()), "status": result.status}
+
+
+def _run_child(*args: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark child {args[0]} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subjects", type=int, default=4796)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--release", type=Path, help="benchmark an existing release instead of synthesising one")
+    p.add_argument("--keep", type=Path, help="write the synthetic release here and keep it")
+    p.add_argument("--repeat", type=int, default=1, help="best of N for both sides")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        kind, *rest = args.child
+        out = _child_bare(Path(rest[0])) if kind == "bare" else _child_ingest(Path(rest[0]), Path(rest[1]))
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="oai-bench-") as tmp:
+        tmp_path = Path(tmp)
+        if args.release:
+            root, origin = args.release.resolve(), "given"
+        else:
+            target = args.keep or tmp_path / "release"
+            t0 = time.perf_counter()
+            root, origin = synthesise(target, args.subjects, args.seed)
+            print(f"release: {args.subjects} subjects by {origin} in {time.perf_counter() - t0:.1f} s")
+        files = discover_release(root)
+        size = sum(f.path.stat().st_size for f in files)
+        for f in files:  # warm the page cache for both sides
+            f.path.read_bytes()
+        print(f"files: {len(files)}, {size / 2**20:.1f} MiB ({root})")
+        bare = min((_run_child("bare", str(root)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        runs = []
+        for i in range(args.repeat):
+            db_path = tmp_path / f"bench{i}.sqlite"
+            runs.append(_run_child("ingest", str(root), str(db_path)))
+        ingest = min(runs, key=lambda r: r["seconds"])
+        ratio = ingest["seconds"] / bare["seconds"]
+        print(f"bare pandas.read_csv(dtype=str): {bare['seconds']:7.2f} s   peak RSS {bare['peak_rss_mb']:6.0f} MB")
+        print(f"ingest into fresh SQLite:        {ingest['seconds']:7.2f} s   peak RSS {ingest['peak_rss_mb']:6.0f} MB"
+              f"   ({int(ingest['rows']):,} rows)")
+        print(f"ratio ingest / bare read: {ratio:.2f}x (target <= 3x); "
+              f"peak memory {'OK' if ingest['peak_rss_mb'] < 1024 else 'OVER'} (target < 1024 MB)")
+
+
+if __name__ == "__main__":
+    main()

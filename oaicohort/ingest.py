@@ -1,0 +1,655 @@
+"""``oai ingest``: one OAI release below a root folder -> the cohort database, in one transaction.
+
+The unit of work:
+
+1. find the OAI files below ROOT (``oai_tables.discover_release``), read each once (hashing the
+   same bytes) and parse only the columns needed, before any database lock is taken;
+2. in ONE write transaction: if the last successful run saw exactly these files (same root,
+   same sha256s) and every variable asked for, record an ``unchanged`` run and change nothing;
+   otherwise upsert by natural keys and record a ``succeeded`` run with its files;
+3. on any failure the data transaction rolls back; a ``failed`` (or ``interrupted``) run is then
+   recorded in a separate small transaction, so provenance shows the attempt but no data changed.
+
+Update rules for a newer release (ids of subjects, knees and image series stay stable because
+labels, splits and volumes refer to them):
+
+- subjects: upsert by OAI id; Enrollees values overwrite; ids seen only in other files get a
+  bare row (logged).
+- knees: inserted when first seen as (subject, side); never deleted.
+- subject_visits: upsert by (subject, visit); clinical_values: upsert by (subject, variable).
+- xray_readings: a ``kXR_SQ_BU{vv}`` file is the whole truth for its visit, so that visit's
+  readings are replaced.
+- knee_replacements: upsert by knee.
+- image_series: upsert by (subject, visit, side, sequence); a subject's series at a visit that
+  the new ``contents.csv`` files no longer list are removed. Done per subject and visit, not per
+  visit, because image packages split one visit over several folders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from oaicohort import __version__
+from oaicohort import oai_tables as ot
+from oaicohort.db import Database
+from oaicohort.errors import InputFileError, OAIError
+from oaicohort.progress import ProgressCallback, no_progress
+from oaicohort.schema import (
+    ClinicalValue,
+    ImageSeries,
+    IngestFile,
+    IngestRun,
+    Knee,
+    KneeReplacement,
+    Subject,
+    SubjectVisit,
+    XrayReading,
+    utcnow,
+)
+from oaicohort.visits import visit_month
+
+log = logging.getLogger(__name__)
+
+TABLES = (
+    "subjects", "subject_visits", "knees", "xray_readings", "knee_replacements",
+    "image_series", "clinical_values",
+)
+# files searched for --variables, in this order
+VARIABLE_KINDS = (ot.ENROLLEES, ot.SUBJECTCHAR, ot.ALLCLINICAL)
+_VARIABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_CHUNK = 500  # ids per IN (...) clause; well under every back-end's bound-parameter limit
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """Provenance of one source file of an ingest run."""
+
+    relative_path: str
+    kind: str
+    visit: int | None
+    sha256: str
+    size_bytes: int
+    n_rows: int
+
+
+@dataclass
+class IngestResult:
+    """What an ingest did. ``rows``: rows this release wrote per table (0 when ``unchanged``);
+    ``inserted`` / ``removed``: how many of them were new, and rows dropped as superseded."""
+
+    run_id: int
+    status: str  # succeeded | unchanged
+    root: str
+    files: list[FileRecord]
+    rows: dict[str, int]
+    inserted: dict[str, int]
+    removed: dict[str, int]
+    variables: list[str]
+    seconds: float
+
+    @property
+    def tables(self) -> list[str]:
+        return [t for t in TABLES if self.rows.get(t)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tables"] = self.tables
+        out["n_files"] = len(self.files)
+        return out
+
+
+# --------------------------------------------------------------------------- variables
+
+
+def parse_variables(text: str, *, source: Path | None = None, line: int | None = None) -> list[str]:
+    """``"V00WOMKPR, P01INJR"`` -> ``["V00WOMKPR", "P01INJR"]`` (upper case, order kept, no repeats)."""
+    names: list[str] = []
+    for token in re.split(r"[\s,;]+", text.strip()):
+        if not token:
+            continue
+        if not _VARIABLE_NAME.fullmatch(token):
+            message = f"{token!r} is not an OAI variable name (letters, digits, underscore)"
+            if source is not None:
+                raise InputFileError(source, message, line=line)
+            raise OAIError(f"--variables: {message}")
+        if token.upper() not in names:
+            names.append(token.upper())
+    return names
+
+
+def read_variables_file(path: Path | str) -> list[str]:
+    """Variable names from a text file: separated by commas or white space, ``#`` starts a comment."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read variables file: {exc.strerror or exc}") from None
+    names: list[str] = []
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        for name in parse_variables(raw_line.split("#", 1)[0], source=path, line=number):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ParsedRelease:
+    """Everything an ingest writes, parsed and validated before the database is touched."""
+
+    root: Path
+    files: list[FileRecord] = field(default_factory=list)
+    enrollees: pd.DataFrame | None = None
+    subject_visits: list[pd.DataFrame] = field(default_factory=list)
+    readings: dict[int, pd.DataFrame] = field(default_factory=dict)
+    outcomes: pd.DataFrame | None = None
+    series: list[pd.DataFrame] = field(default_factory=list)
+    clinical: list[pd.DataFrame] = field(default_factory=list)
+    other_ids: list[np.ndarray] = field(default_factory=list)  # ids of SubjectChar files
+
+
+def locate_variables(sources: Sequence[ot.SourceFile], variables: Sequence[str]) -> dict[str, ot.SourceFile]:
+    """The file each requested variable is read from (the first in ``VARIABLE_KINDS`` order).
+
+    Only header lines are read. A variable found nowhere is an error naming it.
+    """
+    order = {kind: i for i, kind in enumerate(VARIABLE_KINDS)}
+    candidates = sorted(
+        (s for s in sources if s.kind in order),
+        key=lambda s: (order[s.kind], s.visit or 0, s.relative_path),
+    )
+    located: dict[str, ot.SourceFile] = {}
+    remaining = [v.upper() for v in variables]
+    for source in candidates:
+        if not remaining:
+            break
+        header = set(ot.read_header(source))
+        for name in [v for v in remaining if v in header]:
+            located[name] = source
+            remaining.remove(name)
+    if remaining:
+        raise OAIError(
+            f"variable(s) {', '.join(remaining)} not found in any Enrollees, SubjectChar or "
+            f"AllClinical file ({len(candidates)} searched)"
+        )
+    return located
+
+
+def read_release(
+    root: Path | str,
+    variables: Sequence[str] = (),
+    progress: ProgressCallback = no_progress,
+) -> ParsedRelease:
+    """Find, hash and parse every OAI file below ``root`` (no database involved)."""
+    root_path = Path(root).expanduser()
+    sources = ot.discover_release(root_path)
+    if not sources:
+        raise InputFileError(
+            root_path,
+            "no OAI tables found below this folder (looked for Enrollees.txt, AllClinical{vv}.txt, "
+            "SubjectChar00.txt, Outcomes99.txt, kXR_SQ_BU{vv}.txt and <visit dir>/contents.csv)",
+        )
+    located = locate_variables(sources, variables)
+    wanted: dict[str, list[str]] = {}
+    for name, source in located.items():
+        wanted.setdefault(source.relative_path, []).append(name)
+    release = ParsedRelease(root=root_path.resolve())
+    total = len(sources)
+    progress("reading files", 0, total)
+    for i, source in enumerate(sources, start=1):
+        raw = ot.load_source(source)
+        n_rows = _parse_into(release, raw, wanted.get(source.relative_path, []))
+        release.files.append(FileRecord(
+            source.relative_path, source.kind, source.visit, raw.sha256, raw.size_bytes, n_rows
+        ))
+        log.debug("%s: %d rows", source.relative_path, n_rows)
+        progress("reading files", i, total)
+    return release
+
+
+def _parse_into(release: ParsedRelease, raw: ot.FileBytes, variables: list[str]) -> int:
+    kind = raw.source.kind
+    if kind == ot.ENROLLEES:
+        frame, table = ot.read_enrollees(raw, variables)
+        release.enrollees = frame
+        release.clinical.append(ot.clinical_values(table, variables, frame["subject_id"].to_numpy()))
+        return len(frame)
+    if kind == ot.ALLCLINICAL:
+        frame, table = ot.read_allclinical(raw, variables)
+        release.subject_visits.append(frame)
+        release.clinical.append(ot.clinical_values(table, variables, frame["subject_id"].to_numpy()))
+        return len(frame)
+    if kind == ot.SUBJECTCHAR:
+        table = ot.read_table(raw, ["ID", *variables], required=["ID"])
+        ids = ot.subject_ids(table)
+        release.other_ids.append(ids)
+        release.clinical.append(ot.clinical_values(table, variables, ids))
+        return len(table)
+    if kind == ot.KXR_SQ_BU:
+        frame = ot.read_kxr(raw)
+        assert raw.source.visit is not None
+        release.readings[raw.source.visit] = frame
+        return len(frame)
+    if kind == ot.OUTCOMES:
+        release.outcomes = ot.read_outcomes(raw)
+        return len(release.outcomes) // 2
+    if kind == ot.CONTENTS:
+        frame = ot.read_contents(raw)
+        release.series.append(frame)
+        return len(frame)
+    raise AssertionError(f"unhandled kind {kind}")  # discover_release only yields the above
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _python(series: pd.Series) -> list[Any]:
+    """Column values as Python objects with None for every kind of missing (DB drivers need it)."""
+    values = series.astype(object)
+    return values.where(series.notna(), None).tolist()
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str], **constants: Any) -> list[dict[str, Any]]:
+    data = [_python(frame[c]) for c in columns]
+    keys = list(columns) + list(constants)
+    extra = list(constants.values())
+    return [dict(zip(keys, [*row, *extra])) for row in zip(*data)]
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class _Counts:
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    inserted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+
+def _executemany(session: Session, stmt: Any, binds: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Run ``stmt`` once per row as ONE driver executemany.
+
+    ``binds`` maps each bind parameter of ``stmt`` to ``(row key, column type)``.
+    Values are converted column-wise with the types' bind processors, skipping SQLAlchemy's
+    per-row parameter handling, which would cost more than the inserts themselves (the ORM bulk
+    paths are worse still: they split batches wherever the pattern of NULLs changes).
+    """
+    if not rows:
+        return
+    conn = session.connection()
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect)
+    columns: dict[str, list[Any]] = {}
+    for name, (key, type_) in binds.items():
+        values = [row[key] for row in rows]
+        process = type_.dialect_impl(dialect).bind_processor(dialect)
+        columns[name] = [process(v) for v in values] if process else values
+    if compiled.positional:
+        order = list(compiled.positiontup or ())
+        params: list[Any] = list(zip(*(columns[n] for n in order)))
+    else:
+        names = list(columns)
+        params = [dict(zip(names, values)) for values in zip(*columns.values())]
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def _insert(session: Session, model: type, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert of rows that all have the same keys."""
+    if not rows:
+        return
+    t = model.__table__  # type: ignore[attr-defined]
+    keys = list(rows[0])
+    stmt = insert(t).values({k: bindparam(f"v_{k}", type_=t.c[k].type) for k in keys})
+    _executemany(session, stmt, {f"v_{k}": (k, t.c[k].type) for k in keys}, rows)
+
+
+def _update(session: Session, model: type, rows: list[dict[str, Any]], pk: str) -> None:
+    """Bulk update by primary key ``pk`` of rows that all have the same keys."""
+    if not rows:
+        return
+    t = model.__table__  # type: ignore[attr-defined]
+    keys = [k for k in rows[0] if k != pk]
+    stmt = (
+        update(t)
+        .where(t.c[pk] == bindparam("pk_", type_=t.c[pk].type))
+        .values({k: bindparam(f"v_{k}", type_=t.c[k].type) for k in keys})
+    )
+    binds = {f"v_{k}": (k, t.c[k].type) for k in keys}
+    binds["pk_"] = (pk, t.c[pk].type)
+    _executemany(session, stmt, binds, rows)
+
+
+def _upsert(
+    session: Session,
+    model: type,
+    table: str,
+    rows: list[dict[str, Any]],
+    key: Sequence[str],
+    existing: dict[tuple[Any, ...], Any],
+    counts: _Counts,
+    pk: str = "id",
+) -> None:
+    """Insert rows whose natural ``key`` is new, update the others by primary key (bulk)."""
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for row in rows:
+        found = existing.get(tuple(row[k] for k in key))
+        if found is None:
+            inserts.append(row)
+        else:
+            updates.append({**row, pk: found})
+    _insert(session, model, inserts)
+    _update(session, model, updates, pk)
+    counts.rows[table] += len(rows)
+    counts.inserted[table] += len(inserts)
+
+
+def _write_subjects(session: Session, release: ParsedRelease, counts: _Counts) -> None:
+    existing = {(sid,): sid for sid in session.scalars(select(Subject.id))}
+    enrolled: set[int] = set()
+    if release.enrollees is not None:
+        rows = _records(release.enrollees, ["subject_id", "site", "sex", "race", "cohort"])
+        for r in rows:
+            r["id"] = r.pop("subject_id")
+        enrolled = {r["id"] for r in rows}
+        _upsert(session, Subject, "subjects", rows, ["id"], existing, counts)
+    seen: set[int] = set()
+    for ids in _all_ids(release):
+        seen.update(int(i) for i in ids)
+    bare = sorted(seen - enrolled - {sid for (sid,) in existing})
+    if bare:
+        if release.enrollees is not None:
+            log.warning(
+                "%d participant id(s) appear in other files but not in Enrollees (e.g. %s); "
+                "added without site/sex", len(bare), bare[0],
+            )
+        _insert(session, Subject, [{"id": i} for i in bare])
+        counts.rows["subjects"] += len(bare)
+        counts.inserted["subjects"] += len(bare)
+
+
+def _all_ids(release: ParsedRelease) -> Iterable[np.ndarray]:
+    for frame in release.subject_visits:
+        yield frame["subject_id"].to_numpy()
+    for frame in release.readings.values():
+        yield frame["subject_id"].to_numpy()
+    if release.outcomes is not None:
+        yield release.outcomes["subject_id"].to_numpy()
+    for frame in release.series:
+        yield frame["subject_id"].to_numpy()
+    yield from release.other_ids
+
+
+def _knee_map(session: Session) -> dict[tuple[int, str], int]:
+    return {(s, side): k for k, s, side in session.execute(select(Knee.id, Knee.subject_id, Knee.side))}
+
+
+def _write_knees(session: Session, release: ParsedRelease, counts: _Counts) -> dict[tuple[int, str], int]:
+    wanted: set[tuple[int, str]] = set()
+    frames = [*release.readings.values(), *release.series]
+    if release.outcomes is not None:
+        frames.append(release.outcomes)
+    for frame in frames:
+        knees = frame.loc[frame["side"].isin(["R", "L"]), ["subject_id", "side"]].drop_duplicates()
+        wanted.update(zip(knees["subject_id"].tolist(), knees["side"].tolist()))
+    knee_ids = _knee_map(session)
+    new = sorted(wanted - set(knee_ids))
+    if new:
+        _insert(session, Knee, [{"subject_id": s, "side": side} for s, side in new])
+        knee_ids = _knee_map(session)
+    counts.rows["knees"] = len(wanted)
+    counts.inserted["knees"] = len(new)
+    return knee_ids
+
+
+def _knee_column(frame: pd.DataFrame, knee_ids: dict[tuple[int, str], int]) -> list[int]:
+    return [knee_ids[key] for key in zip(frame["subject_id"].tolist(), frame["side"].tolist())]
+
+
+def _write_subject_visits(session: Session, release: ParsedRelease, counts: _Counts) -> None:
+    if not release.subject_visits:
+        return
+    existing = {
+        (s, v): i for i, s, v in session.execute(
+            select(SubjectVisit.id, SubjectVisit.subject_id, SubjectVisit.visit)
+        )
+    }
+    for frame in release.subject_visits:
+        visit = int(frame["visit"].iloc[0]) if len(frame) else 0
+        rows = _records(frame, ["subject_id", "visit", "age", "bmi", "visit_date"],
+                        month=visit_month(visit))
+        _upsert(session, SubjectVisit, "subject_visits", rows, ["subject_id", "visit"], existing, counts)
+
+
+_READING_FIELDS = (
+    "read_project", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "osteophyte_fm",
+    "osteophyte_fl", "osteophyte_tm", "osteophyte_tl", "source_file", "source_row",
+)
+
+
+def _write_readings(
+    session: Session, release: ParsedRelease, knee_ids: dict[tuple[int, str], int], counts: _Counts
+) -> None:
+    for visit, frame in sorted(release.readings.items()):
+        removed = session.execute(delete(XrayReading).where(XrayReading.visit == visit))
+        counts.removed["xray_readings"] += max(removed.rowcount or 0, 0)
+        rows = _records(frame, _READING_FIELDS, visit=visit, month=visit_month(visit))
+        for row, knee in zip(rows, _knee_column(frame, knee_ids)):
+            row["knee_id"] = knee
+        _insert(session, XrayReading, rows)
+        counts.rows["xray_readings"] += len(rows)
+        counts.inserted["xray_readings"] += len(rows)
+
+
+def _write_outcomes(
+    session: Session, release: ParsedRelease, knee_ids: dict[tuple[int, str], int], counts: _Counts
+) -> None:
+    if release.outcomes is None:
+        return
+    frame = release.outcomes
+    rows = _records(frame, list(ot.OUTCOME_FIELDS))
+    for row, knee in zip(rows, _knee_column(frame, knee_ids)):
+        row["knee_id"] = knee
+    existing = {(k,): k for k in session.scalars(select(KneeReplacement.knee_id))}
+    _upsert(session, KneeReplacement, "knee_replacements", rows, ["knee_id"], existing, counts,
+            pk="knee_id")
+
+
+_SERIES_FIELDS = (
+    "subject_id", "visit", "side", "sequence", "series_description", "study_description",
+    "folder", "visit_dir", "study_date", "barcode", "source_file", "source_row",
+)
+
+
+def _write_series(session: Session, release: ParsedRelease, counts: _Counts) -> None:
+    if not release.series:
+        return
+    # several packages of one visit may list the same series: the later file wins, as a rescan
+    frame = pd.concat(release.series, ignore_index=True).drop_duplicates(
+        ["subject_id", "visit", "side", "sequence"], keep="last"
+    )
+    visits = sorted(int(v) for v in frame["visit"].unique())
+    existing: dict[tuple[Any, ...], int] = {}
+    for i, s, v, side, seq in session.execute(
+        select(ImageSeries.id, ImageSeries.subject_id, ImageSeries.visit, ImageSeries.side,
+               ImageSeries.sequence).where(ImageSeries.visit.in_(visits))
+    ):
+        existing[(s, v, side, seq)] = i
+    rows = _records(frame, _SERIES_FIELDS)
+    for row in rows:
+        row["month"] = visit_month(row["visit"])
+    listed = {(r["subject_id"], r["visit"], r["side"], r["sequence"]) for r in rows}
+    covered = {(r["subject_id"], r["visit"]) for r in rows}
+    stale = [i for key, i in existing.items() if key[:2] in covered and key not in listed]
+    for chunk in _chunks(stale):
+        session.execute(delete(ImageSeries).where(ImageSeries.id.in_(chunk)))
+    counts.removed["image_series"] += len(stale)
+    _upsert(session, ImageSeries, "image_series", rows,
+            ["subject_id", "visit", "side", "sequence"], existing, counts)
+
+
+def _write_clinical(session: Session, release: ParsedRelease, counts: _Counts) -> None:
+    frames = [f for f in release.clinical if len(f)]
+    if not frames:
+        return
+    frame = pd.concat(frames, ignore_index=True)
+    names = sorted(frame["variable"].unique().tolist())
+    existing = {
+        (s, v): i for i, s, v in session.execute(
+            select(ClinicalValue.id, ClinicalValue.subject_id, ClinicalValue.variable)
+            .where(ClinicalValue.variable.in_(names))
+        )
+    }
+    rows = _records(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code",
+                            "source_file"])
+    _upsert(session, ClinicalValue, "clinical_values", rows, ["subject_id", "variable"], existing, counts)
+
+
+def _last_success(session: Session) -> IngestRun | None:
+    return session.scalars(
+        select(IngestRun).where(IngestRun.status == "succeeded").order_by(IngestRun.id.desc()).limit(1)
+    ).first()
+
+
+def _is_unchanged(session: Session, release: ParsedRelease, variables: Sequence[str]) -> bool:
+    last = _last_success(session)
+    if last is None or last.source_root != str(release.root):
+        return False
+    before = {(f.relative_path, f.sha256) for f in last.files}
+    now = {(f.relative_path, f.sha256) for f in release.files}
+    had = set((last.summary or {}).get("variables", []))
+    return before == now and set(variables) <= had
+
+
+def _add_run(
+    session: Session, release: ParsedRelease, status: str, started: dt.datetime,
+    summary: dict[str, Any],
+) -> IngestRun:
+    run = IngestRun(
+        source_root=str(release.root), started_at=started, finished_at=utcnow(), status=status,
+        toolkit_version=__version__, summary=summary,
+    )
+    session.add(run)
+    session.flush()
+    _insert(session, IngestFile, [
+        {"run_id": run.id, "relative_path": f.relative_path, "table_kind": f.kind,
+         "visit": f.visit, "sha256": f.sha256, "size_bytes": f.size_bytes, "n_rows": f.n_rows}
+        for f in release.files
+    ])
+    return run
+
+
+def write_release(
+    db: Database,
+    release: ParsedRelease,
+    *,
+    variables: Sequence[str] = (),
+    started: dt.datetime | None = None,
+    progress: ProgressCallback = no_progress,
+    t0: float | None = None,
+) -> IngestResult:
+    """Write a parsed release in one transaction (or record it as ``unchanged``)."""
+    started = started or utcnow()
+    t0 = time.perf_counter() if t0 is None else t0
+    counts = _Counts()
+    steps = ("subjects", "knees", "subject_visits", "xray_readings", "knee_replacements",
+             "image_series", "clinical_values")
+    with db.write() as session:
+        if _is_unchanged(session, release, variables):
+            status = "unchanged"
+            log.info("%s: same files as the last successful ingest; nothing to change", release.root)
+        else:
+            status = "succeeded"
+            progress("writing database", 0, len(steps))
+            _write_subjects(session, release, counts)
+            progress("writing database", 1, len(steps))
+            knee_ids = _write_knees(session, release, counts)
+            progress("writing database", 2, len(steps))
+            _write_subject_visits(session, release, counts)
+            progress("writing database", 3, len(steps))
+            _write_readings(session, release, knee_ids, counts)
+            progress("writing database", 4, len(steps))
+            _write_outcomes(session, release, knee_ids, counts)
+            progress("writing database", 5, len(steps))
+            _write_series(session, release, counts)
+            progress("writing database", 6, len(steps))
+            _write_clinical(session, release, counts)
+            progress("writing database", 7, len(steps))
+        seconds = time.perf_counter() - t0
+        summary = {
+            "rows": counts.rows, "inserted": counts.inserted, "removed": counts.removed,
+            "variables": list(variables), "n_files": len(release.files), "seconds": round(seconds, 3),
+        }
+        run = _add_run(session, release, status, started, summary)
+        run_id = run.id
+    return IngestResult(
+        run_id=run_id, status=status, root=str(release.root), files=list(release.files),
+        rows=counts.rows, inserted=counts.inserted, removed=counts.removed,
+        variables=list(variables), seconds=time.perf_counter() - t0,
+    )
+
+
+def _record_failure(
+    db: Database, root: Path | str, started: dt.datetime, status: str, exc: BaseException
+) -> None:
+    """Provenance of a run that changed nothing; never masks the original error."""
+    try:
+        source_root = str(Path(root).expanduser().resolve())
+    except OSError:
+        source_root = str(root)
+    message = str(exc) if isinstance(exc, OAIError) else f"{type(exc).__name__}: {exc}"
+    try:
+        with db.write() as session:
+            session.add(IngestRun(
+                source_root=source_root, started_at=started, finished_at=utcnow(), status=status,
+                toolkit_version=__version__, error=message,
+            ))
+    except Exception:  # the database itself may be what failed
+        log.exception("could not record the %s ingest run", status)
+
+
+def ingest_release(
+    db: Database,
+    root: Path | str,
+    *,
+    variables: Sequence[str] = (),
+    progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
+
+    ``variables``: further OAI variables (e.g. ``V00WOMKPR``) stored in ``clinical_values``; each
+    must exist in an Enrollees, SubjectChar or AllClinical file. Raises ``InputFileError`` for bad
+    input (naming file, line, column) and leaves the data as it was.
+    """
+    progress = progress or no_progress
+    started = utcnow()
+    t0 = time.perf_counter()
+    names = parse_variables(",".join(variables))
+    try:
+        release = read_release(root, names, progress)
+        result = write_release(db, release, variables=names, started=started, progress=progress, t0=t0)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _record_failure(db, root, started, status, exc)
+        raise
+    log.info("ingest run %d %s in %.1f s", result.run_id, result.status, result.seconds)
+    return result
