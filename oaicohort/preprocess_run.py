@@ -17,6 +17,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from oaicohort.db import Database
-from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
+from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.preprocessing import VIEWS, PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.schema import ImageSeries, Knee, Volume
@@ -66,6 +67,8 @@ class SeriesOutcome:
     notes: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # of the process that did the work, for the memory budget
 
 
 @dataclass
@@ -84,6 +87,9 @@ class PreprocessSummary:
     volumes_written: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    worker_seconds: float = 0.0  # summed read + preprocess time inside the workers
+    worker_cpu_seconds: float = 0.0
+    worker_peak_rss_mb: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -99,7 +105,7 @@ def default_reader(folder: Path) -> SeriesLike:
 
 def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | None) -> SeriesOutcome:
     """Read and preprocess one series (runs in a worker process; never raises)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     outcome = SeriesOutcome(task=task)
     try:
         series = (reader or default_reader)(task.folder)
@@ -120,6 +126,8 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         log.debug("unexpected failure on %s", task.folder, exc_info=True)
         outcome.reason = f"{task.folder}: {type(exc).__name__}: {exc}"
     outcome.seconds = time.perf_counter() - start
+    outcome.cpu_seconds = time.process_time() - cpu
+    outcome.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return outcome
 
 
@@ -373,6 +381,17 @@ def run_preprocess(
     created = not path.exists() or not any(path.iterdir())
     if params is None:
         params = VolumeStore.open(path).params if not created else PreprocessParams.full()
+    with db.read() as session:
+        indexed = session.execute(
+            select(func.count())
+            .select_from(ImageSeries)
+            .where(ImageSeries.visit == visit, ImageSeries.sequence == params.sequence)
+        ).scalar_one()
+    if not indexed:
+        raise DatabaseStateError(
+            f"no {params.sequence} series of visit {visit} in the database {db.url}; "
+            "run `oai ingest` on a release with its image packages (contents.csv) first"
+        )
     store = VolumeStore.open_or_create(path, params, views=views)
     summary = PreprocessSummary(str(store.path), store.params_hash, tuple(views), visit)
     with writer_lock(store):
@@ -394,6 +413,9 @@ def run_preprocess(
         progress("preprocess", 0, total)
         for n, outcome in enumerate(_outcomes(tasks, params, max(1, workers), reader), start=1):
             summary.volumes_written += _record(db, store, outcome, slots)
+            summary.worker_seconds += outcome.seconds
+            summary.worker_cpu_seconds += outcome.cpu_seconds
+            summary.worker_peak_rss_mb = max(summary.worker_peak_rss_mb, round(outcome.peak_rss_mb, 1))
             if outcome.reason is None:
                 summary.done += 1
             else:
@@ -412,4 +434,6 @@ def run_preprocess(
                     raise PreprocessFailure(f"--strict: {outcome.reason}")
             progress("preprocess", n, total)
     summary.seconds = round(time.perf_counter() - start, 3)
+    summary.worker_seconds = round(summary.worker_seconds, 3)
+    summary.worker_cpu_seconds = round(summary.worker_cpu_seconds, 3)
     return summary

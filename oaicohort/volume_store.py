@@ -44,7 +44,8 @@ from oaicohort.schema import Knee, Volume
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_ZSTD_LEVEL = 3
+# level 1: decodes ~1.5x faster than 3 on noisy MR data for ~10% more disk (benchmarks/store_read.py)
+DEFAULT_ZSTD_LEVEL = 1
 KEYS_CHUNK = 4096
 
 

@@ -312,3 +312,15 @@ def test_cli_preprocess_strict_exit_code(db: Database, release, tmp_path: Path) 
     result = runner.invoke(app, [*base, "--strict"])
     # Rich wraps long lines: compare without whitespace (the path has none)
     assert result.exit_code == 1 and str(release[(SUBJECTS[2], "R")]) in "".join(result.output.split())
+
+
+def test_cli_rejects_bad_options_and_empty_database(db: Database, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--db", str(tmp_path / "cohort.sqlite"), "preprocess", "--store", str(tmp_path / "v.zarr")]
+    result = runner.invoke(app, [*base, "--view", "sideways"])
+    assert result.exit_code == 2 and "sideways" in result.output
+    result = runner.invoke(app, [*base, "--preset", "huge"])
+    assert result.exit_code == 2 and "huge" in result.output
+    result = runner.invoke(app, base)
+    assert result.exit_code == 1 and "no SAG_3D_DESS series of visit 0" in " ".join(result.output.split())
+    assert not (tmp_path / "v.zarr").exists()

@@ -13,6 +13,7 @@ from oaicohort.preprocessing import (
     block_mean,
     centre_fit,
     fit_region,
+    intensity_range,
     map_intensity,
     orient_left,
     percentile_of_counts,
@@ -87,6 +88,20 @@ def test_percentile_of_counts_matches_numpy() -> None:
     counts = np.bincount(values)
     for q in (0.0, 12.5, 50.0, 99.9, 100.0):
         assert percentile_of_counts(counts, q) == pytest.approx(np.percentile(values, q))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_intensity_range_equals_numpy_percentile(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # skewed like MR: mostly dark, a bright tail, a few extreme voxels
+    pixels = np.minimum(rng.gamma(2.0, 150.0, (24, 40, 40)), 65535).astype(np.uint16)
+    pixels[0, 0, : seed * 3] = 60000
+    shifted = pixels >> 3
+    for lo, hi in ((0.0, 99.9), (0.0, 95.0), (1.0, 99.0)):
+        params = PreprocessParams(percentile_low=lo, percentile_high=hi)
+        assert intensity_range(pixels, params) == pytest.approx(
+            tuple(np.percentile(shifted, [lo, hi])), abs=1e-9
+        )
 
 
 def test_intensity_reference_shift_clip_cast() -> None:
