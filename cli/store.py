@@ -71,6 +71,8 @@ def verify_command(
             f"row, reused by the next run); {report['failed_rows']} failed series rows",
             highlight=False,
         )
+        for warning in report["warnings"]:
+            out_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         for m in report["mismatches"]:
             out_console.print(
                 f"[red]mismatch[/] {m['view']}[{m['position']}] subject {m['subject_id']} "

@@ -5,8 +5,8 @@ Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample
 1. Intensity (on the whole series as read): ``uint16 >> 3``, clipped to its [0, 99.9]
    percentile range, cast to uint8. Interpretation: percentiles are computed on the shifted
    volume (numpy's linear interpolation), values are clipped to ``[p_low, p_high]`` and cast
-   (truncating), exactly as the reference. DESS series rarely exceed 2047 (p_high after the
-   shift well under 255), so nothing is rescaled; when ``p_high`` exceeds 255 a plain cast would
+   (truncating), exactly as the reference, which relies on ``p_high <= 255`` after the shift
+   (12-bit DESS data; the synthetic series too). When ``p_high`` exceeds 255 a plain cast would
    wrap around, so the range is instead mapped linearly onto 0..255 and the volume's notes say
    ``intensity_rescaled``. ``intensity_mode="rescale"`` always maps the range onto 0..255.
    Training scales each volume to [0, 1] anyway, so both modes give the same model input up to
@@ -19,7 +19,8 @@ Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample
 4. Sagittal: the full-resolution region (160, 352, 352) is reduced by the exact mean of each
    2x2x2 block (rounded half up) -> stored (80, 176, 176). Training crops (64, 160, 160) at any
    offset, i.e. the reference's 320x320x128 crop at even full-resolution offsets followed by its
-   trilinear x0.5 downsample (which equals a 2x2x2 mean).
+   trilinear x0.5 downsample (which equals a 2x2x2 mean); the only difference is the rounding of
+   the mean to uint8 (at most 0.5/255 after the per-volume [0, 1] scaling).
 5. Coronal and axial views are block means of the same full-resolution region, with blocks
    (4, 2, 1) along (through-plane, in-plane, left-right): stored (88, 176, 160) at about
    1.46 x 0.73 x 0.70 mm, training crop (80, 160, 128) = the reference's "80 slices of 160x128",

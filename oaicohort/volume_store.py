@@ -174,6 +174,7 @@ class VolumeStore:
                 "(the store's attributes were edited); the store cannot be trusted"
             )
         self._fast: dict[str, bool] = {}
+        self._arrays: dict[str, zarr.Array] = {}
         self._zstd = numcodecs.Zstd()
 
     @property
@@ -186,6 +187,7 @@ class VolumeStore:
         state = self.__dict__.copy()
         state["_group"] = None
         state["_zstd"] = None
+        state["_arrays"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -222,12 +224,19 @@ class VolumeStore:
         return tuple(v for v in VIEWS if v in present)
 
     def _array(self, view: str) -> zarr.Array:
+        # cached: opening an array reads its metadata from disk; a reader sees the slots that
+        # existed when it first touched the view (reopen the store to see later ones)
+        array = self._arrays.get(view)
+        if array is not None:
+            return array
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
         try:
-            return self.group[view]  # type: ignore[return-value]
+            array = self.group[view]  # type: ignore[assignment]
         except KeyError:
             raise StoreError(f"{self.path}: the store holds no {view!r} volumes (views: {list(self.views)})") from None
+        self._arrays[view] = array  # type: ignore[assignment]
+        return array  # type: ignore[return-value]
 
     def volume_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of a stored volume of ``view``."""
@@ -505,4 +514,10 @@ def verify_store(
         orphans = [int(p) for p in np.flatnonzero(keys[view] >= 0) if int(p) not in used]
         report["orphans"][view] = orphans
         report["unused"][view] = int((keys[view] < 0).sum())
+    report["warnings"] = []
+    if not rows and any(report["orphans"].values()):
+        report["warnings"].append(
+            f"the database {db.url} indexes nothing in this store although it holds volumes: "
+            "is --db the database the store was made with?"
+        )
     return report

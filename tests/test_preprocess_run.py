@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import zarr
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cli.main import app
-from oaicohort.db import Database, open_database
-from oaicohort.errors import InputFileError
+from oaicohort.db import Database
+from oaicohort.dicom_series import DicomVolume, read_series
 from oaicohort.preprocess_run import PreprocessFailure, run_preprocess
 from oaicohort.preprocessing import PreprocessParams, preprocess_series
 from oaicohort.schema import ImageSeries, Knee, Subject, Volume
@@ -37,25 +36,9 @@ GEOMETRY = IMAGE_SIZES["small"]
 SUBJECTS = (9000010, 9000020, 9000030)
 
 
-def read_series_for_tests(folder: Path):  # noqa: ANN201
-    """The project's DICOM reader once it exists; a minimal pydicom reader until then."""
-    try:
-        from oaicohort.dicom_series import read_series
-    except ImportError:
-        pass
-    else:
-        return read_series(folder)
-    from oaicohort.preprocess_run import _Sided
-
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    try:
-        datasets = [pydicom.dcmread(p) for p in files]
-    except Exception as exc:
-        raise InputFileError(folder, f"not a DICOM series: {exc}") from exc
-    datasets.sort(key=lambda d: int(d.InstanceNumber))
-    pixels = np.stack([d.pixel_array for d in datasets]).astype(np.uint16)
-    side = "R" if str(datasets[0].SeriesDescription).strip().endswith("RIGHT") else "L"
-    return _Sided(pixels, GEOMETRY.spacing_mm, side)
+def read_series_for_tests(folder: Path) -> DicomVolume:
+    """The project's reader, passed explicitly (the same as the default)."""
+    return read_series(folder)
 
 
 def make_release(db: Database, root: Path, subjects: tuple[int, ...] = SUBJECTS) -> dict[tuple[int, str], Path]:
@@ -210,7 +193,7 @@ def test_orphan_slot_is_reported_then_reused(db: Database, release, tmp_path: Pa
     store = VolumeStore.open(store_path, mode="r+")
     store.write("sag", 3, np.full(SMALL.stored_shape("sag"), 7, np.uint8), key=knee_key(1, "L"), visit=0)
     report = verify_store(db, store_path)
-    assert report["orphans"]["sag"] == [3] and report["mismatches"] == []
+    assert report["orphans"]["sag"] == [3] and report["mismatches"] == [] and report["warnings"] == []
     run_preprocess(db, store_path, SMALL, reader=read_series_for_tests)
     report = verify_store(db, store_path)
     assert report["orphans"]["sag"] == [] and report["ok"] == 6
@@ -249,6 +232,9 @@ def test_store_info_and_verify_cli(db: Database, release, tmp_path: Path) -> Non
     assert result.exit_code == 0 and "20x44x44" in result.stdout
     result = runner.invoke(app, ["--db", str(tmp_path / "cohort.sqlite"), "store", "verify", str(store_path)])
     assert result.exit_code == 0 and "6 ok" in result.stdout
+    other_db = ["--db", str(tmp_path / "other.sqlite")]
+    result = runner.invoke(app, [*other_db, "store", "verify", str(store_path), "--json"])
+    assert result.exit_code == 0 and "is --db the database" in json.loads(result.stdout)["warnings"][0]
     result = runner.invoke(app, ["store", "info", str(tmp_path / "nope.zarr")])
     assert result.exit_code == 1 and "not a volume store" in result.output
 
@@ -262,7 +248,6 @@ def _cli(tmp_path: Path, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Path) -> None:
-    pytest.importorskip("oaicohort.dicom_series")
     subjects = tuple(9000100 + 10 * i for i in range(12))
     make_release(db, tmp_path / "release", subjects)
     store_path = tmp_path / "vol.zarr"
@@ -301,7 +286,6 @@ def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Pat
 
 
 def test_cli_preprocess_strict_exit_code(db: Database, release, tmp_path: Path) -> None:
-    pytest.importorskip("oaicohort.dicom_series")
     (release[(SUBJECTS[2], "R")] / "003").write_bytes(b"garbage")
     runner = CliRunner()
     base = ["--db", str(tmp_path / "cohort.sqlite"), "preprocess", "--store", str(tmp_path / "v.zarr"), "--preset", "small", "--workers", "1"]
