@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from cli.common import err_console, handles_errors, out_console, state
 from oaicohort.label_definitions import DEFAULT_DEFINITION
-from oaicohort.query import Cohort
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -61,6 +62,8 @@ def _records_json(frame: pd.DataFrame) -> str:
 
 
 def render_table(frame: pd.DataFrame, max_rows: int, what: str) -> Table:
+    import pandas as pd
+
     shown = frame.head(max_rows)
     table = Table(title_justify="left")
     for col in frame.columns:
@@ -138,6 +141,8 @@ def cohort_command(
         if name in variables:
             raise typer.BadParameter(f"variable {name} given twice", param_hint="--var")
         variables[name] = value
+
+    from oaicohort.query import Cohort  # pandas: keep `oai --help` fast
 
     cohort = Cohort(state(ctx).open_db())
     options: dict[str, Any] = {

@@ -33,7 +33,7 @@ from sqlalchemy.orm import aliased
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.label_definitions import CLASSES, DEFAULT_DEFINITION, LabelDefinitionParams
-from oaicohort.labels import labels_fingerprint, stored_definition, stored_labels
+from oaicohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
 from oaicohort.schema import (
     ClinicalValue,
     ImageSeries,
@@ -78,6 +78,8 @@ _COLUMNS: dict[str, tuple[Any, str]] = {
     "fold": (SplitAssignment.fold, "int"),
 }
 SPECIAL_FILTERS = ("has_sequence", "variables")
+# up to this many knees, trajectories are read with WHERE knee_id IN (...); beyond, all readings
+_IN_LIST_MAX = 2000
 OPTIONS = ("definition", "split", "include_excluded")
 FILTERS = (*_COLUMNS, *SPECIAL_FILTERS)
 
@@ -242,9 +244,8 @@ class Cohort:
                     f"run `oai split --definition {resolved.definition}` first"
                 )
             stmt = self._knee_select(resolved, include_excluded, filters, var_filters)
-            rows = session.execute(stmt).all()
-        columns = [*KNEE_COLUMNS, *[f"_var{i}_{part}" for i in range(len(var_filters)) for part in ("num", "text")]]
-        frame = pd.DataFrame.from_records(rows, columns=columns)
+            columns = [*KNEE_COLUMNS, *[f"_var{i}_{part}" for i in range(len(var_filters)) for part in ("num", "text")]]
+            frame = read_frame(session, stmt, columns)
         for col in INT_COLUMNS:
             frame[col] = frame[col].astype("Int64")
         for col in ("age", "bmi"):
@@ -400,17 +401,18 @@ class Cohort:
         if wide and duplicates == "all":
             raise QueryError("wide trajectories need one reading per visit: duplicates='first' or 'first_graded'")
         knees = self.knees(**knee_filters)
-        with self.db.read() as session:
-            rows = session.execute(
-                select(
-                    XrayReading.knee_id, XrayReading.visit, XrayReading.month, XrayReading.klg,
-                    XrayReading.klg_missing_code, XrayReading.read_project, XrayReading.source_row,
-                    XrayReading.id,
-                )
-            ).all()
-        readings = pd.DataFrame.from_records(
-            rows, columns=["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"]
+        stmt = select(
+            XrayReading.knee_id, XrayReading.visit, XrayReading.month, XrayReading.klg,
+            XrayReading.klg_missing_code, XrayReading.read_project, XrayReading.source_row,
+            XrayReading.id,
         )
+        if len(knees) <= _IN_LIST_MAX:
+            stmt = stmt.where(XrayReading.knee_id.in_([int(k) for k in knees["knee_id"]]))
+        with self.db.read() as session:
+            readings = read_frame(
+                session, stmt,
+                ["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"],
+            )
         readings = readings[readings["knee_id"].isin(knees["knee_id"])]
         order = ["knee_id", "visit", "source_row", "id"]
         if duplicates == "first_graded":

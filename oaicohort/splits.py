@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.label_definitions import CLASSES, DEFAULT_DEFINITION, LabelDefinitionParams
-from oaicohort.labels import labels_fingerprint, stored_definition, stored_labels
+from oaicohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
 from oaicohort.schema import Knee, Split, SplitAssignment, Subject
 
 log = logging.getLogger(__name__)
@@ -249,12 +249,13 @@ def _included_knees(session: Session, definition_id: int) -> pd.DataFrame:
 
 
 def _stored_assignments(session: Session, split_id: int, labels: pd.DataFrame) -> pd.DataFrame:
-    rows = session.execute(
+    frame = read_frame(
+        session,
         select(SplitAssignment.knee_id, SplitAssignment.role, SplitAssignment.fold).where(
             SplitAssignment.split_id == split_id
-        )
-    ).all()
-    frame = pd.DataFrame.from_records(rows, columns=["knee_id", "role", "fold"])
+        ),
+        ["knee_id", "role", "fold"],
+    )
     frame["fold"] = frame["fold"].astype("Int64")
     info = labels[["knee_id", "subject_id", "side", "site", "label"]]
     # knees excluded since: keep them (check_split reports them) with what the knees table says
@@ -307,7 +308,7 @@ def make_split(
             {"split_id": split.id, "knee_id": int(k), "role": r, "fold": None if pd.isna(f) else int(f)}
             for k, r, f in zip(assignments["knee_id"], assignments["role"], assignments["fold"])
         ]
-        session.execute(insert(SplitAssignment), records)
+        session.connection().execute(insert(SplitAssignment.__table__), records)
         log.info("split %d of %s: %d knees (%s)", split.id, row.name, len(records), params)
         return SplitResult(split.id, row.id, row.name, stored_params, params_hash, True,
                            assignments[["knee_id", "subject_id", "side", "site", "label", "role", "fold"]])

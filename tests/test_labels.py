@@ -467,3 +467,74 @@ def test_reopen_and_summarise(tmp_path: Any) -> None:
     db = open_database(path)
     assert cohort_summary(db, "panfilov2022").none == 1
     db.dispose()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _naive_reference(ascii_dir: Any) -> dict[tuple[int, str], tuple]:
+    """The reference algorithm (REFERENCE.md section 1) written naively over the raw files:
+    (ID, side) -> (label, month, increase), or (None, reason, None) for lost knees."""
+    def code(cell: str) -> str:
+        return cell.split(":")[0].strip()
+
+    def read(vv: int) -> dict[tuple[int, str], int | None]:
+        path = next(p for p in ascii_dir.iterdir() if p.name.lower() == f"kxr_sq_bu{vv:02d}.txt")
+        frame = pd.read_csv(path, sep="|", dtype=str, keep_default_na=False)
+        frame.columns = [c.upper() for c in frame.columns]
+        first: dict[tuple[int, str], int | None] = {}
+        for _, row in frame.iterrows():
+            key = (int(row["ID"]), "R" if code(row["SIDE"]) == "1" else "L")
+            if key not in first:  # the first row in file order wins
+                kl = code(row[f"V{vv:02d}XRKL"])
+                first[key] = int(float(kl)) if kl and not kl.startswith(".") else None
+        return first
+
+    base = read(0)
+    follow = {vv: read(vv) for vv in (1, 3, 5, 8, 10)}
+    seen_96 = {sid for sid, _ in follow[10]}
+    months = {1: 12, 3: 24, 5: 36, 8: 72, 10: 96}
+    out: dict[tuple[int, str], tuple] = {}
+    for key, kl0 in base.items():
+        if kl0 is None or kl0 not in (0, 1, 2, 3):
+            continue
+        result = None
+        for vv in (1, 3, 5, 8, 10):
+            if key not in follow[vv]:
+                continue
+            kl = follow[vv][key]
+            if kl is None:
+                result = (months[vv], 5 - kl0)
+                break
+            if kl > kl0 and kl != 1:
+                result = (months[vv], kl - kl0)
+                break
+        if result is not None:
+            out[key] = ("fast" if result[0] < 72 else "slow", result[0], result[1])
+        elif key[0] in seen_96:
+            out[key] = ("none", None, None)
+        else:
+            out[key] = (None, "lost_to_follow_up", None)
+    return out
+
+
+def test_panfilov2022_matches_a_naive_reference_on_a_synthetic_release(db: Database, tmp_path: Any) -> None:
+    synth = pytest.importorskip("oaicohort.synth.clinical")
+    ingest = pytest.importorskip("oaicohort.ingest")
+    root = tmp_path / "release"
+    synth.write_release(root, subjects=400, seed=7)
+    ingest.ingest_release(db, root)
+    expected = _naive_reference(root / "OAICompleteData_ASCII")
+    # the label algorithm alone: no cohort exclusions
+    no_exclusions = dataclasses.replace(preset("panfilov2022"), name="reference_only", exclusions=())
+    result = derive_labels(db, no_exclusions)
+    got = {}
+    for r in result.labels.itertuples():
+        reason = _str(r.exclusion)
+        if reason == "lost_to_follow_up":
+            got[(int(r.subject_id), r.side)] = (None, reason, None)
+        elif reason is None:
+            got[(int(r.subject_id), r.side)] = (_str(r.label), _int(r.progression_month), _int(r.kl_increase))
+    assert len(expected) > 300
+    assert {k: v for k, v in expected.items() if v[0] != "none"} != {}
+    assert got == expected
