@@ -39,8 +39,8 @@ def cohort_table(summary: CohortSummary, labelled: dict[str, int] | None = None)
     table.add_row("Female / male subjects", f"{summary.female} / {summary.male}")
     if labelled is not None:
         table.add_row(
-            "Labelled before cohort exclusions",
-            f"{labelled['knees']} knees / {labelled['subjects']} subjects "
+            "Labelled, before exclusions",
+            f"{labelled['knees']} / {labelled['subjects']} "
             f"({labelled['none']} / {labelled['fast']} / {labelled['slow']})",
         )
     table.add_section()
