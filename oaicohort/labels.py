@@ -38,8 +38,10 @@ from oaicohort.label_definitions import (
     NO_BASELINE_DESS,
     NO_BASELINE_READING,
     REPLACED_AT_BASELINE,
+    PRESETS,
     LabelDefinitionError,
     LabelDefinitionParams,
+    preset,
     resolve_definition,
 )
 from oaicohort.progress import ProgressCallback, no_progress
@@ -598,3 +600,10 @@ def cohort_summary(
         male=int((subjects["sex"] == "M").sum()),
         excluded=_reason_counts(labels["exclusion"], params),
     )
+
+
+__all__ = [
+    "CLASSES", "PRESETS", "LABEL_COLUMNS", "CohortSummary", "LabelDefinitionParams", "LabelInputs",
+    "LabelResult", "cohort_summary", "compute_labels", "derive_labels", "labels_fingerprint", "preset",
+    "read_frame", "stored_definition", "stored_labels",
+]
