@@ -308,3 +308,14 @@ def test_cli_rejects_bad_options_and_empty_database(db: Database, tmp_path: Path
     result = runner.invoke(app, base)
     assert result.exit_code == 1 and "no SAG_3D_DESS series of visit 0" in " ".join(result.output.split())
     assert not (tmp_path / "v.zarr").exists()
+
+
+def test_second_writer_on_the_same_store_is_refused(db: Database, release, tmp_path: Path) -> None:
+    from oaicohort.errors import ConcurrentWriteError
+    from oaicohort.preprocess_run import writer_lock
+
+    store = VolumeStore.create(tmp_path / "vol.zarr", SMALL, views=("sag",))
+    with writer_lock(store):
+        with pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):
+            run_preprocess(db, store.path, SMALL, reader=read_series_for_tests)
+    assert run_preprocess(db, store.path, SMALL, reader=read_series_for_tests).done == 6
