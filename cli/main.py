@@ -44,6 +44,8 @@ from cli.split import split_command; app.command("split")(split_command)  # noqa
 from cli.cohort import cohort_command; app.command("cohort")(cohort_command)  # noqa: E402,E702
 from cli.preprocess import preprocess_command; app.command("preprocess")(preprocess_command)  # noqa: E402,E702
 from cli.store import store_app; app.add_typer(store_app, name="store")  # noqa: E402,E702
+from cli.train import train_command; app.command("train")(train_command)  # noqa: E402,E702
+from cli.eval import eval_command; app.command("eval")(eval_command)  # noqa: E402,E702
 
 
 def main() -> None:

@@ -648,7 +648,8 @@ def knee_table(
     from oaicohort.query import Cohort  # imported here: only this entry point needs the database
     from oaicohort.volume_store import indexed_volumes
 
-    cohort = Cohort(db).knees(definition=definition, split=split)
+    cohort = Cohort(db).knees(definition=definition, split="latest" if split is None else split)
+    attrs = dict(cohort.attrs)
     if cohort.empty:
         raise DatabaseStateError(
             f"no labelled knees for definition {definition!r}; run `oai label` and `oai split` first"
@@ -677,4 +678,6 @@ def knee_table(
         )
     merged = merged[~no_volume]
     columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.columns]
-    return validate_knees(merged[columns]), info
+    table = validate_knees(merged[columns])
+    table.attrs.update(attrs)  # definition name/id/params hash, split id/params
+    return table, info

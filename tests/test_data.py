@@ -239,7 +239,7 @@ def test_sources_yield_the_stored_bytes(toy: tuple[Path, pd.DataFrame], mode: st
     try:
         for _epoch in range(2):  # a second epoch reuses the (persistent) workers
             for batch, volumes in zip(batches, source.iterate(batches), strict=True):
-                assert volumes.dtype == torch.uint8 and volumes.shape == (len(batch), 20, 20, 20)
+                assert volumes.dtype == torch.uint8 and volumes.shape == (len(batch), 20, 36, 36)
                 for i, item in enumerate(batch):
                     assert np.array_equal(volumes[i].numpy(), store.read("sag", positions[item]))
     finally:

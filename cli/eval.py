@@ -1,0 +1,75 @@
+"""``oai eval``: fold-ensemble evaluation of run folders on the held-out site, with a report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+
+
+def _pm(m: dict[str, Any], key: str) -> str:
+    value, sd = m.get(key), m.get(f"{key}_sd")
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.3f} ± {sd:.3f}" if sd is not None and sd == sd else f"{value:.3f}"
+
+
+def _open_db_if_configured(ctx: typer.Context) -> Any:
+    """The database when one is named (--db / OAI_DB) or ./oai.sqlite exists; evaluation does
+    not need it (the run folder has its knees) but uses it to check the labels still agree."""
+    from oaicohort.db import DEFAULT_DB, ENV_VAR
+
+    cli_state = state(ctx)
+    if cli_state.db or os.environ.get(ENV_VAR) or Path(DEFAULT_DB).is_file():
+        return cli_state.open_db()
+    return None
+
+
+@handles_errors
+def eval_command(
+    ctx: typer.Context,
+    run_dirs: list[Path] = typer.Argument(..., help="Run folder(s) made by `oai train`; several are compared."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval; comparison/ beside the first run)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resamples: int = typer.Option(1000, "--resamples", min=10, help="Bootstrap resamples (of subjects)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Time single-sample inference."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
+) -> None:
+    """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
+    from oaimodels.evaluation import evaluate_runs
+
+    db = _open_db_if_configured(ctx)
+    try:
+        with rich_progress(enabled=not json_out) as progress:
+            result = evaluate_runs(
+                run_dirs, db, out, device=device, n_resamples=resamples, seed=seed, latency=latency,
+                progress=progress,
+            )  # fmt: skip
+    finally:
+        if db is not None:
+            db.dispose()
+    if json_out:
+        emit_json(result)
+        return
+    table = Table(
+        "run", "model", "views", "init", "AP", "ROC AUC", "bal. acc.", "GMACs", "params (M)", "latency ms",
+        "knees", "prevalence", title="Test-site evaluation (± bootstrap SD over subjects)", title_justify="left",
+    )  # fmt: skip
+    for m in result["runs"]:
+        eff = m.get("efficiency") or {}
+        table.add_row(
+            m["name"], m["model"], ",".join(m["views"]), m["init"], _pm(m, "ap"), _pm(m, "roc_auc"),
+            _pm(m, "balanced_accuracy"),
+            "n/a" if eff.get("gmacs") is None else f"{eff['gmacs']:.2f}",
+            "n/a" if eff.get("params_m") is None else f"{eff['params_m']:.2f}",
+            "n/a" if eff.get("latency_ms") is None else f"{eff['latency_ms']:.1f}",
+            str(m["n_knees"]), f"{m['prevalence']:.3f}",
+        )  # fmt: skip
+    out_console.print(table)
+    err_console.print(f"report: {result['report']}", highlight=False)

@@ -1,0 +1,167 @@
+"""The run folder: a plain, documented layout of files (not an object that owns a training run).
+
+One training run (one model, one view, one initialisation, all its folds) writes::
+
+    RUN_DIR/
+      config.json            the resolved TrainConfig (every default filled in, seed included),
+                             the input layout (store view, stored/crop/model input shapes) and
+                             the store's path and preprocessing-params hash
+      environment.json       python, platform, package versions, git commit (if any), device
+      labels.json            label definition (name, id, params hash) and split (id, params);
+                             knee counts per role/fold/class
+      knees.csv              the knees the run used: knee_id, subject_id, side, label, role,
+                             fold, position (store slot of the view read), y (class index)
+      fold_{k}/log.jsonl     one JSON object per finished epoch: epoch, lr, train_loss,
+                             val_loss, val_ap, val_roc_auc, volumes_per_s, seconds, ...
+      fold_{k}/last.pt       checkpoint after the last finished epoch (resume point): model,
+                             optimiser, scheduler, RNG states, sampler state, history, best
+      fold_{k}/best.pt       model of the best validation AP (ties: later epoch) + metadata
+      fold_{k}/val_predictions.csv   the best epoch's validation predictions (p_none, p_fast,
+                             p_slow per knee)
+      fold_{k}/summary.json  written when the fold has trained all its epochs (best epoch, AP)
+
+Evaluation (``oai eval``) adds ``RUN_DIR/eval/`` (or ``--out``): predictions.csv, metrics.json,
+PNG plots and report.md.
+
+Checkpoints are plain dicts of tensors and JSON-able values, so they load with
+``torch.load(path, weights_only=True)`` (no arbitrary pickles). Every file is written to a
+temporary name and renamed into place, so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
+LABELS = "labels.json"
+KNEES = "knees.csv"
+LOG = "log.jsonl"
+LAST = "last.pt"
+BEST = "best.pt"
+BEST_PENDING = "best.next.pt"
+VAL_PREDICTIONS = "val_predictions.csv"
+SUMMARY = "summary.json"
+EVAL_DIR = "eval"
+
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "oai-toolkit")
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold}"
+
+
+def fold_dirs(run_dir: Path) -> dict[int, Path]:
+    """The fold folders present in ``run_dir``, by fold number."""
+    out = {}
+    for p in sorted(Path(run_dir).glob("fold_*")):
+        suffix = p.name.removeprefix("fold_")
+        if p.is_dir() and suffix.isdigit():
+            out[int(suffix)] = p
+    return dict(sorted(out.items()))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_log(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(
+        path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records)
+    )
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The commit of the toolkit's source checkout, if it is one (None for an installed wheel)."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    if out.returncode != 0 or not commit:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=where, capture_output=True, text=True, timeout=5,
+    ).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What produced a run: interpreter, platform, package versions, git commit, device."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": git_commit(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def is_fold_complete(run_dir: Path, fold: int) -> bool:
+    return (fold_dir(run_dir, fold) / SUMMARY).is_file()
+
+
+def is_run_complete(run_dir: Path) -> bool:
+    """Whether every fold the run's config asks for has finished."""
+    config_path = Path(run_dir) / CONFIG
+    if not config_path.is_file():
+        return False
+    folds = read_json(config_path).get("folds") or []
+    return bool(folds) and all(is_fold_complete(run_dir, k) for k in folds)
