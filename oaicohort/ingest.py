@@ -2,12 +2,14 @@
 
 The unit of work:
 
-1. find the OAI files below ROOT (``oai_tables.discover_release``), read each once (hashing the
-   same bytes) and parse only the columns needed, before any database lock is taken;
-2. in ONE write transaction: if the last successful run saw exactly these files (same root,
-   same sha256s) and every variable asked for, record an ``unchanged`` run and change nothing;
-   otherwise upsert by natural keys and record a ``succeeded`` run with its files;
-3. on any failure the data transaction rolls back; a ``failed`` (or ``interrupted``) run is then
+1. find the OAI files below ROOT (``oai_tables.discover_release``) and hash them. If the last
+   successful run read exactly these files (same root, same sha256s) and every variable asked
+   for, record an ``unchanged`` run and stop: nothing is parsed, no data row changes;
+2. otherwise read each file once (checking that its bytes still have the hash just taken) and
+   parse only the columns needed, before any database lock is taken;
+3. in ONE write transaction, upsert by natural keys and record a ``succeeded`` run with its
+   files (the ``unchanged`` check is repeated there, against a concurrent ingest);
+4. on any failure the data transaction rolls back; a ``failed`` (or ``interrupted``) run is then
    recorded in a separate small transaction, so provenance shows the attempt but no data changed.
 
 Update rules for a newer release (ids of subjects, knees and image series stay stable because
@@ -192,12 +194,8 @@ def locate_variables(sources: Sequence[ot.SourceFile], variables: Sequence[str])
     return located
 
 
-def read_release(
-    root: Path | str,
-    variables: Sequence[str] = (),
-    progress: ProgressCallback = no_progress,
-) -> ParsedRelease:
-    """Find, hash and parse every OAI file below ``root`` (no database involved)."""
+def find_sources(root: Path | str) -> list[ot.SourceFile]:
+    """The OAI files below ``root``; finding none is an error (a wrong or empty ROOT)."""
     root_path = Path(root).expanduser()
     sources = ot.discover_release(root_path)
     if not sources:
@@ -206,6 +204,34 @@ def read_release(
             "no OAI tables found below this folder (looked for Enrollees.txt, AllClinical{vv}.txt, "
             "SubjectChar00.txt, Outcomes99.txt, kXR_SQ_BU{vv}.txt and <visit dir>/contents.csv)",
         )
+    return sources
+
+
+def fingerprint(sources: Sequence[ot.SourceFile], progress: ProgressCallback = no_progress) -> dict[str, str]:
+    """sha256 of every source file by relative path (one streaming read each, nothing parsed)."""
+    out: dict[str, str] = {}
+    progress("checking files", 0, len(sources))
+    for i, source in enumerate(sources, start=1):
+        out[source.relative_path] = ot.hash_source(source)
+        progress("checking files", i, len(sources))
+    return out
+
+
+def read_release(
+    root: Path | str,
+    variables: Sequence[str] = (),
+    progress: ProgressCallback = no_progress,
+    *,
+    sources: Sequence[ot.SourceFile] | None = None,
+    expected: dict[str, str] | None = None,
+) -> ParsedRelease:
+    """Find, hash and parse every OAI file below ``root`` (no database involved).
+
+    ``expected``: sha256 by relative path from an earlier ``fingerprint``; a file whose content
+    changed since is an error, so that the provenance recorded is that of the data parsed.
+    """
+    root_path = Path(root).expanduser()
+    sources = find_sources(root_path) if sources is None else sources
     located = locate_variables(sources, variables)
     wanted: dict[str, list[str]] = {}
     for name, source in located.items():
@@ -215,6 +241,8 @@ def read_release(
     progress("reading files", 0, total)
     for i, source in enumerate(sources, start=1):
         raw = ot.load_source(source)
+        if expected is not None and expected.get(source.relative_path) != raw.sha256:
+            raise InputFileError(source.path, "the file changed while being ingested; run the ingest again")
         n_rows = _parse_into(release, raw, wanted.get(source.relative_path, []))
         release.files.append(FileRecord(
             source.relative_path, source.kind, source.visit, raw.sha256, raw.size_bytes, n_rows
@@ -260,17 +288,29 @@ def _parse_into(release: ParsedRelease, raw: ot.FileBytes, variables: list[str])
 # --------------------------------------------------------------------------- writing
 
 
+# Rows travel column-wise, {column: [values]}: building a dict per row would cost more than
+# the database inserts themselves at OAI size.
+Columns = dict[str, list[Any]]
+
+
 def _python(series: pd.Series) -> list[Any]:
     """Column values as Python objects with None for every kind of missing (DB drivers need it)."""
     values = series.astype(object)
     return values.where(series.notna(), None).tolist()
 
 
-def _records(frame: pd.DataFrame, columns: Sequence[str], **constants: Any) -> list[dict[str, Any]]:
-    data = [_python(frame[c]) for c in columns]
-    keys = list(columns) + list(constants)
-    extra = list(constants.values())
-    return [dict(zip(keys, [*row, *extra])) for row in zip(*data)]
+def _columns(frame: pd.DataFrame, names: Sequence[str], **constants: Any) -> Columns:
+    out = {name: _python(frame[name]) for name in names}
+    out.update({name: [value] * len(frame) for name, value in constants.items()})
+    return out
+
+
+def _n_rows(cols: Columns) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
+
+
+def _take(cols: Columns, rows: list[int]) -> Columns:
+    return {name: [values[i] for i in rows] for name, values in cols.items()}
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -285,49 +325,42 @@ class _Counts:
     removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
 
 
-def _executemany(session: Session, stmt: Any, binds: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def _executemany(session: Session, stmt: Any, binds: dict[str, tuple[str, Any]], cols: Columns) -> None:
     """Run ``stmt`` once per row as ONE driver executemany.
 
-    ``binds`` maps each bind parameter of ``stmt`` to ``(row key, column type)``.
-    Values are converted column-wise with the types' bind processors, skipping SQLAlchemy's
-    per-row parameter handling, which would cost more than the inserts themselves (the ORM bulk
-    paths are worse still: they split batches wherever the pattern of NULLs changes).
+    ``binds`` maps each bind parameter of ``stmt`` to ``(column key, column type)``. Values are
+    converted column-wise with the types' bind processors, skipping SQLAlchemy's per-row
+    parameter handling, which would cost more than the inserts themselves (the ORM bulk paths
+    are worse still: they split batches wherever the pattern of NULLs changes).
     """
-    if not rows:
+    if not _n_rows(cols):
         return
     conn = session.connection()
     dialect = conn.dialect
     compiled = stmt.compile(dialect=dialect)
-    columns: dict[str, list[Any]] = {}
+    values: dict[str, list[Any]] = {}
     for name, (key, type_) in binds.items():
-        values = [row[key] for row in rows]
         process = type_.dialect_impl(dialect).bind_processor(dialect)
-        columns[name] = [process(v) for v in values] if process else values
+        values[name] = [process(v) for v in cols[key]] if process else cols[key]
     if compiled.positional:
-        order = list(compiled.positiontup or ())
-        params: list[Any] = list(zip(*(columns[n] for n in order)))
+        params: list[Any] = list(zip(*(values[n] for n in compiled.positiontup or ())))
     else:
-        names = list(columns)
-        params = [dict(zip(names, values)) for values in zip(*columns.values())]
+        names = list(values)
+        params = [dict(zip(names, row)) for row in zip(*values.values())]
     conn.exec_driver_sql(str(compiled), params)
 
 
-def _insert(session: Session, model: type, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert of rows that all have the same keys."""
-    if not rows:
-        return
+def _insert(session: Session, model: type, cols: Columns) -> None:
+    """Bulk insert."""
     t = model.__table__  # type: ignore[attr-defined]
-    keys = list(rows[0])
-    stmt = insert(t).values({k: bindparam(f"v_{k}", type_=t.c[k].type) for k in keys})
-    _executemany(session, stmt, {f"v_{k}": (k, t.c[k].type) for k in keys}, rows)
+    stmt = insert(t).values({k: bindparam(f"v_{k}", type_=t.c[k].type) for k in cols})
+    _executemany(session, stmt, {f"v_{k}": (k, t.c[k].type) for k in cols}, cols)
 
 
-def _update(session: Session, model: type, rows: list[dict[str, Any]], pk: str) -> None:
-    """Bulk update by primary key ``pk`` of rows that all have the same keys."""
-    if not rows:
-        return
+def _update(session: Session, model: type, cols: Columns, pk: str) -> None:
+    """Bulk update by primary key ``pk`` (a column of ``cols``)."""
     t = model.__table__  # type: ignore[attr-defined]
-    keys = [k for k in rows[0] if k != pk]
+    keys = [k for k in cols if k != pk]
     stmt = (
         update(t)
         .where(t.c[pk] == bindparam("pk_", type_=t.c[pk].type))
@@ -335,46 +368,45 @@ def _update(session: Session, model: type, rows: list[dict[str, Any]], pk: str) 
     )
     binds = {f"v_{k}": (k, t.c[k].type) for k in keys}
     binds["pk_"] = (pk, t.c[pk].type)
-    _executemany(session, stmt, binds, rows)
+    _executemany(session, stmt, binds, cols)
 
 
 def _upsert(
     session: Session,
     model: type,
     table: str,
-    rows: list[dict[str, Any]],
+    cols: Columns,
     key: Sequence[str],
     existing: dict[tuple[Any, ...], Any],
     counts: _Counts,
     pk: str = "id",
 ) -> None:
     """Insert rows whose natural ``key`` is new, update the others by primary key (bulk)."""
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    for row in rows:
-        found = existing.get(tuple(row[k] for k in key))
-        if found is None:
-            inserts.append(row)
-        else:
-            updates.append({**row, pk: found})
-    _insert(session, model, inserts)
-    _update(session, model, updates, pk)
-    counts.rows[table] += len(rows)
-    counts.inserted[table] += len(inserts)
+    found = [existing.get(k) for k in zip(*(cols[c] for c in key))]
+    new = [i for i, f in enumerate(found) if f is None]
+    old = [i for i, f in enumerate(found) if f is not None]
+    if not old:
+        _insert(session, model, cols)
+    elif not new:
+        _update(session, model, {**cols, pk: found}, pk)
+    else:
+        _insert(session, model, _take(cols, new))
+        _update(session, model, {**_take(cols, old), pk: [found[i] for i in old]}, pk)
+    counts.rows[table] += len(found)
+    counts.inserted[table] += len(new)
 
 
 def _write_subjects(session: Session, release: ParsedRelease, counts: _Counts) -> None:
     existing = {(sid,): sid for sid in session.scalars(select(Subject.id))}
     enrolled: set[int] = set()
     if release.enrollees is not None:
-        rows = _records(release.enrollees, ["subject_id", "site", "sex", "race", "cohort"])
-        for r in rows:
-            r["id"] = r.pop("subject_id")
-        enrolled = {r["id"] for r in rows}
-        _upsert(session, Subject, "subjects", rows, ["id"], existing, counts)
+        cols = _columns(release.enrollees, ["site", "sex", "race", "cohort"])
+        cols["id"] = _python(release.enrollees["subject_id"])
+        enrolled = set(cols["id"])
+        _upsert(session, Subject, "subjects", cols, ["id"], existing, counts)
     seen: set[int] = set()
     for ids in _all_ids(release):
-        seen.update(int(i) for i in ids)
+        seen.update(ids.tolist())
     bare = sorted(seen - enrolled - {sid for (sid,) in existing})
     if bare:
         if release.enrollees is not None:
@@ -382,7 +414,7 @@ def _write_subjects(session: Session, release: ParsedRelease, counts: _Counts) -
                 "%d participant id(s) appear in other files but not in Enrollees (e.g. %s); "
                 "added without site/sex", len(bare), bare[0],
             )
-        _insert(session, Subject, [{"id": i} for i in bare])
+        _insert(session, Subject, {"id": bare})
         counts.rows["subjects"] += len(bare)
         counts.inserted["subjects"] += len(bare)
 
@@ -414,7 +446,7 @@ def _write_knees(session: Session, release: ParsedRelease, counts: _Counts) -> d
     knee_ids = _knee_map(session)
     new = sorted(wanted - set(knee_ids))
     if new:
-        _insert(session, Knee, [{"subject_id": s, "side": side} for s, side in new])
+        _insert(session, Knee, {"subject_id": [s for s, _ in new], "side": [side for _, side in new]})
         knee_ids = _knee_map(session)
     counts.rows["knees"] = len(wanted)
     counts.inserted["knees"] = len(new)
@@ -434,10 +466,12 @@ def _write_subject_visits(session: Session, release: ParsedRelease, counts: _Cou
         )
     }
     for frame in release.subject_visits:
-        visit = int(frame["visit"].iloc[0]) if len(frame) else 0
-        rows = _records(frame, ["subject_id", "visit", "age", "bmi", "visit_date"],
+        if not len(frame):
+            continue
+        visit = int(frame["visit"].iloc[0])
+        cols = _columns(frame, ["subject_id", "visit", "age", "bmi", "visit_date"],
                         month=visit_month(visit))
-        _upsert(session, SubjectVisit, "subject_visits", rows, ["subject_id", "visit"], existing, counts)
+        _upsert(session, SubjectVisit, "subject_visits", cols, ["subject_id", "visit"], existing, counts)
 
 
 _READING_FIELDS = (
@@ -452,12 +486,11 @@ def _write_readings(
     for visit, frame in sorted(release.readings.items()):
         removed = session.execute(delete(XrayReading).where(XrayReading.visit == visit))
         counts.removed["xray_readings"] += max(removed.rowcount or 0, 0)
-        rows = _records(frame, _READING_FIELDS, visit=visit, month=visit_month(visit))
-        for row, knee in zip(rows, _knee_column(frame, knee_ids)):
-            row["knee_id"] = knee
-        _insert(session, XrayReading, rows)
-        counts.rows["xray_readings"] += len(rows)
-        counts.inserted["xray_readings"] += len(rows)
+        cols = _columns(frame, _READING_FIELDS, visit=visit, month=visit_month(visit))
+        cols["knee_id"] = _knee_column(frame, knee_ids)
+        _insert(session, XrayReading, cols)
+        counts.rows["xray_readings"] += len(frame)
+        counts.inserted["xray_readings"] += len(frame)
 
 
 def _write_outcomes(
@@ -466,11 +499,10 @@ def _write_outcomes(
     if release.outcomes is None:
         return
     frame = release.outcomes
-    rows = _records(frame, list(ot.OUTCOME_FIELDS))
-    for row, knee in zip(rows, _knee_column(frame, knee_ids)):
-        row["knee_id"] = knee
+    cols = _columns(frame, list(ot.OUTCOME_FIELDS))
+    cols["knee_id"] = _knee_column(frame, knee_ids)
     existing = {(k,): k for k in session.scalars(select(KneeReplacement.knee_id))}
-    _upsert(session, KneeReplacement, "knee_replacements", rows, ["knee_id"], existing, counts,
+    _upsert(session, KneeReplacement, "knee_replacements", cols, ["knee_id"], existing, counts,
             pk="knee_id")
 
 
@@ -478,15 +510,14 @@ _SERIES_FIELDS = (
     "subject_id", "visit", "side", "sequence", "series_description", "study_description",
     "folder", "visit_dir", "study_date", "barcode", "source_file", "source_row",
 )
+_SERIES_KEY = ("subject_id", "visit", "side", "sequence")
 
 
 def _write_series(session: Session, release: ParsedRelease, counts: _Counts) -> None:
     if not release.series:
         return
     # several packages of one visit may list the same series: the later file wins, as a rescan
-    frame = pd.concat(release.series, ignore_index=True).drop_duplicates(
-        ["subject_id", "visit", "side", "sequence"], keep="last"
-    )
+    frame = pd.concat(release.series, ignore_index=True).drop_duplicates(list(_SERIES_KEY), keep="last")
     visits = sorted(int(v) for v in frame["visit"].unique())
     existing: dict[tuple[Any, ...], int] = {}
     for i, s, v, side, seq in session.execute(
@@ -494,17 +525,17 @@ def _write_series(session: Session, release: ParsedRelease, counts: _Counts) -> 
                ImageSeries.sequence).where(ImageSeries.visit.in_(visits))
     ):
         existing[(s, v, side, seq)] = i
-    rows = _records(frame, _SERIES_FIELDS)
-    for row in rows:
-        row["month"] = visit_month(row["visit"])
-    listed = {(r["subject_id"], r["visit"], r["side"], r["sequence"]) for r in rows}
-    covered = {(r["subject_id"], r["visit"]) for r in rows}
-    stale = [i for key, i in existing.items() if key[:2] in covered and key not in listed]
-    for chunk in _chunks(stale):
-        session.execute(delete(ImageSeries).where(ImageSeries.id.in_(chunk)))
-    counts.removed["image_series"] += len(stale)
-    _upsert(session, ImageSeries, "image_series", rows,
-            ["subject_id", "visit", "side", "sequence"], existing, counts)
+    cols = _columns(frame, _SERIES_FIELDS)
+    months = {v: visit_month(v) for v in visits}
+    cols["month"] = [months[v] for v in cols["visit"]]
+    if existing:
+        listed = set(zip(*(cols[c] for c in _SERIES_KEY)))
+        covered = set(zip(cols["subject_id"], cols["visit"]))
+        stale = [i for key, i in existing.items() if key[:2] in covered and key not in listed]
+        for chunk in _chunks(stale):
+            session.execute(delete(ImageSeries).where(ImageSeries.id.in_(chunk)))
+        counts.removed["image_series"] += len(stale)
+    _upsert(session, ImageSeries, "image_series", cols, _SERIES_KEY, existing, counts)
 
 
 def _write_clinical(session: Session, release: ParsedRelease, counts: _Counts) -> None:
@@ -519,9 +550,9 @@ def _write_clinical(session: Session, release: ParsedRelease, counts: _Counts) -
             .where(ClinicalValue.variable.in_(names))
         )
     }
-    rows = _records(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code",
+    cols = _columns(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code",
                             "source_file"])
-    _upsert(session, ClinicalValue, "clinical_values", rows, ["subject_id", "variable"], existing, counts)
+    _upsert(session, ClinicalValue, "clinical_values", cols, ["subject_id", "variable"], existing, counts)
 
 
 def _last_success(session: Session) -> IngestRun | None:
@@ -530,32 +561,80 @@ def _last_success(session: Session) -> IngestRun | None:
     ).first()
 
 
-def _is_unchanged(session: Session, release: ParsedRelease, variables: Sequence[str]) -> bool:
+def _unchanged_since(
+    session: Session, root: Path, files: dict[str, str], variables: Sequence[str]
+) -> IngestRun | None:
+    """The last successful run, if it read exactly these files (same root, same sha256s) and
+    every variable asked for now; None otherwise."""
     last = _last_success(session)
-    if last is None or last.source_root != str(release.root):
-        return False
+    if last is None or last.source_root != str(root):
+        return None
     before = {(f.relative_path, f.sha256) for f in last.files}
-    now = {(f.relative_path, f.sha256) for f in release.files}
     had = set((last.summary or {}).get("variables", []))
-    return before == now and set(variables) <= had
+    return last if before == set(files.items()) and set(variables) <= had else None
 
 
 def _add_run(
-    session: Session, release: ParsedRelease, status: str, started: dt.datetime,
+    session: Session, root: Path, files: Sequence[FileRecord], status: str, started: dt.datetime,
     summary: dict[str, Any],
 ) -> IngestRun:
     run = IngestRun(
-        source_root=str(release.root), started_at=started, finished_at=utcnow(), status=status,
+        source_root=str(root), started_at=started, finished_at=utcnow(), status=status,
         toolkit_version=__version__, summary=summary,
     )
     session.add(run)
     session.flush()
-    _insert(session, IngestFile, [
-        {"run_id": run.id, "relative_path": f.relative_path, "table_kind": f.kind,
-         "visit": f.visit, "sha256": f.sha256, "size_bytes": f.size_bytes, "n_rows": f.n_rows}
-        for f in release.files
-    ])
+    _insert(session, IngestFile, {
+        "run_id": [run.id] * len(files),
+        "relative_path": [f.relative_path for f in files],
+        "table_kind": [f.kind for f in files],
+        "visit": [f.visit for f in files],
+        "sha256": [f.sha256 for f in files],
+        "size_bytes": [f.size_bytes for f in files],
+        "n_rows": [f.n_rows for f in files],
+    })
     return run
+
+
+def _summary(counts: _Counts, variables: Sequence[str], n_files: int, seconds: float) -> dict[str, Any]:
+    return {
+        "rows": counts.rows, "inserted": counts.inserted, "removed": counts.removed,
+        "variables": list(variables), "n_files": n_files, "seconds": round(seconds, 3),
+    }
+
+
+def record_if_unchanged(
+    db: Database,
+    root: Path,
+    files: dict[str, str],
+    *,
+    variables: Sequence[str] = (),
+    started: dt.datetime | None = None,
+    t0: float | None = None,
+) -> IngestResult | None:
+    """Record an ``unchanged`` run when ``files`` (sha256 by relative path) are what the last
+    successful run read; None (and nothing written) otherwise. Nothing is parsed."""
+    started = started or utcnow()
+    t0 = time.perf_counter() if t0 is None else t0
+    counts = _Counts()
+    with db.write() as session:
+        last = _unchanged_since(session, root, files, variables)
+        if last is None:
+            return None
+        records = [
+            FileRecord(f.relative_path, f.table_kind, f.visit, f.sha256, f.size_bytes, f.n_rows)
+            for f in sorted(last.files, key=lambda f: f.relative_path)
+        ]
+        seconds = time.perf_counter() - t0
+        run = _add_run(session, root, records, "unchanged", started,
+                       _summary(counts, variables, len(records), seconds))
+        run_id = run.id
+    log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
+    return IngestResult(
+        run_id=run_id, status="unchanged", root=str(root), files=records, rows=counts.rows,
+        inserted=counts.inserted, removed=counts.removed, variables=list(variables),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def write_release(
@@ -574,7 +653,8 @@ def write_release(
     steps = ("subjects", "knees", "subject_visits", "xray_readings", "knee_replacements",
              "image_series", "clinical_values")
     with db.write() as session:
-        if _is_unchanged(session, release, variables):
+        files = {f.relative_path: f.sha256 for f in release.files}
+        if _unchanged_since(session, release.root, files, variables) is not None:
             status = "unchanged"
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
@@ -594,12 +674,8 @@ def write_release(
             progress("writing database", 6, len(steps))
             _write_clinical(session, release, counts)
             progress("writing database", 7, len(steps))
-        seconds = time.perf_counter() - t0
-        summary = {
-            "rows": counts.rows, "inserted": counts.inserted, "removed": counts.removed,
-            "variables": list(variables), "n_files": len(release.files), "seconds": round(seconds, 3),
-        }
-        run = _add_run(session, release, status, started, summary)
+        summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
+        run = _add_run(session, release.root, release.files, status, started, summary)
         run_id = run.id
     return IngestResult(
         run_id=run_id, status=status, root=str(release.root), files=list(release.files),
@@ -645,8 +721,17 @@ def ingest_release(
     t0 = time.perf_counter()
     names = parse_variables(",".join(variables))
     try:
-        release = read_release(root, names, progress)
-        result = write_release(db, release, variables=names, started=started, progress=progress, t0=t0)
+        root_path = Path(root).expanduser()
+        sources = find_sources(root_path)
+        locate_variables(sources, names)  # an unknown variable fails before any work
+        # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
+        files = fingerprint(sources, progress)
+        result = record_if_unchanged(db, root_path.resolve(), files, variables=names,
+                                     started=started, t0=t0)
+        if result is None:
+            release = read_release(root_path, names, progress, sources=sources, expected=files)
+            result = write_release(db, release, variables=names, started=started,
+                                   progress=progress, t0=t0)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _record_failure(db, root, started, status, exc)

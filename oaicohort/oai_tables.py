@@ -53,8 +53,6 @@ _FILE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _SKIPPED_DIRS = {"__macosx"}
 _VISIT_DIR = re.compile(r"(\d{1,3})m", re.IGNORECASE)
 
-EXPECTED_FILES = "Enrollees.txt, AllClinical{vv}.txt, SubjectChar00.txt, Outcomes99.txt, kXR_SQ_BU{vv}.txt, <visit dir>/contents.csv"
-
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -166,6 +164,15 @@ def load_source(source: SourceFile) -> FileBytes:
     return FileBytes(source, data, hashlib.sha256(data).hexdigest())
 
 
+def hash_source(source: SourceFile) -> str:
+    """sha256 of a file, streamed (for checking a release against earlier runs cheaply)."""
+    try:
+        with source.path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+
+
 def _encoding(data: bytes) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
@@ -250,7 +257,7 @@ def read_table(
     """
     path = raw.source.path
     data = raw.data
-    if not data.strip():
+    if not data or data.isspace():  # isspace stops at the first other byte
         raise InputFileError(path, "empty file; expected a header row", line=1)
     lines = _split_lines(data)
     header = _header_names(path, lines[0], sep)
@@ -688,8 +695,9 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     )
     f = t.frame
     folder = f["FOLDER"].str.replace("\\", "/", regex=False).str.strip("/")
-    code = folder.str.split("/", n=1).str[0].str.split(".", n=1).str[0]
-    visit = code.map(RELEASE_VISITS)
+    # the release code's first component ("0" of "0.C.2/9000001/...") names the visit
+    code = pc.struct_field(pc.extract_regex(pa.array(folder, type=pa.large_string()), r"^(?P<c>[^/.]*)"), [0])
+    visit = pd.Series(code.to_numpy(zero_copy_only=False), dtype=object).map(RELEASE_VISITS)
     dir_visit = raw.source.visit
     if dir_visit is not None:
         visit = visit.fillna(dir_visit)

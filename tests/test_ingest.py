@@ -238,6 +238,43 @@ def test_reingest_of_the_same_release_changes_nothing(any_db: Database, release:
     assert n_files == 10
 
 
+def test_unchanged_release_is_not_parsed_again(
+    db: Database, release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = ingest_release(db, release)
+
+    def no_parsing(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("parsed an unchanged release")
+
+    monkeypatch.setattr(ingest_module, "read_release", no_parsing)
+    second = ingest_release(db, release)
+    assert second.status == "unchanged"
+    assert [(f.relative_path, f.sha256, f.n_rows) for f in second.files] == [
+        (f.relative_path, f.sha256, f.n_rows) for f in first.files
+    ]
+
+
+def test_api_read_then_write_is_idempotent_too(db: Database, release: Path) -> None:
+    parsed = ingest_module.read_release(release)
+    assert ingest_module.write_release(db, parsed).status == "succeeded"
+    assert ingest_module.write_release(db, ingest_module.read_release(release)).status == "unchanged"
+
+
+def test_a_file_changed_during_the_ingest_is_refused(
+    db: Database, release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ingest_module.fingerprint
+
+    def stale(*args: Any, **kwargs: Any) -> dict[str, str]:
+        files = real(*args, **kwargs)
+        return {path: ("0" * 64 if path.endswith("Outcomes99.txt") else sha) for path, sha in files.items()}
+
+    monkeypatch.setattr(ingest_module, "fingerprint", stale)
+    with pytest.raises(InputFileError, match="Outcomes99.txt: the file changed while being ingested"):
+        ingest_release(db, release)
+    assert dump(db) == {t: [] for t in DATA_TABLES}
+
+
 def test_asking_for_a_new_variable_is_a_change(db: Database, release: Path) -> None:
     ingest_release(db, release)
     result = ingest_release(db, release, variables=["V00WOMKPR"])
