@@ -265,8 +265,7 @@ def _parse_into(release: ParsedRelease, raw: ot.FileBytes, variables: list[str])
         release.clinical.append(ot.clinical_values(table, variables, frame["subject_id"].to_numpy()))
         return len(frame)
     if kind == ot.SUBJECTCHAR:
-        table = ot.read_table(raw, ["ID", *variables], required=["ID"])
-        ids = ot.subject_ids(table)
+        ids, table = ot.read_subjectchar(raw, variables)
         release.other_ids.append(ids)
         release.clinical.append(ot.clinical_values(table, variables, ids))
         return len(table)
@@ -637,6 +636,28 @@ def record_if_unchanged(
     )
 
 
+def _write_tables(
+    session: Session, release: ParsedRelease, counts: _Counts, progress: ProgressCallback
+) -> None:
+    # subjects, then knees: every other table refers to them
+    task, total = "writing database", 7
+    progress(task, 0, total)
+    _write_subjects(session, release, counts)
+    progress(task, 1, total)
+    knee_ids = _write_knees(session, release, counts)
+    progress(task, 2, total)
+    _write_subject_visits(session, release, counts)
+    progress(task, 3, total)
+    _write_readings(session, release, knee_ids, counts)
+    progress(task, 4, total)
+    _write_outcomes(session, release, knee_ids, counts)
+    progress(task, 5, total)
+    _write_series(session, release, counts)
+    progress(task, 6, total)
+    _write_clinical(session, release, counts)
+    progress(task, 7, total)
+
+
 def write_release(
     db: Database,
     release: ParsedRelease,
@@ -650,8 +671,6 @@ def write_release(
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
     counts = _Counts()
-    steps = ("subjects", "knees", "subject_visits", "xray_readings", "knee_replacements",
-             "image_series", "clinical_values")
     with db.write() as session:
         files = {f.relative_path: f.sha256 for f in release.files}
         if _unchanged_since(session, release.root, files, variables) is not None:
@@ -659,21 +678,7 @@ def write_release(
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
             status = "succeeded"
-            progress("writing database", 0, len(steps))
-            _write_subjects(session, release, counts)
-            progress("writing database", 1, len(steps))
-            knee_ids = _write_knees(session, release, counts)
-            progress("writing database", 2, len(steps))
-            _write_subject_visits(session, release, counts)
-            progress("writing database", 3, len(steps))
-            _write_readings(session, release, knee_ids, counts)
-            progress("writing database", 4, len(steps))
-            _write_outcomes(session, release, knee_ids, counts)
-            progress("writing database", 5, len(steps))
-            _write_series(session, release, counts)
-            progress("writing database", 6, len(steps))
-            _write_clinical(session, release, counts)
-            progress("writing database", 7, len(steps))
+            _write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
         run = _add_run(session, release.root, release.files, status, started, summary)
         run_id = run.id

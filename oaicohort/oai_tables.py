@@ -541,6 +541,15 @@ def _unique_subjects(t: Table, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def read_subjectchar(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[np.ndarray, Table]:
+    """SubjectChar{vv}: participant ids and a ``Table`` of the ``variables`` asked for (the toolkit
+    itself needs nothing from these files)."""
+    t = read_table(raw, ["ID", *variables], required=["ID"])
+    ids = subject_ids(t)
+    _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
+    return ids, t
+
+
 def allclinical_columns(visit: int) -> dict[str, str]:
     """The typed per-visit columns of ``AllClinical{vv}`` (field -> OAI variable)."""
     vv = f"V{visit:02d}"

@@ -289,6 +289,9 @@ def test_enrollees_errors(tmp_path: Path) -> None:
     r = write(tmp_path / "E3.txt", "ID|V00SITE\n9000001|C\n9000001|D\n")
     with pytest.raises(InputFileError, match=r"line 3, column 'ID': participant 9000001 is listed twice"):
         ot.read_enrollees(raw(r, "enrollees", None))
+    s = write(tmp_path / "SubjectChar00.txt", "ID|V00EDCV\n9000002|1\n9000001|2\n9000002|3\n")
+    with pytest.raises(InputFileError, match=r"line 4, column 'ID': participant 9000002 is listed twice"):
+        ot.read_subjectchar(raw(s, "subjectchar", 0), ["V00EDCV"])
 
 
 # --------------------------------------------------------------------------- kXR, Outcomes99, contents.csv
