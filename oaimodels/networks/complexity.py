@@ -8,6 +8,7 @@ or computed, so the 443-GMAC multi-view model is counted in well under a second.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from oaicohort.progress import ProgressCallback, no_progress
 
@@ -30,12 +31,63 @@ def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def _cpu_attention_flops(
+    query: torch.Size, key: torch.Size, value: torch.Size, *args: object, **kwargs: object
+) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(
+    grad_out: torch.Size,
+    query: torch.Size,
+    key: torch.Size,
+    value: torch.Size,
+    *args: object,
+    **kwargs: object,
+) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _rnn_flops(input_shape: torch.Size, weight_shapes: Sequence[torch.Size]) -> int:
+    # Every step of every (layer, direction) multiplies its input and hidden state by its
+    # weight matrices (the 2-d weights; 1-d entries are biases): 2 FLOPs per weight per step.
+    steps = math.prod(input_shape) // input_shape[-1]
+    return 2 * steps * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
+
+
+def _mkldnn_rnn_layer_flops(
+    input: torch.Size, w_ih: torch.Size, w_hh: torch.Size, *args: object, **kwargs: object
+) -> int:
+    return _rnn_flops(input, [w_ih, w_hh])
+
+
+def _cudnn_rnn_flops(
+    input: torch.Size, weights: Sequence[torch.Size], *args: object, **kwargs: object
+) -> int:
+    return _rnn_flops(input, weights)
+
+
+# FlopCounterMode's table misses some fused kernels: the CPU attention kernel (on the meta device
+# SDPA decomposes into counted matmuls, on CUDA the flash/efficient kernels are known) and the
+# oneDNN / cuDNN LSTM kernels. Without these entries a count on real tensors would silently
+# leave attention or the LSTM out.
+_EXTRA_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_attention_backward_flops
+    ),
+    torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+    torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops,
+}
+
+
 def count_macs(model: nn.Module, inputs: Inputs) -> int:
     """Multiply-accumulates of one inference forward pass on ``inputs`` (FLOPs / 2)."""
     was_training = model.training
     model.eval()
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), counter:
             model(inputs)
     finally:
         model.train(was_training)
@@ -120,7 +172,7 @@ def measure_latency(
     repeats: int = 10,
     amp_dtype: torch.dtype | None = None,
 ) -> float:
-    """Median milliseconds of one inference forward pass on ``inputs`` (model in eval mode).
+    """Median milliseconds of one inference forward pass on ``inputs`` (timed in eval mode).
 
     The device is that of ``inputs``; ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the pass
     under autocast.
@@ -129,13 +181,18 @@ def measure_latency(
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
-    model.eval()
 
     def forward() -> None:
         with torch.inference_mode(), autocast:
             model(inputs)
 
-    return 1e3 * statistics.median(time_call(forward, device, warmup=warmup, repeats=repeats))
+    was_training = model.training
+    model.eval()
+    try:
+        times = time_call(forward, device, warmup=warmup, repeats=repeats)
+    finally:
+        model.train(was_training)
+    return 1e3 * statistics.median(times)
 
 
 def model_latency(

@@ -15,6 +15,8 @@ STEM_CHANNELS = 24
 DEPTH_MULTIPLE = 16
 """The slice count must be a multiple of this: the stride-2 shortcut pools 2 slices at a time
 in each of 4 halvings (max-pool + 3 stages); an odd count would make the two branches disagree."""
+MIN_SIDE = 17
+"""The last stage's pooled shortcut (3x3 window) needs at least 3 pixels, i.e. ceil(side/8) >= 3."""
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -123,4 +125,6 @@ def build_3d_shufflenet(
     (shape,) = resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",)).values()
     if shape[1] % DEPTH_MULTIPLE:
         raise ValueError(f"3d_shufflenet: slice count must be divisible by {DEPTH_MULTIPLE}")
+    if min(shape[2:]) < MIN_SIDE:
+        raise ValueError(f"3d_shufflenet: slices must be at least {MIN_SIDE}x{MIN_SIDE} pixels")
     return VolumeClassifier(ShuffleNet3d(num_classes=num_classes))
