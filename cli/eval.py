@@ -58,18 +58,18 @@ def eval_command(
         emit_json(result)
         return
     table = Table(
-        "run", "model", "views", "init", "AP", "ROC AUC", "bal. acc.", "GMACs", "params (M)", "latency ms",
-        "knees", "prevalence", title="Test-site evaluation (± bootstrap SD over subjects)", title_justify="left",
+        "run", "AP", "ROC AUC", "bal. acc.", "GMACs", "params M", "ms", "knees",
+        title="Test site (± bootstrap SD over subjects)", title_justify="left",
     )  # fmt: skip
     for m in result["runs"]:
         eff = m.get("efficiency") or {}
         table.add_row(
-            m["name"], m["model"], ",".join(m["views"]), m["init"], _pm(m, "ap"), _pm(m, "roc_auc"),
-            _pm(m, "balanced_accuracy"),
+            f"{m['name']}\n[dim]{m['model']} {','.join(m['views'])} {m['init']}[/]",
+            _pm(m, "ap"), _pm(m, "roc_auc"), _pm(m, "balanced_accuracy"),
             "n/a" if eff.get("gmacs") is None else f"{eff['gmacs']:.2f}",
             "n/a" if eff.get("params_m") is None else f"{eff['params_m']:.2f}",
             "n/a" if eff.get("latency_ms") is None else f"{eff['latency_ms']:.1f}",
-            str(m["n_knees"]), f"{m['prevalence']:.3f}",
+            f"{m['n_knees']} ({m['prevalence']:.0%} prog.)",
         )  # fmt: skip
     out_console.print(table)
     err_console.print(f"report: {result['report']}", highlight=False)

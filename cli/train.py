@@ -61,6 +61,7 @@ def train_command(
     loader: str = typer.Option("auto", "--loader", help="resident (whole store in device memory), workers, or auto."),
     workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", min=0, help="DataLoader processes (loader workers)."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", min=2, help="At most N training knees per fold (quick runs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per process (default: torch's)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms (bit-exact resume on CPU)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run(s) in --out from their last checkpoints."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (one per GPU) for DistributedDataParallel."),
@@ -77,6 +78,7 @@ def train_command(
         folds=parse_folds(folds), epochs=epochs, batch_size=batch_size, init=init, device=device,
         precision=precision, compile=compile_model, seed=seed, definition=definition, split=split,
         loader=loader, workers=workers, limit_train=limit_train, deterministic=deterministic, nproc=nproc,
+        threads=threads,
     )  # fmt: skip
     db = state(ctx).open_db()
 

@@ -662,10 +662,13 @@ def train_fold(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t_epoch
-        totals = torch.tensor([float(loss_sum), float(n_seen)], dtype=torch.float64)
+        totals = torch.stack([loss_sum, torch.tensor(float(n_seen), device=device, dtype=torch.float64)])
         if d.active:
-            dist.all_reduce(totals)
-        train_loss = float(totals[0] / max(totals[1], 1.0))
+            dist.all_reduce(totals)  # on the device: NCCL reduces CUDA tensors only
+            # BatchNorm running statistics drift apart on each rank; validate and save rank 0's
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+        train_loss = float(totals[0] / max(float(totals[1]), 1.0))
         n_train = int(totals[1])
 
         logits_shard = predict_logits(
