@@ -38,3 +38,33 @@ def current_command(
         return
     up = "up to date" if info["current"] == info["head"] else "migrations pending"
     out_console.print(f"{info['url']}: revision {info['current']} (head {info['head']}, {up})")
+
+
+@db_app.command("runs")
+@handles_errors
+def runs_command(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", min=1, help="Show the latest N runs."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the latest ingest runs; one left running by a killed process shows as interrupted."""
+    from rich.table import Table
+
+    from oaicohort.ingest import list_runs
+
+    db = state(ctx).open_db()
+    try:
+        runs = list_runs(db, limit)
+    finally:
+        db.dispose()
+    if json_out:
+        emit_json(runs)
+        return
+    table = Table("run", "status", "started", "finished", "root", "error", title_justify="left")
+    for run in runs:
+        finished = run["finished_at"]
+        table.add_row(
+            str(run["run_id"]), run["status"], f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+            f"{finished:%Y-%m-%d %H:%M:%S}" if finished else "-", run["source_root"], run["error"] or "",
+        )
+    out_console.print(table)

@@ -2,15 +2,19 @@
 
 The unit of work:
 
+0. commit a ``running`` provenance row naming this process (a killed ingest leaves this trace;
+   the next ingest marks it ``interrupted`` once ``oaicohort.writers`` shows its process is
+   gone, never while it runs);
 1. find the OAI files below ROOT (``oai_tables.discover_release``) and hash them. If the last
    successful run read exactly these files (same root, same sha256s) and every variable asked
    for, record an ``unchanged`` run and stop: nothing is parsed, no data row changes;
 2. otherwise read each file once (checking that its bytes still have the hash just taken) and
    parse only the columns needed, before any database lock is taken;
-3. in ONE write transaction, upsert by natural keys and record a ``succeeded`` run with its
+3. in ONE write transaction, upsert by natural keys and mark the run ``succeeded`` with its
    files (the ``unchanged`` check is repeated there, against a concurrent ingest);
-4. on any failure the data transaction rolls back; a ``failed`` (or ``interrupted``) run is then
-   recorded in a separate small transaction, so provenance shows the attempt but no data changed.
+4. on any failure the data transaction rolls back; the run is then marked ``failed`` (or
+   ``interrupted``) in a separate small transaction, so provenance shows the attempt but no data
+   changed. A process killed at any point leaves the data as it was before it started.
 
 Update rules for a newer release (ids of subjects, knees and image series stay stable because
 labels, splits and volumes refer to them):
@@ -33,7 +37,8 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,7 @@ from sqlalchemy.orm import Session
 from oaicohort import __version__
 from oaicohort import oai_tables as ot
 from oaicohort.db import Database
-from oaicohort.errors import InputFileError, OAIError
+from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.schema import (
     ClinicalValue,
@@ -61,6 +66,7 @@ from oaicohort.schema import (
     utcnow,
 )
 from oaicohort.visits import visit_month
+from oaicohort.writers import RunLease, WriterIdentity, writer_gone
 
 log = logging.getLogger(__name__)
 
@@ -575,13 +581,18 @@ def _unchanged_since(
 
 def _add_run(
     session: Session, root: Path, files: Sequence[FileRecord], status: str, started: dt.datetime,
-    summary: dict[str, Any],
+    summary: dict[str, Any], run_id: int | None = None,
 ) -> IngestRun:
-    run = IngestRun(
-        source_root=str(root), started_at=started, finished_at=utcnow(), status=status,
-        toolkit_version=__version__, summary=summary,
-    )
-    session.add(run)
+    """Record the outcome: on the ``running`` row ``run_id`` when given, else on a new row."""
+    run = session.get(IngestRun, run_id) if run_id is not None else None
+    if run is None:
+        run = IngestRun(started_at=started, toolkit_version=__version__)
+        session.add(run)
+    run.source_root = str(root)
+    run.finished_at = utcnow()
+    run.status = status
+    run.summary = summary
+    run.error = None
     session.flush()
     _insert(session, IngestFile, {
         "run_id": [run.id] * len(files),
@@ -610,9 +621,12 @@ def record_if_unchanged(
     variables: Sequence[str] = (),
     started: dt.datetime | None = None,
     t0: float | None = None,
+    run_id: int | None = None,
 ) -> IngestResult | None:
     """Record an ``unchanged`` run when ``files`` (sha256 by relative path) are what the last
-    successful run read; None (and nothing written) otherwise. Nothing is parsed."""
+    successful run read; None (and nothing written) otherwise. Nothing is parsed.
+
+    ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
     counts = _Counts()
@@ -626,7 +640,7 @@ def record_if_unchanged(
         ]
         seconds = time.perf_counter() - t0
         run = _add_run(session, root, records, "unchanged", started,
-                       _summary(counts, variables, len(records), seconds))
+                       _summary(counts, variables, len(records), seconds), run_id)
         run_id = run.id
     log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
     return IngestResult(
@@ -666,8 +680,11 @@ def write_release(
     started: dt.datetime | None = None,
     progress: ProgressCallback = no_progress,
     t0: float | None = None,
+    run_id: int | None = None,
 ) -> IngestResult:
-    """Write a parsed release in one transaction (or record it as ``unchanged``)."""
+    """Write a parsed release in one transaction (or record it as ``unchanged``).
+
+    ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
     counts = _Counts()
@@ -680,7 +697,7 @@ def write_release(
             status = "succeeded"
             _write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
-        run = _add_run(session, release.root, release.files, status, started, summary)
+        run = _add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
         run_id=run_id, status=status, root=str(release.root), files=list(release.files),
@@ -689,21 +706,92 @@ def write_release(
     )
 
 
-def _record_failure(
-    db: Database, root: Path | str, started: dt.datetime, status: str, exc: BaseException
-) -> None:
-    """Provenance of a run that changed nothing; never masks the original error."""
+def _source_root(root: Path | str) -> str:
     try:
-        source_root = str(Path(root).expanduser().resolve())
-    except OSError:
-        source_root = str(root)
+        return str(Path(root).expanduser().resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return str(root)
+
+
+_INTERRUPTED = (
+    "the ingest process ended before recording its outcome (killed, crashed or out of memory); "
+    "nothing of this run was written"
+)
+
+
+def mark_interrupted_runs(session: Session) -> list[int]:
+    """Mark ``running`` runs whose writer is certainly gone as ``interrupted`` (oaicohort.writers);
+    a concurrent ingest that is still running is left alone. Returns the ids marked."""
+    marked = []
+    for run in session.scalars(
+        select(IngestRun).where(IngestRun.status == "running").order_by(IngestRun.id)
+    ):
+        if not writer_gone(session, run.id, run.writer_host, run.writer_pid, run.writer_start):
+            continue
+        run.status, run.finished_at, run.error = "interrupted", utcnow(), _INTERRUPTED
+        marked.append(run.id)
+    if marked:
+        log.warning("ingest run(s) %s were left running by a process that is gone: marked interrupted",
+                    ", ".join(map(str, marked)))
+    return marked
+
+
+def list_runs(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest ``limit`` ingest runs, newest first. A ``running`` run whose writer is gone is
+    shown ``interrupted`` (the next ingest records it so); nothing is written."""
+    with db.read() as session:
+        runs = session.scalars(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
+        out = []
+        for run in runs:
+            status = run.status
+            if status == "running" and writer_gone(
+                session, run.id, run.writer_host, run.writer_pid, run.writer_start
+            ):
+                status = "interrupted"
+            out.append({
+                "run_id": run.id, "status": status, "source_root": run.source_root,
+                "started_at": run.started_at, "finished_at": run.finished_at,
+                "writer": f"{run.writer_host}:{run.writer_pid}" if run.writer_host else None,
+                "error": run.error if status == run.status else _INTERRUPTED,
+            })
+    return out
+
+
+@contextmanager
+def _running_run(db: Database, root: Path | str, started: dt.datetime) -> Iterator[int]:
+    """Commit a ``running`` row for this ingest (a killed ingest leaves this trace) and hold its
+    lease until the outcome is recorded; runs of processes that are gone are marked first."""
+    writer = WriterIdentity.current()
+    with db.write() as session:
+        mark_interrupted_runs(session)
+        run = IngestRun(
+            source_root=_source_root(root), started_at=started, status="running",
+            toolkit_version=__version__, writer_host=writer.host, writer_pid=writer.pid,
+            writer_start=writer.start,
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+        # taken before the commit: no one sees this row running without its lease
+        lease = RunLease.take(db, run_id)
+    try:
+        yield run_id
+    finally:
+        lease.release()
+
+
+def _record_failure(db: Database, run_id: int, status: str, exc: BaseException) -> None:
+    """Provenance of a run that changed nothing; never masks the original error."""
+    if isinstance(exc, ConcurrentWriteError):
+        # the lock is still taken; waiting again would double the wait. The row stays running
+        # until the next ingest sees that this process is gone and marks it interrupted.
+        return
     message = str(exc) if isinstance(exc, OAIError) else f"{type(exc).__name__}: {exc}"
     try:
         with db.write() as session:
-            session.add(IngestRun(
-                source_root=source_root, started_at=started, finished_at=utcnow(), status=status,
-                toolkit_version=__version__, error=message,
-            ))
+            run = session.get(IngestRun, run_id)
+            if run is not None:
+                run.status, run.finished_at, run.error = status, utcnow(), message
     except Exception:  # the database itself may be what failed
         log.exception("could not record the %s ingest run", status)
 
@@ -725,21 +813,22 @@ def ingest_release(
     started = utcnow()
     t0 = time.perf_counter()
     names = parse_variables(",".join(variables))
-    try:
-        root_path = Path(root).expanduser()
-        sources = find_sources(root_path)
-        locate_variables(sources, names)  # an unknown variable fails before any work
-        # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
-        files = fingerprint(sources, progress)
-        result = record_if_unchanged(db, root_path.resolve(), files, variables=names,
-                                     started=started, t0=t0)
-        if result is None:
-            release = read_release(root_path, names, progress, sources=sources, expected=files)
-            result = write_release(db, release, variables=names, started=started,
-                                   progress=progress, t0=t0)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        _record_failure(db, root, started, status, exc)
-        raise
+    with _running_run(db, root, started) as run_id:
+        try:
+            root_path = Path(root).expanduser()
+            sources = find_sources(root_path)
+            locate_variables(sources, names)  # an unknown variable fails before any work
+            # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
+            files = fingerprint(sources, progress)
+            result = record_if_unchanged(db, root_path.resolve(), files, variables=names,
+                                         started=started, t0=t0, run_id=run_id)
+            if result is None:
+                release = read_release(root_path, names, progress, sources=sources, expected=files)
+                result = write_release(db, release, variables=names, started=started,
+                                       progress=progress, t0=t0, run_id=run_id)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            _record_failure(db, run_id, status, exc)
+            raise
     log.info("ingest run %d %s in %.1f s", result.run_id, result.status, result.seconds)
     return result

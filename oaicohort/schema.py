@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -63,6 +64,10 @@ class IngestRun(Base):
     toolkit_version: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the process that runs (ran) it, to tell a killed ingest from a running one (oaicohort.writers)
+    writer_host: Mapped[str | None] = mapped_column(String(255))
+    writer_pid: Mapped[int | None] = mapped_column(Integer)
+    writer_start: Mapped[str | None] = mapped_column(String(64))
 
     files: Mapped[list["IngestFile"]] = relationship(
         back_populates="run", cascade="all, delete-orphan"
@@ -82,7 +87,7 @@ class IngestFile(Base):
     table_kind: Mapped[str] = mapped_column(String(32))
     visit: Mapped[int | None] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     n_rows: Mapped[int] = mapped_column(Integer)
 
     run: Mapped[IngestRun] = relationship(back_populates="files")
