@@ -39,6 +39,7 @@ def eval_command(
     resamples: int = typer.Option(1000, "--resamples", min=10, help="Bootstrap resamples (of subjects)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time single-sample inference."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
@@ -49,7 +50,7 @@ def eval_command(
         with rich_progress(enabled=not json_out) as progress:
             result = evaluate_runs(
                 run_dirs, db, out, device=device, n_resamples=resamples, seed=seed, latency=latency,
-                progress=progress,
+                threads=threads, progress=progress,
             )  # fmt: skip
     finally:
         if db is not None:

@@ -137,9 +137,35 @@ def evaluate_run(
     seed: int = 0,
     latency: bool = True,
     loader: str = "auto",
+    threads: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one run folder on its test knees; write the files; return metrics.json's content."""
+    """Evaluate one run folder on its test knees; write the files; return metrics.json's content.
+
+    ``threads``: torch CPU threads while predicting (restored afterwards; None keeps torch's).
+    """
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate_run(Path(run_dir), db, out_dir=out_dir, device=device, n_resamples=n_resamples,
+                             seed=seed, latency=latency, loader=loader, progress=progress)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _evaluate_run(
+    run_dir: Path,
+    db: Any,
+    *,
+    out_dir: Path | str | None,
+    device: str,
+    n_resamples: int,
+    seed: int,
+    latency: bool,
+    loader: str,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
     run_dir = Path(run_dir).expanduser().resolve()
     saved, config = _run_config(run_dir)
     lay = saved["layout"]
@@ -420,6 +446,7 @@ def evaluate_runs(
     n_resamples: int = 1000,
     seed: int = 0,
     latency: bool = True,
+    threads: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate one or several run folders; returns ``{"runs": [metrics...], "report": path, ...}``.
@@ -434,7 +461,8 @@ def evaluate_runs(
     dirs = [Path(r).expanduser().resolve() for r in run_dirs]
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
-    kwargs = dict(device=device, n_resamples=n_resamples, seed=seed, latency=latency, progress=progress)
+    kwargs = dict(device=device, n_resamples=n_resamples, seed=seed, latency=latency, threads=threads,
+                  progress=progress)
     if len(dirs) == 1:
         m = evaluate_run(dirs[0], db, out_dir=out_dir, **kwargs)
         return {**m, "runs": [m], "report": str(Path(m["out_dir"]) / "report.md")}
