@@ -872,15 +872,20 @@ def train_run(
     it spawns the processes itself.
     """
     d = _env_dist()
-    if d.active:
-        if not dist.is_initialized():
+    if d.active:  # under torchrun: this process is one rank
+        owns_group = not dist.is_initialized()
+        if owns_group:
             device = resolve_device(config.device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
-        if d.main:
-            _init_run_folder(p, resume=resume)
-        _barrier(d)
-        _train_prepared(p, d, resume=resume, progress=progress, on_epoch=on_epoch)
+        try:
+            p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+            if d.main:
+                _init_run_folder(p, resume=resume)
+            _barrier(d)
+            _train_prepared(p, d, resume=resume, progress=progress, on_epoch=on_epoch)
+        finally:
+            if owns_group:
+                dist.destroy_process_group()
         return p.run_dir
     p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume)
     if p.config.nproc > 1:
@@ -912,10 +917,13 @@ def train_all(
     on_epoch: EpochHook | None = None,
 ) -> list[Path]:
     """Train every MRI model of Table 1 (every view of 2D+TRF), one run folder each under
-    ``config.out`` named ``{model}[_{view}]_{init}``. Finished runs are skipped on ``resume``."""
+    ``config.out`` named ``{model}[_{view}]_{init}``.
+
+    Finished runs are skipped, so the same command continues a study, and a second study with
+    another ``init`` into the same folder adds only the runs it lacks (Table 2: volumetric models
+    have no ImageNet encoder and are shared). An unfinished run needs ``resume=True``.
+    """
     root = Path(config.out)
-    if root.exists() and any(root.iterdir()) and not resume:
-        raise TrainingError(f"{root} is not empty; pass --resume to continue the study or choose another --out")
     done = []
     for model in models or mri_models():
         spec = get_spec(model)

@@ -207,10 +207,14 @@ def test_train_all_makes_one_run_per_model_and_skips_finished_ones(
         runs = train_all(config, db=object(), models=["toy3d"])
         assert [r.name for r in runs] == ["toy3d_scratch"]
         stamp = (runs[0] / "fold_0" / "summary.json").stat().st_mtime_ns
-        with pytest.raises(TrainingError, match="not empty; pass --resume"):
+        assert train_all(config, db=object(), models=["toy3d"]) == runs  # finished: skipped
+        assert (runs[0] / "fold_0" / "summary.json").stat().st_mtime_ns == stamp
+        # an unfinished run is only continued on request
+        (runs[0] / "fold_0" / "summary.json").unlink()
+        with pytest.raises(TrainingError, match="pass --resume"):
             train_all(config, db=object(), models=["toy3d"])
         train_all(config, db=object(), models=["toy3d"], resume=True)
-        assert (runs[0] / "fold_0" / "summary.json").stat().st_mtime_ns == stamp
+        assert rf.is_run_complete(runs[0])
 
 
 # --------------------------------------------------------------------------- resume after SIGKILL
