@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -557,8 +558,6 @@ def resident_fits(n_volumes: int, shape: Sequence[int], device: torch.device) ->
         free, _total = torch.cuda.mem_get_info(device)
         return nbytes < 0.5 * free
     try:
-        import os
-
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return nbytes < 2 * 1024**3

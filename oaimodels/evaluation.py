@@ -40,7 +40,7 @@ from oaicohort.progress import ProgressCallback
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
 from .metrics import CLASSES, binary_target, progression_score, score_predictions, average_precision, roc_auc
-from .networks import get_spec
+from .networks import get_spec, to_channels_last
 from .training import (
     TrainConfig,
     load_fold_model,
@@ -105,12 +105,12 @@ def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout
     return test, matches
 
 
-def _efficiency(layout: InputLayout, config: TrainConfig, device: torch.device, model: torch.nn.Module,
-                latency: bool) -> dict[str, Any]:
+def _efficiency(layout: InputLayout, precision: str, device: torch.device, model: torch.nn.Module,
+                latency: bool, view: str | None) -> dict[str, Any]:
     from .networks.complexity import count_params, measure_latency, model_complexity
 
     spec = get_spec(layout.model)
-    view = config.view if spec.view_choices else None
+    view = view if spec.view_choices else None
     out: dict[str, Any] = {"params": count_params(model), "input_shapes": {k: list(v) for k, v in layout.input_shapes().items()}}
     out["params_m"] = out["params"] / 1e6
     try:
@@ -120,10 +120,10 @@ def _efficiency(layout: InputLayout, config: TrainConfig, device: torch.device, 
         out["gmacs"] = None
     if latency:
         inputs = {v: torch.randn(1, *s, device=device) for v, s in layout.input_shapes().items()}
-        amp = torch.bfloat16 if config.precision == "bf16" else None
+        amp = torch.bfloat16 if precision == "bf16" else None
         out["latency_ms"] = measure_latency(model, inputs, warmup=2, repeats=5, amp_dtype=amp)
         out["latency_device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
-        out["latency_precision"] = config.precision
+        out["latency_precision"] = precision
     return out
 
 
@@ -191,14 +191,17 @@ def _evaluate_run(
     source = make_source(mode, config.store, layout.source_view, positions, dev, workers=0)
     preparer = BatchPreparer(layout, channels_last=bool(config.channels_last) and dev.type == "cuda")
     batch = config.eval_batch_size or 2 * (config.batch_size or 8)
+    precision = config.precision if dev.type == "cuda" else "fp32"  # CPU bf16 is slow and not what was timed
     fold_logits, efficiency = [], None
     try:
         for i, fold in enumerate(folds):
             model, meta = load_fold_model(rf.fold_dir(run_dir, fold) / rf.BEST, dev)
+            if preparer.channels_last:
+                to_channels_last(model)
             fold_logits.append(predict_logits(model, source, np.arange(len(test)), preparer,
-                                              batch_size=batch, precision=config.precision))
+                                              batch_size=batch, precision=precision))
             if efficiency is None:
-                efficiency = _efficiency(layout, config, dev, model, latency)
+                efficiency = _efficiency(layout, precision, dev, model, latency, config.view)
             del model
             if progress is not None:
                 progress(f"evaluating {run_dir.name}", i + 1, len(folds))
