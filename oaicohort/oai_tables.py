@@ -32,6 +32,9 @@ from oaicohort.visits import RELEASE_VISITS, VISIT_MONTHS
 
 log = logging.getLogger(__name__)
 
+INT32_MAX = 2**31 - 1
+SITES = ("A", "B", "C", "D", "E")  # the five OAI clinical centres (V00SITE)
+
 # --------------------------------------------------------------------------- discovery
 
 ENROLLEES = "enrollees"
@@ -184,6 +187,30 @@ def _encoding(data: bytes) -> str:
     return "utf-8"
 
 
+# C0 control characters that never occur in a text table (tab, line ends, form feed and the
+# DOS end-of-file mark ^Z do)
+_BINARY = re.compile(rb"[\x00-\x08\x0e-\x19\x1b-\x1f]")
+_TEXT_SNIFF_BYTES = 65536
+
+
+def check_text(path: Path, data: bytes) -> None:
+    """Refuse bytes that are not a text table: UTF-16/32 text, or binary data (a NUL anywhere, or
+    another control character near the start). UTF-8 and latin-1 text pass."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputFileError(path, "UTF-16 text (a Windows 'Unicode' export); save it as UTF-8 or latin-1", line=1)
+    # a NUL anywhere (cheap to find); other control bytes near the start (a regex over a whole
+    # AllClinical file would cost more than parsing it)
+    found = _BINARY.search(data, 0, _TEXT_SNIFF_BYTES)
+    at = found.start() if found else data.find(b"\x00")
+    if at >= 0:
+        raise InputFileError(
+            path,
+            f"binary data (byte 0x{data[at]:02x} at offset {at}): not a text table; "
+            "is this the right file, or a damaged download?",
+            line=data.count(b"\n", 0, at) + 1,
+        )
+
+
 def _split_lines(data: bytes) -> list[bytes]:
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
@@ -205,6 +232,7 @@ _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 
 
 def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
+    check_text(path, first_line)
     text = first_line.decode(_encoding(first_line)).lstrip("\ufeff")
     if not text.strip():
         raise InputFileError(path, "empty file or blank header line; expected a header row", line=1)
@@ -220,6 +248,12 @@ def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- delimited tables
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr`` of a cell for an error message, shortened: a damaged file can hold a 10 MB cell."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-10:]} ({len(str(value)):,} characters)"
 
 
 @dataclass
@@ -249,16 +283,19 @@ def read_table(
     *,
     required: Iterable[str] = (),
     sep: str = "|",
+    allow_empty: bool = True,
 ) -> Table:
     """Parse ``raw`` keeping only ``columns`` (matched case-insensitively; absent ones skipped).
 
     ``required`` columns must be in the header. Rows must have as many fields as the header
     (pipe files are not quoted, so a ragged row means a damaged file); blank lines are ignored.
+    A file with a header and no rows is an error unless ``allow_empty`` (then it is logged).
     """
     path = raw.source.path
     data = raw.data
     if not data or data.isspace():  # isspace stops at the first other byte
         raise InputFileError(path, "empty file; expected a header row", line=1)
+    check_text(path, data)
     lines = _split_lines(data)
     header = _header_names(path, lines[0], sep)
     position: dict[str, int] = {}
@@ -276,6 +313,13 @@ def read_table(
         row_lines = _pipe_row_lines(path, lines, len(header))
     else:
         row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+    if not row_lines.size:
+        if not allow_empty:
+            raise InputFileError(
+                path, "no data rows below the header; this file lists every participant, so it is "
+                "truncated or not the file it is named after", line=2,
+            )
+        log.warning("%s: no data rows below the header", path)
     if not wanted or not row_lines.size:
         frame = pd.DataFrame({header[i]: pd.Series([], dtype=object) for i in wanted})
         return Table(raw.source, frame.iloc[:0], row_lines, header)
@@ -408,16 +452,28 @@ def numeric(table: Table, column: str, *, integer: bool = False) -> CodedColumn:
         row = int(bad[0])
         raise table.error(
             f"expected a number, a coded value ('1: label') or a missing code ('.: ...'), "
-            f"got {table.frame[column].iloc[row]!r}",
+            f"got {shown(table.frame[column].iloc[row])}",
             row=row, column=column,
         )
+    if np.isinf(parsed.number).any():
+        row = int(np.flatnonzero(np.isinf(parsed.number))[0])
+        raise table.error(f"number out of range, got {shown(table.frame[column].iloc[row])}",
+                          row=row, column=column)
     if integer:
         finite = ~np.isnan(parsed.number)
         fractional = finite & (parsed.number != np.round(parsed.number))
         if fractional.any():
             row = int(np.flatnonzero(fractional)[0])
             raise table.error(
-                f"expected a whole number, got {table.frame[column].iloc[row]!r}", row=row, column=column
+                f"expected a whole number, got {shown(table.frame[column].iloc[row])}", row=row, column=column
+            )
+        # the database's INTEGER: 32 bits on PostgreSQL (SQLite would take more, silently)
+        too_big = finite & (np.abs(np.nan_to_num(parsed.number)) > INT32_MAX)
+        if too_big.any():
+            row = int(np.flatnonzero(too_big)[0])
+            raise table.error(
+                f"whole number out of range (|n| > {INT32_MAX}), got {shown(table.frame[column].iloc[row])}",
+                row=row, column=column,
             )
     return parsed
 
@@ -429,11 +485,19 @@ def as_int(parsed: CodedColumn) -> pd.Series:
 def subject_ids(table: Table, column: str = "ID") -> np.ndarray:
     """OAI participant ids (7-digit integers) as int64; a non-numeric id names its line."""
     ids = table.frame[column]
-    ok = ids.str.fullmatch(r"\d{1,10}").fillna(False).to_numpy(dtype=bool)
+    ok = ids.str.fullmatch(r"\d+").fillna(False).to_numpy(dtype=bool)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise table.error(
-            f"participant id must be a whole number, got {ids.iloc[row]!r}", row=row, column=column
+            f"participant id must be a whole number, got {shown(ids.iloc[row])}", row=row, column=column
+        )
+    # 9 digits fit the database's 32-bit INTEGER on every back-end
+    long = (ids.str.len() > 9).to_numpy(dtype=bool)
+    if long.any():
+        row = int(np.flatnonzero(long)[0])
+        raise table.error(
+            f"participant id has {len(ids.iloc[row])} digits (OAI ids have 7, at most 9 are "
+            f"accepted), got {shown(ids.iloc[row])}", row=row, column=column
         )
     return ids.astype("int64").to_numpy()
 
@@ -452,7 +516,7 @@ def dates(table: Table, column: str, fmt: str = "%m/%d/%Y") -> pd.Series:
         row = int(np.flatnonzero(bad)[0])
         human = fmt.replace("%m", "mm").replace("%d", "dd").replace("%Y", "yyyy")
         raise table.error(
-            f"expected a date {human} or a missing code, got {cells.iloc[row]!r}", row=row, column=column
+            f"expected a date {human} or a missing code, got {shown(cells.iloc[row])}", row=row, column=column
         )
     out = np.full(n, None, dtype=object)
     ok = ~is_missing
@@ -474,7 +538,7 @@ def knee_sides(table: Table, column: str = "SIDE") -> np.ndarray:
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise table.error(
-            f"knee side must be 1 (right) or 2 (left), got {cells.iloc[row]!r}", row=row, column=column
+            f"knee side must be 1 (right) or 2 (left), got {shown(cells.iloc[row])}", row=row, column=column
         )
     return side
 
@@ -506,7 +570,7 @@ def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.Da
     """Enrollees: ``subject_id, site, sex ("M"/"F"), race, cohort`` (one row per participant),
     plus a ``Table`` holding the extra ``variables`` asked for (see ``clinical_values``)."""
     t = read_table(raw, ["ID", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", *variables],
-                   required=["ID", "V00SITE"])
+                   required=["ID", "V00SITE"], allow_empty=False)
     sex_code = numeric(t, "P02SEX", integer=True).number
     sex = np.full(len(t), None, dtype=object)
     sex[sex_code == 1] = "M"
@@ -514,7 +578,7 @@ def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.Da
     other = ~np.isnan(sex_code) & (sex_code != 1) & (sex_code != 2)
     if other.any():
         row = int(np.flatnonzero(other)[0])
-        raise t.error(f"sex must be 1 (male) or 2 (female), got {t.frame['P02SEX'].iloc[row]!r}",
+        raise t.error(f"sex must be 1 (male) or 2 (female), got {shown(t.frame['P02SEX'].iloc[row])}",
                       row=row, column="P02SEX")
     site = _none_if_missing(t.frame["V00SITE"])
     frame = pd.DataFrame({
@@ -525,10 +589,10 @@ def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.Da
         "cohort": as_int(numeric(t, "V00COHORT", integer=True)),
         "line": t.lines,
     })
-    long_site = np.array([s is not None and len(s) != 1 for s in site], dtype=bool)
-    if long_site.any():
-        row = int(np.flatnonzero(long_site)[0])
-        raise t.error(f"site must be one letter (A-E), got {t.frame['V00SITE'].iloc[row]!r}",
+    unknown_site = np.array([s is not None and s not in SITES for s in site], dtype=bool)
+    if unknown_site.any():
+        row = int(np.flatnonzero(unknown_site)[0])
+        raise t.error(f"site must be one of the OAI clinical centres {', '.join(SITES)}, got {shown(t.frame['V00SITE'].iloc[row])}",
                       row=row, column="V00SITE")
     return _unique_subjects(t, frame), t
 
@@ -544,7 +608,7 @@ def _unique_subjects(t: Table, frame: pd.DataFrame) -> pd.DataFrame:
 def read_subjectchar(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[np.ndarray, Table]:
     """SubjectChar{vv}: participant ids and a ``Table`` of the ``variables`` asked for (the toolkit
     itself needs nothing from these files)."""
-    t = read_table(raw, ["ID", *variables], required=["ID"])
+    t = read_table(raw, ["ID", *variables], required=["ID"], allow_empty=False)
     ids = subject_ids(t)
     _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
     return ids, t
@@ -570,7 +634,7 @@ def read_allclinical(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.
     assert visit is not None
     typed = allclinical_columns(visit)
     required = ["ID", typed["age"], typed["bmi"]] if visit == 0 else ["ID"]
-    t = read_table(raw, ["ID", *typed.values(), *variables], required=required)
+    t = read_table(raw, ["ID", *typed.values(), *variables], required=required, allow_empty=False)
     frame = pd.DataFrame({
         "subject_id": subject_ids(t),
         "visit": visit,
@@ -645,7 +709,7 @@ def read_kxr(raw: FileBytes) -> pd.DataFrame:
     out_of_range = frame["klg"].notna() & ~frame["klg"].isin([0, 1, 2, 3, 4])
     if out_of_range.any():
         row = int(np.flatnonzero(out_of_range.to_numpy())[0])
-        raise t.error(f"KL grade must be 0-4, got {t.frame[cols['klg']].iloc[row]!r}",
+        raise t.error(f"KL grade must be 0-4, got {shown(t.frame[cols['klg']].iloc[row])}",
                       row=row, column=cols["klg"])
     for field, column in cols.items():
         if field != "klg":
@@ -673,7 +737,7 @@ def read_outcomes(raw: FileBytes) -> pd.DataFrame:
     """Outcomes99: knee replacement facts, one row per subject and side (``R``/``L``)."""
     sides = {"R": "V99ERK", "L": "V99ELK"}
     wanted = ["ID"] + [p + s for p in sides.values() for s in OUTCOME_FIELDS.values()]
-    t = read_table(raw, wanted, required=["ID", "V99ERKRPSN", "V99ELKRPSN"])
+    t = read_table(raw, wanted, required=["ID", "V99ERKRPSN", "V99ELKRPSN"], allow_empty=False)
     ids = subject_ids(t)
     _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
     frames = []
@@ -685,6 +749,30 @@ def read_outcomes(raw: FileBytes) -> pd.DataFrame:
         frame["at_baseline"] = frame["at_baseline"].astype("boolean")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _check_folders(t: Table, folder: pd.Series) -> None:
+    """Series folders must lie below the folder of their contents.csv: an entry that climbs out
+    (``..``) is refused, so nothing outside the release the user named is ever read."""
+    empty = (folder == "").to_numpy(dtype=bool)
+    climbs = folder.str.split("/").map(lambda parts: ".." in parts).to_numpy(dtype=bool)
+    for bad, reason in ((empty, "empty Folder"), (climbs, "Folder leaves the image package ('..')")):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise t.error(
+                f"{reason}: {shown(t.frame['FOLDER'].iloc[row])}; series are only read below the "
+                "folder of this contents.csv", row=row, column="FOLDER",
+            )
+
+
+def _check_length(t: Table, values: pd.Series, column: str, limit: int, what: str | None = None) -> None:
+    lengths = values.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+    if (lengths > limit).any():
+        row = int(np.flatnonzero(lengths > limit)[0])
+        raise t.error(
+            f"{what or column} has {lengths[row]} characters, more than the {limit} the database "
+            f"holds: {shown(values.iloc[row])}", row=row, column=column,
+        )
 
 
 def read_contents(raw: FileBytes) -> pd.DataFrame:
@@ -704,6 +792,7 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     )
     f = t.frame
     folder = f["FOLDER"].str.replace("\\", "/", regex=False).str.strip("/")
+    _check_folders(t, folder)
     # the release code's first component ("0" of "0.C.2/9000001/...") names the visit
     code = pc.struct_field(pc.extract_regex(pa.array(folder, type=pa.large_string()), r"^(?P<c>[^/.]*)"), [0])
     visit = pd.Series(code.to_numpy(zero_copy_only=False), dtype=object).map(RELEASE_VISITS)
@@ -713,7 +802,7 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     if visit.isna().any():
         row = int(np.flatnonzero(visit.isna().to_numpy())[0])
         raise t.error(
-            f"cannot tell the visit: Folder {f['FOLDER'].iloc[row]!r} does not start with a "
+            f"cannot tell the visit: Folder {shown(f['FOLDER'].iloc[row])} does not start with a "
             "release code (0.C.2, 1.E.1 ...) and the folder is not a visit dir (00m, 12m ...)",
             row=row, column="FOLDER",
         )
@@ -729,6 +818,12 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
         side[has] = letter
         sequence[has] = [s[: -len(suffix)] for s in sequence[has]]
     barcode = "BARCODE" if "BARCODE" in f.columns else "ACCESSIONNUMBER"
+    # the database's column sizes (PostgreSQL enforces them; SQLite would store anything)
+    _check_length(t, description, "SERIESDESCRIPTION", 128)
+    _check_length(t, pd.Series(sequence), "SERIESDESCRIPTION", 64, "the sequence name (without _RIGHT/_LEFT)")
+    for column, limit in (("STUDYDESCRIPTION", 128), (barcode, 32)):
+        if column in f.columns:
+            _check_length(t, f[column], column, limit)
     frame = pd.DataFrame({
         "subject_id": subject_ids(t, "PARTICIPANTID"),
         "visit": visit.astype("int64").to_numpy(),

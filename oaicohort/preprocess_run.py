@@ -55,6 +55,7 @@ class SeriesTask:
     visit: int
     folder: Path
     views: tuple[str, ...]
+    root: Path | None = None  # the visit folder recorded at ingest; nothing outside it is read
 
 
 @dataclass
@@ -108,6 +109,8 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
     start, cpu = time.perf_counter(), time.process_time()
     outcome = SeriesOutcome(task=task)
     try:
+        if task.root is not None:
+            check_within(task.folder, task.root)
         series = (reader or default_reader)(task.folder)
         side = getattr(series, "side", None)
         if side in ("R", "L") and side != task.side:
@@ -129,6 +132,34 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
     outcome.cpu_seconds = time.process_time() - cpu
     outcome.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return outcome
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        raise InputFileError(path, f"cannot resolve the path: {exc}") from None
+
+
+def check_within(folder: Path, root: Path) -> None:
+    """Refuse a series folder, or a slice file in it, that resolves outside ``root`` (the visit
+    folder recorded at ingest) through ``..`` or a symbolic link: the index may have been edited
+    or written by an older toolkit, and nothing outside the user's release is ever read."""
+    base = _resolved(root)
+    real = _resolved(folder)
+    if not real.is_relative_to(base):
+        raise InputFileError(folder, f"series folder resolves to {real}, outside its visit folder {base}; refused")
+    if not real.is_dir():
+        return  # the reader says what is wrong with it
+    for entry in os.scandir(real):
+        if entry.is_symlink():
+            target = _resolved(Path(entry.path))
+            if not target.is_relative_to(base):
+                raise InputFileError(
+                    entry.path, f"slice file links to {target}, outside the visit folder {base}; refused"
+                )
 
 
 @dataclass(frozen=True)
@@ -198,6 +229,7 @@ def select_tasks(
                         visit=visit,
                         folder=Path(s.visit_dir) / s.folder,
                         views=missing,
+                        root=Path(s.visit_dir),
                     )
                 )
     return tasks, len(series_rows)
