@@ -257,7 +257,8 @@ def score_predictions(
 
     ``classes`` true class indices (N,), ``probs`` class probabilities (N, 3), ``subject_ids``
     (N,). AP, ROC AUC and balanced accuracy carry ``_sd``, ``_ci_low``, ``_ci_high`` from the
-    subject bootstrap (``n_resamples``, ``seed``), all computed on the same resamples.
+    subject bootstrap (``n_resamples``, ``seed``), all computed on the same resamples, and ``_ci``
+    as a ``[low, high]`` pair.
     """
     classes = np.asarray(classes, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -285,6 +286,7 @@ def score_predictions(
         out[f"{name}_sd"] = est.sd
         out[f"{name}_ci_low"] = est.ci_low
         out[f"{name}_ci_high"] = est.ci_high
+        out[f"{name}_ci"] = [est.ci_low, est.ci_high]
     curve = reliability_curve(y, score, n_bins)
     out.update(
         brier=brier_score(y, score),

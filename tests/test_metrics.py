@@ -129,6 +129,7 @@ def test_bootstrap_reproducible_for_a_seed_and_differs_across_seeds() -> None:
     assert a["ap_sd"] != c["ap_sd"]
     assert a["ap"] == pytest.approx(average_precision_score(y, probs[:, 1] + probs[:, 2]))
     assert 0 < a["ap_sd"] < 0.2 and a["ap_ci_low"] < a["ap"] < a["ap_ci_high"]
+    assert a["roc_auc_ci"] == [a["roc_auc_ci_low"], a["roc_auc_ci_high"]]
     json.dumps(a)  # JSON-able as written to metrics.json
     assert a["n_knees"] == 120 and a["n_subjects"] == 60
     assert a["prevalence"] == pytest.approx(y.mean())
