@@ -132,14 +132,18 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def render(results: list[BenchResult], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("model", "prec", "input", "batch", "latency ms", "infer /s", "train /s", "note"):
-        table.add_column(col, justify="left" if col in ("model", "prec", "input", "note") else "right")
+    notes = any(r.note for r in results)
+    columns = ["model", "prec", "input", "batch", "latency ms", "infer /s", "train /s"]
+    for col in columns + (["note"] if notes else []):
+        left = col in ("model", "prec", "input", "note")
+        table.add_column(col, justify="left" if left else "right")
     for r in results:
         shape = ",".join(f"{v}{'x'.join(map(str, s[1:]))}" for v, s in r.shapes.items())
-        table.add_row(
+        cells = [
             r.name, r.precision, shape, str(r.batch), _fmt(r.latency_ms, 2),
-            _fmt(r.infer_per_s), _fmt(r.train_per_s), r.note,
-        )
+            _fmt(r.infer_per_s), _fmt(r.train_per_s),
+        ]
+        table.add_row(*cells, *([r.note] if notes else []))
     return table
 
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress
-from oaimodels.networks import list_models
-from oaimodels.networks.complexity import EfficiencyRow, efficiency_table
+
+if TYPE_CHECKING:  # torch is imported only when the command runs, so `oai --help` stays fast
+    from oaimodels.networks.complexity import EfficiencyRow
 
 
 def _check_options(device: str, names: list[str]) -> None:
     import torch
+
+    from oaimodels.networks import list_models
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"expected cpu or cuda, got {device!r}", param_hint="--device")
@@ -74,6 +79,8 @@ def models_command(
     """Parameters, MACs of one sample and (with --latency) inference time of every model."""
     _check_options(device, names)
     with rich_progress(enabled=latency) as progress:
+        from oaimodels.networks.complexity import efficiency_table
+
         rows = efficiency_table(
             names or None,
             small=small,

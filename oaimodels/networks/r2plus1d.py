@@ -34,7 +34,7 @@ def mid_width(c_in: int, c_out: int, k_space: int = 3, k_depth: int = 3) -> int:
 
 
 class Conv2Plus1d(nn.Sequential):
-    """Spatial ``1 x k x k`` conv (spatial stride), BN, ReLU, depth ``k x 1 x 1`` conv (depth stride)."""
+    """Spatial 1x3x3 conv (spatial stride), BN, ReLU, then depth 3x1x1 conv (depth stride)."""
 
     def __init__(self, c_in: int, c_out: int, *, stride: int = 1, mid: int | None = None) -> None:
         mid = mid_width(c_in, c_out) if mid is None else mid

@@ -179,7 +179,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build model ``name``; keyword arguments go to its builder (``input_shapes``, ``init``, ...)."""
+    """Build model ``name``; keyword arguments go to its builder (``input_shapes``, ``init``...)."""
     return get_spec(name).builder(**kwargs)
 
 

@@ -138,12 +138,14 @@ def _download(spec: ArchWeights) -> dict[str, torch.Tensor] | None:
 def _how_to_provide(spec: ArchWeights) -> str:
     return (
         f"ImageNet weights for {spec.arch} are not available: no file given, ${spec.env} and "
-        f"${GENERIC_ENV} unset, {spec.cache_file} absent, and {spec.url} not reachable. "
-        f"Provide them by (a) passing a state-dict file as init='/path/{spec.arch}.pth', "
-        f"(b) setting {spec.env}=/path/{spec.arch}.pth, or (c) copying torchvision's file to "
-        f"{spec.cache_file}. Make the file on a machine with internet access with: python -c "
-        f"\"import torch, torchvision; torch.save(torchvision.models.{spec.arch}(weights='IMAGENET1K_V1')"
-        f".state_dict(), '{spec.arch}.pth')\". Or train from scratch with init='scratch'."
+        f"${GENERIC_ENV} unset, {spec.cache_file} absent, and {spec.url} not reachable "
+        f"(or ${OFFLINE_ENV} set). Provide them by (a) passing a state-dict file as "
+        f"init='/path/{spec.arch}.pth', (b) setting {spec.env}=/path/{spec.arch}.pth (or "
+        f"{GENERIC_ENV}), or (c) copying torchvision's file to {spec.cache_file}. "
+        f"Make the file on a machine with internet access with: python -c "
+        f"\"import torch, torchvision; torch.save(torchvision.models.{spec.arch}("
+        f"weights='IMAGENET1K_V1').state_dict(), '{spec.arch}.pth')\". "
+        f"Or train from scratch with init='scratch'."
     )
 
 
