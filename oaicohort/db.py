@@ -42,7 +42,8 @@ def _concurrent_write_error(url: str) -> ConcurrentWriteError:
     )
 
 
-def _take_postgres_write_lock(conn: Connection, url: str) -> None:
+def take_postgres_write_lock(conn: Connection, url: str) -> None:
+    """Take the writer lock in ``conn``'s transaction (held until it ends); refuse after the timeout."""
     timeout_ms = int(lock_timeout_s() * 1000)
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
     try:
@@ -111,6 +112,8 @@ class Database:
     url: str
     engine: Engine
     sessions: sessionmaker[Session]
+    # sessions of read(): on PostgreSQL REPEATABLE READ, READ ONLY (see read())
+    read_sessions: sessionmaker[Session] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -118,8 +121,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only unit of work (one consistent snapshot on SQLite WAL and PostgreSQL)."""
-        with self.sessions() as session, session.begin():
+        """A read-only unit of work: one consistent snapshot, however many SELECTs it runs.
+
+        SQLite (WAL) gives a read transaction one snapshot by itself; PostgreSQL's default READ
+        COMMITTED would let every statement see a newer commit (a reader could count subjects
+        before an ingest and readings after it), so reads run REPEATABLE READ, READ ONLY there.
+        """
+        with (self.read_sessions or self.sessions)() as session, session.begin():
             yield session
 
     @contextmanager
@@ -140,7 +148,7 @@ class Database:
                     raise _concurrent_write_error(self.url) from exc
                 with transaction:
                     if conn.dialect.name == "postgresql":
-                        _take_postgres_write_lock(conn, self.url)
+                        take_postgres_write_lock(conn, self.url)
                     session = Session(bind=conn, expire_on_commit=False)
                     try:
                         yield session
@@ -162,7 +170,13 @@ def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = T
         from oaicohort.migrate import upgrade
 
         upgrade(engine)
-    return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    readers = engine
+    if engine.dialect.name == "postgresql":
+        readers = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return Database(
+        url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False),
+        read_sessions=sessionmaker(readers, expire_on_commit=False),
+    )
 
 
 def table_names(engine: Engine) -> list[str]:

@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
+from oaicohort.db import take_postgres_write_lock
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         return
     cfg = alembic_config(engine)
     with engine.connect() as conn:
-        # a write transaction: on SQLite two processes opening a new database serialise here
+        # a write transaction: two processes opening a new database serialise here (SQLite:
+        # BEGIN IMMEDIATE; PostgreSQL: the writer lock), and the second then finds it migrated
         conn.info["write"] = True
         try:
+            if conn.dialect.name == "postgresql":
+                take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         finally:
