@@ -6,8 +6,19 @@ from typing import Optional
 
 import typer
 
+from cli.cohort import cohort_command
 from cli.common import CliState, configure_logging
 from cli.db import db_app
+from cli.demo import demo_command
+from cli.eval import eval_command
+from cli.ingest import ingest_command
+from cli.label import label_command
+from cli.models import models_command
+from cli.preprocess import preprocess_command
+from cli.split import split_command
+from cli.store import store_app
+from cli.synth import synth_command
+from cli.train import train_command
 
 app = typer.Typer(
     name="oai",
@@ -36,17 +47,18 @@ def root(
 
 app.add_typer(db_app, name="db")
 
-# Commands are registered below, one module each (keep this list in data-flow order).
-from cli.synth import synth_command; app.command("synth")(synth_command)  # noqa: E402,E702
-from cli.ingest import ingest_command; app.command("ingest")(ingest_command)  # noqa: E402,E702
-from cli.label import label_command; app.command("label")(label_command)  # noqa: E402,E702
-from cli.split import split_command; app.command("split")(split_command)  # noqa: E402,E702
-from cli.cohort import cohort_command; app.command("cohort")(cohort_command)  # noqa: E402,E702
-from cli.preprocess import preprocess_command; app.command("preprocess")(preprocess_command)  # noqa: E402,E702
-from cli.store import store_app; app.add_typer(store_app, name="store")  # noqa: E402,E702
-from cli.train import train_command; app.command("train")(train_command)  # noqa: E402,E702
-from cli.eval import eval_command; app.command("eval")(eval_command)  # noqa: E402,E702
-
+# One module per command, in data-flow order.
+app.command("synth")(synth_command)
+app.command("ingest")(ingest_command)
+app.command("label")(label_command)
+app.command("split")(split_command)
+app.command("cohort")(cohort_command)
+app.command("preprocess")(preprocess_command)
+app.add_typer(store_app, name="store")
+app.command("models")(models_command)
+app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("demo")(demo_command)
 
 def main() -> None:
     app()
