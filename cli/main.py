@@ -9,6 +9,7 @@ import typer
 from cli.cohort import cohort_command
 from cli.common import CliState, configure_logging
 from cli.db import db_app
+from oaicohort.files import tighten_umask
 from cli.demo import demo_command
 from cli.eval import eval_command
 from cli.ingest import ingest_command
@@ -43,6 +44,7 @@ def root(
 ) -> None:
     ctx.obj = CliState(db=db, verbose=verbose)
     configure_logging(verbose)
+    tighten_umask()  # nothing the toolkit writes is world-writable
 
 
 app.add_typer(db_app, name="db")

@@ -91,14 +91,15 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             db_path = Path(parsed.database)
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            if not db_path.exists():
-                # created without group/world write permission
-                old = os.umask(0o022)
-                try:
+            # created without group/world write permission (SQLite gives its -wal and -shm
+            # files the database file's mode)
+            old = os.umask(0o022)
+            try:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                if not db_path.exists():
                     db_path.touch(mode=0o644)
-                finally:
-                    os.umask(old)
+            finally:
+                os.umask(old)
         engine = create_engine(url, connect_args={"timeout": lock_timeout_s()})
         _configure_sqlite(engine)
         return engine

@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, select
 
 from oaicohort.db import Database
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
+from oaicohort.files import no_world_write
 from oaicohort.preprocessing import VIEWS, PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.schema import ImageSeries, Knee, Volume
@@ -387,6 +388,7 @@ def _outcomes(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+@no_world_write()  # the store's files and folders, whatever the caller's umask
 def run_preprocess(
     db: Database,
     store_path: str | os.PathLike[str],

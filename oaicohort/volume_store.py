@@ -38,6 +38,7 @@ from zarr.codecs import BytesCodec, ZstdCodec
 from oaicohort import __version__
 from oaicohort.db import Database
 from oaicohort.errors import OAIError
+from oaicohort.files import no_world_write
 from oaicohort.preprocessing import VIEWS, PreprocessParams
 from oaicohort.schema import Knee, Volume
 
@@ -107,6 +108,7 @@ class VolumeStore:
         return cls(root, group, writable=mode != "r")
 
     @classmethod
+    @no_world_write()
     def create(
         cls,
         path: str | os.PathLike[str],
