@@ -9,7 +9,6 @@ import typer
 from cli.cohort import cohort_command
 from cli.common import CliState, configure_logging
 from cli.db import db_app
-from oaicohort.files import tighten_umask
 from cli.demo import demo_command
 from cli.eval import eval_command
 from cli.ingest import ingest_command
@@ -20,6 +19,7 @@ from cli.split import split_command
 from cli.store import store_app
 from cli.synth import synth_command
 from cli.train import train_command
+from oaicohort.files import tighten_umask
 
 app = typer.Typer(
     name="oai",
