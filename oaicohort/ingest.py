@@ -719,6 +719,10 @@ _INTERRUPTED = (
 )
 
 
+def _writer_gone(session: Session, run: IngestRun) -> bool:
+    return writer_gone(session, run.id, run.writer_host, run.writer_pid, run.writer_start)
+
+
 def mark_interrupted_runs(session: Session) -> list[int]:
     """Mark ``running`` runs whose writer is certainly gone as ``interrupted`` (oaicohort.writers);
     a concurrent ingest that is still running is left alone. Returns the ids marked."""
@@ -726,7 +730,7 @@ def mark_interrupted_runs(session: Session) -> list[int]:
     for run in session.scalars(
         select(IngestRun).where(IngestRun.status == "running").order_by(IngestRun.id)
     ):
-        if not writer_gone(session, run.id, run.writer_host, run.writer_pid, run.writer_start):
+        if not _writer_gone(session, run):
             continue
         run.status, run.finished_at, run.error = "interrupted", utcnow(), _INTERRUPTED
         marked.append(run.id)
@@ -743,11 +747,7 @@ def list_runs(db: Database, limit: int = 20) -> list[dict[str, Any]]:
         runs = session.scalars(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
         out = []
         for run in runs:
-            status = run.status
-            if status == "running" and writer_gone(
-                session, run.id, run.writer_host, run.writer_pid, run.writer_start
-            ):
-                status = "interrupted"
+            status = "interrupted" if run.status == "running" and _writer_gone(session, run) else run.status
             out.append({
                 "run_id": run.id, "status": status, "source_root": run.source_root,
                 "started_at": run.started_at, "finished_at": run.finished_at,

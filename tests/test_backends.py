@@ -99,3 +99,47 @@ def test_a_read_sees_one_snapshot(any_db: Database) -> None:
         assert reader.scalar(count) == 1
     with any_db.read() as reader:
         assert reader.scalar(count) == 2
+
+
+def test_only_runs_whose_writer_is_gone_are_marked_interrupted(any_db: Database) -> None:
+    """SQLite: host, pid and process start time decide; PostgreSQL: the run's lease lock."""
+    import os
+    import subprocess
+    import sys
+
+    from oaicohort.ingest import mark_interrupted_runs
+    from oaicohort.schema import IngestRun
+    from oaicohort.writers import RunLease, WriterIdentity
+
+    me = WriterIdentity.current()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process (until reused, which the start token catches)
+    writers = {
+        "this process": (me.host, me.pid, me.start),
+        "a finished process": (me.host, child.pid, ""),
+        "a reused pid": (me.host, me.pid, "another-boot:1"),
+        "another host": ("elsewhere.example", 1, ""),
+        "another host, whose lease is gone": ("elsewhere.example", 2, ""),
+    }
+    ids = {}
+    with any_db.write() as s:
+        for name, (host, pid, start) in writers.items():
+            run = IngestRun(source_root=name, status="running", toolkit_version="test",
+                            writer_host=host, writer_pid=pid, writer_start=start)
+            s.add(run)
+            s.flush()
+            ids[name] = run.id
+    leases = [RunLease.take(any_db, ids[name]) for name in ("this process", "another host")]
+    try:
+        with any_db.write() as s:
+            marked = mark_interrupted_runs(s)
+        with any_db.read() as s:
+            status = {run.source_root: run.status for run in s.scalars(select(IngestRun))}
+    finally:
+        for lease in leases:
+            lease.release()
+    expected_gone = {"a finished process", "a reused pid"}
+    if not any_db.is_sqlite:  # the lease decides, on any host (SQLite cannot check other hosts)
+        expected_gone.add("another host, whose lease is gone")
+    assert sorted(marked) == sorted(ids[name] for name in expected_gone)
+    assert status == {name: "interrupted" if name in expected_gone else "running" for name in writers}
