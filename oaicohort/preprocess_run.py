@@ -337,6 +337,11 @@ def _record(
             for view in task.views
         ]
     with db.write() as session:
+        if session.get(ImageSeries, task.series_id) is None:
+            # a concurrent ingest of a newer release dropped the series from the index: its data
+            # stays an orphan slot (reused later) and nothing points at a series that is gone
+            outcome.reason = f"{task.folder}: the series left the database index while it was read"
+            return 0
         session.execute(
             delete(Volume).where(
                 Volume.store_path == str(store.path),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -319,3 +319,24 @@ def test_second_writer_on_the_same_store_is_refused(db: Database, release, tmp_p
         with pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):
             run_preprocess(db, store.path, SMALL, reader=read_series_for_tests)
     assert run_preprocess(db, store.path, SMALL, reader=read_series_for_tests).done == 6
+
+
+def test_a_series_dropped_from_the_index_meanwhile_is_a_failure_not_a_crash(
+    db: Database, release, tmp_path: Path
+) -> None:
+    """A concurrent ingest of a newer release may drop a series while it is being read."""
+    dropped = release[(SUBJECTS[1], "L")]
+
+    def read_then_drop(folder: Path) -> DicomVolume:
+        series = read_series(folder)
+        if folder == dropped:
+            with db.write() as session:
+                session.execute(delete(ImageSeries).where(ImageSeries.folder == str(folder.relative_to(folder.parents[3]))))
+        return series
+
+    summary = run_preprocess(db, tmp_path / "vol.zarr", SMALL, reader=read_then_drop)
+    assert (summary.done, summary.failed) == (5, 1)
+    assert "left the database index" in summary.failures[0]["reason"]
+    report = verify_store(db, tmp_path / "vol.zarr")
+    assert report["mismatches"] == [] and report["ok"] == 5
+    assert len(report["orphans"]["sag"]) == 1  # its data, unindexed, is reused by the next run
