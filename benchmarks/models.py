@@ -2,7 +2,7 @@
 
     python -m benchmarks.models                          # CPU, reduced shapes, batch 4
     python -m benchmarks.models --device cuda            # GPU, paper shapes, recipe batch sizes
-    python -m benchmarks.models -m 2d_trf --device cuda --compile
+    python -m benchmarks.models -m 2d_trf --device cuda --compile reduce-overhead
 
 Per model and precision it reports
 - latency: median milliseconds of one inference pass on a single sample (batch 1);
@@ -56,7 +56,7 @@ class BenchConfig:
     warmup: int
     repeats: int
     channels_last: bool
-    compile: bool
+    compile: str | None  # None: eager; else a torch.compile mode ("default", "reduce-overhead")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -67,7 +67,7 @@ def _prepare(model: nn.Module, cfg: BenchConfig) -> Callable[..., torch.Tensor]:
     model.to(cfg.device)
     if cfg.channels_last:
         to_channels_last(model)
-    return torch.compile(model) if cfg.compile else model
+    return torch.compile(model, mode=cfg.compile) if cfg.compile else model
 
 
 def _inputs(shapes: Mapping[str, tuple[int, ...]], batch: int, cfg: BenchConfig):
@@ -166,7 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="default: 5 on CPU, 30 on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument(
+        "--compile", nargs="?", const="default", default=None,
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the model (inductor) in this mode; reduce-overhead adds CUDA graphs",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p.parse_args(argv)
 
