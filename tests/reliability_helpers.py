@@ -74,6 +74,15 @@ def write_lock_held(db_url: str) -> bool:
     return bool(held)
 
 
+def write_lock_held_for(db_url: str, seconds: float) -> bool:
+    """Whether a writer holds the lock now and still ``seconds`` later: inside a long write
+    transaction (a data write), not one of the short ones around it."""
+    if not write_lock_held(db_url):
+        return False
+    time.sleep(seconds)
+    return write_lock_held(db_url)
+
+
 def kill_when(
     proc: subprocess.Popen[str], ready: Callable[[], bool], *, delay: float = 0.0, timeout: float = 120
 ) -> bool:

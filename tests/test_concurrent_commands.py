@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from oaicohort.db import Database, open_database
+from oaicohort.db import open_database
 from oaicohort.ingest import ingest_release
 from oaicohort.labels import derive_labels
 from oaicohort.migrate import current_revision, head_revision
@@ -203,7 +203,7 @@ def test_an_ingest_waiting_past_the_lock_timeout_is_refused_cleanly(
 ) -> None:
     a, b = releases
     db = open_database(database_url)
-    holder = _spawn(SLOW_INGEST, database_url, str(a), "4")
+    holder = _spawn(SLOW_INGEST, database_url, str(a), "6")  # outlasts the second start-up + 1 s
     _wait_for(holder, "mid")
     second = spawn_oai(database_url, "ingest", str(b), env={"OAI_DB_LOCK_TIMEOUT": "1"})
     out, err = second.communicate(timeout=60)

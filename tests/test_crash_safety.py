@@ -33,6 +33,7 @@ from tests.reliability_helpers import (
     spawn_oai,
     table_rows,
     write_lock_held,
+    write_lock_held_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -90,7 +91,9 @@ def test_ingest_killed_anywhere_leaves_before_or_after_and_reruns_to_the_same_da
     # writer lock held after it), and a seeded random moment
     kill_points = [
         ("after the running row", lambda: _running_row_committed(db), rng.uniform(0.0, 0.5)),
-        ("inside the data transaction", lambda: _running_row_committed(db) and write_lock_held(database_url), 0.0),
+        # (the unchanged-release check before it holds the lock for milliseconds only)
+        ("inside the data transaction",
+         lambda: _running_row_committed(db) and write_lock_held_for(database_url, 0.1), 0.0),
         ("at a random moment", lambda: True, rng.uniform(1.0, 5.0)),
     ]
     killed_inside_write = False
