@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from cli.common import err_console, handles_errors, out_console, state
@@ -61,13 +62,32 @@ def _records_json(frame: pd.DataFrame) -> str:
     return frame.to_json(orient="records", indent=2)
 
 
+SHORT_HEADERS = {
+    "knee_id": "knee",
+    "subject_id": "subject",
+    "kl_baseline": "KL0",
+    "progression_month": "month",
+    "kl_increase": "+KL",
+    "exclusion": "excluded",
+}
+
+
 def render_table(frame: pd.DataFrame, max_rows: int, what: str) -> Table:
     import pandas as pd
 
     shown = frame.head(max_rows)
-    table = Table(title_justify="left")
+    # compact, unwrapped headers: a cohort listing should stay readable in an 80-column terminal
+    table = Table(
+        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True
+    )
     for col in frame.columns:
-        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
+        header = SHORT_HEADERS.get(str(col), str(col))
+        table.add_column(
+            header,
+            justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left",
+            no_wrap=True,
+            min_width=len(header),
+        )
     for row in shown.itertuples(index=False):
         table.add_row(*("" if pd.isna(v) else f"{v:.1f}" if isinstance(v, float) else str(v) for v in row))
     more = f" (showing {len(shown)}; --max-rows or --format csv for all)" if len(frame) > len(shown) else ""
