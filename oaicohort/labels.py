@@ -300,16 +300,13 @@ def read_frame(session: Session, stmt: Any, columns: Sequence[str]) -> pd.DataFr
     return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
-_frame = read_frame
-
 
 def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelInputs:
     """Read what ``params`` needs from the database (a handful of SELECTs)."""
+    # the last visit (non-progressor rule) is the last examined one, so it is among these
     visits = (0, *params.examined_visits)
-    if params.last_visit not in visits:
-        visits = (*visits, params.last_visit)
-    knees = _frame(session, select(Knee.id, Knee.subject_id, Knee.side), ["knee_id", "subject_id", "side"])
-    readings = _frame(
+    knees = read_frame(session, select(Knee.id, Knee.subject_id, Knee.side), ["knee_id", "subject_id", "side"])
+    readings = read_frame(
         session,
         select(
             XrayReading.id, XrayReading.knee_id, XrayReading.visit, XrayReading.klg,
@@ -318,19 +315,19 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
         ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row"],
     )
     readings["klg"] = readings["klg"].astype(float)
-    bmi = _frame(
+    bmi = read_frame(
         session,
         select(SubjectVisit.subject_id, SubjectVisit.bmi).where(SubjectVisit.visit == 0),
         ["subject_id", "bmi"],
     )
-    series = _frame(
+    series = read_frame(
         session,
         select(ImageSeries.subject_id, ImageSeries.side)
         .where(ImageSeries.visit == 0, ImageSeries.sequence == params.dess_sequence)
         .distinct(),
         ["subject_id", "side"],
     )
-    replacements = _frame(
+    replacements = read_frame(
         session,
         select(
             KneeReplacement.knee_id, KneeReplacement.status, KneeReplacement.at_baseline,
@@ -341,7 +338,7 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     )
     volumes = None
     if params.image_store is not None:
-        volumes = _frame(
+        volumes = read_frame(
             session,
             select(Volume.knee_id, Volume.status).where(
                 Volume.store_path == params.image_store, Volume.visit == 0
@@ -494,7 +491,7 @@ def stored_labels(session: Session, definition_id: int) -> pd.DataFrame:
         .where(KneeLabel.definition_id == definition_id)
         .order_by(Knee.subject_id, Knee.side)
     )
-    frame = _frame(session, stmt, list(LABEL_COLUMNS))
+    frame = read_frame(session, stmt, list(LABEL_COLUMNS))
     for col in ("kl_baseline", "progression_month", "kl_increase"):
         frame[col] = frame[col].astype("Int64")
     return frame
@@ -564,7 +561,7 @@ def cohort_summary(
     with db.read() as session:
         row = stored_definition(session, definition)
         labels = stored_labels(session, row.id)
-        subjects = _frame(
+        subjects = read_frame(
             session,
             select(Subject.id, Subject.sex, SubjectVisit.age, SubjectVisit.bmi)
             .outerjoin(SubjectVisit, (SubjectVisit.subject_id == Subject.id) & (SubjectVisit.visit == 0))
