@@ -377,12 +377,9 @@ def _definition_params(db: Database, definition: str | LabelDefinitionParams) ->
     try:
         return resolve_definition(definition)
     except LabelDefinitionError:
+        assert isinstance(definition, str)  # only an unknown name fails to resolve
         with db.read() as session:
-            row = session.execute(
-                select(LabelDefinition)
-                .where(LabelDefinition.name == definition)
-                .order_by(LabelDefinition.created_at.desc(), LabelDefinition.id.desc())
-            ).scalars().first()
+            row = session.execute(_latest_named(definition)).scalars().first()
         if row is None:
             raise
         return LabelDefinitionParams.from_dict(row.params)
@@ -447,6 +444,16 @@ def derive_labels(
 # --------------------------------------------------------------------------- stored definitions
 
 
+def _latest_named(name: str) -> Any:
+    """SELECT of the latest derived definition called ``name`` (``created_at`` marks a derivation)."""
+    return (
+        select(LabelDefinition)
+        .where(LabelDefinition.name == name)
+        .order_by(LabelDefinition.created_at.desc(), LabelDefinition.id.desc())
+        .limit(1)
+    )
+
+
 def stored_definition(
     session: Session, definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION
 ) -> LabelDefinition:
@@ -461,12 +468,7 @@ def stored_definition(
         stmt = select(LabelDefinition).where(LabelDefinition.id == definition)
         what, name = f"id {definition}", DEFAULT_DEFINITION
     else:
-        stmt = (
-            select(LabelDefinition)
-            .where(LabelDefinition.name == definition)
-            .order_by(LabelDefinition.created_at.desc(), LabelDefinition.id.desc())
-            .limit(1)
-        )
+        stmt = _latest_named(definition)
         what, name = repr(definition), definition
     row = session.execute(stmt).scalars().first()
     if row is None:
