@@ -113,9 +113,10 @@ class LabelResult:
 # --------------------------------------------------------------------------- the algorithm
 
 
-def _first_rows(readings: pd.DataFrame, policy: str) -> pd.DataFrame:
+def first_readings(readings: pd.DataFrame, policy: str) -> pd.DataFrame:
     """One reading per (knee, visit): the first in file order (``first``), or the first graded
-    one, falling back to the first (``first_graded``)."""
+    one, falling back to the first (``first_graded``). ``readings`` needs knee_id, visit, klg,
+    source_row and id; with ``first_graded`` the result has an extra ``_ungraded`` column."""
     keys = ["knee_id", "visit"]
     frame = readings.assign(_ungraded=readings["klg"].isna()) if policy == "first_graded" else readings
     order = keys + (["_ungraded"] if policy == "first_graded" else []) + ["source_row", "id"]
@@ -163,7 +164,7 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     months = np.array([VISIT_MONTHS[v] for v in visits], dtype=float)
 
     readings = inputs.readings[inputs.readings["visit"].isin((0, *visits))]
-    first = _first_rows(readings, params.duplicates)
+    first = first_readings(readings, params.duplicates)
 
     # baseline
     base = first[first["visit"] == 0]
@@ -603,6 +604,7 @@ def cohort_summary(
 
 __all__ = [
     "CLASSES", "PRESETS", "LABEL_COLUMNS", "CohortSummary", "LabelDefinitionParams", "LabelInputs",
-    "LabelResult", "cohort_summary", "compute_labels", "derive_labels", "labels_fingerprint", "preset",
+    "LabelResult", "cohort_summary", "compute_labels", "derive_labels", "first_readings",
+    "labels_fingerprint", "preset",
     "read_frame", "stored_definition", "stored_labels",
 ]

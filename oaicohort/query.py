@@ -33,7 +33,13 @@ from sqlalchemy.orm import aliased
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.label_definitions import CLASSES, DEFAULT_DEFINITION, LabelDefinitionParams
-from oaicohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
+from oaicohort.labels import (
+    first_readings,
+    labels_fingerprint,
+    read_frame,
+    stored_definition,
+    stored_labels,
+)
 from oaicohort.schema import (
     ClinicalValue,
     ImageSeries,
@@ -414,13 +420,10 @@ class Cohort:
                 ["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"],
             )
         readings = readings[readings["knee_id"].isin(knees["knee_id"])]
-        order = ["knee_id", "visit", "source_row", "id"]
-        if duplicates == "first_graded":
-            readings = readings.assign(_ungraded=readings["klg"].isna())
-            order = ["knee_id", "visit", "_ungraded", "source_row", "id"]
-        readings = readings.sort_values(order, kind="stable")
-        if duplicates != "all":
-            readings = readings.drop_duplicates(["knee_id", "visit"], keep="first")
+        if duplicates == "all":
+            readings = readings.sort_values(["knee_id", "visit", "source_row", "id"], kind="stable")
+        else:  # the rule the label definitions use
+            readings = first_readings(readings, duplicates)
         readings = readings.drop(columns=[c for c in ("id", "_ungraded") if c in readings])
         for col in ("klg", "read_project"):
             readings[col] = readings[col].astype("Int64")
