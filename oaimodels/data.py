@@ -122,6 +122,14 @@ class InputLayout:
             "input_shapes": {k: list(v) for k, v in self.input_shapes().items()},
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputLayout:
+        """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata)."""
+        return cls(
+            data["model"], data["source_view"], tuple(data["stored_shape"]),  # type: ignore[arg-type]
+            tuple(data["crop_shape"]), tuple(data["model_views"]),  # type: ignore[arg-type]
+        )
+
 
 class StoreShapes(Protocol):
     def volume_shape(self, view: str) -> Shape3: ...

@@ -168,9 +168,7 @@ def _evaluate_run(
 ) -> dict[str, Any]:
     run_dir = Path(run_dir).expanduser().resolve()
     saved, config = _run_config(run_dir)
-    lay = saved["layout"]
-    layout = InputLayout(lay["model"], lay["source_view"], tuple(lay["stored_shape"]),
-                         tuple(lay["crop_shape"]), tuple(lay["model_views"]))
+    layout = InputLayout.from_dict(saved["layout"])
     folds = list(saved["folds"])
     missing = [k for k in folds if not (rf.fold_dir(run_dir, k) / rf.BEST).is_file()]
     if missing:

@@ -519,12 +519,7 @@ def load_fold_model(path: Path | str, device: torch.device | str = "cpu") -> tup
     """The model of a ``best.pt``/``last.pt`` (built from its metadata, no ImageNet download)."""
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
-    lay = meta["layout"]
-    layout = InputLayout(
-        lay["model"], lay["source_view"], tuple(lay["stored_shape"]), tuple(lay["crop_shape"]),
-        tuple(lay["model_views"]),
-    )
-    model = build_model(layout, "scratch")
+    model = build_model(InputLayout.from_dict(meta["layout"]), "scratch")
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), meta
 

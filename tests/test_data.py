@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_multiview_layout_slices_the_sagittal_crop_three_ways() -> None:
         "cor": (1, 160, 160, 64),
         "ax": (1, 160, 160, 64),
     }
+
+
+def test_layout_survives_a_json_round_trip() -> None:
+    layout = D.resolve_layout("2dsh_trf", None, PAPER_STORE)
+    restored = D.InputLayout.from_dict(json.loads(json.dumps(layout.to_dict())))
+    assert restored == layout and restored.input_shapes() == layout.input_shapes()
 
 
 def test_layout_errors_name_the_problem() -> None:
