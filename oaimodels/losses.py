@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0) -> torch.Tensor:
@@ -25,17 +24,3 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
         return -log_pt.mean()
     pt = log_pt.exp()
     return (-((1.0 - pt).clamp(min=0.0) ** gamma) * log_pt).mean()
-
-
-class FocalLoss(nn.Module):
-    """Module form of :func:`focal_loss`."""
-
-    def __init__(self, gamma: float = 2.0) -> None:
-        super().__init__()
-        self.gamma = gamma
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return focal_loss(logits, target, gamma=self.gamma)
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}"
