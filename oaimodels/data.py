@@ -269,6 +269,19 @@ def scale_to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (indices, per-volume parameters) on ``device``, without a stall.
+
+    A blocking host-to-GPU copy waits for all work queued on the stream (and a non-blocking one
+    from pageable memory may too), so a few of them per batch would keep the training loop from
+    running ahead of the GPU. A pinned copy is queued like a kernel; the caching host allocator
+    keeps its pinned block alive until the copy has run.
+    """
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def rotation_grid(angles_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``affine_grid`` sampling grid that rotates (h, w) images by ``angles_deg`` about their centre.
 
@@ -297,13 +310,13 @@ def rotate_in_slice(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
     exactly one grid: the same angle for the whole volume, in one kernel for the whole batch.
     """
     b, d, h, w = x.shape
-    grid = rotation_grid(angles_deg.to(x.device), h, w).to(x.dtype)
+    grid = rotation_grid(to_device(angles_deg, x.device), h, w).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def apply_gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``x ** (1 / gamma)`` per volume (x in [0, 1])."""
-    exponent = (1.0 / gamma.to(x.device, x.dtype)).view(-1, *([1] * (x.dim() - 1)))
+    exponent = (1.0 / to_device(gamma, x.device).to(x.dtype)).view(-1, *([1] * (x.dim() - 1)))
     return x.clamp_min(0).pow(exponent)
 
 
@@ -342,7 +355,7 @@ class BatchPreparer:
         x = scale_to_unit(x)
         if bool(draw.rotate.any()):
             idx = torch.nonzero(draw.rotate).flatten()
-            idx_dev = idx.to(x.device)
+            idx_dev = to_device(idx, x.device)
             x = x.index_copy(0, idx_dev, rotate_in_slice(x[idx_dev], draw.angles_deg[idx]))
         if bool(draw.apply_gamma.any()):
             x = apply_gamma(x, draw.gamma)
@@ -520,7 +533,7 @@ class ResidentSource:
 
     def iterate(self, batches: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
         for batch in batches:
-            yield self.data.index_select(0, torch.as_tensor(batch, device=self.device))
+            yield self.data.index_select(0, to_device(torch.as_tensor(batch), self.device))
 
     def close(self) -> None:
         self.data = torch.empty(0, dtype=torch.uint8)

@@ -65,6 +65,7 @@ from .data import (
     make_source,
     resident_fits,
     resolve_layout,
+    to_device,
     validate_knees,
 )
 from .losses import focal_loss
@@ -322,12 +323,12 @@ def predict_logits(
         for volumes in source.iterate(batches):
             with amp_context(source.device, precision):
                 logits = model(preparer.eval_inputs(volumes))
-            out.append(logits.float().cpu())
+            out.append(logits.float())  # kept on the device: one copy to the host at the end
     finally:
         model.train(was_training)
     if not out:
         return np.zeros((0, len(CLASSES)), dtype=np.float32)
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -641,7 +642,7 @@ def train_fold(
         t_wait = time.perf_counter()
         for step, volumes in enumerate(source.iterate([fd.train_items[b] for b in batches])):
             data_wait += time.perf_counter() - t_wait
-            y = fd.train_y[torch.as_tensor(batches[step], device=device)]
+            y = fd.train_y[to_device(torch.as_tensor(batches[step]), device)]
             inputs = preparer.train_inputs(volumes, generator)
             with amp_context(device, c.precision):
                 logits = train_model(inputs)

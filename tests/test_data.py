@@ -183,6 +183,20 @@ def test_train_inputs_are_reproducible_for_a_generator_seed() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_inputs_on_the_gpu_match_the_cpu() -> None:
+    # every augmentation applied, so the pinned host-to-device copies of indices, angles and
+    # gammas are all exercised
+    vols = torch.randint(0, 256, (4, 20, 20, 20), dtype=torch.uint8)
+    prep = D.BatchPreparer(_layout(), D.AugmentParams(rotate_p=1.0, gamma_p=1.0))
+    draw = prep.draw(4, torch.Generator().manual_seed(5))
+    cpu = prep.apply(vols, draw)["sag"]
+    gpu = prep.apply(vols.cuda(), draw)["sag"]
+    # bilinear weights differ in the last float bits between devices, and x ** (1/g) magnifies
+    # that near 0; a wrong index, angle or gamma would differ by O(1)
+    assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, atol=1e-2)
+
+
 def test_multiview_inputs_are_permutations_of_one_cropped_volume() -> None:
     layout = _layout(stored=(20, 24, 28), crop=(16, 20, 24), model="2dsh_trf")
     vols = torch.randint(0, 256, (2, 20, 24, 28), dtype=torch.uint8)
