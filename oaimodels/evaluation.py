@@ -209,10 +209,9 @@ def _evaluate_run(
     y = test["y"].to_numpy().astype(np.int64)
     metrics = score_predictions(y, probs, test["subject_id"].to_numpy(), n_resamples=n_resamples, seed=seed)
     y_bin = binary_target(y)
-    per_fold = []
-    for fold, logits in zip(folds, fold_logits):
-        s = progression_score(softmax(logits))
-        per_fold.append({"fold": fold, "ap": average_precision(y_bin, s), "roc_auc": roc_auc(y_bin, s)})
+    fold_scores = {fold: progression_score(softmax(logits)) for fold, logits in zip(folds, fold_logits)}
+    per_fold = [{"fold": fold, "ap": average_precision(y_bin, s), "roc_auc": roc_auc(y_bin, s)}
+                for fold, s in fold_scores.items()]
     spec = get_spec(config.model)
     paper = spec.paper_row(config.view if spec.view_choices else None)
     metrics.update(
@@ -237,8 +236,8 @@ def _evaluate_run(
         predictions[f"p_{c}"] = probs[:, i]
     predictions["score"] = progression_score(probs)
     predictions["predicted"] = [CLASSES[i] for i in probs.argmax(axis=1)]
-    for fold, logits in zip(folds, fold_logits):
-        predictions[f"score_fold{fold}"] = progression_score(softmax(logits))
+    for fold, s in fold_scores.items():
+        predictions[f"score_fold{fold}"] = s
     rf.write_csv(out / "predictions.csv", predictions)
     rf.write_json(out / "metrics.json", metrics)
     write_plots(out, y, probs, metrics, title=run_dir.name)
