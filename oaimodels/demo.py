@@ -74,7 +74,7 @@ class DemoResult:
         return data
 
 
-def _step(name: str, seconds: dict[str, float], progress: ProgressCallback, index: int, total: int) -> float:
+def _step(name: str, progress: ProgressCallback, index: int, total: int) -> float:
     progress("demo", index, total)
     log.info("demo: %s", name)
     return time.perf_counter()
@@ -96,18 +96,18 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
     seconds: dict[str, float] = {}
     steps = 7
 
-    t = _step("synth", seconds, report, 0, steps)
+    t = _step("synth", report, 0, steps)
     write_release(release, subjects=config.subjects, seed=config.seed, progress=report)
     write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
     seconds["synth"] = time.perf_counter() - t
 
     db = open_database(out / "oai.sqlite")
     try:
-        t = _step("ingest", seconds, report, 1, steps)
+        t = _step("ingest", report, 1, steps)
         ingest_release(db, release, progress=report)
         seconds["ingest"] = time.perf_counter() - t
 
-        t = _step("preprocess", seconds, report, 2, steps)
+        t = _step("preprocess", report, 2, steps)
         summary = run_preprocess(
             db, store, PreprocessParams.small(), views=("sag", "cor", "ax"),
             workers=config.workers, progress=report,
@@ -116,16 +116,16 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         if summary.failed:
             log.warning("demo: %d series failed to preprocess", summary.failed)
 
-        t = _step("label", seconds, report, 3, steps)
+        t = _step("label", report, 3, steps)
         derive_labels(db, DEMO_DEFINITION, store=store, progress=report)
         cohort = cohort_summary(db, DEMO_DEFINITION).to_dict()
         seconds["label"] = time.perf_counter() - t
 
-        t = _step("split", seconds, report, 4, steps)
+        t = _step("split", report, 4, steps)
         split = make_split(db, definition=DEMO_DEFINITION, test_sites=("D",), folds=5, seed=config.seed)
         seconds["split"] = time.perf_counter() - t
 
-        t = _step("train", seconds, report, 5, steps)
+        t = _step("train", report, 5, steps)
         train_config = TrainConfig(
             store=str(store),
             out=str(run_dir),
@@ -147,7 +147,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         train_run(train_config, db, progress=report, resume=resume)
         seconds["train"] = time.perf_counter() - t
 
-        t = _step("eval", seconds, report, 6, steps)
+        t = _step("eval", report, 6, steps)
         metrics = evaluate_runs(
             [run_dir], db, n_resamples=config.bootstrap, seed=0, threads=config.threads, progress=report
         )
