@@ -325,3 +325,19 @@ def test_label_split_query_on_each_backend(any_db: Database) -> None:
     assert keys(cohort.knees(V00WOMKPR=(2, 4), sex="f")) == {(S1, "R"), (S1, "L")}
     assert cohort.knees(site="A'; DROP TABLE knees; --").empty
     assert len(cohort.knees(include_excluded=True)) == len(EXPECTED)
+
+
+def test_trajectories_first_graded_skips_a_missing_first_reading(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "graded.sqlite")
+    with db.write() as s:
+        add_subject(s, S1, site="A", sex="F", age=55.0, bmi=25.0)
+        # at 24 months the first row in file order is a technical failure, the second a KL2
+        add_knee(s, S1, "R", {0: 1, 3: [(".T", 500), (2, 600)], 10: 2})
+    derive_labels(db)
+    cohort = Cohort(db)
+    first = cohort.trajectories(wide=True, include_excluded=True).iloc[0]
+    graded = cohort.trajectories(wide=True, include_excluded=True, duplicates="first_graded").iloc[0]
+    assert pd.isna(first["klg_24m"])
+    assert graded["klg_24m"] == 2
+    assert (first["klg_00m"], first["klg_96m"]) == (graded["klg_00m"], graded["klg_96m"]) == (1, 2)
+    db.dispose()
