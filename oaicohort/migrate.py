@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 import migrations
 from oaicohort.db import take_postgres_write_lock
@@ -34,31 +36,36 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextmanager
+def _writer_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose transactions hold the database's writer lock.
+
+    Two processes migrating at once serialise here (SQLite: BEGIN IMMEDIATE; PostgreSQL: the
+    writer lock), and the second then finds the work done.
+    """
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            if conn.dialect.name == "postgresql":
+                take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
+            yield conn
+        finally:
+            conn.info.pop("write", None)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database to ``revision``; a no-op (one cheap query) when already there."""
     if revision == "head" and current_revision(engine) == head_revision():
         return
     cfg = alembic_config(engine)
-    with engine.connect() as conn:
-        # a write transaction: two processes opening a new database serialise here (SQLite:
-        # BEGIN IMMEDIATE; PostgreSQL: the writer lock), and the second then finds it migrated
-        conn.info["write"] = True
-        try:
-            if conn.dialect.name == "postgresql":
-                take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-        finally:
-            conn.info.pop("write", None)
+    with _writer_connection(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
     log.info("database migrated to %s", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     cfg = alembic_config(engine)
-    with engine.connect() as conn:
-        conn.info["write"] = True
-        try:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
-        finally:
-            conn.info.pop("write", None)
+    with _writer_connection(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
