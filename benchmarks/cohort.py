@@ -44,7 +44,7 @@ def timed(what: str, func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
 def run_cli(db: Path, *args: str) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "cli.main", "--db", str(db), *args],
+        [sys.executable, "-m", "oaicli.main", "--db", str(db), *args],
         check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1],
     )
     return time.perf_counter() - start
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from oaicohort.db import open_database
-    from oaicohort.ingest import ingest_release
+    from oaicohort.ingest.run import ingest_release
     from oaicohort.synth.clinical import write_release
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="oai-bench-cohort-"))
@@ -73,9 +73,9 @@ def main() -> None:
     db = open_database(db_path)
     timed("ingest", ingest_release, db, release)
 
-    from oaicohort.labels import cohort_summary, derive_labels
-    from oaicohort.query import Cohort
-    from oaicohort.splits import make_split
+    from oaicohort.cohort.labels import cohort_summary, derive_labels
+    from oaicohort.cohort.query import Cohort
+    from oaicohort.cohort.splits import make_split
 
     print("timed (library, warm process):")
     _, t_import = timed("import scikit-learn (once per process)", __import__, "sklearn.model_selection")

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.oai_tables import CONTENTS, discover_release  # noqa: E402
+from oaicohort.release.tables import CONTENTS, discover_release  # noqa: E402
 
 MISSING = [".: Missing Form/Incomplete Workbook", ".A: Not Expected", ".", ""]
 
@@ -145,7 +145,7 @@ def _child_bare(root: Path) -> dict[str, float]:
 
 def _child_ingest(root: Path, db_path: Path) -> dict[str, float]:
     from oaicohort.db import open_database
-    from oaicohort.ingest import ingest_release
+    from oaicohort.ingest.run import ingest_release
 
     db = open_database(db_path)  # migrations outside the timing: they are a one-off
     t0, c0 = time.perf_counter(), time.process_time()

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from oaicohort.db import open_database  # noqa: E402
-from oaicohort.schema import ImageSeries, Subject  # noqa: E402
+from oaicohort.db.schema import ImageSeries, Subject  # noqa: E402
 from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, write_series  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def bare_read(folders: list[Path]) -> tuple[float, float]:
 
 
 def run_cli(db_path: Path, store: Path, workers: int, views: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "cli.main", "--db", str(db_path), "preprocess", "--store", str(store),
+    cmd = [sys.executable, "-m", "oaicli.main", "--db", str(db_path), "preprocess", "--store", str(store),
            "--workers", str(workers), "--view", views, "--json"]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zarr  # noqa: E402
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec  # noqa: E402
 
-from oaicohort.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
+from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
 from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume  # noqa: E402
-from oaicohort.volume_store import VolumeStore  # noqa: E402
+from oaicohort.imaging.store import VolumeStore  # noqa: E402
 
 
 class _Series:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom  # noqa: E402
 
-from oaicohort.dicom_series import read_series  # noqa: E402
+from oaicohort.imaging.dicom_series import read_series  # noqa: E402
 from oaicohort.synth.images import (  # noqa: E402
     IMAGE_SIZES,
     SeriesMeta,

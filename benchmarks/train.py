@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
+from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
 from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume  # noqa: E402
-from oaicohort.volume_store import VolumeStore, knee_key  # noqa: E402
+from oaicohort.imaging.store import VolumeStore, knee_key  # noqa: E402
 from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout  # noqa: E402
 from oaimodels.losses import focal_loss  # noqa: E402
 from oaimodels.networks import get_spec, to_channels_last  # noqa: E402

@@ -10,8 +10,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cli.common import err_console, handles_errors, out_console, state
-from oaicohort.label_definitions import DEFAULT_DEFINITION
+from oaicli.common import err_console, handles_errors, out_console, state
+from oaicohort.cohort.definitions import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,7 +162,7 @@ def cohort_command(
             raise typer.BadParameter(f"variable {name} given twice", param_hint="--var")
         variables[name] = value
 
-    from oaicohort.query import Cohort  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
     cohort = Cohort(state(ctx).open_db())
     options: dict[str, Any] = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import emit_json, handles_errors, out_console, state
+from oaicli.common import emit_json, handles_errors, out_console, state
 from oaicohort.db import open_database, resolve_url, table_names
-from oaicohort.migrate import current_revision, head_revision, upgrade
+from oaicohort.db.migrate import current_revision, head_revision, upgrade
 
 db_app = typer.Typer(help="Manage the cohort database schema (migrations run automatically on open).")
 
@@ -50,7 +50,7 @@ def runs_command(
     """List the latest ingest runs; one left running by a killed process shows as interrupted."""
     from rich.table import Table
 
-    from oaicohort.ingest import list_runs
+    from oaicohort.ingest.run import list_runs
 
     db = state(ctx).open_db()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 
 
 def _parse_folds(text: str) -> list[int]:
@@ -32,8 +32,8 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
 ) -> None:
     """Synthesise -> ingest -> preprocess -> label -> split -> train -> evaluate, then report."""
-    from cli.label import cohort_table
-    from oaicohort.labels import cohort_summary
+    from oaicli.label import cohort_table
+    from oaicohort.cohort.labels import cohort_summary
     from oaicohort.db import open_database
     from oaimodels.demo import DemoConfig, run_demo
 

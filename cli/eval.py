@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 
 
 def _pm(m: dict[str, Any], key: str) -> str:

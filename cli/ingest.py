@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
 
 if TYPE_CHECKING:
-    from oaicohort.ingest import IngestResult
+    from oaicohort.ingest.run import IngestResult
 
 
 @handles_errors
@@ -35,7 +35,7 @@ def ingest_command(
     with the file, line and column, and leaves the database as it was.
     """
     # imported here: pandas would slow down `oai --help`
-    from oaicohort.ingest import ingest_release, parse_variables, read_variables_file
+    from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
 
     names = parse_variables(variables or "")
     if variables_file is not None:

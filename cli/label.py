@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, handles_errors, out_console, rich_progress, state
-from oaicohort.label_definitions import DEFAULT_DEFINITION, PRESET_DESCRIPTIONS
+from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicohort.cohort.definitions import DEFAULT_DEFINITION, PRESET_DESCRIPTIONS
 
 if TYPE_CHECKING:
-    from oaicohort.labels import CohortSummary
+    from oaicohort.cohort.labels import CohortSummary
 
 
 def _mean_sd(mean: float | None, sd: float | None) -> str:
@@ -63,7 +63,7 @@ def label_command(
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
 ) -> None:
     """Derive knee progression labels (none / fast / slow) and print the cohort table."""
-    from oaicohort.labels import cohort_summary, derive_labels  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.labels import cohort_summary, derive_labels  # pandas: keep `oai --help` fast
 
     db = state(ctx).open_db()
     with rich_progress(not json_out) as progress:

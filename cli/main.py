@@ -6,19 +6,19 @@ from typing import Optional
 
 import typer
 
-from cli.cohort import cohort_command
-from cli.common import CliState, configure_logging
-from cli.db import db_app
-from cli.demo import demo_command
-from cli.eval import eval_command
-from cli.ingest import ingest_command
-from cli.label import label_command
-from cli.models import models_command
-from cli.preprocess import preprocess_command
-from cli.split import split_command
-from cli.store import store_app
-from cli.synth import synth_command
-from cli.train import train_command
+from oaicli.cohort import cohort_command
+from oaicli.common import CliState, configure_logging
+from oaicli.db import db_app
+from oaicli.demo import demo_command
+from oaicli.eval import eval_command
+from oaicli.ingest import ingest_command
+from oaicli.label import label_command
+from oaicli.models import models_command
+from oaicli.preprocess import preprocess_command
+from oaicli.split import split_command
+from oaicli.store import store_app
+from oaicli.synth import synth_command
+from oaicli.train import train_command
 from oaicohort.files import tighten_umask
 
 app = typer.Typer(

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING
 
-from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 
 if TYPE_CHECKING:  # torch is imported only when the command runs, so `oai --help` stays fast
     from oaimodels.networks.complexity import EfficiencyRow

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 
 VIEW_CHOICES = ("sag", "cor", "ax", "all")
 
@@ -31,8 +31,8 @@ def preprocess_command(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Preprocess the indexed SAG_3D_DESS series of a visit into a volume store (resumable)."""
-    from oaicohort.preprocess_run import run_preprocess
-    from oaicohort.preprocessing import PreprocessParams
+    from oaicohort.imaging.preprocess_run import run_preprocess
+    from oaicohort.imaging.preprocessing import PreprocessParams
 
     if view not in VIEW_CHOICES:
         raise typer.BadParameter(f"{view!r}; choose from {', '.join(VIEW_CHOICES)}", param_hint="--view")

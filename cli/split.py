@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, handles_errors, out_console, state
-from oaicohort.label_definitions import CLASSES, DEFAULT_DEFINITION
+from oaicli.common import emit_json, handles_errors, out_console, state
+from oaicohort.cohort.definitions import CLASSES, DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
-    from oaicohort.splits import SplitResult
+    from oaicohort.cohort.splits import SplitResult
 
 
 def split_table(result: SplitResult) -> Table:
@@ -46,7 +46,7 @@ def split_command(
     json_out: bool = typer.Option(False, "--json", help="Print the split as JSON."),
 ) -> None:
     """Make (or find) the subject-wise split of the labelled cohort and print per-fold counts."""
-    from oaicohort.splits import make_split  # pandas, scikit-learn: keep `oai --help` fast
+    from oaicohort.cohort.splits import make_split  # pandas, scikit-learn: keep `oai --help` fast
 
     db = state(ctx).open_db()
     result = make_split(db, definition=definition, test_sites=test_site, folds=folds, seed=seed)

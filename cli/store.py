@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
 
 store_app = typer.Typer(help="Inspect and verify preprocessed volume stores.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def info_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameters, hash, views, shapes, counts, size on disk and compression ratio."""
-    from oaicohort.volume_store import VolumeStore
+    from oaicohort.imaging.store import VolumeStore
 
     info = VolumeStore.open(path).info()
     if json_out:
@@ -53,7 +53,7 @@ def verify_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recompute every indexed volume's checksum against the database (--db); exit 1 on mismatch."""
-    from oaicohort.volume_store import verify_store
+    from oaicohort.imaging.store import verify_store
 
     db = state(ctx).open_db()
     try:

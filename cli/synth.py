@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from cli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 from oaicohort.errors import OAIError
 from oaicohort.synth import OAI_SIZE, write_release
 

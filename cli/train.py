@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from cli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
 
 
 def parse_folds(text: str) -> list[int] | None:

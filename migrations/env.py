@@ -1,11 +1,11 @@
-"""Alembic environment: runs on the connection handed over by ``oaicohort.migrate``."""
+"""Alembic environment: runs on the connection handed over by ``oaicohort.db.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from oaicohort.schema import Base
+from oaicohort.db.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

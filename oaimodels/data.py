@@ -11,7 +11,7 @@ Pipeline of one batch (REFERENCE.md sections 3 and 5)::
       -> (x - 0.257) / 0.235
       -> model input dict                      {view: (B, 1, d, h, w)}
 
-The store keeps volumes already downsampled x2 (``oaicohort.preprocessing``), so a crop at any
+The store keeps volumes already downsampled x2 (``oaicohort.imaging.preprocessing``), so a crop at any
 offset of a stored volume is the reference's crop at even full-resolution offsets followed by
 its trilinear x0.5 downsample. Multi-view models get sagittal, coronal and axial stacks sliced
 from the same cropped sagittal volume (as the reference does, ``views_from_volume``); single-view
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.volume_store import VolumeStore
+from oaicohort.imaging.store import VolumeStore
 
 from .metrics import class_indices
 from .networks import get_spec
@@ -661,12 +661,12 @@ def knee_table(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Labelled, split knees with their store position for ``view``, and what was left out.
 
-    Joins ``oaicohort.query.Cohort(db).knees(definition=..., split=...)`` (included knees) with
-    ``oaicohort.volume_store.indexed_volumes`` (status ok at ``visit``). Knees without a usable
+    Joins ``oaicohort.cohort.query.Cohort(db).knees(definition=..., split=...)`` (included knees) with
+    ``oaicohort.imaging.store.indexed_volumes`` (status ok at ``visit``). Knees without a usable
     volume are dropped and counted in the returned info.
     """
-    from oaicohort.query import Cohort  # imported here: only this entry point needs the database
-    from oaicohort.volume_store import indexed_volumes
+    from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
+    from oaicohort.imaging.store import indexed_volumes
 
     cohort = Cohort(db).knees(definition=definition, split="latest" if split is None else split)
     attrs = dict(cohort.attrs)

@@ -23,12 +23,12 @@ from typing import Any
 
 from oaicohort.db import open_database
 from oaicohort.errors import OAIError
-from oaicohort.ingest import ingest_release
-from oaicohort.labels import cohort_summary, derive_labels
-from oaicohort.preprocess_run import run_preprocess
-from oaicohort.preprocessing import PreprocessParams
+from oaicohort.ingest.run import ingest_release
+from oaicohort.cohort.labels import cohort_summary, derive_labels
+from oaicohort.imaging.preprocess_run import run_preprocess
+from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.splits import make_split
+from oaicohort.cohort.splits import make_split
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
 

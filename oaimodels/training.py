@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
-from oaicohort.volume_store import VolumeStore
+from oaicohort.imaging.store import VolumeStore
 
 from . import run_folder as rf
 from .data import (

@@ -30,7 +30,7 @@ _VOLATILE = {"id", "knee_id", "split_id", "definition_id", "series_id", "created
 
 
 def oai_command(db_url: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "--db", db_url, *args]
+    return [sys.executable, "-m", "oaicli.main", "--db", db_url, *args]
 
 
 def spawn_oai(db_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from oaicohort.preprocessing import PreprocessParams
-from oaicohort.volume_store import VolumeStore, knee_key
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.store import VolumeStore, knee_key
 from oaimodels.networks import registry
 
 if TYPE_CHECKING:
@@ -159,11 +159,11 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
     Rows go in directly through the schema models (the label and split algorithms have their own
     tests); returns the split id.
     """
-    from oaicohort.labels import labels_fingerprint
-    from oaicohort.schema import (
+    from oaicohort.cohort.labels import labels_fingerprint
+    from oaicohort.db.schema import (
         Knee, KneeLabel, LabelDefinition, Split, SplitAssignment, Subject, Volume,
     )  # fmt: skip
-    from oaicohort.volume_store import resolve_store_path
+    from oaicohort.imaging.store import resolve_store_path
 
     labels = knees.assign(exclusion=None)
     with db.write() as session:

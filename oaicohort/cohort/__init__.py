@@ -1,0 +1,1 @@
+"""Cohort logic over the database: label definitions, labels, splits and queries."""

@@ -1,0 +1,79 @@
+"""Alembic migrations applied programmatically (on open, or by ``oai db upgrade``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from oaicohort.db.locks import take_postgres_write_lock
+
+log = logging.getLogger(__name__)
+
+
+def migrations_folder() -> Path:
+    """The Alembic script folder, installed as ``oaicohort.db.migrations`` (the repository's ``migrations/``)."""
+    spec = importlib.util.find_spec("oaicohort.db.migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("oaicohort.db.migrations is not installed: reinstall the toolkit (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_folder()))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def _writer_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose transactions hold the database's writer lock.
+
+    Two processes migrating at once serialise here (SQLite: BEGIN IMMEDIATE; PostgreSQL: the
+    writer lock), and the second then finds the work done.
+    """
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            if conn.dialect.name == "postgresql":
+                take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
+            yield conn
+        finally:
+            conn.info.pop("write", None)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision``; a no-op (one cheap query) when already there."""
+    if revision == "head" and current_revision(engine) == head_revision():
+        return
+    cfg = alembic_config(engine)
+    with _writer_connection(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    log.info("database migrated to %s", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    cfg = alembic_config(engine)
+    with _writer_connection(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)

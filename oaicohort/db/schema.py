@@ -1,0 +1,344 @@
+"""Typed SQLAlchemy 2.0 models of the cohort database.
+
+The schema is owned by Alembic (``migrations/versions``); these classes describe it for the
+Python API. Visits are stored as the OAI visit code (``vv`` of ``V{vv}``: 0, 1, 3, ... 10) and as
+months, because users think in months but OAI files are keyed by code.
+Knee sides are ``"R"``/``"L"``; sexes ``"M"``/``"F"``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit constraint names let Alembic's batch mode alter tables on SQLite.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+class IngestRun(Base):
+    """One execution of ``oai ingest``: what was read, when, and whether it completed."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_root: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # running | succeeded | failed | interrupted | unchanged
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    toolkit_version: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the process that runs (ran) it, to tell a killed ingest from a running one (oaicohort.db.writers)
+    writer_host: Mapped[str | None] = mapped_column(String(255))
+    writer_pid: Mapped[int | None] = mapped_column(Integer)
+    writer_start: Mapped[str | None] = mapped_column(String(64))
+
+    files: Mapped[list["IngestFile"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan"
+    )
+
+
+class IngestFile(Base):
+    """A source file read by an ingest run, with its checksum and row count."""
+
+    __tablename__ = "ingest_files"
+    __table_args__ = (UniqueConstraint("run_id", "relative_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ingest_runs.id", ondelete="CASCADE"), index=True)
+    relative_path: Mapped[str] = mapped_column(Text)
+    # enrollees | allclinical | subjectchar | outcomes | kxr_sq_bu | contents | ...
+    table_kind: Mapped[str] = mapped_column(String(32))
+    visit: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    n_rows: Mapped[int] = mapped_column(Integer)
+
+    run: Mapped[IngestRun] = relationship(back_populates="files")
+
+
+# --------------------------------------------------------------------------- subjects and knees
+
+
+class Subject(Base):
+    """An OAI participant (``ID``), with the enrolment facts used for cohorts and splits."""
+
+    __tablename__ = "subjects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    site: Mapped[str | None] = mapped_column(String(1), index=True)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    race: Mapped[int | None] = mapped_column(Integer)
+    cohort: Mapped[int | None] = mapped_column(Integer)
+
+    knees: Mapped[list["Knee"]] = relationship(back_populates="subject")
+    visits: Mapped[list["SubjectVisit"]] = relationship(back_populates="subject")
+
+
+class SubjectVisit(Base):
+    """Typed per-visit clinical values of a subject (the variables the toolkit itself needs).
+
+    Screening values (``P01``/``P02`` prefixes) are stored on the baseline visit (code 0).
+    """
+
+    __tablename__ = "subject_visits"
+    __table_args__ = (UniqueConstraint("subject_id", "visit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    visit: Mapped[int] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer)
+    age: Mapped[float | None] = mapped_column(Float)
+    bmi: Mapped[float | None] = mapped_column(Float)
+    visit_date: Mapped[dt.date | None] = mapped_column(Date)
+
+    subject: Mapped[Subject] = relationship(back_populates="visits")
+
+
+class ClinicalValue(Base):
+    """A further OAI variable a user asked for by name (``--variables``), one row per subject.
+
+    Kept narrow on purpose: only requested variables are stored, never every cell of every file.
+    ``value_num`` holds the leading numeric code or number; ``missing_code`` the OAI missing code
+    (``.``, ``.A``, ``.P`` ...) when the cell was missing.
+    """
+
+    __tablename__ = "clinical_values"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "variable"),
+        Index("ix_clinical_values_variable_num", "variable", "value_num"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    variable: Mapped[str] = mapped_column(String(64))
+    value_text: Mapped[str | None] = mapped_column(Text)
+    value_num: Mapped[float | None] = mapped_column(Float)
+    missing_code: Mapped[str | None] = mapped_column(String(8))
+    source_file: Mapped[str] = mapped_column(Text)
+
+
+class Knee(Base):
+    """One knee of a subject; the unit that labels, splits and volumes refer to."""
+
+    __tablename__ = "knees"
+    __table_args__ = (UniqueConstraint("subject_id", "side"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    side: Mapped[str] = mapped_column(String(1))
+
+    subject: Mapped[Subject] = relationship(back_populates="knees")
+    readings: Mapped[list["XrayReading"]] = relationship(back_populates="knee")
+
+
+class XrayReading(Base):
+    """A central semi-quantitative X-ray reading (``kXR_SQ_BU{vv}``) of a knee at a visit.
+
+    Several reading projects (``READPRJ``) can read the same knee; ``source_row`` keeps the file
+    order so that "first row wins" definitions stay reproducible.
+    """
+
+    __tablename__ = "xray_readings"
+    __table_args__ = (
+        UniqueConstraint("knee_id", "visit", "read_project", "source_row"),
+        Index("ix_xray_readings_visit_knee", "visit", "knee_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"))
+    visit: Mapped[int] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer)
+    read_project: Mapped[int | None] = mapped_column(Integer)
+    klg: Mapped[int | None] = mapped_column(Integer)
+    klg_missing_code: Mapped[str | None] = mapped_column(String(8))
+    jsn_medial: Mapped[float | None] = mapped_column(Float)
+    jsn_lateral: Mapped[float | None] = mapped_column(Float)
+    osteophyte_fm: Mapped[float | None] = mapped_column(Float)
+    osteophyte_fl: Mapped[float | None] = mapped_column(Float)
+    osteophyte_tm: Mapped[float | None] = mapped_column(Float)
+    osteophyte_tl: Mapped[float | None] = mapped_column(Float)
+    source_file: Mapped[str] = mapped_column(Text)
+    source_row: Mapped[int] = mapped_column(Integer)
+
+    knee: Mapped[Knee] = relationship(back_populates="readings")
+
+
+class KneeReplacement(Base):
+    """Knee-replacement outcome of a knee from ``Outcomes99`` (``V99E{R,L}K*``)."""
+
+    __tablename__ = "knee_replacements"
+
+    knee_id: Mapped[int] = mapped_column(
+        ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True
+    )
+    # 0 no replacement seen on any follow-up X-ray, 1 replacement seen, 2 no follow-up X-rays
+    status: Mapped[int | None] = mapped_column(Integer)
+    at_baseline: Mapped[bool | None] = mapped_column(Boolean)
+    days_from_enrolment: Mapped[int | None] = mapped_column(Integer)
+    visit_before: Mapped[int | None] = mapped_column(Integer)
+    visit_after: Mapped[int | None] = mapped_column(Integer)
+    xray_visit_before: Mapped[int | None] = mapped_column(Integer)
+    xray_visit_after: Mapped[int | None] = mapped_column(Integer)
+    adjudication: Mapped[int | None] = mapped_column(Integer)
+    total_or_partial: Mapped[int | None] = mapped_column(Integer)
+
+
+class ImageSeries(Base):
+    """A series listed in an image package's ``contents.csv``.
+
+    ``visit_dir`` is the absolute path of the visit folder (``.../00m``) at ingest time; the
+    series files are in ``visit_dir / folder``. Rescans keep the last listed row.
+    """
+
+    __tablename__ = "image_series"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "visit", "side", "sequence"),
+        Index("ix_image_series_sequence_visit", "sequence", "visit"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    visit: Mapped[int] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer)
+    # "R" / "L" for knee series, "" for series without a knee side (thigh, locator)
+    side: Mapped[str] = mapped_column(String(1))
+    sequence: Mapped[str] = mapped_column(String(64))
+    series_description: Mapped[str] = mapped_column(String(128))
+    study_description: Mapped[str | None] = mapped_column(String(128))
+    folder: Mapped[str] = mapped_column(Text)
+    visit_dir: Mapped[str] = mapped_column(Text)
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    barcode: Mapped[str | None] = mapped_column(String(32))
+    source_file: Mapped[str] = mapped_column(Text)
+    source_row: Mapped[int] = mapped_column(Integer)
+
+
+# --------------------------------------------------------------------------- labels and splits
+
+
+class LabelDefinition(Base):
+    """A versioned, parameterised progression-label definition (e.g. ``panfilov2022``)."""
+
+    __tablename__ = "label_definitions"
+    __table_args__ = (UniqueConstraint("name", "params_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # the ingest run whose data the stored labels were derived from
+    ingest_run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+
+
+class KneeLabel(Base):
+    """The label of one knee under one definition, or the reason it is excluded."""
+
+    __tablename__ = "knee_labels"
+    __table_args__ = (UniqueConstraint("definition_id", "knee_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int] = mapped_column(
+        ForeignKey("label_definitions.id", ondelete="CASCADE"), index=True
+    )
+    knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"))
+    kl_baseline: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(8))  # none | slow | fast
+    exclusion: Mapped[str | None] = mapped_column(String(32))
+    progression_month: Mapped[int | None] = mapped_column(Integer)
+    kl_increase: Mapped[int | None] = mapped_column(Integer)
+
+
+class Split(Base):
+    """A subject-wise split of one label definition: held-out site(s) plus grouped k folds."""
+
+    __tablename__ = "splits"
+    __table_args__ = (UniqueConstraint("definition_id", "params_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int] = mapped_column(
+        ForeignKey("label_definitions.id", ondelete="CASCADE")
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SplitAssignment(Base):
+    """Where one knee goes in a split: ``test``, or ``train`` with its cross-validation fold."""
+
+    __tablename__ = "split_assignments"
+
+    split_id: Mapped[int] = mapped_column(
+        ForeignKey("splits.id", ondelete="CASCADE"), primary_key=True
+    )
+    knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))  # train | test
+    fold: Mapped[int | None] = mapped_column(Integer)
+
+
+# --------------------------------------------------------------------------- imaging
+
+
+class Volume(Base):
+    """A preprocessed volume in a Zarr store, indexed only once completely written (or failed)."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (
+        UniqueConstraint("store_path", "params_hash", "knee_id", "visit", "view"),
+        Index("ix_volumes_store_view", "store_path", "view"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("image_series.id", ondelete="SET NULL"))
+    visit: Mapped[int] = mapped_column(Integer)
+    view: Mapped[str] = mapped_column(String(8))  # sag | cor | ax
+    store_path: Mapped[str] = mapped_column(Text)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    array_path: Mapped[str | None] = mapped_column(Text)  # path of the array inside the store
+    position: Mapped[int | None] = mapped_column(Integer)  # index along the array's first axis
+    shape: Mapped[list[Any] | None] = mapped_column(JSON)
+    spacing_mm: Mapped[list[Any] | None] = mapped_column(JSON)
+    checksum: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(8))  # ok | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # padding/cropping facts
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

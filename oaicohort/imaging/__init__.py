@@ -1,0 +1,1 @@
+"""DICOM series -> preprocessed volumes -> Zarr store (+ database index)."""

@@ -1,0 +1,1 @@
+"""OAI release -> cohort database: one transactional, provenance-recording ingest run."""
