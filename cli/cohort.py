@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 
 from oaicli.common import err_console, handles_errors, out_console, state
-from oaicohort.cohort.definitions import DEFAULT_DEFINITION
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     import pandas as pd

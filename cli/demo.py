@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 
 def _parse_folds(text: str) -> list[int]:
@@ -48,7 +49,7 @@ def demo_command(
         return
     db = open_database(result.out / "oai.sqlite")
     try:
-        out_console.print(cohort_table(cohort_summary(db, "panfilov2022")))
+        out_console.print(cohort_table(cohort_summary(db, DEFAULT_DEFINITION)))
     finally:
         db.dispose()
     m = result.metrics

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
-from oaicohort.cohort.definitions import DEFAULT_DEFINITION, PRESET_DESCRIPTIONS
+from oaicohort.cohort.definitions import PRESET_DESCRIPTIONS
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     from oaicohort.cohort.labels import CohortSummary

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+from oaicohort.vocabulary import MRI_VIEWS
 
 VIEW_CHOICES = ("sag", "cor", "ax", "all")
 
@@ -36,7 +37,7 @@ def preprocess_command(
 
     if view not in VIEW_CHOICES:
         raise typer.BadParameter(f"{view!r}; choose from {', '.join(VIEW_CHOICES)}", param_hint="--view")
-    views = ("sag", "cor", "ax") if view == "all" else (view,)
+    views = MRI_VIEWS if view == "all" else (view,)
     try:
         params = PreprocessParams.preset_named(preset) if preset else None
     except ValueError as exc:

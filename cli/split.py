@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from oaicli.common import emit_json, handles_errors, out_console, state
-from oaicohort.cohort.definitions import CLASSES, DEFAULT_DEFINITION
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     from oaicohort.cohort.splits import SplitResult

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 
 def parse_folds(text: str) -> list[int] | None:
@@ -57,7 +58,7 @@ def train_command(
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: int = typer.Option(0, "--seed"),
     split: Optional[int] = typer.Option(None, "--split", help="Split id (default: the newest of the definition)."),
-    definition: str = typer.Option("panfilov2022", "--definition", help="Label definition name."),
+    definition: str = typer.Option(DEFAULT_DEFINITION, "--definition", help="Label definition name."),
     loader: str = typer.Option("auto", "--loader", help="resident (whole store in device memory), workers, or auto."),
     workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", min=0, help="DataLoader processes (loader workers)."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", min=2, help="At most N training knees per fold (quick runs)."),
@@ -71,7 +72,7 @@ def train_command(
     from oaimodels.run_folder import fold_dirs, read_json, SUMMARY
     from oaimodels.training import TrainConfig, train_all, train_run
 
-    if view is not None and view not in ("sag", "cor", "ax"):
+    if view is not None and view not in MRI_VIEWS:
         raise typer.BadParameter(f"{view!r}; choose from sag, cor, ax", param_hint="--view")
     config = TrainConfig(
         store=str(store), out=str(out), model="2d_trf" if model == "all" else model, view=view,

@@ -52,6 +52,7 @@ from oaicohort.imaging.store import VolumeStore
 from .metrics import class_indices
 from .networks import get_spec
 from .networks.multiview import view_shapes_from_volume, views_from_volume
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def resolve_layout(
     """
     spec = get_spec(model)
     views = model_views(model, view)
-    if any(v not in ("sag", "cor", "ax") for v in views):
+    if any(v not in MRI_VIEWS for v in views):
         raise DataError(f"{model} does not read MRI volumes (views {list(views)})")
     source = "sag" if len(views) > 1 else views[0]
     stored = tuple(int(n) for n in store.volume_shape(source))
@@ -655,7 +656,7 @@ def knee_table(
     store_path: str,
     view: str,
     *,
-    definition: str = "panfilov2022",
+    definition: str = DEFAULT_DEFINITION,
     split: int | None = None,
     visit: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:

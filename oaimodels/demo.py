@@ -31,10 +31,11 @@ from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.cohort.splits import make_split
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 log = logging.getLogger(__name__)
 
-DEMO_DEFINITION = "panfilov2022"
+DEMO_DEFINITION = DEFAULT_DEFINITION
 
 
 @dataclass
@@ -109,7 +110,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
 
         t = _step("preprocess", report, 2, steps)
         summary = run_preprocess(
-            db, store, PreprocessParams.small(), views=("sag", "cor", "ax"),
+            db, store, PreprocessParams.small(), views=MRI_VIEWS,
             workers=config.workers, progress=report,
         )
         seconds["preprocess"] = time.perf_counter() - t

@@ -39,7 +39,7 @@ from oaicohort.progress import ProgressCallback
 
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
-from .metrics import CLASSES, binary_target, progression_score, score_predictions, average_precision, roc_auc
+from .metrics import binary_target, progression_score, score_predictions, average_precision, roc_auc
 from .networks import get_spec, to_channels_last
 from .training import (
     TrainConfig,
@@ -48,6 +48,7 @@ from .training import (
     resolve_device,
     softmax,
 )
+from oaicohort.vocabulary import CLASSES
 
 log = logging.getLogger(__name__)
 

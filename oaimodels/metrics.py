@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+from oaicohort.vocabulary import CLASSES
 
-CLASSES: tuple[str, ...] = ("none", "fast", "slow")
 """Class order of probabilities and labels (the same as ``oaimodels.networks.CLASSES``)."""
 N_CLASSES = len(CLASSES)
 DEFAULT_RESAMPLES = 1000

@@ -69,8 +69,9 @@ from .data import (
     validate_knees,
 )
 from .losses import focal_loss
-from .metrics import CLASSES, average_precision, binary_target, progression_score, roc_auc
+from .metrics import average_precision, binary_target, progression_score, roc_auc
 from .networks import get_model, get_spec, list_models, to_channels_last
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool | None = None  # None: on CUDA
     seed: int = 0
-    definition: str = "panfilov2022"
+    definition: str = DEFAULT_DEFINITION
     split: int | None = None  # None: the newest split of the definition
     visit: int = 0
     loader: str = "auto"  # auto | resident | workers

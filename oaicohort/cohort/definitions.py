@@ -48,12 +48,12 @@ from typing import Any, Literal, get_args
 
 from oaicohort.errors import OAIError
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
 NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
 DuplicatePolicy = Literal["first", "first_graded"]
 
-CLASSES: tuple[str, ...] = ("none", "fast", "slow")
 
 # Exclusions decided by the label algorithm itself, in the order they are checked.
 # (A baseline KLG outside ``baseline_klg_allowed`` gives ``baseline_klg_<k>``, e.g. baseline_klg_4.)
@@ -69,7 +69,6 @@ IMAGE_FAILED = "image_failed"
 IMAGE_MISSING = "image_missing"
 COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
 
-DEFAULT_DEFINITION = "panfilov2022"
 
 
 class LabelDefinitionError(OAIError):
@@ -203,7 +202,7 @@ def _check_choice(where: str, name: str, value: object, literal: Any) -> None:
 
 
 PRESETS: dict[str, LabelDefinitionParams] = {
-    "panfilov2022": LabelDefinitionParams(name="panfilov2022"),
+    DEFAULT_DEFINITION: LabelDefinitionParams(name=DEFAULT_DEFINITION),
     "oai_tkr2024": LabelDefinitionParams(
         name="oai_tkr2024",
         followup_visits=(1, 3, 5, 6, 8, 10),
@@ -214,7 +213,7 @@ PRESETS: dict[str, LabelDefinitionParams] = {
 }
 
 PRESET_DESCRIPTIONS: dict[str, str] = {
-    "panfilov2022": "the reference algorithm of Panfilov et al. 2022, quirks included",
+    DEFAULT_DEFINITION: "the reference algorithm of Panfilov et al. 2022, quirks included",
     "oai_tkr2024": "48 months examined; knee replacement from Outcomes99 or .P only; "
     "non-progressors graded at 96 months",
 }

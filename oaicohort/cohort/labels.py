@@ -27,23 +27,7 @@ from sqlalchemy.orm import Session
 
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError
-from oaicohort.cohort.definitions import (
-    BASELINE_KLG_MISSING,
-    BMI_MISSING,
-    CLASSES,
-    DEFAULT_DEFINITION,
-    IMAGE_FAILED,
-    IMAGE_MISSING,
-    LOST_TO_FOLLOW_UP,
-    NO_BASELINE_DESS,
-    NO_BASELINE_READING,
-    REPLACED_AT_BASELINE,
-    PRESETS,
-    LabelDefinitionError,
-    LabelDefinitionParams,
-    preset,
-    resolve_definition,
-)
+from oaicohort.cohort.definitions import BASELINE_KLG_MISSING, BMI_MISSING, IMAGE_FAILED, IMAGE_MISSING, LOST_TO_FOLLOW_UP, NO_BASELINE_DESS, NO_BASELINE_READING, REPLACED_AT_BASELINE, PRESETS, LabelDefinitionError, LabelDefinitionParams, preset, resolve_definition
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.db.schema import (
     ImageSeries,
@@ -59,6 +43,7 @@ from oaicohort.db.schema import (
     utcnow,
 )
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 

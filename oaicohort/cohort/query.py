@@ -32,7 +32,7 @@ from sqlalchemy.orm import aliased
 
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.cohort.definitions import CLASSES, DEFAULT_DEFINITION, LabelDefinitionParams
+from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.labels import (
     first_readings,
     labels_fingerprint,
@@ -51,8 +51,9 @@ from oaicohort.db.schema import (
     SubjectVisit,
     XrayReading,
 )
-from oaicohort.cohort.splits import ROLES, latest_split
+from oaicohort.cohort.splits import latest_split
 from oaicohort.visits import VISIT_MONTHS
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,14 @@ from sqlalchemy.orm import Session
 
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.cohort.definitions import CLASSES, DEFAULT_DEFINITION, LabelDefinitionParams
+from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
 from oaicohort.db.schema import Knee, Split, SplitAssignment, Subject
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
 
 log = logging.getLogger(__name__)
 
 METHOD = "sklearn.model_selection.StratifiedGroupKFold"
-ROLES = ("train", "test")
 
 
 class SplitError(OAIError):

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from oaicohort.db.locks import POSTGRES_WRITE_LOCK_KEY, concurrent_write_error, lock_timeout_s, take_postgres_write_lock
+from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,11 @@ from sqlalchemy import delete, func, select
 from oaicohort.db import Database
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
-from oaicohort.imaging.preprocessing import VIEWS, PreprocessParams, SeriesLike, preprocess_series
+from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
+from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
             check_within(task.folder, task.root)
         series = (reader or default_reader)(task.folder)
         side = getattr(series, "side", None)
-        if side in ("R", "L") and side != task.side:
+        if side in SIDES and side != task.side:
             raise InputFileError(
                 task.folder, f"series says knee side {side} but the index says {task.side}"
             )
@@ -190,7 +191,7 @@ def select_tasks(
             select(ImageSeries)
             .where(
                 ImageSeries.visit == visit,
-                ImageSeries.side.in_(("R", "L")),
+                ImageSeries.side.in_(SIDES),
                 ImageSeries.sequence == params.sequence,
             )
             .order_by(ImageSeries.subject_id, ImageSeries.side)
@@ -413,9 +414,9 @@ def run_preprocess(
     ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
     """
     start = time.perf_counter()
-    unknown = [v for v in views if v not in VIEWS]
+    unknown = [v for v in views if v not in MRI_VIEWS]
     if unknown or not views:
-        raise ValueError(f"unknown views {unknown}; choose from {VIEWS}")
+        raise ValueError(f"unknown views {unknown}; choose from {MRI_VIEWS}")
     path = resolve_store_path(store_path)
     created = not path.exists() or not any(path.iterdir())
     if params is None:

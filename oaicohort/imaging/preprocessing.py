@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
+from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
-VIEWS: tuple[str, ...] = ("sag", "cor", "ax")
 IntensityMode = Literal["reference", "rescale"]
 
 
@@ -99,7 +99,7 @@ class PreprocessParams:
             raise ValueError("rows and cols must be divisible by the through-plane block")
         if any(n % inplane for n in self.inplane_size) or self.n_slices % lr:
             raise ValueError("region not divisible by the re-projection blocks")
-        for view in VIEWS:
+        for view in MRI_VIEWS:
             stored, crop = self.stored_shape(view), self.crop_shape(view)
             if any(c > s for c, s in zip(crop, stored)):
                 raise ValueError(f"{view} crop {crop} larger than the stored shape {stored}")
@@ -170,7 +170,7 @@ class PreprocessParams:
             return (c // through, r // inplane, s // lr)
         if view == "ax":
             return (r // through, c // inplane, s // lr)
-        raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+        raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
 
     def crop_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of the training crop taken at any offset of the stored volume."""
@@ -178,7 +178,7 @@ class PreprocessParams:
             return self.sag_crop
         if view in ("cor", "ax"):
             return self.reprojection_crop
-        raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+        raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
 
     def spacing_mm(self, view: str, series_spacing: tuple[float, float, float]) -> tuple[float, float, float]:
         """Voxel spacing (D, H, W) of a stored volume given the series' (slice, row, col) spacing."""
@@ -191,7 +191,7 @@ class PreprocessParams:
             return (dc * through, dr * inplane, ds * lr)
         if view == "ax":
             return (dr * through, dc * inplane, ds * lr)
-        raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+        raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
 
 
 # --------------------------------------------------------------------------- steps
@@ -317,7 +317,7 @@ def map_intensity(pixels: np.ndarray, params: PreprocessParams) -> tuple[np.ndar
 
 def orient_left(pixels: np.ndarray, side: str, params: PreprocessParams) -> np.ndarray:
     """Flip right knees along the slice (left-right) axis so every knee looks like a left one."""
-    if side not in ("R", "L"):
+    if side not in SIDES:
         raise ValueError(f"knee side must be 'R' or 'L', not {side!r}")
     return pixels[::-1] if side == "R" and params.flip_right else pixels
 
@@ -411,7 +411,7 @@ def block_mean(array: np.ndarray, blocks: tuple[int, int, int]) -> np.ndarray:
 
 
 def views_of_region(
-    region: np.ndarray, params: PreprocessParams, views: tuple[str, ...] = VIEWS
+    region: np.ndarray, params: PreprocessParams, views: tuple[str, ...] = MRI_VIEWS
 ) -> dict[str, np.ndarray]:
     """The stored volumes of each requested view from the full-resolution uint8 region."""
     out: dict[str, np.ndarray] = {}
@@ -427,7 +427,7 @@ def views_of_region(
         elif view == "ax":  # (rows, cols, slices)
             out[view] = np.ascontiguousarray(block_mean(region, (lr, through, inplane)).transpose(1, 2, 0))
         else:
-            raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+            raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
     return out
 
 
@@ -441,7 +441,7 @@ class PreprocessedKnee:
 
 
 def preprocess_series(
-    series: SeriesLike, params: PreprocessParams, views: tuple[str, ...] = VIEWS
+    series: SeriesLike, params: PreprocessParams, views: tuple[str, ...] = MRI_VIEWS
 ) -> PreprocessedKnee:
     """Intensity, orientation, region and views of one read series (see the module docstring)."""
     pixels = np.asarray(series.pixels)

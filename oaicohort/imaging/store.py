@@ -39,8 +39,9 @@ from oaicohort import __version__
 from oaicohort.db import Database
 from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
-from oaicohort.imaging.preprocessing import VIEWS, PreprocessParams
+from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.db.schema import Knee, Volume
+from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class StoreError(OAIError):
 
 def knee_key(subject_id: int, side: str) -> int:
     """The int64 key of a knee in the store: ``subject_id*10 + 1`` for R, ``+ 2`` for L."""
-    if side not in ("R", "L"):
+    if side not in SIDES:
         raise ValueError(f"knee side must be 'R' or 'L', not {side!r}")
     return int(subject_id) * 10 + (1 if side == "R" else 2)
 
@@ -114,7 +115,7 @@ class VolumeStore:
         path: str | os.PathLike[str],
         params: PreprocessParams,
         *,
-        views: Sequence[str] = VIEWS,
+        views: Sequence[str] = MRI_VIEWS,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
     ) -> VolumeStore:
         """Create a new, empty store for ``params`` with an array per view."""
@@ -142,7 +143,7 @@ class VolumeStore:
         path: str | os.PathLike[str],
         params: PreprocessParams,
         *,
-        views: Sequence[str] = VIEWS,
+        views: Sequence[str] = MRI_VIEWS,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
     ) -> VolumeStore:
         """Open ``path`` for writing if it holds a store of exactly ``params``, else create it."""
@@ -197,8 +198,8 @@ class VolumeStore:
         self._zstd = numcodecs.Zstd()
 
     def _create_view(self, view: str, zstd_level: int) -> None:
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+        if view not in MRI_VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
         shape = self.params.stored_shape(view)
         self.group.create_array(
             view,
@@ -223,7 +224,7 @@ class VolumeStore:
     @property
     def views(self) -> tuple[str, ...]:
         present = set(self.group.array_keys())
-        return tuple(v for v in VIEWS if v in present)
+        return tuple(v for v in MRI_VIEWS if v in present)
 
     def _array(self, view: str) -> zarr.Array:
         # cached: opening an array reads its metadata from disk; a reader sees the slots that
@@ -231,8 +232,8 @@ class VolumeStore:
         array = self._arrays.get(view)
         if array is not None:
             return array
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
+        if view not in MRI_VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
         try:
             array = self.group[view]  # type: ignore[assignment]
         except KeyError:

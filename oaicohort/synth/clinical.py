@@ -33,16 +33,10 @@ from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.synth.allclinical import YES_NO, allclinical_columns, subjectchar_columns
 from oaicohort.synth.mri_index import contents_rows
 from oaicohort.synth.tables import NOT_EXPECTED, coded, write_table
-from oaicohort.synth.trajectories import (
-    CLINIC_MONTHS,
-    CLINIC_VISITS,
-    SIDES,
-    SynthCohort,
-    simulate_cohort,
-    stream,
-)
+from oaicohort.synth.trajectories import CLINIC_MONTHS, CLINIC_VISITS, SynthCohort, simulate_cohort, stream
 from oaicohort.synth.xray import LAYOUTS, xray_columns
 from oaicohort.visits import XRAY_VISITS
+from oaicohort.vocabulary import SIDES
 
 log = logging.getLogger(__name__)
 

@@ -110,7 +110,6 @@ KL_PROSTHESIS = -3  # `.P`
 
 CLINIC_VISITS: tuple[int, ...] = tuple(sorted(VISIT_MONTHS))
 CLINIC_MONTHS: tuple[int, ...] = tuple(VISIT_MONTHS[v] for v in CLINIC_VISITS)
-SIDES = ("R", "L")
 LABEL_HINT_VISITS = (1, 3, 5, 8, 10)  # the follow-ups the reference examines
 FAST_LAST_VISIT = 5  # first progression at 12/24/36 months is "fast"
 

@@ -16,17 +16,9 @@ from . import resnext3d  # noqa: F401  (3d_resnext50)
 from . import shufflenet3d  # noqa: F401  (3d_shufflenet)
 from .common import to_channels_last
 from .multiview import views_from_volume
-from .registry import (
-    CLASSES,
-    ModelSpec,
-    PaperRow,
-    example_inputs,
-    get_model,
-    get_spec,
-    list_models,
-    register_model,
-)
+from .registry import ModelSpec, PaperRow, example_inputs, get_model, get_spec, list_models, register_model
 from .weights import WeightsUnavailableError
+from oaicohort.vocabulary import CLASSES
 
 __all__ = [
     "CLASSES",

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from .common import resolve_shapes, take_view
-from .registry import CLASSES, MRI_VIEWS, SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
+from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import SliceEncoder
 from .slice_transformer import SliceTransformer
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 Shape = tuple[int, ...]
 

@@ -15,14 +15,8 @@ import torch
 from torch import nn
 
 from .common import VolumeClassifier, require_scratch, resolve_shapes
-from .registry import (
-    CLASSES,
-    MRI_VIEWS,
-    SAG_SHAPE,
-    SMALL_SAG_SHAPE,
-    PaperRow,
-    register_model,
-)
+from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 
 def mid_width(c_in: int, c_out: int, k_space: int = 3, k_depth: int = 3) -> int:

@@ -27,10 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-CLASSES: tuple[str, ...] = ("none", "fast", "slow")
 """Output order of every model's logits."""
 
-MRI_VIEWS: tuple[str, ...] = ("sag", "cor", "ax")
 XRAY_VIEW = "xray"
 
 # Paper-size per-sample shapes (REFERENCE section 3-4).

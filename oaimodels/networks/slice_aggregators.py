@@ -8,14 +8,9 @@ import torch
 from torch import nn
 
 from .common import resolve_shapes
-from .registry import (
-    CLASSES,
-    SAG_SHAPE,
-    SMALL_SAG_SHAPE,
-    PaperRow,
-    register_model,
-)
+from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
+from oaicohort.vocabulary import CLASSES
 
 
 class FCAggregator(nn.Module):

@@ -9,17 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import resolve_shapes
-from .registry import (
-    CLASSES,
-    MRI_VIEWS,
-    RESLICED_SHAPE,
-    SAG_SHAPE,
-    SMALL_RESLICED_SHAPE,
-    SMALL_SAG_SHAPE,
-    PaperRow,
-    register_model,
-)
+from .registry import RESLICED_SHAPE, SAG_SHAPE, SMALL_RESLICED_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 
 class SelfAttention(nn.Module):

@@ -7,18 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from oaicohort.imaging.preprocessing import (
-    VIEWS,
-    PreprocessParams,
-    block_mean,
-    centre_fit,
-    fit_region,
-    intensity_range,
-    map_intensity,
-    orient_left,
-    percentile_of_counts,
-    preprocess_series,
-)
+from oaicohort.imaging.preprocessing import PreprocessParams, block_mean, centre_fit, fit_region, intensity_range, map_intensity, orient_left, percentile_of_counts, preprocess_series
+from oaicohort.vocabulary import MRI_VIEWS
 
 
 @dataclass
@@ -212,8 +202,8 @@ def test_preprocess_series_shapes_voxel_counts_and_spacing() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 1600, (4, 12, 12), dtype=np.uint16)
     out = preprocess_series(FakeSeries(pixels), params)
-    assert set(out.volumes) == set(VIEWS)
-    for view in VIEWS:
+    assert set(out.volumes) == set(MRI_VIEWS)
+    for view in MRI_VIEWS:
         assert out.volumes[view].shape == params.stored_shape(view)
         assert out.volumes[view].dtype == np.uint8
     assert params.stored_shape("sag") == (2, 4, 4)

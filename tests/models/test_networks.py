@@ -10,21 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oaimodels.networks import (
-    CLASSES,
-    example_inputs,
-    get_model,
-    get_spec,
-    list_models,
-    to_channels_last,
-    views_from_volume,
-)
+from oaimodels.networks import example_inputs, get_model, get_spec, list_models, to_channels_last, views_from_volume
 from oaimodels.networks.common import inputs_channels_last
 from oaimodels.networks.complexity import count_macs, count_params, model_complexity
 from oaimodels.networks.multiview import MULTIVIEW_SHAPES, view_shapes_from_volume
 from oaimodels.networks.slice_aggregators import BiLSTMAggregator
 from oaimodels.networks.slice_encoder import SliceEncoder
 from oaimodels.networks.slice_transformer import SelfAttention, SliceTransformer
+from oaicohort.vocabulary import CLASSES
 
 TABLE1_ORDER = [
     "xr_resnext50", "2d_fc", "2d_lstm", "2d_trf", "2dsh_trf", "2dind_trf",
