@@ -24,12 +24,27 @@ from pathlib import Path
 TARGET_S = 5.0
 # Panfilov et al. 2022, section 3.1 / REFERENCE.md section 1-2
 PAPER = {
-    "labelled knees": 4928, "labelled subjects": 2711,
-    "knees": 4866, "subjects": 2702, "none": 3551, "fast": 941, "slow": 374,
-    "KLG 0": 2385, "KLG 1": 1157, "KLG 2": 894, "KLG 3": 430,
-    "age mean": 60.4, "age SD": 8.8, "BMI mean": 28.3, "BMI SD": 4.7,
-    "female": 1547, "male": 1155,
-    "train subjects": 2019, "train knees": 3607, "test subjects": 683, "test knees": 1259,
+    "labelled knees": 4928,
+    "labelled subjects": 2711,
+    "knees": 4866,
+    "subjects": 2702,
+    "none": 3551,
+    "fast": 941,
+    "slow": 374,
+    "KLG 0": 2385,
+    "KLG 1": 1157,
+    "KLG 2": 894,
+    "KLG 3": 430,
+    "age mean": 60.4,
+    "age SD": 8.8,
+    "BMI mean": 28.3,
+    "BMI SD": 4.7,
+    "female": 1547,
+    "male": 1155,
+    "train subjects": 2019,
+    "train knees": 3607,
+    "test subjects": 683,
+    "test knees": 1259,
 }
 
 
@@ -45,7 +60,9 @@ def run_cli(db: Path, *args: str) -> float:
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "oaicli.main", "--db", str(db), *args],
-        check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
     )
     return time.perf_counter() - start
 
@@ -87,8 +104,10 @@ def main() -> None:
     )
     traj, t_traj = timed("Cohort.trajectories(label=fast, wide)", cohort.trajectories, label="fast", wide=True)
     total = t_label + t_split + t_query + t_traj
-    print(f"  {'label + split + queries':<44} {total:7.3f} s   (target < {TARGET_S:.0f} s: "
-          f"{'OK' if total < TARGET_S else 'MISSED'}; ratio {total / TARGET_S:.2f})")
+    print(
+        f"  {'label + split + queries':<44} {total:7.3f} s   (target < {TARGET_S:.0f} s: "
+        f"{'OK' if total < TARGET_S else 'MISSED'}; ratio {total / TARGET_S:.2f})"
+    )
     print(f"  {'... plus the scikit-learn import':<44} {total + t_import:7.3f} s")
     _, t_again = timed("make_split again (get-or-create)", make_split, db)
 
@@ -106,13 +125,24 @@ def main() -> None:
     s = cohort_summary(db, "panfilov2022")
     counts = split.counts().set_index("set")
     ours = {
-        "labelled knees": labels.labelled["knees"], "labelled subjects": labels.labelled["subjects"],
-        "knees": s.knees, "subjects": s.subjects, "none": s.none, "fast": s.fast, "slow": s.slow,
+        "labelled knees": labels.labelled["knees"],
+        "labelled subjects": labels.labelled["subjects"],
+        "knees": s.knees,
+        "subjects": s.subjects,
+        "none": s.none,
+        "fast": s.fast,
+        "slow": s.slow,
         **{f"KLG {k}": s.kl.get(k, 0) for k in range(4)},
-        "age mean": s.age_mean, "age SD": s.age_sd, "BMI mean": s.bmi_mean, "BMI SD": s.bmi_sd,
-        "female": s.female, "male": s.male,
-        "train subjects": counts.loc["train", "subjects"], "train knees": counts.loc["train", "knees"],
-        "test subjects": counts.loc["test", "subjects"], "test knees": counts.loc["test", "knees"],
+        "age mean": s.age_mean,
+        "age SD": s.age_sd,
+        "BMI mean": s.bmi_mean,
+        "BMI SD": s.bmi_sd,
+        "female": s.female,
+        "male": s.male,
+        "train subjects": counts.loc["train", "subjects"],
+        "train knees": counts.loc["train", "knees"],
+        "test subjects": counts.loc["test", "subjects"],
+        "test knees": counts.loc["test", "knees"],
     }
     print("\npanfilov2022 on the synthetic release vs the paper:")
     print(f"  {'':<20} {'synth':>9} {'paper':>9} {'diff':>8}")
@@ -123,8 +153,9 @@ def main() -> None:
         print(f"  {key:<20} {fmt.format(value)} {fmt.format(paper)} {diff:+7.1f}%")
     print(f"  excluded: {s.excluded}")
     print(f"  per-fold counts:\n{split.counts().to_string(index=False)}")
-    print(f"\nrows: {len(knees)} knees from the query, {len(traj)} trajectories; "
-          f"make_split get-or-create {t_again:.3f} s")
+    print(
+        f"\nrows: {len(knees)} knees from the query, {len(traj)} trajectories; make_split get-or-create {t_again:.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.release.tables import CONTENTS, discover_release  # noqa: E402
+from oaicohort.release.tables import CONTENTS, discover_release
 
 MISSING = [".: Missing Form/Incomplete Workbook", ".A: Not Expected", ".", ""]
 
@@ -40,8 +40,7 @@ def _write(path: Path, header: list[str], columns: list[np.ndarray], sep: str = 
         fh.writelines(sep.join(row) + "\n" for row in rows)
 
 
-def _coded(rng: np.random.Generator, n: int, labels: list[str], p_missing: float = 0.05,
-           start: int = 0) -> np.ndarray:
+def _coded(rng: np.random.Generator, n: int, labels: list[str], p_missing: float = 0.05, start: int = 0) -> np.ndarray:
     values = np.array([f"{i}: {label}" for i, label in enumerate(labels, start)] + MISSING[:1], dtype=object)
     p = np.r_[np.full(len(labels), (1 - p_missing) / len(labels)), p_missing]
     return values[rng.choice(len(values), size=n, p=p)]
@@ -60,31 +59,60 @@ def write_builtin_release(out: Path, *, subjects: int = 4796, seed: int = 0) -> 
     ascii_dir.mkdir(parents=True, exist_ok=True)
     ids = np.arange(9000001, 9000001 + subjects).astype(str).astype(object)
     sites = np.array(list("ABCDE"), dtype=object)[rng.integers(0, 5, subjects)]
-    _write(ascii_dir / "Enrollees.txt",
-           ["ID", "VERSION", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", "P02HISP"],
-           [ids, np.full(subjects, "2.2.1", dtype=object), sites,
-            _coded(rng, subjects, ["Male", "Female"], 0, start=1), _coded(rng, subjects, ["Other", "White", "Black", "Asian"]),
+    _write(
+        ascii_dir / "Enrollees.txt",
+        ["ID", "VERSION", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", "P02HISP"],
+        [
+            ids,
+            np.full(subjects, "2.2.1", dtype=object),
+            sites,
+            _coded(rng, subjects, ["Male", "Female"], 0, start=1),
+            _coded(rng, subjects, ["Other", "White", "Black", "Asian"]),
             _coded(rng, subjects, ["Progression", "Incidence", "Non-exposed control group"], 0, start=1),
-            _coded(rng, subjects, ["No", "Yes"])])
-    vocab = [["No", "Yes"], ["None", "Mild", "Moderate", "Severe", "Extreme"],
-             [str(i) for i in range(11)], ["Less than high school", "High school", "College graduate"]]
+            _coded(rng, subjects, ["No", "Yes"]),
+        ],
+    )
+    vocab = [
+        ["No", "Yes"],
+        ["None", "Mild", "Moderate", "Severe", "Extreme"],
+        [str(i) for i in range(11)],
+        ["Less than high school", "High school", "College graduate"],
+    ]
     for visit in range(11):
         vv = f"V{visit:02d}"
-        header = ["ID", "VERSION", f"{vv}AGE", "P01BMI" if visit == 0 else f"{vv}BMI",
-                  "V00EVDATE" if visit == 0 else f"{vv}FVDATE", f"{vv}COMMENT"]
-        cols = [ids, np.full(subjects, "2.2.1", dtype=object), _numbers(rng, subjects, 61 + visit, 9, 0),
-                _numbers(rng, subjects, 28.5, 4.8), np.full(subjects, f"03/{visit + 1:02d}/{2004 + visit}", dtype=object),
-                rng.choice(np.array(["", "pt reports knee pain: left > right", "n/a"], dtype=object), subjects)]
+        header = [
+            "ID",
+            "VERSION",
+            f"{vv}AGE",
+            "P01BMI" if visit == 0 else f"{vv}BMI",
+            "V00EVDATE" if visit == 0 else f"{vv}FVDATE",
+            f"{vv}COMMENT",
+        ]
+        cols = [
+            ids,
+            np.full(subjects, "2.2.1", dtype=object),
+            _numbers(rng, subjects, 61 + visit, 9, 0),
+            _numbers(rng, subjects, 28.5, 4.8),
+            np.full(subjects, f"03/{visit + 1:02d}/{2004 + visit}", dtype=object),
+            rng.choice(np.array(["", "pt reports knee pain: left > right", "n/a"], dtype=object), subjects),
+        ]
         for j in range(300):
             header.append(f"{vv}X{j:03d}")
             cols.append(_numbers(rng, subjects, 50, 20) if j % 4 == 3 else _coded(rng, subjects, vocab[j % 4]))
         _write(ascii_dir / f"AllClinical{visit:02d}.txt", header, cols)
-    _write(ascii_dir / "Outcomes99.txt",
-           ["id", "V99ERKRPSN", "V99ELKRPSN", "V99ERKDAYS", "V99ELKDAYS", "V99ERKVSAF", "V99ELKVSAF"],
-           [ids, _coded(rng, subjects, ["No replacement seen on any FU xray", "Yes, replacement seen on FU xray"], 0),
+    _write(
+        ascii_dir / "Outcomes99.txt",
+        ["id", "V99ERKRPSN", "V99ELKRPSN", "V99ERKDAYS", "V99ELKDAYS", "V99ERKVSAF", "V99ELKVSAF"],
+        [
+            ids,
             _coded(rng, subjects, ["No replacement seen on any FU xray", "Yes, replacement seen on FU xray"], 0),
-            np.full(subjects, ".A: Not Expected", dtype=object), np.full(subjects, ".A: Not Expected", dtype=object),
-            np.full(subjects, ".A: Not Expected", dtype=object), np.full(subjects, ".A: Not Expected", dtype=object)])
+            _coded(rng, subjects, ["No replacement seen on any FU xray", "Yes, replacement seen on FU xray"], 0),
+            np.full(subjects, ".A: Not Expected", dtype=object),
+            np.full(subjects, ".A: Not Expected", dtype=object),
+            np.full(subjects, ".A: Not Expected", dtype=object),
+            np.full(subjects, ".A: Not Expected", dtype=object),
+        ],
+    )
     knee_ids = np.repeat(ids, 2)
     knee_sides = np.tile(np.array(["1: Right", "2: Left"], dtype=object), subjects)
     for visit in (0, 1, 3, 5, 6, 8, 10):
@@ -94,17 +122,44 @@ def write_builtin_release(out: Path, *, subjects: int = 4796, seed: int = 0) -> 
         n = len(idx)
         vv = f"V{visit:02d}XR"
         kl = np.array(["0: 0", "1: 1", "2: 2", "3: 3", "4: 4", ".T: Technical problems"], dtype=object)
-        _write(ascii_dir / f"kXR_SQ_BU{visit:02d}.txt",
-               ["ID", "SIDE", "READPRJ", "VERSION", f"{vv}KL", f"{vv}JSM", f"{vv}JSL",
-                f"{vv}OSFM", f"{vv}OSFL", f"{vv}OSTM", f"{vv}OSTL", f"{vv}QCOMM"],
-               [knee_ids[idx], knee_sides[idx], rng.choice(np.array(["15", "37", "42"], dtype=object), n),
-                np.full(n, "1.6", dtype=object), kl[rng.choice(6, n, p=[.38, .22, .2, .12, .05, .03])],
+        _write(
+            ascii_dir / f"kXR_SQ_BU{visit:02d}.txt",
+            [
+                "ID",
+                "SIDE",
+                "READPRJ",
+                "VERSION",
+                f"{vv}KL",
+                f"{vv}JSM",
+                f"{vv}JSL",
+                f"{vv}OSFM",
+                f"{vv}OSFL",
+                f"{vv}OSTM",
+                f"{vv}OSTL",
+                f"{vv}QCOMM",
+            ],
+            [
+                knee_ids[idx],
+                knee_sides[idx],
+                rng.choice(np.array(["15", "37", "42"], dtype=object), n),
+                np.full(n, "1.6", dtype=object),
+                kl[rng.choice(6, n, p=[0.38, 0.22, 0.2, 0.12, 0.05, 0.03])],
                 *[rng.choice(np.array(["0", "0.5", "1", "2", "."], dtype=object), n) for _ in range(6)],
-                np.full(n, "", dtype=object)])
+                np.full(n, "", dtype=object),
+            ],
+        )
     image_dir = out / "00m"
     image_dir.mkdir(exist_ok=True)
-    seqs = ["SAG_3D_DESS", "COR_MPR", "AX_MPR", "SAG_IW_TSE", "COR_IW_TSE", "COR_T1_3D_FLASH",
-            "SAG_T2_MAP", "MP_LOCATOR"]
+    seqs = [
+        "SAG_3D_DESS",
+        "COR_MPR",
+        "AX_MPR",
+        "SAG_IW_TSE",
+        "COR_IW_TSE",
+        "COR_T1_3D_FLASH",
+        "SAG_T2_MAP",
+        "MP_LOCATOR",
+    ]
     folder, pid, desc = [], [], []
     for k, sid in enumerate(ids.tolist()):
         for side in ("RIGHT", "LEFT"):
@@ -113,11 +168,19 @@ def write_builtin_release(out: Path, *, subjects: int = 4796, seed: int = 0) -> 
                 pid.append(sid)
                 desc.append(f"{seq}_{side}")
     m = len(folder)
-    _write(image_dir / "contents.csv",
-           ["Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription"],
-           [np.array(folder, dtype=object), np.array(pid, dtype=object), np.full(m, "20040315", dtype=object),
-            np.full(m, "016610203004", dtype=object), np.full(m, "OAI^MR^ENROLLMENT^KNEE", dtype=object),
-            np.array(desc, dtype=object)], sep=",")
+    _write(
+        image_dir / "contents.csv",
+        ["Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription"],
+        [
+            np.array(folder, dtype=object),
+            np.array(pid, dtype=object),
+            np.full(m, "20040315", dtype=object),
+            np.full(m, "016610203004", dtype=object),
+            np.full(m, "OAI^MR^ENROLLMENT^KNEE", dtype=object),
+            np.array(desc, dtype=object),
+        ],
+        sep=",",
+    )
     return out
 
 
@@ -201,12 +264,18 @@ def main() -> None:
         ingest = min(runs, key=lambda r: r["seconds"])
         ratio = ingest["seconds"] / bare["seconds"]
         cpu_ratio = ingest["cpu_seconds"] / bare["cpu_seconds"]
-        print(f"bare pandas.read_csv(dtype=str): {bare['seconds']:7.2f} s wall {bare['cpu_seconds']:7.2f} s CPU"
-              f"   peak RSS {bare['peak_rss_mb']:6.0f} MB")
-        print(f"ingest into fresh SQLite:        {ingest['seconds']:7.2f} s wall {ingest['cpu_seconds']:7.2f} s CPU"
-              f"   peak RSS {ingest['peak_rss_mb']:6.0f} MB   ({int(ingest['rows']):,} rows)")
-        print(f"ratio ingest / bare read: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (target <= 3x); "
-              f"peak memory {'OK' if ingest['peak_rss_mb'] < 1024 else 'OVER'} (target < 1024 MB)")
+        print(
+            f"bare pandas.read_csv(dtype=str): {bare['seconds']:7.2f} s wall {bare['cpu_seconds']:7.2f} s CPU"
+            f"   peak RSS {bare['peak_rss_mb']:6.0f} MB"
+        )
+        print(
+            f"ingest into fresh SQLite:        {ingest['seconds']:7.2f} s wall {ingest['cpu_seconds']:7.2f} s CPU"
+            f"   peak RSS {ingest['peak_rss_mb']:6.0f} MB   ({int(ingest['rows']):,} rows)"
+        )
+        print(
+            f"ratio ingest / bare read: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (target <= 3x); "
+            f"peak memory {'OK' if ingest['peak_rss_mb'] < 1024 else 'OVER'} (target < 1024 MB)"
+        )
         # (CPU time is the steadier figure on a shared machine; wall time includes waiting)
 
 

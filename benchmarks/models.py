@@ -120,7 +120,9 @@ def bench_model(name: str, precision: str, cfg: BenchConfig) -> BenchResult:
     except torch.OutOfMemoryError:
         result.note = "out of memory"
     finally:
-        del model, run
+        # drop the closures' references so the allocator can free the weights before the next model
+        infer = train = None  # type: ignore[assignment]
+        model.cpu()
         if cfg.device.type == "cuda":
             torch.cuda.empty_cache()
     return result
@@ -140,8 +142,13 @@ def render(results: list[BenchResult], title: str) -> Table:
     for r in results:
         shape = ",".join(f"{v}{'x'.join(map(str, s[1:]))}" for v, s in r.shapes.items())
         cells = [
-            r.name, r.precision, shape, str(r.batch), _fmt(r.latency_ms, 2),
-            _fmt(r.infer_per_s), _fmt(r.train_per_s),
+            r.name,
+            r.precision,
+            shape,
+            str(r.batch),
+            _fmt(r.latency_ms, 2),
+            _fmt(r.infer_per_s),
+            _fmt(r.train_per_s),
         ]
         table.add_row(*cells, *([r.note] if notes else []))
     return table
@@ -158,16 +165,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-m", "--model", action="append", choices=list_models(), help="repeatable")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", action="append", choices=list(DTYPES), help="default: both")
-    p.add_argument("--paper-shapes", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on CUDA, off on CPU (reduced shapes)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="default: 4 on CPU, the recipe's batch size on CUDA")
+    p.add_argument(
+        "--paper-shapes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on CUDA, off on CPU (reduced shapes)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="default: 4 on CPU, the recipe's batch size on CUDA")
     p.add_argument("--warmup", type=int, default=None, help="default: 2 on CPU, 10 on CUDA")
     p.add_argument("--repeats", type=int, default=None, help="default: 5 on CPU, 30 on CUDA")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA")
     p.add_argument(
-        "--compile", nargs="?", const="default", default=None,
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
         choices=["default", "reduce-overhead", "max-autotune"],
         help="torch.compile the model (inductor) in this mode; reduce-overhead adds CUDA graphs",
     )
@@ -208,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(render(results, title))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name(device), "config": str(cfg),
-                       "results": [asdict(r) for r in results]}, f, indent=2)
+            json.dump(
+                {"device": device_name(device), "config": str(cfg), "results": [asdict(r) for r in results]},
+                f,
+                indent=2,
+            )
     return 0
 
 

@@ -35,7 +35,7 @@ from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, 
 
 
 def write_release(root: Path, db_path: Path, n: int, seed: int) -> list[Path]:
-    geometry = IMAGE_SIZES["full"]
+    IMAGE_SIZES["full"]
     db = open_database(db_path)
     folders = []
     with db.write() as session:
@@ -51,10 +51,17 @@ def write_release(root: Path, db_path: Path, n: int, seed: int) -> list[Path]:
             folders.append(root / rel)
             session.add(
                 ImageSeries(
-                    subject_id=subject, visit=0, month=0, side=side, sequence="SAG_3D_DESS",
-                    series_description=description, folder=rel, visit_dir=str(root),
-                    source_file="benchmark", source_row=i,
-                )  # fmt: skip
+                    subject_id=subject,
+                    visit=0,
+                    month=0,
+                    side=side,
+                    sequence="SAG_3D_DESS",
+                    series_description=description,
+                    folder=rel,
+                    visit_dir=str(root),
+                    source_file="benchmark",
+                    source_row=i,
+                )
             )
     db.dispose()
     return folders

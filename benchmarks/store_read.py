@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import zarr  # noqa: E402
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec  # noqa: E402
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
-from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume  # noqa: E402
-from oaicohort.imaging.store import VolumeStore  # noqa: E402
+from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.store import VolumeStore
+from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
 
 
 class _Series:
@@ -48,7 +48,7 @@ def make_volumes(params: PreprocessParams, distinct: int, seed: int) -> list[np.
     return out
 
 
-def rate(fn, positions: np.ndarray) -> tuple[float, float]:  # noqa: ANN001
+def rate(fn, positions: np.ndarray) -> tuple[float, float]:
     """Volumes per wall second and per CPU second of this process (= per core, whatever the
     machine's load from other processes; zarr's I/O threads count in the CPU time too)."""
     fn(int(positions[0]))  # warm
@@ -75,8 +75,10 @@ def main() -> None:
     shape = params.stored_shape("sag")
     t0 = time.perf_counter()
     sources = make_volumes(params, args.distinct, args.seed)
-    print(f"rendered + preprocessed {args.distinct} knees in {time.perf_counter() - t0:.1f} s; "
-          f"volume {shape} uint8 = {np.prod(shape) / 1e6:.2f} MB")
+    print(
+        f"rendered + preprocessed {args.distinct} knees in {time.perf_counter() - t0:.1f} s; "
+        f"volume {shape} uint8 = {np.prod(shape) / 1e6:.2f} MB"
+    )
     rng = np.random.default_rng(args.seed)
     positions = rng.integers(0, args.volumes, args.reads)
     resident = np.stack([sources[i % len(sources)] for i in range(args.volumes)])
@@ -92,21 +94,27 @@ def main() -> None:
             "zstd-1 (default)": dict(compressors=ZstdCodec(level=1)),
             "zstd-3": dict(compressors=ZstdCodec(level=3)),
             "zstd-9": dict(compressors=ZstdCodec(level=9)),
-            "blosc-zstd-5 bitshuffle": dict(compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle, typesize=1)),
-            "blosc-lz4-5 noshuffle": dict(compressors=BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle, typesize=1)),
+            "blosc-zstd-5 bitshuffle": dict(
+                compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle, typesize=1)
+            ),
+            "blosc-lz4-5 noshuffle": dict(
+                compressors=BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle, typesize=1)
+            ),
             "uncompressed": dict(compressors=None),
             "zstd-1 sharded x16": dict(compressors=ZstdCodec(level=1), shards=(16, *shape)),
         }
         print(f"{'zarr.open(...)[i], codec':38s} {'vol/s':>8s} {'per core':>8s} {'ratio':>6s} {'write s':>8s}")
         for name, kwargs in variants.items():
             path = Path(tmp) / name.replace(" ", "_")
-            arr = zarr.create_array(path, shape=resident.shape, chunks=(1, *shape), dtype="uint8", zarr_format=3, **kwargs)
+            arr = zarr.create_array(
+                path, shape=resident.shape, chunks=(1, *shape), dtype="uint8", zarr_format=3, **kwargs
+            )
             start = time.perf_counter()
             for i in range(args.volumes):
                 arr[i] = resident[i]
             written = time.perf_counter() - start
             arr = zarr.open_array(path, mode="r")
-            r, r_cpu = rate(lambda p: arr[p], positions)
+            r, r_cpu = rate(lambda p, arr=arr: arr[p], positions)
             print(f"{name:38s} {r:8.0f} {r_cpu:8.0f} {raw_mb * 1e6 / disk_bytes(path):6.2f} {written:8.2f}")
 
         store = VolumeStore.create(Path(tmp) / "store.zarr", params, views=("sag",))
@@ -118,11 +126,15 @@ def main() -> None:
         out = np.empty(shape, dtype=np.uint8)
         into, into_cpu = rate(lambda p: reader.read_into("sag", p, out), positions)
         info = reader.info()["views"]["sag"]
-        print(f"\nVolumeStore (zstd level {reader._array('sag').metadata.codecs[1].level}, ratio {info['compression_ratio']})")
+        print(
+            f"\nVolumeStore (zstd level {reader._array('sag').metadata.codecs[1].level}, ratio {info['compression_ratio']})"
+        )
         print(f"{'VolumeStore.read (direct chunk)':38s} {fast:8.0f} {fast_cpu:8.0f} vol/s")
         print(f"{'VolumeStore.read_into (preallocated)':38s} {into:8.0f} {into_cpu:8.0f} vol/s")
-        print(f"target >= 300 vol/s per core: {'met' if fast_cpu >= 300 else 'NOT met'} "
-              f"({fast_cpu:.0f} per CPU second; memory copies {mem_cpu:.0f})")
+        print(
+            f"target >= 300 vol/s per core: {'met' if fast_cpu >= 300 else 'NOT met'} "
+            f"({fast_cpu:.0f} per CPU second; memory copies {mem_cpu:.0f})"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.synth import OAI_SIZE, write_release  # noqa: E402
+from oaicohort.synth import OAI_SIZE, write_release
 
 TARGET_SECONDS = 10.0
 
@@ -47,11 +47,17 @@ def main() -> None:
                     cells += rows * len(fh.readline().split("|"))
 
     best, median = min(times), statistics.median(times)
-    print(f"oai synth: {args.subjects} subjects, seed {args.seed}, {len(summary.files)} files, "
-          f"{size / 1e6:.1f} MB, {summary.xray_readings} X-ray readings, {summary.image_series} series rows")
-    print(f"write_release: best {best:.2f} s, median {median:.2f} s over {args.repeat} runs "
-          f"(target < {TARGET_SECONDS:.0f} s: {'met' if best < TARGET_SECONDS else 'MISSED'})")
-    print(f"AllClinical: {cells / 1e6:.1f} M cells, {best / (cells / 1e6):.2f} s per million cells (whole release time)")
+    print(
+        f"oai synth: {args.subjects} subjects, seed {args.seed}, {len(summary.files)} files, "
+        f"{size / 1e6:.1f} MB, {summary.xray_readings} X-ray readings, {summary.image_series} series rows"
+    )
+    print(
+        f"write_release: best {best:.2f} s, median {median:.2f} s over {args.repeat} runs "
+        f"(target < {TARGET_SECONDS:.0f} s: {'met' if best < TARGET_SECONDS else 'MISSED'})"
+    )
+    print(
+        f"AllClinical: {cells / 1e6:.1f} M cells, {best / (cells / 1e6):.2f} s per million cells (whole release time)"
+    )
 
 
 if __name__ == "__main__":

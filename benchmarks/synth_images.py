@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pydicom  # noqa: E402
+import pydicom
 
-from oaicohort.imaging.dicom_series import read_series  # noqa: E402
-from oaicohort.synth.images import (  # noqa: E402
+from oaicohort.imaging.dicom_series import read_series
+from oaicohort.synth.images import (
     IMAGE_SIZES,
     SeriesMeta,
     render_knee_volume,
@@ -72,8 +72,10 @@ def make_release(root: Path, count: int) -> None:
 def bench_size(size: str, count: int, workers: int, repeats: int) -> None:
     geometry = IMAGE_SIZES[size]
     megabytes = np.prod(geometry.shape) * 2 / 1e6
-    print(f"\n== {size}: {geometry.shape} (slices, rows, cols) at {geometry.spacing_mm} mm, "
-          f"{megabytes:.1f} MB of pixels per series")
+    print(
+        f"\n== {size}: {geometry.shape} (slices, rows, cols) at {geometry.spacing_mm} mm, "
+        f"{megabytes:.1f} MB of pixels per series"
+    )
     seeds = iter(range(10**6))
     render_wall, render_cpu = best(
         lambda: render_knee_volume(0.5, "L", np.random.default_rng(next(seeds)), size), repeats
@@ -88,26 +90,38 @@ def bench_size(size: str, count: int, workers: int, repeats: int) -> None:
         bare_wall, bare_cpu = best(lambda: [pydicom.dcmread(p).pixel_array for p in files], repeats)
         read_wall, read_cpu = best(lambda: read_series(folder), repeats)
     print(f"render phantom          {render_wall:7.3f} s wall  {render_cpu:7.3f} s CPU")
-    print(f"write (fast encoder)    {fast_wall:7.3f} s wall  {fast_cpu:7.3f} s CPU   "
-          f"{megabytes / fast_cpu:6.0f} MB per CPU s")
-    print(f"write (pydicom writer)  {slow_wall:7.3f} s wall  {slow_cpu:7.3f} s CPU   "
-          f"fast is {slow_cpu / fast_cpu:.1f}x cheaper")
-    print(f"render + write          {render_wall + fast_wall:7.3f} s wall per series, "
-          f"{1 / (render_cpu + fast_cpu):.1f} series per CPU second")
+    print(
+        f"write (fast encoder)    {fast_wall:7.3f} s wall  {fast_cpu:7.3f} s CPU   "
+        f"{megabytes / fast_cpu:6.0f} MB per CPU s"
+    )
+    print(
+        f"write (pydicom writer)  {slow_wall:7.3f} s wall  {slow_cpu:7.3f} s CPU   "
+        f"fast is {slow_cpu / fast_cpu:.1f}x cheaper"
+    )
+    print(
+        f"render + write          {render_wall + fast_wall:7.3f} s wall per series, "
+        f"{1 / (render_cpu + fast_cpu):.1f} series per CPU second"
+    )
     print(f"bare dcmread+pixel_array{bare_wall:7.3f} s wall  {bare_cpu:7.3f} s CPU")
-    print(f"read_series             {read_wall:7.3f} s wall  {read_cpu:7.3f} s CPU   "
-          f"ratio to bare {read_cpu / bare_cpu:.2f} (CPU), {read_wall / bare_wall:.2f} (wall)")
+    print(
+        f"read_series             {read_wall:7.3f} s wall  {read_cpu:7.3f} s CPU   "
+        f"ratio to bare {read_cpu / bare_cpu:.2f} (CPU), {read_wall / bare_wall:.2f} (wall)"
+    )
 
     for n_workers in sorted({1, workers}):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "release"
             make_release(root, count)
             before = children_cpu()
-            wall, cpu = best(lambda: write_images(root, size=size, seed=0, workers=n_workers), 1)
+            wall, cpu = best(
+                lambda root=root, n_workers=n_workers: write_images(root, size=size, seed=0, workers=n_workers), 1
+            )
             cpu += children_cpu() - before
             shutil.rmtree(root / "00m" / "0.C.2")
-        print(f"write_images {count:4d} series, {n_workers} worker(s): {wall:7.2f} s wall "
-              f"({count / wall:6.1f} series/s), {cpu:7.2f} s CPU in all")
+        print(
+            f"write_images {count:4d} series, {n_workers} worker(s): {wall:7.2f} s wall "
+            f"({count / wall:6.1f} series/s), {cpu:7.2f} s CPU in all"
+        )
 
 
 def main() -> None:

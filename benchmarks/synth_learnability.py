@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
 
-from oaicohort.synth.images import render_knee_volume  # noqa: E402
+from oaicohort.synth.images import render_knee_volume
 
 
 def knee_inputs(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,8 +51,14 @@ def tiny_cnn() -> nn.Module:
         return [nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
 
     return nn.Sequential(
-        *block(1, 8), nn.MaxPool3d(2), *block(8, 16), nn.MaxPool3d(2), *block(16, 32),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 1),
+        *block(1, 8),
+        nn.MaxPool3d(2),
+        *block(8, 16),
+        nn.MaxPool3d(2),
+        *block(16, 32),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(32, 1),
     )
 
 

@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series  # noqa: E402
-from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume  # noqa: E402
-from oaicohort.imaging.store import VolumeStore, knee_key  # noqa: E402
-from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout  # noqa: E402
-from oaimodels.losses import focal_loss  # noqa: E402
-from oaimodels.networks import get_spec, to_channels_last  # noqa: E402
-from oaimodels.training import amp_context, build_model, mri_models  # noqa: E402
+from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
+from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout
+from oaimodels.losses import focal_loss
+from oaimodels.networks import get_spec, to_channels_last
+from oaimodels.training import amp_context, build_model, mri_models
 
 PRESET = {"small": "small", "paper": "full"}
 
@@ -95,7 +95,7 @@ def bench_model(name: str, store_shapes: object, device: torch.device, args: arg
         loss.backward()
         optimizer.step()
 
-    def timed(fn) -> float:  # noqa: ANN001
+    def timed(fn) -> float:
         for _ in range(args.warmup):
             fn()
         sync(device)
@@ -125,6 +125,7 @@ def bench_loading(store: Path, device: torch.device, mode: str, workers: int, ar
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     batches = batches_of(rng.permutation(np.repeat(np.arange(n), args.epochs_loading)), args.loading_batch)
+
     def run(augment: bool) -> float:
         delivered = 0
         sync(device)
@@ -144,8 +145,14 @@ def bench_loading(store: Path, device: torch.device, mode: str, workers: int, ar
         with_augment = run(True)
     finally:
         source.close()
-    return {"mode": mode, "workers": workers, "read_vol_s": read_only, "vol_s": with_augment, "setup_s": setup,
-            "volume_mb": float(np.prod(layout.stored_shape)) / 1e6}
+    return {
+        "mode": mode,
+        "workers": workers,
+        "read_vol_s": read_only,
+        "vol_s": with_augment,
+        "setup_s": setup,
+        "volume_mb": float(np.prod(layout.stored_shape)) / 1e6,
+    }
 
 
 def main() -> None:
@@ -169,16 +176,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     size = args.size or ("paper" if device.type == "cuda" else "small")
     params = PreprocessParams.preset_named(PRESET[size])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    print(f"device {device}{' (' + gpu + ')' if gpu else ''}, torch threads {torch.get_num_threads()}, "
-          f"size {size}: sag stored {params.stored_shape('sag')} -> crop {params.crop_shape('sag')}", flush=True)
+    print(
+        f"device {device}{' (' + gpu + ')' if gpu else ''}, torch threads {torch.get_num_threads()}, "
+        f"size {size}: sag stored {params.stored_shape('sag')} -> crop {params.crop_shape('sag')}",
+        flush=True,
+    )
     results: dict = {"device": str(device), "gpu": gpu, "size": size, "models": [], "loading": []}
 
     if not args.skip_models:
+
         class Shapes:  # the store geometry without a store
             def volume_shape(self, view: str) -> tuple[int, int, int]:
                 return params.stored_shape(view)
@@ -191,8 +207,11 @@ def main() -> None:
         for name in names:
             r = bench_model(name, Shapes(), device, args)
             results["models"].append(r)
-            print(f"{name:<14}{','.join(r['views']):<12}{r['batch']:>6}{r['model_vol_s']:>13.1f}"
-                  f"{r['pipeline_vol_s']:>16.1f}{r['model_share']:>12.0%}", flush=True)
+            print(
+                f"{name:<14}{','.join(r['views']):<12}{r['batch']:>6}{r['model_vol_s']:>13.1f}"
+                f"{r['pipeline_vol_s']:>16.1f}{r['model_share']:>12.0%}",
+                flush=True,
+            )
 
     if not args.skip_loading:
         with tempfile.TemporaryDirectory() as tmp:
@@ -204,8 +223,9 @@ def main() -> None:
             for mode, workers in modes:
                 r = bench_loading(store, device, mode, workers, args)
                 results["loading"].append(r)
-                print(f"{mode:<10}{workers:>8}{r['read_vol_s']:>12.1f}{r['vol_s']:>20.1f}{r['setup_s']:>9.2f}",
-                      flush=True)
+                print(
+                    f"{mode:<10}{workers:>8}{r['read_vol_s']:>12.1f}{r['vol_s']:>20.1f}{r['setup_s']:>9.2f}", flush=True
+                )
     if args.json:
         print(json.dumps(results, indent=2))
 

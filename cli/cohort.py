@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -51,10 +51,12 @@ def parse_sequence(spec: str) -> tuple[str, int]:
     try:
         return sequence, int(visit)
     except ValueError:
-        raise typer.BadParameter(f"{spec!r}: expected SEQUENCE or SEQUENCE:VISIT", param_hint="--has-sequence") from None
+        raise typer.BadParameter(
+            f"{spec!r}: expected SEQUENCE or SEQUENCE:VISIT", param_hint="--has-sequence"
+        ) from None
 
 
-def _range(lo: Optional[float], hi: Optional[float]) -> tuple[float | None, float | None] | None:
+def _range(lo: float | None, hi: float | None) -> tuple[float | None, float | None] | None:
     return None if lo is None and hi is None else (lo, hi)
 
 
@@ -77,9 +79,7 @@ def render_table(frame: pd.DataFrame, max_rows: int, what: str) -> Table:
 
     shown = frame.head(max_rows)
     # compact, unwrapped headers: a cohort listing should stay readable in an 80-column terminal
-    table = Table(
-        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True
-    )
+    table = Table(title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col in frame.columns:
         header = SHORT_HEADERS.get(str(col), str(col))
         table.add_column(
@@ -101,14 +101,14 @@ def render_table(frame: pd.DataFrame, max_rows: int, what: str) -> Table:
 def cohort_command(
     ctx: typer.Context,
     site: list[str] = typer.Option([], "--site", help="Enrolment site (repeat: any of)."),
-    sex: Optional[str] = typer.Option(None, "--sex", help="F or M."),
-    age_min: Optional[float] = typer.Option(None, "--age-min"),
-    age_max: Optional[float] = typer.Option(None, "--age-max"),
-    bmi_min: Optional[float] = typer.Option(None, "--bmi-min"),
-    bmi_max: Optional[float] = typer.Option(None, "--bmi-max"),
+    sex: str | None = typer.Option(None, "--sex", help="F or M."),
+    age_min: float | None = typer.Option(None, "--age-min"),
+    age_max: float | None = typer.Option(None, "--age-max"),
+    bmi_min: float | None = typer.Option(None, "--bmi-min"),
+    bmi_max: float | None = typer.Option(None, "--bmi-max"),
     kl: list[int] = typer.Option([], "--kl", help="Baseline KLG (repeat: any of)."),
     label: list[str] = typer.Option([], "--label", help="none, fast or slow (repeat: any of)."),
-    role: Optional[str] = typer.Option(None, "--role", help="train or test (needs a split)."),
+    role: str | None = typer.Option(None, "--role", help="train or test (needs a split)."),
     fold: list[int] = typer.Option([], "--fold", help="Cross-validation fold (repeat: any of)."),
     var: list[str] = typer.Option(
         [], "--var", help="Clinical variable: NAME=LO:HI, NAME=VALUE or NAME (adds the column)."
@@ -117,15 +117,15 @@ def cohort_command(
         [], "--has-sequence", help="Knee has this MRI series: SEQUENCE[:VISIT], e.g. SAG_3D_DESS:0."
     ),
     definition: str = typer.Option(DEFAULT_DEFINITION, "--definition", "-d", help="Label definition."),
-    split: Optional[int] = typer.Option(None, "--split", help="Split id (default: the newest one)."),
+    split: int | None = typer.Option(None, "--split", help="Split id (default: the newest one)."),
     include_excluded: bool = typer.Option(False, "--include-excluded", help="Also list excluded knees."),
     trajectories: bool = typer.Option(False, "--trajectories", help="KLG per knee per visit instead."),
     wide: bool = typer.Option(False, "--wide", help="Trajectories: one row per knee, a column per visit."),
-    fmt: Optional[str] = typer.Option(
+    fmt: str | None = typer.Option(
         None, "--format", "-f", help="table, csv, json or parquet (default: from --out, else table)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file."),
     max_rows: int = typer.Option(40, "--max-rows", help="Rows shown by --format table."),
 ) -> None:
     """List the cohort's knees matching every filter (only included knees by default)."""
@@ -138,7 +138,9 @@ def cohort_command(
     if fmt == "parquet" and out is None:
         raise typer.BadParameter("parquet is binary: give --out FILE", param_hint="--format")
     if fmt == "table" and out is not None:
-        raise typer.BadParameter("table is for the terminal: use csv, json or parquet with --out", param_hint="--format")
+        raise typer.BadParameter(
+            "table is for the terminal: use csv, json or parquet with --out", param_hint="--format"
+        )
 
     filters: dict[str, Any] = {}
     if site:
@@ -193,7 +195,7 @@ def cohort_command(
         err_console.print(f"{len(frame)} {what} written to {out}")
 
 
-def _write_text(text: str, out: Optional[Path]) -> None:
+def _write_text(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -201,4 +203,4 @@ def _write_text(text: str, out: Optional[Path]) -> None:
         out.write_text(text, encoding="utf-8")
 
 
-__all__ = ["cohort_command", "parse_var", "parse_sequence"]
+__all__ = ["cohort_command", "parse_sequence", "parse_var"]

@@ -22,9 +22,7 @@ def upgrade_command(ctx: typer.Context, revision: str = typer.Argument("head")) 
 
 @db_app.command("current")
 @handles_errors
-def current_command(
-    ctx: typer.Context, json_out: bool = typer.Option(False, "--json", help="Print JSON.")
-) -> None:
+def current_command(ctx: typer.Context, json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the database's schema revision and the newest one this toolkit knows."""
     db = open_database(state(ctx).db, migrate=False)
     info = {
@@ -64,7 +62,11 @@ def runs_command(
     for run in runs:
         finished = run["finished_at"]
         table.add_row(
-            str(run["run_id"]), run["status"], f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
-            f"{finished:%Y-%m-%d %H:%M:%S}" if finished else "-", run["source_root"], run["error"] or "",
+            str(run["run_id"]),
+            run["status"],
+            f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+            f"{finished:%Y-%m-%d %H:%M:%S}" if finished else "-",
+            run["source_root"],
+            run["error"] or "",
         )
     out_console.print(table)

@@ -39,8 +39,16 @@ def demo_command(
     from oaimodels.demo import DemoConfig, run_demo
 
     config = DemoConfig(
-        out=out, model=model, subjects=subjects, epochs=epochs, folds=_parse_folds(folds),
-        seed=seed, workers=workers, device=device, threads=threads or None, fresh=fresh,
+        out=out,
+        model=model,
+        subjects=subjects,
+        epochs=epochs,
+        folds=_parse_folds(folds),
+        seed=seed,
+        workers=workers,
+        device=device,
+        threads=threads or None,
+        fresh=fresh,
     )
     with rich_progress(not json_out) as progress:
         result = run_demo(config, progress=progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -34,12 +34,14 @@ def _open_db_if_configured(ctx: typer.Context) -> Any:
 def eval_command(
     ctx: typer.Context,
     run_dirs: list[Path] = typer.Argument(..., help="Run folder(s) made by `oai train`; several are compared."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval; comparison/ beside the first run)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default RUN_DIR/eval; comparison/ beside the first run)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resamples: int = typer.Option(1000, "--resamples", min=10, help="Bootstrap resamples (of subjects)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time single-sample inference."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""

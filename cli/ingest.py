@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -18,14 +18,19 @@ if TYPE_CHECKING:
 def ingest_command(
     ctx: typer.Context,
     root: Path = typer.Argument(
-        ..., help="Folder holding the OAI release (any layout; searched recursively).",
+        ...,
+        help="Folder holding the OAI release (any layout; searched recursively).",
         show_default=False,
     ),
-    variables: Optional[str] = typer.Option(
-        None, "--variables", help="Further OAI variables to store, comma-separated (e.g. V00WOMKPR,P01INJR).",
+    variables: str | None = typer.Option(
+        None,
+        "--variables",
+        help="Further OAI variables to store, comma-separated (e.g. V00WOMKPR,P01INJR).",
     ),
-    variables_file: Optional[Path] = typer.Option(
-        None, "--variables-file", help="Text file of further OAI variable names (comma/space separated, # comments).",
+    variables_file: Path | None = typer.Option(
+        None,
+        "--variables-file",
+        help="Text file of further OAI variable names (comma/space separated, # comments).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -63,6 +68,4 @@ def render_summary(result: IngestResult) -> None:
         table.add_row(name, f"{rows:,}", f"{result.inserted[name]:,}", f"{result.removed[name]:,}")
     out_console.print(table)
     note = " (same files as the last successful ingest: nothing changed)" if result.status == "unchanged" else ""
-    out_console.print(
-        f"{len(result.files)} files from {result.root} in {result.seconds:.1f} s{note}", highlight=False
-    )
+    out_console.print(f"{len(result.files)} files from {result.root} in {result.seconds:.1f} s{note}", highlight=False)

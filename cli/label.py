@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -55,10 +55,12 @@ def cohort_table(summary: CohortSummary, labelled: dict[str, int] | None = None)
 def label_command(
     ctx: typer.Context,
     definition: str = typer.Option(
-        DEFAULT_DEFINITION, "--definition", "-d",
+        DEFAULT_DEFINITION,
+        "--definition",
+        "-d",
         help="Label definition: " + "; ".join(f"{k} ({v})" for k, v in PRESET_DESCRIPTIONS.items()),
     ),
-    store: Optional[Path] = typer.Option(
+    store: Path | None = typer.Option(
         None, "--store", help="Also exclude knees without a good baseline volume in this volume store."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from oaicli.cohort import cohort_command
@@ -34,7 +32,7 @@ app = typer.Typer(
 @app.callback()
 def root(
     ctx: typer.Context,
-    db: Optional[str] = typer.Option(
+    db: str | None = typer.Option(
         None,
         "--db",
         envvar="OAI_DB",
@@ -61,6 +59,7 @@ app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("demo")(demo_command)
+
 
 def main() -> None:
     app()

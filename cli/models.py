@@ -6,10 +6,10 @@ Registered in the root app as ``app.command("models")(models_command)``. The num
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
-
-from typing import TYPE_CHECKING
 
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 
@@ -28,9 +28,7 @@ def _check_options(device: str, names: list[str]) -> None:
         raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
     unknown = [n for n in names if n not in list_models()]
     if unknown:
-        raise typer.BadParameter(
-            f"unknown model(s) {unknown}; known: {', '.join(list_models())}", param_hint="--model"
-        )
+        raise typer.BadParameter(f"unknown model(s) {unknown}; known: {', '.join(list_models())}", param_hint="--model")
 
 
 def _shape_text(row: EfficiencyRow) -> str:
@@ -68,9 +66,7 @@ def models_command(
     ),
     device: str = typer.Option("cpu", "--device", help="Device for --latency: cpu or cuda."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size for --latency."),
-    names: list[str] = typer.Option(
-        [], "--model", "-m", help="Only this model (repeatable); default: all."
-    ),
+    names: list[str] = typer.Option([], "--model", "-m", help="Only this model (repeatable); default: all."),
     small: bool = typer.Option(
         False, "--small", help="Use the reduced test shapes instead of the paper's (quick on CPU)."
     ),

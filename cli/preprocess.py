@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -21,14 +20,14 @@ def preprocess_command(
     store: Path = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
     view: str = typer.Option("sag", "--view", help="sag, cor, ax or all."),
     visit: int = typer.Option(0, "--visit", help="OAI visit code (0 = baseline)."),
-    preset: Optional[str] = typer.Option(
+    preset: str | None = typer.Option(
         None, "--preset", help="Preprocessing preset: full or small (default: the store's, else full)."
     ),
     workers: int = typer.Option(
         min(4, os.cpu_count() or 1), "--workers", min=1, help="Worker processes reading series."
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop with an error at the first failed series."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Process at most N series."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Process at most N series."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Preprocess the indexed SAG_3D_DESS series of a visit into a volume store (resumable)."""

@@ -27,7 +27,7 @@ def split_table(result: SplitResult) -> Table:
     for col in ("set", "knees", "subjects", *CLASSES):
         table.add_column(col, justify="left" if col == "set" else "right")
     counts = result.counts()
-    for i, row in enumerate(counts.itertuples(index=False)):
+    for _i, row in enumerate(counts.itertuples(index=False)):
         if row.set == "train":
             table.add_section()
         table.add_row(*(str(v) for v in row), style="bold" if row.set in ("train", "test") else None)
@@ -37,9 +37,7 @@ def split_table(result: SplitResult) -> Table:
 @handles_errors
 def split_command(
     ctx: typer.Context,
-    test_site: list[str] = typer.Option(
-        ["D"], "--test-site", help="Held-out site (V00SITE); repeat for several."
-    ),
+    test_site: list[str] = typer.Option(["D"], "--test-site", help="Held-out site (V00SITE); repeat for several."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the training sites."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled StratifiedGroupKFold."),
     definition: str = typer.Option(DEFAULT_DEFINITION, "--definition", "-d", help="Label definition."),

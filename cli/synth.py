@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from oaicohort.errors import OAIError
 from oaicohort.synth import OAI_SIZE, write_release
 
 
-class ImageSize(str, Enum):
+class ImageSize(StrEnum):
     full = "full"
     small = "small"
 
@@ -28,11 +28,19 @@ def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) 
 
 @handles_errors
 def synth_command(
-    out: Path = typer.Argument(..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."),
+    out: Path = typer.Argument(
+        ..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."
+    ),
     subjects: int = typer.Option(OAI_SIZE, "--subjects", "-n", help="Number of participants (the OAI enrolled 4,796)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
-    images: bool = typer.Option(False, "--images", help="Also write a DICOM DESS series for every knee listed in 00m/contents.csv."),
-    image_size: ImageSize = typer.Option(ImageSize.full, "--image-size", help="full: 384x384x160 as in the OAI; small: a tiny version for tests and demos."),
+    images: bool = typer.Option(
+        False, "--images", help="Also write a DICOM DESS series for every knee listed in 00m/contents.csv."
+    ),
+    image_size: ImageSize = typer.Option(
+        ImageSize.full,
+        "--image-size",
+        help="full: 384x384x160 as in the OAI; small: a tiny version for tests and demos.",
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes writing image series."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
@@ -49,7 +57,8 @@ def synth_command(
         f"[bold]{summary.subjects}[/] subjects (seed {summary.seed}) written to {summary.root}: "
         f"{len(summary.files)} files, {summary.xray_readings} X-ray readings, "
         f"{summary.image_series} MR series indexed, {summary.knee_replacements} knee replacements "
-        f"in {summary.seconds:.1f} s")
+        f"in {summary.seconds:.1f} s"
+    )
     if series is not None:
         out_console.print(f"{series} DESS series written ({image_size.value})")
     else:

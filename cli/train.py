@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -48,28 +48,42 @@ def train_command(
     store: Path = typer.Option(..., "--store", help="Volume store made by `oai preprocess`."),
     model: str = typer.Option(..., "--model", help="Registered model name (see `oai models`), or 'all'."),
     out: Path = typer.Option(..., "--out", help="Run folder (with --model all: a folder of run folders)."),
-    view: Optional[str] = typer.Option(None, "--view", help="sag, cor or ax, for 2d_trf (default sag; all three with --model all)."),
+    view: str | None = typer.Option(
+        None, "--view", help="sag, cor or ax, for 2d_trf (default sag; all three with --model all)."
+    ),
     folds: str = typer.Option("all", "--folds", help="'all' or fold numbers, e.g. 0,2."),
     epochs: int = typer.Option(100, "--epochs", min=1),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch size (default: the model's, as in the paper)."),
-    init: str = typer.Option("auto", "--init", help="auto, imagenet, scratch or a state-dict FILE (auto: imagenet for 2D encoders)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Global batch size (default: the model's, as in the paper)."
+    ),
+    init: str = typer.Option(
+        "auto", "--init", help="auto, imagenet, scratch or a state-dict FILE (auto: imagenet for 2D encoders)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on CUDA, fp32 on CPU)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: int = typer.Option(0, "--seed"),
-    split: Optional[int] = typer.Option(None, "--split", help="Split id (default: the newest of the definition)."),
+    split: int | None = typer.Option(None, "--split", help="Split id (default: the newest of the definition)."),
     definition: str = typer.Option(DEFAULT_DEFINITION, "--definition", help="Label definition name."),
     loader: str = typer.Option("auto", "--loader", help="resident (whole store in device memory), workers, or auto."),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", min=0, help="DataLoader processes (loader workers)."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=2, help="At most N training knees per fold (quick runs)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per process (default: torch's)."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms (bit-exact resume on CPU)."),
+    workers: int = typer.Option(
+        min(4, os.cpu_count() or 1), "--workers", min=0, help="DataLoader processes (loader workers)."
+    ),
+    limit_train: int | None = typer.Option(
+        None, "--limit-train", min=2, help="At most N training knees per fold (quick runs)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch CPU threads per process (default: torch's)."
+    ),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="Deterministic algorithms (bit-exact resume on CPU)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run(s) in --out from their last checkpoints."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (one per GPU) for DistributedDataParallel."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold)."""
-    from oaimodels.run_folder import fold_dirs, read_json, SUMMARY
+    from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training import TrainConfig, train_all, train_run
 
     if view is not None and view not in MRI_VIEWS:
@@ -97,9 +111,7 @@ def train_command(
         db.dispose()
     summary = []
     for run_dir in run_dirs:
-        folds_done = [
-            read_json(path / SUMMARY) for path in fold_dirs(run_dir).values() if (path / SUMMARY).is_file()
-        ]
+        folds_done = [read_json(path / SUMMARY) for path in fold_dirs(run_dir).values() if (path / SUMMARY).is_file()]
         summary.append({"run_dir": str(run_dir), "folds": folds_done})
     if json_out:
         emit_json({"runs": summary})
@@ -107,7 +119,8 @@ def train_command(
     for run in summary:
         best = ", ".join(
             f"fold {f['fold']}: AP {_fmt(f['best_val_ap'], '.3f')} (epoch {f['best_epoch'] + 1})"
-            for f in run["folds"] if f.get("best_epoch") is not None
+            for f in run["folds"]
+            if f.get("best_epoch") is not None
         )
         err_console.print(f"[bold]{run['run_dir']}[/]: {best}", highlight=False)
     err_console.print(f"evaluate with: oai eval {' '.join(r['run_dir'] for r in summary)}", highlight=False)

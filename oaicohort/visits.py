@@ -6,7 +6,18 @@ from oaicohort.errors import OAIError
 
 # vv -> months since enrolment (OAI_FORMATS.md, "Visits")
 VISIT_MONTHS: dict[int, int] = {
-    0: 0, 1: 12, 2: 18, 3: 24, 4: 30, 5: 36, 6: 48, 7: 60, 8: 72, 9: 84, 10: 96, 11: 108,
+    0: 0,
+    1: 12,
+    2: 18,
+    3: 24,
+    4: 30,
+    5: 36,
+    6: 48,
+    7: 60,
+    8: 72,
+    9: 84,
+    10: 96,
+    11: 108,
 }
 MONTH_VISITS: dict[int, int] = {m: v for v, m in VISIT_MONTHS.items()}
 # visits with central X-ray KL readings (kXR_SQ_BU{vv})

@@ -48,11 +48,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.imaging.store import VolumeStore
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 from .metrics import class_indices
 from .networks import get_spec
 from .networks.multiview import view_shapes_from_volume, views_from_volume
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,11 @@ class InputLayout:
     def from_dict(cls, data: dict[str, Any]) -> InputLayout:
         """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata)."""
         return cls(
-            data["model"], data["source_view"], tuple(data["stored_shape"]),  # type: ignore[arg-type]
-            tuple(data["crop_shape"]), tuple(data["model_views"]),  # type: ignore[arg-type]
+            data["model"],
+            data["source_view"],
+            tuple(data["stored_shape"]),  # type: ignore[arg-type]
+            tuple(data["crop_shape"]),
+            tuple(data["model_views"]),  # type: ignore[arg-type]
         )
 
 
@@ -147,7 +150,7 @@ def model_views(model: str, view: str | None) -> tuple[str, ...]:
         if view not in spec.view_choices:
             raise DataError(f"{model} reads one of {list(spec.view_choices)}, not {view!r}")
         return (view,)
-    if view not in spec.views or len(spec.views) > 1 and view != spec.views[0]:
+    if view not in spec.views or (len(spec.views) > 1 and view != spec.views[0]):
         raise DataError(f"{model} reads {list(spec.views)}; --view {view!r} does not apply to it")
     return tuple(spec.views)
 
@@ -177,9 +180,7 @@ def resolve_layout(
         fits = all(c <= s for c, s in zip(paper, stored))
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
-        raise DataError(
-            f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)"
-        )
+        raise DataError(f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)")
     return InputLayout(model, source, stored, crop, views)  # type: ignore[arg-type]
 
 
@@ -239,9 +240,7 @@ def draw_augment(
     angles = (torch.rand(batch, generator=generator) * 2 - 1) * params.max_rotation_deg
     angles = torch.where(rotate, angles, torch.zeros_like(angles))
     apply_gamma = torch.rand(batch, generator=generator) < params.gamma_p
-    gamma = params.gamma_low + torch.rand(batch, generator=generator) * (
-        params.gamma_high - params.gamma_low
-    )
+    gamma = params.gamma_low + torch.rand(batch, generator=generator) * (params.gamma_high - params.gamma_low)
     gamma = torch.where(apply_gamma, gamma, torch.ones_like(gamma))
     return AugmentDraw(offsets, angles, rotate, gamma, apply_gamma)
 
@@ -257,9 +256,7 @@ def crop_volumes(volumes: torch.Tensor, offsets: torch.Tensor, crop: Sequence[in
     if len({tuple(o) for o in offs}) == 1:  # evaluation: one slice for the whole batch
         od, oh, ow = offs[0]
         return volumes[:, od : od + d, oh : oh + h, ow : ow + w].contiguous()
-    return torch.stack(
-        [v[od : od + d, oh : oh + h, ow : ow + w] for v, (od, oh, ow) in zip(volumes, offs)]
-    )
+    return torch.stack([v[od : od + d, oh : oh + h, ow : ow + w] for v, (od, oh, ow) in zip(volumes, offs)])
 
 
 def scale_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +307,7 @@ def rotate_in_slice(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
     The slices of a volume are the channels of one ``grid_sample`` call, so all of them share
     exactly one grid: the same angle for the whole volume, in one kernel for the whole batch.
     """
-    b, d, h, w = x.shape
+    _b, _d, h, w = x.shape
     grid = rotation_grid(to_device(angles_deg, x.device), h, w).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -340,13 +337,9 @@ class BatchPreparer:
         self.channels_last = channels_last
 
     def draw(self, batch: int, generator: torch.Generator) -> AugmentDraw:
-        return draw_augment(
-            batch, self.layout.stored_shape, self.layout.crop_shape, self.augment, generator
-        )
+        return draw_augment(batch, self.layout.stored_shape, self.layout.crop_shape, self.augment, generator)
 
-    def train_inputs(
-        self, volumes: torch.Tensor, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def train_inputs(self, volumes: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Augmented inputs: random crop, [0, 1] scaling, rotation, gamma, normalisation."""
         return self.apply(volumes, self.draw(volumes.shape[0], generator))
 
@@ -398,9 +391,7 @@ class WeightedEpochSampler:
     to a multiple of ``world_size``).
     """
 
-    def __init__(
-        self, classes: np.ndarray, *, seed: int, rank: int = 0, world_size: int = 1
-    ) -> None:
+    def __init__(self, classes: np.ndarray, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
         classes = np.asarray(classes, dtype=np.int64)
         if classes.size == 0:
             raise DataError("no training knees to sample from")
@@ -695,7 +686,9 @@ def knee_table(
     if no_volume.any():
         log.warning(
             "%d labelled knee(s) have no usable %s volume in %s and are left out",
-            int(no_volume.sum()), view, store_path,
+            int(no_volume.sum()),
+            view,
+            store_path,
         )
     merged = merged[~no_volume]
     columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.columns]

@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oaicohort.cohort.labels import cohort_summary, derive_labels
+from oaicohort.cohort.splits import make_split
 from oaicohort.db import open_database
 from oaicohort.errors import OAIError
-from oaicohort.ingest.run import ingest_release
-from oaicohort.cohort.labels import cohort_summary, derive_labels
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.ingest.run import ingest_release
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.cohort.splits import make_split
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
@@ -110,8 +110,12 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
 
         t = _step("preprocess", report, 2, steps)
         summary = run_preprocess(
-            db, store, PreprocessParams.small(), views=MRI_VIEWS,
-            workers=config.workers, progress=report,
+            db,
+            store,
+            PreprocessParams.small(),
+            views=MRI_VIEWS,
+            workers=config.workers,
+            progress=report,
         )
         seconds["preprocess"] = time.perf_counter() - t
         if summary.failed:
@@ -160,10 +164,21 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         out=out,
         cohort=cohort,
         split=split.to_dict(),
-        metrics={k: metrics.get(k) for k in (
-            "ap", "ap_sd", "ap_ci", "roc_auc", "roc_auc_sd", "roc_auc_ci", "balanced_accuracy",
-            "n_knees", "prevalence", "brier",
-        )},
+        metrics={
+            k: metrics.get(k)
+            for k in (
+                "ap",
+                "ap_sd",
+                "ap_ci",
+                "roc_auc",
+                "roc_auc_sd",
+                "roc_auc_ci",
+                "balanced_accuracy",
+                "n_knees",
+                "prevalence",
+                "brier",
+            )
+        },
         report=Path(metrics["report"]),
         seconds=seconds,
     )

@@ -36,10 +36,11 @@ import torch
 
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
+from oaicohort.vocabulary import CLASSES
 
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
-from .metrics import binary_target, progression_score, score_predictions, average_precision, roc_auc
+from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
 from .training import (
     TrainConfig,
@@ -48,7 +49,6 @@ from .training import (
     resolve_device,
     softmax,
 )
-from oaicohort.vocabulary import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def ensemble_probabilities(fold_logits: Sequence[np.ndarray]) -> np.ndarray:
     """
     if not fold_logits:
         raise ValueError("no fold predictions to average")
-    return np.mean([softmax(np.asarray(l, dtype=np.float64)) for l in fold_logits], axis=0)
+    return np.mean([softmax(np.asarray(logits, dtype=np.float64)) for logits in fold_logits], axis=0)
 
 
 def _run_config(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
@@ -91,32 +91,47 @@ def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout
         from .data import knee_table
 
         try:
-            current, _ = knee_table(db, config.store, layout.source_view, definition=config.definition,
-                                    split=config.split, visit=config.visit)
+            current, _ = knee_table(
+                db,
+                config.store,
+                layout.source_view,
+                definition=config.definition,
+                split=config.split,
+                visit=config.visit,
+            )
         except OAIError as exc:
             log.warning("cannot compare the run's test knees with the database: %s", exc)
         else:
             cur = current[current["role"] == "test"].sort_values("knee_id")
             mine = test.sort_values("knee_id")
-            matches = (cur["knee_id"].tolist() == mine["knee_id"].tolist()
-                       and cur["label"].astype(str).tolist() == mine["label"].astype(str).tolist())
+            matches = (
+                cur["knee_id"].tolist() == mine["knee_id"].tolist()
+                and cur["label"].astype(str).tolist() == mine["label"].astype(str).tolist()
+            )
             if not matches:
-                log.warning("%s: the database's current test labels differ from the run's knees.csv; "
-                            "evaluating the run's own knees", run_dir)
+                log.warning(
+                    "%s: the database's current test labels differ from the run's knees.csv; "
+                    "evaluating the run's own knees",
+                    run_dir,
+                )
     return test, matches
 
 
-def _efficiency(layout: InputLayout, precision: str, device: torch.device, model: torch.nn.Module,
-                latency: bool, view: str | None) -> dict[str, Any]:
+def _efficiency(
+    layout: InputLayout, precision: str, device: torch.device, model: torch.nn.Module, latency: bool, view: str | None
+) -> dict[str, Any]:
     from .networks.complexity import count_params, measure_latency, model_complexity
 
     spec = get_spec(layout.model)
     view = view if spec.view_choices else None
-    out: dict[str, Any] = {"params": count_params(model), "input_shapes": {k: list(v) for k, v in layout.input_shapes().items()}}
+    out: dict[str, Any] = {
+        "params": count_params(model),
+        "input_shapes": {k: list(v) for k, v in layout.input_shapes().items()},
+    }
     out["params_m"] = out["params"] / 1e6
     try:
         out["gmacs"] = model_complexity(layout.model, view=view, shapes=layout.input_shapes()).gmacs
-    except Exception as exc:  # noqa: BLE001 - the counter is best-effort, the metrics are not
+    except Exception as exc:
         log.warning("could not count MACs of %s: %s", layout.model, exc)
         out["gmacs"] = None
     if latency:
@@ -149,8 +164,17 @@ def evaluate_run(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _evaluate_run(Path(run_dir), db, out_dir=out_dir, device=device, n_resamples=n_resamples,
-                             seed=seed, latency=latency, loader=loader, progress=progress)
+        return _evaluate_run(
+            Path(run_dir),
+            db,
+            out_dir=out_dir,
+            device=device,
+            n_resamples=n_resamples,
+            seed=seed,
+            latency=latency,
+            loader=loader,
+            progress=progress,
+        )
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -179,14 +203,19 @@ def _evaluate_run(
         )
     unfinished = [k for k in folds if not rf.is_fold_complete(run_dir, k)]
     if unfinished:
-        log.warning("%s: fold(s) %s stopped before their last epoch; using their best snapshot so far",
-                    run_dir.name, unfinished)
+        log.warning(
+            "%s: fold(s) %s stopped before their last epoch; using their best snapshot so far", run_dir.name, unfinished
+        )
     out = Path(out_dir) if out_dir is not None else run_dir / rf.EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     test, db_match = _test_knees(run_dir, db, config, layout)
     positions = test["position"].to_numpy()
-    mode = loader if loader != "auto" else ("resident" if resident_fits(len(test), layout.stored_shape, dev) else "workers")
+    mode = (
+        loader
+        if loader != "auto"
+        else ("resident" if resident_fits(len(test), layout.stored_shape, dev) else "workers")
+    )
     source = make_source(mode, config.store, layout.source_view, positions, dev, workers=0)
     preparer = BatchPreparer(layout, channels_last=bool(config.channels_last) and dev.type == "cuda")
     batch = config.eval_batch_size or 2 * (config.batch_size or 8)
@@ -194,11 +223,12 @@ def _evaluate_run(
     fold_logits, efficiency = [], None
     try:
         for i, fold in enumerate(folds):
-            model, meta = load_fold_model(rf.fold_dir(run_dir, fold) / rf.BEST, dev)
+            model, _meta = load_fold_model(rf.fold_dir(run_dir, fold) / rf.BEST, dev)
             if preparer.channels_last:
                 to_channels_last(model)
-            fold_logits.append(predict_logits(model, source, np.arange(len(test)), preparer,
-                                              batch_size=batch, precision=precision))
+            fold_logits.append(
+                predict_logits(model, source, np.arange(len(test)), preparer, batch_size=batch, precision=precision)
+            )
             if efficiency is None:
                 efficiency = _efficiency(layout, precision, dev, model, latency, config.view)
             del model
@@ -211,8 +241,10 @@ def _evaluate_run(
     metrics = score_predictions(y, probs, test["subject_id"].to_numpy(), n_resamples=n_resamples, seed=seed)
     y_bin = binary_target(y)
     fold_scores = {fold: progression_score(softmax(logits)) for fold, logits in zip(folds, fold_logits)}
-    per_fold = [{"fold": fold, "ap": average_precision(y_bin, s), "roc_auc": roc_auc(y_bin, s)}
-                for fold, s in fold_scores.items()]
+    per_fold = [
+        {"fold": fold, "ap": average_precision(y_bin, s), "roc_auc": roc_auc(y_bin, s)}
+        for fold, s in fold_scores.items()
+    ]
     spec = get_spec(config.model)
     paper = spec.paper_row(config.view if spec.view_choices else None)
     metrics.update(
@@ -226,8 +258,15 @@ def _evaluate_run(
         per_fold=per_fold,
         ensemble="mean of the fold models' softmax probabilities (softmax applied once)",
         efficiency=efficiency,
-        paper={"ap": paper.ap, "ap_sd": paper.ap_sd, "roc_auc": paper.auc, "roc_auc_sd": paper.auc_sd,
-               "gmacs": paper.gmacs, "params_m": paper.params_m, "latency_ms": paper.latency_ms},
+        paper={
+            "ap": paper.ap,
+            "ap_sd": paper.ap_sd,
+            "roc_auc": paper.auc,
+            "roc_auc_sd": paper.auc_sd,
+            "gmacs": paper.gmacs,
+            "params_m": paper.params_m,
+            "latency_ms": paper.latency_ms,
+        },
         labels=rf.read_json(run_dir / rf.LABELS) if (run_dir / rf.LABELS).is_file() else {},
         labels_match_database=db_match,
         out_dir=str(out),
@@ -288,17 +327,30 @@ def write_plots(out: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, 
     ax.imshow(cm, cmap="Blues")
     for (i, j), n in np.ndenumerate(cm):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
-    ax.set(xticks=range(len(CLASSES)), yticks=range(len(CLASSES)), xticklabels=CLASSES, yticklabels=CLASSES,
-           xlabel="predicted", ylabel="true", title=f"BA {metrics['balanced_accuracy']:.3f}")
+    ax.set(
+        xticks=range(len(CLASSES)),
+        yticks=range(len(CLASSES)),
+        xticklabels=CLASSES,
+        yticklabels=CLASSES,
+        xlabel="predicted",
+        ylabel="true",
+        title=f"BA {metrics['balanced_accuracy']:.3f}",
+    )
     paths.append(_save(fig, out / "confusion.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     rel = metrics["reliability"]
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.plot(rel["mean_predicted"], rel["observed"], "o-",
-            label=f"Brier {metrics['brier']:.3f}, ECE {metrics['ece']:.3f}")
-    ax.set(xlabel="predicted p(progression)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
-           title=f"Calibration: {title}")
+    ax.plot(
+        rel["mean_predicted"], rel["observed"], "o-", label=f"Brier {metrics['brier']:.3f}, ECE {metrics['ece']:.3f}"
+    )
+    ax.set(
+        xlabel="predicted p(progression)",
+        ylabel="observed frequency",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"Calibration: {title}",
+    )
     ax.legend(loc="upper left")
     paths.append(_save(fig, out / "calibration.png"))
     return paths
@@ -372,8 +424,10 @@ def _cohort_section(m: dict[str, Any]) -> str:
     definition = labels.get("definition") or {}
     split = labels.get("split") or {}
     if definition:
-        lines.append(f"- label definition: `{definition.get('name')}` (params hash "
-                     f"`{str(definition.get('params_hash'))[:12]}`)\n")
+        lines.append(
+            f"- label definition: `{definition.get('name')}` (params hash "
+            f"`{str(definition.get('params_hash'))[:12]}`)\n"
+        )
     if split:
         lines.append(f"- split id {split.get('id')}: {split.get('params')}\n")
     counts = labels.get("counts") or {}
@@ -401,13 +455,16 @@ def run_report(m: dict[str, Any]) -> str:
         f"[{m['roc_auc_ci_low']:.3f}, {m['roc_auc_ci_high']:.3f}]; balanced accuracy "
         f"{m['balanced_accuracy']:.3f} [{m['balanced_accuracy_ci_low']:.3f}, {m['balanced_accuracy_ci_high']:.3f}]\n",
         f"- Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f}\n",
-        "- per-fold test AP: "
-        + ", ".join(f"fold {p['fold']}: {p['ap']:.3f}" for p in m["per_fold"]) + "\n",
+        "- per-fold test AP: " + ", ".join(f"fold {p['fold']}: {p['ap']:.3f}" for p in m["per_fold"]) + "\n",
     ]
     if eff.get("latency_ms") is not None:
-        lines.append(f"- latency: median of single-sample forward passes on {eff.get('latency_device')} "
-                     f"({eff.get('latency_precision')}), synchronised\n")
-    lines.append("\nConfusion matrix (rows true, columns predicted):\n\n| | " + " | ".join(CLASSES) + " |\n|---|---|---|---|\n")
+        lines.append(
+            f"- latency: median of single-sample forward passes on {eff.get('latency_device')} "
+            f"({eff.get('latency_precision')}), synchronised\n"
+        )
+    lines.append(
+        "\nConfusion matrix (rows true, columns predicted):\n\n| | " + " | ".join(CLASSES) + " |\n|---|---|---|---|\n"
+    )
     for i, c in enumerate(CLASSES):
         lines.append(f"| {c} | " + " | ".join(str(int(n)) for n in cm[i]) + " |\n")
     lines.append("\n![ROC](roc.png) ![PR](pr.png) ![confusion](confusion.png) ![calibration](calibration.png)\n\n")
@@ -424,16 +481,22 @@ def comparison_report(runs: list[dict[str, Any]]) -> str:
             by_model.setdefault((m["model"], ",".join(m["views"])), {})[kind] = m
     pairs = {k: v for k, v in by_model.items() if len(v) == 2}
     if pairs:
-        lines.append("## ImageNet initialisation vs from scratch (Table 2)\n\n"
-                     "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
-                     "|---|---|---|---|---|---|\n")
+        lines.append(
+            "## ImageNet initialisation vs from scratch (Table 2)\n\n"
+            "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
+            "|---|---|---|---|---|---|\n"
+        )
         for (model, views), v in pairs.items():
             s, i = v["scratch"], v["imagenet"]
-            lines.append(f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
-                         f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n")
+            lines.append(
+                f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
+                f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n"
+            )
         lines.append("\n")
     lines.append("![ROC](roc.png) ![PR](pr.png)\n\n")
-    lines.append("Per-run reports: " + ", ".join(f"[{m['name']}]({Path(m['out_dir']) / 'report.md'})" for m in runs) + "\n\n")
+    lines.append(
+        "Per-run reports: " + ", ".join(f"[{m['name']}]({Path(m['out_dir']) / 'report.md'})" for m in runs) + "\n\n"
+    )
     lines.append(_cohort_section(runs[0]))
     return "".join(lines)
 
@@ -462,16 +525,14 @@ def evaluate_runs(
     dirs = [Path(r).expanduser().resolve() for r in run_dirs]
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
-    kwargs = dict(device=device, n_resamples=n_resamples, seed=seed, latency=latency, threads=threads,
-                  progress=progress)
+    kwargs = dict(
+        device=device, n_resamples=n_resamples, seed=seed, latency=latency, threads=threads, progress=progress
+    )
     if len(dirs) == 1:
         m = evaluate_run(dirs[0], db, out_dir=out_dir, **kwargs)
         return {**m, "runs": [m], "report": str(Path(m["out_dir"]) / "report.md")}
     root = Path(out_dir) if out_dir is not None else dirs[0].parent / "comparison"
-    runs = [
-        evaluate_run(d, db, out_dir=(root / d.name) if out_dir is not None else None, **kwargs)
-        for d in dirs
-    ]
+    runs = [evaluate_run(d, db, out_dir=(root / d.name) if out_dir is not None else None, **kwargs) for d in dirs]
     root.mkdir(parents=True, exist_ok=True)
     _overlay_plots(root, runs)
     report = root / "report.md"

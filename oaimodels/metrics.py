@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+
 from oaicohort.vocabulary import CLASSES
 
 """Class order of probabilities and labels (the same as ``oaimodels.networks.CLASSES``)."""
@@ -100,9 +101,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES
     """``n_classes x n_classes`` counts; rows are true classes, columns predicted ones."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
-    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
-        n_classes, n_classes
-    )
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES) -> float:
@@ -236,9 +235,7 @@ def bootstrap(
     if values.size < 2:
         return BootstrapEstimate(value, float("nan"), float("nan"), float("nan"), n_total, values.size)
     low, high = np.percentile(values, [2.5, 97.5])
-    return BootstrapEstimate(
-        value, float(values.std(ddof=1)), float(low), float(high), n_total, int(values.size)
-    )
+    return BootstrapEstimate(value, float(values.std(ddof=1)), float(low), float(high), n_total, int(values.size))
 
 
 # --------------------------------------------------------------------------- the evaluation set
@@ -271,9 +268,7 @@ def score_predictions(
     y = binary_target(classes)
     score = progression_score(probs)
     predicted = probs.argmax(axis=1)
-    resamples = list(
-        subject_resamples(subject_ids, y, n_resamples=n_resamples, seed=seed)
-    )
+    resamples = list(subject_resamples(subject_ids, y, n_resamples=n_resamples, seed=seed))
     metric_fns: Mapping[str, Callable[[np.ndarray], float]] = {
         "ap": lambda i: average_precision(y[i], score[i]),
         "roc_auc": lambda i: roc_auc(y[i], score[i]),

@@ -95,9 +95,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_log(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(
-        path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records)
-    )
+    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -114,9 +112,7 @@ def git_commit(start: Path | None = None) -> str | None:
     """The commit of the toolkit's source checkout, if it is one (None for an installed wheel)."""
     where = start or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -124,7 +120,10 @@ def git_commit(start: Path | None = None) -> str | None:
         return None
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=where, capture_output=True, text=True, timeout=5,
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=5,
     ).stdout.strip()
     return commit + ("-dirty" if dirty else "")
 

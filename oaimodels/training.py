@@ -48,8 +48,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from oaicohort.errors import OAIError
-from oaicohort.progress import ProgressCallback
 from oaicohort.imaging.store import VolumeStore
+from oaicohort.progress import ProgressCallback
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 from . import run_folder as rf
 from .data import (
@@ -71,7 +72,6 @@ from .data import (
 from .losses import focal_loss
 from .metrics import average_precision, binary_target, progression_score, roc_auc
 from .networks import get_model, get_spec, list_models, to_channels_last
-from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,7 @@ def lr_at(epoch: int, config: TrainConfig) -> float:
     return config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch warm-up then constant (stepped once after every epoch)."""
     base = config.lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, config) / base)
@@ -275,8 +273,12 @@ def rng_state() -> dict[str, Any]:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[0]],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -287,9 +289,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     keys, version = state["python"]
     random.setstate((version, tuple(keys), None))
     if "cuda" in state and torch.cuda.is_available():
@@ -388,19 +388,29 @@ def prepare_run(
         if db is None:
             raise TrainingError("train_run needs a database (labels, split) or a knee table")
         knees, volume_info = knee_table(
-            db, config.store, layout.source_view,
-            definition=config.definition, split=config.split, visit=config.visit,
+            db,
+            config.store,
+            layout.source_view,
+            definition=config.definition,
+            split=config.split,
+            visit=config.visit,
         )
         attrs = dict(knees.attrs)
         info.update(
-            definition={"name": attrs.get("definition"), "id": attrs.get("definition_id"),
-                        "params_hash": attrs.get("params_hash")},
+            definition={
+                "name": attrs.get("definition"),
+                "id": attrs.get("definition_id"),
+                "params_hash": attrs.get("params_hash"),
+            },
             split={"id": attrs.get("split_id"), "params": attrs.get("split_params")},
             **volume_info,
         )
     knees = validate_knees(knees)  # the leakage check runs here, whatever the table's source
-    keep = [c for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y")
-            if c in knees.columns]
+    keep = [
+        c
+        for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y")
+        if c in knees.columns
+    ]
     knees = knees[keep].reset_index(drop=True)
     knees["fold"] = knees["fold"].astype("Int64")
     available = sorted(int(f) for f in knees.loc[knees["role"] == "train", "fold"].dropna().unique())
@@ -424,8 +434,7 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
     if config_path.is_file():
         if not resume:
             raise TrainingError(
-                f"{p.run_dir} already holds a training run; pass --resume to continue it or "
-                "choose another --out"
+                f"{p.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
             )
         saved = TrainConfig.from_dict(rf.read_json(config_path)["config"])
         mine, theirs = p.config.essential(), saved.essential()
@@ -437,9 +446,11 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
             )
         saved_knees = pd.read_csv(p.run_dir / rf.KNEES)
         cols = ["knee_id", "label", "role", "position"]
-        same = len(saved_knees) == len(p.knees) and all(
-            saved_knees[c].astype(str).tolist() == p.knees[c].astype(str).tolist() for c in cols
-        ) and saved_knees["fold"].astype("Int64").equals(p.knees["fold"].astype("Int64"))
+        same = (
+            len(saved_knees) == len(p.knees)
+            and all(saved_knees[c].astype(str).tolist() == p.knees[c].astype(str).tolist() for c in cols)
+            and saved_knees["fold"].astype("Int64").equals(p.knees["fold"].astype("Int64"))
+        )
         if not same:
             raise TrainingError(
                 f"cannot resume {p.run_dir}: the labels, split or store index changed since the "
@@ -539,7 +550,7 @@ def _finalise_pending_best(fold_path: Path, best: dict) -> None:
         return
     try:
         epoch = load_checkpoint(pending)["meta"]["epoch"]
-    except Exception:  # noqa: BLE001 - a truncated file is just discarded
+    except Exception:
         epoch = None
     if epoch is not None and epoch == best.get("epoch"):
         os.replace(pending, fold_path / rf.BEST)
@@ -594,7 +605,9 @@ def train_fold(
     optimizer = make_optimizer(model, c)
     scheduler = make_scheduler(optimizer, c)
     sampler = WeightedEpochSampler(
-        train_frame["y"].to_numpy()[fd.train_items], seed=derive_seed(c.seed, fold), rank=d.rank,
+        train_frame["y"].to_numpy()[fd.train_items],
+        seed=derive_seed(c.seed, fold),
+        rank=d.rank,
         world_size=d.world,
     )
     history: list[dict[str, Any]] = []
@@ -619,9 +632,7 @@ def train_fold(
 
     train_model: nn.Module = model
     if d.active:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if c.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     preparer = BatchPreparer(p.layout, c.augment, channels_last=bool(c.channels_last))
@@ -669,7 +680,11 @@ def train_fold(
         n_train = int(totals[1])
 
         logits_shard = predict_logits(
-            model, source, val_shard, preparer, batch_size=c.eval_batch_size or 2 * c.batch_size,
+            model,
+            source,
+            val_shard,
+            preparer,
+            batch_size=c.eval_batch_size or 2 * c.batch_size,
             precision=c.precision,
         )
         _, val_logits = _gather_rows(d, val_shard, logits_shard)
@@ -700,14 +715,23 @@ def train_fold(
         improved = key >= best_key  # ties go to the later epoch
         if improved:
             best_key = key
-            best = {"epoch": epoch, "val_ap": ap, "val_roc_auc": auc,
-                    "predictions": _val_predictions(fd.val_rows, probs)}
+            best = {
+                "epoch": epoch,
+                "val_ap": ap,
+                "val_roc_auc": auc,
+                "predictions": _val_predictions(fd.val_rows, probs),
+            }
         if d.main:
             meta = _checkpoint_meta(p, fold, epoch, history, best)
             if improved:
-                _save({"model": model.state_dict(), "meta": {k: v for k, v in meta.items()
-                                                            if k not in ("history", "best")}
-                       | {"val_ap": ap, "val_roc_auc": auc}}, fold_path / rf.BEST_PENDING)
+                _save(
+                    {
+                        "model": model.state_dict(),
+                        "meta": {k: v for k, v in meta.items() if k not in ("history", "best")}
+                        | {"val_ap": ap, "val_roc_auc": auc},
+                    },
+                    fold_path / rf.BEST_PENDING,
+                )
             _save(
                 {
                     "model": model.state_dict(),
@@ -817,14 +841,18 @@ def _train_folds(
     mode = _choose_loader(c, len(train_frame), p.layout.stored_shape, device)
     log.info("loader: %s (%d training-role volumes of %s)", mode, len(train_frame), p.layout.stored_shape)
     source = make_source(
-        mode, c.store, p.layout.source_view, train_frame["position"].to_numpy(), device,
-        workers=c.workers, progress=progress if d.main else None,
+        mode,
+        c.store,
+        p.layout.source_view,
+        train_frame["position"].to_numpy(),
+        device,
+        workers=c.workers,
+        progress=progress if d.main else None,
     )
     try:
         for fold in todo:
             summaries.append(
-                train_fold(p, fold, source, train_frame, d=d, resume=resume, progress=progress,
-                           on_epoch=on_epoch)
+                train_fold(p, fold, source, train_frame, d=d, resume=resume, progress=progress, on_epoch=on_epoch)
             )
     finally:
         source.close()
@@ -844,9 +872,13 @@ def _spawned_worker(rank: int, world: int, port: int, p: PreparedRun, resume: bo
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        _train_prepared(p, Dist(rank, world, rank), resume=resume, progress=None,
-                        on_epoch=lambda r: log.info("fold %(fold)d epoch %(epoch)d: loss %(train_loss).4f "
-                                                    "val AP %(val_ap).3f", r))
+        _train_prepared(
+            p,
+            Dist(rank, world, rank),
+            resume=resume,
+            progress=None,
+            on_epoch=lambda r: log.info("fold %(fold)d epoch %(epoch)d: loss %(train_loss).4f val AP %(val_ap).3f", r),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -892,7 +924,10 @@ def train_run(
         if torch.device(p.config.device).type == "cuda" and torch.cuda.device_count() < world:
             raise TrainingError(f"--nproc {world} needs {world} GPUs, found {torch.cuda.device_count()}")
         mp.start_processes(
-            _spawned_worker, args=(world, _free_port(), p, resume), nprocs=world, join=True,
+            _spawned_worker,
+            args=(world, _free_port(), p, resume),
+            nprocs=world,
+            join=True,
             start_method="spawn",
         )
         return p.run_dir
@@ -925,8 +960,8 @@ def train_all(
     for model in models or mri_models():
         spec = get_spec(model)
         views: Sequence[str | None] = (
-            [config.view] if config.view else list(spec.view_choices) or [None]
-        ) if spec.view_choices else [None]
+            ([config.view] if config.view else list(spec.view_choices) or [None]) if spec.view_choices else [None]
+        )
         for view in views:
             init = config.init
             if init == "auto":
@@ -939,7 +974,5 @@ def train_all(
                 done.append(run_dir)
                 continue
             sub = dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir))
-            done.append(
-                train_run(sub, db, progress, resume=resume, on_epoch=on_epoch)
-            )
+            done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
     return done

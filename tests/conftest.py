@@ -22,10 +22,7 @@ def postgres_server_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if url:
         return url
-    reason = (
-        f"no PostgreSQL test server: set {POSTGRES_ENV} "
-        "(`source .ci/postgres.sh start` starts a throw-away one)"
-    )
+    reason = f"no PostgreSQL test server: set {POSTGRES_ENV} (`source .ci/postgres.sh start` starts a throw-away one)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI must run the PostgreSQL tests but {reason}")
     pytest.skip(reason)

@@ -20,13 +20,28 @@ from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_TABLES = (
-    "subjects", "subject_visits", "knees", "xray_readings", "knee_replacements",
-    "image_series", "clinical_values",
+    "subjects",
+    "subject_visits",
+    "knees",
+    "xray_readings",
+    "knee_replacements",
+    "image_series",
+    "clinical_values",
 )
 LABEL_TABLES = ("label_definitions", "knee_labels", "splits", "split_assignments")
 # columns that differ between databases holding the same data (surrogate ids, paths, times)
-_VOLATILE = {"id", "knee_id", "split_id", "definition_id", "series_id", "created_at",
-             "visit_dir", "source_file", "ingest_run_id", "store_path"}
+_VOLATILE = {
+    "id",
+    "knee_id",
+    "split_id",
+    "definition_id",
+    "series_id",
+    "created_at",
+    "visit_dir",
+    "source_file",
+    "ingest_run_id",
+    "store_path",
+}
 
 
 def oai_command(db_url: str, *args: str) -> list[str]:
@@ -35,14 +50,24 @@ def oai_command(db_url: str, *args: str) -> list[str]:
 
 def spawn_oai(db_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        oai_command(db_url, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, **(env or {})},
+        oai_command(db_url, *args),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
-def run_oai(db_url: str, *args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_oai(
+    db_url: str, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        oai_command(db_url, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        oai_command(db_url, *args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -64,11 +89,14 @@ def write_lock_held(db_url: str) -> bool:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            held = conn.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid = 0 AND objid = :key AND objsubid = 1 "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            ), {"key": POSTGRES_WRITE_LOCK_KEY}).scalar()
+            held = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND classid = 0 AND objid = :key AND objsubid = 1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"key": POSTGRES_WRITE_LOCK_KEY},
+            ).scalar()
     finally:
         engine.dispose()
     return bool(held)
@@ -109,9 +137,7 @@ def table_rows(db: Database, tables: tuple[str, ...]) -> dict[str, list[tuple[An
     with db.read() as s:
         for table in tables:
             rows = s.execute(text(f"SELECT * FROM {table}")).mappings()
-            out[table] = sorted(
-                tuple(sorted((k, _text(v)) for k, v in r.items() if k not in _VOLATILE)) for r in rows
-            )
+            out[table] = sorted(tuple(sorted((k, _text(v)) for k, v in r.items() if k not in _VOLATILE)) for r in rows)
     return out
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -161,7 +161,13 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
     """
     from oaicohort.cohort.labels import labels_fingerprint
     from oaicohort.db.schema import (
-        Knee, KneeLabel, LabelDefinition, Split, SplitAssignment, Subject, Volume,
+        Knee,
+        KneeLabel,
+        LabelDefinition,
+        Split,
+        SplitAssignment,
+        Subject,
+        Volume,
     )  # fmt: skip
     from oaicohort.imaging.store import resolve_store_path
 
@@ -189,7 +195,15 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
             fold = None if pd.isna(row.fold) else int(row.fold)
             session.add(SplitAssignment(split_id=split.id, knee_id=int(row.knee_id), role=row.role, fold=fold))
             session.add(
-                Volume(knee_id=int(row.knee_id), visit=0, view="sag", store_path=store, params_hash="toy",
-                       array_path="sag", position=int(row.position), status="ok")
+                Volume(
+                    knee_id=int(row.knee_id),
+                    visit=0,
+                    view="sag",
+                    store_path=store,
+                    params_hash="toy",
+                    array_path="sag",
+                    position=int(row.position),
+                    status="ok",
+                )
             )
         return int(split.id)

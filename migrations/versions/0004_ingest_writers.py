@@ -21,14 +21,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("writer_pid", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("writer_start", sa.String(length=64), nullable=True))
     with op.batch_alter_table("ingest_files") as batch:
-        batch.alter_column("size_bytes", existing_type=sa.Integer(), type_=sa.BigInteger(),
-                           existing_nullable=False)
+        batch.alter_column("size_bytes", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("ingest_files") as batch:
-        batch.alter_column("size_bytes", existing_type=sa.BigInteger(), type_=sa.Integer(),
-                           existing_nullable=False)
+        batch.alter_column("size_bytes", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
     with op.batch_alter_table("ingest_runs") as batch:
         batch.drop_column("writer_start")
         batch.drop_column("writer_pid")

@@ -70,7 +70,6 @@ IMAGE_MISSING = "image_missing"
 COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
 
 
-
 class LabelDefinitionError(OAIError):
     """A label definition's parameters are inconsistent, or its name is unknown."""
 
@@ -129,17 +128,13 @@ class LabelDefinitionParams:
         if list(visits) != sorted(set(visits)):
             raise LabelDefinitionError(f"{where}: followup_visits must be increasing, got {list(visits)}")
         if not self.examined_visits:
-            raise LabelDefinitionError(
-                f"{where}: no follow-up visit within horizon_month={self.horizon_month}"
-            )
+            raise LabelDefinitionError(f"{where}: no follow-up visit within horizon_month={self.horizon_month}")
         if self.fast_before_month <= 0:
             raise LabelDefinitionError(f"{where}: fast_before_month must be positive")
         _check_choice(where, "missing_klg", self.missing_klg, MissingKlgPolicy)
         _check_choice(where, "non_progressor_requires", self.non_progressor_requires, NonProgressorRule)
         _check_choice(where, "duplicates", self.duplicates, DuplicatePolicy)
-        if not self.baseline_klg_allowed or any(
-            k not in (0, 1, 2, 3, 4) for k in self.baseline_klg_allowed
-        ):
+        if not self.baseline_klg_allowed or any(k not in (0, 1, 2, 3, 4) for k in self.baseline_klg_allowed):
             raise LabelDefinitionError(
                 f"{where}: baseline_klg_allowed must be KL grades 0-4, got {list(self.baseline_klg_allowed)}"
             )
@@ -166,8 +161,7 @@ class LabelDefinitionParams:
         (``baseline_klg_<k>`` stands for each grade not allowed)."""
         grades = tuple(f"baseline_klg_{k}" for k in range(5) if k not in self.baseline_klg_allowed)
         images = (IMAGE_FAILED, IMAGE_MISSING) if self.image_store else ()
-        return (NO_BASELINE_READING, BASELINE_KLG_MISSING, *grades, LOST_TO_FOLLOW_UP,
-                *self.exclusions, *images)
+        return (NO_BASELINE_READING, BASELINE_KLG_MISSING, *grades, LOST_TO_FOLLOW_UP, *self.exclusions, *images)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able parameters (tuples as lists), name included."""
@@ -189,9 +183,7 @@ class LabelDefinitionParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - names)
         if unknown:
-            raise LabelDefinitionError(
-                f"unknown label-definition parameters {unknown}; known: {sorted(names)}"
-            )
+            raise LabelDefinitionError(f"unknown label-definition parameters {unknown}; known: {sorted(names)}")
         return cls(**params)
 
 
@@ -224,9 +216,7 @@ def preset(name: str) -> LabelDefinitionParams:
     try:
         return PRESETS[name]
     except KeyError:
-        raise LabelDefinitionError(
-            f"unknown label definition {name!r}; presets: {sorted(PRESETS)}"
-        ) from None
+        raise LabelDefinitionError(f"unknown label definition {name!r}; presets: {sorted(PRESETS)}") from None
 
 
 def resolve_definition(definition: str | LabelDefinitionParams) -> LabelDefinitionParams:

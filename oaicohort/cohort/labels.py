@@ -15,9 +15,9 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,22 @@ import pandas as pd
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from oaicohort.cohort.definitions import (
+    BASELINE_KLG_MISSING,
+    BMI_MISSING,
+    IMAGE_FAILED,
+    IMAGE_MISSING,
+    LOST_TO_FOLLOW_UP,
+    NO_BASELINE_DESS,
+    NO_BASELINE_READING,
+    PRESETS,
+    REPLACED_AT_BASELINE,
+    LabelDefinitionError,
+    LabelDefinitionParams,
+    preset,
+    resolve_definition,
+)
 from oaicohort.db import Database
-from oaicohort.errors import DatabaseStateError
-from oaicohort.cohort.definitions import BASELINE_KLG_MISSING, BMI_MISSING, IMAGE_FAILED, IMAGE_MISSING, LOST_TO_FOLLOW_UP, NO_BASELINE_DESS, NO_BASELINE_READING, REPLACED_AT_BASELINE, PRESETS, LabelDefinitionError, LabelDefinitionParams, preset, resolve_definition
-from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.db.schema import (
     ImageSeries,
     IngestRun,
@@ -42,14 +54,22 @@ from oaicohort.db.schema import (
     XrayReading,
     utcnow,
 )
+from oaicohort.errors import DatabaseStateError
+from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = (
-    "knee_id", "subject_id", "side", "kl_baseline", "label", "exclusion",
-    "progression_month", "kl_increase",
+    "knee_id",
+    "subject_id",
+    "side",
+    "kl_baseline",
+    "label",
+    "exclusion",
+    "progression_month",
+    "kl_increase",
 )
 # Days per month for placing an Outcomes99 replacement given only in days since enrolment.
 DAYS_PER_MONTH = 365.25 / 12
@@ -286,7 +306,6 @@ def read_frame(session: Session, stmt: Any, columns: Sequence[str]) -> pd.DataFr
     return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
-
 def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelInputs:
     """Read what ``params`` needs from the database (a handful of SELECTs)."""
     # the last visit (non-progressor rule) is the last examined one, so it is among these
@@ -295,8 +314,12 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     readings = read_frame(
         session,
         select(
-            XrayReading.id, XrayReading.knee_id, XrayReading.visit, XrayReading.klg,
-            XrayReading.klg_missing_code, XrayReading.source_row,
+            XrayReading.id,
+            XrayReading.knee_id,
+            XrayReading.visit,
+            XrayReading.klg,
+            XrayReading.klg_missing_code,
+            XrayReading.source_row,
         ).where(XrayReading.visit.in_(visits)),
         ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row"],
     )
@@ -316,8 +339,11 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     replacements = read_frame(
         session,
         select(
-            KneeReplacement.knee_id, KneeReplacement.status, KneeReplacement.at_baseline,
-            KneeReplacement.visit_after, KneeReplacement.xray_visit_after,
+            KneeReplacement.knee_id,
+            KneeReplacement.status,
+            KneeReplacement.at_baseline,
+            KneeReplacement.visit_after,
+            KneeReplacement.xray_visit_after,
             KneeReplacement.days_from_enrolment,
         ),
         ["knee_id", "status", "at_baseline", "visit_after", "xray_visit_after", "days"],
@@ -326,9 +352,7 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     if params.image_store is not None:
         volumes = read_frame(
             session,
-            select(Volume.knee_id, Volume.status).where(
-                Volume.store_path == params.image_store, Volume.visit == 0
-            ),
+            select(Volume.knee_id, Volume.status).where(Volume.store_path == params.image_store, Volume.visit == 0),
             ["knee_id", "status"],
         )
         if volumes.empty:
@@ -347,9 +371,7 @@ def _latest_ingest_run(session: Session) -> int | None:
 
 def _require_ingested(session: Session) -> None:
     if session.execute(select(XrayReading.id).limit(1)).first() is None:
-        raise DatabaseStateError(
-            "the database holds no X-ray readings: run `oai ingest ROOT` first, then `oai label`"
-        )
+        raise DatabaseStateError("the database holds no X-ray readings: run `oai ingest ROOT` first, then `oai label`")
 
 
 def _python_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -459,9 +481,7 @@ def stored_definition(
     row = session.execute(stmt).scalars().first()
     if row is None:
         if session.execute(select(Knee.id).limit(1)).first() is None:
-            raise DatabaseStateError(
-                "the database holds no knees: run `oai ingest ROOT` first, then `oai label`"
-            )
+            raise DatabaseStateError("the database holds no knees: run `oai ingest ROOT` first, then `oai label`")
         raise DatabaseStateError(
             f"no labels of definition {what} in the database: run `oai label --definition {name}` first"
         )
@@ -472,8 +492,14 @@ def stored_labels(session: Session, definition_id: int) -> pd.DataFrame:
     """The stored labels of a definition joined with subject and side (LABEL_COLUMNS)."""
     stmt = (
         select(
-            KneeLabel.knee_id, Knee.subject_id, Knee.side, KneeLabel.kl_baseline, KneeLabel.label,
-            KneeLabel.exclusion, KneeLabel.progression_month, KneeLabel.kl_increase,
+            KneeLabel.knee_id,
+            Knee.subject_id,
+            Knee.side,
+            KneeLabel.kl_baseline,
+            KneeLabel.label,
+            KneeLabel.exclusion,
+            KneeLabel.progression_month,
+            KneeLabel.kl_increase,
         )
         .join(Knee, Knee.id == KneeLabel.knee_id)
         .where(KneeLabel.definition_id == definition_id)
@@ -542,9 +568,7 @@ def _reason_counts(exclusion: pd.Series, params: LabelDefinitionParams | None) -
     return {r: int(counts.get(r, 0)) for r in reasons}
 
 
-def cohort_summary(
-    db: Database, definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION
-) -> CohortSummary:
+def cohort_summary(db: Database, definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION) -> CohortSummary:
     """Summarise the stored labels of ``definition`` (see :class:`CohortSummary`)."""
     with db.read() as session:
         row = stored_definition(session, definition)
@@ -553,8 +577,13 @@ def cohort_summary(
             session,
             select(Subject.id, Subject.sex, SubjectVisit.age, SubjectVisit.bmi)
             .outerjoin(SubjectVisit, (SubjectVisit.subject_id == Subject.id) & (SubjectVisit.visit == 0))
-            .where(Subject.id.in_(select(Knee.subject_id).join(KneeLabel, KneeLabel.knee_id == Knee.id)
-                                  .where(KneeLabel.definition_id == row.id, KneeLabel.exclusion.is_(None)))),
+            .where(
+                Subject.id.in_(
+                    select(Knee.subject_id)
+                    .join(KneeLabel, KneeLabel.knee_id == Knee.id)
+                    .where(KneeLabel.definition_id == row.id, KneeLabel.exclusion.is_(None))
+                )
+            ),
             ["subject_id", "sex", "age", "bmi"],
         )
     try:
@@ -588,8 +617,20 @@ def cohort_summary(
 
 
 __all__ = [
-    "CLASSES", "PRESETS", "LABEL_COLUMNS", "CohortSummary", "LabelDefinitionParams", "LabelInputs",
-    "LabelResult", "cohort_summary", "compute_labels", "derive_labels", "first_readings",
-    "labels_fingerprint", "preset",
-    "read_frame", "stored_definition", "stored_labels",
+    "CLASSES",
+    "LABEL_COLUMNS",
+    "PRESETS",
+    "CohortSummary",
+    "LabelDefinitionParams",
+    "LabelInputs",
+    "LabelResult",
+    "cohort_summary",
+    "compute_labels",
+    "derive_labels",
+    "first_readings",
+    "labels_fingerprint",
+    "preset",
+    "read_frame",
+    "stored_definition",
+    "stored_labels",
 ]

@@ -30,8 +30,6 @@ import pandas as pd
 from sqlalchemy import ColumnElement, Select, and_, exists, false, literal, null, or_, select
 from sqlalchemy.orm import aliased
 
-from oaicohort.db import Database
-from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.labels import (
     first_readings,
@@ -40,6 +38,8 @@ from oaicohort.cohort.labels import (
     stored_definition,
     stored_labels,
 )
+from oaicohort.cohort.splits import latest_split
+from oaicohort.db import Database
 from oaicohort.db.schema import (
     ClinicalValue,
     ImageSeries,
@@ -51,20 +51,41 @@ from oaicohort.db.schema import (
     SubjectVisit,
     XrayReading,
 )
-from oaicohort.cohort.splits import latest_split
+from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.visits import VISIT_MONTHS
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
 
 log = logging.getLogger(__name__)
 
 KNEE_COLUMNS = (
-    "knee_id", "subject_id", "side", "site", "sex", "age", "bmi", "kl_baseline", "label",
-    "exclusion", "progression_month", "kl_increase", "role", "fold",
+    "knee_id",
+    "subject_id",
+    "side",
+    "site",
+    "sex",
+    "age",
+    "bmi",
+    "kl_baseline",
+    "label",
+    "exclusion",
+    "progression_month",
+    "kl_increase",
+    "role",
+    "fold",
 )
 INT_COLUMNS = ("kl_baseline", "progression_month", "kl_increase", "fold")
 TRAJECTORY_COLUMNS = (
-    "knee_id", "subject_id", "side", "label", "exclusion", "visit", "month", "klg",
-    "klg_missing_code", "read_project", "source_row",
+    "knee_id",
+    "subject_id",
+    "side",
+    "label",
+    "exclusion",
+    "visit",
+    "month",
+    "klg",
+    "klg_missing_code",
+    "read_project",
+    "source_row",
 )
 
 # filter name -> (column, kind); kind decides which values are valid
@@ -112,16 +133,19 @@ def _check_value(name: str, kind: str, value: Any) -> Any:
     """Validate (and normalise) one scalar filter value; raise QueryError naming the filter."""
     if value is None:
         return None
-    bad = QueryError(f"filter {name}={value!r}: " + {
-        "int": "expected an integer",
-        "number": "expected a number",
-        "klg": "expected a KL grade 0-4",
-        "label": f"expected one of {list(CLASSES)}",
-        "role": f"expected one of {list(ROLES)}",
-        "sex": "expected 'F' or 'M' (female/male)",
-        "side": "expected 'R' or 'L'",
-        "text": "expected a string",
-    }[kind])
+    bad = QueryError(
+        f"filter {name}={value!r}: "
+        + {
+            "int": "expected an integer",
+            "number": "expected a number",
+            "klg": "expected a KL grade 0-4",
+            "label": f"expected one of {list(CLASSES)}",
+            "role": f"expected one of {list(ROLES)}",
+            "sex": "expected 'F' or 'M' (female/male)",
+            "side": "expected 'R' or 'L'",
+            "text": "expected a string",
+        }[kind]
+    )
     if kind in ("int", "klg"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
             raise bad
@@ -157,8 +181,11 @@ def _condition(name: str, column: Any, kind: str, value: Any) -> ColumnElement[b
     """The WHERE clause of one filter: scalar, list (any of), (lo, hi) range or None."""
     if _is_range(value) and kind in ("int", "number", "klg"):
         lo, hi = (_check_value(name, "number", v) for v in value)
-        parts = [c for c in (column >= lo if lo is not None else None,
-                             column <= hi if hi is not None else None) if c is not None]
+        parts = [
+            c
+            for c in (column >= lo if lo is not None else None, column <= hi if hi is not None else None)
+            if c is not None
+        ]
         return and_(column.is_not(None), *parts)
     if isinstance(value, (list, tuple, set, frozenset)):
         values = [_check_value(name, kind, v) for v in value]
@@ -188,9 +215,7 @@ def _sequence_condition(value: Any) -> ColumnElement[bool]:
                 "of those, e.g. ('SAG_3D_DESS', 0)"
             )
         if isinstance(visit, bool) or not isinstance(visit, int) or visit not in VISIT_MONTHS:
-            raise QueryError(
-                f"filter has_sequence: visit {visit!r} is not an OAI visit code {sorted(VISIT_MONTHS)}"
-            )
+            raise QueryError(f"filter has_sequence: visit {visit!r} is not an OAI visit code {sorted(VISIT_MONTHS)}")
         parts.append(
             exists().where(
                 ImageSeries.subject_id == Knee.subject_id,
@@ -221,8 +246,9 @@ class Cohort:
 
         with self.db.read() as session:
             rows = session.execute(
-                select(LabelDefinition.id, LabelDefinition.name, LabelDefinition.params_hash,
-                       LabelDefinition.created_at).order_by(LabelDefinition.id)
+                select(
+                    LabelDefinition.id, LabelDefinition.name, LabelDefinition.params_hash, LabelDefinition.created_at
+                ).order_by(LabelDefinition.id)
             ).all()
         return pd.DataFrame.from_records(rows, columns=["id", "name", "params_hash", "created_at"])
 
@@ -261,8 +287,11 @@ class Cohort:
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
             frame[name] = num.astype(float) if num.notna().any() or text.isna().all() else text
         frame.attrs.update(
-            definition=resolved.definition, definition_id=resolved.definition_id,
-            params_hash=resolved.params_hash, split_id=resolved.split_id, split_params=resolved.split_params,
+            definition=resolved.definition,
+            definition_id=resolved.definition_id,
+            params_hash=resolved.params_hash,
+            split_id=resolved.split_id,
+            split_params=resolved.split_params,
         )
         return frame
 
@@ -305,16 +334,15 @@ class Cohort:
             if split_row is None and latest_split(session, row.id) is not None:
                 log.warning(
                     "the splits of %s were made from labels that have since changed; "
-                    "run `oai split` again (no role/fold in this query)", row.name
+                    "run `oai split` again (no role/fold in this query)",
+                    row.name,
                 )
         elif split is not None:
             if isinstance(split, bool) or not isinstance(split, int):
                 raise QueryError(f"split={split!r}: expected a split id, 'latest' or None")
             split_row = session.get(Split, split)
             if split_row is None or split_row.definition_id != row.id:
-                raise DatabaseStateError(
-                    f"no split {split} of definition {row.name!r} (id {row.id}): see `oai split`"
-                )
+                raise DatabaseStateError(f"no split {split} of definition {row.name!r} (id {row.id}): see `oai split`")
             labels = stored_labels(session, row.id)
             if split_row.params.get("labels_hash") != labels_fingerprint(labels):
                 raise DatabaseStateError(
@@ -322,8 +350,11 @@ class Cohort:
                     f"re-derived differently: run `oai split --definition {row.name}` again"
                 )
         return _Resolved(
-            row.id, row.name, row.params_hash,
-            split_row.id if split_row else None, dict(split_row.params) if split_row else None,
+            row.id,
+            row.name,
+            row.params_hash,
+            split_row.id if split_row else None,
+            dict(split_row.params) if split_row else None,
         )
 
     def _knee_select(
@@ -338,9 +369,20 @@ class Cohort:
         fold = SplitAssignment.fold if has_split else null()
         stmt = (
             select(
-                Knee.id, Knee.subject_id, Knee.side, Subject.site, Subject.sex, SubjectVisit.age,
-                SubjectVisit.bmi, KneeLabel.kl_baseline, KneeLabel.label, KneeLabel.exclusion,
-                KneeLabel.progression_month, KneeLabel.kl_increase, role, fold,
+                Knee.id,
+                Knee.subject_id,
+                Knee.side,
+                Subject.site,
+                Subject.sex,
+                SubjectVisit.age,
+                SubjectVisit.bmi,
+                KneeLabel.kl_baseline,
+                KneeLabel.label,
+                KneeLabel.exclusion,
+                KneeLabel.progression_month,
+                KneeLabel.kl_increase,
+                role,
+                fold,
             )
             .select_from(KneeLabel)
             .join(Knee, Knee.id == KneeLabel.knee_id)
@@ -409,15 +451,21 @@ class Cohort:
             raise QueryError("wide trajectories need one reading per visit: duplicates='first' or 'first_graded'")
         knees = self.knees(**knee_filters)
         stmt = select(
-            XrayReading.knee_id, XrayReading.visit, XrayReading.month, XrayReading.klg,
-            XrayReading.klg_missing_code, XrayReading.read_project, XrayReading.source_row,
+            XrayReading.knee_id,
+            XrayReading.visit,
+            XrayReading.month,
+            XrayReading.klg,
+            XrayReading.klg_missing_code,
+            XrayReading.read_project,
+            XrayReading.source_row,
             XrayReading.id,
         )
         if len(knees) <= _IN_LIST_MAX:
             stmt = stmt.where(XrayReading.knee_id.in_([int(k) for k in knees["knee_id"]]))
         with self.db.read() as session:
             readings = read_frame(
-                session, stmt,
+                session,
+                stmt,
                 ["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"],
             )
         readings = readings[readings["knee_id"].isin(knees["knee_id"])]
@@ -444,4 +492,4 @@ class Cohort:
         return out.reset_index(drop=True)
 
 
-__all__ = ["Cohort", "QueryError", "KNEE_COLUMNS", "FILTERS", "OPTIONS", "TRAJECTORY_COLUMNS"]
+__all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "QueryError"]

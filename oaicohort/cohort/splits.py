@@ -31,11 +31,11 @@ import pandas as pd
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from oaicohort.db import Database
-from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
+from oaicohort.db import Database
 from oaicohort.db.schema import Knee, Split, SplitAssignment, Subject
+from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class SplitResult:
 
     def to_dict(self) -> dict[str, Any]:
         counts = self.counts().set_index("set")
-        fold_rows = [
-            {"fold": k, **counts.loc[f"fold {k}"].to_dict()} for k in range(self.folds)
-        ]
+        fold_rows = [{"fold": k, **counts.loc[f"fold {k}"].to_dict()} for k in range(self.folds)]
         return {
             "split_id": self.split_id,
             "definition": self.definition,
@@ -132,9 +130,7 @@ def assign_folds(
     present = set(site.dropna())
     unknown = [s for s in sites if s not in present]
     if unknown:
-        raise SplitError(
-            f"no included knee at test site(s) {unknown}; sites in the cohort: {sorted(present)}"
-        )
+        raise SplitError(f"no included knee at test site(s) {unknown}; sites in the cohort: {sorted(present)}")
     is_test = site.isin(sites).fillna(False).to_numpy(dtype=bool)
     train = np.flatnonzero(~is_test)
     n_subjects = frame.loc[train, "subject_id"].nunique()
@@ -187,7 +183,9 @@ def check_split(
     if wanted - assigned:
         problems.append(f"{len(wanted - assigned)} included knee(s) not assigned (e.g. knee {min(wanted - assigned)})")
     if assigned - wanted:
-        problems.append(f"{len(assigned - wanted)} assigned knee(s) not in the cohort (e.g. knee {min(assigned - wanted)})")
+        problems.append(
+            f"{len(assigned - wanted)} assigned knee(s) not in the cohort (e.g. knee {min(assigned - wanted)})"
+        )
     bad_role = ~assignments["role"].isin(ROLES)
     if bad_role.any():
         problems.append(f"{int(bad_role.sum())} knee(s) with a role other than train/test")
@@ -220,9 +218,7 @@ def check_split(
         raise SplitIntegrityError("split violates its guarantees: " + "; ".join(problems))
 
 
-def split_params(
-    *, test_sites: Sequence[str], folds: int, seed: int, labels_hash: str
-) -> tuple[dict[str, Any], str]:
+def split_params(*, test_sites: Sequence[str], folds: int, seed: int, labels_hash: str) -> tuple[dict[str, Any], str]:
     """The hashed split parameters and their sha256."""
     params = {
         "test_sites": list(_normalise_sites(test_sites)),
@@ -282,9 +278,7 @@ def make_split(
         labels = _included_knees(session, row.id)
         included = labels[labels["exclusion"].isna()].reset_index(drop=True)
         if included.empty:
-            raise DatabaseStateError(
-                f"definition {row.name!r} (id {row.id}) has no included knees to split"
-            )
+            raise DatabaseStateError(f"definition {row.name!r} (id {row.id}) has no included knees to split")
         params, params_hash = split_params(
             test_sites=test_sites, folds=folds, seed=seed, labels_hash=labels_fingerprint(labels)
         )
@@ -294,8 +288,7 @@ def make_split(
         if existing is not None:
             assignments = _stored_assignments(session, existing.id, labels)
             check_split(assignments, included, test_sites=params["test_sites"], folds=folds)
-            return SplitResult(existing.id, row.id, row.name, dict(existing.params), params_hash,
-                               False, assignments)
+            return SplitResult(existing.id, row.id, row.name, dict(existing.params), params_hash, False, assignments)
         assignments = assign_folds(included, test_sites=params["test_sites"], folds=folds, seed=seed)
         check_split(assignments, included, test_sites=params["test_sites"], folds=folds)
         import sklearn
@@ -310,8 +303,15 @@ def make_split(
         ]
         session.connection().execute(insert(SplitAssignment.__table__), records)
         log.info("split %d of %s: %d knees (%s)", split.id, row.name, len(records), params)
-        return SplitResult(split.id, row.id, row.name, stored_params, params_hash, True,
-                           assignments[["knee_id", "subject_id", "side", "site", "label", "role", "fold"]])
+        return SplitResult(
+            split.id,
+            row.id,
+            row.name,
+            stored_params,
+            params_hash,
+            True,
+            assignments[["knee_id", "subject_id", "side", "site", "label", "role", "fold"]],
+        )
 
 
 def latest_split(session: Session, definition_id: int, labels_hash: str | None = None) -> Split | None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "oai.sqlite"
 ENV_VAR = "OAI_DB"
+
+
 def resolve_url(db: str | os.PathLike[str] | None = None) -> str:
     """Turn ``--db`` (a path or URL; falls back to ``$OAI_DB``, then ``./oai.sqlite``) into a URL."""
     value = str(db) if db is not None else os.environ.get(ENV_VAR) or DEFAULT_DB
@@ -145,7 +147,9 @@ def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = T
     if engine.dialect.name == "postgresql":
         readers = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     return Database(
-        url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False),
+        url=url,
+        engine=engine,
+        sessions=sessionmaker(engine, expire_on_commit=False),
         read_sessions=sessionmaker(readers, expire_on_commit=False),
     )
 

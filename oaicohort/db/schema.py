@@ -9,7 +9,7 @@ Knee sides are ``"R"``/``"L"``; sexes ``"M"``/``"F"``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -39,12 +39,12 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 # --------------------------------------------------------------------------- provenance
@@ -69,9 +69,7 @@ class IngestRun(Base):
     writer_pid: Mapped[int | None] = mapped_column(Integer)
     writer_start: Mapped[str | None] = mapped_column(String(64))
 
-    files: Mapped[list["IngestFile"]] = relationship(
-        back_populates="run", cascade="all, delete-orphan"
-    )
+    files: Mapped[list[IngestFile]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
 class IngestFile(Base):
@@ -107,8 +105,8 @@ class Subject(Base):
     race: Mapped[int | None] = mapped_column(Integer)
     cohort: Mapped[int | None] = mapped_column(Integer)
 
-    knees: Mapped[list["Knee"]] = relationship(back_populates="subject")
-    visits: Mapped[list["SubjectVisit"]] = relationship(back_populates="subject")
+    knees: Mapped[list[Knee]] = relationship(back_populates="subject")
+    visits: Mapped[list[SubjectVisit]] = relationship(back_populates="subject")
 
 
 class SubjectVisit(Base):
@@ -165,7 +163,7 @@ class Knee(Base):
     side: Mapped[str] = mapped_column(String(1))
 
     subject: Mapped[Subject] = relationship(back_populates="knees")
-    readings: Mapped[list["XrayReading"]] = relationship(back_populates="knee")
+    readings: Mapped[list[XrayReading]] = relationship(back_populates="knee")
 
 
 class XrayReading(Base):
@@ -205,9 +203,7 @@ class KneeReplacement(Base):
 
     __tablename__ = "knee_replacements"
 
-    knee_id: Mapped[int] = mapped_column(
-        ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True
-    )
+    knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True)
     # 0 no replacement seen on any follow-up X-ray, 1 replacement seen, 2 no follow-up X-rays
     status: Mapped[int | None] = mapped_column(Integer)
     at_baseline: Mapped[bool | None] = mapped_column(Boolean)
@@ -275,9 +271,7 @@ class KneeLabel(Base):
     __table_args__ = (UniqueConstraint("definition_id", "knee_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    definition_id: Mapped[int] = mapped_column(
-        ForeignKey("label_definitions.id", ondelete="CASCADE"), index=True
-    )
+    definition_id: Mapped[int] = mapped_column(ForeignKey("label_definitions.id", ondelete="CASCADE"), index=True)
     knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"))
     kl_baseline: Mapped[int | None] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(8))  # none | slow | fast
@@ -293,9 +287,7 @@ class Split(Base):
     __table_args__ = (UniqueConstraint("definition_id", "params_hash"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    definition_id: Mapped[int] = mapped_column(
-        ForeignKey("label_definitions.id", ondelete="CASCADE")
-    )
+    definition_id: Mapped[int] = mapped_column(ForeignKey("label_definitions.id", ondelete="CASCADE"))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     params_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -306,9 +298,7 @@ class SplitAssignment(Base):
 
     __tablename__ = "split_assignments"
 
-    split_id: Mapped[int] = mapped_column(
-        ForeignKey("splits.id", ondelete="CASCADE"), primary_key=True
-    )
+    split_id: Mapped[int] = mapped_column(ForeignKey("splits.id", ondelete="CASCADE"), primary_key=True)
     knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(8))  # train | test
     fold: Mapped[int | None] = mapped_column(Integer)

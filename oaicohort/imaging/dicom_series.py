@@ -287,9 +287,7 @@ def _check_slice(path: Path, ds: FileDataset, ref: _Reference, first: Path) -> N
     """Full header check of a slice whose shared elements are not byte-identical to the first's."""
     rows, cols = _required(path, ds, "Rows"), _required(path, ds, "Columns")
     if (rows, cols) != (ref.rows, ref.cols):
-        raise SeriesError(
-            path, f"slice is {rows}x{cols} (rows x columns) but {first.name} is {ref.rows}x{ref.cols}"
-        )
+        raise SeriesError(path, f"slice is {rows}x{cols} (rows x columns) but {first.name} is {ref.rows}x{ref.cols}")
     orientation = _floats(path, ds, "ImageOrientationPatient", 6)
     if not np.allclose(orientation, ref.orientation, atol=ORIENTATION_TOLERANCE):
         raise SeriesError(
@@ -298,9 +296,7 @@ def _check_slice(path: Path, ds: FileDataset, ref: _Reference, first: Path) -> N
         )
     spacing = _floats(path, ds, "PixelSpacing", 2)
     if not np.allclose(spacing, ref.pixel_spacing, atol=PIXEL_SPACING_TOLERANCE_MM):
-        raise SeriesError(
-            path, f"PixelSpacing {list(spacing)} differs from {first.name}'s {list(ref.pixel_spacing)}"
-        )
+        raise SeriesError(path, f"PixelSpacing {list(spacing)} differs from {first.name}'s {list(ref.pixel_spacing)}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric != ref.photometric:
         raise SeriesError(
@@ -330,9 +326,7 @@ def _position(path: Path, ds: FileDataset) -> np.ndarray:
     return _floats(path, ds, "ImagePositionPatient", 3)
 
 
-def _slice_pixels(
-    path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype | None, notes: set[str]
-) -> np.ndarray:
+def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype | None, notes: set[str]) -> np.ndarray:
     element = ds.get_item(_PIXEL_DATA)
     if element is None:
         raise SeriesError(path, "no pixel data (PixelData element missing; truncated file?)")
@@ -343,8 +337,7 @@ def _slice_pixels(
         if len(data) < expected:
             raise SeriesError(
                 path,
-                f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} "
-                "(truncated file?)",
+                f"pixel data has {len(data)} bytes, expected {expected} for {ref.rows}x{ref.cols} (truncated file?)",
             )
         image = np.frombuffer(data, dtype=dtype, count=ref.rows * ref.cols).reshape(ref.rows, ref.cols)
     else:
@@ -397,7 +390,6 @@ def _check_positions(ordered: list[Path], positions: np.ndarray) -> float:
         i = int(uneven[0])
         raise SeriesError(
             ordered[i + 1],
-            f"inconsistent slice spacing: {steps[i]:.4g} mm after {ordered[i].name}, "
-            f"the series' step is {step:.4g} mm",
+            f"inconsistent slice spacing: {steps[i]:.4g} mm after {ordered[i].name}, the series' step is {step:.4g} mm",
         )
     return step

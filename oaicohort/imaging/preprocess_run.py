@@ -29,12 +29,12 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from oaicohort.db import Database
+from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
-from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
+from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,7 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         series = (reader or default_reader)(task.folder)
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
-            raise InputFileError(
-                task.folder, f"series says knee side {side} but the index says {task.side}"
-            )
+            raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
         result = preprocess_series(_with_side(series, task.side), params, task.views)
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
@@ -187,19 +185,20 @@ def select_tasks(
     """Series of ``visit`` whose requested views are not yet ``ok``; also the number selected."""
     params_hash = params.hash()
     with db.write() as session:
-        series_rows = session.execute(
-            select(ImageSeries)
-            .where(
-                ImageSeries.visit == visit,
-                ImageSeries.side.in_(SIDES),
-                ImageSeries.sequence == params.sequence,
+        series_rows = (
+            session.execute(
+                select(ImageSeries)
+                .where(
+                    ImageSeries.visit == visit,
+                    ImageSeries.side.in_(SIDES),
+                    ImageSeries.sequence == params.sequence,
+                )
+                .order_by(ImageSeries.subject_id, ImageSeries.side)
             )
-            .order_by(ImageSeries.subject_id, ImageSeries.side)
-        ).scalars().all()
-        knees = {
-            (k.subject_id, k.side): k.id
-            for k in session.execute(select(Knee)).scalars()
-        }
+            .scalars()
+            .all()
+        )
+        knees = {(k.subject_id, k.side): k.id for k in session.execute(select(Knee)).scalars()}
         for s in series_rows:  # a knee with an image but no X-ray reading still needs a row
             if (s.subject_id, s.side) not in knees:
                 knee = Knee(subject_id=s.subject_id, side=s.side)
@@ -294,9 +293,7 @@ def writer_lock(store: VolumeStore) -> Iterator[None]:
 # --------------------------------------------------------------------------- the run
 
 
-def _record(
-    db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: SlotAllocator
-) -> int:
+def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: SlotAllocator) -> int:
     """Write an outcome's volumes, then index them (or the failure) in one transaction."""
     task = outcome.task
     rows: list[Volume] = []
@@ -444,7 +441,10 @@ def run_preprocess(
             tasks = tasks[:limit]
         log.info(
             "%s: %d series selected, %d already done, %d to process",
-            store.path, summary.selected, summary.skipped, len(tasks),
+            store.path,
+            summary.selected,
+            summary.skipped,
+            len(tasks),
         )
         slots = SlotAllocator(db, store, tuple(views))
         for view in views:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 IntensityMode = Literal["reference", "rescale"]
@@ -322,9 +323,7 @@ def orient_left(pixels: np.ndarray, side: str, params: PreprocessParams) -> np.n
     return pixels[::-1] if side == "R" and params.flip_right else pixels
 
 
-def centre_fit(
-    array: np.ndarray, axis: int, size: int, pad_value: int = 0
-) -> tuple[np.ndarray, int]:
+def centre_fit(array: np.ndarray, axis: int, size: int, pad_value: int = 0) -> tuple[np.ndarray, int]:
     """Centre-crop or centre-pad ``array`` along ``axis`` to ``size``.
 
     Returns the result and the signed change (positive = padded, negative = cropped). Odd

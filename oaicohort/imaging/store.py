@@ -37,10 +37,10 @@ from zarr.codecs import BytesCodec, ZstdCodec
 
 from oaicohort import __version__
 from oaicohort.db import Database
+from oaicohort.db.schema import Knee, Volume
 from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.db.schema import Knee, Volume
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,9 @@ class VolumeStore:
         """Open an existing store (``mode="r"`` read-only, ``"r+"`` to add volumes)."""
         root = resolve_store_path(path)
         if not (root / "zarr.json").is_file():
-            raise StoreError(f"{root}: not a volume store (no zarr.json); create one with `oai preprocess --store {root}`")
+            raise StoreError(
+                f"{root}: not a volume store (no zarr.json); create one with `oai preprocess --store {root}`"
+            )
         try:
             group = zarr.open_group(root, mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises several types for a malformed store
@@ -128,7 +130,7 @@ class VolumeStore:
                 "format_version": FORMAT_VERSION,
                 "params": params.to_dict(),
                 "params_hash": params.hash(),
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "toolkit_version": __version__,
             }
         )
@@ -212,12 +214,8 @@ class VolumeStore:
             dimension_names=("volume", "d", "h", "w"),
             attributes={"crop_shape": list(self.params.crop_shape(view))},
         )
-        self.group.create_array(
-            f"knee_keys/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int64", fill_value=-1
-        )
-        self.group.create_array(
-            f"visits/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int16", fill_value=-1
-        )
+        self.group.create_array(f"knee_keys/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int64", fill_value=-1)
+        self.group.create_array(f"visits/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int16", fill_value=-1)
 
     # ------------------------------------------------------------------ reading
 
@@ -393,9 +391,7 @@ class VolumeStore:
 # --------------------------------------------------------------------------- database index
 
 
-def indexed_volumes(
-    db: Database, store_path: str | os.PathLike[str], view: str | None = None
-) -> pd.DataFrame:
+def indexed_volumes(db: Database, store_path: str | os.PathLike[str], view: str | None = None) -> pd.DataFrame:
     """The ``volumes`` rows of one store (all parameter sets), one per (knee, visit, view).
 
     Columns: ``knee_id, subject_id, side, visit, view, position, status, reason`` plus
@@ -458,9 +454,15 @@ def verify_store(
     with db.read() as session:
         rows = session.execute(
             select(
-                Volume.view, Volume.position, Volume.checksum, Volume.visit, Volume.status,
-                Volume.params_hash, Knee.subject_id, Knee.side,
-            )  # fmt: skip
+                Volume.view,
+                Volume.position,
+                Volume.checksum,
+                Volume.visit,
+                Volume.status,
+                Volume.params_hash,
+                Knee.subject_id,
+                Knee.side,
+            )
             .join(Knee, Knee.id == Volume.knee_id)
             .where(Volume.store_path == path)
             .order_by(Volume.view, Volume.position)
@@ -484,7 +486,13 @@ def verify_store(
     total = len(ok_rows)
     for n, row in enumerate(ok_rows, start=1):
         report["checked"] += 1
-        where = {"view": row.view, "position": row.position, "subject_id": row.subject_id, "side": row.side, "visit": row.visit}
+        where = {
+            "view": row.view,
+            "position": row.position,
+            "subject_id": row.subject_id,
+            "side": row.side,
+            "visit": row.visit,
+        }
         problem = None
         if row.view not in keys or row.position is None or not 0 <= row.position < len(keys[row.view]):
             problem = "position outside the stored array"
@@ -492,7 +500,10 @@ def verify_store(
             problem = "slot indexed twice"
         else:
             claimed[(row.view, row.position)] = n
-            if keys[row.view][row.position] != knee_key(row.subject_id, row.side) or visits[row.view][row.position] != row.visit:
+            if (
+                keys[row.view][row.position] != knee_key(row.subject_id, row.side)
+                or visits[row.view][row.position] != row.visit
+            ):
                 problem = (
                     f"slot holds knee key {int(keys[row.view][row.position])} visit "
                     f"{int(visits[row.view][row.position])}, index says "

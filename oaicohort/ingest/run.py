@@ -49,10 +49,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from oaicohort import __version__
-from oaicohort.release import tables as ot
 from oaicohort.db import Database
-from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
-from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.db.schema import (
     ClinicalValue,
     ImageSeries,
@@ -65,14 +62,22 @@ from oaicohort.db.schema import (
     XrayReading,
     utcnow,
 )
-from oaicohort.visits import visit_month
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
+from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
+from oaicohort.progress import ProgressCallback, no_progress
+from oaicohort.release import tables as ot
+from oaicohort.visits import visit_month
 
 log = logging.getLogger(__name__)
 
 TABLES = (
-    "subjects", "subject_visits", "knees", "xray_readings", "knee_replacements",
-    "image_series", "clinical_values",
+    "subjects",
+    "subject_visits",
+    "knees",
+    "xray_readings",
+    "knee_replacements",
+    "image_series",
+    "clinical_values",
 )
 # files searched for --variables, in this order
 VARIABLE_KINDS = (ot.ENROLLEES, ot.SUBJECTCHAR, ot.ALLCLINICAL)
@@ -250,9 +255,9 @@ def read_release(
         if expected is not None and expected.get(source.relative_path) != raw.sha256:
             raise InputFileError(source.path, "the file changed while being ingested; run the ingest again")
         n_rows = _parse_into(release, raw, wanted.get(source.relative_path, []))
-        release.files.append(FileRecord(
-            source.relative_path, source.kind, source.visit, raw.sha256, raw.size_bytes, n_rows
-        ))
+        release.files.append(
+            FileRecord(source.relative_path, source.kind, source.visit, raw.sha256, raw.size_bytes, n_rows)
+        )
         log.debug("%s: %d rows", source.relative_path, n_rows)
         progress("reading files", i, total)
     return release
@@ -416,8 +421,9 @@ def _write_subjects(session: Session, release: ParsedRelease, counts: _Counts) -
     if bare:
         if release.enrollees is not None:
             log.warning(
-                "%d participant id(s) appear in other files but not in Enrollees (e.g. %s); "
-                "added without site/sex", len(bare), bare[0],
+                "%d participant id(s) appear in other files but not in Enrollees (e.g. %s); added without site/sex",
+                len(bare),
+                bare[0],
             )
         _insert(session, Subject, {"id": bare})
         counts.rows["subjects"] += len(bare)
@@ -466,22 +472,28 @@ def _write_subject_visits(session: Session, release: ParsedRelease, counts: _Cou
     if not release.subject_visits:
         return
     existing = {
-        (s, v): i for i, s, v in session.execute(
-            select(SubjectVisit.id, SubjectVisit.subject_id, SubjectVisit.visit)
-        )
+        (s, v): i for i, s, v in session.execute(select(SubjectVisit.id, SubjectVisit.subject_id, SubjectVisit.visit))
     }
     for frame in release.subject_visits:
         if not len(frame):
             continue
         visit = int(frame["visit"].iloc[0])
-        cols = _columns(frame, ["subject_id", "visit", "age", "bmi", "visit_date"],
-                        month=visit_month(visit))
+        cols = _columns(frame, ["subject_id", "visit", "age", "bmi", "visit_date"], month=visit_month(visit))
         _upsert(session, SubjectVisit, "subject_visits", cols, ["subject_id", "visit"], existing, counts)
 
 
 _READING_FIELDS = (
-    "read_project", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "osteophyte_fm",
-    "osteophyte_fl", "osteophyte_tm", "osteophyte_tl", "source_file", "source_row",
+    "read_project",
+    "klg",
+    "klg_missing_code",
+    "jsn_medial",
+    "jsn_lateral",
+    "osteophyte_fm",
+    "osteophyte_fl",
+    "osteophyte_tm",
+    "osteophyte_tl",
+    "source_file",
+    "source_row",
 )
 
 
@@ -507,13 +519,22 @@ def _write_outcomes(
     cols = _columns(frame, list(ot.OUTCOME_FIELDS))
     cols["knee_id"] = _knee_column(frame, knee_ids)
     existing = {(k,): k for k in session.scalars(select(KneeReplacement.knee_id))}
-    _upsert(session, KneeReplacement, "knee_replacements", cols, ["knee_id"], existing, counts,
-            pk="knee_id")
+    _upsert(session, KneeReplacement, "knee_replacements", cols, ["knee_id"], existing, counts, pk="knee_id")
 
 
 _SERIES_FIELDS = (
-    "subject_id", "visit", "side", "sequence", "series_description", "study_description",
-    "folder", "visit_dir", "study_date", "barcode", "source_file", "source_row",
+    "subject_id",
+    "visit",
+    "side",
+    "sequence",
+    "series_description",
+    "study_description",
+    "folder",
+    "visit_dir",
+    "study_date",
+    "barcode",
+    "source_file",
+    "source_row",
 )
 _SERIES_KEY = ("subject_id", "visit", "side", "sequence")
 
@@ -526,8 +547,9 @@ def _write_series(session: Session, release: ParsedRelease, counts: _Counts) -> 
     visits = sorted(int(v) for v in frame["visit"].unique())
     existing: dict[tuple[Any, ...], int] = {}
     for i, s, v, side, seq in session.execute(
-        select(ImageSeries.id, ImageSeries.subject_id, ImageSeries.visit, ImageSeries.side,
-               ImageSeries.sequence).where(ImageSeries.visit.in_(visits))
+        select(ImageSeries.id, ImageSeries.subject_id, ImageSeries.visit, ImageSeries.side, ImageSeries.sequence).where(
+            ImageSeries.visit.in_(visits)
+        )
     ):
         existing[(s, v, side, seq)] = i
     cols = _columns(frame, _SERIES_FIELDS)
@@ -550,13 +572,14 @@ def _write_clinical(session: Session, release: ParsedRelease, counts: _Counts) -
     frame = pd.concat(frames, ignore_index=True)
     names = sorted(frame["variable"].unique().tolist())
     existing = {
-        (s, v): i for i, s, v in session.execute(
-            select(ClinicalValue.id, ClinicalValue.subject_id, ClinicalValue.variable)
-            .where(ClinicalValue.variable.in_(names))
+        (s, v): i
+        for i, s, v in session.execute(
+            select(ClinicalValue.id, ClinicalValue.subject_id, ClinicalValue.variable).where(
+                ClinicalValue.variable.in_(names)
+            )
         )
     }
-    cols = _columns(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code",
-                            "source_file"])
+    cols = _columns(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code", "source_file"])
     _upsert(session, ClinicalValue, "clinical_values", cols, ["subject_id", "variable"], existing, counts)
 
 
@@ -566,9 +589,7 @@ def _last_success(session: Session) -> IngestRun | None:
     ).first()
 
 
-def _unchanged_since(
-    session: Session, root: Path, files: dict[str, str], variables: Sequence[str]
-) -> IngestRun | None:
+def _unchanged_since(session: Session, root: Path, files: dict[str, str], variables: Sequence[str]) -> IngestRun | None:
     """The last successful run, if it read exactly these files (same root, same sha256s) and
     every variable asked for now; None otherwise."""
     last = _last_success(session)
@@ -580,8 +601,13 @@ def _unchanged_since(
 
 
 def _add_run(
-    session: Session, root: Path, files: Sequence[FileRecord], status: str, started: dt.datetime,
-    summary: dict[str, Any], run_id: int | None = None,
+    session: Session,
+    root: Path,
+    files: Sequence[FileRecord],
+    status: str,
+    started: dt.datetime,
+    summary: dict[str, Any],
+    run_id: int | None = None,
 ) -> IngestRun:
     """Record the outcome: on the ``running`` row ``run_id`` when given, else on a new row."""
     run = session.get(IngestRun, run_id) if run_id is not None else None
@@ -594,22 +620,30 @@ def _add_run(
     run.summary = summary
     run.error = None
     session.flush()
-    _insert(session, IngestFile, {
-        "run_id": [run.id] * len(files),
-        "relative_path": [f.relative_path for f in files],
-        "table_kind": [f.kind for f in files],
-        "visit": [f.visit for f in files],
-        "sha256": [f.sha256 for f in files],
-        "size_bytes": [f.size_bytes for f in files],
-        "n_rows": [f.n_rows for f in files],
-    })
+    _insert(
+        session,
+        IngestFile,
+        {
+            "run_id": [run.id] * len(files),
+            "relative_path": [f.relative_path for f in files],
+            "table_kind": [f.kind for f in files],
+            "visit": [f.visit for f in files],
+            "sha256": [f.sha256 for f in files],
+            "size_bytes": [f.size_bytes for f in files],
+            "n_rows": [f.n_rows for f in files],
+        },
+    )
     return run
 
 
 def _summary(counts: _Counts, variables: Sequence[str], n_files: int, seconds: float) -> dict[str, Any]:
     return {
-        "rows": counts.rows, "inserted": counts.inserted, "removed": counts.removed,
-        "variables": list(variables), "n_files": n_files, "seconds": round(seconds, 3),
+        "rows": counts.rows,
+        "inserted": counts.inserted,
+        "removed": counts.removed,
+        "variables": list(variables),
+        "n_files": n_files,
+        "seconds": round(seconds, 3),
     }
 
 
@@ -639,20 +673,25 @@ def record_if_unchanged(
             for f in sorted(last.files, key=lambda f: f.relative_path)
         ]
         seconds = time.perf_counter() - t0
-        run = _add_run(session, root, records, "unchanged", started,
-                       _summary(counts, variables, len(records), seconds), run_id)
+        run = _add_run(
+            session, root, records, "unchanged", started, _summary(counts, variables, len(records), seconds), run_id
+        )
         run_id = run.id
     log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
     return IngestResult(
-        run_id=run_id, status="unchanged", root=str(root), files=records, rows=counts.rows,
-        inserted=counts.inserted, removed=counts.removed, variables=list(variables),
+        run_id=run_id,
+        status="unchanged",
+        root=str(root),
+        files=records,
+        rows=counts.rows,
+        inserted=counts.inserted,
+        removed=counts.removed,
+        variables=list(variables),
         seconds=time.perf_counter() - t0,
     )
 
 
-def _write_tables(
-    session: Session, release: ParsedRelease, counts: _Counts, progress: ProgressCallback
-) -> None:
+def _write_tables(session: Session, release: ParsedRelease, counts: _Counts, progress: ProgressCallback) -> None:
     # subjects, then knees: every other table refers to them
     task, total = "writing database", 7
     progress(task, 0, total)
@@ -700,9 +739,15 @@ def write_release(
         run = _add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
-        run_id=run_id, status=status, root=str(release.root), files=list(release.files),
-        rows=counts.rows, inserted=counts.inserted, removed=counts.removed,
-        variables=list(variables), seconds=time.perf_counter() - t0,
+        run_id=run_id,
+        status=status,
+        root=str(release.root),
+        files=list(release.files),
+        rows=counts.rows,
+        inserted=counts.inserted,
+        removed=counts.removed,
+        variables=list(variables),
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -727,16 +772,16 @@ def mark_interrupted_runs(session: Session) -> list[int]:
     """Mark ``running`` runs whose writer is certainly gone as ``interrupted`` (oaicohort.db.writers);
     a concurrent ingest that is still running is left alone. Returns the ids marked."""
     marked = []
-    for run in session.scalars(
-        select(IngestRun).where(IngestRun.status == "running").order_by(IngestRun.id)
-    ):
+    for run in session.scalars(select(IngestRun).where(IngestRun.status == "running").order_by(IngestRun.id)):
         if not _writer_gone(session, run):
             continue
         run.status, run.finished_at, run.error = "interrupted", utcnow(), _INTERRUPTED
         marked.append(run.id)
     if marked:
-        log.warning("ingest run(s) %s were left running by a process that is gone: marked interrupted",
-                    ", ".join(map(str, marked)))
+        log.warning(
+            "ingest run(s) %s were left running by a process that is gone: marked interrupted",
+            ", ".join(map(str, marked)),
+        )
     return marked
 
 
@@ -748,12 +793,17 @@ def list_runs(db: Database, limit: int = 20) -> list[dict[str, Any]]:
         out = []
         for run in runs:
             status = "interrupted" if run.status == "running" and _writer_gone(session, run) else run.status
-            out.append({
-                "run_id": run.id, "status": status, "source_root": run.source_root,
-                "started_at": run.started_at, "finished_at": run.finished_at,
-                "writer": f"{run.writer_host}:{run.writer_pid}" if run.writer_host else None,
-                "error": run.error if status == run.status else _INTERRUPTED,
-            })
+            out.append(
+                {
+                    "run_id": run.id,
+                    "status": status,
+                    "source_root": run.source_root,
+                    "started_at": run.started_at,
+                    "finished_at": run.finished_at,
+                    "writer": f"{run.writer_host}:{run.writer_pid}" if run.writer_host else None,
+                    "error": run.error if status == run.status else _INTERRUPTED,
+                }
+            )
     return out
 
 
@@ -765,8 +815,12 @@ def _running_run(db: Database, root: Path | str, started: dt.datetime) -> Iterat
     with db.write() as session:
         mark_interrupted_runs(session)
         run = IngestRun(
-            source_root=_source_root(root), started_at=started, status="running",
-            toolkit_version=__version__, writer_host=writer.host, writer_pid=writer.pid,
+            source_root=_source_root(root),
+            started_at=started,
+            status="running",
+            toolkit_version=__version__,
+            writer_host=writer.host,
+            writer_pid=writer.pid,
             writer_start=writer.start,
         )
         session.add(run)
@@ -820,12 +874,14 @@ def ingest_release(
             locate_variables(sources, names)  # an unknown variable fails before any work
             # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
             files = fingerprint(sources, progress)
-            result = record_if_unchanged(db, root_path.resolve(), files, variables=names,
-                                         started=started, t0=t0, run_id=run_id)
+            result = record_if_unchanged(
+                db, root_path.resolve(), files, variables=names, started=started, t0=t0, run_id=run_id
+            )
             if result is None:
                 release = read_release(root_path, names, progress, sources=sources, expected=files)
-                result = write_release(db, release, variables=names, started=started,
-                                       progress=progress, t0=t0, run_id=run_id)
+                result = write_release(
+                    db, release, variables=names, started=started, progress=progress, t0=t0, run_id=run_id
+                )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             _record_failure(db, run_id, status, exc)

@@ -108,8 +108,10 @@ def discover_release(root: Path | str) -> list[SourceFile]:
     for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
         visited.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(
-            d for d in dirnames
-            if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and d.lower() not in _SKIPPED_DIRS
             and os.path.realpath(os.path.join(dirpath, d)) not in visited
         )
         for name in sorted(filenames):
@@ -123,9 +125,7 @@ def discover_release(root: Path | str) -> list[SourceFile]:
             elif visit is not None and visit not in VISIT_MONTHS:
                 log.warning("%s: visit %02d is not an OAI visit this toolkit knows; skipped", path, visit)
                 continue
-            found.append(
-                SourceFile(path, path.relative_to(root_path).as_posix(), kind, visit)
-            )
+            found.append(SourceFile(path, path.relative_to(root_path).as_posix(), kind, visit))
     found.sort(key=lambda f: f.relative_path)
     seen: dict[tuple[str, int | None], SourceFile] = {}
     for f in found:
@@ -135,8 +135,7 @@ def discover_release(root: Path | str) -> list[SourceFile]:
         if other is not None:
             raise InputFileError(
                 f.path,
-                f"the release holds this table twice (also {other.relative_path}); "
-                "point ROOT at one release",
+                f"the release holds this table twice (also {other.relative_path}); point ROOT at one release",
             )
         seen[(f.kind, f.visit)] = f
     return found
@@ -240,9 +239,7 @@ def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
         found = [name for d, name in _OTHER_DELIMITERS.items() if d != sep and d in text]
         looks = f"; the header looks {found[0]}-separated" if found else ""
         expected = _OTHER_DELIMITERS[sep]
-        raise InputFileError(
-            path, f"unknown delimiter: expected {expected}-separated ({sep!r}) text{looks}", line=1
-        )
+        raise InputFileError(path, f"unknown delimiter: expected {expected}-separated ({sep!r}) text{looks}", line=1)
     names = text.split(sep) if sep == "|" else next(csv.reader([text], delimiter=sep))
     return [name.strip().upper() for name in names]
 
@@ -304,8 +301,10 @@ def read_table(
     for name in required:
         if name.upper() not in position:
             raise InputFileError(
-                path, f"missing required column {name} (header has {len(header)} columns)",
-                line=1, column=name,
+                path,
+                f"missing required column {name} (header has {len(header)} columns)",
+                line=1,
+                column=name,
             )
     wanted = sorted({position[c.upper()] for c in columns if c.upper() in position})
     encoding = _encoding(data)
@@ -316,8 +315,10 @@ def read_table(
     if not row_lines.size:
         if not allow_empty:
             raise InputFileError(
-                path, "no data rows below the header; this file lists every participant, so it is "
-                "truncated or not the file it is named after", line=2,
+                path,
+                "no data rows below the header; this file lists every participant, so it is "
+                "truncated or not the file it is named after",
+                line=2,
             )
         log.warning("%s: no data rows below the header", path)
     if not wanted or not row_lines.size:
@@ -339,9 +340,7 @@ def read_table(
         )
     except (ValueError, pd.errors.ParserError) as exc:
         where = re.search(r"line (\d+)", str(exc))
-        raise InputFileError(
-            path, f"cannot parse file: {exc}", line=int(where.group(1)) if where else None
-        ) from None
+        raise InputFileError(path, f"cannot parse file: {exc}", line=int(where.group(1)) if where else None) from None
     frame.columns = [header[i] for i in wanted]
     if len(frame) != len(row_lines):  # the two parsers disagree: refuse rather than misnumber
         raise InputFileError(path, f"cannot parse file: {len(frame)} rows read, {len(row_lines)} expected")
@@ -358,7 +357,8 @@ def _pipe_row_lines(path: Path, lines: list[bytes], n_columns: int) -> np.ndarra
             continue
         if line.count(b"|") != expected:
             raise InputFileError(
-                path, f"row has {line.count(b'|') + 1} fields but the header has {n_columns}",
+                path,
+                f"row has {line.count(b'|') + 1} fields but the header has {n_columns}",
                 line=number,
             )
         numbers.append(number)
@@ -376,9 +376,7 @@ def _csv_row_lines(path: Path, text: str, n_columns: int, sep: str) -> np.ndarra
         if not record:
             continue
         if len(record) != n_columns:
-            raise InputFileError(
-                path, f"row has {len(record)} fields but the header has {n_columns}", line=start
-            )
+            raise InputFileError(path, f"row has {len(record)} fields but the header has {n_columns}", line=start)
         numbers.append(start)
     return np.asarray(numbers, dtype=np.int64)
 
@@ -453,12 +451,12 @@ def numeric(table: Table, column: str, *, integer: bool = False) -> CodedColumn:
         raise table.error(
             f"expected a number, a coded value ('1: label') or a missing code ('.: ...'), "
             f"got {shown(table.frame[column].iloc[row])}",
-            row=row, column=column,
+            row=row,
+            column=column,
         )
     if np.isinf(parsed.number).any():
         row = int(np.flatnonzero(np.isinf(parsed.number))[0])
-        raise table.error(f"number out of range, got {shown(table.frame[column].iloc[row])}",
-                          row=row, column=column)
+        raise table.error(f"number out of range, got {shown(table.frame[column].iloc[row])}", row=row, column=column)
     if integer:
         finite = ~np.isnan(parsed.number)
         fractional = finite & (parsed.number != np.round(parsed.number))
@@ -473,7 +471,8 @@ def numeric(table: Table, column: str, *, integer: bool = False) -> CodedColumn:
             row = int(np.flatnonzero(too_big)[0])
             raise table.error(
                 f"whole number out of range (|n| > {INT32_MAX}), got {shown(table.frame[column].iloc[row])}",
-                row=row, column=column,
+                row=row,
+                column=column,
             )
     return parsed
 
@@ -488,16 +487,16 @@ def subject_ids(table: Table, column: str = "ID") -> np.ndarray:
     ok = ids.str.fullmatch(r"\d+").fillna(False).to_numpy(dtype=bool)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
-        raise table.error(
-            f"participant id must be a whole number, got {shown(ids.iloc[row])}", row=row, column=column
-        )
+        raise table.error(f"participant id must be a whole number, got {shown(ids.iloc[row])}", row=row, column=column)
     # 9 digits fit the database's 32-bit INTEGER on every back-end
     long = (ids.str.len() > 9).to_numpy(dtype=bool)
     if long.any():
         row = int(np.flatnonzero(long)[0])
         raise table.error(
             f"participant id has {len(ids.iloc[row])} digits (OAI ids have 7, at most 9 are "
-            f"accepted), got {shown(ids.iloc[row])}", row=row, column=column
+            f"accepted), got {shown(ids.iloc[row])}",
+            row=row,
+            column=column,
         )
     return ids.astype("int64").to_numpy()
 
@@ -569,8 +568,12 @@ def _none_if_missing(values: pd.Series) -> pd.Series:
 def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
     """Enrollees: ``subject_id, site, sex ("M"/"F"), race, cohort`` (one row per participant),
     plus a ``Table`` holding the extra ``variables`` asked for (see ``clinical_values``)."""
-    t = read_table(raw, ["ID", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", *variables],
-                   required=["ID", "V00SITE"], allow_empty=False)
+    t = read_table(
+        raw,
+        ["ID", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", *variables],
+        required=["ID", "V00SITE"],
+        allow_empty=False,
+    )
     sex_code = numeric(t, "P02SEX", integer=True).number
     sex = np.full(len(t), None, dtype=object)
     sex[sex_code == 1] = "M"
@@ -578,22 +581,28 @@ def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.Da
     other = ~np.isnan(sex_code) & (sex_code != 1) & (sex_code != 2)
     if other.any():
         row = int(np.flatnonzero(other)[0])
-        raise t.error(f"sex must be 1 (male) or 2 (female), got {shown(t.frame['P02SEX'].iloc[row])}",
-                      row=row, column="P02SEX")
+        raise t.error(
+            f"sex must be 1 (male) or 2 (female), got {shown(t.frame['P02SEX'].iloc[row])}", row=row, column="P02SEX"
+        )
     site = _none_if_missing(t.frame["V00SITE"])
-    frame = pd.DataFrame({
-        "subject_id": subject_ids(t),
-        "site": site,
-        "sex": pd.Series(sex, dtype=object),
-        "race": as_int(numeric(t, "P02RACE", integer=True)),
-        "cohort": as_int(numeric(t, "V00COHORT", integer=True)),
-        "line": t.lines,
-    })
+    frame = pd.DataFrame(
+        {
+            "subject_id": subject_ids(t),
+            "site": site,
+            "sex": pd.Series(sex, dtype=object),
+            "race": as_int(numeric(t, "P02RACE", integer=True)),
+            "cohort": as_int(numeric(t, "V00COHORT", integer=True)),
+            "line": t.lines,
+        }
+    )
     unknown_site = np.array([s is not None and s not in SITES for s in site], dtype=bool)
     if unknown_site.any():
         row = int(np.flatnonzero(unknown_site)[0])
-        raise t.error(f"site must be one of the OAI clinical centres {', '.join(SITES)}, got {shown(t.frame['V00SITE'].iloc[row])}",
-                      row=row, column="V00SITE")
+        raise t.error(
+            f"site must be one of the OAI clinical centres {', '.join(SITES)}, got {shown(t.frame['V00SITE'].iloc[row])}",
+            row=row,
+            column="V00SITE",
+        )
     return _unique_subjects(t, frame), t
 
 
@@ -635,14 +644,16 @@ def read_allclinical(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.
     typed = allclinical_columns(visit)
     required = ["ID", typed["age"], typed["bmi"]] if visit == 0 else ["ID"]
     t = read_table(raw, ["ID", *typed.values(), *variables], required=required, allow_empty=False)
-    frame = pd.DataFrame({
-        "subject_id": subject_ids(t),
-        "visit": visit,
-        "age": numeric(t, typed["age"]).number,
-        "bmi": numeric(t, typed["bmi"]).number,
-        "visit_date": dates(t, typed["visit_date"]),
-        "line": t.lines,
-    })
+    frame = pd.DataFrame(
+        {
+            "subject_id": subject_ids(t),
+            "visit": visit,
+            "age": numeric(t, typed["age"]).number,
+            "bmi": numeric(t, typed["bmi"]).number,
+            "visit_date": dates(t, typed["visit_date"]),
+            "line": t.lines,
+        }
+    )
     return _unique_subjects(t, frame), t
 
 
@@ -657,17 +668,22 @@ def clinical_values(table: Table, variables: Sequence[str], ids: np.ndarray | No
             continue
         parsed = parse_coded(table.frame[column])
         text = table.frame[column].where(table.frame[column] != "", None)
-        frames.append(pd.DataFrame({
-            "subject_id": ids,
-            "variable": column,
-            "value_text": text.astype(object).where(text.notna(), None),
-            "value_num": parsed.number,
-            "missing_code": parsed.missing_code,
-            "source_file": table.source.relative_path,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "subject_id": ids,
+                    "variable": column,
+                    "value_text": text.astype(object).where(text.notna(), None),
+                    "value_num": parsed.number,
+                    "missing_code": parsed.missing_code,
+                    "source_file": table.source.relative_path,
+                }
+            )
+        )
     if not frames:
-        return pd.DataFrame(columns=["subject_id", "variable", "value_text", "value_num",
-                                     "missing_code", "source_file"])
+        return pd.DataFrame(
+            columns=["subject_id", "variable", "value_text", "value_num", "missing_code", "source_file"]
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -695,22 +711,22 @@ def read_kxr(raw: FileBytes) -> pd.DataFrame:
     visit = raw.source.visit
     assert visit is not None
     cols = kxr_columns(visit)
-    t = read_table(raw, ["ID", "SIDE", "READPRJ", *cols.values()],
-                   required=["ID", "SIDE", cols["klg"]])
+    t = read_table(raw, ["ID", "SIDE", "READPRJ", *cols.values()], required=["ID", "SIDE", cols["klg"]])
     klg = numeric(t, cols["klg"], integer=True)
-    frame = pd.DataFrame({
-        "subject_id": subject_ids(t),
-        "side": knee_sides(t),
-        "visit": visit,
-        "read_project": as_int(numeric(t, "READPRJ", integer=True)),
-        "klg": as_int(klg),
-        "klg_missing_code": pd.Series(klg.missing_code, dtype=object),
-    })
+    frame = pd.DataFrame(
+        {
+            "subject_id": subject_ids(t),
+            "side": knee_sides(t),
+            "visit": visit,
+            "read_project": as_int(numeric(t, "READPRJ", integer=True)),
+            "klg": as_int(klg),
+            "klg_missing_code": pd.Series(klg.missing_code, dtype=object),
+        }
+    )
     out_of_range = frame["klg"].notna() & ~frame["klg"].isin([0, 1, 2, 3, 4])
     if out_of_range.any():
         row = int(np.flatnonzero(out_of_range.to_numpy())[0])
-        raise t.error(f"KL grade must be 0-4, got {shown(t.frame[cols['klg']].iloc[row])}",
-                      row=row, column=cols["klg"])
+        raise t.error(f"KL grade must be 0-4, got {shown(t.frame[cols['klg']].iloc[row])}", row=row, column=cols["klg"])
     for field, column in cols.items():
         if field != "klg":
             frame[field] = numeric(t, column).number
@@ -761,7 +777,9 @@ def _check_folders(t: Table, folder: pd.Series) -> None:
             row = int(np.flatnonzero(bad)[0])
             raise t.error(
                 f"{reason}: {shown(t.frame['FOLDER'].iloc[row])}; series are only read below the "
-                "folder of this contents.csv", row=row, column="FOLDER",
+                "folder of this contents.csv",
+                row=row,
+                column="FOLDER",
             )
 
 
@@ -771,7 +789,9 @@ def _check_length(t: Table, values: pd.Series, column: str, limit: int, what: st
         row = int(np.flatnonzero(lengths > limit)[0])
         raise t.error(
             f"{what or column} has {lengths[row]} characters, more than the {limit} the database "
-            f"holds: {shown(values.iloc[row])}", row=row, column=column,
+            f"holds: {shown(values.iloc[row])}",
+            row=row,
+            column=column,
         )
 
 
@@ -785,8 +805,7 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     """
     t = read_table(
         raw,
-        ["FOLDER", "PARTICIPANTID", "STUDYDATE", "BARCODE", "ACCESSIONNUMBER",
-         "STUDYDESCRIPTION", "SERIESDESCRIPTION"],
+        ["FOLDER", "PARTICIPANTID", "STUDYDATE", "BARCODE", "ACCESSIONNUMBER", "STUDYDESCRIPTION", "SERIESDESCRIPTION"],
         required=["FOLDER", "PARTICIPANTID", "SERIESDESCRIPTION"],
         sep=",",
     )
@@ -804,7 +823,8 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
         raise t.error(
             f"cannot tell the visit: Folder {shown(f['FOLDER'].iloc[row])} does not start with a "
             "release code (0.C.2, 1.E.1 ...) and the folder is not a visit dir (00m, 12m ...)",
-            row=row, column="FOLDER",
+            row=row,
+            column="FOLDER",
         )
     description = f["SERIESDESCRIPTION"]  # already stripped of its padding
     if (description == "").any():
@@ -824,21 +844,22 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     for column, limit in (("STUDYDESCRIPTION", 128), (barcode, 32)):
         if column in f.columns:
             _check_length(t, f[column], column, limit)
-    frame = pd.DataFrame({
-        "subject_id": subject_ids(t, "PARTICIPANTID"),
-        "visit": visit.astype("int64").to_numpy(),
-        "side": side,
-        "sequence": sequence,
-        "series_description": description.to_numpy(dtype=object),
-        "study_description": _text_or_none(t, "STUDYDESCRIPTION"),
-        "folder": folder.to_numpy(dtype=object),
-        "visit_dir": str(raw.source.path.parent.resolve()),
-        "study_date": dates(t, "STUDYDATE", fmt="%Y%m%d"),
-        # kept as written: some releases lost the leading zeros (compare with lstrip("0"))
-        "barcode": _text_or_none(t, barcode),
-        "source_file": raw.source.relative_path,
-        "source_row": t.lines,
-    })
+    frame = pd.DataFrame(
+        {
+            "subject_id": subject_ids(t, "PARTICIPANTID"),
+            "visit": visit.astype("int64").to_numpy(),
+            "side": side,
+            "sequence": sequence,
+            "series_description": description.to_numpy(dtype=object),
+            "study_description": _text_or_none(t, "STUDYDESCRIPTION"),
+            "folder": folder.to_numpy(dtype=object),
+            "visit_dir": str(raw.source.path.parent.resolve()),
+            "study_date": dates(t, "STUDYDATE", fmt="%Y%m%d"),
+            # kept as written: some releases lost the leading zeros (compare with lstrip("0"))
+            "barcode": _text_or_none(t, barcode),
+            "source_file": raw.source.relative_path,
+            "source_row": t.lines,
+        }
+    )
     # a rescan is listed after the series it replaces
     return frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
-

@@ -58,27 +58,69 @@ ALIGNMENT = {1: "Varus", 2: "Neutral", 3: "Valgus"}
 SMOKING = {0: "Never", 1: "Current", 2: "Former"}
 WORKBOOK = {1: "Self-administered", 2: "Interviewer-administered", 3: "Phone interview"}
 EDUCATION = {
-    0: "Less than high school graduate", 1: "High school graduate", 2: "Some college",
-    3: "College graduate", 4: "Some graduate school", 5: "Graduate degree",
+    0: "Less than high school graduate",
+    1: "High school graduate",
+    2: "Some college",
+    3: "College graduate",
+    4: "Some graduate school",
+    5: "Graduate degree",
 }
-INCOME = {1: "Less than $10K", 2: "$10K to < $25K", 3: "$25K to < $50K", 4: "$50K to < $100K",
-          5: "$100K or greater"}
+INCOME = {1: "Less than $10K", 2: "$10K to < $25K", 3: "$25K to < $50K", 4: "$50K to < $100K", 5: "$100K or greater"}
 MARITAL = {1: "Married", 2: "Widowed", 3: "Divorced", 4: "Separated", 5: "Never married"}
 EMPLOYMENT = {1: "Yes, full-time", 2: "Yes, part-time", 3: "No"}
 
-MEDICATIONS = ("ANALG", "ASPRN", "NSAID", "ACTMN", "OPIOD", "GLUCS", "CHOND", "SSTER", "HYALR",
-               "COX2", "TOPIC", "VITD", "CALC", "BISPH", "ESTRO", "STATN", "DIUR", "ANTHY")
-COMORBIDITIES = ("HRTAT", "HRTF", "STROKE", "ASTHMA", "LUNG", "ULCER", "DIAB", "KIDFXN", "RA",
-                 "POLYR", "LIVDAM", "CANCER", "HIPFX", "SPNFX", "DEPRES")
+MEDICATIONS = (
+    "ANALG",
+    "ASPRN",
+    "NSAID",
+    "ACTMN",
+    "OPIOD",
+    "GLUCS",
+    "CHOND",
+    "SSTER",
+    "HYALR",
+    "COX2",
+    "TOPIC",
+    "VITD",
+    "CALC",
+    "BISPH",
+    "ESTRO",
+    "STATN",
+    "DIUR",
+    "ANTHY",
+)
+COMORBIDITIES = (
+    "HRTAT",
+    "HRTF",
+    "STROKE",
+    "ASTHMA",
+    "LUNG",
+    "ULCER",
+    "DIAB",
+    "KIDFXN",
+    "RA",
+    "POLYR",
+    "LIVDAM",
+    "CANCER",
+    "HIPFX",
+    "SPNFX",
+    "DEPRES",
+)
 OTHER_JOINTS = ("HIP", "HND", "FT", "SHLD", "ELB", "ANK", "WRST")
 
 COMMENT_FRAGMENTS = (
-    "participant arrived late", "form completed at home, returned by mail",
-    "knee brace worn during exam", "pt's daughter helped with questionnaire",
-    "unable to complete 400m walk, knee pain", "BP re-measured, first reading high",
-    "Participant reports \"some\" stiffness in the morning", "scale recalibrated; weight re-taken",
-    "Café visit moved to afternoon", "rescheduled twice; phone contact only",
-    "hearing aid, questions read aloud", "used cane for chair stands",
+    "participant arrived late",
+    "form completed at home, returned by mail",
+    "knee brace worn during exam",
+    "pt's daughter helped with questionnaire",
+    "unable to complete 400m walk, knee pain",
+    "BP re-measured, first reading high",
+    'Participant reports "some" stiffness in the morning',
+    "scale recalibrated; weight re-taken",
+    "Café visit moved to afternoon",
+    "rescheduled twice; phone contact only",
+    "hearing aid, questions read aloud",
+    "used cane for chair stands",
 )
 P_COMMENT = 0.06
 
@@ -109,10 +151,13 @@ def _yes_no(name: str, share_yes: float, tier: Tier = "main", **kw: object) -> V
     return Variable(name, "coded", tier, YES_NO, (1 - share_yes, share_yes), **kw)  # type: ignore[arg-type]
 
 
-def _items(pattern: str, count: int, labels: Mapping[int, str], shares: tuple[float, ...],
-           tier: Tier = "main", **kw: object) -> list[Variable]:
-    return [Variable(pattern.format(i=i, v="{v}", s="{s}"), "coded", tier, labels, shares, **kw)  # type: ignore[arg-type]
-            for i in range(1, count + 1)]
+def _items(
+    pattern: str, count: int, labels: Mapping[int, str], shares: tuple[float, ...], tier: Tier = "main", **kw: object
+) -> list[Variable]:
+    return [
+        Variable(pattern.format(i=i, v="{v}", s="{s}"), "coded", tier, labels, shares, **kw)  # type: ignore[arg-type]
+        for i in range(1, count + 1)
+    ]
 
 
 def _catalogue() -> list[Variable]:
@@ -133,9 +178,15 @@ def _catalogue() -> list[Variable]:
         _yes_no("P01FAMKR", 0.10, "baseline"),
         _yes_no("P01HRSL{s}", 0.05, "baseline"),
         Variable("P02HISP", "special", "baseline"),
-        Variable("P01KRS{s}", "coded", "baseline", PAIN_NRS,
-                 (0.30, 0.10, 0.10, 0.10, 0.10, 0.08, 0.07, 0.06, 0.04, 0.03, 0.02),
-                 style="mixed", **pain),
+        Variable(
+            "P01KRS{s}",
+            "coded",
+            "baseline",
+            PAIN_NRS,
+            (0.30, 0.10, 0.10, 0.10, 0.10, 0.08, 0.07, 0.06, 0.04, 0.03, 0.02),
+            style="mixed",
+            **pain,
+        ),
         # WOMAC summary scores (fractional where items were imputed)
         Variable("{v}WOMKP{s}", "number", "interim", mean=2.5, sd=4.0, low=0, high=20, decimals=1, **pain),
         Variable("{v}WOMSTF{s}", "number", "annual", mean=1.5, sd=2.0, low=0, high=8, decimals=0, **pain),
@@ -145,25 +196,36 @@ def _catalogue() -> list[Variable]:
         *_items("{v}WS{s}KN{i}", 2, WOMAC_LEVELS, (0.5, 0.28, 0.15, 0.06, 0.01), **pain),
         *_items("{v}DI{s}KN{i}", 17, WOMAC_LEVELS, (0.62, 0.2, 0.12, 0.05, 0.01), **pain),
         # KOOS
-        Variable("{v}KOOSKP{s}", "number", "annual", mean=82, sd=18, low=0, high=100, decimals=1,
-                 signal="pain", weight=-0.7),
-        Variable("{v}KOOSYM{s}", "number", "annual", mean=84, sd=15, low=0, high=100, decimals=1,
-                 signal="pain", weight=-0.6),
-        Variable("{v}KOOSFSR", "number", "annual", mean=70, sd=25, low=0, high=100, decimals=1,
-                 signal="pain", weight=-0.5),
-        Variable("{v}KOOSQOL", "number", "annual", mean=72, sd=20, low=0, high=100, decimals=1,
-                 signal="pain", weight=-0.6),
+        Variable(
+            "{v}KOOSKP{s}", "number", "annual", mean=82, sd=18, low=0, high=100, decimals=1, signal="pain", weight=-0.7
+        ),
+        Variable(
+            "{v}KOOSYM{s}", "number", "annual", mean=84, sd=15, low=0, high=100, decimals=1, signal="pain", weight=-0.6
+        ),
+        Variable(
+            "{v}KOOSFSR", "number", "annual", mean=70, sd=25, low=0, high=100, decimals=1, signal="pain", weight=-0.5
+        ),
+        Variable(
+            "{v}KOOSQOL", "number", "annual", mean=72, sd=20, low=0, high=100, decimals=1, signal="pain", weight=-0.6
+        ),
         *_items("{v}KSX{s}KN{i}", 7, KOOS_SYMPTOM, (0.45, 0.25, 0.17, 0.1, 0.03), **pain),
         *_items("{v}KQOL{i}", 4, KOOS_FREQUENCY, (0.4, 0.25, 0.2, 0.1, 0.05), signal="pain", weight=0.5),
         # knee pain
         _yes_no("{v}KPN{s}30", 0.45, "interim", **pain),
         _yes_no("{v}KPN{s}12", 0.55, "annual", **pain),
-        Variable("{v}KRS{s}", "coded", "annual", PAIN_NRS,
-                 (0.30, 0.10, 0.10, 0.10, 0.10, 0.08, 0.07, 0.06, 0.04, 0.03, 0.02),
-                 style="bare", **pain),
+        Variable(
+            "{v}KRS{s}",
+            "coded",
+            "annual",
+            PAIN_NRS,
+            (0.30, 0.10, 0.10, 0.10, 0.10, 0.08, 0.07, 0.06, 0.04, 0.03, 0.02),
+            style="bare",
+            **pain,
+        ),
         # general health
-        Variable("{v}HSPSS", "number", "annual", mean=49, sd=9, low=10, high=70, decimals=2,
-                 signal="pain", weight=-0.4),
+        Variable(
+            "{v}HSPSS", "number", "annual", mean=49, sd=9, low=10, high=70, decimals=2, signal="pain", weight=-0.4
+        ),
         Variable("{v}HSMSS", "number", "annual", mean=53, sd=8, low=10, high=75, decimals=2),
         *_items("{v}HSQ{i}", 12, HEALTH_LEVELS, (0.15, 0.35, 0.32, 0.14, 0.04)),
         Variable("{v}CESD", "number", mean=6.5, sd=7.0, low=0, high=60, decimals=0),
@@ -179,17 +241,46 @@ def _catalogue() -> list[Variable]:
         _yes_no("{v}KEFFUS{s}", 0.15, **pain),
         _yes_no("{v}KCREP{s}", 0.35, **pain),
         _yes_no("{v}KTNDR{s}", 0.2, **pain),
-        Variable("{v}400MTIM", "number", mean=300, sd=50, low=180, high=900, decimals=1,
-                 signal="age", weight=0.5, missing=0.05),
-        Variable("{v}20MPACE", "number", mean=1.3, sd=0.2, low=0.3, high=2.5, decimals=2,
-                 signal="age", weight=-0.5, missing=0.03),
-        Variable("{v}CSTIME", "number", mean=10.5, sd=3.0, low=4, high=40, decimals=2,
-                 signal="pain", weight=0.3, missing=0.04),
+        Variable(
+            "{v}400MTIM",
+            "number",
+            mean=300,
+            sd=50,
+            low=180,
+            high=900,
+            decimals=1,
+            signal="age",
+            weight=0.5,
+            missing=0.05,
+        ),
+        Variable(
+            "{v}20MPACE",
+            "number",
+            mean=1.3,
+            sd=0.2,
+            low=0.3,
+            high=2.5,
+            decimals=2,
+            signal="age",
+            weight=-0.5,
+            missing=0.03,
+        ),
+        Variable(
+            "{v}CSTIME",
+            "number",
+            mean=10.5,
+            sd=3.0,
+            low=4,
+            high=40,
+            decimals=2,
+            signal="pain",
+            weight=0.3,
+            missing=0.04,
+        ),
         _yes_no("{v}CSUNABL", 0.03),
         # medication (with one skip-logic follow-up question)
         *[_yes_no(f"{{v}}RX{m}", 0.12 if m != "NSAID" else 0.3, "interim") for m in MEDICATIONS],
-        Variable("{v}RXNSFQ", "coded", "interim", PASE_FREQUENCY, (0.1, 0.4, 0.3, 0.2),
-                 given="{v}RXNSAID"),
+        Variable("{v}RXNSFQ", "coded", "interim", PASE_FREQUENCY, (0.1, 0.4, 0.3, 0.2), given="{v}RXNSAID"),
         # comorbidity, other joints, injuries and surgery since the last visit
         *[_yes_no(f"{{v}}{c}", 0.06, "annual") for c in COMORBIDITIES],
         Variable("{v}COMORB", "number", "annual", mean=0.6, sd=1.0, low=0, high=9, style="bare"),
@@ -199,8 +290,14 @@ def _catalogue() -> list[Variable]:
         _yes_no("{v}KINJ{s}", 0.05, "interim"),
         _yes_no("{v}KSURG{s}", 0.02, "annual"),
         _yes_no("{v}KINJCT{s}", 0.05, "annual"),
-        Variable("{v}KSURGTP{s}", "coded", "annual", {1: "Arthroscopy", 2: "Ligament repair", 3: "Other"},
-                 (0.7, 0.1, 0.2), given="{v}KSURG{s}"),
+        Variable(
+            "{v}KSURGTP{s}",
+            "coded",
+            "annual",
+            {1: "Arthroscopy", 2: "Ligament repair", 3: "Other"},
+            (0.7, 0.1, 0.2),
+            given="{v}KSURG{s}",
+        ),
         _yes_no("{v}FALL", 0.15, "annual"),
         Variable("{v}SMOKE", "coded", "main", SMOKING, (0.45, 0.07, 0.48)),
         Variable("{v}DRNKAMT", "number", "main", mean=2, sd=4, low=0, high=40, style="bare"),
@@ -257,8 +354,9 @@ def _signals(cohort: SynthCohort, visit: int, rng: np.random.Generator) -> dict[
     }
 
 
-def _score(variable: Variable, side: int | None, signals: dict[str, np.ndarray],
-           rng: np.random.Generator) -> np.ndarray:
+def _score(
+    variable: Variable, side: int | None, signals: dict[str, np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
     n = next(iter(signals.values())).shape[0]
     noise = rng.standard_normal(n)
     if variable.signal == "none" or variable.weight == 0:
@@ -295,9 +393,17 @@ def _special(name: str, cohort: SynthCohort, visit: int, rng: np.random.Generato
     raise ValueError(f"no generator for special column {name}")
 
 
-def _column(name: str, variable: Variable, side: int | None, cohort: SynthCohort, visit: int,
-            signals: dict[str, np.ndarray], done: dict[str, np.ndarray], style: Style,
-            rng: np.random.Generator) -> np.ndarray:
+def _column(
+    name: str,
+    variable: Variable,
+    side: int | None,
+    cohort: SynthCohort,
+    visit: int,
+    signals: dict[str, np.ndarray],
+    done: dict[str, np.ndarray],
+    style: Style,
+    rng: np.random.Generator,
+) -> np.ndarray:
     if variable.kind == "special":
         return _special(name, cohort, visit, rng)
     score = _score(variable, side, signals, rng)
@@ -351,8 +457,7 @@ def allclinical_columns(cohort: SynthCohort, visit: int) -> dict[str, np.ndarray
         if variable.tier not in tiers:
             continue
         for name, var, side in _expand(variable, visit):
-            values = _column(name, var, side, cohort, visit, signals, columns,
-                             _file_style(var, name, visit), rng)
+            values = _column(name, var, side, cohort, visit, signals, columns, _file_style(var, name, visit), rng)
             if not name.startswith("P0"):  # screening values exist for every enrollee
                 values = np.where(attended, values, MISSING_FORM)
             columns[name] = values

@@ -48,14 +48,27 @@ CONTENTS_FILE = "00m/contents.csv"
 TRUTH_COLUMNS = ("subject_id", "side", "latent", "label_hint")
 
 SEX_LABELS = {1: "Male", 2: "Female"}
-RACE_LABELS = {0: "Other Non-white", 1: "White or Caucasian", 2: "Black or African American",
-               3: "Asian"}
+RACE_LABELS = {0: "Other Non-white", 1: "White or Caucasian", 2: "Black or African American", 3: "Asian"}
 COHORT_LABELS = {1: "Progression", 2: "Incidence", 3: "Non-exposed control group"}
-VISIT_LABELS = {0: "Baseline", 1: "12-month", 2: "18-month", 3: "24-month", 4: "30-month",
-                5: "36-month", 6: "48-month", 7: "60-month", 8: "72-month", 9: "84-month",
-                10: "96-month", 11: "108-month"}
-REPLACEMENT_SEEN = {0: "No replacement seen on any FU xray", 1: "Yes, replacement seen on FU xray",
-                    2: "No FU xrays of this knee"}
+VISIT_LABELS = {
+    0: "Baseline",
+    1: "12-month",
+    2: "18-month",
+    3: "24-month",
+    4: "30-month",
+    5: "36-month",
+    6: "48-month",
+    7: "60-month",
+    8: "72-month",
+    9: "84-month",
+    10: "96-month",
+    11: "108-month",
+}
+REPLACEMENT_SEEN = {
+    0: "No replacement seen on any FU xray",
+    1: "Yes, replacement seen on FU xray",
+    2: "No FU xrays of this knee",
+}
 CONFIRMATION = {1: "Confirmed", 2: "Not confirmed"}
 REPLACEMENT_TYPE = {1: "Total", 2: "Partial"}
 P_PARTIAL_REPLACEMENT = 0.1
@@ -92,8 +105,9 @@ def _check_target(out: Path) -> None:
         raise OAIError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / TRUTH_FILE).exists():
         # refuse to mix synthetic files into a real release or an unrelated folder
-        raise OAIError(f"{out}: folder is not empty and holds no synthetic release "
-                       f"({TRUTH_FILE}); choose an empty or new folder")
+        raise OAIError(
+            f"{out}: folder is not empty and holds no synthetic release ({TRUTH_FILE}); choose an empty or new folder"
+        )
 
 
 def _listed_folders(contents: Path) -> set[str]:
@@ -126,8 +140,7 @@ def enrollees_columns(cohort: SynthCohort) -> dict[str, np.ndarray]:
     rng = stream(cohort.seed, "enrollees")
     kl0 = cohort.kl_clinic[:, :, 0].max(axis=1)
     u = rng.random(cohort.n_subjects)
-    group = np.where((kl0 >= 2) & (u < P_SYMPTOMATIC), 1,
-                     np.where((kl0 == 0) & (u < P_CONTROL), 3, 2))
+    group = np.where((kl0 >= 2) & (u < P_SYMPTOMATIC), 1, np.where((kl0 == 0) & (u < P_CONTROL), 3, 2))
     n = cohort.n_subjects
     return {
         "ID": cohort.subject_id.astype(str).astype(object),
@@ -152,9 +165,17 @@ def _knee_outcome(cohort: SynthCohort, i: int, side: int, rng: np.random.Generat
     followup_xray = [v for v in xray if v > 0]
     month = float(cohort.tkr_month[i, side])
     seen_after = [] if np.isnan(month) else [v for v in attended if CLINIC_MONTHS[CLINIC_VISITS.index(v)] >= month]
-    fields = {"KRPSN": "", "KBLRP": "0: No", "KDAYS": "", "KVSPR": NOT_EXPECTED,
-              "KVSAF": NOT_EXPECTED, "KXRPR": NOT_EXPECTED, "KXRAF": NOT_EXPECTED,
-              "KRPCF": NOT_EXPECTED, "KTLPR": NOT_EXPECTED}
+    fields = {
+        "KRPSN": "",
+        "KBLRP": "0: No",
+        "KDAYS": "",
+        "KVSPR": NOT_EXPECTED,
+        "KVSAF": NOT_EXPECTED,
+        "KXRPR": NOT_EXPECTED,
+        "KXRAF": NOT_EXPECTED,
+        "KRPCF": NOT_EXPECTED,
+        "KTLPR": NOT_EXPECTED,
+    }
     known = not np.isnan(month) and bool(seen_after)  # a replacement after the last contact is unknown
     if not known:
         fields["KRPSN"] = f"{0 if followup_xray else 2}: {REPLACEMENT_SEEN[0 if followup_xray else 2]}"
@@ -183,10 +204,10 @@ def outcomes_columns(cohort: SynthCohort) -> dict[str, list[str]]:
     """``Outcomes99.txt``: knee replacements per knee (lower-case ``id`` as in the real file)."""
     rng = stream(cohort.seed, "outcomes99")
     n = cohort.n_subjects
-    columns: dict[str, list[str]] = {"id": [str(s) for s in cohort.subject_id],
-                                     "VERSION": ["3.2"] * n}
+    columns: dict[str, list[str]] = {"id": [str(s) for s in cohort.subject_id], "VERSION": ["3.2"] * n}
     per_side: list[list[dict[str, str]]] = [
-        [_knee_outcome(cohort, i, side, rng) for i in range(n)] for side in range(2)]
+        [_knee_outcome(cohort, i, side, rng) for i in range(n)] for side in range(2)
+    ]
     for side, letter in enumerate("RL"):
         for key in per_side[side][0]:
             columns[f"V99E{letter}{key}"] = [f[key] for f in per_side[side]]
@@ -194,7 +215,8 @@ def outcomes_columns(cohort: SynthCohort) -> dict[str, list[str]]:
     for side, letter in enumerate("RL"):
         columns[f"V99E{letter}HRPSN"] = [
             "1: Yes, replacement seen on FU xray" if h else "0: No replacement seen on any FU xray"
-            for h in hip[:, side]]
+            for h in hip[:, side]
+        ]
     return columns
 
 
@@ -208,8 +230,9 @@ def truth_columns(cohort: SynthCohort) -> dict[str, list[str]]:
     }
 
 
-def write_release(out: Path, *, subjects: int = OAI_SIZE, seed: int = 0,
-                  progress: ProgressCallback | None = None) -> SynthSummary:
+def write_release(
+    out: Path, *, subjects: int = OAI_SIZE, seed: int = 0, progress: ProgressCallback | None = None
+) -> SynthSummary:
     """Write a synthetic OAI release of ``subjects`` participants under ``out``.
 
     ``out`` must be new, empty, or a previous synthetic release (whose files are rewritten).
@@ -230,13 +253,14 @@ def write_release(out: Path, *, subjects: int = OAI_SIZE, seed: int = 0,
         # the truth file first: it marks the folder as synthetic, so an interrupted run can be redone
         (Path(TRUTH_FILE), lambda: truth_columns(cohort), {"delimiter": ","}),
         (ascii_dir / "Enrollees.txt", lambda: enrollees_columns(cohort), {}),
-        *[(ascii_dir / f"AllClinical{v:02d}.txt", (lambda v=v: allclinical_columns(cohort, v)), {})
-          for v in CLINIC_VISITS],
+        *[
+            (ascii_dir / f"AllClinical{v:02d}.txt", (lambda v=v: allclinical_columns(cohort, v)), {})
+            for v in CLINIC_VISITS
+        ],
         (ascii_dir / "SubjectChar00.txt", lambda: subjectchar_columns(cohort), {}),
         # this one with Windows line ends, as files edited on a PC come
         (ascii_dir / "Outcomes99.txt", lambda: outcomes, {"line_end": "\r\n"}),
-        *[(ascii_dir / LAYOUTS[v].file_name, (lambda v=v: xray_columns(cohort, v)), {})
-          for v in XRAY_VISITS],
+        *[(ascii_dir / LAYOUTS[v].file_name, (lambda v=v: xray_columns(cohort, v)), {}) for v in XRAY_VISITS],
         (Path(CONTENTS_FILE), lambda: contents_rows(cohort), {"delimiter": ","}),
     ]
     rows: dict[str, int] = {}
@@ -245,8 +269,7 @@ def write_release(out: Path, *, subjects: int = OAI_SIZE, seed: int = 0,
     for done, (relative, build, options) in enumerate(jobs, start=1):
         rows[relative.as_posix()] = write_table(out / relative, build(), **options)
         report(task, done, len(jobs))
-    stale = _remove_stale_series((out / CONTENTS_FILE).parent, previous_series,
-                                 _listed_folders(out / CONTENTS_FILE))
+    stale = _remove_stale_series((out / CONTENTS_FILE).parent, previous_series, _listed_folders(out / CONTENTS_FILE))
     if stale:
         log.info("removed %d image series of the earlier synthetic release in %s", stale, out)
     summary = SynthSummary(
@@ -261,9 +284,9 @@ def write_release(out: Path, *, subjects: int = OAI_SIZE, seed: int = 0,
         knee_replacements=sum(
             int(blrp.startswith("1") or bool(days))
             for letter in "RL"
-            for blrp, days in zip(outcomes[f"V99E{letter}KBLRP"], outcomes[f"V99E{letter}KDAYS"])),
+            for blrp, days in zip(outcomes[f"V99E{letter}KBLRP"], outcomes[f"V99E{letter}KDAYS"])
+        ),
         seconds=round(time.perf_counter() - started, 3),
     )
-    log.info("synthetic release of %d subjects (seed %d) written to %s in %.1f s",
-             subjects, seed, out, summary.seconds)
+    log.info("synthetic release of %d subjects (seed %d) written to %s in %.1f s", subjects, seed, out, summary.seconds)
     return summary

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import logging
 import math
 import struct
@@ -47,7 +48,6 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    RLELossless,
 )
 
 from oaicohort.errors import InputFileError
@@ -133,8 +133,7 @@ class KneeAnatomy:
     def joint_space_mm(self) -> tuple[float, float]:
         """Bone-to-bone distance per compartment (medial, lateral)."""
         return tuple(  # type: ignore[return-value]
-            f + t + g
-            for f, t, g in zip(self.femoral_cartilage_mm, self.tibial_cartilage_mm, self.gap_mm)
+            f + t + g for f, t, g in zip(self.femoral_cartilage_mm, self.tibial_cartilage_mm, self.gap_mm)
         )
 
 
@@ -180,12 +179,10 @@ def knee_anatomy(latent: float, rng: np.random.Generator) -> KneeAnatomy:
 
     features = rng.spawn(1)[0]
     lesions = tuple(
-        _marrow_lesion(features, femoral, tibial, gaps)
-        for _ in range(int(features.poisson(0.5 * math.exp(0.9 * z))))
+        _marrow_lesion(features, femoral, tibial, gaps) for _ in range(int(features.poisson(0.5 * math.exp(0.9 * z))))
     )
     osteophytes = tuple(
-        _osteophyte(features, femoral, tibial, gaps)
-        for _ in range(int(features.poisson(0.7 * math.exp(0.8 * z))))
+        _osteophyte(features, femoral, tibial, gaps) for _ in range(int(features.poisson(0.7 * math.exp(0.8 * z))))
     )
     return KneeAnatomy(
         latent=float(latent),
@@ -617,9 +614,7 @@ def _base_dataset(meta: SeriesMeta, shape: tuple[int, int, int], photometric: st
     ds.SeriesDescription = meta.series_description
     ds.AccessionNumber = meta.accession_number
     ds.StudyInstanceUID = meta.study_uid or _uid("study", meta.patient_id, meta.study_date)
-    ds.SeriesInstanceUID = meta.series_uid or _uid(
-        "series", meta.patient_id, meta.study_date, meta.series_description
-    )
+    ds.SeriesInstanceUID = meta.series_uid or _uid("series", meta.patient_id, meta.study_date, meta.series_description)
     ds.FrameOfReferenceUID = _uid("frame", ds.SeriesInstanceUID)
     ds.SeriesNumber = meta.series_number
     ds.ScanningSequence = "GR"
@@ -763,7 +758,7 @@ class _SliceEncoder:
         ]
         segments: list[bytes] = []
         bounds = (0, *_VARYING)
-        for low, high in zip(bounds, bounds[1:]):
+        for low, high in itertools.pairwise(bounds):
             part = Dataset()
             for element in base:
                 if low < element.tag < high:
@@ -787,11 +782,16 @@ class _SliceEncoder:
         return b"".join(
             (
                 self._file_meta(sop_uid),
-                seg[0], _element(_SOP_INSTANCE_UID, "UI", _text(sop_uid, b"\x00")),
-                seg[1], _element(_INSTANCE_NUMBER, "IS", _text(str(instance))),
-                seg[2], _element(_IMAGE_POSITION, "DS", _text("\\".join(position))),
-                seg[3], _element(_SLICE_LOCATION, "DS", _text(location)),
-                seg[4], _long_element(_PIXEL_DATA, "OW", pixels.tobytes()),
+                seg[0],
+                _element(_SOP_INSTANCE_UID, "UI", _text(sop_uid, b"\x00")),
+                seg[1],
+                _element(_INSTANCE_NUMBER, "IS", _text(str(instance))),
+                seg[2],
+                _element(_IMAGE_POSITION, "DS", _text("\\".join(position))),
+                seg[3],
+                _element(_SLICE_LOCATION, "DS", _text(location)),
+                seg[4],
+                _long_element(_PIXEL_DATA, "OW", pixels.tobytes()),
             )
         )
 

@@ -15,15 +15,28 @@ import numpy as np
 from oaicohort.synth.tables import yyyymmdd
 from oaicohort.synth.trajectories import SynthCohort, stream
 
-CONTENTS_COLUMNS = ("Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription",
-                    "SeriesDescription")
+CONTENTS_COLUMNS = ("Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription")
 # the right knee gets the full protocol, the left the reduced one (as in the OAI)
 KNEE_PROTOCOL = {
-    "RIGHT": ("MP_LOCATOR_RIGHT", "COR_IW_TSE_RIGHT", "SAG_3D_DESS_RIGHT", "COR_MPR_RIGHT",
-              "AX_MPR_RIGHT", "SAG_IW_TSE_RIGHT", "SAG_T2_MAP_RIGHT", "SAG_T2_CALC_RIGHT",
-              "COR_T1_3D_FLASH_RIGHT"),
-    "LEFT": ("MP_LOCATOR_LEFT", "COR_IW_TSE_LEFT", "SAG_3D_DESS_LEFT", "COR_MPR_LEFT",
-             "AX_MPR_LEFT", "SAG_IW_TSE_LEFT"),
+    "RIGHT": (
+        "MP_LOCATOR_RIGHT",
+        "COR_IW_TSE_RIGHT",
+        "SAG_3D_DESS_RIGHT",
+        "COR_MPR_RIGHT",
+        "AX_MPR_RIGHT",
+        "SAG_IW_TSE_RIGHT",
+        "SAG_T2_MAP_RIGHT",
+        "SAG_T2_CALC_RIGHT",
+        "COR_T1_3D_FLASH_RIGHT",
+    ),
+    "LEFT": (
+        "MP_LOCATOR_LEFT",
+        "COR_IW_TSE_LEFT",
+        "SAG_3D_DESS_LEFT",
+        "COR_MPR_LEFT",
+        "AX_MPR_LEFT",
+        "SAG_IW_TSE_LEFT",
+    ),
 }
 THIGH_PROTOCOL = ("MP_LOCATOR_THIGH", "AX_T1_THIGH", "PRESCRIPTION_THIGH")
 # DESS and its multiplanar reformats are missing together

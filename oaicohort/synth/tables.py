@@ -30,8 +30,7 @@ MIXED_BARE_SHARE = 0.3
 LOOKUP_LIMIT = 200_000
 
 
-def coded(codes: np.ndarray, labels: Mapping[int, str], style: Style,
-          rng: np.random.Generator) -> np.ndarray:
+def coded(codes: np.ndarray, labels: Mapping[int, str], style: Style, rng: np.random.Generator) -> np.ndarray:
     """``code: label`` strings (or bare codes) for integer ``codes``."""
     keys = sorted(labels)
     labelled = np.asarray([f"{k}: {labels[k]}" for k in keys], dtype=object)
@@ -70,9 +69,13 @@ def yyyymmdd(days: np.ndarray) -> np.ndarray:
     return np.asarray([d.replace("-", "") for d in iso], dtype=object)
 
 
-def with_missing(values: np.ndarray, missing: np.ndarray, rng: np.random.Generator,
-                 codes: Sequence[str] = ITEM_MISSING_CODES,
-                 weights: Sequence[float] = ITEM_MISSING_WEIGHTS) -> np.ndarray:
+def with_missing(
+    values: np.ndarray,
+    missing: np.ndarray,
+    rng: np.random.Generator,
+    codes: Sequence[str] = ITEM_MISSING_CODES,
+    weights: Sequence[float] = ITEM_MISSING_WEIGHTS,
+) -> np.ndarray:
     """``values`` with the cells of ``missing`` replaced by missing-value codes."""
     where = np.flatnonzero(missing)
     if where.size == 0:
@@ -83,8 +86,9 @@ def with_missing(values: np.ndarray, missing: np.ndarray, rng: np.random.Generat
     return out
 
 
-def write_table(path: Path, columns: Mapping[str, np.ndarray | Sequence[str]], *,
-                delimiter: str = "|", line_end: str = "\n") -> int:
+def write_table(
+    path: Path, columns: Mapping[str, np.ndarray | Sequence[str]], *, delimiter: str = "|", line_end: str = "\n"
+) -> int:
     """Write a header row and one line per row; returns the number of data rows."""
     names = list(columns)
     cells = [list(columns[name]) for name in names]

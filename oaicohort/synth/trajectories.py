@@ -74,8 +74,20 @@ TKR_RATE = {3: 0.008, 4: 0.040}
 TKR_LATENT_EFFECT = 0.6
 
 # Follow-up: share of subjects still in the study at each month, before the age effect
-RETENTION = {0: 1.0, 12: 0.95, 18: 0.94, 24: 0.92, 30: 0.91, 36: 0.89, 48: 0.86,
-             60: 0.84, 72: 0.81, 84: 0.79, 96: 0.76, 108: 0.73}
+RETENTION = {
+    0: 1.0,
+    12: 0.95,
+    18: 0.94,
+    24: 0.92,
+    30: 0.91,
+    36: 0.89,
+    48: 0.86,
+    60: 0.84,
+    72: 0.81,
+    84: 0.79,
+    96: 0.76,
+    108: 0.73,
+}
 DROPOUT_AGE_EFFECT = 0.35  # log hazard ratio of dropping out per SD of age
 P_MISSED_VISIT = 0.05  # in the study but did not come
 P_MISSED_INTERIM = 0.25  # the 18/30-month phone contacts
@@ -164,8 +176,7 @@ def stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *key]))
 
 
-def _truncated_normal(rng: np.random.Generator, n: int, mean: float, sd: float,
-                      low: float, high: float) -> np.ndarray:
+def _truncated_normal(rng: np.random.Generator, n: int, mean: float, sd: float, low: float, high: float) -> np.ndarray:
     values = rng.normal(mean, sd, n)
     bad = (values < low) | (values > high)
     while bad.any():
@@ -209,9 +220,19 @@ def _subjects(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         bmi_missing[rng.integers(n)] = True  # keep the exclusion exercised in small releases
     start = np.datetime64(ENROLMENT_START.isoformat())
     enrolment = start + rng.integers(0, ENROLMENT_DAYS, n).astype("timedelta64[D]")
-    return dict(subject_id=ids, site=site, female=female, race=race, hispanic=hispanic, age=age,
-                height_mm=height_mm, weight_kg=weight_kg, bmi=bmi, bmi_missing=bmi_missing,
-                enrolment=enrolment)
+    return dict(
+        subject_id=ids,
+        site=site,
+        female=female,
+        race=race,
+        hispanic=hispanic,
+        age=age,
+        height_mm=height_mm,
+        weight_kg=weight_kg,
+        bmi=bmi,
+        bmi_missing=bmi_missing,
+        enrolment=enrolment,
+    )
 
 
 def _latent(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -225,9 +246,12 @@ def _baseline_kl(age: np.ndarray, bmi: np.ndarray, rng: np.random.Generator) -> 
     n = age.shape[0]
     severity = rng.standard_normal((n, 1))
     own = rng.standard_normal((n, 2))
-    score = (np.sqrt(KL_SUBJECT_SHARE) * severity + np.sqrt(1 - KL_SUBJECT_SHARE) * own
-             + KL_AGE_EFFECT * ((age - AGE_MEAN) / AGE_SD)[:, None]
-             + KL_BMI_EFFECT * ((bmi - BMI_MEAN) / BMI_SD)[:, None])
+    score = (
+        np.sqrt(KL_SUBJECT_SHARE) * severity
+        + np.sqrt(1 - KL_SUBJECT_SHARE) * own
+        + KL_AGE_EFFECT * ((age - AGE_MEAN) / AGE_SD)[:, None]
+        + KL_BMI_EFFECT * ((bmi - BMI_MEAN) / BMI_SD)[:, None]
+    )
     # grades by rank, in quota over all knees: the lowest scores are KLG 0, and so on
     grades = np.repeat(np.arange(len(BASELINE_KL_SHARES)), _quota(2 * n, BASELINE_KL_SHARES))
     kl = np.empty(2 * n, dtype=np.int8)
@@ -235,8 +259,9 @@ def _baseline_kl(age: np.ndarray, bmi: np.ndarray, rng: np.random.Generator) -> 
     return kl.reshape(n, 2)
 
 
-def _trajectories(kl0: np.ndarray, latent: np.ndarray, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _trajectories(
+    kl0: np.ndarray, latent: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Month-by-month true KLG and knee replacement over the 108 months of follow-up."""
     n = kl0.shape[0]
     horizon = max(CLINIC_MONTHS)
@@ -268,8 +293,7 @@ def _trajectories(kl0: np.ndarray, latent: np.ndarray, rng: np.random.Generator
         shape = k * years ** (k - 1)
         p_prog = 1 - np.exp(-prog_rate[kl] * prog_mult * shape / 12)
         rise = (u_prog[month - 1] < p_prog) & ~replaced
-        step = np.where(kl == 0, 1 + (u_step[month - 1] < P_KL0_JUMP_TO_2),
-                        1 + (u_step[month - 1] < P_DOUBLE_STEP))
+        step = np.where(kl == 0, 1 + (u_step[month - 1] < P_KL0_JUMP_TO_2), 1 + (u_step[month - 1] < P_DOUBLE_STEP))
         kl = np.where(rise, np.minimum(kl + step, 4), kl).astype(np.int8)
         p_tkr = 1 - np.exp(-tkr_rate[kl] * tkr_mult / 12)
         new_tkr = (u_tkr[month - 1] < p_tkr) & ~replaced
@@ -294,8 +318,7 @@ def _attendance(age: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return attended
 
 
-def _readings(cohort_parts: dict[str, np.ndarray], rng: np.random.Generator
-              ) -> dict[str, np.ndarray]:
+def _readings(cohort_parts: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Which X-ray rows exist and what the readers wrote in them."""
     attended = cohort_parts["attended"]
     kl_clinic = cohort_parts["kl_clinic"]
@@ -338,8 +361,13 @@ def _readings(cohort_parts: dict[str, np.ndarray], rng: np.random.Generator
     shift = np.where(rng.random((n, 2, nv)) < 0.5, -1, 1)
     second_kl = np.where(disagree & (xray_kl >= 0), np.clip(xray_kl + shift, 0, 4), xray_kl)
     second_first = rng.random((n, 2, nv)) < P_SECOND_FIRST
-    return dict(xray_row=row, xray_kl=xray_kl, second_row=second_row,
-                second_kl=second_kl.astype(np.int8), second_first=second_first & second_row)
+    return dict(
+        xray_row=row,
+        xray_kl=xray_kl,
+        second_row=second_row,
+        second_kl=second_kl.astype(np.int8),
+        second_first=second_first & second_row,
+    )
 
 
 def _label_hint(kl_clinic: np.ndarray, replaced_clinic: np.ndarray) -> np.ndarray:
@@ -373,14 +401,12 @@ def simulate_cohort(subjects: int, seed: int) -> SynthCohort:
     parts = _subjects(subjects, stream(seed, "subjects"))
     parts["latent"] = _latent(subjects, stream(seed, "latent"))
     kl0 = _baseline_kl(parts["age"], parts["bmi"], stream(seed, "baseline-kl"))
-    kl_clinic, replaced_clinic, tkr_month = _trajectories(kl0, parts["latent"],
-                                                          stream(seed, "trajectories"))
+    kl_clinic, replaced_clinic, tkr_month = _trajectories(kl0, parts["latent"], stream(seed, "trajectories"))
     parts.update(kl_clinic=kl_clinic, replaced_clinic=replaced_clinic, tkr_month=tkr_month)
     parts["attended"] = _attendance(parts["age"], stream(seed, "attendance"))
     reading_rng = stream(seed, "readings")
     parts.update(_readings(parts, reading_rng))
-    parts["reading_project"] = np.asarray([15, 37, 42])[
-        reading_rng.choice(3, size=subjects, p=[0.45, 0.20, 0.35])]
+    parts["reading_project"] = np.asarray([15, 37, 42])[reading_rng.choice(3, size=subjects, p=[0.45, 0.20, 0.35])]
     parts["has_mri"], parts["has_dess"] = _mri(subjects, stream(seed, "mri"))
     parts["label_hint"] = _label_hint(kl_clinic, replaced_clinic)
     return SynthCohort(seed=seed, **parts)

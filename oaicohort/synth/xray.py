@@ -27,17 +27,23 @@ GRADE_LABELS = {g: str(g) for g in range(5)}
 FILE_VERSION = "1.6"
 # OARSI features graded with the KLG: medial/lateral joint-space narrowing, osteophytes
 # (femur/tibia, medial/lateral), sclerosis, chondrocalcinosis, attrition
-FEATURES = ("JSM", "JSL", "OSFM", "OSFL", "OSTM", "OSTL", "SCFM", "SCFL", "SCTM", "SCTL",
-            "CHM", "CHL", "ATTM", "ATTL")
+FEATURES = ("JSM", "JSL", "OSFM", "OSFL", "OSTM", "OSTL", "SCFM", "SCFL", "SCTM", "SCTL", "CHM", "CHL", "ATTM", "ATTL")
 # expected grade of each feature by KLG 0..4 (narrowing and osteophytes follow the KLG)
 FEATURE_MEANS = {
-    "JSM": (0.0, 0.15, 0.6, 1.6, 2.6), "JSL": (0.0, 0.05, 0.2, 0.6, 1.2),
-    "OSFM": (0.0, 0.5, 1.1, 1.8, 2.5), "OSFL": (0.0, 0.4, 0.9, 1.5, 2.2),
-    "OSTM": (0.0, 0.4, 0.9, 1.5, 2.2), "OSTL": (0.0, 0.3, 0.8, 1.3, 2.0),
-    "SCFM": (0.0, 0.05, 0.2, 0.6, 1.2), "SCFL": (0.0, 0.02, 0.1, 0.3, 0.7),
-    "SCTM": (0.0, 0.05, 0.3, 0.8, 1.5), "SCTL": (0.0, 0.02, 0.1, 0.3, 0.7),
-    "CHM": (0.05, 0.05, 0.08, 0.1, 0.12), "CHL": (0.04, 0.04, 0.06, 0.08, 0.1),
-    "ATTM": (0.0, 0.0, 0.05, 0.3, 1.0), "ATTL": (0.0, 0.0, 0.02, 0.1, 0.4),
+    "JSM": (0.0, 0.15, 0.6, 1.6, 2.6),
+    "JSL": (0.0, 0.05, 0.2, 0.6, 1.2),
+    "OSFM": (0.0, 0.5, 1.1, 1.8, 2.5),
+    "OSFL": (0.0, 0.4, 0.9, 1.5, 2.2),
+    "OSTM": (0.0, 0.4, 0.9, 1.5, 2.2),
+    "OSTL": (0.0, 0.3, 0.8, 1.3, 2.0),
+    "SCFM": (0.0, 0.05, 0.2, 0.6, 1.2),
+    "SCFL": (0.0, 0.02, 0.1, 0.3, 0.7),
+    "SCTM": (0.0, 0.05, 0.3, 0.8, 1.5),
+    "SCTL": (0.0, 0.02, 0.1, 0.3, 0.7),
+    "CHM": (0.05, 0.05, 0.08, 0.1, 0.12),
+    "CHL": (0.04, 0.04, 0.06, 0.08, 0.1),
+    "ATTM": (0.0, 0.0, 0.05, 0.3, 1.0),
+    "ATTL": (0.0, 0.0, 0.02, 0.1, 0.4),
 }
 P_FRACTIONAL_JSN = 0.03  # JSN sometimes graded in half steps (``1.5``)
 P_BARE_TECHNICAL = 0.3  # `.T` written without its label
@@ -77,8 +83,9 @@ def _missing_code(kl: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     u = rng.random(kl.shape)
     technical = np.where(u < P_BARE_TECHNICAL, ".T", TECHNICAL)
     missing = np.where(u < P_EMPTY_MISSING, "", MISSING_FORM)
-    return np.select([kl == KL_PROSTHESIS, kl == KL_TECHNICAL, kl == KL_MISSING],
-                     [PROSTHESIS, technical, missing], "").astype(object)
+    return np.select(
+        [kl == KL_PROSTHESIS, kl == KL_TECHNICAL, kl == KL_MISSING], [PROSTHESIS, technical, missing], ""
+    ).astype(object)
 
 
 def xray_columns(cohort: SynthCohort, visit: int) -> dict[str, np.ndarray]:
@@ -106,8 +113,9 @@ def xray_columns(cohort: SynthCohort, visit: int) -> dict[str, np.ndarray]:
         "SIDE": coded(side + 1, SIDE_LABELS, layout.side_style, rng),
         layout.readprj_header: project.astype(str).astype(object),
         "VERSION": np.full(subject.shape[0], FILE_VERSION, dtype=object),
-        f"V{visit:02d}XRKL": np.where(valid, coded(np.clip(kl, 0, 4), GRADE_LABELS, layout.kl_style, rng),
-                                      missing_code),
+        f"V{visit:02d}XRKL": np.where(
+            valid, coded(np.clip(kl, 0, 4), GRADE_LABELS, layout.kl_style, rng), missing_code
+        ),
     }
     for feature in FEATURES:
         grades = _grades(kl, feature, rng)

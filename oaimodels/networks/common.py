@@ -38,9 +38,7 @@ def resolve_shapes(
 def require_scratch(init: str, model: str) -> None:
     """Volumetric models have no ImageNet encoder; anything but ``scratch`` is a mistake."""
     if init != "scratch":
-        raise ValueError(
-            f"{model} has no 2D ImageNet encoder; init must be 'scratch', got {init!r}"
-        )
+        raise ValueError(f"{model} has no 2D ImageNet encoder; init must be 'scratch', got {init!r}")
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

@@ -31,9 +31,7 @@ def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _cpu_attention_flops(
-    query: torch.Size, key: torch.Size, value: torch.Size, *args: object, **kwargs: object
-) -> int:
+def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args: object, **kwargs: object) -> int:
     return sdpa_flop_count(query, key, value)
 
 
@@ -61,9 +59,7 @@ def _mkldnn_rnn_layer_flops(
     return _rnn_flops(input, [w_ih, w_hh])
 
 
-def _cudnn_rnn_flops(
-    input: torch.Size, weights: Sequence[torch.Size], *args: object, **kwargs: object
-) -> int:
+def _cudnn_rnn_flops(input: torch.Size, weights: Sequence[torch.Size], *args: object, **kwargs: object) -> int:
     return _rnn_flops(input, weights)
 
 
@@ -73,9 +69,7 @@ def _cudnn_rnn_flops(
 # leave attention or the LSTM out.
 _EXTRA_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        _cpu_attention_backward_flops
-    ),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (_cpu_attention_backward_flops),
     torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
     torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops,
 }
@@ -122,9 +116,7 @@ def _build_kwargs(view: str | None, shapes: ShapeMap | None) -> dict[str, object
     return kwargs
 
 
-def model_complexity(
-    name: str, *, view: str | None = None, shapes: ShapeMap | None = None
-) -> Complexity:
+def model_complexity(name: str, *, view: str | None = None, shapes: ShapeMap | None = None) -> Complexity:
     """Parameters and MACs of registered model ``name`` for one sample (paper shapes by default).
 
     ``view`` selects the view of a single-view model that accepts several (``2d_trf``).
@@ -143,9 +135,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(
-    fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10
-) -> list[float]:
+def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls.
 
     CUDA work is asynchronous: without a synchronisation on both sides of each call the timer
@@ -178,9 +168,7 @@ def measure_latency(
     under autocast.
     """
     device = next(iter(inputs.values())).device
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     def forward() -> None:
         with torch.inference_mode(), autocast:
@@ -274,8 +262,13 @@ def efficiency_table(
         )
         if latency:
             ms = model_latency(
-                name, view=view, shapes=shapes, batch=batch, device=device,
-                warmup=warmup, repeats=repeats,
+                name,
+                view=view,
+                shapes=shapes,
+                batch=batch,
+                device=device,
+                warmup=warmup,
+                repeats=repeats,
             )
             row = replace(row, latency_ms=ms, device=str(device), batch=batch)
         rows.append(row)

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
+
 from .common import resolve_shapes, take_view
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import SliceEncoder
 from .slice_transformer import SliceTransformer
-from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 Shape = tuple[int, ...]
 

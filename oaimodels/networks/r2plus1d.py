@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
+
 from .common import VolumeClassifier, require_scratch, resolve_shapes
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
-from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 
 def mid_width(c_in: int, c_out: int, k_space: int = 3, k_depth: int = 3) -> int:
@@ -52,9 +53,7 @@ class BasicBlock2Plus1d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out)
-            )
+            self.shortcut = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

@@ -163,9 +163,24 @@ def register_model(
     return decorate
 
 
+TABLE1_ORDER: tuple[str, ...] = (
+    "xr_resnext50",
+    "2d_fc",
+    "2d_lstm",
+    "2d_trf",
+    "2dsh_trf",
+    "2dind_trf",
+    "2p1d",
+    "3d_resnext50",
+    "3d_shufflenet",
+)
+"""Table 1's row order (the X-ray prior art first); models registered elsewhere follow by name."""
+
+
 def list_models() -> list[str]:
-    """Registered model names, in the order of Table 1."""
-    return list(_REGISTRY)
+    """Registered model names: Table 1's rows in the paper's order, then any other model by name."""
+    rank = {name: i for i, name in enumerate(TABLE1_ORDER)}
+    return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -173,7 +188,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}") from None
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:

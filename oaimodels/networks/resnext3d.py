@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
+
 from .common import VolumeClassifier, require_scratch, resolve_shapes
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
-from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 
 class Bottleneck3d(nn.Module):
@@ -35,9 +36,7 @@ class Bottleneck3d(nn.Module):
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out)
-            )
+            self.shortcut = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
+
 from .common import VolumeClassifier, require_scratch, resolve_shapes
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
-from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 STEM_CHANNELS = 24
 DEPTH_MULTIPLE = 16
@@ -96,10 +97,7 @@ class ShuffleNet3d(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         if volume.shape[2] % DEPTH_MULTIPLE:
-            raise ValueError(
-                f"3D ShuffleNet needs a slice count divisible by {DEPTH_MULTIPLE}, "
-                f"got {volume.shape[2]}"
-            )
+            raise ValueError(f"3D ShuffleNet needs a slice count divisible by {DEPTH_MULTIPLE}, got {volume.shape[2]}")
         x = self.stages(self.stem(volume))
         return self.classifier(self.pool(x).flatten(1))
 

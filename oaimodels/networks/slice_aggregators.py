@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES
+
 from .common import resolve_shapes
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
-from oaicohort.vocabulary import CLASSES
 
 
 class FCAggregator(nn.Module):
@@ -124,6 +125,4 @@ def build_2d_lstm(
 ) -> SingleViewSliceModel:
     """2D + Bi-LSTM on the sagittal stack (any number of slices)."""
     resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",))  # validates the view names
-    return SingleViewSliceModel(
-        "sag", SliceEncoder(init=init), BiLSTMAggregator(num_classes=num_classes)
-    )
+    return SingleViewSliceModel("sag", SliceEncoder(init=init), BiLSTMAggregator(num_classes=num_classes))

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES, MRI_VIEWS
+
 from .common import resolve_shapes
 from .registry import RESLICED_SHAPE, SAG_SHAPE, SMALL_RESLICED_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
-from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 
 class SelfAttention(nn.Module):
@@ -94,10 +95,7 @@ class SliceTransformer(nn.Module):
         self.pos_embedding = nn.Parameter(torch.empty(1, n_tokens + 1, dim))
         self.emb_drop = nn.Dropout(emb_dropout)
         self.blocks = nn.Sequential(
-            *(
-                Block(dim, heads=heads, head_dim=head_dim, mlp_dim=mlp_dim, dropout=dropout)
-                for _ in range(depth)
-            )
+            *(Block(dim, heads=heads, head_dim=head_dim, mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth))
         )
         self.head = nn.Sequential(
             nn.LayerNorm(dim),

@@ -58,9 +58,7 @@ class ArchWeights:
 
 # IMAGENET1K_V1 are the weights ``pretrained=True`` gave, which the paper's reference used.
 ARCHS: dict[str, ArchWeights] = {
-    "resnet50": ArchWeights(
-        "resnet50", "OAI_RESNET50_WEIGHTS", tvm.ResNet50_Weights.IMAGENET1K_V1.url
-    ),
+    "resnet50": ArchWeights("resnet50", "OAI_RESNET50_WEIGHTS", tvm.ResNet50_Weights.IMAGENET1K_V1.url),
     "resnext50_32x4d": ArchWeights(
         "resnext50_32x4d", "OAI_RESNEXT50_WEIGHTS", tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V1.url
     ),
@@ -128,10 +126,8 @@ def _download(spec: ArchWeights) -> dict[str, torch.Tensor] | None:
         return None
     try:
         with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
-            return torch.hub.load_state_dict_from_url(
-                spec.url, map_location="cpu", progress=False, check_hash=True
-            )
-    except Exception:  # noqa: BLE001 - any failure means "not reachable" by design
+            return torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", progress=False, check_hash=True)
+    except Exception:
         return None
 
 
@@ -143,7 +139,7 @@ def _how_to_provide(spec: ArchWeights) -> str:
         f"init='/path/{spec.arch}.pth', (b) setting {spec.env}=/path/{spec.arch}.pth (or "
         f"{GENERIC_ENV}), or (c) copying torchvision's file to {spec.cache_file}. "
         f"Make the file on a machine with internet access with: python -c "
-        f"\"import torch, torchvision; torch.save(torchvision.models.{spec.arch}("
+        f'"import torch, torchvision; torch.save(torchvision.models.{spec.arch}('
         f"weights='IMAGENET1K_V1').state_dict(), '{spec.arch}.pth')\". "
         f"Or train from scratch with init='scratch'."
     )
@@ -188,6 +184,5 @@ def load_encoder_weights(trunk: nn.Module, arch: str, init: str) -> None:
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[0]
         raise WeightsUnavailableError(
-            f"the ImageNet weights found for {arch} (init={init!r}) do not fit a torchvision "
-            f"{arch}: {first_line}"
+            f"the ImageNet weights found for {arch} (init={init!r}) do not fit a torchvision {arch}: {first_line}"
         ) from exc

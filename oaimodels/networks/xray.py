@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torchvision.models import resnext50_32x4d
 
+from oaicohort.vocabulary import CLASSES
+
 from .common import resolve_shapes, take_view
 from .registry import XRAY_SHAPE, XRAY_VIEW, PaperRow, register_model
 from .weights import load_encoder_weights
-from oaicohort.vocabulary import CLASSES
 
 SMALL_XRAY_SHAPE: tuple[int, ...] = (1, 64, 64)
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from oaicohort.db import open_database
-from oaicohort.ingest.run import ingest_release
 from oaicohort.cohort.labels import derive_labels
-from oaicohort.db.migrate import current_revision, head_revision
 from oaicohort.cohort.query import Cohort
+from oaicohort.db import open_database
+from oaicohort.db.migrate import current_revision, head_revision
 from oaicohort.db.schema import IngestRun, Subject
-from oaicohort.synth import write_release
 from oaicohort.imaging.store import verify_store
+from oaicohort.ingest.run import ingest_release
+from oaicohort.synth import write_release
 from tests.reliability_helpers import DATA_TABLES, REPO, counts, spawn_oai, table_rows
 
 pytestmark = pytest.mark.slow
@@ -108,8 +108,12 @@ COHORT_READER = textwrap.dedent(
 
 def _spawn(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, **(env or {})},
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -216,7 +220,9 @@ def test_an_ingest_waiting_past_the_lock_timeout_is_refused_cleanly(
     db.dispose()
 
 
-def test_cohort_readers_never_see_labels_half_replaced(database_url: str, releases: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cohort_readers_never_see_labels_half_replaced(
+    database_url: str, releases: tuple[Path, Path], tmp_path: Path
+) -> None:
     a, _ = releases
     db = open_database(database_url)
     ingest_release(db, a)
@@ -245,9 +251,7 @@ def image_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_ingest_and_preprocess_at_once_both_complete(
-    database_url: str, image_release: Path, tmp_path: Path
-) -> None:
+def test_ingest_and_preprocess_at_once_both_complete(database_url: str, image_release: Path, tmp_path: Path) -> None:
     db = open_database(database_url)
     ingest_release(db, image_release)
     update = tmp_path / "update"  # a newer release: same images, one participant moved site
@@ -263,8 +267,9 @@ def test_ingest_and_preprocess_at_once_both_complete(
     _wait_for(ingest, "mid")
     store = tmp_path / "vol.zarr"
     t0 = time.monotonic()
-    preprocess = spawn_oai(database_url, "preprocess", "--store", str(store), "--preset", "small",
-                           "--workers", "1", "--json")
+    preprocess = spawn_oai(
+        database_url, "preprocess", "--store", str(store), "--preset", "small", "--workers", "1", "--json"
+    )
     assert _finish(ingest).split() == ["succeeded"]
     summary = json.loads(_finish(preprocess))
     assert time.monotonic() - t0 < 120

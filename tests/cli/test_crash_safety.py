@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from oaicohort.db import Database, open_database
-from oaicohort.ingest.run import ingest_release, list_runs
 from oaicohort.cohort.labels import derive_labels, stored_definition, stored_labels
+from oaicohort.cohort.splits import make_split
+from oaicohort.db import Database, open_database
+from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
-from oaicohort.cohort.splits import make_split
-from oaicohort.synth import write_release
 from oaicohort.imaging.store import verify_store
+from oaicohort.ingest.run import ingest_release, list_runs
+from oaicohort.synth import write_release
 from tests.reliability_helpers import (
     DATA_TABLES,
     counts,
@@ -69,8 +69,9 @@ def _labels(db: Database) -> list[tuple]:
 def _split(db: Database) -> list[tuple]:
     with db.read() as s:
         rows = s.execute(
-            select(Knee.subject_id, Knee.side, SplitAssignment.role, SplitAssignment.fold)
-            .join(Knee, Knee.id == SplitAssignment.knee_id)
+            select(Knee.subject_id, Knee.side, SplitAssignment.role, SplitAssignment.fold).join(
+                Knee, Knee.id == SplitAssignment.knee_id
+            )
         ).all()
     return sorted(map(tuple, rows))
 
@@ -92,8 +93,11 @@ def test_ingest_killed_anywhere_leaves_before_or_after_and_reruns_to_the_same_da
     kill_points = [
         ("after the running row", lambda: _running_row_committed(db), rng.uniform(0.0, 0.5)),
         # (the unchanged-release check before it holds the lock for milliseconds only)
-        ("inside the data transaction",
-         lambda: _running_row_committed(db) and write_lock_held_for(database_url, 0.1), 0.0),
+        (
+            "inside the data transaction",
+            lambda: _running_row_committed(db) and write_lock_held_for(database_url, 0.1),
+            0.0,
+        ),
         ("at a random moment", lambda: True, rng.uniform(1.0, 5.0)),
     ]
     killed_inside_write = False

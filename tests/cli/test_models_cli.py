@@ -43,9 +43,7 @@ def test_models_json_lists_every_model_and_view(app: typer.Typer) -> None:
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["name"] for r in rows] == [
-        n for n in list_models() for _ in range(3 if n == "2d_trf" else 1)
-    ]
+    assert [r["name"] for r in rows] == [n for n in list_models() for _ in range(3 if n == "2d_trf" else 1)]
     by_key = {(r["name"], r["view"]): r for r in rows}
     trf = by_key[("2d_trf", "cor")]
     assert isinstance(trf["params"], int) and trf["params"] == pytest.approx(132.8e6, rel=0.01)

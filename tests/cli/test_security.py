@@ -29,9 +29,12 @@ def cohort_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("security")
     runner = CliRunner()
     db = str(base / "cohort.sqlite")
-    for args in (["synth", str(base / "release"), "-n", "60", "--seed", "2"],
-                 ["--db", db, "ingest", str(base / "release"), "--variables", "P01INJR"],
-                 ["--db", db, "label"], ["--db", db, "split", "--folds", "2"]):
+    for args in (
+        ["synth", str(base / "release"), "-n", "60", "--seed", "2"],
+        ["--db", db, "ingest", str(base / "release"), "--variables", "P01INJR"],
+        ["--db", db, "label"],
+        ["--db", db, "split", "--folds", "2"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     return base / "cohort.sqlite"
@@ -52,8 +55,12 @@ def test_sql_injection_through_cli_filters_finds_nothing_and_changes_nothing(coh
     base = ["--db", str(cohort_db), "cohort", "--json"]
     everyone = json.loads(runner.invoke(app, base).stdout)
     assert everyone
-    for option in (["--site", attack], ["--var", f"P01INJR={attack}"], ["--has-sequence", f"{attack}:0"],
-                   ["--include-excluded", "--label", attack]):
+    for option in (
+        ["--site", attack],
+        ["--var", f"P01INJR={attack}"],
+        ["--has-sequence", f"{attack}:0"],
+        ["--include-excluded", "--label", attack],
+    ):
         result = runner.invoke(app, [*base, *option])
         if option[-2] == "--label":  # a closed set: refused with a usage error
             assert result.exit_code != 0 and "error" in result.output.lower()
@@ -148,7 +155,11 @@ def test_an_unexpected_exception_prints_no_local_values(tmp_path: Path) -> None:
     root.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", CRASH, "--db", str(tmp_path / "db.sqlite"), "-v", "ingest", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

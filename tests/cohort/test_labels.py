@@ -21,14 +21,13 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.db import Database, open_database
-from oaicohort.errors import DatabaseStateError
 from oaicohort.cohort.definitions import (
     LabelDefinitionError,
     LabelDefinitionParams,
     preset,
 )
 from oaicohort.cohort.labels import cohort_summary, derive_labels
+from oaicohort.db import Database, open_database
 from oaicohort.db.schema import (
     ImageSeries,
     Knee,
@@ -40,6 +39,7 @@ from oaicohort.db.schema import (
     Volume,
     XrayReading,
 )
+from oaicohort.errors import DatabaseStateError
 from oaicohort.visits import visit_month
 
 # --------------------------------------------------------------------------- cohort builder
@@ -49,7 +49,12 @@ FULL = {0: 1, 1: 1, 3: 1, 5: 1, 6: 1, 8: 1, 10: 1}  # a stable KLG-1 knee seen a
 
 
 def add_subject(
-    s: Any, sid: int, *, site: str = "A", sex: str = "F", age: float | None = 60.0,
+    s: Any,
+    sid: int,
+    *,
+    site: str = "A",
+    sex: str = "F",
+    age: float | None = 60.0,
     bmi: float | None = 28.0,
 ) -> None:
     s.add(Subject(id=sid, site=site, sex=sex))
@@ -57,8 +62,14 @@ def add_subject(
 
 
 def add_knee(
-    s: Any, sid: int, side: str, readings: dict[int, Any], *, dess: bool = True,
-    replacement: dict[str, Any] | None = None, sequences: tuple[tuple[str, int], ...] = (),
+    s: Any,
+    sid: int,
+    side: str,
+    readings: dict[int, Any],
+    *,
+    dess: bool = True,
+    replacement: dict[str, Any] | None = None,
+    sequences: tuple[tuple[str, int], ...] = (),
 ) -> int:
     knee = Knee(subject_id=sid, side=side)
     s.add(knee)
@@ -66,19 +77,34 @@ def add_knee(
     for visit, value in readings.items():
         for prj, item in enumerate(value if isinstance(value, list) else [value]):
             grade, row = item if isinstance(item, tuple) else (item, next(_ROWS))
-            s.add(XrayReading(
-                knee_id=knee.id, visit=visit, month=visit_month(visit), read_project=15 + prj,
-                klg=grade if isinstance(grade, int) else None,
-                klg_missing_code=None if isinstance(grade, int) else (grade or "."),
-                source_file=f"kXR_SQ_BU{visit:02d}.txt", source_row=row,
-            ))
+            s.add(
+                XrayReading(
+                    knee_id=knee.id,
+                    visit=visit,
+                    month=visit_month(visit),
+                    read_project=15 + prj,
+                    klg=grade if isinstance(grade, int) else None,
+                    klg_missing_code=None if isinstance(grade, int) else (grade or "."),
+                    source_file=f"kXR_SQ_BU{visit:02d}.txt",
+                    source_row=row,
+                )
+            )
     series = ((("SAG_3D_DESS", 0),) if dess else ()) + sequences
     for seq, visit in series:
-        s.add(ImageSeries(
-            subject_id=sid, visit=visit, month=visit_month(visit), side=side, sequence=seq,
-            series_description=f"{seq}_{'RIGHT' if side == 'R' else 'LEFT'}", folder=f"f/{sid}{side}{seq}",
-            visit_dir="/data/00m", source_file="00m/contents.csv", source_row=next(_ROWS),
-        ))
+        s.add(
+            ImageSeries(
+                subject_id=sid,
+                visit=visit,
+                month=visit_month(visit),
+                side=side,
+                sequence=seq,
+                series_description=f"{seq}_{'RIGHT' if side == 'R' else 'LEFT'}",
+                folder=f"f/{sid}{side}{seq}",
+                visit_dir="/data/00m",
+                source_file="00m/contents.csv",
+                source_row=next(_ROWS),
+            )
+        )
     if replacement is not None:
         s.add(KneeReplacement(knee_id=knee.id, **replacement))
     return knee.id
@@ -125,10 +151,18 @@ def rules_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Databas
         k["baseline_missing"] = one_knee(s, 9000009, {0: ".", 1: 2, 3: 2, 5: 2, 8: 2, 10: 2})
         k["baseline_prosthesis"] = one_knee(s, 9000010, {0: ".P", 10: ".P"})
         # duplicates: the first row in file order wins even though it was inserted second
-        k["duplicates"] = one_knee(s, 9000011, {
-            0: [(4, 501), (2, 401)],  # inserted KLG 4 first, but KLG 2 (row 401) is first in file
-            1: 2, 3: [(3, 902), (2, 901)], 5: 3, 8: 3, 10: 3,
-        })
+        k["duplicates"] = one_knee(
+            s,
+            9000011,
+            {
+                0: [(4, 501), (2, 401)],  # inserted KLG 4 first, but KLG 2 (row 401) is first in file
+                1: 2,
+                3: [(3, 902), (2, 901)],
+                5: 3,
+                8: 3,
+                10: 3,
+            },
+        )
         k["only_48"] = one_knee(s, 9000012, {0: 1, 1: 1, 3: 1, 5: 1, 6: 2, 8: 1, 10: 1})
         k["only_48_then_gone"] = one_knee(s, 9000013, {0: 1, 1: 1, 3: 1, 5: 1, 6: 2})
         k["fast_36"] = one_knee(s, 9000014, {0: 2, 1: 2, 3: 2, 5: 3, 8: 3, 10: 3})
@@ -148,16 +182,30 @@ def rules_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Databas
         k["other_knee_seen"] = add_knee(s, 9000023, "L", {0: 1, 10: 1})
         k["missing_at_96"] = one_knee(s, 9000024, {0: 1, 1: 1, 3: 1, 5: 1, 8: 1, 10: ".T"})
         k["tkr_outcomes"] = one_knee(
-            s, 9000025, {0: 2, 1: 2, 3: 2, 5: ".", 8: ".", 10: "."},
+            s,
+            9000025,
+            {0: 2, 1: 2, 3: 2, 5: ".", 8: ".", 10: "."},
             replacement={"status": 1, "at_baseline": False, "visit_after": 5, "xray_visit_after": 5},
         )
         k["tkr_days_only"] = one_knee(
-            s, 9000026, {0: 2, 1: 2, 3: 2, 5: 2, 6: 2, 8: 2, 10: 2},
+            s,
+            9000026,
+            {0: 2, 1: 2, 3: 2, 5: 2, 6: 2, 8: 2, 10: 2},
             replacement={"status": 1, "at_baseline": False, "days_from_enrolment": 800},
         )
-        k["duplicate_ungraded_first"] = one_knee(s, 9000027, {
-            0: 1, 1: 1, 3: 1, 5: 1, 6: 1, 8: [(".T", 50), (2, 60)], 10: 2,
-        })
+        k["duplicate_ungraded_first"] = one_knee(
+            s,
+            9000027,
+            {
+                0: 1,
+                1: 1,
+                3: 1,
+                5: 1,
+                6: 1,
+                8: [(".T", 50), (2, 60)],
+                10: 2,
+            },
+        )
     yield db, k
     db.dispose()
 
@@ -246,9 +294,7 @@ def test_custom_definition_counts_zero_to_one_and_ignores_missing(db: Database) 
     with db.write() as s:
         zero_one = one_knee(s, 9100001, {0: 0, 1: 1, 10: 1})
         tech = one_knee(s, 9100002, {0: 2, 3: ".T", 8: 3, 10: 3})
-    custom = dataclasses.replace(
-        preset("panfilov2022"), name="lenient", count_0_to_1=True, missing_klg="ignore"
-    )
+    custom = dataclasses.replace(preset("panfilov2022"), name="lenient", count_0_to_1=True, missing_klg="ignore")
     got = labels_by_knee(db, custom)  # type: ignore[arg-type]
     assert got[zero_one] == ("fast", None, 12, 1)
     assert got[tech] == ("slow", None, 72, 1)
@@ -260,7 +306,10 @@ def test_custom_boundary_horizon_and_allowed_grades(db: Database) -> None:
         at_72 = one_knee(s, 9100012, {0: 1, 5: 1, 8: 2, 10: 3})
         kl3 = one_knee(s, 9100013, {0: 3, 5: 3, 8: 3})
     custom = dataclasses.replace(
-        preset("panfilov2022"), name="short", fast_before_month=36, horizon_month=72,
+        preset("panfilov2022"),
+        name="short",
+        fast_before_month=36,
+        horizon_month=72,
         baseline_klg_allowed=(0, 1, 2),
     )
     got = labels_by_knee(db, custom)  # type: ignore[arg-type]
@@ -276,8 +325,11 @@ def test_image_store_exclusions(db: Database, tmp_path: Any) -> None:
         failed = one_knee(s, 9200002, {0: 1, 10: 1})
         absent = one_knee(s, 9200003, {0: 1, 10: 1})
         for knee, status in ((good, "ok"), (failed, "failed")):
-            s.add(Volume(knee_id=knee, visit=0, view="sag", store_path=str(store.resolve()),
-                         params_hash="h", status=status))
+            s.add(
+                Volume(
+                    knee_id=knee, visit=0, view="sag", store_path=str(store.resolve()), params_hash="h", status=status
+                )
+            )
     result = derive_labels(db, "panfilov2022", store=store)
     by = {k: _str(v) for k, v in result.labels.set_index("knee_id")["exclusion"].items()}
     assert by == {good: None, failed: "image_failed", absent: "image_missing"}
@@ -298,9 +350,7 @@ def test_image_store_without_volumes_is_a_state_error(db: Database, tmp_path: An
 # --------------------------------------------------------------------------- storage
 
 
-def test_labels_are_stored_per_definition_and_rederived_in_place(
-    rules_db: tuple[Database, dict[str, int]]
-) -> None:
+def test_labels_are_stored_per_definition_and_rederived_in_place(rules_db: tuple[Database, dict[str, int]]) -> None:
     db, knees = rules_db
     first = derive_labels(db, "panfilov2022")
     again = derive_labels(db, "panfilov2022")
@@ -308,9 +358,7 @@ def test_labels_are_stored_per_definition_and_rederived_in_place(
     assert first.definition_id == again.definition_id != tkr.definition_id
     with db.read() as s:
         assert s.execute(select(func.count()).select_from(LabelDefinition)).scalar() == 2
-        per_def = dict(s.execute(
-            select(KneeLabel.definition_id, func.count()).group_by(KneeLabel.definition_id)
-        ).all())
+        per_def = dict(s.execute(select(KneeLabel.definition_id, func.count()).group_by(KneeLabel.definition_id)).all())
         stored = s.execute(select(LabelDefinition).where(LabelDefinition.id == first.definition_id)).scalar_one()
     n_knees = len(knees)
     assert per_def == {first.definition_id: n_knees, tkr.definition_id: n_knees}
@@ -348,12 +396,17 @@ def test_definition_hash_is_canonical_and_ignores_the_name() -> None:
     p = preset("panfilov2022")
     canonical = json.loads(p.canonical_json())
     assert canonical == {
-        "followup_visits": [1, 3, 5, 8, 10], "fast_before_month": 72, "horizon_month": 96,
-        "count_0_to_1": False, "missing_klg": "progression_proxy",
-        "non_progressor_requires": "subject_at_last_visit", "baseline_klg_allowed": [0, 1, 2, 3],
+        "followup_visits": [1, 3, 5, 8, 10],
+        "fast_before_month": 72,
+        "horizon_month": 96,
+        "count_0_to_1": False,
+        "missing_klg": "progression_proxy",
+        "non_progressor_requires": "subject_at_last_visit",
+        "baseline_klg_allowed": [0, 1, 2, 3],
         "duplicates": "first",
         "exclusions": ["replaced_at_baseline", "bmi_missing", "no_baseline_dess"],
-        "dess_sequence": "SAG_3D_DESS", "image_store": None,
+        "dess_sequence": "SAG_3D_DESS",
+        "image_store": None,
     }
     assert p.hash() == hashlib.sha256(p.canonical_json().encode()).hexdigest()
     assert dataclasses.replace(p, name="other").hash() == p.hash()
@@ -475,6 +528,7 @@ def test_reopen_and_summarise(tmp_path: Any) -> None:
 def _naive_reference(ascii_dir: Any) -> dict[tuple[int, str], tuple]:
     """The reference algorithm (REFERENCE.md section 1) written naively over the raw files:
     (ID, side) -> (label, month, increase), or (None, reason, None) for lost knees."""
+
     def code(cell: str) -> str:
         return cell.split(":")[0].strip()
 

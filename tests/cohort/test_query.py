@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.db import Database, open_database
-from oaicohort.errors import DatabaseStateError
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import KNEE_COLUMNS, Cohort, QueryError
-from oaicohort.db.schema import ClinicalValue, Knee, SplitAssignment, Subject
 from oaicohort.cohort.splits import make_split
+from oaicohort.db import Database, open_database
+from oaicohort.db.schema import ClinicalValue, Knee, SplitAssignment, Subject
+from oaicohort.errors import DatabaseStateError
 from tests.cohort.test_labels import add_knee, add_subject
 
 # subject -> (site, sex, age, BMI); knees -> label or exclusion (hand-derived, panfilov2022)
@@ -56,14 +56,33 @@ def build_cohort(db: Database) -> None:
         add_subject(s, S6, site="A", sex="M", age=61.0, bmi=24.5)
         add_knee(s, S6, "L", {0: 1, 1: [(2, 900), (1, 800)], 10: 1})  # duplicate: row 800 (KL1) first
         for sid, num, text, code in (
-            (S1, 2.0, "2", None), (S2, 5.0, "5", None), (S3, 0.0, "0", None), (S5, None, None, "."),
+            (S1, 2.0, "2", None),
+            (S2, 5.0, "5", None),
+            (S3, 0.0, "0", None),
+            (S5, None, None, "."),
             (S6, 3.0, "3", None),
         ):
-            s.add(ClinicalValue(subject_id=sid, variable="V00WOMKPR", value_num=num, value_text=text,
-                                missing_code=code, source_file="AllClinical00.txt"))
+            s.add(
+                ClinicalValue(
+                    subject_id=sid,
+                    variable="V00WOMKPR",
+                    value_num=num,
+                    value_text=text,
+                    missing_code=code,
+                    source_file="AllClinical00.txt",
+                )
+            )
         for sid, num, text in ((S1, 1.0, "1: Yes"), (S2, 0.0, "0: No"), (S3, 0.0, "0: No")):
-            s.add(ClinicalValue(subject_id=sid, variable="P01INJR", value_num=num, value_text=text,
-                                missing_code=None, source_file="AllClinical00.txt"))
+            s.add(
+                ClinicalValue(
+                    subject_id=sid,
+                    variable="P01INJR",
+                    value_num=num,
+                    value_text=text,
+                    missing_code=None,
+                    source_file="AllClinical00.txt",
+                )
+            )
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +152,13 @@ def test_include_excluded_and_exclusion_filter(cohort_db: Database) -> None:
     cohort = Cohort(cohort_db)
     df = cohort.knees(include_excluded=True)
     assert keys(df) == set(EXPECTED)
-    got = {(int(r.subject_id), r.side): (None if pd.isna(r.label) else r.label,
-                                         None if pd.isna(r.exclusion) else r.exclusion)
-           for r in df.itertuples()}
+    got = {
+        (int(r.subject_id), r.side): (
+            None if pd.isna(r.label) else r.label,
+            None if pd.isna(r.exclusion) else r.exclusion,
+        )
+        for r in df.itertuples()
+    }
     assert got == EXPECTED
     excluded = df[df["exclusion"].notna()]
     assert excluded["role"].isna().all() and excluded["fold"].isna().all()
@@ -269,26 +292,56 @@ def test_cli_exports_round_trip(cohort_db: Database, tmp_path: Path) -> None:
         assert list(back.columns) == list(KNEE_COLUMNS)
         assert len(back) == len(api) == len(EXPECTED)
         for col in ("knee_id", "subject_id", "kl_baseline", "progression_month", "fold"):
-            assert [None if pd.isna(v) else int(v) for v in back[col]] == \
-                   [None if pd.isna(v) else int(v) for v in api[col]], (fmt, col)
+            assert [None if pd.isna(v) else int(v) for v in back[col]] == [
+                None if pd.isna(v) else int(v) for v in api[col]
+            ], (fmt, col)
         for col in ("side", "site", "sex", "label", "exclusion", "role"):
-            assert [None if pd.isna(v) else v for v in back[col]] == \
-                   [None if pd.isna(v) else v for v in api[col]], (fmt, col)
+            assert [None if pd.isna(v) else v for v in back[col]] == [None if pd.isna(v) else v for v in api[col]], (
+                fmt,
+                col,
+            )
         assert back["bmi"].tolist()[:3] == pytest.approx(api["bmi"].tolist()[:3], nan_ok=True)
 
 
 def test_cli_filters_and_json_stdout(cohort_db: Database) -> None:
     runner = CliRunner()
-    res = runner.invoke(app, [
-        "--db", cohort_db.url, "cohort", "--json", "--site", "A", "--site", "B", "--age-min", "55",
-        "--var", "V00WOMKPR=3:5",
-    ])
+    res = runner.invoke(
+        app,
+        [
+            "--db",
+            cohort_db.url,
+            "cohort",
+            "--json",
+            "--site",
+            "A",
+            "--site",
+            "B",
+            "--age-min",
+            "55",
+            "--var",
+            "V00WOMKPR=3:5",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert {(r["subject_id"], r["side"]) for r in rows} == {(S2, "R"), (S6, "L")}
     assert {r["V00WOMKPR"] for r in rows} == {5.0, 3.0}
-    res = runner.invoke(app, ["--db", cohort_db.url, "cohort", "--format", "csv", "--label", "fast",
-                              "--has-sequence", "SAG_3D_DESS:0", "--kl", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "--db",
+            cohort_db.url,
+            "cohort",
+            "--format",
+            "csv",
+            "--label",
+            "fast",
+            "--has-sequence",
+            "SAG_3D_DESS:0",
+            "--kl",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("knee_id,subject_id,side,site,sex,age,bmi,kl_baseline,label,exclusion,")

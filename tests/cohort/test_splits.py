@@ -14,10 +14,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.db import Database
-from oaicohort.errors import DatabaseStateError
 from oaicohort.cohort.labels import derive_labels
-from oaicohort.db.schema import Split, SplitAssignment, XrayReading
 from oaicohort.cohort.splits import (
     SplitError,
     SplitIntegrityError,
@@ -26,6 +23,9 @@ from oaicohort.cohort.splits import (
     load_split,
     make_split,
 )
+from oaicohort.db import Database
+from oaicohort.db.schema import Split, SplitAssignment, XrayReading
+from oaicohort.errors import DatabaseStateError
 from tests.cohort.test_labels import add_knee, add_subject
 
 CLASSES = ("none", "fast", "slow")
@@ -107,8 +107,9 @@ def _cohort(n_subjects: int, seed: int = 1) -> pd.DataFrame:
         site = "ABCDE"[i % 5]
         for j, side in enumerate("RL"):
             label = rng.choices(CLASSES, weights=(0.73, 0.19, 0.08))[0]
-            rows.append({"knee_id": 2 * i + j + 1, "subject_id": 9000000 + i, "side": side, "site": site,
-                         "label": label})
+            rows.append(
+                {"knee_id": 2 * i + j + 1, "subject_id": 9000000 + i, "side": side, "site": site, "label": label}
+            )
     return pd.DataFrame(rows)
 
 
@@ -137,11 +138,13 @@ def test_seed_changes_the_folds_but_not_the_test_set() -> None:
 
 
 def _good_split() -> tuple[pd.DataFrame, pd.DataFrame]:
-    cohort = pd.DataFrame({
-        "knee_id": [1, 2, 3, 4, 5, 6],
-        "subject_id": [11, 11, 12, 13, 14, 14],
-        "site": ["A", "A", "B", "C", "D", "D"],
-    })
+    cohort = pd.DataFrame(
+        {
+            "knee_id": [1, 2, 3, 4, 5, 6],
+            "subject_id": [11, 11, 12, 13, 14, 14],
+            "site": ["A", "A", "B", "C", "D", "D"],
+        }
+    )
     a = cohort[["knee_id", "subject_id"]].assign(
         role=["train", "train", "train", "train", "test", "test"],
         fold=pd.array([0, 0, 1, 1, None, None], dtype="Int64"),
@@ -158,11 +161,17 @@ def test_check_split_accepts_a_good_split() -> None:
     ("mutate", "message"),
     [
         (lambda a: a.assign(fold=pd.array([0, 1, 1, 1, None, None], dtype="Int64")), "subject 11 in two folds"),
-        (lambda a: a.assign(role=["train", "test", "train", "train", "test", "test"],
-                            fold=pd.array([0, None, 1, 0, None, None], dtype="Int64")),
-         "subject 11 in both train and test"),
-        (lambda a: a.assign(role=["train"] * 6, fold=pd.array([0, 0, 1, 1, 0, 0], dtype="Int64")),
-         "test-site knee 5 in train"),
+        (
+            lambda a: a.assign(
+                role=["train", "test", "train", "train", "test", "test"],
+                fold=pd.array([0, None, 1, 0, None, None], dtype="Int64"),
+            ),
+            "subject 11 in both train and test",
+        ),
+        (
+            lambda a: a.assign(role=["train"] * 6, fold=pd.array([0, 0, 1, 1, 0, 0], dtype="Int64")),
+            "test-site knee 5 in train",
+        ),
         (lambda a: a.iloc[:-1], "1 included knee\\(s\\) not assigned"),
         (lambda a: pd.concat([a, a.iloc[[0]]]), "assigned more than once"),
         (lambda a: a.assign(fold=pd.array([0, 0, 0, 0, None, None], dtype="Int64")), "empty fold\\(s\\) \\[1\\]"),
@@ -228,8 +237,18 @@ def test_same_data_same_split_in_another_database(db: Database, tmp_path: Any) -
                 k0 = rng_state.choice((0, 1, 2, 3))
                 r = rng_state.random()
                 later = k0 + 1 if k0 else 2
-                rows.append((i, side, {0: k0, 1: later if r < 0.2 else k0, 8: later if r < 0.35 else k0,
-                                       10: later if r < 0.35 else k0}))
+                rows.append(
+                    (
+                        i,
+                        side,
+                        {
+                            0: k0,
+                            1: later if r < 0.2 else k0,
+                            8: later if r < 0.35 else k0,
+                            10: later if r < 0.35 else k0,
+                        },
+                    )
+                )
         for i in reversed(range(60)):
             add_subject(s, 9000000 + i, site="ABCDE"[i % 5], sex="FM"[i % 2])
         for i, side, traj in reversed(rows):

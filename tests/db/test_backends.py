@@ -18,8 +18,18 @@ from oaicohort.db.schema import Subject
 from tests.conftest import fresh_database_url
 
 # differ between any two runs, whatever the back-end
-_VOLATILE = {"seconds", "run_id", "worker_seconds", "worker_cpu_seconds", "worker_peak_rss_mb",
-             "store_path", "started_at", "finished_at", "writer", "source_root"}
+_VOLATILE = {
+    "seconds",
+    "run_id",
+    "worker_seconds",
+    "worker_cpu_seconds",
+    "worker_peak_rss_mb",
+    "store_path",
+    "started_at",
+    "finished_at",
+    "writer",
+    "source_root",
+}
 
 
 def _stable(value: Any) -> Any:
@@ -39,8 +49,9 @@ def _oai(url: str, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("backends") / "release"
-    result = CliRunner().invoke(app, ["synth", str(root), "-n", "40", "--seed", "11", "--images",
-                                      "--image-size", "small", "--json"])
+    result = CliRunner().invoke(
+        app, ["synth", str(root), "-n", "40", "--seed", "11", "--images", "--image-size", "small", "--json"]
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -51,11 +62,11 @@ def run_chain(url: str, release: Path, store: Path) -> dict[str, Any]:
     out["label"] = _oai(url, "label", "--json")
     out["split"] = _oai(url, "split", "--folds", "2", "--json")
     out["cohort"] = _oai(url, "cohort", "--include-excluded", "--json")
-    out["filtered"] = _oai(url, "cohort", "--site", "A", "--site", "C", "--label", "none",
-                           "--label", "fast", "--role", "train", "--json")
+    out["filtered"] = _oai(
+        url, "cohort", "--site", "A", "--site", "C", "--label", "none", "--label", "fast", "--role", "train", "--json"
+    )
     out["trajectories"] = _oai(url, "cohort", "--trajectories", "--wide", "--json")
-    out["preprocess"] = _oai(url, "preprocess", "--store", str(store), "--preset", "small",
-                             "--workers", "1", "--json")
+    out["preprocess"] = _oai(url, "preprocess", "--store", str(store), "--preset", "small", "--workers", "1", "--json")
     out["verify"] = _oai(url, "store", "verify", str(store), "--json")
     out["again"] = _oai(url, "ingest", str(release), "--json")  # nothing to do the second time
     out["runs"] = _oai(url, "db", "runs", "--json")
@@ -65,9 +76,7 @@ def run_chain(url: str, release: Path, store: Path) -> dict[str, Any]:
 _chains: dict[str, dict[str, Any]] = {}
 
 
-def test_cli_chain_gives_the_same_results_on_both_backends(
-    database_url: str, release: Path, tmp_path: Path
-) -> None:
+def test_cli_chain_gives_the_same_results_on_both_backends(database_url: str, release: Path, tmp_path: Path) -> None:
     got = run_chain(database_url, release, tmp_path / "vol.zarr")
     assert got["ingest"]["status"] == "succeeded" and got["again"]["status"] == "unchanged"
     assert got["label"]["knees"] > 20 and got["label"]["fast"] + got["label"]["slow"] > 0
@@ -103,13 +112,12 @@ def test_a_read_sees_one_snapshot(any_db: Database) -> None:
 
 def test_only_runs_whose_writer_is_gone_are_marked_interrupted(any_db: Database) -> None:
     """SQLite: host, pid and process start time decide; PostgreSQL: the run's lease lock."""
-    import os
     import subprocess
     import sys
 
-    from oaicohort.ingest.run import mark_interrupted_runs
     from oaicohort.db.schema import IngestRun
     from oaicohort.db.writers import RunLease, WriterIdentity
+    from oaicohort.ingest.run import mark_interrupted_runs
 
     me = WriterIdentity.current()
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -124,8 +132,14 @@ def test_only_runs_whose_writer_is_gone_are_marked_interrupted(any_db: Database)
     ids = {}
     with any_db.write() as s:
         for name, (host, pid, start) in writers.items():
-            run = IngestRun(source_root=name, status="running", toolkit_version="test",
-                            writer_host=host, writer_pid=pid, writer_start=start)
+            run = IngestRun(
+                source_root=name,
+                status="running",
+                toolkit_version="test",
+                writer_host=host,
+                writer_pid=pid,
+                writer_start=start,
+            )
             s.add(run)
             s.flush()
             ids[name] = run.id

@@ -11,8 +11,8 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from oaicohort.imaging.dicom_series import DicomVolume, SeriesError, read_series, side_from_description
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.dicom_series import DicomVolume, SeriesError, read_series, side_from_description
 from oaicohort.synth.images import SeriesMeta, image_geometry, render_knee_volume, write_series
 
 SPACING = (0.7, 0.365, 0.365)

@@ -18,11 +18,10 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database
+from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
 from oaicohort.imaging.dicom_series import DicomVolume, read_series
 from oaicohort.imaging.preprocess_run import PreprocessFailure, run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
-from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
-from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, write_series
 from oaicohort.imaging.store import (
     StoreError,
     VolumeStore,
@@ -30,6 +29,7 @@ from oaicohort.imaging.store import (
     knee_key,
     verify_store,
 )
+from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, write_series
 
 SMALL = PreprocessParams.small()
 GEOMETRY = IMAGE_SIZES["small"]
@@ -60,18 +60,32 @@ def make_release(db: Database, root: Path, subjects: tuple[int, ...] = SUBJECTS)
                 folders[(subject, side)] = visit_dir / rel
                 session.add(
                     ImageSeries(
-                        subject_id=subject, visit=0, month=0, side=side, sequence="SAG_3D_DESS",
-                        series_description=description, folder=rel, visit_dir=str(visit_dir),
-                        source_file=str(visit_dir / "contents.csv"), source_row=len(folders),
-                    )  # fmt: skip
+                        subject_id=subject,
+                        visit=0,
+                        month=0,
+                        side=side,
+                        sequence="SAG_3D_DESS",
+                        series_description=description,
+                        folder=rel,
+                        visit_dir=str(visit_dir),
+                        source_file=str(visit_dir / "contents.csv"),
+                        source_row=len(folders),
+                    )
                 )
             # a non-DESS series of the same visit is never selected
             session.add(
                 ImageSeries(
-                    subject_id=subject, visit=0, month=0, side="R", sequence="COR_IW_TSE",
-                    series_description="COR_IW_TSE_RIGHT", folder="nowhere", visit_dir=str(visit_dir),
-                    source_file="contents.csv", source_row=99,
-                )  # fmt: skip
+                    subject_id=subject,
+                    visit=0,
+                    month=0,
+                    side="R",
+                    sequence="COR_IW_TSE",
+                    series_description="COR_IW_TSE_RIGHT",
+                    folder="nowhere",
+                    visit_dir=str(visit_dir),
+                    source_file="contents.csv",
+                    source_row=99,
+                )
             )
     return folders
 
@@ -88,9 +102,7 @@ def release(db: Database, tmp_path: Path) -> dict[tuple[int, str], Path]:
 
 def test_run_writes_store_and_index(db: Database, release, tmp_path: Path) -> None:
     store_path = tmp_path / "vol.zarr"
-    summary = run_preprocess(
-        db, store_path, SMALL, views=("sag", "cor", "ax"), reader=read_series_for_tests
-    )
+    summary = run_preprocess(db, store_path, SMALL, views=("sag", "cor", "ax"), reader=read_series_for_tests)
     assert (summary.selected, summary.done, summary.skipped, summary.failed) == (6, 6, 0, 0)
     assert summary.volumes_written == 18
     rows = volume_rows(db)
@@ -277,7 +289,9 @@ def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Pat
         rows = session.execute(select(Volume.knee_id, Volume.position, Volume.status)).all()
     assert len(rows) == 24 and {r.status for r in rows} == {"ok"}
     assert len({r.knee_id for r in rows}) == 24 and len({r.position for r in rows}) == 24
-    verify = subprocess.run(_cli(tmp_path, "store", "verify", str(store_path), "--json"), cwd=repo, capture_output=True, text=True)
+    verify = subprocess.run(
+        _cli(tmp_path, "store", "verify", str(store_path), "--json"), cwd=repo, capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     report = json.loads(verify.stdout)
     assert report["ok"] == 24 and report["mismatches"] == []
@@ -288,7 +302,17 @@ def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Pat
 def test_cli_preprocess_strict_exit_code(db: Database, release, tmp_path: Path) -> None:
     (release[(SUBJECTS[2], "R")] / "003").write_bytes(b"garbage")
     runner = CliRunner()
-    base = ["--db", str(tmp_path / "cohort.sqlite"), "preprocess", "--store", str(tmp_path / "v.zarr"), "--preset", "small", "--workers", "1"]
+    base = [
+        "--db",
+        str(tmp_path / "cohort.sqlite"),
+        "preprocess",
+        "--store",
+        str(tmp_path / "v.zarr"),
+        "--preset",
+        "small",
+        "--workers",
+        "1",
+    ]
     result = runner.invoke(app, [*base, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -315,9 +339,8 @@ def test_second_writer_on_the_same_store_is_refused(db: Database, release, tmp_p
     from oaicohort.imaging.preprocess_run import writer_lock
 
     store = VolumeStore.create(tmp_path / "vol.zarr", SMALL, views=("sag",))
-    with writer_lock(store):
-        with pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):
-            run_preprocess(db, store.path, SMALL, reader=read_series_for_tests)
+    with writer_lock(store), pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):
+        run_preprocess(db, store.path, SMALL, reader=read_series_for_tests)
     assert run_preprocess(db, store.path, SMALL, reader=read_series_for_tests).done == 6
 
 
@@ -331,7 +354,9 @@ def test_a_series_dropped_from_the_index_meanwhile_is_a_failure_not_a_crash(
         series = read_series(folder)
         if folder == dropped:
             with db.write() as session:
-                session.execute(delete(ImageSeries).where(ImageSeries.folder == str(folder.relative_to(folder.parents[3]))))
+                session.execute(
+                    delete(ImageSeries).where(ImageSeries.folder == str(folder.relative_to(folder.parents[3])))
+                )
         return series
 
     summary = run_preprocess(db, tmp_path / "vol.zarr", SMALL, reader=read_then_drop)

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from oaicohort.imaging.preprocessing import PreprocessParams, block_mean, centre_fit, fit_region, intensity_range, map_intensity, orient_left, percentile_of_counts, preprocess_series
+from oaicohort.imaging.preprocessing import (
+    PreprocessParams,
+    block_mean,
+    centre_fit,
+    fit_region,
+    intensity_range,
+    map_intensity,
+    orient_left,
+    percentile_of_counts,
+    preprocess_series,
+)
 from oaicohort.vocabulary import MRI_VIEWS
 
 
@@ -89,9 +99,7 @@ def test_intensity_range_equals_numpy_percentile(seed: int) -> None:
     shifted = pixels >> 3
     for lo, hi in ((0.0, 99.9), (0.0, 95.0), (1.0, 99.0)):
         params = PreprocessParams(percentile_low=lo, percentile_high=hi)
-        assert intensity_range(pixels, params) == pytest.approx(
-            tuple(np.percentile(shifted, [lo, hi])), abs=1e-9
-        )
+        assert intensity_range(pixels, params) == pytest.approx(tuple(np.percentile(shifted, [lo, hi])), abs=1e-9)
 
 
 def test_intensity_reference_shift_clip_cast() -> None:

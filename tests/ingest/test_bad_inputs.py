@@ -25,13 +25,13 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database, open_database
+from oaicohort.db.schema import ClinicalValue, ImageSeries, IngestRun, Volume
 from oaicohort.errors import InputFileError
-from oaicohort.ingest.run import ingest_release
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.db.schema import ClinicalValue, ImageSeries, IngestRun, Volume
-from oaicohort.synth import write_release
 from oaicohort.imaging.store import VolumeStore, knee_key, verify_store
+from oaicohort.ingest.run import ingest_release
+from oaicohort.synth import write_release
 from tests.reliability_helpers import DATA_TABLES, table_rows
 
 ASCII = "OAICompleteData_ASCII"
@@ -41,8 +41,8 @@ ANY = object()  # line or column not checked (e.g. where random bytes decide it)
 @dataclass(frozen=True)
 class Expect:
     file: str  # name of the file (or folder) the message must name
-    line: int | None | object
-    column: str | None | object
+    line: int | object | None
+    column: str | object | None
     fragment: str
 
 
@@ -126,93 +126,124 @@ def _self_link(path: Path) -> None:
 CLINICAL: dict[str, tuple[Callable[[Path], object], Expect]] = {
     "wrong delimiter": (
         lambda r: _t(r, "Enrollees.txt").write_text(_t(r, "Enrollees.txt").read_text().replace("|", ",")),
-        Expect("Enrollees.txt", 1, None, "looks comma-separated")),
+        Expect("Enrollees.txt", 1, None, "looks comma-separated"),
+    ),
     "header only": (
         lambda r: edit_lines(_t(r, "Enrollees.txt"), lambda ls: ls[:1]),
-        Expect("Enrollees.txt", 2, None, "no data rows below the header")),
+        Expect("Enrollees.txt", 2, None, "no data rows below the header"),
+    ),
     "empty file": (
         lambda r: _t(r, "AllClinical01.txt").write_bytes(b""),
-        Expect("AllClinical01.txt", 1, None, "empty file")),
+        Expect("AllClinical01.txt", 1, None, "empty file"),
+    ),
     "missing ID column": (
         lambda r: rename_column(_t(r, "AllClinical00.txt"), "ID", "PID"),
-        Expect("AllClinical00.txt", 1, "ID", "missing required column ID")),
+        Expect("AllClinical00.txt", 1, "ID", "missing required column ID"),
+    ),
     "missing SIDE column": (
         lambda r: rename_column(_t(r, "kXR_SQ_BU00.txt"), "SIDE", "KNEE"),
-        Expect("kXR_SQ_BU00.txt", 1, "SIDE", "missing required column SIDE")),
+        Expect("kXR_SQ_BU00.txt", 1, "SIDE", "missing required column SIDE"),
+    ),
     "missing KL column": (
         lambda r: rename_column(_t(r, "kXR_SQ_BU00.txt"), "V00XRKL", "V00XRKLG"),
-        Expect("kXR_SQ_BU00.txt", 1, "V00XRKL", "missing required column V00XRKL")),
+        Expect("kXR_SQ_BU00.txt", 1, "V00XRKL", "missing required column V00XRKL"),
+    ),
     "non-numeric ID": (
         lambda r: set_cell(_t(r, "AllClinical00.txt"), 4, "ID", "90O3152"),
-        Expect("AllClinical00.txt", 4, "ID", "participant id must be a whole number, got '90O3152'")),
+        Expect("AllClinical00.txt", 4, "ID", "participant id must be a whole number, got '90O3152'"),
+    ),
     "ID too long for the database": (
         lambda r: set_cell(_t(r, "kXR_SQ_BU00.txt"), 3, "ID", "99999999999"),
-        Expect("kXR_SQ_BU00.txt", 3, "ID", "participant id has 11 digits")),
+        Expect("kXR_SQ_BU00.txt", 3, "ID", "participant id has 11 digits"),
+    ),
     "conflicting duplicate subject": (
         lambda r: _duplicate_subject_elsewhere(_t(r, "Enrollees.txt")),
-        Expect("Enrollees.txt", 32, "ID", "is listed twice")),
+        Expect("Enrollees.txt", 32, "ID", "is listed twice"),
+    ),
     "unknown site letter": (
         lambda r: set_cell(_t(r, "Enrollees.txt"), 3, "V00SITE", "Z"),
-        Expect("Enrollees.txt", 3, "V00SITE", "site must be one of the OAI clinical centres A, B, C, D, E, got 'Z'")),
+        Expect("Enrollees.txt", 3, "V00SITE", "site must be one of the OAI clinical centres A, B, C, D, E, got 'Z'"),
+    ),
     "binary garbage": (
         lambda r: _t(r, "Outcomes99.txt").write_bytes(_garbage(4096)),
-        Expect("Outcomes99.txt", ANY, None, "binary data")),
+        Expect("Outcomes99.txt", ANY, None, "binary data"),
+    ),
     "NUL byte in a row": (
         lambda r: set_cell(_t(r, "AllClinical02.txt"), 5, "VERSION", "2.\x004"),
-        Expect("AllClinical02.txt", 5, None, "binary data (byte 0x00")),
+        Expect("AllClinical02.txt", 5, None, "binary data (byte 0x00"),
+    ),
     "UTF-16 text": (
         lambda r: _t(r, "SubjectChar00.txt").write_bytes(_t(r, "SubjectChar00.txt").read_text().encode("utf-16")),
-        Expect("SubjectChar00.txt", 1, None, "UTF-16 text")),
+        Expect("SubjectChar00.txt", 1, None, "UTF-16 text"),
+    ),
     "10 MB single line": (
-        lambda r: _t(r, "kXR_SQ_BU01.txt").write_bytes(_t(r, "kXR_SQ_BU01.txt").read_bytes() + b"9" * 10_000_000 + b"\n"),
-        Expect("kXR_SQ_BU01.txt", ANY, None, "row has 1 fields but the header has")),
+        lambda r: _t(r, "kXR_SQ_BU01.txt").write_bytes(
+            _t(r, "kXR_SQ_BU01.txt").read_bytes() + b"9" * 10_000_000 + b"\n"
+        ),
+        Expect("kXR_SQ_BU01.txt", ANY, None, "row has 1 fields but the header has"),
+    ),
     "10 MB cell": (
         lambda r: set_cell(_t(r, "AllClinical00.txt"), 2, "V00AGE", "6" * 10_000_000),
-        Expect("AllClinical00.txt", 2, "V00AGE", "number out of range")),
+        Expect("AllClinical00.txt", 2, "V00AGE", "number out of range"),
+    ),
     "ragged row": (
         lambda r: edit_lines(_t(r, "Outcomes99.txt"), lambda ls: [*ls[:2], ls[2].rsplit("|", 1)[0], *ls[3:]]),
-        Expect("Outcomes99.txt", 3, None, "fields but the header has")),
+        Expect("Outcomes99.txt", 3, None, "fields but the header has"),
+    ),
     "KL grade out of range": (
         lambda r: set_cell(_t(r, "kXR_SQ_BU00.txt"), 2, "V00XRKL", "7: 7"),
-        Expect("kXR_SQ_BU00.txt", 2, "V00XRKL", "KL grade must be 0-4")),
+        Expect("kXR_SQ_BU00.txt", 2, "V00XRKL", "KL grade must be 0-4"),
+    ),
     "unknown knee side": (
         lambda r: set_cell(_t(r, "kXR_SQ_BU00.txt"), 2, "SIDE", "3: Both"),
-        Expect("kXR_SQ_BU00.txt", 2, "SIDE", "knee side must be 1 (right) or 2 (left)")),
+        Expect("kXR_SQ_BU00.txt", 2, "SIDE", "knee side must be 1 (right) or 2 (left)"),
+    ),
     "bad date": (
         lambda r: set_cell(_t(r, "AllClinical00.txt"), 3, "V00EVDATE", "2004-02-12"),
-        Expect("AllClinical00.txt", 3, "V00EVDATE", "expected a date mm/dd/yyyy")),
+        Expect("AllClinical00.txt", 3, "V00EVDATE", "expected a date mm/dd/yyyy"),
+    ),
     "whole number beyond 32 bits": (
         lambda r: set_cell(_t(r, "Outcomes99.txt"), 2, "V99ERKDAYS", "99999999999"),
-        Expect("Outcomes99.txt", 2, "V99ERKDAYS", "whole number out of range")),
+        Expect("Outcomes99.txt", 2, "V99ERKDAYS", "whole number out of range"),
+    ),
     "a table twice": (_table_twice, Expect("Enrollees.txt", None, None, "the release holds this table twice")),
     "empty release": (_empty_release, Expect("release", None, None, "no OAI tables found below this folder")),
     "symlink loop named as a table": (
         lambda r: _self_link(_t(r, "SubjectChar00.txt")),
-        Expect("SubjectChar00.txt", None, None, "cannot read file")),
+        Expect("SubjectChar00.txt", None, None, "cannot read file"),
+    ),
     "contents.csv missing column": (
         lambda r: drop_column(_contents(r), "SeriesDescription"),
-        Expect("contents.csv", 1, "SERIESDESCRIPTION", "missing required column")),
+        Expect("contents.csv", 1, "SERIESDESCRIPTION", "missing required column"),
+    ),
     "contents.csv Folder outside the release": (
         lambda r: set_cell(_contents(r), 3, "FOLDER", "../../../etc", sep=","),
-        Expect("contents.csv", 3, "FOLDER", "Folder leaves the image package")),
+        Expect("contents.csv", 3, "FOLDER", "Folder leaves the image package"),
+    ),
     "contents.csv Folder climbing out in the middle": (
         lambda r: set_cell(_contents(r), 4, "FOLDER", "0.C.2/9003138/../../../../..", sep=","),
-        Expect("contents.csv", 4, "FOLDER", "Folder leaves the image package")),
+        Expect("contents.csv", 4, "FOLDER", "Folder leaves the image package"),
+    ),
     "contents.csv empty Folder": (
         lambda r: set_cell(_contents(r), 2, "FOLDER", "", sep=","),
-        Expect("contents.csv", 2, "FOLDER", "empty Folder")),
+        Expect("contents.csv", 2, "FOLDER", "empty Folder"),
+    ),
     "contents.csv over-long SeriesDescription": (
         lambda r: set_cell(_contents(r), 5, "SERIESDESCRIPTION", "SAG_" + "X" * 200 + "_RIGHT", sep=","),
-        Expect("contents.csv", 5, "SERIESDESCRIPTION", "more than the 128 the database holds")),
+        Expect("contents.csv", 5, "SERIESDESCRIPTION", "more than the 128 the database holds"),
+    ),
     "contents.csv non-numeric ParticipantID": (
         lambda r: set_cell(_contents(r), 2, "PARTICIPANTID", "P-9003138", sep=","),
-        Expect("contents.csv", 2, "PARTICIPANTID", "participant id must be a whole number")),
+        Expect("contents.csv", 2, "PARTICIPANTID", "participant id must be a whole number"),
+    ),
     "contents.csv unterminated quote": (
         lambda r: edit_lines(_contents(r), lambda ls: [*ls[:3], '"' + ls[3], *ls[4:]]),
-        Expect("contents.csv", 4, None, "fields but the header has")),
+        Expect("contents.csv", 4, None, "fields but the header has"),
+    ),
     "contents.csv binary garbage": (
         lambda r: _contents(r).write_bytes(_contents(r).read_bytes()[:200] + _garbage(1000)),
-        Expect("contents.csv", ANY, None, "binary data")),
+        Expect("contents.csv", ANY, None, "binary data"),
+    ),
 }
 
 
@@ -264,8 +295,15 @@ def test_bad_table_or_index_is_refused_naming_file_line_column(
     db.dispose()
 
 
-@pytest.mark.parametrize("case", ["ID too long for the database", "contents.csv over-long SeriesDescription",
-                                  "NUL byte in a row", "whole number beyond 32 bits"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "ID too long for the database",
+        "contents.csv over-long SeriesDescription",
+        "NUL byte in a row",
+        "whole number beyond 32 bits",
+    ],
+)
 def test_what_postgresql_would_refuse_is_refused_on_both_backends_before_writing(
     case: str, any_db: Database, clinical: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -467,7 +505,8 @@ def victim(imaging: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Databas
     db = _copy_db(template, tmp_path / "db.sqlite")
     with db.read() as s:
         series = s.scalars(
-            select(ImageSeries).where(ImageSeries.sequence == "SAG_3D_DESS", ImageSeries.visit == 0)
+            select(ImageSeries)
+            .where(ImageSeries.sequence == "SAG_3D_DESS", ImageSeries.visit == 0)
             .order_by(ImageSeries.subject_id, ImageSeries.side)
         ).first()
     assert series is not None

@@ -16,8 +16,6 @@ from typer.testing import CliRunner
 import oaicohort.ingest.run as ingest_module
 from oaicli.main import app
 from oaicohort.db import Database
-from oaicohort.errors import InputFileError, OAIError
-from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
 from oaicohort.db.schema import (
     ClinicalValue,
     ImageSeries,
@@ -29,9 +27,18 @@ from oaicohort.db.schema import (
     SubjectVisit,
     XrayReading,
 )
+from oaicohort.errors import InputFileError, OAIError
+from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
 
-DATA_TABLES = ("subjects", "subject_visits", "knees", "xray_readings", "knee_replacements",
-               "image_series", "clinical_values")
+DATA_TABLES = (
+    "subjects",
+    "subject_visits",
+    "knees",
+    "xray_readings",
+    "knee_replacements",
+    "image_series",
+    "clinical_values",
+)
 
 ENROLLEES = """ID|VERSION|V00SITE|P02SEX|P02RACE|V00COHORT
 9000001|2.2.1|C|1: Male|1: White or Caucasian|1: Progression
@@ -87,13 +94,20 @@ CONTENTS12 = """Folder,ParticipantID,StudyDate,AccessionNumber,StudyDescription,
 """
 
 FLAT = {
-    "Enrollees.txt": ENROLLEES, "AllClinical00.txt": ALLCLINICAL00, "AllClinical01.txt": ALLCLINICAL01,
-    "SubjectChar00.txt": SUBJECTCHAR00, "kXR_SQ_BU00.txt": KXR00, "kxr_sq_bu01.txt": KXR01,
-    "KXR_SQ_BU03.txt": KXR03, "Outcomes99.txt": OUTCOMES,
+    "Enrollees.txt": ENROLLEES,
+    "AllClinical00.txt": ALLCLINICAL00,
+    "AllClinical01.txt": ALLCLINICAL01,
+    "SubjectChar00.txt": SUBJECTCHAR00,
+    "kXR_SQ_BU00.txt": KXR00,
+    "kxr_sq_bu01.txt": KXR01,
+    "KXR_SQ_BU03.txt": KXR03,
+    "Outcomes99.txt": OUTCOMES,
 }
 CATEGORY = {
-    "Enrollees.txt": "General_ASCII", "Outcomes99.txt": "General_ASCII",
-    "SubjectChar00.txt": "General_ASCII", "AllClinical00.txt": "AllClinical_ASCII",
+    "Enrollees.txt": "General_ASCII",
+    "Outcomes99.txt": "General_ASCII",
+    "SubjectChar00.txt": "General_ASCII",
+    "AllClinical00.txt": "AllClinical_ASCII",
     "AllClinical01.txt": "AllClinical_ASCII",
 }
 XRAY_DIR = "X-Ray Image Assessments_ASCII/Semi-Quant Scoring_ASCII"
@@ -149,13 +163,19 @@ def test_ingest_reads_every_table(any_db: Database, release: Path) -> None:
     result = ingest_release(any_db, release, variables=["V00WOMKPR", "p01injr", "V00EDCV", "V00COMMENT"])
     assert result.status == "succeeded"
     assert result.rows == {
-        "subjects": 3, "subject_visits": 5, "knees": 6, "xray_readings": 12,
-        "knee_replacements": 6, "image_series": 6, "clinical_values": 11,
+        "subjects": 3,
+        "subject_visits": 5,
+        "knees": 6,
+        "xray_readings": 12,
+        "knee_replacements": 6,
+        "image_series": 6,
+        "clinical_values": 11,
     }
     with any_db.read() as s:
         subjects = {r.id: r for r in s.scalars(select(Subject))}
-        assert [(subjects[i].site, subjects[i].sex, subjects[i].race, subjects[i].cohort)
-                for i in sorted(subjects)] == [("C", "M", 1, 1), ("D", "F", 2, 2), ("A", "F", 1, 3)]
+        assert [
+            (subjects[i].site, subjects[i].sex, subjects[i].race, subjects[i].cohort) for i in sorted(subjects)
+        ] == [("C", "M", 1, 1), ("D", "F", 2, 2), ("A", "F", 1, 3)]
         visits = {(v.subject_id, v.visit): v for v in s.scalars(select(SubjectVisit))}
         base = visits[(9000001, 0)]
         assert (base.month, base.age, base.bmi, str(base.visit_date)) == (0, 61, 28.5, "2004-03-15")
@@ -163,15 +183,18 @@ def test_ingest_reads_every_table(any_db: Database, release: Path) -> None:
         assert (visits[(9000001, 1)].month, visits[(9000001, 1)].bmi) == (12, 28.1)
         knee = {(k.subject_id, k.side): k.id for k in s.scalars(select(Knee))}
         readings = s.scalars(select(XrayReading).order_by(XrayReading.visit, XrayReading.source_row)).all()
-        dup = [(r.read_project, r.klg, r.source_row) for r in readings
-               if r.knee_id == knee[(9000002, "R")] and r.visit == 0]
+        dup = [
+            (r.read_project, r.klg, r.source_row)
+            for r in readings
+            if r.knee_id == knee[(9000002, "R")] and r.visit == 0
+        ]
         assert dup == [(37, 0, 4), (42, 1, 5)]  # both reading projects kept, in file order
-        prosthesis = [r for r in readings if r.knee_id == knee[(9000003, "L")]][0]
+        prosthesis = next(r for r in readings if r.knee_id == knee[(9000003, "L")])
         assert (prosthesis.klg, prosthesis.klg_missing_code, prosthesis.jsn_medial) == (None, ".P", None)
         first = readings[0]
         assert (first.klg, first.jsn_medial, first.osteophyte_fm, first.month) == (2, 1.0, 1.0, 0)
         assert first.source_file == "OAICompleteData_ASCII/kXR_SQ_BU00.txt"
-        technical = [r for r in readings if r.visit == 1 and r.knee_id == knee[(9000002, "L")]][0]
+        technical = next(r for r in readings if r.visit == 1 and r.knee_id == knee[(9000002, "L")])
         assert (technical.klg, technical.klg_missing_code, technical.month) == (None, ".T", 12)
         assert [r.jsn_medial for r in readings if r.visit == 1][:2] == [2.0, 0.5]
         tkr = {r.knee_id: r for r in s.scalars(select(KneeReplacement))}
@@ -181,15 +204,22 @@ def test_ingest_reads_every_table(any_db: Database, release: Path) -> None:
         assert tkr[knee[(9000003, "R")]].status == 2
         series = {(r.subject_id, r.visit, r.side, r.sequence): r for r in s.scalars(select(ImageSeries))}
         assert set(series) == {
-            (9000001, 0, "R", "SAG_3D_DESS"), (9000001, 0, "R", "COR_MPR"), (9000001, 0, "L", "SAG_3D_DESS"),
-            (9000001, 0, "", "AX_T1_THIGH"), (9000002, 0, "R", "SAG_3D_DESS"), (9000001, 1, "R", "SAG_3D_DESS"),
+            (9000001, 0, "R", "SAG_3D_DESS"),
+            (9000001, 0, "R", "COR_MPR"),
+            (9000001, 0, "L", "SAG_3D_DESS"),
+            (9000001, 0, "", "AX_T1_THIGH"),
+            (9000002, 0, "R", "SAG_3D_DESS"),
+            (9000001, 1, "R", "SAG_3D_DESS"),
         }
         rescan = series[(9000002, 0, "R", "SAG_3D_DESS")]
         assert rescan.folder.endswith("10203199") and rescan.source_row == 7
         dess = series[(9000001, 0, "R", "SAG_3D_DESS")]
         assert dess.visit_dir == str((release / "Package_1215" / "results" / "00m").resolve())
         assert (dess.series_description, dess.barcode, str(dess.study_date)) == (
-            "SAG_3D_DESS_RIGHT", "016610203004", "2004-03-15")
+            "SAG_3D_DESS_RIGHT",
+            "016610203004",
+            "2004-03-15",
+        )
         assert series[(9000001, 1, "R", "SAG_3D_DESS")].barcode == "16611203004"
         values = {(v.subject_id, v.variable): v for v in s.scalars(select(ClinicalValue))}
         assert values[(9000001, "V00WOMKPR")].value_num == 3.0
@@ -199,7 +229,7 @@ def test_ingest_reads_every_table(any_db: Database, release: Path) -> None:
         assert values[(9000001, "V00COMMENT")].value_text == "fell off a ladder"
         files = s.scalars(select(IngestFile).where(IngestFile.run_id == result.run_id)).all()
     assert len(files) == 10 == len(result.files)
-    kxr0 = [f for f in files if f.relative_path.endswith("kXR_SQ_BU00.txt")][0]
+    kxr0 = next(f for f in files if f.relative_path.endswith("kXR_SQ_BU00.txt"))
     assert (kxr0.table_kind, kxr0.visit, kxr0.n_rows, len(kxr0.sha256)) == ("kxr_sq_bu", 0, 7, 64)
     assert kxr0.size_bytes == len(KXR00.encode())
     (run,) = runs(any_db)
@@ -238,9 +268,7 @@ def test_reingest_of_the_same_release_changes_nothing(any_db: Database, release:
     assert n_files == 10
 
 
-def test_unchanged_release_is_not_parsed_again(
-    db: Database, release: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unchanged_release_is_not_parsed_again(db: Database, release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = ingest_release(db, release)
 
     def no_parsing(*args: Any, **kwargs: Any) -> None:
@@ -288,15 +316,20 @@ def test_newer_release_updates_rows_and_keeps_ids(any_db: Database, tmp_path: Pa
     with any_db.read() as s:
         knee_ids = {(k.subject_id, k.side): k.id for k in s.scalars(select(Knee))}
         series_ids = {(r.subject_id, r.visit, r.side, r.sequence): r.id for r in s.scalars(select(ImageSeries))}
-    new = write_release(tmp_path / "new", overrides={
-        # site corrected, a new participant enrolled
-        "Enrollees.txt": ENROLLEES.replace("9000003|2.2.1|A", "9000003|2.2.1|B") + "9000004|2.2.1|E|1|1|1\n",
-        # a KL grade re-read, one reading dropped, the new participant read
-        "kXR_SQ_BU00.txt": KXR00.replace("9000001|1: Right|15|1.6|2: 2", "9000001|1: Right|15|1.6|3: 3")
-        .replace("9000002|1: Right|42|1.6|1: 1|0|0|0|0|0|0\n", "") + "9000004|2|15|1.6|0|0|0|0|0|0|0\n",
-        # participant 9000001's COR_MPR no longer listed
-        "00m/contents.csv": "\n".join(l for l in CONTENTS00.splitlines() if "COR_MPR" not in l) + "\n",
-    })
+    new = write_release(
+        tmp_path / "new",
+        overrides={
+            # site corrected, a new participant enrolled
+            "Enrollees.txt": ENROLLEES.replace("9000003|2.2.1|A", "9000003|2.2.1|B") + "9000004|2.2.1|E|1|1|1\n",
+            # a KL grade re-read, one reading dropped, the new participant read
+            "kXR_SQ_BU00.txt": KXR00.replace("9000001|1: Right|15|1.6|2: 2", "9000001|1: Right|15|1.6|3: 3").replace(
+                "9000002|1: Right|42|1.6|1: 1|0|0|0|0|0|0\n", ""
+            )
+            + "9000004|2|15|1.6|0|0|0|0|0|0|0\n",
+            # participant 9000001's COR_MPR no longer listed
+            "00m/contents.csv": "\n".join(line for line in CONTENTS00.splitlines() if "COR_MPR" not in line) + "\n",
+        },
+    )
     result = ingest_release(any_db, new)
     assert result.status == "succeeded"
     assert result.inserted["subjects"] == 1 and result.inserted["knees"] == 1
@@ -307,8 +340,9 @@ def test_newer_release_updates_rows_and_keeps_ids(any_db: Database, tmp_path: Pa
         assert s.get(Subject, 9000004).site == "E"
         new_knees = {(k.subject_id, k.side): k.id for k in s.scalars(select(Knee))}
         assert {k: v for k, v in new_knees.items() if k in knee_ids} == knee_ids
-        r = s.scalars(select(XrayReading).where(
-            XrayReading.knee_id == knee_ids[(9000001, "R")], XrayReading.visit == 0)).one()
+        r = s.scalars(
+            select(XrayReading).where(XrayReading.knee_id == knee_ids[(9000001, "R")], XrayReading.visit == 0)
+        ).one()
         assert r.klg == 3
         n_visit0 = s.scalar(select(func.count()).select_from(XrayReading).where(XrayReading.visit == 0))
         assert n_visit0 == 7  # 7 old - 1 dropped + 1 new
@@ -328,10 +362,13 @@ def test_newer_release_updates_rows_and_keeps_ids(any_db: Database, tmp_path: Pa
 def test_a_failing_file_changes_nothing_and_is_recorded(any_db: Database, tmp_path: Path) -> None:
     ingest_release(any_db, write_release(tmp_path / "good"))
     before = dump(any_db)
-    bad = write_release(tmp_path / "bad", overrides={
-        "Enrollees.txt": ENROLLEES + "9000005|2.2.1|E|1|1|1\n",
-        "KXR_SQ_BU03.txt": KXR03 + "90000x6|1|15|2\n",
-    })
+    bad = write_release(
+        tmp_path / "bad",
+        overrides={
+            "Enrollees.txt": ENROLLEES + "9000005|2.2.1|E|1|1|1\n",
+            "KXR_SQ_BU03.txt": KXR03 + "90000x6|1|15|2\n",
+        },
+    )
     with pytest.raises(InputFileError) as err:
         ingest_release(any_db, bad)
     assert err.value.path.name == "KXR_SQ_BU03.txt"
@@ -382,15 +419,18 @@ def test_wrong_root_and_empty_release(db: Database, tmp_path: Path) -> None:
     assert dump(db) == {t: [] for t in DATA_TABLES}
 
 
-@pytest.mark.parametrize(("name", "content", "line", "column", "message"), [
-    ("kXR_SQ_BU00.txt", KXR00.replace("|", ","), 1, None, "looks comma-separated"),
-    ("kXR_SQ_BU00.txt", KXR00.replace("V00XRKL", "V00XRKLX"), 1, "V00XRKL", "missing required column"),
-    ("kxr_sq_bu01.txt", KXR01.replace("side", "knee"), 1, "SIDE", "missing required column"),
-    ("Enrollees.txt", ENROLLEES.replace("V00SITE", "SITE"), 1, "V00SITE", "missing required column"),
-    ("Outcomes99.txt", OUTCOMES.replace("id|", "pid|"), 1, "ID", "missing required column"),
-    ("AllClinical00.txt", ALLCLINICAL00.replace("9000002|", "9000002a|"), 3, "ID", "participant id"),
-    ("kXR_SQ_BU00.txt", KXR00 + "9000003|2\n", 9, None, "row has 2 fields"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "line", "column", "message"),
+    [
+        ("kXR_SQ_BU00.txt", KXR00.replace("|", ","), 1, None, "looks comma-separated"),
+        ("kXR_SQ_BU00.txt", KXR00.replace("V00XRKL", "V00XRKLX"), 1, "V00XRKL", "missing required column"),
+        ("kxr_sq_bu01.txt", KXR01.replace("side", "knee"), 1, "SIDE", "missing required column"),
+        ("Enrollees.txt", ENROLLEES.replace("V00SITE", "SITE"), 1, "V00SITE", "missing required column"),
+        ("Outcomes99.txt", OUTCOMES.replace("id|", "pid|"), 1, "ID", "missing required column"),
+        ("AllClinical00.txt", ALLCLINICAL00.replace("9000002|", "9000002a|"), 3, "ID", "participant id"),
+        ("kXR_SQ_BU00.txt", KXR00 + "9000003|2\n", 9, None, "row has 2 fields"),
+    ],
+)
 def test_bad_input_names_file_line_and_column(
     db: Database, tmp_path: Path, name: str, content: str, line: int, column: str | None, message: str
 ) -> None:
@@ -451,8 +491,20 @@ def test_cli_json_summary(tmp_path: Path, release: Path) -> None:
     vars_file = tmp_path / "vars.txt"
     vars_file.write_text("V00EDCV\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["--db", str(db_path), "ingest", str(release), "--variables",
-                              "V00WOMKPR", "--variables-file", str(vars_file), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "--db",
+            str(db_path),
+            "ingest",
+            str(release),
+            "--variables",
+            "V00WOMKPR",
+            "--variables-file",
+            str(vars_file),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["status"] == "succeeded" and summary["run_id"] == 1

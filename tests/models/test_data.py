@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from oaimodels import data as D
 from oaicohort.imaging.store import VolumeStore
+from oaimodels import data as D
 from tests.training_fixtures import make_toy_cohort
 
 
@@ -129,9 +129,7 @@ def test_rotation_keeps_shape_and_uses_one_angle_per_volume() -> None:
 def test_rotation_by_90_degrees_is_exact_and_rigid_on_non_square_slices() -> None:
     img = torch.arange(25.0).view(5, 5)
     out = D.rotate_in_slice(img[None, None], torch.tensor([90.0]))[0, 0]
-    assert torch.allclose(out, torch.rot90(img, 1), atol=1e-4) or torch.allclose(
-        out, torch.rot90(img, -1), atol=1e-4
-    )
+    assert torch.allclose(out, torch.rot90(img, 1), atol=1e-4) or torch.allclose(out, torch.rot90(img, -1), atol=1e-4)
     # A point 5 px right of the centre of a 21x41 slice lands 5 px above or below it.
     x = torch.zeros(1, 1, 21, 41)
     x[0, 0, 10, 25] = 1.0

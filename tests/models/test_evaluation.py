@@ -65,8 +65,21 @@ def test_evaluate_one_run_writes_every_file(two_runs: tuple[list[Path], pd.DataF
     assert {"score_fold0", "score_fold1"} <= set(predictions.columns)
     np.testing.assert_allclose(predictions["score"], predictions[["score_fold0", "score_fold1"]].mean(axis=1))
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("ap", "ap_sd", "ap_ci_low", "ap_ci_high", "roc_auc", "roc_auc_sd", "balanced_accuracy",
-                "n_knees", "prevalence", "brier", "confusion_matrix", "seed", "efficiency"):
+    for key in (
+        "ap",
+        "ap_sd",
+        "ap_ci_low",
+        "ap_ci_high",
+        "roc_auc",
+        "roc_auc_sd",
+        "balanced_accuracy",
+        "n_knees",
+        "prevalence",
+        "brier",
+        "confusion_matrix",
+        "seed",
+        "efficiency",
+    ):
         assert key in metrics, key
     assert metrics["n_knees"] == len(test) and metrics["seed"] == 0
     assert metrics["prevalence"] == pytest.approx(float((test["label"] != "none").mean()))
@@ -94,9 +107,22 @@ def test_compare_two_runs_in_one_report(two_runs: tuple[list[Path], pd.DataFrame
 
 def test_table2_pairs_scratch_and_imagenet_runs() -> None:
     def fake(init: str, ap: float) -> dict:
-        return dict(name=f"2d_trf_sag_{init}", model="2d_trf", views=["sag"], init=init, ap=ap, ap_sd=0.02,
-                    roc_auc=0.78, roc_auc_sd=0.01, balanced_accuracy=0.5, balanced_accuracy_sd=0.02,
-                    efficiency=None, paper=None, out_dir="x", labels={})
+        return dict(
+            name=f"2d_trf_sag_{init}",
+            model="2d_trf",
+            views=["sag"],
+            init=init,
+            ap=ap,
+            ap_sd=0.02,
+            roc_auc=0.78,
+            roc_auc_sd=0.01,
+            balanced_accuracy=0.5,
+            balanced_accuracy_sd=0.02,
+            efficiency=None,
+            paper=None,
+            out_dir="x",
+            labels={},
+        )
 
     report = comparison_report([fake("scratch", 0.57), fake("imagenet", 0.58)])
     assert "(Table 2)" in report

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oaicohort.vocabulary import CLASSES
 from oaimodels.networks import example_inputs, get_model, get_spec, list_models, to_channels_last, views_from_volume
 from oaimodels.networks.common import inputs_channels_last
 from oaimodels.networks.complexity import count_macs, count_params, model_complexity
@@ -17,11 +18,17 @@ from oaimodels.networks.multiview import MULTIVIEW_SHAPES, view_shapes_from_volu
 from oaimodels.networks.slice_aggregators import BiLSTMAggregator
 from oaimodels.networks.slice_encoder import SliceEncoder
 from oaimodels.networks.slice_transformer import SelfAttention, SliceTransformer
-from oaicohort.vocabulary import CLASSES
 
 TABLE1_ORDER = [
-    "xr_resnext50", "2d_fc", "2d_lstm", "2d_trf", "2dsh_trf", "2dind_trf",
-    "2p1d", "3d_resnext50", "3d_shufflenet",
+    "xr_resnext50",
+    "2d_fc",
+    "2d_lstm",
+    "2d_trf",
+    "2dsh_trf",
+    "2dind_trf",
+    "2p1d",
+    "3d_resnext50",
+    "3d_shufflenet",
 ]
 
 # Expected sizes at the paper's shapes. Params: REFERENCE.md section 4's figures (to 0.1M where
@@ -90,7 +97,9 @@ def test_specs_describe_inputs_and_paper_rows() -> None:
     assert get_spec("2d_trf").paper_row("cor").gmacs == 143
     assert get_spec("2d_trf").shapes_for("ax") == {"ax": (1, 80, 160, 128)}
     assert dict(get_spec("2dsh_trf").input_shapes) == {
-        "sag": (1, 64, 160, 160), "cor": (1, 160, 160, 64), "ax": (1, 160, 160, 64),
+        "sag": (1, 64, 160, 160),
+        "cor": (1, 160, 160, 64),
+        "ax": (1, 160, 160, 64),
     }
     assert get_spec("3d_resnext50").input_shapes["sag"] == (1, 64, 160, 160)
     assert get_spec("xr_resnext50").input_shapes["xray"] == (1, 350, 350)
@@ -178,9 +187,7 @@ def test_forward_backward_tiny(name: str, tiny_models: dict[str, nn.Module]) -> 
 
 
 @pytest.mark.parametrize("name", TABLE1_ORDER)
-def test_bf16_channels_last_and_state_dict_round_trip(
-    name: str, tiny_models: dict[str, nn.Module]
-) -> None:
+def test_bf16_channels_last_and_state_dict_round_trip(name: str, tiny_models: dict[str, nn.Module]) -> None:
     # One reference forward pass per model, compared with three other ways of running it
     # (one test rather than three: the forward passes dominate the cost of this file).
     model = tiny_models[name].eval()

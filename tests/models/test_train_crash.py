@@ -40,15 +40,40 @@ OAI_WITH_TOY = (
 
 
 def _train_args(db: Path, store: Path, out: Path) -> list[str]:
-    return ["--db", str(db), "train", "--store", str(store), "--model", "toy3d", "--out", str(out),
-            "--epochs", str(EPOCHS), "--device", "cpu", "--workers", "0", "--loader", "workers",
-            "--threads", "1", "--deterministic", "--json"]
+    return [
+        "--db",
+        str(db),
+        "train",
+        "--store",
+        str(store),
+        "--model",
+        "toy3d",
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--loader",
+        "workers",
+        "--threads",
+        "1",
+        "--deterministic",
+        "--json",
+    ]
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", OAI_WITH_TOY, *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", OAI_WITH_TOY, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _epochs_logged(out: Path) -> int:

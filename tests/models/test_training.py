@@ -247,8 +247,15 @@ def _script(tmp_path: Path, knees: pd.DataFrame) -> tuple[Path, Path]:
 
 def _run_script(script: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, check=check,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=REPO,
+        env=env,
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -260,8 +267,13 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(toy: tuple[Path, pd
     config = toy_config(store, full, epochs=6, warmup_epochs=2, loader="workers")
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(store), str(killed), str(knees_csv), "6", "1"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(store), str(killed), str(knees_csv), "6", "1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     train_run(config, knees=knees)  # meanwhile
     log_path = killed / "fold_0" / "log.jsonl"
     deadline = time.monotonic() + 240
@@ -335,8 +347,10 @@ def test_cli_train_then_eval_from_the_database(toy: tuple[Path, pd.DataFrame], t
         assert labels["split"]["id"] == split_id and labels["definition"]["name"] == "panfilov2022"
         assert labels["knees_without_volume"] == 0
 
-        result = runner.invoke(app, ["--db", str(db_path), "eval", str(out), "--json", "--resamples", "50",
-                                     "--no-latency", "--device", "cpu"])
+        result = runner.invoke(
+            app,
+            ["--db", str(db_path), "eval", str(out), "--json", "--resamples", "50", "--no-latency", "--device", "cpu"],
+        )
         assert result.exit_code == 0, result.output
         metrics = json.loads(result.stdout)
     for key in ("ap", "ap_sd", "roc_auc", "roc_auc_sd", "balanced_accuracy", "n_knees", "prevalence"):
@@ -344,6 +358,8 @@ def test_cli_train_then_eval_from_the_database(toy: tuple[Path, pd.DataFrame], t
     assert metrics["n_knees"] == int((knees["role"] == "test").sum())
     assert metrics["labels_match_database"] is True
 
-    result = runner.invoke(app, ["--db", str(db_path), "train", "--store", str(store), "--model", "toy3d",
-                                 "--out", str(out), "--folds", "0,x"])
+    result = runner.invoke(
+        app,
+        ["--db", str(db_path), "train", "--store", str(store), "--model", "toy3d", "--out", str(out), "--folds", "0,x"],
+    )
     assert result.exit_code == 2 and "--folds" in result.output

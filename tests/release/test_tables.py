@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oaicohort.release import tables as ot
 from oaicohort.errors import InputFileError
+from oaicohort.release import tables as ot
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -39,15 +39,35 @@ def kinds(files: list[ot.SourceFile]) -> list[tuple[str, int | None]]:
 @pytest.mark.parametrize("folder", ["OAICompleteData_ASCII", "OAI Complete Data_ASCII"])
 def test_discover_flat_layout_with_name_case_variants(tmp_path: Path, folder: str) -> None:
     d = tmp_path / "download" / folder
-    for name in ["Enrollees.txt", "AllClinical00.txt", "allclinical03.TXT", "kXR_SQ_BU00.txt",
-                 "kxr_sq_bu01.txt", "KXR_SQ_BU03.txt", "OUTCOMES99.txt", "SubjectChar00.txt",
-                 "Xray00.txt", "MRI00.txt", "kXR_SQ_RELI00.txt", "notes.pdf"]:
+    for name in [
+        "Enrollees.txt",
+        "AllClinical00.txt",
+        "allclinical03.TXT",
+        "kXR_SQ_BU00.txt",
+        "kxr_sq_bu01.txt",
+        "KXR_SQ_BU03.txt",
+        "OUTCOMES99.txt",
+        "SubjectChar00.txt",
+        "Xray00.txt",
+        "MRI00.txt",
+        "kXR_SQ_RELI00.txt",
+        "notes.pdf",
+    ]:
         write(d / name, "ID|X\n")
     files = ot.discover_release(tmp_path)
-    assert sorted(kinds(files), key=str) == sorted([
-        ("enrollees", None), ("allclinical", 0), ("allclinical", 3), ("kxr_sq_bu", 0),
-        ("kxr_sq_bu", 1), ("kxr_sq_bu", 3), ("outcomes", None), ("subjectchar", 0),
-    ], key=str)
+    assert sorted(kinds(files), key=str) == sorted(
+        [
+            ("enrollees", None),
+            ("allclinical", 0),
+            ("allclinical", 3),
+            ("kxr_sq_bu", 0),
+            ("kxr_sq_bu", 1),
+            ("kxr_sq_bu", 3),
+            ("outcomes", None),
+            ("subjectchar", 0),
+        ],
+        key=str,
+    )
     assert all(f.relative_path.startswith(f"download/{folder}/") for f in files)
 
 
@@ -65,8 +85,14 @@ def test_discover_older_per_category_layout_and_image_wrappers(tmp_path: Path) -
     write(tmp_path / ".hidden" / "Enrollees.txt", "junk\n")
     files = ot.discover_release(tmp_path)
     assert kinds(files) == [
-        ("allclinical", 0), ("enrollees", None), ("outcomes", None), ("contents", 0),
-        ("contents", 0), ("kxr_sq_bu", 0), ("contents", 10), ("contents", None),
+        ("allclinical", 0),
+        ("enrollees", None),
+        ("outcomes", None),
+        ("contents", 0),
+        ("contents", 0),
+        ("kxr_sq_bu", 0),
+        ("contents", 10),
+        ("contents", None),
     ]
     assert files[3].relative_path == "Package_1215/results/00m/contents.csv"
 
@@ -91,7 +117,14 @@ def test_classify_and_visit_dirs() -> None:
     assert ot.classify("AllClinical11.txt") == ("allclinical", 11)
     assert ot.classify("kXR_SQ_BU00.sas7bdat") is None
     assert [ot.visit_of_dir(d) for d in ["00m", "12m", "18m", "48m", "96m", "108m", "13m", "x"]] == [
-        0, 1, 2, 6, 10, 11, None, None
+        0,
+        1,
+        2,
+        6,
+        10,
+        11,
+        None,
+        None,
     ]
 
 
@@ -112,11 +145,14 @@ def test_unknown_columns_are_ignored_and_quotes_are_data(tmp_path: Path) -> None
     assert t.frame["V00COMMENT"].tolist() == ['said "hello, it hurts']
 
 
-@pytest.mark.parametrize(("text", "looks"), [
-    ("ID,SIDE,V00XRKL\n9000001,1,2\n", "comma"),
-    ("ID\tSIDE\tV00XRKL\n9000001\t1\t2\n", "tab"),
-    ("IDSIDEV00XRKL\n", None),
-])
+@pytest.mark.parametrize(
+    ("text", "looks"),
+    [
+        ("ID,SIDE,V00XRKL\n9000001,1,2\n", "comma"),
+        ("ID\tSIDE\tV00XRKL\n9000001\t1\t2\n", "tab"),
+        ("IDSIDEV00XRKL\n", None),
+    ],
+)
 def test_unknown_delimiter_names_file_and_line(tmp_path: Path, text: str, looks: str | None) -> None:
     p = write(tmp_path / "kXR_SQ_BU00.txt", text)
     with pytest.raises(InputFileError) as err:
@@ -148,9 +184,12 @@ def test_empty_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_latin1_and_bom_are_decoded(tmp_path: Path) -> None:
-    p = write(tmp_path / "AllClinical00.txt",
-              "ID|V00AGE|P01BMI|V00COMMENT\n9000001|61|28.1|pt from Montréal, knee größer\n", "latin-1")
-    frame, table = ot.read_allclinical(raw(p, "allclinical", 0), ["V00COMMENT"])
+    p = write(
+        tmp_path / "AllClinical00.txt",
+        "ID|V00AGE|P01BMI|V00COMMENT\n9000001|61|28.1|pt from Montréal, knee größer\n",
+        "latin-1",
+    )
+    _frame, table = ot.read_allclinical(raw(p, "allclinical", 0), ["V00COMMENT"])
     assert table.frame["V00COMMENT"].iloc[0] == "pt from Montréal, knee größer"
     q = write(tmp_path / "Enrollees.txt", "\ufeffID|V00SITE\n9000001|C\n")
     enrollees, _ = ot.read_enrollees(raw(q, "enrollees", None))
@@ -175,33 +214,36 @@ def test_load_source_hashes_the_bytes_read(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize(("cell", "number", "missing"), [
-    ("1: Male", 1.0, None),
-    ("2: Female", 2.0, None),
-    ("2", 2.0, None),
-    ("10: Pain as bad as you can imagine", 10.0, None),
-    ("3: College graduate", 3.0, None),
-    ("2: 2", 2.0, None),
-    ("0.5", 0.5, None),
-    ("-1.25", -1.25, None),
-    (".: Missing Form/Incomplete Workbook", None, "."),
-    (".", None, "."),
-    (".A: Not Expected", None, ".A"),
-    (".A", None, ".A"),
-    (".T: Technical Problems", None, ".T"),
-    (".P", None, ".P"),
-    (".P: Prosthesis", None, ".P"),
-    (".M", None, ".M"),
-    (".D: Don't know", None, ".D"),
-    ("", None, ""),
-    (" ", None, ""),
-    ("  1: Right  ", 1.0, None),
-])
+@pytest.mark.parametrize(
+    ("cell", "number", "missing"),
+    [
+        ("1: Male", 1.0, None),
+        ("2: Female", 2.0, None),
+        ("2", 2.0, None),
+        ("10: Pain as bad as you can imagine", 10.0, None),
+        ("3: College graduate", 3.0, None),
+        ("2: 2", 2.0, None),
+        ("0.5", 0.5, None),
+        ("-1.25", -1.25, None),
+        (".: Missing Form/Incomplete Workbook", None, "."),
+        (".", None, "."),
+        (".A: Not Expected", None, ".A"),
+        (".A", None, ".A"),
+        (".T: Technical Problems", None, ".T"),
+        (".P", None, ".P"),
+        (".P: Prosthesis", None, ".P"),
+        (".M", None, ".M"),
+        (".D: Don't know", None, ".D"),
+        ("", None, ""),
+        (" ", None, ""),
+        ("  1: Right  ", 1.0, None),
+    ],
+)
 def test_parse_value_codes_labels_and_missing(cell: str, number: float | None, missing: str | None) -> None:
     v = ot.parse_value(cell)
     assert v.number == number and v.missing_code == missing
     c = ot.parse_coded(pd.Series([cell]))
-    assert (math.isnan(c.number[0]) if number is None else c.number[0] == number)
+    assert math.isnan(c.number[0]) if number is None else c.number[0] == number
     assert c.missing_code[0] == missing and not c.invalid[0]
 
 
@@ -249,8 +291,10 @@ def test_non_numeric_id_names_its_line(tmp_path: Path) -> None:
 
 
 def test_dates_mdy_with_missing_codes_and_errors(tmp_path: Path) -> None:
-    p = write(tmp_path / "AllClinical01.txt",
-              "ID|V01AGE|V01BMI|V01FVDATE\n9000001|62|27|02/29/2008\n9000002|.|.|.: Missing Form\n9000003|60|30|\n")
+    p = write(
+        tmp_path / "AllClinical01.txt",
+        "ID|V01AGE|V01BMI|V01FVDATE\n9000001|62|27|02/29/2008\n9000002|.|.|.: Missing Form\n9000003|60|30|\n",
+    )
     frame, _ = ot.read_allclinical(raw(p, "allclinical", 1))
     assert frame["visit_date"].tolist() == [dt.date(2008, 2, 29), None, None]
     assert frame["age"].tolist()[0] == 62 and math.isnan(frame["bmi"].tolist()[1])
@@ -266,11 +310,13 @@ def test_baseline_allclinical_requires_age_and_bmi(tmp_path: Path) -> None:
 
 
 def test_enrollees_coded_and_bare(tmp_path: Path) -> None:
-    p = write(tmp_path / "Enrollees.txt",
-              "ID|V00SITE|P02SEX|P02RACE|V00COHORT\n"
-              "9000001|C|1: Male|1: White or Caucasian|1: Progression\n"
-              "9000002| D |2|2|2\n"
-              "9000003|.: Missing|.|.A: Not Expected|\n")
+    p = write(
+        tmp_path / "Enrollees.txt",
+        "ID|V00SITE|P02SEX|P02RACE|V00COHORT\n"
+        "9000001|C|1: Male|1: White or Caucasian|1: Progression\n"
+        "9000002| D |2|2|2\n"
+        "9000003|.: Missing|.|.A: Not Expected|\n",
+    )
     frame, _ = ot.read_enrollees(raw(p, "enrollees", None))
     assert frame["subject_id"].tolist() == [9000001, 9000002, 9000003]
     assert frame["site"].tolist() == ["C", "D", None]
@@ -298,13 +344,15 @@ def test_enrollees_errors(tmp_path: Path) -> None:
 
 
 def test_kxr_coded_bare_fractional_missing_and_file_order(tmp_path: Path) -> None:
-    p = write(tmp_path / "kXR_SQ_BU03.txt",
-              "ID|SIDE|readprj|VERSION|V03XRKL|V03XRJSM|V03XRJSL|V03XROSFM|V03XROSTL|V03XRQCOMM\n"
-              "9000001|1: Right|15|1.6|2: 2|1.5: 1.5|0|1: 1|0|\n"
-              "9000001|2: Left|15|1.6|.P: Prosthesis|.|.|.|.|knee replaced\n"
-              "9000002|1|37|1.6|3|2|1|3|2|\n"
-              "9000002|1|42|1.6|4|3|1|3|2|\n"
-              "9000003|2|15|1.6||||||\n")
+    p = write(
+        tmp_path / "kXR_SQ_BU03.txt",
+        "ID|SIDE|readprj|VERSION|V03XRKL|V03XRJSM|V03XRJSL|V03XROSFM|V03XROSTL|V03XRQCOMM\n"
+        "9000001|1: Right|15|1.6|2: 2|1.5: 1.5|0|1: 1|0|\n"
+        "9000001|2: Left|15|1.6|.P: Prosthesis|.|.|.|.|knee replaced\n"
+        "9000002|1|37|1.6|3|2|1|3|2|\n"
+        "9000002|1|42|1.6|4|3|1|3|2|\n"
+        "9000003|2|15|1.6||||||\n",
+    )
     frame = ot.read_kxr(raw(p, visit=3))
     assert frame["side"].tolist() == ["R", "L", "R", "R", "L"]
     assert frame["read_project"].tolist() == [15, 15, 37, 42, 15]
@@ -322,12 +370,15 @@ def test_kxr_requires_the_visits_own_kl_column(tmp_path: Path) -> None:
         ot.read_kxr(raw(p, visit=5))
 
 
-@pytest.mark.parametrize(("column", "cell", "message"), [
-    ("SIDE", "3", "knee side must be 1 (right) or 2 (left)"),
-    ("SIDE", ".", "knee side must be"),
-    ("V00XRKL", "5", "KL grade must be 0-4"),
-    ("V00XRKL", "1.5", "expected a whole number"),
-])
+@pytest.mark.parametrize(
+    ("column", "cell", "message"),
+    [
+        ("SIDE", "3", "knee side must be 1 (right) or 2 (left)"),
+        ("SIDE", ".", "knee side must be"),
+        ("V00XRKL", "5", "KL grade must be 0-4"),
+        ("V00XRKL", "1.5", "expected a whole number"),
+    ],
+)
 def test_kxr_bad_values(tmp_path: Path, column: str, cell: str, message: str) -> None:
     row = {"ID": "9000001", "SIDE": "1", "V00XRKL": "2"}
     row[column] = cell
@@ -343,11 +394,13 @@ def test_side_words_are_accepted(tmp_path: Path) -> None:
 
 
 def test_outcomes99_lower_case_id_and_coded_visits(tmp_path: Path) -> None:
-    p = write(tmp_path / "Outcomes99.txt",
-              "id|V99ERKRPSN|V99ELKRPSN|V99ERKBLRP|V99ERKDAYS|V99ERKVSPR|V99ERKVSAF|V99ERKXRAF|V99ERKTLPR|V99ELKDAYS\n"
-              "9000001|1: Yes, replacement seen on FU xray|0: No replacement seen on any FU xray|0: No|1403|"
-              "3: 24-month|5: 36-month|5: 36-month|1: Total|.A: Not Expected\n"
-              "9000002|2: No FU xrays of this knee|0|.|.A: Not Expected|.|.|.|.|.A\n")
+    p = write(
+        tmp_path / "Outcomes99.txt",
+        "id|V99ERKRPSN|V99ELKRPSN|V99ERKBLRP|V99ERKDAYS|V99ERKVSPR|V99ERKVSAF|V99ERKXRAF|V99ERKTLPR|V99ELKDAYS\n"
+        "9000001|1: Yes, replacement seen on FU xray|0: No replacement seen on any FU xray|0: No|1403|"
+        "3: 24-month|5: 36-month|5: 36-month|1: Total|.A: Not Expected\n"
+        "9000002|2: No FU xrays of this knee|0|.|.A: Not Expected|.|.|.|.|.A\n",
+    )
     frame = ot.read_outcomes(raw(p, "outcomes", None)).set_index(["subject_id", "side"])
     right = frame.loc[(9000001, "R")]
     assert right["status"] == 1 and right["at_baseline"] == False  # noqa: E712
@@ -363,15 +416,21 @@ CONTENTS_HEADER = "Folder,ParticipantID,StudyDate,Barcode,StudyDescription,Serie
 
 
 def test_contents_sides_sequences_padding_and_rescans(tmp_path: Path) -> None:
-    p = write(tmp_path / "Package_1" / "results" / "00m" / "contents.csv", CONTENTS_HEADER +
-              "0.C.2/9000001/20040315/10203004,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,SAG_3D_DESS_RIGHT   \n"
-              "0.C.2/9000001/20040315/10203008,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,  COR_MPR_RIGHT\n"
-              "0.C.2/9000001/20040315/10203010,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^LEFT,SAG_3D_DESS_LEFT\n"
-              "0.C.2/9000001/20040315/10203012,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^THIGH,MP_LOCATOR_THIGH\n"
-              "0.C.2/9000001/20040315/10203099,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,SAG_3D_DESS_RIGHT\n")
+    p = write(
+        tmp_path / "Package_1" / "results" / "00m" / "contents.csv",
+        CONTENTS_HEADER
+        + "0.C.2/9000001/20040315/10203004,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,SAG_3D_DESS_RIGHT   \n"
+        "0.C.2/9000001/20040315/10203008,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,  COR_MPR_RIGHT\n"
+        "0.C.2/9000001/20040315/10203010,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^LEFT,SAG_3D_DESS_LEFT\n"
+        "0.C.2/9000001/20040315/10203012,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^THIGH,MP_LOCATOR_THIGH\n"
+        "0.C.2/9000001/20040315/10203099,9000001,20040315,016610203004,OAI^MR^ENROLLMENT^RIGHT,SAG_3D_DESS_RIGHT\n",
+    )
     frame = ot.read_contents(raw(p, "contents", 0)).sort_values("folder")
     assert frame[["side", "sequence"]].values.tolist() == [
-        ["R", "COR_MPR"], ["L", "SAG_3D_DESS"], ["", "MP_LOCATOR_THIGH"], ["R", "SAG_3D_DESS"],
+        ["R", "COR_MPR"],
+        ["L", "SAG_3D_DESS"],
+        ["", "MP_LOCATOR_THIGH"],
+        ["R", "SAG_3D_DESS"],
     ]
     # the rescan (listed later) wins
     assert frame["folder"].iloc[-1] == "0.C.2/9000001/20040315/10203099"
@@ -383,10 +442,12 @@ def test_contents_sides_sequences_padding_and_rescans(tmp_path: Path) -> None:
 
 
 def test_contents_accession_number_lost_zeros_and_visit_from_release_code(tmp_path: Path) -> None:
-    p = write(tmp_path / "misc" / "contents.csv",
-              "folder,participantid,studydate,AccessionNumber,StudyDescription,SeriesDescription\n"
-              "1.E.1/9000002/20050401/11203004,9000002,20050401,16611203004,OAI^MR^12 MONTH^LEFT,SAG_3D_DESS_LEFT\n"
-              "10.C.1/9000002/20120401/11203005,9000002,,16611203005,OAI^MR^96 MONTH^LEFT,SAG_3D_DESS_LEFT\n")
+    p = write(
+        tmp_path / "misc" / "contents.csv",
+        "folder,participantid,studydate,AccessionNumber,StudyDescription,SeriesDescription\n"
+        "1.E.1/9000002/20050401/11203004,9000002,20050401,16611203004,OAI^MR^12 MONTH^LEFT,SAG_3D_DESS_LEFT\n"
+        "10.C.1/9000002/20120401/11203005,9000002,,16611203005,OAI^MR^96 MONTH^LEFT,SAG_3D_DESS_LEFT\n",
+    )
     frame = ot.read_contents(raw(p, "contents", None))
     assert frame["visit"].tolist() == [1, 10]
     assert frame["barcode"].tolist() == ["16611203004", "16611203005"]
@@ -394,13 +455,17 @@ def test_contents_accession_number_lost_zeros_and_visit_from_release_code(tmp_pa
 
 
 def test_contents_errors(tmp_path: Path) -> None:
-    p = write(tmp_path / "misc" / "contents.csv", CONTENTS_HEADER +
-              "9000002/20050401/11203004,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n")
+    p = write(
+        tmp_path / "misc" / "contents.csv",
+        CONTENTS_HEADER + "9000002/20050401/11203004,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n",
+    )
     with pytest.raises(InputFileError, match=r"line 2, column 'FOLDER': cannot tell the visit"):
         ot.read_contents(raw(p, "contents", None))
-    q = write(tmp_path / "00m" / "contents.csv", CONTENTS_HEADER +
-              "0.C.2/9000002/20050401/1,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n"
-              "0.C.2/X/20050401/1,ABC,20050401,1,x,SAG_3D_DESS_LEFT\n")
+    q = write(
+        tmp_path / "00m" / "contents.csv",
+        CONTENTS_HEADER + "0.C.2/9000002/20050401/1,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n"
+        "0.C.2/X/20050401/1,ABC,20050401,1,x,SAG_3D_DESS_LEFT\n",
+    )
     with pytest.raises(InputFileError, match=r"line 3, column 'PARTICIPANTID'"):
         ot.read_contents(raw(q, "contents", 0))
     r = write(tmp_path / "12m" / "contents.csv", "Folder|ParticipantID|SeriesDescription\n")
@@ -409,10 +474,12 @@ def test_contents_errors(tmp_path: Path) -> None:
 
 
 def test_clinical_values_long_rows(tmp_path: Path) -> None:
-    p = write(tmp_path / "AllClinical00.txt",
-              "ID|V00AGE|P01BMI|V00WOMKPR|P01INJR|V00COMMENT\n"
-              "9000001|61|28|3: 3|1: Yes|fell off a ladder\n"
-              "9000002|55|.|.: Missing Form/Incomplete Workbook|0: No|\n")
+    p = write(
+        tmp_path / "AllClinical00.txt",
+        "ID|V00AGE|P01BMI|V00WOMKPR|P01INJR|V00COMMENT\n"
+        "9000001|61|28|3: 3|1: Yes|fell off a ladder\n"
+        "9000002|55|.|.: Missing Form/Incomplete Workbook|0: No|\n",
+    )
     frame, table = ot.read_allclinical(raw(p, "allclinical", 0), ["V00WOMKPR", "V00COMMENT"])
     values = ot.clinical_values(table, ["V00WOMKPR", "V00COMMENT", "P01INJR"])
     by = values.set_index(["subject_id", "variable"])
@@ -426,18 +493,22 @@ def test_clinical_values_long_rows(tmp_path: Path) -> None:
 
 
 def test_contents_quoted_cells_ragged_rows_and_links(tmp_path: Path) -> None:
-    p = write(tmp_path / "00m" / "contents.csv",
-              '"Folder","ParticipantID","StudyDate","Barcode","StudyDescription","SeriesDescription"\n'
-              '"0.C.2/9000001/20040315/1",9000001,20040315,1,"OAI^MR^ENROLLMENT, RIGHT",SAG_3D_DESS_RIGHT\n'
-              "\n"
-              '"0.C.2/9000002/20040315/2",9000002,20040315,2,"two\nlines",SAG_3D_DESS_LEFT\n'
-              '"0.C.2/9000003/20040315/3",9000003,20040315,3,x,SAG_3D_DESS_LEFT\n')
+    p = write(
+        tmp_path / "00m" / "contents.csv",
+        '"Folder","ParticipantID","StudyDate","Barcode","StudyDescription","SeriesDescription"\n'
+        '"0.C.2/9000001/20040315/1",9000001,20040315,1,"OAI^MR^ENROLLMENT, RIGHT",SAG_3D_DESS_RIGHT\n'
+        "\n"
+        '"0.C.2/9000002/20040315/2",9000002,20040315,2,"two\nlines",SAG_3D_DESS_LEFT\n'
+        '"0.C.2/9000003/20040315/3",9000003,20040315,3,x,SAG_3D_DESS_LEFT\n',
+    )
     frame = ot.read_contents(raw(p, "contents", 0))
     assert frame["study_description"].tolist() == ["OAI^MR^ENROLLMENT, RIGHT", "two\nlines", "x"]
     assert frame["source_row"].tolist() == [2, 4, 6]
-    q = write(tmp_path / "12m" / "contents.csv", CONTENTS_HEADER +
-              "1.C.2/9000001/20050315/1,9000001,20050315,1,x,SAG_3D_DESS_RIGHT\n"
-              "1.C.2/9000001/20050315/2,9000001,20050315,1,x,SAG_3D_DESS_RIGHT,extra\n")
+    q = write(
+        tmp_path / "12m" / "contents.csv",
+        CONTENTS_HEADER + "1.C.2/9000001/20050315/1,9000001,20050315,1,x,SAG_3D_DESS_RIGHT\n"
+        "1.C.2/9000001/20050315/2,9000001,20050315,1,x,SAG_3D_DESS_RIGHT,extra\n",
+    )
     with pytest.raises(InputFileError, match=r"line 3: row has 7 fields but the header has 6"):
         ot.read_contents(raw(q, "contents", 1))
     # image packages linked in from elsewhere are found, a link loop is walked once

@@ -34,8 +34,15 @@ def find(root: Path, name: str) -> Path:
 
 
 def read_oai(path: Path, usecols: list[str] | None = None) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="|", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
-                        encoding="utf-8", usecols=(lambda c: c.upper() in usecols) if usecols else None)
+    frame = pd.read_csv(
+        path,
+        sep="|",
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+        encoding="utf-8",
+        usecols=(lambda c: c.upper() in usecols) if usecols else None,
+    )
     frame.columns = [c.upper() for c in frame.columns]
     return frame
 
@@ -61,8 +68,9 @@ def paper_labels(root: Path) -> pd.DataFrame:
     readings = {}
     for vv in XRAY_VISITS:
         frame = read_oai(find(root, f"kXR_SQ_BU{vv}.txt"), ["ID", "SIDE", f"V{vv}XRKL"])
-        frame = frame.assign(ID=frame["ID"].astype(int), SIDE=code(frame["SIDE"]).astype(int),
-                             KL=code(frame[f"V{vv}XRKL"]))
+        frame = frame.assign(
+            ID=frame["ID"].astype(int), SIDE=code(frame["SIDE"]).astype(int), KL=code(frame[f"V{vv}XRKL"])
+        )
         readings[vv] = frame.drop_duplicates(["ID", "SIDE"], keep="first").set_index(["ID", "SIDE"])["KL"]
     base = readings["00"]
     base = base[base.isin([0, 1, 2, 3])]
@@ -79,14 +87,16 @@ def paper_labels(root: Path) -> pd.DataFrame:
     knees = knees[knees["label"] != ""]
 
     clinical = read_oai(find(root, "AllClinical00.txt"), ["ID", "P01BMI", "V00AGE"])
-    clinical = clinical.assign(ID=clinical["ID"].astype(int), bmi=code(clinical["P01BMI"]),
-                               age=code(clinical["V00AGE"])).set_index("ID")
+    clinical = clinical.assign(
+        ID=clinical["ID"].astype(int), bmi=code(clinical["P01BMI"]), age=code(clinical["V00AGE"])
+    ).set_index("ID")
     enrollees = read_oai(find(root, "Enrollees.txt")).assign(ID=lambda f: f["ID"].astype(int)).set_index("ID")
     series = contents(root)
     description = series["SeriesDescription"].str.strip()
     dess = series[description.str.startswith("SAG_3D_DESS_")]
-    dess_knees = set(zip(dess["ParticipantID"].astype(int),
-                         np.where(description[dess.index].str.endswith("RIGHT"), 1, 2)))
+    dess_knees = set(
+        zip(dess["ParticipantID"].astype(int), np.where(description[dess.index].str.endswith("RIGHT"), 1, 2))
+    )
     knees["bmi"] = clinical["bmi"].reindex(knees["ID"]).to_numpy()
     knees["age"] = clinical["age"].reindex(knees["ID"]).to_numpy()
     knees["female"] = (code(enrollees["P02SEX"]) == 2).reindex(knees["ID"]).to_numpy()
@@ -115,9 +125,14 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_file_present_with_mixed_name_case(release: Path) -> None:
     names = {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()}
-    expected = {f"{ASCII}/Enrollees.txt", f"{ASCII}/SubjectChar00.txt", f"{ASCII}/Outcomes99.txt",
-                "00m/contents.csv", "synth_truth.csv",
-                *(f"{ASCII}/AllClinical{v:02d}.txt" for v in range(12))}
+    expected = {
+        f"{ASCII}/Enrollees.txt",
+        f"{ASCII}/SubjectChar00.txt",
+        f"{ASCII}/Outcomes99.txt",
+        "00m/contents.csv",
+        "synth_truth.csv",
+        *(f"{ASCII}/AllClinical{v:02d}.txt" for v in range(12)),
+    }
     assert expected <= names
     xray = sorted(n for n in names if "kxr_sq_bu" in n.lower())
     assert sorted(n[-6:-4] for n in xray) == sorted(XRAY_VISITS)
@@ -138,16 +153,30 @@ def test_headers_and_widths(release: Path) -> None:
     outcomes = header(find(release, "Outcomes99.txt"))
     assert outcomes[0] == "id"
     for side in "RL":
-        assert {f"V99E{side}K{k}" for k in ("RPSN", "BLRP", "DAYS", "VSPR", "VSAF", "XRPR", "XRAF",
-                                           "RPCF", "TLPR")} <= set(outcomes)
+        assert {
+            f"V99E{side}K{k}" for k in ("RPSN", "BLRP", "DAYS", "VSPR", "VSAF", "XRPR", "XRAF", "RPCF", "TLPR")
+        } <= set(outcomes)
     for vv in XRAY_VISITS:
         cols = header(find(release, f"kXR_SQ_BU{vv}.txt"))
         assert cols[:2] == ["ID", "SIDE"]
         assert ("readprj" if vv == "05" else "READPRJ") in cols
-        assert {f"V{vv}XRKL", f"V{vv}XRJSM", f"V{vv}XRJSL", f"V{vv}XROSFM", f"V{vv}XROSFL",
-                f"V{vv}XROSTM", f"V{vv}XROSTL"} <= set(cols)
+        assert {
+            f"V{vv}XRKL",
+            f"V{vv}XRJSM",
+            f"V{vv}XRJSL",
+            f"V{vv}XROSFM",
+            f"V{vv}XROSFL",
+            f"V{vv}XROSTM",
+            f"V{vv}XROSTL",
+        } <= set(cols)
     assert header(release / "00m" / "contents.csv", ",") == [
-        "Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription"]
+        "Folder",
+        "ParticipantID",
+        "StudyDate",
+        "Barcode",
+        "StudyDescription",
+        "SeriesDescription",
+    ]
 
 
 def test_every_line_has_as_many_fields_as_its_header(release: Path) -> None:
@@ -188,9 +217,14 @@ def test_coded_values_missing_codes_dates_and_free_text(release: Path) -> None:
     # the same variable is labelled in one visit's file and bare in another's
     v1 = read_oai(find(release, "AllClinical01.txt"))
     v8 = read_oai(find(release, "AllClinical08.txt"))
-    labelled_then_bare = [c[3:] for c in v1.columns
-                          if c.startswith("V01") and v1[c].str.match(r"^\d+: ").mean() > 0.5
-                          and f"V08{c[3:]}" in v8 and v8[f"V08{c[3:]}"].str.match(r"^\d+$").mean() > 0.5]
+    labelled_then_bare = [
+        c[3:]
+        for c in v1.columns
+        if c.startswith("V01")
+        and v1[c].str.match(r"^\d+: ").mean() > 0.5
+        and f"V08{c[3:]}" in v8
+        and v8[f"V08{c[3:]}"].str.match(r"^\d+$").mean() > 0.5
+    ]
     assert labelled_then_bare
 
 
@@ -218,9 +252,12 @@ def test_xray_files_quirks(release: Path) -> None:
 
 
 def test_reading_project_duplicates(release: Path) -> None:
-    every = pd.concat([read_oai(find(release, f"kXR_SQ_BU{vv}.txt"))
-                       .assign(visit=vv, KL=lambda f, vv=vv: code(f[f"V{vv}XRKL"]))
-                       for vv in XRAY_VISITS])
+    every = pd.concat(
+        [
+            read_oai(find(release, f"kXR_SQ_BU{vv}.txt")).assign(visit=vv, KL=lambda f, vv=vv: code(f[f"V{vv}XRKL"]))
+            for vv in XRAY_VISITS
+        ]
+    )
     assert set(every["READPRJ"]) <= {"15", "37", "42"}
     key = ["visit", "ID", "SIDE"]
     duplicated = every[every.duplicated(key, keep=False)]
@@ -235,13 +272,25 @@ def test_contents_csv(release: Path) -> None:
     assert series["Folder"].str.match(r"^0\.[CE]\.[12]/9\d{6}/\d{8}/\d{8}$").all()
     assert (series["Folder"].str.split("/").str[1] == series["ParticipantID"]).all()
     assert (series["Folder"].str.split("/").str[2] == series["StudyDate"]).all()
-    assert series["StudyDescription"].isin(
-        ["OAI^MR^ENROLLMENT^RIGHT", "OAI^MR^ENROLLMENT^LEFT", "OAI^MR^ENROLLMENT^THIGH"]).all()
+    assert (
+        series["StudyDescription"]
+        .isin(["OAI^MR^ENROLLMENT^RIGHT", "OAI^MR^ENROLLMENT^LEFT", "OAI^MR^ENROLLMENT^THIGH"])
+        .all()
+    )
     description = series["SeriesDescription"]
     stripped = description.str.strip()
     assert (description != stripped).any()  # padded with spaces
-    assert {"SAG_3D_DESS_LEFT", "SAG_3D_DESS_RIGHT", "COR_MPR_LEFT", "AX_MPR_RIGHT", "SAG_IW_TSE_RIGHT",
-            "COR_IW_TSE_LEFT", "COR_T1_3D_FLASH_RIGHT", "SAG_T2_MAP_RIGHT", "MP_LOCATOR_LEFT"} <= set(stripped)
+    assert {
+        "SAG_3D_DESS_LEFT",
+        "SAG_3D_DESS_RIGHT",
+        "COR_MPR_LEFT",
+        "AX_MPR_RIGHT",
+        "SAG_IW_TSE_RIGHT",
+        "COR_IW_TSE_LEFT",
+        "COR_T1_3D_FLASH_RIGHT",
+        "SAG_T2_MAP_RIGHT",
+        "MP_LOCATOR_LEFT",
+    } <= set(stripped)
     side = stripped.str.extract(r"_(RIGHT|LEFT|THIGH)$")[0]
     assert (series["StudyDescription"].str.split("^").str[-1] == side).all()
     assert series["Folder"].is_unique
@@ -387,8 +436,13 @@ def close(value: float, target: float, tolerance: float = 0.08) -> bool:
 def test_reference_labels_land_near_the_paper(oai_size_labels: pd.DataFrame) -> None:
     knees = oai_size_labels
     counts = knees["label"].value_counts()
-    observed = {"knees": len(knees), "subjects": knees["ID"].nunique(),
-                "none": counts["none"], "fast": counts["fast"], "slow": counts["slow"]}
+    observed = {
+        "knees": len(knees),
+        "subjects": knees["ID"].nunique(),
+        "none": counts["none"],
+        "fast": counts["fast"],
+        "slow": counts["slow"],
+    }
     paper = {"knees": 4928, "subjects": 2711, "none": 3597, "fast": 952, "slow": 379}
     assert all(close(observed[k], paper[k]) for k in paper), (observed, paper)
 
@@ -396,16 +450,30 @@ def test_reference_labels_land_near_the_paper(oai_size_labels: pd.DataFrame) -> 
     dropped = len(knees) - len(final)
     assert 30 <= dropped <= 120, dropped  # paper: 62 knees lose BMI or DESS
     subjects = final.drop_duplicates("ID")
-    observed_final = {"knees": len(final), "subjects": len(subjects),
-                      **{f"kl{g}": int((final["kl0"] == g).sum()) for g in range(4)},
-                      "site_d_subjects": int((subjects["site"] == "D").sum()),
-                      "site_d_knees": int((final["site"] == "D").sum()),
-                      "female": int(subjects["female"].sum())}
-    paper_final = {"knees": 4866, "subjects": 2702, "kl0": 2385, "kl1": 1157, "kl2": 894, "kl3": 430,
-                   "site_d_subjects": 683, "site_d_knees": 1259, "female": 1547}
+    observed_final = {
+        "knees": len(final),
+        "subjects": len(subjects),
+        **{f"kl{g}": int((final["kl0"] == g).sum()) for g in range(4)},
+        "site_d_subjects": int((subjects["site"] == "D").sum()),
+        "site_d_knees": int((final["site"] == "D").sum()),
+        "female": int(subjects["female"].sum()),
+    }
+    paper_final = {
+        "knees": 4866,
+        "subjects": 2702,
+        "kl0": 2385,
+        "kl1": 1157,
+        "kl2": 894,
+        "kl3": 430,
+        "site_d_subjects": 683,
+        "site_d_knees": 1259,
+        "female": 1547,
+    }
     tolerance = {"kl3": 0.12, "site_d_subjects": 0.10, "site_d_knees": 0.10}
     assert all(close(observed_final[k], paper_final[k], tolerance.get(k, 0.08)) for k in paper_final), (
-        observed_final, paper_final)
+        observed_final,
+        paper_final,
+    )
     assert abs(subjects["age"].mean() - 60.4) < 1.0 and abs(subjects["age"].std() - 8.8) < 1.0
     assert abs(subjects["bmi"].mean() - 28.3) < 0.7 and abs(subjects["bmi"].std() - 4.7) < 0.7
 

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from oaicohort.imaging.dicom_series import read_series
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.dicom_series import read_series
 from oaicohort.synth.images import (
     IMAGE_SIZES,
     ImageGeometry,
