@@ -16,20 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from oaicli.progress import progress_reporter
 from oaicohort.db import Database, open_database
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
@@ -42,13 +35,40 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass
 class CliState:
-    """Global options of the root command (``--db``, ``--verbose``)."""
+    """Global options of the root command (``--db``, ``--verbose``, ``--quiet``)."""
 
     db: str | None = None
     verbose: int = 0
+    quiet: bool = False
 
     def open_db(self) -> Database:
         return open_database(self.db)
+
+
+@dataclass
+class _Quiet:
+    active: bool = False
+
+
+QUIET = _Quiet()
+"""Set by the root callback for this process: ``--quiet`` hides progress and warnings."""
+
+RESUME_HINTS: dict[str, str] = {
+    "train": "run the same `oai train` command with --resume to continue exactly where it stopped",
+    "preprocess": "run the same command again: stored volumes are kept and the rest continue",
+    "demo": "run `oai demo` again with the same --out: finished steps are reused, training resumes",
+    "ingest": "nothing was changed; run the command again",
+    "label": "nothing was changed; run the command again",
+    "split": "nothing was changed; run the command again",
+    "eval": "nothing was changed; run the command again",
+}
+"""What an interrupted command tells the user to do next (by command name)."""
+
+
+def interrupted_message() -> str:
+    ctx = click.get_current_context(silent=True)
+    hint = RESUME_HINTS.get(ctx.info_name or "") if ctx is not None else None
+    return f"interrupted: {hint}" if hint else "interrupted"
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -56,8 +76,11 @@ def state(ctx: typer.Context) -> CliState:
     return obj if isinstance(obj, CliState) else CliState()
 
 
-def configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+def configure_logging(verbose: int, quiet: bool = False) -> None:
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level,
         format="%(message)s",
@@ -77,7 +100,7 @@ def handles_errors(func: F) -> F:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
+            err_console.print(f"[bold red]{escape(interrupted_message())}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -91,26 +114,6 @@ def emit_json(obj: Any) -> None:
 
 @contextmanager
 def rich_progress(enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A progress callback drawing one Rich bar per task on stderr (silent when not a terminal)."""
-    if not enabled:
-        yield lambda task, completed, total: None
-        return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-        disable=not err_console.is_terminal,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(task: str, completed: float, total: float | None) -> None:
-        if task not in tasks:
-            tasks[task] = progress.add_task(task, total=total)
-        progress.update(tasks[task], completed=completed, total=total)
-
-    with progress:
+    """Progress on stderr: Rich bars on a terminal, plain lines otherwise, none under ``--quiet``."""
+    with progress_reporter(err_console, enabled and not QUIET.active) as update:
         yield update

@@ -74,5 +74,8 @@ def demo_command(
     out_console.print(table)
     total = sum(result.seconds.values())
     steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
-    err_console.print(f"done in {total:.0f} s ({steps})")
+    reused = "; reused the synthetic release" if result.reused_release else ""
+    err_console.print(
+        f"done in {total:.0f} s ({steps}{reused}); {result.out} holds {result.disk_bytes / 1e6:,.0f} MB", soft_wrap=True
+    )
     out_console.print(f"report: {result.report}")

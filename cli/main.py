@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 import typer
+import typer.core
 
 from oaicli.cohort import cohort_command
-from oaicli.common import CliState, configure_logging
+from oaicli.common import QUIET, CliState, configure_logging, out_console
 from oaicli.db import db_app
 from oaicli.demo import demo_command
 from oaicli.eval import eval_command
@@ -17,16 +21,39 @@ from oaicli.split import split_command
 from oaicli.store import store_app
 from oaicli.synth import synth_command
 from oaicli.train import train_command
+from oaicohort import __version__
 from oaicohort.files import tighten_umask
 
 app = typer.Typer(
     name="oai",
     help="Knee OA progression research on the Osteoarthritis Initiative cohort.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,  # no participant data in tracebacks
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out_console.print(f"oai {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+def _hide_flag_types() -> None:
+    """Show on/off flags as flags: Typer renders every option's type, so a flag read ``<bool>``."""
+    original = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+        if self.is_flag and not self.count:
+            return None
+        return original(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 
 @app.callback()
@@ -39,9 +66,14 @@ def root(
         help="Cohort database: a file path (SQLite, default ./oai.sqlite) or a SQLAlchemy URL.",
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no progress, no warnings."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the toolkit's version and exit."
+    ),
 ) -> None:
-    ctx.obj = CliState(db=db, verbose=verbose)
-    configure_logging(verbose)
+    ctx.obj = CliState(db=db, verbose=verbose, quiet=quiet)
+    QUIET.active = quiet
+    configure_logging(verbose, quiet)
     tighten_umask()  # nothing the toolkit writes is world-writable
 
 
@@ -61,8 +93,50 @@ app.command("eval")(eval_command)
 app.command("demo")(demo_command)
 
 
+GLOBAL_VALUE_OPTIONS = ("--db",)
+GLOBAL_FLAGS = ("--verbose", "-v", "-vv", "-vvv", "--quiet", "-q", "--debug")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move root options given after the command (``oai label --db X``) in front of it.
+
+    Click only accepts a group's options before the subcommand; users write them anywhere. Only
+    the root's own option names move, and nothing after a ``--`` separator.
+    """
+    args = list(argv)
+    first = next(
+        (
+            i
+            for i, a in enumerate(args)
+            if not a.startswith("-") and (i == 0 or args[i - 1] not in GLOBAL_VALUE_OPTIONS)
+        ),
+        None,
+    )
+    if first is None:
+        return args
+    head, tail = args[:first], args[first:]
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(tail):
+        arg = tail[i]
+        if arg == "--":
+            rest.extend(tail[i:])
+            break
+        if arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(tail):
+            moved.extend(tail[i : i + 2])
+            i += 2
+            continue
+        if arg in GLOBAL_FLAGS or any(arg.startswith(f"{name}=") for name in GLOBAL_VALUE_OPTIONS):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return head + moved + rest
+
+
 def main() -> None:
-    app()
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="oai")
 
 
 if __name__ == "__main__":

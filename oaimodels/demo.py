@@ -14,6 +14,7 @@ progression signal (the held-out site's AP clearly above prevalence).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oaicohort import __version__
 from oaicohort.cohort.labels import cohort_summary, derive_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import open_database
@@ -67,12 +69,35 @@ class DemoResult:
     metrics: dict[str, Any]
     report: Path
     seconds: dict[str, float]
+    disk_bytes: int = 0
+    reused_release: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = str(self.out)
         data["report"] = str(self.report)
         return data
+
+
+_RELEASE_MARK = ".oai-demo-release.json"
+"""Written last into OUT/release: which synthetic release is there, so a rerun can reuse it."""
+
+
+def _release_identity(config: DemoConfig) -> dict[str, Any]:
+    return {"subjects": config.subjects, "seed": config.seed, "images": "small", "toolkit": __version__}
+
+
+def _release_matches(release: Path, config: DemoConfig) -> bool:
+    """True when ``release`` holds a complete synthetic release written for the same config."""
+    try:
+        return bool(json.loads((release / _RELEASE_MARK).read_text()) == _release_identity(config))
+    except (OSError, ValueError):
+        return False
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (what the demo leaves on disk)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def _step(name: str, progress: ProgressCallback, index: int, total: int) -> float:
@@ -98,8 +123,14 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
     steps = 7
 
     t = _step("synth", report, 0, steps)
-    write_release(release, subjects=config.subjects, seed=config.seed, progress=report)
-    write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+    reused = _release_matches(release, config)
+    if reused:
+        log.info("demo: reusing the synthetic release in %s (same subjects and seed)", release)
+    else:
+        (release / _RELEASE_MARK).unlink(missing_ok=True)  # a half-rewritten release is never reused
+        write_release(release, subjects=config.subjects, seed=config.seed, progress=report)
+        write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+        (release / _RELEASE_MARK).write_text(json.dumps(_release_identity(config)) + "\n")
     seconds["synth"] = time.perf_counter() - t
 
     db = open_database(out / "oai.sqlite")
@@ -181,4 +212,6 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         },
         report=Path(metrics["report"]),
         seconds=seconds,
+        disk_bytes=disk_usage(out),
+        reused_release=reused,
     )
