@@ -84,7 +84,8 @@ def _step(name: str, progress: ProgressCallback, index: int, total: int) -> floa
 def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> DemoResult:
     """Run every step on a fresh synthetic release and return the cohort table and metrics."""
     from oaimodels.evaluation import evaluate_runs
-    from oaimodels.training import TrainConfig, train_run
+    from oaimodels.training.config import TrainConfig
+    from oaimodels.training.run import train_run
 
     report = progress or no_progress
     out = Path(config.out).resolve()

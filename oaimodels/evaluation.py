@@ -42,13 +42,9 @@ from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
 from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
-from .training import (
-    TrainConfig,
-    load_fold_model,
-    predict_logits,
-    resolve_device,
-    softmax,
-)
+from .inference import predict_logits, softmax
+from .training.checkpoint import load_fold_model
+from .training.config import TrainConfig, resolve_device
 
 log = logging.getLogger(__name__)
 

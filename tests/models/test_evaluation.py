@@ -16,7 +16,8 @@ from oaimodels.evaluation import (
     ensemble_probabilities,
     evaluate_runs,
 )
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
