@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaimodels import run_folder as rf  # noqa: E402
-from oaimodels.evaluation import evaluate_run  # noqa: E402
-from oaimodels.training import TrainConfig, load_checkpoint, train_run  # noqa: E402
-from tests.training_fixtures import make_toy_cohort, toy_model  # noqa: E402
+from oaimodels import run_folder as rf
+from oaimodels.evaluation import evaluate_run
+from oaimodels.training import TrainConfig, load_checkpoint, train_run
+from tests.training_fixtures import make_toy_cohort, toy_model
 
 TIMING = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}
 

@@ -40,9 +40,9 @@ from oaicohort.vocabulary import CLASSES
 
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
+from .inference import predict_logits, softmax
 from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
-from .inference import predict_logits, softmax
 from .training.checkpoint import load_fold_model
 from .training.config import TrainConfig, resolve_device
 
