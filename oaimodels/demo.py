@@ -33,6 +33,8 @@ from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
+from . import run_folder as rf
+
 log = logging.getLogger(__name__)
 
 DEMO_DEFINITION = DEFAULT_DEFINITION
@@ -93,7 +95,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     release, store, run_dir = out / "release", out / "store.zarr", out / "run"
-    if run_dir.exists() and not (run_dir / "config.json").exists():
+    if run_dir.exists() and not (run_dir / rf.CONFIG).exists():
         raise OAIError(f"{run_dir} exists but is not a run folder; remove it or pick another --out")
     seconds: dict[str, float] = {}
     steps = 7
@@ -149,7 +151,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
             split=split.split_id,
             loader="resident",
         )
-        resume = (run_dir / "config.json").exists()
+        resume = (run_dir / rf.CONFIG).exists()
         train_run(train_config, db, progress=report, resume=resume)
         seconds["train"] = time.perf_counter() - t
 
