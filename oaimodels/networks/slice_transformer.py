@@ -10,7 +10,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import resolve_shapes
+from .common import build_registered
 from .registry import RESLICED_SHAPE, SAG_SHAPE, SMALL_RESLICED_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
 
@@ -119,9 +119,9 @@ class SliceTransformer(nn.Module):
 
 
 _TRF_ROWS = (
-    PaperRow(("sag",), 133, 141, 0.58, 0.02, 0.78, 0.01, 31.1),
-    PaperRow(("cor",), 133, 143, 0.58, 0.03, 0.79, 0.01, 32.8),
-    PaperRow(("ax",), 133, 143, 0.55, 0.03, 0.78, 0.01, 33.3),
+    PaperRow(views=("sag",), params_m=133, gmacs=141, ap=0.58, ap_sd=0.02, auc=0.78, auc_sd=0.01, latency_ms=31.1),
+    PaperRow(views=("cor",), params_m=133, gmacs=143, ap=0.58, ap_sd=0.03, auc=0.79, auc_sd=0.01, latency_ms=32.8),
+    PaperRow(views=("ax",), params_m=133, gmacs=143, ap=0.55, ap_sd=0.03, auc=0.78, auc_sd=0.01, latency_ms=33.3),
 )
 _PAPER_SHAPES = {"sag": SAG_SHAPE, "cor": RESLICED_SHAPE, "ax": RESLICED_SHAPE}
 
@@ -149,8 +149,9 @@ def build_2d_trf(
 
     Paper shapes: sag ``(1, 64, 160, 160)``; cor and ax ``(1, 80, 160, 128)``.
     """
-    if view not in MRI_VIEWS:
-        raise ValueError(f"view must be one of {MRI_VIEWS}, got {view!r}")
-    (shape,) = resolve_shapes(_PAPER_SHAPES, input_shapes, (view,)).values()
-    aggregator = SliceTransformer(shape[1], num_classes=num_classes)
-    return SingleViewSliceModel(view, SliceEncoder(init=init), aggregator)
+
+    def make(shapes: dict[str, tuple[int, ...]]) -> SingleViewSliceModel:
+        aggregator = SliceTransformer(shapes[view][1], num_classes=num_classes)  # built first: init order
+        return SingleViewSliceModel(view, SliceEncoder(init=init), aggregator)
+
+    return build_registered("2d_trf", make, input_shapes=input_shapes, init=init, view=view)
