@@ -69,6 +69,18 @@ def build_registered(
     return make(resolve_shapes(spec.input_shapes, input_shapes, views))
 
 
+def init_like_reference_3d(module: nn.Module) -> None:
+    """The reference's init of its 3D CNNs ((2+1)D, 3D ResNeXt): every Conv3d
+    ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, every BatchNorm3d weight 1, bias 0
+    (the final Linear keeps PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 def to_channels_last(module: nn.Module) -> nn.Module:
     """Convert 4-d parameters to ``channels_last`` and 5-d ones to ``channels_last_3d``.
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import VolumeClassifier, build_registered
+from .common import VolumeClassifier, build_registered, init_like_reference_3d
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 
 
@@ -62,7 +62,10 @@ class BasicBlock2Plus1d(nn.Module):
 
 
 class R2Plus1dNet(nn.Module):
-    """R(2+1)D classifier of a ``(B, 1, D, H, W)`` volume."""
+    """R(2+1)D classifier of a ``(B, 1, D, H, W)`` volume.
+
+    Initialised as the reference: convs ``kaiming_normal_(fan_out, relu)``, BatchNorm 1/0.
+    """
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class R2Plus1dNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        init_like_reference_3d(self)
 
     @staticmethod
     def _make_stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:

@@ -14,7 +14,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import VolumeClassifier, build_registered
+from .common import VolumeClassifier, build_registered, init_like_reference_3d
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 
 
@@ -44,7 +44,10 @@ class Bottleneck3d(nn.Module):
 
 
 class ResNeXt3d(nn.Module):
-    """3D ResNeXt classifier of a ``(B, 1, D, H, W)`` volume."""
+    """3D ResNeXt classifier of a ``(B, 1, D, H, W)`` volume.
+
+    Initialised as the reference: convs ``kaiming_normal_(fan_out, relu)``, BatchNorm 1/0.
+    """
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class ResNeXt3d(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        init_like_reference_3d(self)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(volume))
