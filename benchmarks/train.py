@@ -38,9 +38,11 @@ from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key
 from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
 from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout
+from oaimodels.inference import amp_context
 from oaimodels.losses import focal_loss
 from oaimodels.networks import get_spec, to_channels_last
-from oaimodels.training import amp_context, build_model, mri_models
+from oaimodels.training.recipe import build_model
+from oaimodels.training.run import mri_models
 
 PRESET = {"small": "small", "paper": "full"}
 

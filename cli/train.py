@@ -84,7 +84,8 @@ def train_command(
 ) -> None:
     """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold)."""
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
-    from oaimodels.training import TrainConfig, train_all, train_run
+    from oaimodels.training.config import TrainConfig
+    from oaimodels.training.run import train_all, train_run
 
     if view is not None and view not in MRI_VIEWS:
         raise typer.BadParameter(f"{view!r}; choose from sag, cor, ax", param_hint="--view")

@@ -35,6 +35,8 @@ from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
+from . import run_folder as rf
+
 log = logging.getLogger(__name__)
 
 DEMO_DEFINITION = DEFAULT_DEFINITION
@@ -109,7 +111,8 @@ def _step(name: str, progress: ProgressCallback, index: int, total: int) -> floa
 def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> DemoResult:
     """Run every step on a fresh synthetic release and return the cohort table and metrics."""
     from oaimodels.evaluation import evaluate_runs
-    from oaimodels.training import TrainConfig, train_run
+    from oaimodels.training.config import TrainConfig
+    from oaimodels.training.run import train_run
 
     report = progress or no_progress
     out = Path(config.out).resolve()
@@ -117,7 +120,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     release, store, run_dir = out / "release", out / "store.zarr", out / "run"
-    if run_dir.exists() and not (run_dir / "config.json").exists():
+    if run_dir.exists() and not (run_dir / rf.CONFIG).exists():
         raise OAIError(f"{run_dir} exists but is not a run folder; remove it or pick another --out")
     seconds: dict[str, float] = {}
     steps = 7
@@ -179,7 +182,7 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
             split=split.split_id,
             loader="resident",
         )
-        resume = (run_dir / "config.json").exists()
+        resume = (run_dir / rf.CONFIG).exists()
         train_run(train_config, db, progress=report, resume=resume)
         seconds["train"] = time.perf_counter() - t
 

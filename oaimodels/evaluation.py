@@ -8,7 +8,8 @@ AUC on the binary target with subject-bootstrap SD and 95% CI (1,000 resamples, 
 multiclass balanced accuracy, the 3-class confusion matrix, Brier score and reliability curve.
 Efficiency: parameters, MACs of one sample, median single-sample latency (synchronised).
 
-Files written to ``RUN_DIR/eval`` (or ``out_dir``)::
+Plots are drawn by :mod:`oaimodels.evaluation_plots`, reports written by
+:mod:`oaimodels.evaluation_report`. Files written to ``RUN_DIR/eval`` (or ``out_dir``)::
 
     predictions.csv   knee_id, subject_id, side, label, y, p_none, p_fast, p_slow, score,
                       predicted, and score_fold{k} of every fold model
@@ -40,19 +41,30 @@ from oaicohort.vocabulary import CLASSES
 
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
+from .evaluation_plots import overlay_plots, write_plots
+from .evaluation_report import TABLE1_HEADER, comparison_report, run_report, table1_row
+from .inference import predict_logits, softmax
 from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
-from .training import (
-    TrainConfig,
-    load_fold_model,
-    predict_logits,
-    resolve_device,
-    softmax,
-)
+from .training.checkpoint import load_fold_model
+from .training.config import TrainConfig, resolve_device
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+__all__ = [
+    "PLOTS",
+    "TABLE1_HEADER",
+    "EvaluationError",
+    "comparison_report",
+    "ensemble_probabilities",
+    "evaluate_run",
+    "evaluate_runs",
+    "run_report",
+    "table1_row",
+    "write_plots",
+]
+
+PLOTS = rf.PLOTS
 
 
 class EvaluationError(OAIError):
@@ -278,227 +290,11 @@ def _evaluate_run(
     predictions["predicted"] = [CLASSES[i] for i in probs.argmax(axis=1)]
     for fold, s in fold_scores.items():
         predictions[f"score_fold{fold}"] = s
-    rf.write_csv(out / "predictions.csv", predictions)
-    rf.write_json(out / "metrics.json", metrics)
+    rf.write_csv(out / rf.PREDICTIONS, predictions)
+    rf.write_json(out / rf.METRICS, metrics)
     write_plots(out, y, probs, metrics, title=run_dir.name)
-    (out / "report.md").write_text(run_report(metrics))
+    rf.atomic_write_text(out / rf.REPORT, run_report(metrics))
     return metrics
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_plots(out: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], *, title: str) -> list[Path]:
-    """ROC, PR, confusion-matrix and calibration PNGs of one evaluation."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    plt = _pyplot()
-    y_bin = binary_target(y)
-    score = progression_score(probs)
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    fpr, tpr, _ = roc_curve(y_bin, score)
-    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f} ± {metrics['roc_auc_sd']:.3f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
-    ax.legend(loc="lower right")
-    paths.append(_save(fig, out / "roc.png"))
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    precision, recall, _ = precision_recall_curve(y_bin, score)
-    ax.step(recall, precision, where="post", label=f"AP {metrics['ap']:.3f} ± {metrics['ap_sd']:.3f}")
-    ax.axhline(metrics["prevalence"], color="k", ls=":", lw=1, label=f"chance {metrics['prevalence']:.2f}")
-    ax.set(xlabel="recall", ylabel="precision", title=f"PR: {title}", ylim=(0, 1.02))
-    ax.legend(loc="upper right")
-    paths.append(_save(fig, out / "pr.png"))
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    cm = np.asarray(metrics["confusion_matrix"])
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
-    ax.set(
-        xticks=range(len(CLASSES)),
-        yticks=range(len(CLASSES)),
-        xticklabels=CLASSES,
-        yticklabels=CLASSES,
-        xlabel="predicted",
-        ylabel="true",
-        title=f"BA {metrics['balanced_accuracy']:.3f}",
-    )
-    paths.append(_save(fig, out / "confusion.png"))
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    rel = metrics["reliability"]
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.plot(
-        rel["mean_predicted"], rel["observed"], "o-", label=f"Brier {metrics['brier']:.3f}, ECE {metrics['ece']:.3f}"
-    )
-    ax.set(
-        xlabel="predicted p(progression)",
-        ylabel="observed frequency",
-        xlim=(0, 1),
-        ylim=(0, 1),
-        title=f"Calibration: {title}",
-    )
-    ax.legend(loc="upper left")
-    paths.append(_save(fig, out / "calibration.png"))
-    return paths
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
-
-
-def _overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    plt = _pyplot()
-    figs = {"roc": plt.subplots(figsize=(5, 5)), "pr": plt.subplots(figsize=(5, 5))}
-    for m in runs:
-        pred = pd.read_csv(Path(m["out_dir"]) / "predictions.csv")
-        y_bin = binary_target(pred["y"].to_numpy())
-        fpr, tpr, _ = roc_curve(y_bin, pred["score"])
-        figs["roc"][1].plot(fpr, tpr, label=f"{m['name']} ({m['roc_auc']:.3f})")
-        p, r, _ = precision_recall_curve(y_bin, pred["score"])
-        figs["pr"][1].step(r, p, where="post", label=f"{m['name']} ({m['ap']:.3f})")
-    figs["roc"][1].plot([0, 1], [0, 1], "k:", lw=1)
-    figs["roc"][1].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    figs["pr"][1].set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
-    paths = []
-    for name, (fig, ax) in figs.items():
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"{name}.png"))
-    return paths
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _pm(value: float | None, sd: float | None, digits: int = 2) -> str:
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    if sd is None or not np.isfinite(sd):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {sd:.{digits}f}"
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
-TABLE1_HEADER = (
-    "| run | model | views | init | AP | ROC AUC | balanced acc. | GMACs | params (M) | latency (ms) | paper AP | paper AUC |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-)
-
-
-def table1_row(m: dict[str, Any]) -> str:
-    eff = m.get("efficiency") or {}
-    paper = m.get("paper") or {}
-    return (
-        f"| {m['name']} | {m['model']} | {','.join(m['views'])} | {m['init']} | {_pm(m['ap'], m['ap_sd'])} | "
-        f"{_pm(m['roc_auc'], m['roc_auc_sd'])} | {_pm(m['balanced_accuracy'], m['balanced_accuracy_sd'])} | "
-        f"{_num(eff.get('gmacs'), '.2f')} | {_num(eff.get('params_m'), '.2f')} | "
-        f"{_num(eff.get('latency_ms'), '.1f')} | {_pm(paper.get('ap'), paper.get('ap_sd'))} | "
-        f"{_pm(paper.get('roc_auc'), paper.get('roc_auc_sd'))} |\n"
-    )
-
-
-def _cohort_section(m: dict[str, Any]) -> str:
-    labels = m.get("labels") or {}
-    lines = ["## Cohort and split\n"]
-    definition = labels.get("definition") or {}
-    split = labels.get("split") or {}
-    if definition:
-        lines.append(
-            f"- label definition: `{definition.get('name')}` (params hash "
-            f"`{str(definition.get('params_hash'))[:12]}`)\n"
-        )
-    if split:
-        lines.append(f"- split id {split.get('id')}: {split.get('params')}\n")
-    counts = labels.get("counts") or {}
-    if counts:
-        lines.append("\n| set | knees | subjects | none | fast | slow |\n|---|---|---|---|---|---|\n")
-        for key in sorted(counts, key=lambda k: (k == "test", k)):
-            c = counts[key]
-            lines.append(f"| {key} | {c['knees']} | {c['subjects']} | {c['none']} | {c['fast']} | {c['slow']} |\n")
-    return "".join(lines)
-
-
-def run_report(m: dict[str, Any]) -> str:
-    eff = m.get("efficiency") or {}
-    cm = np.asarray(m["confusion_matrix"])
-    lines = [
-        f"# Evaluation of `{m['name']}`\n\n",
-        f"Model `{m['model']}` ({', '.join(m['views'])}, init {m['init']}), ensemble of folds "
-        f"{m['folds']} on {m['n_knees']} test knees of {m['n_subjects']} subjects "
-        f"(prevalence {m['prevalence']:.3f}). ± = SD over {m['bootstrap']['n_resamples']} stratified "
-        f"bootstrap resamples of subjects (seed {m['seed']}); 95% CI in brackets.\n\n",
-        TABLE1_HEADER,
-        table1_row(m),
-        "\n",
-        f"- AP {m['ap']:.3f} [{m['ap_ci_low']:.3f}, {m['ap_ci_high']:.3f}]; ROC AUC {m['roc_auc']:.3f} "
-        f"[{m['roc_auc_ci_low']:.3f}, {m['roc_auc_ci_high']:.3f}]; balanced accuracy "
-        f"{m['balanced_accuracy']:.3f} [{m['balanced_accuracy_ci_low']:.3f}, {m['balanced_accuracy_ci_high']:.3f}]\n",
-        f"- Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f}\n",
-        "- per-fold test AP: " + ", ".join(f"fold {p['fold']}: {p['ap']:.3f}" for p in m["per_fold"]) + "\n",
-    ]
-    if eff.get("latency_ms") is not None:
-        lines.append(
-            f"- latency: median of single-sample forward passes on {eff.get('latency_device')} "
-            f"({eff.get('latency_precision')}), synchronised\n"
-        )
-    lines.append(
-        "\nConfusion matrix (rows true, columns predicted):\n\n| | " + " | ".join(CLASSES) + " |\n|---|---|---|---|\n"
-    )
-    for i, c in enumerate(CLASSES):
-        lines.append(f"| {c} | " + " | ".join(str(int(n)) for n in cm[i]) + " |\n")
-    lines.append("\n![ROC](roc.png) ![PR](pr.png) ![confusion](confusion.png) ![calibration](calibration.png)\n\n")
-    lines.append(_cohort_section(m))
-    return "".join(lines)
-
-
-def comparison_report(runs: list[dict[str, Any]]) -> str:
-    lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
-    by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for m in runs:
-        kind = "imagenet" if m["init"] == "imagenet" else "scratch" if m["init"] == "scratch" else None
-        if kind is not None:
-            by_model.setdefault((m["model"], ",".join(m["views"])), {})[kind] = m
-    pairs = {k: v for k, v in by_model.items() if len(v) == 2}
-    if pairs:
-        lines.append(
-            "## ImageNet initialisation vs from scratch (Table 2)\n\n"
-            "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
-            "|---|---|---|---|---|---|\n"
-        )
-        for (model, views), v in pairs.items():
-            s, i = v["scratch"], v["imagenet"]
-            lines.append(
-                f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
-                f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n"
-            )
-        lines.append("\n")
-    lines.append("![ROC](roc.png) ![PR](pr.png)\n\n")
-    lines.append(
-        "Per-run reports: " + ", ".join(f"[{m['name']}]({Path(m['out_dir']) / 'report.md'})" for m in runs) + "\n\n"
-    )
-    lines.append(_cohort_section(runs[0]))
-    return "".join(lines)
 
 
 def evaluate_runs(
@@ -530,11 +326,11 @@ def evaluate_runs(
     )
     if len(dirs) == 1:
         m = evaluate_run(dirs[0], db, out_dir=out_dir, **kwargs)
-        return {**m, "runs": [m], "report": str(Path(m["out_dir"]) / "report.md")}
-    root = Path(out_dir) if out_dir is not None else dirs[0].parent / "comparison"
+        return {**m, "runs": [m], "report": str(Path(m["out_dir"]) / rf.REPORT)}
+    root = Path(out_dir) if out_dir is not None else dirs[0].parent / rf.COMPARISON_DIR
     runs = [evaluate_run(d, db, out_dir=(root / d.name) if out_dir is not None else None, **kwargs) for d in dirs]
     root.mkdir(parents=True, exist_ok=True)
-    _overlay_plots(root, runs)
-    report = root / "report.md"
-    report.write_text(comparison_report(runs))
+    overlay_plots(root, runs)
+    report = root / rf.REPORT
+    rf.atomic_write_text(report, comparison_report(runs))
     return {"runs": runs, "report": str(report), "out_dir": str(root)}

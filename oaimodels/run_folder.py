@@ -21,7 +21,11 @@ One training run (one model, one view, one initialisation, all its folds) writes
       fold_{k}/summary.json  written when the fold has trained all its epochs (best epoch, AP)
 
 Evaluation (``oai eval``) adds ``RUN_DIR/eval/`` (or ``--out``): predictions.csv, metrics.json,
-PNG plots and report.md.
+the PNG plots (roc, pr, confusion, calibration) and report.md. Comparing several runs writes
+report.md and overlaid roc/pr plots to ``comparison/`` beside the first run (or ``--out``).
+
+Every file name above is a constant of this module; other modules import them rather than
+spell the names out.
 
 Checkpoints are plain dicts of tensors and JSON-able values, so they load with
 ``torch.load(path, weights_only=True)`` (no arbitrary pickles). Every file is written to a
@@ -53,6 +57,15 @@ BEST_PENDING = "best.next.pt"
 VAL_PREDICTIONS = "val_predictions.csv"
 SUMMARY = "summary.json"
 EVAL_DIR = "eval"
+COMPARISON_DIR = "comparison"
+PREDICTIONS = "predictions.csv"
+METRICS = "metrics.json"
+REPORT = "report.md"
+ROC_PLOT = "roc.png"
+PR_PLOT = "pr.png"
+CONFUSION_PLOT = "confusion.png"
+CALIBRATION_PLOT = "calibration.png"
+PLOTS = (ROC_PLOT, PR_PLOT, CONFUSION_PLOT, CALIBRATION_PLOT)
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "oai-toolkit")
 
@@ -71,11 +84,16 @@ def fold_dirs(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:

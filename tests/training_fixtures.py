@@ -124,7 +124,9 @@ def register_toy_model() -> None:
     """Register ``toy3d`` in the model registry (idempotent); see :func:`toy_model`."""
     if TOY_MODEL in registry._REGISTRY:
         return
-    row = registry.PaperRow(("sag",), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    row = registry.PaperRow(
+        views=("sag",), params_m=0.0, gmacs=0.0, ap=0.0, ap_sd=0.0, auc=0.0, auc_sd=0.0, latency_ms=0.0
+    )
     registry.register_model(
         TOY_MODEL,
         family="test",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 Shape = tuple[int, ...]
+M = TypeVar("M", bound=nn.Module)
 
 
 def take_view(x: Mapping[str, torch.Tensor], view: str, ndim: int) -> torch.Tensor:
@@ -39,6 +41,44 @@ def require_scratch(init: str, model: str) -> None:
     """Volumetric models have no ImageNet encoder; anything but ``scratch`` is a mistake."""
     if init != "scratch":
         raise ValueError(f"{model} has no 2D ImageNet encoder; init must be 'scratch', got {init!r}")
+
+
+def build_registered(
+    model: str,
+    make: Callable[[dict[str, Shape]], M],
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    init: str,
+    view: str | None = None,
+) -> M:
+    """The one build path of every registry model (as torchvision's ``_resnet``).
+
+    The model's :class:`~oaimodels.networks.registry.ModelSpec` says which views it reads and
+    their paper shapes; ``input_shapes`` overrides those shapes (and may name no other view); a
+    model without a 2D ImageNet encoder accepts only ``init='scratch'``; a single-view model
+    with ``view_choices`` is built for ``view``. ``make`` gets the resolved per-view shapes.
+    """
+    from .registry import get_spec  # the registry imports the builders that import this module
+
+    spec = get_spec(model)
+    if not spec.imagenet_encoder:
+        require_scratch(init, model)
+    if view is not None and view not in spec.view_choices:
+        raise ValueError(f"view must be one of {spec.view_choices}, got {view!r}")
+    views = (view,) if view is not None else spec.views
+    return make(resolve_shapes(spec.input_shapes, input_shapes, views))
+
+
+def init_like_reference_3d(module: nn.Module) -> None:
+    """The reference's init of its 3D CNNs ((2+1)D, 3D ResNeXt): every Conv3d
+    ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, every BatchNorm3d weight 1, bias 0
+    (the final Linear keeps PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import resolve_shapes, take_view
+from .common import build_registered, take_view
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import SliceEncoder
 from .slice_transformer import SliceTransformer
@@ -80,13 +80,18 @@ class MultiViewSliceModel(nn.Module):
 
 
 def _build(
+    model: str,
     shared: bool,
     input_shapes: Mapping[str, Sequence[int]] | None,
     init: str,
     num_classes: int,
 ) -> MultiViewSliceModel:
-    shapes = resolve_shapes(MULTIVIEW_SHAPES, input_shapes, MRI_VIEWS)
-    return MultiViewSliceModel(shapes, shared=shared, init=init, num_classes=num_classes)
+    return build_registered(
+        model,
+        lambda shapes: MultiViewSliceModel(shapes, shared=shared, init=init, num_classes=num_classes),
+        input_shapes=input_shapes,
+        init=init,
+    )
 
 
 _SPEC = dict(
@@ -102,7 +107,9 @@ _SPEC = dict(
 @register_model(
     "2dsh_trf",
     summary="one shared ResNet-50 over sag+cor+ax slices, one transformer over all tokens",
-    paper=(PaperRow(MRI_VIEWS, 133, 443, 0.58, 0.03, 0.78, 0.01, 74.8),),
+    paper=(
+        PaperRow(views=MRI_VIEWS, params_m=133, gmacs=443, ap=0.58, ap_sd=0.03, auc=0.78, auc_sd=0.01, latency_ms=74.8),
+    ),
     **_SPEC,
 )
 def build_2dsh_trf(
@@ -112,13 +119,15 @@ def build_2dsh_trf(
     num_classes: int = len(CLASSES),
 ) -> MultiViewSliceModel:
     """2Dsh + TRF. Paper shapes: sag (1,64,160,160), cor (1,160,160,64), ax (1,160,160,64)."""
-    return _build(True, input_shapes, init, num_classes)
+    return _build("2dsh_trf", True, input_shapes, init, num_classes)
 
 
 @register_model(
     "2dind_trf",
     summary="a ResNet-50 per view (sag, cor, ax), one transformer over all tokens",
-    paper=(PaperRow(MRI_VIEWS, 180, 443, 0.58, 0.03, 0.78, 0.01, 73.3),),
+    paper=(
+        PaperRow(views=MRI_VIEWS, params_m=180, gmacs=443, ap=0.58, ap_sd=0.03, auc=0.78, auc_sd=0.01, latency_ms=73.3),
+    ),
     **_SPEC,
 )
 def build_2dind_trf(
@@ -128,4 +137,4 @@ def build_2dind_trf(
     num_classes: int = len(CLASSES),
 ) -> MultiViewSliceModel:
     """2Dind + TRF. Paper shapes: sag (1,64,160,160), cor (1,160,160,64), ax (1,160,160,64)."""
-    return _build(False, input_shapes, init, num_classes)
+    return _build("2dind_trf", False, input_shapes, init, num_classes)

@@ -16,7 +16,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import VolumeClassifier, require_scratch, resolve_shapes
+from .common import VolumeClassifier, build_registered, init_like_reference_3d
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 
 
@@ -62,7 +62,10 @@ class BasicBlock2Plus1d(nn.Module):
 
 
 class R2Plus1dNet(nn.Module):
-    """R(2+1)D classifier of a ``(B, 1, D, H, W)`` volume."""
+    """R(2+1)D classifier of a ``(B, 1, D, H, W)`` volume.
+
+    Initialised as the reference: convs ``kaiming_normal_(fan_out, relu)``, BatchNorm 1/0.
+    """
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class R2Plus1dNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        init_like_reference_3d(self)
 
     @staticmethod
     def _make_stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
@@ -111,7 +115,9 @@ class R2Plus1dNet(nn.Module):
     views=("sag",),
     input_shapes={"sag": SAG_SHAPE},
     small_shapes={"sag": SMALL_SAG_SHAPE},
-    paper=(PaperRow(MRI_VIEWS, 64, 100, 0.51, 0.03, 0.73, 0.02, 21.3),),
+    paper=(
+        PaperRow(views=MRI_VIEWS, params_m=64, gmacs=100, ap=0.51, ap_sd=0.03, auc=0.73, auc_sd=0.02, latency_ms=21.3),
+    ),
     batch_size=32,
     imagenet_encoder=False,
 )
@@ -122,6 +128,9 @@ def build_2p1d(
     num_classes: int = len(CLASSES),
 ) -> VolumeClassifier:
     """(2+1)D network; reads the volume as the 'sag' view ``(B, 1, 64, 160, 160)``."""
-    require_scratch(init, "2p1d")
-    resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",))
-    return VolumeClassifier(R2Plus1dNet(num_classes=num_classes))
+    return build_registered(
+        "2p1d",
+        lambda shapes: VolumeClassifier(R2Plus1dNet(num_classes=num_classes)),
+        input_shapes=input_shapes,
+        init=init,
+    )

@@ -46,9 +46,12 @@ ShapeMap = Mapping[str, Shape]
 Builder = Callable[..., nn.Module]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PaperRow:
-    """One row of Table 1 of the paper (efficiency on an RTX 2080 Ti, metrics on site D)."""
+    """One row of Table 1 of the paper (efficiency on an RTX 2080 Ti, metrics on site D).
+
+    Keyword-only: eight numbers in a row are too easy to transpose.
+    """
 
     views: tuple[str, ...]
     params_m: float

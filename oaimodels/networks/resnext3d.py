@@ -14,7 +14,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import VolumeClassifier, require_scratch, resolve_shapes
+from .common import VolumeClassifier, build_registered, init_like_reference_3d
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 
 
@@ -44,7 +44,10 @@ class Bottleneck3d(nn.Module):
 
 
 class ResNeXt3d(nn.Module):
-    """3D ResNeXt classifier of a ``(B, 1, D, H, W)`` volume."""
+    """3D ResNeXt classifier of a ``(B, 1, D, H, W)`` volume.
+
+    Initialised as the reference: convs ``kaiming_normal_(fan_out, relu)``, BatchNorm 1/0.
+    """
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class ResNeXt3d(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        init_like_reference_3d(self)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(volume))
@@ -87,7 +91,9 @@ class ResNeXt3d(nn.Module):
     views=("sag",),
     input_shapes={"sag": SAG_SHAPE},
     small_shapes={"sag": SMALL_SAG_SHAPE},
-    paper=(PaperRow(MRI_VIEWS, 26, 21, 0.53, 0.03, 0.75, 0.02, 23.6),),
+    paper=(
+        PaperRow(views=MRI_VIEWS, params_m=26, gmacs=21, ap=0.53, ap_sd=0.03, auc=0.75, auc_sd=0.02, latency_ms=23.6),
+    ),
     batch_size=64,
     imagenet_encoder=False,
 )
@@ -98,6 +104,9 @@ def build_3d_resnext50(
     num_classes: int = len(CLASSES),
 ) -> VolumeClassifier:
     """3D ResNeXt-50; reads the volume as the 'sag' view ``(B, 1, 64, 160, 160)``."""
-    require_scratch(init, "3d_resnext50")
-    resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",))
-    return VolumeClassifier(ResNeXt3d(num_classes=num_classes))
+    return build_registered(
+        "3d_resnext50",
+        lambda shapes: VolumeClassifier(ResNeXt3d(num_classes=num_classes)),
+        input_shapes=input_shapes,
+        init=init,
+    )

@@ -10,7 +10,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import VolumeClassifier, require_scratch, resolve_shapes
+from .common import VolumeClassifier, build_registered
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 
 STEM_CHANNELS = 24
@@ -109,7 +109,9 @@ class ShuffleNet3d(nn.Module):
     views=("sag",),
     input_shapes={"sag": SAG_SHAPE},
     small_shapes={"sag": SMALL_SAG_SHAPE},
-    paper=(PaperRow(MRI_VIEWS, 1, 4, 0.54, 0.03, 0.76, 0.01, 45.0),),
+    paper=(
+        PaperRow(views=MRI_VIEWS, params_m=1, gmacs=4, ap=0.54, ap_sd=0.03, auc=0.76, auc_sd=0.01, latency_ms=45.0),
+    ),
     batch_size=64,
     imagenet_encoder=False,
 )
@@ -120,10 +122,13 @@ def build_3d_shufflenet(
     num_classes: int = len(CLASSES),
 ) -> VolumeClassifier:
     """3D ShuffleNet; reads the volume as 'sag' ``(B, 1, 64, 160, 160)`` (depth % 16 == 0)."""
-    require_scratch(init, "3d_shufflenet")
-    (shape,) = resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",)).values()
-    if shape[1] % DEPTH_MULTIPLE:
-        raise ValueError(f"3d_shufflenet: slice count must be divisible by {DEPTH_MULTIPLE}")
-    if min(shape[2:]) < MIN_SIDE:
-        raise ValueError(f"3d_shufflenet: slices must be at least {MIN_SIDE}x{MIN_SIDE} pixels")
-    return VolumeClassifier(ShuffleNet3d(num_classes=num_classes))
+
+    def make(shapes: dict[str, tuple[int, ...]]) -> VolumeClassifier:
+        shape = shapes["sag"]
+        if shape[1] % DEPTH_MULTIPLE:
+            raise ValueError(f"3d_shufflenet: slice count must be divisible by {DEPTH_MULTIPLE}")
+        if min(shape[2:]) < MIN_SIDE:
+            raise ValueError(f"3d_shufflenet: slices must be at least {MIN_SIDE}x{MIN_SIDE} pixels")
+        return VolumeClassifier(ShuffleNet3d(num_classes=num_classes))
+
+    return build_registered("3d_shufflenet", make, input_shapes=input_shapes, init=init)

@@ -9,7 +9,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES
 
-from .common import resolve_shapes
+from .common import build_registered
 from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
 
@@ -79,8 +79,10 @@ class BiLSTMAggregator(nn.Module):
         return self.fc(terminal)
 
 
-_FC_ROW = PaperRow(("sag",), 91, 134, 0.57, 0.03, 0.77, 0.01, 28.6)
-_LSTM_ROW = PaperRow(("sag",), 29, 135, 0.55, 0.03, 0.76, 0.02, 36.6)
+_FC_ROW = PaperRow(views=("sag",), params_m=91, gmacs=134, ap=0.57, ap_sd=0.03, auc=0.77, auc_sd=0.01, latency_ms=28.6)
+_LSTM_ROW = PaperRow(
+    views=("sag",), params_m=29, gmacs=135, ap=0.55, ap_sd=0.03, auc=0.76, auc_sd=0.02, latency_ms=36.6
+)
 
 
 @register_model(
@@ -101,9 +103,12 @@ def build_2d_fc(
     num_classes: int = len(CLASSES),
 ) -> SingleViewSliceModel:
     """2D + FC on the sagittal stack; the FC size follows the number of slices given."""
-    (shape,) = resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",)).values()
-    aggregator = FCAggregator(shape[1], num_classes=num_classes)
-    return SingleViewSliceModel("sag", SliceEncoder(init=init), aggregator)
+
+    def make(shapes: dict[str, tuple[int, ...]]) -> SingleViewSliceModel:
+        aggregator = FCAggregator(shapes["sag"][1], num_classes=num_classes)  # built first: init order
+        return SingleViewSliceModel("sag", SliceEncoder(init=init), aggregator)
+
+    return build_registered("2d_fc", make, input_shapes=input_shapes, init=init)
 
 
 @register_model(
@@ -124,5 +129,9 @@ def build_2d_lstm(
     num_classes: int = len(CLASSES),
 ) -> SingleViewSliceModel:
     """2D + Bi-LSTM on the sagittal stack (any number of slices)."""
-    resolve_shapes({"sag": SAG_SHAPE}, input_shapes, ("sag",))  # validates the view names
-    return SingleViewSliceModel("sag", SliceEncoder(init=init), BiLSTMAggregator(num_classes=num_classes))
+    return build_registered(
+        "2d_lstm",
+        lambda shapes: SingleViewSliceModel("sag", SliceEncoder(init=init), BiLSTMAggregator(num_classes=num_classes)),
+        input_shapes=input_shapes,
+        init=init,
+    )

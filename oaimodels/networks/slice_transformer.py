@@ -10,7 +10,7 @@ from torch import nn
 
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
-from .common import resolve_shapes
+from .common import build_registered
 from .registry import RESLICED_SHAPE, SAG_SHAPE, SMALL_RESLICED_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
 from .slice_encoder import FEATURES, SingleViewSliceModel, SliceEncoder
 
@@ -20,13 +20,13 @@ class SelfAttention(nn.Module):
 
     SDPA picks a fused kernel (flash / memory-efficient) where one applies and scales by
     ``head_dim ** -0.5``, the standard per-head scaling (the reference scaled by the model
-    width instead, which flattens the attention distribution).
+    width instead, which flattens the attention distribution). As in the reference, the
+    attention probabilities get no dropout; ``dropout`` applies to the output projection.
     """
 
     def __init__(self, dim: int, *, heads: int, head_dim: int, dropout: float) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
-        self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
         self.proj = nn.Linear(heads * head_dim, dim)
         self.proj_drop = nn.Dropout(dropout)
@@ -35,8 +35,7 @@ class SelfAttention(nn.Module):
         b, n, _ = x.shape
         # (B, N, 3*H*Dh) -> 3 x (B, H, N, Dh)
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v)  # no attention-probability dropout (reference)
         y = y.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         return self.proj_drop(self.proj(y))
 
@@ -72,6 +71,8 @@ class SliceTransformer(nn.Module):
 
     Input ``(B, N, in_features)`` with ``N == n_tokens`` fixed at build time, because the
     positional embedding is learnt per position (``N + 1`` positions with the class token).
+    Initialisation follows the reference: class token and positional embedding ``torch.randn``
+    (standard normal); linear and LayerNorm layers PyTorch's defaults.
     """
 
     def __init__(
@@ -91,8 +92,9 @@ class SliceTransformer(nn.Module):
         super().__init__()
         self.n_tokens = n_tokens
         self.embed = nn.Linear(in_features, dim)
-        self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
-        self.pos_embedding = nn.Parameter(torch.empty(1, n_tokens + 1, dim))
+        # Standard normal, as the reference (torch.randn), not the ViT habit of std 0.02
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, n_tokens + 1, dim))
         self.emb_drop = nn.Dropout(emb_dropout)
         self.blocks = nn.Sequential(
             *(Block(dim, heads=heads, head_dim=head_dim, mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth))
@@ -104,9 +106,6 @@ class SliceTransformer(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(dim, num_classes),
         )
-        # The usual ViT init for learnt tokens; std 0.02 keeps them on the scale of the features.
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, n, _ = features.shape
@@ -119,9 +118,9 @@ class SliceTransformer(nn.Module):
 
 
 _TRF_ROWS = (
-    PaperRow(("sag",), 133, 141, 0.58, 0.02, 0.78, 0.01, 31.1),
-    PaperRow(("cor",), 133, 143, 0.58, 0.03, 0.79, 0.01, 32.8),
-    PaperRow(("ax",), 133, 143, 0.55, 0.03, 0.78, 0.01, 33.3),
+    PaperRow(views=("sag",), params_m=133, gmacs=141, ap=0.58, ap_sd=0.02, auc=0.78, auc_sd=0.01, latency_ms=31.1),
+    PaperRow(views=("cor",), params_m=133, gmacs=143, ap=0.58, ap_sd=0.03, auc=0.79, auc_sd=0.01, latency_ms=32.8),
+    PaperRow(views=("ax",), params_m=133, gmacs=143, ap=0.55, ap_sd=0.03, auc=0.78, auc_sd=0.01, latency_ms=33.3),
 )
 _PAPER_SHAPES = {"sag": SAG_SHAPE, "cor": RESLICED_SHAPE, "ax": RESLICED_SHAPE}
 
@@ -149,8 +148,9 @@ def build_2d_trf(
 
     Paper shapes: sag ``(1, 64, 160, 160)``; cor and ax ``(1, 80, 160, 128)``.
     """
-    if view not in MRI_VIEWS:
-        raise ValueError(f"view must be one of {MRI_VIEWS}, got {view!r}")
-    (shape,) = resolve_shapes(_PAPER_SHAPES, input_shapes, (view,)).values()
-    aggregator = SliceTransformer(shape[1], num_classes=num_classes)
-    return SingleViewSliceModel(view, SliceEncoder(init=init), aggregator)
+
+    def make(shapes: dict[str, tuple[int, ...]]) -> SingleViewSliceModel:
+        aggregator = SliceTransformer(shapes[view][1], num_classes=num_classes)  # built first: init order
+        return SingleViewSliceModel(view, SliceEncoder(init=init), aggregator)
+
+    return build_registered("2d_trf", make, input_shapes=input_shapes, init=init, view=view)

@@ -10,7 +10,7 @@ from torchvision.models import resnext50_32x4d
 
 from oaicohort.vocabulary import CLASSES
 
-from .common import resolve_shapes, take_view
+from .common import build_registered, take_view
 from .registry import XRAY_SHAPE, XRAY_VIEW, PaperRow, register_model
 from .weights import load_encoder_weights
 
@@ -58,7 +58,11 @@ class XrayResNeXt(nn.Module):
     views=(XRAY_VIEW,),
     input_shapes={XRAY_VIEW: XRAY_SHAPE},
     small_shapes={XRAY_VIEW: SMALL_XRAY_SHAPE},
-    paper=(PaperRow(("cor proj",), 24, 11, 0.54, 0.02, 0.74, 0.01, 12.9),),
+    paper=(
+        PaperRow(
+            views=("cor proj",), params_m=24, gmacs=11, ap=0.54, ap_sd=0.02, auc=0.74, auc_sd=0.01, latency_ms=12.9
+        ),
+    ),
     # The reference recipe gives no batch size for the X-ray model; 32 is our choice.
     batch_size=32,
     imagenet_encoder=True,
@@ -70,5 +74,9 @@ def build_xr_resnext50(
     num_classes: int = len(CLASSES),
 ) -> XrayResNeXt:
     """X-ray ResNeXt-50; any ROI size works (global pooling), the paper's is 350x350."""
-    resolve_shapes({XRAY_VIEW: XRAY_SHAPE}, input_shapes, (XRAY_VIEW,))
-    return XrayResNeXt(init=init, num_classes=num_classes)
+    return build_registered(
+        "xr_resnext50",
+        lambda shapes: XrayResNeXt(init=init, num_classes=num_classes),
+        input_shapes=input_shapes,
+        init=init,
+    )

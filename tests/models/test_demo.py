@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from oaicli.main import app
+from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
 from oaimodels.demo import DemoConfig, run_demo
+from oaimodels.evaluation import evaluate_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
+from tests.training_fixtures import toy_model
 
 
 @pytest.mark.slow
 def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
-    config = DemoConfig(out=tmp_path / "demo", subjects=120, epochs=1, folds=[0], workers=1, threads=1, bootstrap=50)
+    # measured: 3 epochs give held-out AP 0.30 against a prevalence of 0.25 (28 test knees)
+    config = DemoConfig(out=tmp_path / "demo", subjects=120, epochs=3, folds=[0], workers=1, threads=1, bootstrap=50)
     result = run_demo(config)
 
     assert set(result.seconds) == {"synth", "ingest", "preprocess", "label", "split", "train", "eval"}
@@ -24,6 +35,7 @@ def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     m = result.metrics
     assert 0.0 <= m["ap"] <= 1.0 and 0.0 <= m["roc_auc"] <= 1.0
     assert 0.0 < m["prevalence"] < 1.0
+    assert m["ap"] > m["prevalence"]  # the demo learns
     eval_dir = tmp_path / "demo" / "run" / "eval"
     assert result.report == eval_dir / "report.md"
     assert "| AP |" in result.report.read_text() or "AP" in result.report.read_text()
@@ -43,3 +55,59 @@ def test_demo_refuses_a_foreign_run_folder(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "is not a run folder" in res.output
     assert (out / "run" / "notes.txt").read_text() == "mine"
+
+
+class _Series:
+    def __init__(self, pixels: np.ndarray, spacing: tuple[float, float, float], side: str) -> None:
+        self.pixels, self.spacing_mm, self.side = pixels, spacing, side
+
+
+def synthetic_knee_store(root: Path, n_subjects: int, *, seed: int = 0) -> tuple[Path, pd.DataFrame]:
+    """Small synthetic DESS knees (``oaicohort.synth.images``) preprocessed into a store, and their knee table.
+
+    Each knee's progression latent drives both its image and its label, drawn as the clinical
+    synth draws progression (hazard ~ exp(1.6 * latent)); a third of the subjects are the test site.
+    """
+    rng = np.random.default_rng(seed)
+    params = PreprocessParams.small()
+    geometry = IMAGE_SIZES[params.preset]
+    path = root / "synthetic.zarr"
+    store = VolumeStore.create(path, params, views=("sag",))
+    rows = []
+    for s in range(n_subjects):
+        role = "test" if s % 3 == 0 else "train"
+        for side in ("R", "L"):
+            latent = float(rng.standard_normal())
+            progresses = rng.random() < 1 - np.exp(-0.12 * np.exp(1.6 * latent))
+            label = str(rng.choice(["fast", "slow"])) if progresses else "none"
+            pixels = render_knee_volume(latent, side, np.random.default_rng([seed, s, side == "R"]), params.preset)
+            knee = preprocess_series(_Series(pixels, geometry.spacing_mm, side), params, ("sag",))
+            position = len(rows)
+            store.write("sag", position, knee.volumes["sag"], key=knee_key(9000000 + s, side), visit=0)
+            fold = None if role == "test" else s % 2
+            rows.append(dict(knee_id=position + 1, subject_id=9000000 + s, side=side, label=label, role=role,
+                             fold=fold, position=position))  # fmt: skip
+    knees = pd.DataFrame(rows)
+    knees["fold"] = knees["fold"].astype("Int64")
+    return path, knees
+
+
+def test_training_learns_the_synthetic_progression_signal(tmp_path: Path) -> None:
+    """The demo's path (train_run, then the fold-ensemble evaluation on the held-out knees) learns
+    from synthetic images: held-out AP clearly above prevalence. The tests' tiny CNN (lr 3e-3)
+    stands in for 3D ShuffleNet so that this runs in well under a minute on one core; the whole
+    demo is the slow test above. Measured: test AP 0.32, ROC AUC 0.70, prevalence 0.13 (100 knees).
+    """
+    torch.set_num_threads(1)
+    with toy_model():
+        store, knees = synthetic_knee_store(tmp_path, n_subjects=150)
+        config = TrainConfig(
+            store=str(store), out=str(tmp_path / "run"), model="toy3d", epochs=8, folds=[0], batch_size=16,
+            lr=3e-3, warmup_epochs=0, init="scratch", loader="resident", workers=0, device="cpu", threads=1,
+        )  # fmt: skip
+        run = train_run(config, knees=knees)
+        metrics = evaluate_run(run, device="cpu", n_resamples=50, latency=False, loader="resident", threads=1)
+    prevalence = float((knees.loc[knees["role"] == "test", "label"] != "none").mean())
+    assert metrics["prevalence"] == pytest.approx(prevalence)
+    assert metrics["ap"] > prevalence + 0.1, (metrics["ap"], prevalence)
+    assert metrics["roc_auc"] > 0.6

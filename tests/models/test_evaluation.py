@@ -16,7 +16,8 @@ from oaimodels.evaluation import (
     ensemble_probabilities,
     evaluate_runs,
 )
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,6 +91,10 @@ def test_evaluate_one_run_writes_every_file(two_runs: tuple[list[Path], pd.DataF
     report = (out / "report.md").read_text()
     assert "| toy_seed0 | toy3d | sag | scratch |" in report and "## Cohort and split" in report
     assert result["ap"] == metrics["ap"] and result["report"] == str(out / "report.md")
+    # every file went through the atomic writer: no temporary left, exactly the documented files
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["predictions.csv", "metrics.json", "report.md", "roc.png", "pr.png", "confusion.png", "calibration.png"]
+    )
 
 
 def test_compare_two_runs_in_one_report(two_runs: tuple[list[Path], pd.DataFrame]) -> None:

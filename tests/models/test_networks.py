@@ -367,3 +367,38 @@ def test_forward_at_spec_small_shapes(name: str) -> None:
         model = get_model(name, input_shapes=shapes, **kwargs).eval()
         with torch.no_grad():
             assert model(example_inputs(shapes)).shape == (1, len(CLASSES))
+
+
+# ---------------------------------------------------------------- initialisation as the reference
+
+
+def test_transformer_tokens_are_standard_normal_like_the_reference() -> None:
+    torch.manual_seed(0)
+    trf = SliceTransformer(64, in_features=8, dim=256, depth=1, heads=2, head_dim=8, mlp_dim=16)
+    for p in (trf.cls_token, trf.pos_embedding):
+        # torch.randn: std 1 (the ViT habit of trunc_normal std 0.02 would give ~0.02)
+        assert abs(float(p.std()) - 1.0) < 0.05 and abs(float(p.mean())) < 0.05
+
+
+def test_attention_probabilities_get_no_dropout() -> None:
+    torch.manual_seed(0)
+    layer = SelfAttention(16, heads=2, head_dim=8, dropout=0.5).train()
+    layer.proj_drop = nn.Identity()  # the output dropout is the reference's; only attention's is checked
+    x = torch.randn(2, 7, 16)
+    assert torch.equal(layer(x), layer(x))  # dropout on the probabilities would make these differ
+
+
+@pytest.mark.parametrize("name", ["2p1d", "3d_resnext50"])
+def test_volumetric_convs_are_kaiming_fan_out_and_batchnorm_one_zero(name: str) -> None:
+    torch.manual_seed(0)
+    net = get_model(name).net
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv3d)]
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm3d)]
+    assert convs and norms
+    for conv in convs:
+        # kaiming_normal_(mode="fan_out", nonlinearity="relu"): fan_out = weight.size(0) x kernel
+        # volume (PyTorch's definition, groups not divided out); the default init's std is ~3x smaller
+        expected = math.sqrt(2.0 / (conv.out_channels * math.prod(conv.kernel_size)))
+        if conv.weight.numel() >= 4096:  # enough samples for a 10% check of the spread
+            assert float(conv.weight.std()) == pytest.approx(expected, rel=0.1), conv
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import open_database
 from oaimodels import run_folder as rf
-from oaimodels.training import load_checkpoint
+from oaimodels.training.checkpoint import load_checkpoint
 from tests.reliability_helpers import LABEL_TABLES, REPO, table_rows
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 

@@ -201,7 +201,7 @@ def test_train_all_makes_one_run_per_model_and_skips_finished_ones(
     config = toy_config(store, tmp_path / "study", epochs=1, folds=[0])
     with pytest.MonkeyPatch.context() as mp:
         # train_all reads labels from the database; hand it the toy knees instead
-        import oaimodels.training as T
+        import oaimodels.training.run as T
 
         mp.setattr(T, "knee_table", lambda *a, **k: (knees, {}))
         runs = train_all(config, db=object(), models=["toy3d"])

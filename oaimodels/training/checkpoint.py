@@ -1,0 +1,113 @@
+"""Checkpoints of a fold: ``last.pt`` (the resume point) and ``best.pt`` (the kept snapshot).
+
+A checkpoint is a plain dict of tensors and JSON-able values (model and optimiser state dicts,
+scheduler and sampler state, RNG states, metadata), so it loads with ``weights_only=True``.
+:func:`load_checkpoint` refuses anything else: a file that would run code when unpickled (an
+object with ``__reduce__``, a lambda, a class instance) raises :class:`CheckpointError`
+"refused: not a plain state dict" and nothing in it is executed.
+
+Writes are atomic (temporary name, then rename). A new best is written to ``best.next.pt``
+first and renamed after ``last.pt`` records it, so a kill between the two never leaves a
+``best.pt`` that the bookkeeping in ``last.pt`` does not describe (:func:`finalise_pending_best`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from oaicohort.vocabulary import CLASSES
+
+from .. import run_folder as rf
+from ..data import InputLayout
+from .config import PreparedRun, TrainingError
+from .recipe import build_model
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint file cannot be loaded (not a plain state dict, or not a checkpoint at all)."""
+
+
+def checkpoint_meta(p: PreparedRun, fold: int, epoch: int, history: list, best: dict) -> dict[str, Any]:
+    """The JSON-able bookkeeping stored with every checkpoint of ``fold``."""
+    return {
+        "model": p.config.model,
+        "view": p.config.view,
+        "init": p.config.init,
+        "layout": p.layout.to_dict(),
+        "classes": list(CLASSES),
+        "fold": fold,
+        "epoch": epoch,
+        "epochs": p.config.epochs,
+        "config_hash": p.config.hash(),
+        "history": history,
+        "best": best,
+    }
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _reason(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error" in line:
+            return line.strip()
+    return str(exc).splitlines()[0].strip() if str(exc) else type(exc).__name__
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint of this package, loaded with ``weights_only=True`` (no arbitrary pickles).
+
+    Raises :class:`CheckpointError` for a file holding anything but tensors and plain values.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: not a plain state dict ({_reason(exc)})") from None
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(exc)})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: refused: not a plain state dict (holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def load_fold_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a ``best.pt``/``last.pt`` (built from its metadata, no ImageNet download)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    model = build_model(InputLayout.from_dict(meta["layout"]), "scratch")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), meta
+
+
+def write_fold_files(fold_path: Path, history: list[dict], best: dict) -> None:
+    """The fold's human-readable files: the epoch log and the best epoch's validation predictions."""
+    rf.write_log(fold_path / rf.LOG, history)
+    if best.get("predictions"):
+        rf.write_csv(fold_path / rf.VAL_PREDICTIONS, pd.DataFrame(best["predictions"]))
+
+
+def finalise_pending_best(fold_path: Path, best: dict) -> None:
+    """After a kill between writing a new best and the checkpoint that records it."""
+    pending = fold_path / rf.BEST_PENDING
+    if not pending.exists():
+        return
+    try:
+        epoch = load_checkpoint(pending)["meta"]["epoch"]
+    except Exception:
+        epoch = None
+    if epoch is not None and epoch == best.get("epoch"):
+        os.replace(pending, fold_path / rf.BEST)
+    else:
+        pending.unlink()

@@ -1,0 +1,154 @@
+"""What defines a training run: :class:`TrainConfig`, its validation and ``auto`` resolution,
+and :class:`PreparedRun` (the resolved config with its knees, folds and run folder).
+
+A config's :meth:`TrainConfig.hash` covers every option that changes what is computed; the
+options in :data:`OPERATIONAL` change only how a run executes, so a run may be resumed with
+other values of them (another device, loader or thread count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from oaicohort.errors import OAIError
+from oaicohort.vocabulary import DEFAULT_DEFINITION
+
+from ..data import AugmentParams, InputLayout
+from ..networks import get_spec
+
+# Options that change how a run executes but not what it computes: a resumed run may differ.
+OPERATIONAL = ("device", "loader", "workers", "nproc", "compile", "threads", "eval_batch_size")
+
+
+class TrainingError(OAIError):
+    """A training run cannot start or continue (bad options, run folder conflicts)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; ``auto`` values are resolved by :func:`resolve_config`."""
+
+    store: str
+    out: str
+    model: str = "2d_trf"
+    view: str | None = None  # single-view models that accept several (2d_trf): sag | cor | ax
+    folds: list[int] | None = None  # None: every fold of the split
+    epochs: int = 100
+    batch_size: int | None = None  # None: the model's batch size in the registry (the paper's)
+    eval_batch_size: int | None = None  # None: 2x batch_size
+    init: str = "auto"  # auto (imagenet where the model has a 2D encoder) | imagenet | scratch | FILE
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    channels_last: bool | None = None  # None: on CUDA
+    seed: int = 0
+    definition: str = DEFAULT_DEFINITION
+    split: int | None = None  # None: the newest split of the definition
+    visit: int = 0
+    loader: str = "auto"  # auto | resident | workers
+    workers: int = 4
+    limit_train: int | None = None  # train on at most N knees per fold (quick runs)
+    crop_shape: list[int] | None = None  # None: paper shape if the store fits it, else the store's crop
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    warmup_start_lr: float = 1e-5
+    focal_gamma: float = 2.0
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    deterministic: bool = False
+    nproc: int = 1
+    threads: int | None = None  # torch CPU threads per process (None: torch's default)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["augment"] = dataclasses.asdict(self.augment)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrainingError(f"unknown training option(s) {sorted(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("augment"), dict):
+            data["augment"] = AugmentParams(**data["augment"])
+        return cls(**data)
+
+    def essential(self) -> dict[str, Any]:
+        """The options that define what is computed (compared when resuming)."""
+        return {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+
+    def hash(self) -> str:
+        canonical = json.dumps(self.essential(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda requested but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise TrainingError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """A copy with every ``auto``/``None`` default that does not depend on the data filled in."""
+    try:
+        spec = get_spec(config.model)
+    except KeyError as exc:
+        raise TrainingError(str(exc.args[0])) from None
+    device = resolve_device(config.device)
+    c = dataclasses.replace(config)
+    c.store = str(Path(config.store).expanduser().resolve())
+    c.out = str(Path(config.out).expanduser().resolve())
+    c.device = str(device)
+    if c.precision == "auto":
+        c.precision = "bf16" if device.type == "cuda" else "fp32"
+    if c.precision not in ("bf16", "fp32"):
+        raise TrainingError(f"precision must be bf16 or fp32, not {c.precision!r}")
+    if c.init == "auto":
+        c.init = "imagenet" if spec.imagenet_encoder else "scratch"
+    if c.batch_size is None:
+        c.batch_size = spec.batch_size
+    if c.eval_batch_size is None:
+        c.eval_batch_size = 2 * c.batch_size
+    if c.channels_last is None:
+        c.channels_last = device.type == "cuda"
+    if c.view is None and spec.view_choices:
+        c.view = spec.views[0]
+    if c.loader not in ("auto", "resident", "workers"):
+        raise TrainingError(f"loader must be auto, resident or workers, not {c.loader!r}")
+    for name in ("epochs", "batch_size", "nproc"):
+        if getattr(c, name) < 1:
+            raise TrainingError(f"{name} must be at least 1, got {getattr(c, name)}")
+    if c.warmup_epochs < 0 or c.workers < 0:
+        raise TrainingError("warmup_epochs and workers must not be negative")
+    if c.limit_train is not None and c.limit_train < 2:
+        raise TrainingError("limit_train must be at least 2 knees")
+    return c
+
+
+@dataclass
+class PreparedRun:
+    """What every process of a run needs: resolved config, layout, knees, folds, run folder."""
+
+    config: TrainConfig
+    layout: InputLayout
+    knees: pd.DataFrame
+    folds: list[int]
+    run_dir: Path
+    labels_info: dict[str, Any]
+    store_params_hash: str

@@ -1,0 +1,51 @@
+"""The paper's training recipe (REFERENCE.md section 5): model, optimiser, schedule and loss.
+
+Adam (lr 1e-4, weight decay 1e-4); the learning rate rises linearly from 1e-5 over the first
+5 epochs (stepped once per epoch), then stays constant; focal loss with gamma 2 and no class
+weights. The values are :class:`~oaimodels.training.config.TrainConfig` defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import InputLayout
+from ..losses import focal_loss
+from ..networks import get_model, get_spec
+from .config import TrainConfig, TrainingError
+
+
+def lr_at(epoch: int, config: TrainConfig) -> float:
+    """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs."""
+    if config.warmup_epochs <= 0 or epoch >= config.warmup_epochs:
+        return config.lr
+    return config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch warm-up then constant (stepped once after every epoch)."""
+    base = config.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, config) / base)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The recipe's loss: focal loss with the config's gamma, no class weights."""
+    return focal_loss(logits, y, gamma=config.focal_gamma)
+
+
+def build_model(layout: InputLayout, init: str) -> nn.Module:
+    """The registry model for ``layout``'s input shapes (and view, for 2D+TRF)."""
+    kwargs: dict[str, Any] = {"input_shapes": layout.input_shapes(), "init": init}
+    if get_spec(layout.model).view_choices:
+        kwargs["view"] = layout.source_view
+    try:
+        return get_model(layout.model, **kwargs)
+    except ValueError as exc:
+        raise TrainingError(f"cannot build {layout.model}: {exc}") from None
