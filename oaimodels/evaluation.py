@@ -26,6 +26,7 @@ from scratch and from ImageNet weights, Table 2, plus overlaid ROC and PR curves
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,13 @@ from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 
+from . import calibration
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
 from .inference import predict_logits, softmax
 from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
+from .tracking import evaluation_titles, tags_text
 from .training.checkpoint import load_fold_model
 from .training.config import TrainConfig, resolve_device
 
@@ -267,6 +270,11 @@ def _evaluate_run(
         labels_match_database=db_match,
         out_dir=str(out),
     )
+    metrics.update(evaluation_titles(config, test, metrics))
+    metrics["recalibration"], recalibrated = calibration.recalibrate(
+        run_dir, folds, config.sampler, pd.read_csv(run_dir / rf.KNEES), test, probs
+    )
+    calibration.write_recalibrated(out, recalibrated)
     predictions = test[[c for c in ("knee_id", "subject_id", "side", "label", "y") if c in test.columns]].copy()
     for i, c in enumerate(CLASSES):
         predictions[f"p_{c}"] = probs[:, i]
@@ -276,7 +284,7 @@ def _evaluate_run(
         predictions[f"score_fold{fold}"] = s
     rf.write_csv(out / "predictions.csv", predictions)
     rf.write_json(out / "metrics.json", metrics)
-    write_plots(out, y, probs, metrics, title=run_dir.name)
+    write_plots(out, y, probs, metrics, title=metrics["title"])
     (out / "report.md").write_text(run_report(metrics))
     return metrics
 
@@ -334,21 +342,7 @@ def write_plots(out: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, 
     )
     paths.append(_save(fig, out / "confusion.png"))
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    rel = metrics["reliability"]
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.plot(
-        rel["mean_predicted"], rel["observed"], "o-", label=f"Brier {metrics['brier']:.3f}, ECE {metrics['ece']:.3f}"
-    )
-    ax.set(
-        xlabel="predicted p(progression)",
-        ylabel="observed frequency",
-        xlim=(0, 1),
-        ylim=(0, 1),
-        title=f"Calibration: {title}",
-    )
-    ax.legend(loc="upper left")
-    paths.append(_save(fig, out / "calibration.png"))
+    paths.append(calibration.plot_calibration(out / "calibration.png", y, probs, metrics, title=title))
     return paths
 
 
@@ -368,9 +362,9 @@ def _overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
         pred = pd.read_csv(Path(m["out_dir"]) / "predictions.csv")
         y_bin = binary_target(pred["y"].to_numpy())
         fpr, tpr, _ = roc_curve(y_bin, pred["score"])
-        figs["roc"][1].plot(fpr, tpr, label=f"{m['name']} ({m['roc_auc']:.3f})")
+        figs["roc"][1].plot(fpr, tpr, label=f"{m.get('title', m['name'])} ({m['roc_auc']:.3f})")
         p, r, _ = precision_recall_curve(y_bin, pred["score"])
-        figs["pr"][1].step(r, p, where="post", label=f"{m['name']} ({m['ap']:.3f})")
+        figs["pr"][1].step(r, p, where="post", label=f"{m.get('title', m['name'])} ({m['ap']:.3f})")
     figs["roc"][1].plot([0, 1], [0, 1], "k:", lw=1)
     figs["roc"][1].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     figs["pr"][1].set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
@@ -439,7 +433,8 @@ def run_report(m: dict[str, Any]) -> str:
     eff = m.get("efficiency") or {}
     cm = np.asarray(m["confusion_matrix"])
     lines = [
-        f"# Evaluation of `{m['name']}`\n\n",
+        f"# Evaluation of {m.get('title', m['name'])}\n\n",
+        f"Run folder `{m['name']}`{tags_text(m.get('tags'))}. ",
         f"Model `{m['model']}` ({', '.join(m['views'])}, init {m['init']}), ensemble of folds "
         f"{m['folds']} on {m['n_knees']} test knees of {m['n_subjects']} subjects "
         f"(prevalence {m['prevalence']:.3f}). ± = SD over {m['bootstrap']['n_resamples']} stratified "
@@ -464,11 +459,17 @@ def run_report(m: dict[str, Any]) -> str:
     for i, c in enumerate(CLASSES):
         lines.append(f"| {c} | " + " | ".join(str(int(n)) for n in cm[i]) + " |\n")
     lines.append("\n![ROC](roc.png) ![PR](pr.png) ![confusion](confusion.png) ![calibration](calibration.png)\n\n")
+    lines.append(calibration.calibration_section(m))
     lines.append(_cohort_section(m))
     return "".join(lines)
 
 
-def comparison_report(runs: list[dict[str, Any]]) -> str:
+def _link(target: Path, root: Path) -> str:
+    """``target`` relative to the folder of the report that links to it (works for relative --out)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(root).resolve())).as_posix()
+
+
+def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
     lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
     by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for m in runs:
@@ -491,7 +492,9 @@ def comparison_report(runs: list[dict[str, Any]]) -> str:
         lines.append("\n")
     lines.append("![ROC](roc.png) ![PR](pr.png)\n\n")
     lines.append(
-        "Per-run reports: " + ", ".join(f"[{m['name']}]({Path(m['out_dir']) / 'report.md'})" for m in runs) + "\n\n"
+        "Per-run reports: "
+        + ", ".join(f"[{m['name']}]({_link(Path(m['out_dir']) / 'report.md', root or Path.cwd())})" for m in runs)
+        + "\n\n"
     )
     lines.append(_cohort_section(runs[0]))
     return "".join(lines)
@@ -532,5 +535,5 @@ def evaluate_runs(
     root.mkdir(parents=True, exist_ok=True)
     _overlay_plots(root, runs)
     report = root / "report.md"
-    report.write_text(comparison_report(runs))
+    report.write_text(comparison_report(runs, root))
     return {"runs": runs, "report": str(report), "out_dir": str(root)}

@@ -64,6 +64,28 @@ def describe_run(
     return head + (f"; {', '.join(tail)}" if tail else "")
 
 
+def evaluation_titles(config: Any, test: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation's plots and reports call the run: model, view, init, test site and n
+    (or the run's ``--name``), plus its tags; ``test`` is the test knees (a ``site`` column if
+    the run recorded one, else the split's ``test_sites``)."""
+    sites = sorted(test["site"].dropna().astype(str).unique()) if "site" in test.columns else []
+    if not sites:
+        split = (metrics.get("labels") or {}).get("split") or {}
+        sites = [str(s) for s in (split.get("params") or {}).get("test_sites", [])]
+    site = ",".join(sites) or None
+    title = describe_run(
+        config.model, config.view, config.init, test_site=site, n=metrics.get("n_knees"), name=config.name
+    )
+    return {"title": title, "test_site": site, "run_name": config.name, "tags": dict(config.tags or {})}
+
+
+def tags_text(tags: dict[str, str] | None) -> str:
+    """`` (tags: a=b, c)`` for a report line, or nothing."""
+    if not tags:
+        return ""
+    return " (tags: " + ", ".join(f"{k}={v}" if v else k for k, v in tags.items()) + ")"
+
+
 class _Sink(Protocol):
     def epoch(self, record: dict[str, Any]) -> None: ...
     def finish(self, summary: dict[str, Any], run_complete: bool) -> None: ...
