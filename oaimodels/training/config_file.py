@@ -15,7 +15,8 @@ augmentations in an ``augment`` table::
     max_rotation_deg = 10.0
 
 A run's own ``config.json`` is a valid config file too: its ``config`` object is read and the
-other keys it holds (hash, layout, store, folds, classes) are ignored. Every key is checked
+other keys it holds (hash, layout, store, folds, classes) are ignored. Relative ``store`` and
+``out`` paths are taken relative to the file's folder. Every key is checked
 against the dataclass: an unknown key or a value of the wrong type is an
 :class:`~oaicohort.errors.InputFileError` naming the file and the key. Command-line flags
 override the file (:func:`merge_config`); keys neither gives take the dataclass defaults.
@@ -70,7 +71,11 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
         if extra:
             raise InputFileError(path, f"unknown key {extra[0]!r} beside 'config' (a run's config.json has none)")
         data = data["config"]
-    return check_values(data, path)
+    values = check_values(data, path)
+    for key in ("store", "out"):  # relative to the file, as a reader of the file would take them
+        if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+            values[key] = str(path.parent / values[key])
+    return values
 
 
 def check_values(data: dict[str, Any], path: Path | str = "<options>") -> dict[str, Any]:

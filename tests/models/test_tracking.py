@@ -202,3 +202,18 @@ def test_run_titles() -> None:
     assert tracking.describe_run("3d_shufflenet", None, "scratch", n=5, name="baseline") == "baseline; n=5"
     assert tracking.resolve_tracking_uri("http://host:5000") == "http://host:5000"
     assert tracking.resolve_tracking_uri("rel/mlruns") == (Path.cwd() / "rel/mlruns").resolve().as_uri()
+
+
+def test_track_mlflow_without_mlflow_stops_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oaimodels.training import TrainingError, resolve_config
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(
+        TrainingError, match=r"--track mlflow needs the mlflow package: pip install 'oai-toolkit\[mlflow\]'"
+    ):
+        resolve_config(TrainConfig(store="s", out=str(tmp_path / "run"), model="3d_shufflenet", track="mlflow"))
+    with pytest.raises(TrainingError, match="track must be mlflow"):
+        resolve_config(TrainConfig(store="s", out="o", model="3d_shufflenet", track="wandb"))
+    assert not (tmp_path / "run").exists()

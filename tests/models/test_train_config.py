@@ -215,6 +215,8 @@ def test_config_json_errors(tmp_path: Path) -> None:
         read_config_file(path)
     path.write_text(json.dumps({"batch_size": None, "threads": 2}))
     assert read_config_file(path) == {"batch_size": None, "threads": 2}
+    path.write_text(json.dumps({"store": "data/store.zarr", "out": "/abs/run"}))
+    assert read_config_file(path) == {"store": str(tmp_path / "data/store.zarr"), "out": "/abs/run"}
     yaml = tmp_path / "train.yaml"
     yaml.write_text("lr: 1")
     with pytest.raises(InputFileError, match=r"train\.yaml: unknown config format '\.yaml'"):
