@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -42,20 +43,107 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     )
 
 
+# Recipe flags default to None ("not given"): the values then come from the --config file or
+# TrainConfig/AugmentParams (the help repeats those defaults; a test checks they agree), and the
+# CLI does not import torch to show its help.
+# CLI parameter -> TrainConfig key (augment.<key> for augmentations); the rest map to themselves
+_KEYS = {
+    "compile_model": "compile", "random_crop": "augment.random_crop", "rotate_p": "augment.rotate_p",
+    "max_rotation": "augment.max_rotation_deg", "gamma_p": "augment.gamma_p", "gamma_low": "augment.gamma_low",
+    "gamma_high": "augment.gamma_high", "tag": "tags",
+}  # fmt: skip
+_NOT_CONFIG = {"ctx", "config_file", "resume", "json_out", "no_augment"}
+
+
+def parse_tags(values: list[str]) -> dict[str, str]:
+    """``--tag key=value`` (or a bare ``--tag label``, value empty) into a dict."""
+    tags = {}
+    for text in values:
+        key, _, value = text.partition("=")
+        if not key.strip():
+            raise typer.BadParameter(f"{text!r}: expected KEY=VALUE or a label", param_hint="--tag")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def config_layers(ctx: typer.Context, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CLI's defaults and the flags given on the command line, as TrainConfig layers."""
+    defaults: dict[str, Any] = {}
+    given: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in _NOT_CONFIG:
+            continue
+        key = _KEYS.get(name, name)
+        if name == "folds":
+            value = parse_folds(value)
+        elif name == "tag":
+            value = parse_tags(value)
+        elif name in ("store", "out") and value is not None:
+            value = str(value)
+        # by name: typer may bring its own copy of click's ParameterSource enum
+        source = getattr(ctx.get_parameter_source(name), "name", None)
+        layer = given if source in ("COMMANDLINE", "ENVIRONMENT") else defaults
+        if value is None and layer is defaults:
+            continue
+        if key.startswith("augment."):
+            layer.setdefault("augment", {})[key.removeprefix("augment.")] = value
+        else:
+            layer[key] = value
+    if params.get("no_augment"):  # every augmentation off, before the single ones given
+        from oaimodels.data import AugmentParams
+
+        given["augment"] = {**dataclasses.asdict(AugmentParams.none()), **given.get("augment", {})}
+    return defaults, given
+
+
 @handles_errors
 def train_command(
     ctx: typer.Context,
-    store: Path = typer.Option(..., "--store", help="Volume store made by `oai preprocess`."),
-    model: str = typer.Option(..., "--model", help="Registered model name (see `oai models`), or 'all'."),
-    out: Path = typer.Option(..., "--out", help="Run folder (with --model all: a folder of run folders)."),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="A TOML or JSON config file (a run's config.json works); flags override it."
+    ),
+    store: Path | None = typer.Option(None, "--store", help="Volume store made by `oai preprocess`."),
+    model: str | None = typer.Option(None, "--model", help="Registered model name (see `oai models`), or 'all'."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (with --model all: a folder of run folders)."),
     view: str | None = typer.Option(
         None, "--view", help="sag, cor or ax, for 2d_trf (default sag; all three with --model all)."
     ),
     folds: str = typer.Option("all", "--folds", help="'all' or fold numbers, e.g. 0,2."),
-    epochs: int = typer.Option(100, "--epochs", min=1),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs per fold (default 100)."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Global batch size (default: the model's, as in the paper)."
     ),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate after warm-up (default 1e-4)."),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", min=0.0, help="Adam weight decay (default 1e-4)."
+    ),
+    warmup_epochs: int | None = typer.Option(
+        None, "--warmup-epochs", min=0, help="Epochs of linear warm-up, 0 for none (default 5)."
+    ),
+    warmup_start_lr: float | None = typer.Option(
+        None, "--warmup-start-lr", help="Learning rate of the first warm-up epoch (default 1e-5)."
+    ),
+    focal_gamma: float | None = typer.Option(
+        None, "--focal-gamma", min=0.0, help="Focal-loss gamma, 0 for cross-entropy (default 2.0)."
+    ),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="weighted (1/class frequency, the paper's; default) or shuffle (each knee once)."
+    ),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Turn every augmentation off."),
+    random_crop: bool | None = typer.Option(
+        None, "--random-crop/--no-random-crop", help="Random (not centre) training crops (default on)."
+    ),
+    rotate_p: float | None = typer.Option(
+        None, "--rotate-p", help="Probability of an in-plane rotation (default 0.5)."
+    ),
+    max_rotation: float | None = typer.Option(
+        None, "--max-rotation", help="Largest rotation angle in degrees (default 15)."
+    ),
+    gamma_p: float | None = typer.Option(
+        None, "--gamma-p", help="Probability of a gamma (contrast) change (default 0.5)."
+    ),
+    gamma_low: float | None = typer.Option(None, "--gamma-low", help="Smallest gamma drawn (default 0.5)."),
+    gamma_high: float | None = typer.Option(None, "--gamma-high", help="Largest gamma drawn (default 2.0)."),
     init: str = typer.Option(
         "auto", "--init", help="auto, imagenet, scratch or a state-dict FILE (auto: imagenet for 2D encoders)."
     ),
@@ -78,33 +166,49 @@ def train_command(
     deterministic: bool = typer.Option(
         False, "--deterministic", help="Deterministic algorithms (bit-exact resume on CPU)."
     ),
+    name: str | None = typer.Option(None, "--name", help="Title of the run in reports and trackers."),
+    tag: list[str] = typer.Option([], "--tag", help="KEY=VALUE (repeatable), recorded in config.json and trackers."),
+    tensorboard: bool = typer.Option(
+        True, "--tensorboard/--no-tensorboard", help="TensorBoard event files per fold (needs tensorboard)."
+    ),
+    track: str | None = typer.Option(None, "--track", help="mlflow: also log to MLflow (needs mlflow)."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI or folder (default: a file store ./mlruns)."
+    ),
+    experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment name (default oai)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run(s) in --out from their last checkpoints."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (one per GPU) for DistributedDataParallel."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
-    """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold)."""
+    """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold).
+
+    Every recipe value has a flag; --config reads them from a TOML or JSON file, and flags override it.
+    """
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
-    from oaimodels.training.config import TrainConfig
+    from oaimodels.training.config_file import merge_config, read_config_file
     from oaimodels.training.run import train_all, train_run
 
     if view is not None and view not in MRI_VIEWS:
         raise typer.BadParameter(f"{view!r}; choose from sag, cor, ax", param_hint="--view")
-    config = TrainConfig(
-        store=str(store), out=str(out), model="2d_trf" if model == "all" else model, view=view,
-        folds=parse_folds(folds), epochs=epochs, batch_size=batch_size, init=init, device=device,
-        precision=precision, compile=compile_model, seed=seed, definition=definition, split=split,
-        loader=loader, workers=workers, limit_train=limit_train, deterministic=deterministic, nproc=nproc,
-        threads=threads,
-    )  # fmt: skip
+    defaults, given = config_layers(ctx, dict(ctx.params))
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    if file_values.get("view") not in (None, *MRI_VIEWS):
+        raise typer.BadParameter(
+            f"{file_values['view']!r} in {config_file}; choose from sag, cor, ax", param_hint="view"
+        )
+    config = merge_config(defaults, file_values, given)
+    train_everything = config.model == "all"
+    if train_everything:
+        config.model = "2d_trf"
     db = state(ctx).open_db()
 
     def on_epoch(record: dict[str, Any]) -> None:
         if not json_out:
-            err_console.print(_epoch_line(record, epochs), highlight=False)
+            err_console.print(_epoch_line(record, config.epochs), highlight=False)
 
     try:
         with rich_progress(enabled=not json_out) as progress:
-            if model == "all":
+            if train_everything:
                 run_dirs = train_all(config, db, progress, resume=resume, on_epoch=on_epoch)
             else:
                 run_dirs = [train_run(config, db, progress, resume=resume, on_epoch=on_epoch)]

@@ -39,6 +39,7 @@ from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 
+from . import calibration
 from . import run_folder as rf
 from .data import BatchPreparer, InputLayout, make_source, resident_fits
 from .evaluation_plots import overlay_plots, write_plots
@@ -46,6 +47,7 @@ from .evaluation_report import TABLE1_HEADER, comparison_report, run_report, tab
 from .inference import predict_logits, softmax
 from .metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from .networks import get_spec, to_channels_last
+from .tracking import evaluation_titles
 from .training.checkpoint import load_fold_model
 from .training.config import TrainConfig, resolve_device
 
@@ -283,6 +285,11 @@ def _evaluate_run(
         labels_match_database=db_match,
         out_dir=str(out),
     )
+    metrics.update(evaluation_titles(config, test, metrics))
+    metrics["recalibration"], recalibrated = calibration.recalibrate(
+        run_dir, folds, config.sampler, pd.read_csv(run_dir / rf.KNEES), test, probs
+    )
+    calibration.write_recalibrated(out, recalibrated)
     predictions = test[[c for c in ("knee_id", "subject_id", "side", "label", "y") if c in test.columns]].copy()
     for i, c in enumerate(CLASSES):
         predictions[f"p_{c}"] = probs[:, i]
@@ -292,7 +299,7 @@ def _evaluate_run(
         predictions[f"score_fold{fold}"] = s
     rf.write_csv(out / rf.PREDICTIONS, predictions)
     rf.write_json(out / rf.METRICS, metrics)
-    write_plots(out, y, probs, metrics, title=run_dir.name)
+    write_plots(out, y, probs, metrics, title=metrics["title"])
     rf.atomic_write_text(out / rf.REPORT, run_report(metrics))
     return metrics
 
@@ -332,5 +339,5 @@ def evaluate_runs(
     root.mkdir(parents=True, exist_ok=True)
     overlay_plots(root, runs)
     report = root / rf.REPORT
-    rf.atomic_write_text(report, comparison_report(runs))
+    rf.atomic_write_text(report, comparison_report(runs, root))
     return {"runs": runs, "report": str(report), "out_dir": str(root)}

@@ -13,6 +13,7 @@ import pandas as pd
 
 from oaicohort.vocabulary import CLASSES
 
+from . import calibration
 from . import run_folder as rf
 from .metrics import binary_target, progression_score
 
@@ -67,21 +68,7 @@ def write_plots(out: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, 
     )
     paths.append(_save(fig, out / rf.CONFUSION_PLOT))
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    rel = metrics["reliability"]
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.plot(
-        rel["mean_predicted"], rel["observed"], "o-", label=f"Brier {metrics['brier']:.3f}, ECE {metrics['ece']:.3f}"
-    )
-    ax.set(
-        xlabel="predicted p(progression)",
-        ylabel="observed frequency",
-        xlim=(0, 1),
-        ylim=(0, 1),
-        title=f"Calibration: {title}",
-    )
-    ax.legend(loc="upper left")
-    paths.append(_save(fig, out / rf.CALIBRATION_PLOT))
+    paths.append(calibration.plot_calibration(out / rf.CALIBRATION_PLOT, y, probs, metrics, title=title))
     return paths
 
 
@@ -104,9 +91,9 @@ def overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
         pred = pd.read_csv(Path(m["out_dir"]) / rf.PREDICTIONS)
         y_bin = binary_target(pred["y"].to_numpy())
         fpr, tpr, _ = roc_curve(y_bin, pred["score"])
-        figs["roc"][1].plot(fpr, tpr, label=f"{m['name']} ({m['roc_auc']:.3f})")
+        figs["roc"][1].plot(fpr, tpr, label=f"{m.get('title', m['name'])} ({m['roc_auc']:.3f})")
         p, r, _ = precision_recall_curve(y_bin, pred["score"])
-        figs["pr"][1].step(r, p, where="post", label=f"{m['name']} ({m['ap']:.3f})")
+        figs["pr"][1].step(r, p, where="post", label=f"{m.get('title', m['name'])} ({m['ap']:.3f})")
     figs["roc"][1].plot([0, 1], [0, 1], "k:", lw=1)
     figs["roc"][1].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     figs["pr"][1].set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))

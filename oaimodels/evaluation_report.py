@@ -5,6 +5,7 @@ Table 2 where a model was trained both from scratch and from ImageNet weights).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import numpy as np
 from oaicohort.vocabulary import CLASSES
 
 from . import run_folder as rf
+from .calibration import calibration_section
+from .tracking import tags_text
 
 
 def _pm(value: float | None, sd: float | None, digits: int = 2) -> str:
@@ -70,7 +73,8 @@ def run_report(m: dict[str, Any]) -> str:
     eff = m.get("efficiency") or {}
     cm = np.asarray(m["confusion_matrix"])
     lines = [
-        f"# Evaluation of `{m['name']}`\n\n",
+        f"# Evaluation of {m.get('title', m['name'])}\n\n",
+        f"Run folder `{m['name']}`{tags_text(m.get('tags'))}. ",
         f"Model `{m['model']}` ({', '.join(m['views'])}, init {m['init']}), ensemble of folds "
         f"{m['folds']} on {m['n_knees']} test knees of {m['n_subjects']} subjects "
         f"(prevalence {m['prevalence']:.3f}). ± = SD over {m['bootstrap']['n_resamples']} stratified "
@@ -98,11 +102,17 @@ def run_report(m: dict[str, Any]) -> str:
         f"\n![ROC]({rf.ROC_PLOT}) ![PR]({rf.PR_PLOT}) ![confusion]({rf.CONFUSION_PLOT}) "
         f"![calibration]({rf.CALIBRATION_PLOT})\n\n"
     )
+    lines.append(calibration_section(m))
     lines.append(_cohort_section(m))
     return "".join(lines)
 
 
-def comparison_report(runs: list[dict[str, Any]]) -> str:
+def _link(target: Path, root: Path) -> str:
+    """``target`` relative to the folder of the report that links to it (works for relative --out)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(root).resolve())).as_posix()
+
+
+def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
     lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
     by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for m in runs:
@@ -125,7 +135,9 @@ def comparison_report(runs: list[dict[str, Any]]) -> str:
         lines.append("\n")
     lines.append(f"![ROC]({rf.ROC_PLOT}) ![PR]({rf.PR_PLOT})\n\n")
     lines.append(
-        "Per-run reports: " + ", ".join(f"[{m['name']}]({Path(m['out_dir']) / rf.REPORT})" for m in runs) + "\n\n"
+        "Per-run reports: "
+        + ", ".join(f"[{m['name']}]({_link(Path(m['out_dir']) / rf.REPORT, root or Path.cwd())})" for m in runs)
+        + "\n\n"
     )
     lines.append(_cohort_section(runs[0]))
     return "".join(lines)

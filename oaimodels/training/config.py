@@ -26,6 +26,12 @@ from ..networks import get_spec
 
 # Options that change how a run executes but not what it computes: a resumed run may differ.
 OPERATIONAL = ("device", "loader", "workers", "nproc", "compile", "threads", "eval_batch_size")
+# What names and tracks a run without changing what it computes (not in the hash either).
+DESCRIPTIVE = ("name", "tags", "tensorboard", "track", "tracking_uri", "experiment")
+# Options added after runs were first hashed: left out of the hash at their default, so the
+# hashes (and resume) of earlier runs stay valid.
+_HASHED_UNLESS_DEFAULT = {"sampler": "weighted"}
+SAMPLERS = ("weighted", "shuffle")
 
 
 class TrainingError(OAIError):
@@ -62,10 +68,17 @@ class TrainConfig:
     warmup_epochs: int = 5
     warmup_start_lr: float = 1e-5
     focal_gamma: float = 2.0
+    sampler: str = "weighted"  # weighted (1/class frequency, with replacement) | shuffle (each knee once)
     augment: AugmentParams = field(default_factory=AugmentParams)
     deterministic: bool = False
     nproc: int = 1
     threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    name: str | None = None  # a title for reports and trackers (default: model, view, init)
+    tags: dict[str, str] = field(default_factory=dict)
+    tensorboard: bool = True  # event files per fold (needs the tensorboard package)
+    track: str | None = None  # mlflow: also log to MLflow (oaimodels.tracking)
+    tracking_uri: str | None = None  # MLflow tracking URI (default: a file store ./mlruns)
+    experiment: str = "oai"  # MLflow experiment name
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -85,10 +98,11 @@ class TrainConfig:
 
     def essential(self) -> dict[str, Any]:
         """The options that define what is computed (compared when resuming)."""
-        return {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+        return {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL and k not in DESCRIPTIVE}
 
     def hash(self) -> str:
-        canonical = json.dumps(self.essential(), sort_keys=True, separators=(",", ":"))
+        hashed = {k: v for k, v in self.essential().items() if _HASHED_UNLESS_DEFAULT.get(k, object()) != v}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -138,6 +152,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError("warmup_epochs and workers must not be negative")
     if c.limit_train is not None and c.limit_train < 2:
         raise TrainingError("limit_train must be at least 2 knees")
+    from .config_file import check_recipe  # the recipe's value ranges, kept with the file checks
+
+    check_recipe(c)
     return c
 
 

@@ -36,6 +36,7 @@ from ..data import BatchPreparer, VolumeSource, WeightedEpochSampler, batches_of
 from ..inference import amp_context, predict_logits, softmax
 from ..metrics import average_precision, binary_target, progression_score, roc_auc
 from ..networks import to_channels_last
+from ..tracking import open_fold_tracker
 from .checkpoint import (
     checkpoint_meta,
     finalise_pending_best,
@@ -47,6 +48,7 @@ from .config import PreparedRun, TrainingError
 from .distributed import Dist, barrier, gather_rows, reduce_epoch, wrap_ddp
 from .recipe import build_model, loss_fn, make_optimizer, make_scheduler
 from .rng import rng_state, seed_everything, set_rng_state
+from .sampling import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def _new_fold_state(
     if c.channels_last:
         to_channels_last(model)
     optimizer = make_optimizer(model, c)
-    sampler = WeightedEpochSampler(
+    sampler = make_sampler(
+        c.sampler,
         train_frame["y"].to_numpy()[fd.train_items],
         seed=derive_seed(c.seed, fold),
         rank=d.rank,
@@ -296,6 +299,7 @@ def train_fold(
     if c.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     preparer = BatchPreparer(p.layout, c.augment, channels_last=bool(c.channels_last))
+    tracker = open_fold_tracker(p, fold, s.start_epoch, main=d.main)
 
     for epoch in range(s.start_epoch, c.epochs):
         train = _train_epoch(s, train_model, p, fold, epoch, fd, source, preparer, d, progress)
@@ -320,6 +324,7 @@ def train_fold(
         improved = _keep_best(s, epoch, val, fd, probs)
         if d.main:
             _save_epoch(s, p, fold, epoch, improved, fold_path)
+        tracker.epoch(record)
         if on_epoch is not None and d.main:
             on_epoch({"fold": fold, **record, "best_epoch": s.best["epoch"]})
         barrier(d)
@@ -335,5 +340,6 @@ def train_fold(
     }
     if d.main:
         rf.write_json(fold_path / rf.SUMMARY, summary)
+    tracker.finish(summary, p.run_dir)
     barrier(d)
     return summary

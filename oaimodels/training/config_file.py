@@ -1,0 +1,238 @@
+"""Training configuration files: ``oai train --config FILE`` (TOML or JSON).
+
+A file holds :class:`~oaimodels.training.config.TrainConfig` keys at its top level, with the
+augmentations in an ``augment`` table::
+
+    model = "3d_shufflenet"
+    epochs = 4
+    batch_size = 16
+    lr = 1e-3
+    warmup_epochs = 0
+    init = "scratch"
+
+    [augment]
+    rotate_p = 0.25
+    max_rotation_deg = 10.0
+
+A run's own ``config.json`` is a valid config file too: its ``config`` object is read and the
+other keys it holds (hash, layout, store, folds, classes) are ignored. Relative ``store`` and
+``out`` paths are taken relative to the file's folder. Every key is checked
+against the dataclass: an unknown key or a value of the wrong type is an
+:class:`~oaicohort.errors.InputFileError` naming the file and the key. Command-line flags
+override the file (:func:`merge_config`); keys neither gives take the dataclass defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from oaicohort.errors import InputFileError
+
+from ..data import AugmentParams
+from .config import SAMPLERS, TrainConfig, TrainingError
+
+# The keys of a run's config.json beside its "config" object (written by training.run).
+RUN_CONFIG_KEYS = frozenset({"config", "config_hash", "folds", "layout", "store", "classes"})
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The checked option values of a TOML or JSON config file (not yet merged with defaults)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read the config file ({exc.strerror or exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputFileError(path, f"not valid TOML: {exc}") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(path, f"not valid JSON: {exc.msg}", line=exc.lineno) from None
+    else:
+        raise InputFileError(path, f"unknown config format {suffix or '(no suffix)'!r}; use a .toml or .json file")
+    if not isinstance(data, dict):
+        raise InputFileError(path, "a config file holds a table of options at its top level")
+    if "config" in data and isinstance(data["config"], dict):  # a run's config.json
+        extra = sorted(set(data) - RUN_CONFIG_KEYS)
+        if extra:
+            raise InputFileError(path, f"unknown key {extra[0]!r} beside 'config' (a run's config.json has none)")
+        data = data["config"]
+    values = check_values(data, path)
+    for key in ("store", "out"):  # relative to the file, as a reader of the file would take them
+        if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+            values[key] = str(path.parent / values[key])
+    return values
+
+
+def check_values(data: dict[str, Any], path: Path | str = "<options>") -> dict[str, Any]:
+    """``data`` checked key by key against :class:`TrainConfig` (and ``augment`` against
+    :class:`AugmentParams`); returns a copy with ``augment`` as a dict of checked values."""
+    out: dict[str, Any] = {}
+    hints = _hints(TrainConfig)
+    for key, value in data.items():
+        if key not in hints:
+            raise InputFileError(path, _unknown(key, hints), column=None)
+        if key == "augment":
+            out[key] = _check_augment(value, path)
+        else:
+            out[key] = _check(key, value, hints[key], path)
+    return out
+
+
+def merge_config(*layers: dict[str, Any] | None) -> TrainConfig:
+    """A config from the dataclass defaults, then each layer in turn (e.g. the CLI's defaults,
+    the file's values, the flags given), later layers winning.
+
+    ``augment`` and ``tags`` merge key by key, so ``--rotate-p 0`` keeps the file's other
+    augmentations. ``store`` and ``out`` must come from one of the layers.
+    """
+    values: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    for layer in layers:
+        layer = dict(layer or {})
+        augment.update(layer.pop("augment", None) or {})
+        tags.update(layer.pop("tags", None) or {})
+        values.update(layer)
+    missing = [k for k in ("store", "out") if values.get(k) in (None, "")]
+    if missing:
+        raise TrainingError(
+            f"no {' or '.join(missing)} given: pass {' and '.join('--' + k for k in missing)} or set "
+            f"{' and '.join(missing)} in the --config file"
+        )
+    return TrainConfig(**values, augment=AugmentParams(**augment), tags=tags)
+
+
+def check_recipe(c: TrainConfig) -> None:
+    """The recipe's values are in range (called by ``resolve_config``, whatever their source)."""
+    if not (c.lr > 0 and math.isfinite(c.lr)):
+        raise TrainingError(f"lr must be a positive number, got {c.lr}")
+    if c.warmup_start_lr <= 0:
+        raise TrainingError(f"warmup_start_lr must be positive, got {c.warmup_start_lr}")
+    if c.weight_decay < 0 or c.focal_gamma < 0:
+        raise TrainingError("weight_decay and focal_gamma must not be negative")
+    if c.sampler not in SAMPLERS:
+        raise TrainingError(f"sampler must be one of {', '.join(SAMPLERS)}, not {c.sampler!r}")
+    if c.track not in (None, "mlflow"):
+        raise TrainingError(f"track must be mlflow (or unset), not {c.track!r}")
+    if c.track == "mlflow" and not _importable("mlflow"):
+        raise TrainingError(
+            "--track mlflow needs the mlflow package: pip install 'oai-toolkit[mlflow]' (or mlflow-skinny)"
+        )
+    a = c.augment
+    for name in ("rotate_p", "gamma_p"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise TrainingError(f"augment.{name} is a probability (0 to 1), got {getattr(a, name)}")
+    if a.max_rotation_deg < 0:
+        raise TrainingError(f"augment.max_rotation_deg must not be negative, got {a.max_rotation_deg}")
+    if not 0 < a.gamma_low <= a.gamma_high:
+        raise TrainingError(
+            f"augment gamma range must satisfy 0 < gamma_low <= gamma_high, got {a.gamma_low}, {a.gamma_high}"
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a spec (a stand-in module)
+        return True
+
+
+# --------------------------------------------------------------------------- type checks
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
+
+
+def _unknown(key: str, hints: dict[str, Any], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(hints), n=1)
+    hint = f"; did you mean {prefix + close[0]!r}?" if close else f" (known keys: {', '.join(sorted(hints))})"
+    return f"unknown key {prefix + key!r}{hint}"
+
+
+def _check_augment(value: Any, path: Path | str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputFileError(path, f"key 'augment': expected a table of augmentation options, got {_kind(value)}")
+    hints = _hints(AugmentParams)
+    out = {}
+    for key, item in value.items():
+        if key not in hints:
+            raise InputFileError(path, _unknown(key, hints, "augment."))
+        out[key] = _check(f"augment.{key}", item, hints[key], path)
+    return out
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def _check(key: str, value: Any, hint: Any, path: Path | str) -> Any:
+    """``value`` if it fits the annotation ``hint`` (ints are accepted for floats, not bools)."""
+    ok, converted = _fits(value, hint)
+    if not ok:
+        raise InputFileError(path, f"key {key!r}: expected {_describe(hint)}, got {_kind(value)}")
+    return converted
+
+
+def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            ok, converted = _fits(value, arm)
+            if ok:
+                return True, converted
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False, None
+        checked = [_fits(v, item) for v in value]
+        return all(ok for ok, _ in checked), [v for _, v in checked]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return False, None
+        checked = {k: _fits(v, item) for k, v in value.items()}
+        return all(ok for ok, _ in checked.values()), {k: v for k, (_, v) in checked.items()}
+    raise TypeError(f"no check for the annotation {hint!r}")  # a new field type: teach _fits
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return "a table of strings"
+    return str(hint)
