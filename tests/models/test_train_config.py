@@ -278,3 +278,27 @@ def test_default_hash_is_unchanged_by_the_new_options() -> None:
     tracked = TrainConfig(store="s", out="o", name="x", tags={"a": "b"}, track="mlflow", tensorboard=False)
     assert tracked.hash() == TrainConfig(store="s", out="o").hash()
     assert TrainConfig(store="s", out="o", sampler="shuffle").hash() != TrainConfig(store="s", out="o").hash()
+
+
+def test_shuffle_sampler_takes_every_knee_once_per_epoch() -> None:
+    import numpy as np
+
+    from oaimodels.data import WeightedEpochSampler
+    from oaimodels.training.sampling import ShuffleEpochSampler, make_sampler
+
+    classes = np.array([0] * 8 + [1, 2])
+    sampler = make_sampler("shuffle", classes, seed=3, rank=0, world_size=1)
+    assert isinstance(sampler, ShuffleEpochSampler)
+    epochs = [sampler.indices(e) for e in range(3)]
+    assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert np.array_equal(epochs[2], make_sampler("shuffle", classes, seed=3, rank=0, world_size=1).indices(2))
+    shards = [make_sampler("shuffle", classes, seed=3, rank=r, world_size=2).indices(0) for r in (0, 1)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(10))
+    # the recipe's sampler draws the rare classes far more often than their 10% share
+    weighted = make_sampler("weighted", classes, seed=3, rank=0, world_size=1)
+    assert type(weighted) is WeightedEpochSampler
+    draws = np.concatenate([weighted.indices(e) for e in range(50)])
+    assert (classes[draws] != 0).mean() > 0.5
+    with pytest.raises(TrainingError, match="sampler must be one of"):
+        make_sampler("uniform", classes, seed=3, rank=0, world_size=1)
