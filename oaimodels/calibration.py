@@ -37,7 +37,7 @@ from .metrics import binary_target, brier_score, class_indices, progression_scor
 
 log = logging.getLogger(__name__)
 
-RECALIBRATED = "recalibrated.csv"
+RECALIBRATED = rf.RECALIBRATED
 LABELS = {
     "raw": "model score (as trained)",
     "prior_corrected": "prior-corrected (training class frequencies)",

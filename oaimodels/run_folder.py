@@ -19,9 +19,12 @@ One training run (one model, one view, one initialisation, all its folds) writes
       fold_{k}/val_predictions.csv   the best epoch's validation predictions (p_none, p_fast,
                              p_slow per knee)
       fold_{k}/summary.json  written when the fold has trained all its epochs (best epoch, AP)
+      fold_{k}/events.out.tfevents.*  TensorBoard scalars of each epoch (``--no-tensorboard``: none)
+      mlflow.json            with ``--track mlflow``: the MLflow run this training run logs to
 
 Evaluation (``oai eval``) adds ``RUN_DIR/eval/`` (or ``--out``): predictions.csv, metrics.json,
-the PNG plots (roc, pr, confusion, calibration) and report.md. Comparing several runs writes
+recalibrated.csv (probabilities recalibrated on the validation folds, never the test set), the
+PNG plots (roc, pr, confusion, calibration) and report.md. Comparing several runs writes
 report.md and overlaid roc/pr plots to ``comparison/`` beside the first run (or ``--out``).
 
 Every file name above is a constant of this module; other modules import them rather than
@@ -66,6 +69,8 @@ PR_PLOT = "pr.png"
 CONFUSION_PLOT = "confusion.png"
 CALIBRATION_PLOT = "calibration.png"
 PLOTS = (ROC_PLOT, PR_PLOT, CONFUSION_PLOT, CALIBRATION_PLOT)
+RECALIBRATED = "recalibrated.csv"
+MLFLOW_RUN = "mlflow.json"
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "oai-toolkit")
 

@@ -32,7 +32,7 @@ from . import run_folder as rf
 
 log = logging.getLogger(__name__)
 
-MLFLOW_RUN = "mlflow.json"
+MLFLOW_RUN = rf.MLFLOW_RUN
 # log.jsonl record key -> TensorBoard scalar tag
 SCALARS = {
     "train_loss": "loss/train",

@@ -30,7 +30,9 @@ def test_version_and_short_help() -> None:
     assert res.exit_code == 0 and "--json" in res.output
 
 
-@pytest.mark.parametrize("command", ["synth", "ingest", "label", "split", "cohort", "preprocess", "models", "train", "eval", "demo"])
+@pytest.mark.parametrize(
+    "command", ["synth", "ingest", "label", "split", "cohort", "preprocess", "models", "train", "eval", "demo"]
+)
 def test_flags_are_shown_as_flags_and_every_option_has_help(command: str) -> None:
     res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0

@@ -93,7 +93,16 @@ def test_evaluate_one_run_writes_every_file(two_runs: tuple[list[Path], pd.DataF
     assert result["ap"] == metrics["ap"] and result["report"] == str(out / "report.md")
     # every file went through the atomic writer: no temporary left, exactly the documented files
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["predictions.csv", "metrics.json", "report.md", "roc.png", "pr.png", "confusion.png", "calibration.png"]
+        [
+            "predictions.csv",
+            "metrics.json",
+            "recalibrated.csv",
+            "report.md",
+            "roc.png",
+            "pr.png",
+            "confusion.png",
+            "calibration.png",
+        ]
     )
 
 
