@@ -13,7 +13,7 @@ from oaicohort.cohort.definitions import PRESET_DESCRIPTIONS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
-    from oaicohort.cohort.labels import CohortSummary
+    from oaicohort.cohort.summary import CohortSummary
 
 
 def _mean_sd(mean: float | None, sd: float | None) -> str:
@@ -66,7 +66,8 @@ def label_command(
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
 ) -> None:
     """Derive knee progression labels (none / fast / slow) and print the cohort table."""
-    from oaicohort.cohort.labels import cohort_summary, derive_labels  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.labels import derive_labels  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.summary import cohort_summary
 
     db = state(ctx).open_db()
     with rich_progress(not json_out) as progress:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,15 +33,11 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, literal, null
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
-from oaicohort.cohort.labels import (
-    first_readings,
-    labels_fingerprint,
-    read_frame,
-    stored_definition,
-    stored_labels,
-)
+from oaicohort.cohort.derivation import first_readings
 from oaicohort.cohort.splits import latest_split
+from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
 from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
     ClinicalValue,
     ImageSeries,
@@ -49,11 +47,12 @@ from oaicohort.db.schema import (
     SplitAssignment,
     Subject,
     SubjectVisit,
+    Volume,
     XrayReading,
 )
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.visits import VISIT_MONTHS
-from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, MRI_VIEWS, ROLES
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +260,20 @@ class Cohort:
         split: int | str | None = "latest",
         include_excluded: bool = False,
         variables: Mapping[str, Any] | Sequence[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        view: str = "sag",
+        volume_visit: int = 0,
         **filters: Any,
     ) -> pd.DataFrame:
         """Knees matching every filter, one row each, sorted by subject and side.
 
         Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable. ``df.attrs``
         holds the definition (name, id, params hash) and split (id, params) used.
+
+        ``store`` (a volume store path): only knees with a good (``ok``) ``view`` volume at
+        ``volume_visit`` in that store, with its ``position`` in the store's array as a column;
+        ``df.attrs["volumes"]`` counts the matching knees before and without a volume
+        (``labelled_knees``, ``knees_without_volume``).
         """
         var_filters = self._variable_filters(variables, filters)
         with self.db.read() as session:
@@ -286,6 +293,8 @@ class Cohort:
         for i, name in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
             frame[name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+        if store is not None:
+            frame = self._with_volumes(frame, store, view, volume_visit)
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,
@@ -294,6 +303,41 @@ class Cohort:
             split_params=resolved.split_params,
         )
         return frame
+
+    def _with_volumes(self, frame: pd.DataFrame, store: str | os.PathLike[str], view: str, visit: int) -> pd.DataFrame:
+        """The knees of ``frame`` with a good volume in ``store``, and its ``position`` there."""
+        if view not in MRI_VIEWS:
+            raise QueryError(f"view={view!r}: expected one of {list(MRI_VIEWS)}")
+        path = str(Path(store).expanduser().resolve())
+        with self.db.read() as session:
+            volumes = read_frame(
+                session,
+                select(Volume.knee_id, Volume.position, Volume.status, Volume.visit)
+                .where(Volume.store_path == path, Volume.view == view)
+                .order_by(Volume.knee_id, Volume.visit, Volume.id),
+                ["knee_id", "position", "status", "visit"],
+            )
+        if volumes.empty:
+            raise DatabaseStateError(
+                f"no {view} volumes of store {path} are indexed in the database; "
+                f"run `oai preprocess --store {path}` with this --db"
+            )
+        # several parameter sets may have written a knee: the newest row wins
+        good = volumes[(volumes["status"] == "ok") & (volumes["visit"] == visit)]
+        good = good.drop_duplicates("knee_id", keep="last")[["knee_id", "position"]]
+        merged = frame.merge(good, on="knee_id", how="left")
+        no_volume = merged["position"].isna()
+        if no_volume.any():
+            log.warning("%d knee(s) have no usable %s volume in %s and are left out", int(no_volume.sum()), view, path)
+        out = merged[~no_volume].reset_index(drop=True)
+        out["position"] = out["position"].astype("int64")
+        out.attrs["volumes"] = {
+            "store": path,
+            "view": view,
+            "labelled_knees": int(len(merged)),
+            "knees_without_volume": int(no_volume.sum()),
+        }
+        return out
 
     def _variable_filters(
         self, variables: Mapping[str, Any] | Sequence[str] | None, filters: dict[str, Any]
