@@ -70,6 +70,10 @@ IMAGE_MISSING = "image_missing"
 COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
 
 
+# Parameters added after the presets' hashes were published -> their default; see canonical_json.
+HASHED_ONLY_WHEN_SET: dict[str, Any] = {}
+
+
 class LabelDefinitionError(OAIError):
     """A label definition's parameters are inconsistent, or its name is unknown."""
 
@@ -168,9 +172,20 @@ class LabelDefinitionParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def canonical_json(self) -> str:
-        """The hashed form: every parameter but the name, sorted keys, no whitespace."""
+        """The hashed form: every parameter but the name, sorted keys, no whitespace.
+
+        Where images live is not part of a definition's identity: ``image_store`` is hashed as
+        null whatever it holds (``oai label --store X`` and ``oai label`` derive the labels of one
+        definition; the hashes of definitions stored before this rule stay the same). Parameters
+        added after the presets were first hashed are left out while they hold their default, so
+        that old hashes stay valid too.
+        """
         params = self.to_dict()
         params.pop("name")
+        params["image_store"] = None
+        for name, default in HASHED_ONLY_WHEN_SET.items():
+            if params.get(name) == default:
+                params.pop(name, None)
         return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:

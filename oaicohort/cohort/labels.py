@@ -182,14 +182,16 @@ def derive_labels(
     the name of a definition stored earlier (its stored parameters are used again).
 
     With ``store`` (a volume store path) knees without a good baseline volume in that store are
-    excluded too (``image_failed`` / ``image_missing``); the store is part of the definition's
-    parameters. Re-deriving replaces the definition's labels in one transaction.
+    excluded too (``image_failed`` / ``image_missing``). The store is recorded with the labels but
+    is not part of the definition's identity: with or without it, the labels are those of one
+    definition, replaced by each derivation (in one transaction).
     """
     started = time.perf_counter()
     report = progress or no_progress
     params = _definition_params(db, definition)
-    if store is not None:
-        params = dataclasses.replace(params, image_store=str(Path(store).expanduser().resolve()))
+    # where images live is a derivation option, not part of the definition's identity
+    image_store = None if store is None else str(Path(store).expanduser().resolve())
+    params = dataclasses.replace(params, image_store=image_store)
     params_hash = params.hash()
     report("labels", 0, 3)
     with db.write() as session:
@@ -206,7 +208,9 @@ def derive_labels(
         if row is None:
             row = LabelDefinition(name=params.name, params=params.to_dict(), params_hash=params_hash)
             session.add(row)
-        # created_at marks the latest derivation: "the latest labels of a name" resolve to it
+        # created_at marks the latest derivation: "the latest labels of a name" resolve to it;
+        # params record that derivation's options (the image store) too
+        row.params = params.to_dict()
         row.created_at = utcnow()
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
