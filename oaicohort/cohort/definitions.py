@@ -51,6 +51,8 @@ from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
+GradedVariable = Literal["klg", "jsn_medial", "jsn_lateral"]
+Outcome = Literal["progression", "incidence"]
 NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
 DuplicatePolicy = Literal["first", "first_graded"]
 
@@ -59,6 +61,8 @@ DuplicatePolicy = Literal["first", "first_graded"]
 # (A baseline KLG outside ``baseline_klg_allowed`` gives ``baseline_klg_<k>``, e.g. baseline_klg_4.)
 NO_BASELINE_READING = "no_baseline_reading"
 BASELINE_KLG_MISSING = "baseline_klg_missing"
+# incidence: the graded variable is already at or above the incidence grade at baseline
+BASELINE_NOT_BELOW_INCIDENCE = "baseline_not_below_incidence_grade"
 LOST_TO_FOLLOW_UP = "lost_to_follow_up"
 # Cohort exclusions applied after labelling, in the order a definition lists them.
 REPLACED_AT_BASELINE = "replaced_at_baseline"
@@ -71,7 +75,13 @@ COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASE
 
 
 # Parameters added after the presets' hashes were published -> their default; see canonical_json.
-HASHED_ONLY_WHEN_SET: dict[str, Any] = {}
+# (One entry per parameter: other additions append their own line.)
+HASHED_ONLY_WHEN_SET: dict[str, Any] = {
+    "graded_variable": "klg",
+    "min_increase": 1,
+    "outcome": "progression",
+    "incidence_grade": 2,
+}
 
 
 class LabelDefinitionError(OAIError):
@@ -106,7 +116,16 @@ class LabelDefinitionParams:
     # the baseline series whose absence excludes a knee (``no_baseline_dess``)
     dess_sequence: str = "SAG_3D_DESS"
     # absolute path of a volume store: knees without a good baseline volume there are excluded
+    # (recorded with the labels; not part of the definition's identity, see canonical_json)
     image_store: str | None = field(default=None)
+    # --- what is graded and what counts as an event (issue 15) ---
+    # the reading followed over time: KLG, or medial/lateral joint-space narrowing (XRJSM/XRJSL)
+    graded_variable: GradedVariable = "klg"
+    # progression: a follow-up at least this much above baseline (KLG: 1 = any increase)
+    min_increase: float = 1
+    # "progression" (an increase) or "incidence" (baseline below incidence_grade, later at or above)
+    outcome: Outcome = "progression"
+    incidence_grade: int = 2
 
     def __post_init__(self) -> None:
         for name in ("followup_visits", "baseline_klg_allowed", "exclusions"):
@@ -142,6 +161,17 @@ class LabelDefinitionParams:
             raise LabelDefinitionError(
                 f"{where}: baseline_klg_allowed must be KL grades 0-4, got {list(self.baseline_klg_allowed)}"
             )
+        _check_choice(where, "graded_variable", self.graded_variable, GradedVariable)
+        _check_choice(where, "outcome", self.outcome, Outcome)
+        if isinstance(self.min_increase, bool) or not isinstance(self.min_increase, (int, float)):
+            raise LabelDefinitionError(f"{where}: min_increase must be a number, got {self.min_increase!r}")
+        if self.min_increase <= 0:
+            raise LabelDefinitionError(f"{where}: min_increase must be positive, got {self.min_increase}")
+        top = 4 if self.graded_variable == "klg" else 3
+        if isinstance(self.incidence_grade, bool) or self.incidence_grade not in range(1, top + 1):
+            raise LabelDefinitionError(
+                f"{where}: incidence_grade must be a grade 1-{top} of {self.graded_variable}, got {self.incidence_grade!r}"
+            )
         unknown = [e for e in self.exclusions if e not in COHORT_EXCLUSIONS]
         if unknown or len(set(self.exclusions)) != len(self.exclusions):
             raise LabelDefinitionError(
@@ -164,8 +194,26 @@ class LabelDefinitionParams:
         """Every exclusion reason this definition can give, in the order they are checked
         (``baseline_klg_<k>`` stands for each grade not allowed)."""
         grades = tuple(f"baseline_klg_{k}" for k in range(5) if k not in self.baseline_klg_allowed)
+        graded: tuple[str, ...] = ()
+        if self.graded_variable != "klg":
+            graded += (self.baseline_graded_missing,)
+        if self.outcome == "incidence":
+            graded += (BASELINE_NOT_BELOW_INCIDENCE,)
         images = (IMAGE_FAILED, IMAGE_MISSING) if self.image_store else ()
-        return (NO_BASELINE_READING, BASELINE_KLG_MISSING, *grades, LOST_TO_FOLLOW_UP, *self.exclusions, *images)
+        return (
+            NO_BASELINE_READING,
+            BASELINE_KLG_MISSING,
+            *grades,
+            *graded,
+            LOST_TO_FOLLOW_UP,
+            *self.exclusions,
+            *images,
+        )
+
+    @property
+    def baseline_graded_missing(self) -> str:
+        """Exclusion reason of a knee whose graded variable has no baseline value."""
+        return BASELINE_KLG_MISSING if self.graded_variable == "klg" else f"baseline_{self.graded_variable}_missing"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able parameters (tuples as lists), name included."""

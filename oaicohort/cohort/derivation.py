@@ -14,6 +14,7 @@ import pandas as pd
 
 from oaicohort.cohort.definitions import (
     BASELINE_KLG_MISSING,
+    BASELINE_NOT_BELOW_INCIDENCE,
     BMI_MISSING,
     IMAGE_FAILED,
     IMAGE_MISSING,
@@ -49,7 +50,7 @@ class LabelInputs:
     """The tables a label definition needs, as plain DataFrames (one SELECT each)."""
 
     knees: pd.DataFrame  # knee_id, subject_id, side
-    readings: pd.DataFrame  # id, knee_id, visit, klg, klg_missing_code, source_row
+    readings: pd.DataFrame  # id, knee_id, visit, klg, klg_missing_code, jsn_medial, jsn_lateral, source_row
     baseline_bmi: pd.DataFrame  # subject_id, bmi (visit 0 rows only)
     baseline_series: pd.DataFrame  # subject_id, side: knees with the baseline DESS series
     replacements: pd.DataFrame  # knee_id, status, at_baseline, visit_after, xray_visit_after, days
@@ -119,6 +120,11 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     kl0 = np.full(n, np.nan)
     has_base[bpos[bpos >= 0]] = True
     kl0[bpos[bpos >= 0]] = base["klg"].to_numpy(dtype=float)[bpos >= 0]
+    # the graded variable's baseline (KLG itself, or JSN medial/lateral)
+    column = params.graded_variable
+    g0 = kl0 if column == "klg" else np.full(n, np.nan)
+    if column != "klg":
+        g0[bpos[bpos >= 0]] = base[column].to_numpy(dtype=float)[bpos >= 0]
 
     # follow-ups: knees x examined visits
     m = len(visits)
@@ -130,15 +136,18 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     vpos = pd.Index(visits).get_indexer(follow["visit"].to_numpy())
     ok = fpos >= 0
     present[fpos[ok], vpos[ok]] = True
-    klg[fpos[ok], vpos[ok]] = follow["klg"].to_numpy(dtype=float)[ok]
+    klg[fpos[ok], vpos[ok]] = follow[column].to_numpy(dtype=float)[ok]
     codes = follow["klg_missing_code"].astype("string").str.strip().str.upper()
     prosthesis[fpos[ok], vpos[ok]] = (codes == ".P").fillna(False).to_numpy(dtype=bool)[ok]
 
     graded = present & ~np.isnan(klg)
     with np.errstate(invalid="ignore"):
-        increase = graded & (klg > kl0[:, None])
-        if not params.count_0_to_1:
-            increase &= klg != 1
+        if params.outcome == "incidence":
+            increase = graded & (klg >= params.incidence_grade)
+        else:
+            increase = graded & (klg - g0[:, None] >= params.min_increase)
+            if not params.count_0_to_1:
+                increase &= klg != 1
     missing = present & np.isnan(klg)
     if params.missing_klg == "progression_proxy":
         replaced = missing
@@ -151,14 +160,16 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     j = event.argmax(axis=1)
     rows = np.arange(n)
     month = np.where(has_event, months[j], np.nan)
-    step = np.where(replaced[rows, j], REPLACED_KLG - kl0, klg[rows, j] - kl0)
+    # a replaced knee "reaches KLG 5"; JSN has no such convention (no increase recorded)
+    replaced_step = REPLACED_KLG - kl0 if column == "klg" else np.full(n, np.nan)
+    step = np.where(replaced[rows, j], replaced_step, klg[rows, j] - g0)
     step = np.where(has_event, step, np.nan)
 
     if params.missing_klg == "outcomes99":
         rep_month = _replacement_months(inputs, params, knee_ids)
         earlier = ~np.isnan(rep_month) & (~has_event | (rep_month <= np.nan_to_num(month, nan=np.inf)))
         month = np.where(earlier, rep_month, month)
-        step = np.where(earlier, REPLACED_KLG - kl0, step)
+        step = np.where(earlier, replaced_step, step)
         has_event |= earlier
 
     if params.non_progressor_requires == "subject_at_last_visit":
@@ -184,6 +195,10 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     for grade in range(5):
         if grade not in params.baseline_klg_allowed:
             conditions.append((kl0 == grade, f"baseline_klg_{grade}"))
+    if column != "klg":
+        conditions.append((np.isnan(g0), params.baseline_graded_missing))
+    if params.outcome == "incidence":
+        conditions.append((g0 >= params.incidence_grade, BASELINE_NOT_BELOW_INCIDENCE))
     conditions.append((~has_event & ~followed, LOST_TO_FOLLOW_UP))
     stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
     for reason in params.exclusions:
@@ -204,7 +219,7 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
             "label": np.where(included, label, None),
             "exclusion": exclusion,
             "progression_month": pd.array(np.where(included & has_event, month, np.nan), dtype="Int64"),
-            "kl_increase": pd.array(np.where(included & has_event, step, np.nan), dtype="Int64"),
+            "kl_increase": pd.array(np.where(included & has_event, np.round(step), np.nan), dtype="Int64"),
         }
     )
     stage1 = pd.DataFrame({"knee_id": knee_ids, "subject_id": subject_ids, "label": label})

@@ -97,11 +97,14 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
             XrayReading.visit,
             XrayReading.klg,
             XrayReading.klg_missing_code,
+            XrayReading.jsn_medial,
+            XrayReading.jsn_lateral,
             XrayReading.source_row,
         ).where(XrayReading.visit.in_(visits)),
-        ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row"],
+        ["id", "knee_id", "visit", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "source_row"],
     )
-    readings["klg"] = readings["klg"].astype(float)
+    for column in ("klg", "jsn_medial", "jsn_lateral"):
+        readings[column] = readings[column].astype(float)
     bmi = read_frame(
         session,
         select(SubjectVisit.subject_id, SubjectVisit.bmi).where(SubjectVisit.visit == 0),

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, and_, exists, false, literal, null, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, false, literal, null, or_, select
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
-from oaicohort.cohort.derivation import first_readings
 from oaicohort.cohort.splits import latest_split
 from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
+from oaicohort.cohort.trajectories import TRAJECTORY_COLUMNS
+from oaicohort.cohort.variables import QueryError, VariableCatalogue, VariableRef
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
@@ -48,9 +49,8 @@ from oaicohort.db.schema import (
     Subject,
     SubjectVisit,
     Volume,
-    XrayReading,
 )
-from oaicohort.errors import DatabaseStateError, OAIError
+from oaicohort.errors import DatabaseStateError
 from oaicohort.visits import VISIT_MONTHS
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, MRI_VIEWS, ROLES
 
@@ -73,19 +73,6 @@ KNEE_COLUMNS = (
     "fold",
 )
 INT_COLUMNS = ("kl_baseline", "progression_month", "kl_increase", "fold")
-TRAJECTORY_COLUMNS = (
-    "knee_id",
-    "subject_id",
-    "side",
-    "label",
-    "exclusion",
-    "visit",
-    "month",
-    "klg",
-    "klg_missing_code",
-    "read_project",
-    "source_row",
-)
 
 # filter name -> (column, kind); kind decides which values are valid
 _COLUMNS: dict[str, tuple[Any, str]] = {
@@ -105,14 +92,8 @@ _COLUMNS: dict[str, tuple[Any, str]] = {
     "fold": (SplitAssignment.fold, "int"),
 }
 SPECIAL_FILTERS = ("has_sequence", "variables")
-# up to this many knees, trajectories are read with WHERE knee_id IN (...); beyond, all readings
-_IN_LIST_MAX = 2000
 OPTIONS = ("definition", "split", "include_excluded")
 FILTERS = (*_COLUMNS, *SPECIAL_FILTERS)
-
-
-class QueryError(OAIError):
-    """A cohort query names an unknown filter or gives a filter a value it cannot take."""
 
 
 @dataclass(frozen=True)
@@ -290,9 +271,9 @@ class Cohort:
             frame[col] = frame[col].astype("Int64")
         for col in ("age", "bmi"):
             frame[col] = frame[col].astype(float)
-        for i, name in enumerate(var_filters):
+        for i, (ref, _value) in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
-            frame[name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+            frame[ref.name] = num.astype(float) if num.notna().any() or text.isna().all() else text
         if store is not None:
             frame = self._with_volumes(frame, store, view, volume_visit)
         frame.attrs.update(
@@ -341,8 +322,9 @@ class Cohort:
 
     def _variable_filters(
         self, variables: Mapping[str, Any] | Sequence[str] | None, filters: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Split clinical-variable filters out of ``filters`` (in place); check every name."""
+    ) -> list[tuple[VariableRef, Any]]:
+        """Split clinical-variable filters out of ``filters`` (in place); resolve every name to
+        a subject-level variable or a knee-side pair (:mod:`oaicohort.cohort.variables`)."""
         requested: dict[str, Any] = {}
         if isinstance(variables, Mapping):
             requested.update(variables)
@@ -352,20 +334,26 @@ class Cohort:
             requested.update({name: ... for name in variables})
         unknown = [k for k in filters if k not in _COLUMNS and k not in SPECIAL_FILTERS]
         if not unknown and not requested:
-            return {}
-        known = set(self.variables())
+            return []
+        with self.db.read() as session:
+            catalogue = VariableCatalogue.load(session)
         for name in unknown:
-            if name in known:
+            if catalogue.try_resolve(name) is not None:
                 requested[name] = filters.pop(name)
         bad = [k for k in filters if k not in _COLUMNS and k not in SPECIAL_FILTERS]
-        bad += [k for k in requested if k not in known]
+        resolved: list[tuple[VariableRef, Any]] = []
+        for name, value in requested.items():
+            ref = catalogue.try_resolve(name)
+            if ref is None:
+                bad.append(name)
+            else:
+                resolved.append((ref, value))
         if bad:
             raise QueryError(
                 f"unknown filter(s) {sorted(set(bad))}; valid filters: {', '.join(FILTERS)}; "
-                f"options: {', '.join(OPTIONS)}; ingested clinical variables: "
-                f"{', '.join(sorted(known)) or 'none (oai ingest --variables NAME,...)'}"
+                f"options: {', '.join(OPTIONS)}; {catalogue.names()}"
             )
-        return requested
+        return resolved
 
     def _resolve(
         self, session: Any, definition: str | int | LabelDefinitionParams, split: int | str | None
@@ -406,7 +394,7 @@ class Cohort:
         resolved: _Resolved,
         include_excluded: bool,
         filters: dict[str, Any],
-        var_filters: dict[str, Any],
+        var_filters: list[tuple[VariableRef, Any]],
     ) -> Select[Any]:
         has_split = resolved.split_id is not None
         role = SplitAssignment.role if has_split else null()
@@ -447,12 +435,18 @@ class Cohort:
             else:
                 column, kind = _COLUMNS[name]
                 stmt = stmt.where(_condition(name, column, kind, value))
-        for i, (name, value) in enumerate(var_filters.items()):
+        for i, (ref, value) in enumerate(var_filters):
             cv = aliased(ClinicalValue, name=f"cv{i}")
-            stmt = stmt.outerjoin(cv, and_(cv.subject_id == Knee.subject_id, cv.variable == literal(name)))
+            # a knee-side pair reads the variable of the knee's own side
+            variable = (
+                case((Knee.side == "R", literal(ref.right)), else_=literal(ref.left))
+                if ref.knee_side
+                else literal(ref.right)
+            )
+            stmt = stmt.outerjoin(cv, and_(cv.subject_id == Knee.subject_id, cv.variable == variable))
             stmt = stmt.add_columns(cv.value_num, cv.value_text)
             if value is not ...:
-                stmt = stmt.where(self._variable_condition(name, cv, value))
+                stmt = stmt.where(self._variable_condition(ref.name, cv, value))
         return stmt.order_by(Knee.subject_id, Knee.side)
 
     @staticmethod
@@ -479,61 +473,37 @@ class Cohort:
     def trajectories(
         self,
         *,
+        variable: str = "XRKL",
         wide: bool = False,
         duplicates: str = "first",
         **knee_filters: Any,
     ) -> pd.DataFrame:
-        """KLG per knee per visit for the knees :meth:`knees` selects with ``knee_filters``.
+        """One variable per knee per visit for the knees :meth:`knees` selects with ``knee_filters``.
 
-        Long (default): one row per reading (``duplicates="all"``) or per knee and visit, the
+        ``variable``: ``XRKL`` (KLG, the default), another central X-ray reading (``XRJSM``,
+        ``XRJSL``, ``XROSFM`` ...), or any clinical variable ingested at several visits, by stem:
+        a knee-side pair (``WOMKP``: ``V00WOMKPR``/``L``, ``V01WOMKPR``/``L`` ...; each knee reads
+        its own side) or a subject-level ``Vvv`` variable. See :mod:`oaicohort.cohort.trajectories`.
+
+        KLG long (default): one row per reading (``duplicates="all"``) or per knee and visit, the
         first row in file order (``"first"``) or the first graded one (``"first_graded"``).
-        Wide: one row per knee, columns ``klg_00m``, ``klg_12m`` ... (missing = <NA>).
+        Wide: one row per knee, columns ``klg_00m``, ``klg_12m`` ... (missing = <NA>); other
+        variables ``<STEM>_00m`` ...
         """
+        from oaicohort.cohort import trajectories as tr
+
         if duplicates not in ("first", "first_graded", "all"):
             raise QueryError(f"duplicates={duplicates!r}: expected 'first', 'first_graded' or 'all'")
         if wide and duplicates == "all":
             raise QueryError("wide trajectories need one reading per visit: duplicates='first' or 'first_graded'")
+        key = variable.strip().upper()
+        column = tr.READING_VARIABLES.get(key)
         knees = self.knees(**knee_filters)
-        stmt = select(
-            XrayReading.knee_id,
-            XrayReading.visit,
-            XrayReading.month,
-            XrayReading.klg,
-            XrayReading.klg_missing_code,
-            XrayReading.read_project,
-            XrayReading.source_row,
-            XrayReading.id,
-        )
-        if len(knees) <= _IN_LIST_MAX:
-            stmt = stmt.where(XrayReading.knee_id.in_([int(k) for k in knees["knee_id"]]))
-        with self.db.read() as session:
-            readings = read_frame(
-                session,
-                stmt,
-                ["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"],
-            )
-        readings = readings[readings["knee_id"].isin(knees["knee_id"])]
-        if duplicates == "all":
-            readings = readings.sort_values(["knee_id", "visit", "source_row", "id"], kind="stable")
-        else:  # the rule the label definitions use
-            readings = first_readings(readings, duplicates)
-        readings = readings.drop(columns=[c for c in ("id", "_ungraded") if c in readings])
-        for col in ("klg", "read_project"):
-            readings[col] = readings[col].astype("Int64")
-        info = knees[["knee_id", "subject_id", "side", "label", "exclusion"]]
-        long = info.merge(readings, on="knee_id", how="inner")
-        long = long.sort_values(["subject_id", "side", "month"], kind="stable").reset_index(drop=True)
-        long = long[list(TRAJECTORY_COLUMNS)]
-        long.attrs.update(knees.attrs)
-        if not wide:
-            return long
-        table = long.pivot(index="knee_id", columns="month", values="klg")
-        table.columns = [f"klg_{int(m):02d}m" for m in table.columns]
-        out = info.merge(table.reset_index(), on="knee_id", how="left")
-        for col in table.columns:
-            out[col] = out[col].astype("Int64")
-        out.attrs.update(knees.attrs)
-        return out.reset_index(drop=True)
+        if key == "XRKL":
+            return tr.klg_trajectories(self.db, knees, duplicates=duplicates, wide=wide)
+        if column is not None:
+            return tr.reading_trajectories(self.db, knees, key, column, duplicates=duplicates, wide=wide)
+        return tr.clinical_trajectories(self.db, knees, variable, wide=wide)
 
 
 __all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "QueryError"]

@@ -83,3 +83,44 @@ def labels_fingerprint(labels: pd.DataFrame) -> str:
         f"{s},{side},{lab}" for s, side, lab in zip(included["subject_id"], included["side"], included["label"])
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def list_definitions(db: Any) -> pd.DataFrame:
+    """Every label definition: those stored (with their knee counts) and the presets not yet
+    derived. Columns: id, name, params_hash, created_at, knees (included), labelled (all rows),
+    derived, preset."""
+    from sqlalchemy import func
+
+    from oaicohort.cohort.definitions import PRESETS
+
+    included = func.count(KneeLabel.id).filter(KneeLabel.exclusion.is_(None))
+    stmt = (
+        select(
+            LabelDefinition.id,
+            LabelDefinition.name,
+            LabelDefinition.params_hash,
+            LabelDefinition.created_at,
+            included,
+            func.count(KneeLabel.id),
+        )
+        .outerjoin(KneeLabel, KneeLabel.definition_id == LabelDefinition.id)
+        .group_by(LabelDefinition.id)
+        .order_by(LabelDefinition.name, LabelDefinition.created_at)
+    )
+    columns = ["id", "name", "params_hash", "created_at", "knees", "labelled"]
+    with db.read() as session:
+        frame = read_frame(session, stmt, columns)
+    frame["derived"] = True
+    stored = set(zip(frame["name"], frame["params_hash"]))
+    missing = [
+        {"id": None, "name": n, "params_hash": p.hash(), "created_at": None, "knees": None, "labelled": None}
+        for n, p in PRESETS.items()
+        if (n, p.hash()) not in stored
+    ]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(missing).assign(derived=False)], ignore_index=True)
+    preset_hashes = {(n, p.hash()) for n, p in PRESETS.items()}
+    frame["preset"] = [(n, h) in preset_hashes for n, h in zip(frame["name"], frame["params_hash"])]
+    for col in ("knees", "labelled"):
+        frame[col] = frame[col].astype("Int64")
+    return frame.reset_index(drop=True)
