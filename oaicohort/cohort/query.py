@@ -274,6 +274,8 @@ class Cohort:
         for i, (ref, _value) in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
             frame[ref.name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+        # which OAI variable each variable column read, per side (for labels and dictionaries)
+        frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
         if store is not None:
             frame = self._with_volumes(frame, store, view, volume_visit)
         frame.attrs.update(

@@ -180,6 +180,7 @@ def clinical_trajectories(db: Database, knees: pd.DataFrame, variable: str, *, w
     out: Any = _wide(long, info, "value", stem, None) if wide else long
     out.attrs.update(knees.attrs)
     out.attrs["variable"] = stem
+    out.attrs["dictionary_variables"] = names
     return out
 
 

@@ -190,13 +190,42 @@ def labels_for(values: pd.Series, sources: pd.Series | str, dictionary: pd.DataF
     return pd.Series(out, index=values.index, dtype=object)
 
 
+def apply_value_mode(frame: pd.DataFrame, mode: str, dictionary: pd.DataFrame) -> pd.DataFrame:
+    """Variable columns of a :meth:`Cohort.knees` result as ``codes`` (unchanged), ``labels``
+    (the dictionary label of each code; the code where the dictionary has none) or ``both``
+    (``NAME`` and ``NAME_label``)."""
+    if mode not in VALUE_MODES:
+        raise QueryError(f"values={mode!r}: expected one of {list(VALUE_MODES)}")
+    out = frame.copy()
+    if mode == "codes":
+        return out
+    for name, sources in frame.attrs.get("variables", {}).items():
+        source = frame["side"].map(sources)
+        labels = labels_for(frame[name], source, dictionary)
+        if mode == "labels":
+            out[name] = labels.where(labels.notna(), frame[name].astype(object))
+        else:
+            out.insert(out.columns.get_loc(name) + 1, f"{name}_label", labels)
+    out.attrs = dict(frame.attrs)
+    return out
+
+
+def dictionary_of(frame: pd.DataFrame, session: Session) -> pd.DataFrame:
+    """The data-dictionary rows of the variables a query result read."""
+    names = {v for sources in frame.attrs.get("variables", {}).values() for v in sources.values()}
+    names |= set(frame.attrs.get("dictionary_variables", []))  # a clinical trajectory
+    return load_dictionary(session, names)
+
+
 __all__ = [
     "VALUE_MODES",
     "QueryError",
     "VariableCatalogue",
     "VariableError",
     "VariableRef",
+    "apply_value_mode",
     "code_key",
+    "dictionary_of",
     "labels_for",
     "load_dictionary",
 ]
