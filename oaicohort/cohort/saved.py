@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 
 from oaicohort import __version__
 from oaicohort.cohort.derivation import first_readings
@@ -204,7 +205,10 @@ def save_cohort(
 
 
 def _load(session: Any, name: str) -> SavedCohort:
-    row = session.execute(select(SavedCohort).where(SavedCohort.name == name)).scalar_one_or_none()
+    # the snapshot (every knee of the definition) is read only when a check needs to explain
+    row = session.execute(
+        select(SavedCohort).options(defer(SavedCohort.snapshot)).where(SavedCohort.name == name)
+    ).scalar_one_or_none()
     if row is None:
         names = session.execute(select(SavedCohort.name).order_by(SavedCohort.name)).scalars().all()
         raise DatabaseStateError(
@@ -288,7 +292,7 @@ def check_saved(db: Database, name: str) -> SavedCheck:
         row = _load(session, name)
         query = decode_query(row.query)
         saved = pd.DataFrame(row.knees)
-        old_snapshot = pd.DataFrame(row.snapshot)
+        saved_id = row.id
         saved_hash, saved_run, split_id = row.content_hash, row.ingest_run_id, row.split_id
         definition = session.execute(
             select(LabelDefinition).where(
@@ -320,6 +324,10 @@ def check_saved(db: Database, name: str) -> SavedCheck:
     entered = pd.DataFrame(sorted(cur_keys - old_keys), columns=[*KEY, "label"])
     left = pd.DataFrame(sorted(old_keys - cur_keys), columns=[*KEY, "label"])
     if len(entered) or len(left):
+        with db.read() as session:
+            old_snapshot = pd.DataFrame(
+                session.execute(select(SavedCohort.snapshot).where(SavedCohort.id == saved_id)).scalar_one()
+            )
         new_snapshot = _snapshot(db, cohort, query)
         entered["why"] = _why(old_snapshot, new_snapshot, entered)
         left["why"] = _why(old_snapshot, new_snapshot, left)
