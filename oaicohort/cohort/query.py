@@ -21,7 +21,6 @@ default), only included knees unless ``include_excluded=True``; ``role``/``fold`
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, and_, case, exists, false, literal, null, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, false, literal, null, or_, select
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
+from oaicohort.cohort.filters import condition as _condition
+from oaicohort.cohort.filters import is_range as _is_range
+from oaicohort.cohort.filters import sequence_condition as _sequence_condition
 from oaicohort.cohort.splits import latest_split
 from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
 from oaicohort.cohort.trajectories import TRAJECTORY_COLUMNS
@@ -41,7 +43,6 @@ from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
     ClinicalValue,
-    ImageSeries,
     Knee,
     KneeLabel,
     Split,
@@ -51,8 +52,7 @@ from oaicohort.db.schema import (
     Volume,
 )
 from oaicohort.errors import DatabaseStateError
-from oaicohort.visits import VISIT_MONTHS
-from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, MRI_VIEWS, ROLES
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -103,108 +103,6 @@ class _Resolved:
     params_hash: str
     split_id: int | None
     split_params: dict[str, Any] | None
-
-
-def _is_range(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) == 2
-
-
-def _check_value(name: str, kind: str, value: Any) -> Any:
-    """Validate (and normalise) one scalar filter value; raise QueryError naming the filter."""
-    if value is None:
-        return None
-    bad = QueryError(
-        f"filter {name}={value!r}: "
-        + {
-            "int": "expected an integer",
-            "number": "expected a number",
-            "klg": "expected a KL grade 0-4",
-            "label": f"expected one of {list(CLASSES)}",
-            "role": f"expected one of {list(ROLES)}",
-            "sex": "expected 'F' or 'M' (female/male)",
-            "side": "expected 'R' or 'L'",
-            "text": "expected a string",
-        }[kind]
-    )
-    if kind in ("int", "klg"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise bad
-        if kind == "klg" and int(value) not in range(5):
-            raise bad
-        return int(value)
-    if kind == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise bad
-        return float(value)
-    if not isinstance(value, str):
-        raise bad
-    if kind == "sex":
-        norm = {"f": "F", "female": "F", "m": "M", "male": "M"}.get(value.strip().lower())
-        if norm is None:
-            raise bad
-        return norm
-    if kind == "side":
-        norm = {"r": "R", "right": "R", "l": "L", "left": "L"}.get(value.strip().lower())
-        if norm is None:
-            raise bad
-        return norm
-    if kind == "label" and value not in CLASSES:
-        raise bad
-    if kind == "role" and value not in ROLES:
-        raise bad
-    if kind == "text" and name == "site":
-        return value.strip().upper()
-    return value
-
-
-def _condition(name: str, column: Any, kind: str, value: Any) -> ColumnElement[bool]:
-    """The WHERE clause of one filter: scalar, list (any of), (lo, hi) range or None."""
-    if _is_range(value) and kind in ("int", "number", "klg"):
-        lo, hi = (_check_value(name, "number", v) for v in value)
-        parts = [
-            c
-            for c in (column >= lo if lo is not None else None, column <= hi if hi is not None else None)
-            if c is not None
-        ]
-        return and_(column.is_not(None), *parts)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        values = [_check_value(name, kind, v) for v in value]
-        if not values:
-            return false()
-        present = [v for v in values if v is not None]
-        parts = [column.in_(present)] if present else []
-        if len(present) != len(values):
-            parts.append(column.is_(None))
-        return or_(*parts)
-    checked = _check_value(name, kind, value)
-    return column.is_(None) if checked is None else column == checked
-
-
-def _sequence_condition(value: Any) -> ColumnElement[bool]:
-    """``has_sequence``: "SEQ" (baseline), ("SEQ", visit), or a list of those (any of)."""
-    items = value if isinstance(value, list) else [value]
-    parts = []
-    for item in items:
-        if isinstance(item, str):
-            sequence, visit = item, 0
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            sequence, visit = item
-        else:
-            raise QueryError(
-                f"filter has_sequence={value!r}: expected 'SEQUENCE', ('SEQUENCE', visit) or a list "
-                "of those, e.g. ('SAG_3D_DESS', 0)"
-            )
-        if isinstance(visit, bool) or not isinstance(visit, int) or visit not in VISIT_MONTHS:
-            raise QueryError(f"filter has_sequence: visit {visit!r} is not an OAI visit code {sorted(VISIT_MONTHS)}")
-        parts.append(
-            exists().where(
-                ImageSeries.subject_id == Knee.subject_id,
-                ImageSeries.side == Knee.side,
-                ImageSeries.sequence == sequence.strip(),
-                ImageSeries.visit == visit,
-            )
-        )
-    return or_(*parts) if parts else false()
 
 
 class Cohort:
