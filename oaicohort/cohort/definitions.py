@@ -35,7 +35,20 @@ REFERENCE.md section 1) exactly, quirks included:
 - a non-progressor must have a graded reading of that knee at the last examined visit
   (96 months); the subject merely being in the 96-month file is not evidence about the knee.
 
-Other definitions are made with ``dataclasses.replace(preset("panfilov2022"), name=..., ...)``.
+Other definitions are made with ``dataclasses.replace(preset("panfilov2022"), name=..., ...)``
+or from a TOML file of the same fields (:mod:`oaicohort.cohort.definition_files`,
+``oai label --definition-file``). Besides visits, horizon and the fast/slow boundary they choose:
+
+- the graded reading followed (``graded_variable``): KLG, or medial/lateral joint-space
+  narrowing (``XRJSM``/``XRJSL``), with its own increase rule (``min_increase``; the 0 -> 1 rule
+  ``count_0_to_1`` applies to whichever reading is graded). A missing reading of it counts as
+  ``missing_klg`` says; a replaced knee records no increase for JSN (KLG: 5 - KL0);
+- ``outcome = "incidence"``: an event is the first follow-up at or above ``incidence_grade``;
+  a knee already at or above it at baseline is excluded (``baseline_not_below_incidence_grade``).
+
+Identity: the hash covers every parameter but the name and ``image_store`` (where images live);
+parameters added after the presets were first hashed count only when they differ from their
+default (:data:`HASHED_ONLY_WHEN_SET`), so stored hashes stay valid.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from oaicohort.cohort.filters import sequence_condition as _sequence_condition
 from oaicohort.cohort.splits import latest_split
 from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
 from oaicohort.cohort.trajectories import TRAJECTORY_COLUMNS
-from oaicohort.cohort.variables import QueryError, VariableCatalogue, VariableRef
+from oaicohort.cohort.variables import QueryError, VariableCatalogue, VariableRef, load_dictionary
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
@@ -117,6 +117,17 @@ class Cohort:
         """Names of the clinical variables ingested by name (``oai ingest --variables``)."""
         with self.db.read() as session:
             return sorted(session.execute(select(ClinicalValue.variable).distinct()).scalars())
+
+    def knee_variables(self) -> pd.DataFrame:
+        """Knee-side variable pairs detected at ingest: name (``WOMKP@V00``), stem, prefix,
+        visit, right_variable, left_variable, source_file."""
+        with self.db.read() as session:
+            return VariableCatalogue.load(session).pairs
+
+    def dictionary(self, variables: Sequence[str] | None = None) -> pd.DataFrame:
+        """The data dictionary stored at ingest (variable, code, label, source_file)."""
+        with self.db.read() as session:
+            return load_dictionary(session, [v.upper() for v in variables] if variables is not None else None)
 
     def definitions(self) -> pd.DataFrame:
         """Stored label definitions: id, name, params_hash, created_at."""

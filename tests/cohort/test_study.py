@@ -151,6 +151,12 @@ def test_pair_rule_side_letter_inside_twins_in_one_file_and_other_joints() -> No
     ]  # V00XR/V01XL: other prefixes; HIP: another joint; ABR/ABL: different files
 
 
+def test_discovery_lists_pairs_and_the_dictionary(study: tuple[Database, Path]) -> None:
+    cohort = Cohort(study[0])
+    assert cohort.knee_variables()["name"].tolist() == ["INJ@P01", "WOMKP@V00", "WOMKP@V01", "WOMKP@V03"]
+    assert cohort.dictionary(["p01injr"])[["code", "label"]].values.tolist() == [["0", "No"], ["1", "Yes"]]
+
+
 def test_a_pair_resolves_per_knee(study: tuple[Database, Path]) -> None:
     db, _ = study
     cohort = Cohort(db)
@@ -312,6 +318,11 @@ def test_oai_label_definition_file_and_list(study: tuple[Database, Path], tmp_pa
     assert listed["oai_tkr2024"]["derived"] is False
     res = runner.invoke(app, ["--db", db.url, "label", "--list"])
     assert "incident_kl2" in res.stdout and load_definition_file(path).hash()[:12] in res.stdout
+    bad = _toml(tmp_path, 'name = "x"\nhorizn = 48\n', "bad.toml")
+    res = runner.invoke(app, ["--db", db.url, "label", "--definition-file", str(bad)])
+    assert res.exit_code == 1 and "bad.toml: unknown field 'horizn'" in res.stderr
+    res = runner.invoke(app, ["--db", db.url, "label", "-d", "oai_tkr2024", "--definition-file", str(path)])
+    assert res.exit_code == 2 and "Invalid value for --definition" in res.output
 
 
 # --------------------------------------------------------------------------- saved cohorts
@@ -375,6 +386,10 @@ def test_saved_cohort_cli(study: tuple[Database, Path], tmp_path: Path) -> None:
     frame = pd.read_csv(out, comment="#")
     assert set(zip(frame["subject_id"], frame["side"])) == {(S1, "L"), (S3, "R")}
     assert frame["WOMKP@V00"].tolist() == [7.0, 10.0]
+    res = runner.invoke(app, ["--db", db.url, "cohort", "--saved", "pain_f", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert (report["same"], report["entered"], report["left"], report["saved_knees"]) == (True, [], [], 2)
     res = runner.invoke(app, ["--db", db.url, "cohort", "--saved", "nope"])
     assert res.exit_code == 1 and "no saved cohort 'nope'" in res.stderr
 
