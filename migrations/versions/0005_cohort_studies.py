@@ -8,6 +8,7 @@ Data step: a label definition's identity no longer includes the volume store it 
 (``image_store`` is hashed as null). Rows that differed only by their store are merged into the
 one most recently derived (whose labels are current); their splits move to it unless it already
 has a split of the same parameters (then the duplicate split is dropped with its assignments).
+Clinical variables ingested before this revision get their knee-side pairs and data dictionary.
 """
 
 from __future__ import annotations
@@ -111,6 +112,39 @@ def _drop_checks() -> None:
             op.drop_constraint(op.f(constraint), table, type_="check")
 
 
+def _record_existing_variables(conn: sa.Connection) -> None:
+    """Pairs and dictionary of variables ingested before this revision (an unchanged re-ingest
+    would not record them). Uses the ingest's own rule, as it is at this revision."""
+    import pandas as pd
+
+    from oaicohort.ingest.dictionary import detect_pairs, dictionary_entries
+
+    clinical = pd.DataFrame(
+        conn.execute(sa.text("SELECT variable, value_text, source_file FROM clinical_values")).all(),
+        columns=["variable", "value_text", "source_file"],
+    )
+    if clinical.empty:
+        return
+    entries = dictionary_entries(clinical)
+    if len(entries):
+        conn.execute(
+            sa.text(
+                "INSERT INTO data_dictionary (variable, code, label, source_file) "
+                "VALUES (:variable, :code, :label, :source_file)"
+            ),
+            entries.to_dict("records"),
+        )
+    pairs = detect_pairs(clinical[["variable", "source_file"]].drop_duplicates())
+    if len(pairs):
+        conn.execute(
+            sa.text(
+                "INSERT INTO knee_variable_pairs (name, stem, prefix, visit, right_variable, left_variable, "
+                "source_file) VALUES (:name, :stem, :prefix, :visit, :right_variable, :left_variable, :source_file)"
+            ),
+            [{**r, "visit": None if pd.isna(r["visit"]) else int(r["visit"])} for r in pairs.to_dict("records")],
+        )
+
+
 def upgrade() -> None:
     _add_checks()
     _merge_store_duplicates(op.get_bind())
@@ -157,6 +191,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_saved_cohorts")),
         sa.UniqueConstraint("name", name=op.f("uq_saved_cohorts_name")),
     )
+    _record_existing_variables(op.get_bind())
 
 
 def downgrade() -> None:

@@ -131,3 +131,23 @@ def test_check_constraints_refuse_values_outside_the_vocabulary(any_db: Database
                        "VALUES ('x', '{}', 'h', '2026-01-01')"))  # fmt: skip
     with pytest.raises(IntegrityError, match="(?i)check"), any_db.write() as s:
         s.execute(text(statement))
+
+
+def test_migration_0005_records_pairs_of_variables_ingested_before(any_db: Database) -> None:
+    downgrade(any_db.engine, "0004")
+    with any_db.write() as s:
+        add_subject(s, 9300031)
+        for variable, cell in (("V00WOMKPR", "3"), ("V00WOMKPL", "1"), ("P01INJR", "1: Yes")):
+            s.execute(
+                text(
+                    "INSERT INTO clinical_values (subject_id, variable, value_text, value_num, source_file) "
+                    "VALUES (9300031, :v, :t, 1, 'AllClinical00.txt')"
+                ),
+                {"v": variable, "t": cell},
+            )
+    upgrade(any_db.engine)
+    with any_db.read() as s:
+        pairs = s.execute(text("SELECT name, right_variable, left_variable, visit FROM knee_variable_pairs")).all()
+        codes = s.execute(text("SELECT variable, code, label FROM data_dictionary")).all()
+    assert [tuple(r) for r in pairs] == [("WOMKP@V00", "V00WOMKPR", "V00WOMKPL", 0)]
+    assert [tuple(r) for r in codes] == [("P01INJR", "1", "Yes")]
