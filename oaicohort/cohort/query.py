@@ -52,7 +52,7 @@ from oaicohort.db.schema import (
     Volume,
 )
 from oaicohort.errors import DatabaseStateError
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ class Cohort:
 
     def _with_volumes(self, frame: pd.DataFrame, store: str | os.PathLike[str], view: str, visit: int) -> pd.DataFrame:
         """The knees of ``frame`` with a good volume in ``store``, and its ``position`` there."""
-        if view not in MRI_VIEWS:
-            raise QueryError(f"view={view!r}: expected one of {list(MRI_VIEWS)}")
+        # any view name the store holds (MRI planes, or others such as radiographs): an unknown
+        # one finds no volumes and says so below
         path = str(Path(store).expanduser().resolve())
         with self.db.read() as session:
             volumes = read_frame(
