@@ -145,6 +145,12 @@ def cohort_command(
 ) -> None:
     """List the cohort's knees matching every filter (only included knees by default)."""
     if saved is not None:
+        query_options = (site, sex, age_min, age_max, bmi_min, bmi_max, kl, label, role, fold, var, has_sequence)
+        if any(o not in (None, []) for o in query_options) or save or trajectories or include_excluded:
+            raise typer.BadParameter(
+                "--saved re-runs the saved query as it was: give no filters, --save or --trajectories with it",
+                param_hint="--saved",
+            )
         _saved_command(ctx, saved, export=export, out=out, json_out=json_out or fmt == "json")
         return
     if export:

@@ -390,6 +390,8 @@ def test_saved_cohort_cli(study: tuple[Database, Path], tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert (report["same"], report["entered"], report["left"], report["saved_knees"]) == (True, [], [], 2)
+    res = runner.invoke(app, ["--db", db.url, "cohort", "--saved", "pain_f", "--sex", "M"])
+    assert res.exit_code == 2 and "--saved" in res.output
     res = runner.invoke(app, ["--db", db.url, "cohort", "--saved", "nope"])
     assert res.exit_code == 1 and "no saved cohort 'nope'" in res.stderr
 
