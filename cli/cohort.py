@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,8 +128,33 @@ def cohort_command(
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file."),
     max_rows: int = typer.Option(40, "--max-rows", help="Rows shown by --format table."),
+    value_mode: str | None = typer.Option(
+        None, "--values", help="Coded variables as codes, labels or both (default: codes; trajectories: both)."
+    ),
+    dictionary: bool = typer.Option(
+        False, "--dictionary", help="Also write the data dictionary of the exported variables (OUT.dictionary.*)."
+    ),
+    save: str | None = typer.Option(None, "--save", help="Save this query and its result under NAME."),
+    replace: bool = typer.Option(False, "--replace", help="With --save: replace a saved cohort of that name."),
+    saved: str | None = typer.Option(
+        None, "--saved", help="Re-run the saved cohort NAME and report whether its knees are the same."
+    ),
+    export: bool = typer.Option(
+        False, "--export", help="With --saved: write the frozen knee list with a provenance header."
+    ),
 ) -> None:
     """List the cohort's knees matching every filter (only included knees by default)."""
+    if saved is not None:
+        query_options = (site, sex, age_min, age_max, bmi_min, bmi_max, kl, label, role, fold, var, has_sequence)
+        if any(o not in (None, []) for o in query_options) or save or trajectories or include_excluded:
+            raise typer.BadParameter(
+                "--saved re-runs the saved query as it was: give no filters, --save or --trajectories with it",
+                param_hint="--saved",
+            )
+        _saved_command(ctx, saved, export=export, out=out, json_out=json_out or fmt == "json")
+        return
+    if export:
+        raise typer.BadParameter("--export needs --saved NAME", param_hint="--export")
     fmt = "json" if json_out else fmt
     if fmt is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
@@ -163,6 +189,18 @@ def cohort_command(
         if name in variables:
             raise typer.BadParameter(f"variable {name} given twice", param_hint="--var")
         variables[name] = value
+    trajectory_variable = "XRKL"
+    if trajectories:
+        bare = [name for name, value in variables.items() if value is ...]
+        if len(bare) > 1:
+            raise typer.BadParameter(f"--trajectories follows one variable; got {', '.join(bare)}", param_hint="--var")
+        if bare:
+            trajectory_variable = bare[0]
+            del variables[bare[0]]
+    if dictionary and out is None:
+        raise typer.BadParameter("the data dictionary is a second file: give --out FILE", param_hint="--dictionary")
+    if save is not None and trajectories:
+        raise typer.BadParameter("--save stores a knee query, not trajectories", param_hint="--save")
 
     from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
@@ -175,11 +213,26 @@ def cohort_command(
         **filters,
     }
     if trajectories:
-        frame = cohort.trajectories(wide=wide, **options)
+        frame = cohort.trajectories(variable=trajectory_variable, wide=wide, **options)
         what = "knees" if wide else "readings"
+        frame = _trajectory_values(frame, value_mode or "both")
+    elif save is not None:
+        from oaicohort.cohort.saved import save_cohort
+
+        frame = save_cohort(cohort.db, save, replace=replace, **options)
+        what = "knees"
+        err_console.print(
+            f"saved cohort {save!r}: {len(frame)} knees, content sha256 {frame.attrs['saved']['content_hash'][:12]}"
+        )
     else:
         frame = cohort.knees(**options)
         what = "knees"
+    dictionary_frame = _dictionary(cohort, frame) if (dictionary or (value_mode or "codes") != "codes") else None
+    if not trajectories and value_mode not in (None, "codes"):
+        from oaicohort.cohort.variables import apply_value_mode
+
+        assert dictionary_frame is not None
+        frame = apply_value_mode(frame, value_mode, dictionary_frame)
 
     if fmt == "table":
         out_console.print(render_table(frame, max_rows, what))
@@ -193,6 +246,69 @@ def cohort_command(
         _write_text(_records_json(frame) + "\n", out)
     if out is not None:
         err_console.print(f"{len(frame)} {what} written to {out}")
+    if dictionary:
+        assert out is not None and dictionary_frame is not None
+        path = out.with_name(f"{out.stem}.dictionary{out.suffix or '.csv'}")
+        _write_frame(dictionary_frame, fmt if fmt != "table" else "csv", path)
+        err_console.print(f"data dictionary ({len(dictionary_frame)} codes) written to {path}")
+
+
+def _trajectory_values(frame: pd.DataFrame, values: str) -> pd.DataFrame:
+    if values not in ("codes", "labels", "both"):
+        raise typer.BadParameter(f"{values!r}: expected codes, labels or both", param_hint="--values")
+    if "value_label" not in frame.columns or values == "both":
+        return frame
+    return frame.drop(columns=["value_label" if values == "codes" else "value"])
+
+
+def _dictionary(cohort: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    from oaicohort.cohort.variables import dictionary_of
+
+    with cohort.db.read() as session:
+        return dictionary_of(frame, session)
+
+
+def _write_frame(frame: pd.DataFrame, fmt: str, path: Path) -> None:
+    if fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    elif fmt == "json":
+        path.write_text(_records_json(frame) + "\n", encoding="utf-8")
+    else:
+        path.write_text(frame.to_csv(index=False), encoding="utf-8")
+
+
+def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | None, json_out: bool) -> None:
+    from oaicohort.cohort.saved import check_saved, export_saved
+
+    db = state(ctx).open_db()
+    if export:
+        header, frame = export_saved(db, name)
+        text = "".join(f"# {line}\n" for line in header) + frame.to_csv(index=False)
+        _write_text(text, out)
+        if out is not None:
+            err_console.print(f"saved cohort {name!r}: {len(frame)} knees written to {out}")
+        return
+    check = check_saved(db, name)
+    if json_out:
+        sys.stdout.write(json.dumps(check.to_dict(), indent=2, default=str) + "\n")
+        return
+    verdict = "[green]the same[/]" if check.same else "[red]changed[/]"
+    out_console.print(
+        f"saved cohort {name!r}: {verdict} ({check.saved_knees} knees saved, {check.current_knees} now; "
+        f"content {check.saved_hash[:12]} -> {check.current_hash[:12]})"
+    )
+    for what, frame in (("entered", check.entered), ("left", check.left)):
+        if len(frame):
+            table = Table(title=f"{len(frame)} knee(s) {what}", title_justify="left", box=box.SIMPLE_HEAD)
+            for col in ("subject", "side", "label", "why"):
+                table.add_column(col)
+            for r in frame.itertuples(index=False):
+                table.add_row(str(r.subject_id), r.side, str(r.label), r.why)
+            out_console.print(table)
+    if check.changed_files:
+        out_console.print(f"files changed since the save: {', '.join(check.changed_files)}")
+    for note in check.notes:
+        err_console.print(f"note: {note}")
 
 
 def _write_text(text: str, out: Path | None) -> None:

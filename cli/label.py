@@ -13,7 +13,7 @@ from oaicohort.cohort.definitions import PRESET_DESCRIPTIONS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
-    from oaicohort.cohort.labels import CohortSummary
+    from oaicohort.cohort.summary import CohortSummary
 
 
 def _mean_sd(mean: float | None, sd: float | None) -> str:
@@ -63,14 +63,31 @@ def label_command(
     store: Path | None = typer.Option(
         None, "--store", help="Also exclude knees without a good baseline volume in this volume store."
     ),
+    definition_file: Path | None = typer.Option(
+        None,
+        "--definition-file",
+        help="A study's own definition: a TOML file with the fields of LabelDefinitionParams (see README).",
+    ),
+    list_all: bool = typer.Option(False, "--list", help="List every definition with its hash and knee counts."),
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
 ) -> None:
     """Derive knee progression labels (none / fast / slow) and print the cohort table."""
-    from oaicohort.cohort.labels import cohort_summary, derive_labels  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.labels import derive_labels  # pandas: keep `oai --help` fast
+    from oaicohort.cohort.summary import cohort_summary
 
     db = state(ctx).open_db()
+    if list_all:
+        _list_definitions(db, json_out)
+        return
+    chosen: Any = definition
+    if definition_file is not None:
+        from oaicohort.cohort.definition_files import load_definition_file
+
+        if definition != DEFAULT_DEFINITION:
+            raise typer.BadParameter("give --definition or --definition-file, not both", param_hint="--definition")
+        chosen = load_definition_file(definition_file)
     with rich_progress(not json_out) as progress:
-        result = derive_labels(db, definition, store=store, progress=progress)
+        result = derive_labels(db, chosen, store=store, progress=progress)
     summary = cohort_summary(db, result.definition_id)
     if json_out:
         out: dict[str, Any] = summary.to_dict()
@@ -79,3 +96,39 @@ def label_command(
         emit_json(out)
         return
     out_console.print(cohort_table(summary, result.labelled))
+
+
+def _list_definitions(db: Any, json_out: bool) -> None:
+    from oaicohort.cohort.stored import list_definitions
+
+    frame = list_definitions(db)
+    if json_out:
+        emit_json(
+            [
+                {
+                    "id": None if r.id is None or r.id != r.id else int(r.id),
+                    "name": r.name,
+                    "params_hash": r.params_hash,
+                    "derived": bool(r.derived),
+                    "preset": bool(r.preset),
+                    "created_at": None if not r.derived else str(r.created_at),
+                    "knees": None if not r.derived else int(r.knees),
+                    "labelled": None if not r.derived else int(r.labelled),
+                }
+                for r in frame.itertuples(index=False)
+            ]
+        )
+        return
+    table = Table(title="Label definitions", title_justify="left")
+    for col in ("name", "hash", "knees", "labelled", "derived at", ""):
+        table.add_column(col, justify="right" if col in ("knees", "labelled") else "left")
+    for r in frame.itertuples(index=False):
+        table.add_row(
+            r.name,
+            r.params_hash[:12],
+            str(r.knees) if r.derived else "-",
+            str(r.labelled) if r.derived else "-",
+            str(r.created_at)[:19] if r.derived else "not derived",
+            "preset" if r.preset else "",
+        )
+    out_console.print(table)

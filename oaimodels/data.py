@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
+from oaicohort.cohort.splits import check_leakage
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.imaging.store import VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
@@ -65,10 +67,6 @@ Shape3 = tuple[int, int, int]
 
 class DataError(OAIError):
     """The store, the labels or the split cannot feed the requested training."""
-
-
-class LeakageError(OAIError):
-    """A subject appears on both sides of a train/test (or fold) boundary."""
 
 
 # --------------------------------------------------------------------------- seeds
@@ -601,27 +599,6 @@ def make_source(
 KNEE_COLUMNS = ("knee_id", "subject_id", "side", "label", "role", "fold", "position")
 
 
-def check_leakage(knees: pd.DataFrame) -> None:
-    """Refuse a knee table in which a subject crosses the test/train or a fold boundary."""
-    train = knees[knees["role"] == "train"]
-    test = knees[knees["role"] == "test"]
-    shared = sorted(set(train["subject_id"]) & set(test["subject_id"]))
-    if shared:
-        raise LeakageError(
-            f"{len(shared)} test-set subject(s) also appear in the training folds "
-            f"(e.g. subject {', '.join(map(str, shared[:5]))}); refusing to train. "
-            "Make a new split with `oai split`."
-        )
-    folds_per_subject = train.groupby("subject_id")["fold"].nunique()
-    crossing = folds_per_subject[folds_per_subject > 1].index.tolist()
-    if crossing:
-        raise LeakageError(
-            f"{len(crossing)} subject(s) have knees in more than one cross-validation fold "
-            f"(e.g. subject {', '.join(map(str, crossing[:5]))}); refusing to train. "
-            "Make a new split with `oai split`."
-        )
-
-
 def validate_knees(knees: pd.DataFrame) -> pd.DataFrame:
     """Check a knee table (columns :data:`KNEE_COLUMNS`) and add the class index column ``y``."""
     missing = [c for c in KNEE_COLUMNS if c not in knees.columns]
@@ -653,45 +630,24 @@ def knee_table(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Labelled, split knees with their store position for ``view``, and what was left out.
 
-    Joins ``oaicohort.cohort.query.Cohort(db).knees(definition=..., split=...)`` (included knees) with
-    ``oaicohort.imaging.store.indexed_volumes`` (status ok at ``visit``). Knees without a usable
-    volume are dropped and counted in the returned info.
+    ``oaicohort.cohort.query.Cohort(db).knees(..., store=store_path, view=view)``: included, split
+    knees with a good volume at ``visit``; knees without one are counted in the returned info.
     """
     from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
-    from oaicohort.imaging.store import indexed_volumes
 
-    cohort = Cohort(db).knees(definition=definition, split="latest" if split is None else split)
-    attrs = dict(cohort.attrs)
-    if cohort.empty:
+    cohort = Cohort(db)
+    split_arg = "latest" if split is None else split
+    labelled = cohort.knees(definition=definition, split=split_arg)
+    if labelled.empty:
         raise DatabaseStateError(
             f"no labelled knees for definition {definition!r}; run `oai label` and `oai split` first"
         )
-    if "role" not in cohort.columns or cohort["role"].isna().all():
+    if labelled.attrs.get("split_id") is None:
         raise DatabaseStateError(f"no split for definition {definition!r}; run `oai split` first")
-    cohort = cohort[cohort["label"].notna() & cohort["role"].notna()]
-    volumes = indexed_volumes(db, store_path, view)
-    if volumes.empty:
-        raise DatabaseStateError(
-            f"no {view} volumes of store {store_path} are indexed in the database; "
-            f"run `oai preprocess --store {store_path}` with this --db"
-        )
-    volumes = volumes[(volumes["status"] == "ok") & (volumes["visit"] == visit)]
-    volumes = volumes.drop_duplicates("knee_id", keep="last")[["knee_id", "position"]]
-    merged = cohort.merge(volumes, on="knee_id", how="left")
-    no_volume = merged["position"].isna()
-    info = {
-        "labelled_knees": int(len(merged)),
-        "knees_without_volume": int(no_volume.sum()),
-    }
-    if no_volume.any():
-        log.warning(
-            "%d labelled knee(s) have no usable %s volume in %s and are left out",
-            int(no_volume.sum()),
-            view,
-            store_path,
-        )
-    merged = merged[~no_volume]
+    merged = cohort.knees(definition=definition, split=split_arg, role=["train", "test"], store=store_path,
+                          view=view, volume_visit=visit)  # fmt: skip
+    info = {k: merged.attrs["volumes"][k] for k in ("labelled_knees", "knees_without_volume")}
     columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.columns]
     table = validate_knees(merged[columns])
-    table.attrs.update(attrs)  # definition name/id/params hash, split id/params
+    table.attrs.update({k: v for k, v in merged.attrs.items() if k != "volumes"})  # definition, split
     return table, info

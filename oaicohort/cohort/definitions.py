@@ -35,7 +35,20 @@ REFERENCE.md section 1) exactly, quirks included:
 - a non-progressor must have a graded reading of that knee at the last examined visit
   (96 months); the subject merely being in the 96-month file is not evidence about the knee.
 
-Other definitions are made with ``dataclasses.replace(preset("panfilov2022"), name=..., ...)``.
+Other definitions are made with ``dataclasses.replace(preset("panfilov2022"), name=..., ...)``
+or from a TOML file of the same fields (:mod:`oaicohort.cohort.definition_files`,
+``oai label --definition-file``). Besides visits, horizon and the fast/slow boundary they choose:
+
+- the graded reading followed (``graded_variable``): KLG, or medial/lateral joint-space
+  narrowing (``XRJSM``/``XRJSL``), with its own increase rule (``min_increase``; the 0 -> 1 rule
+  ``count_0_to_1`` applies to whichever reading is graded). A missing reading of it counts as
+  ``missing_klg`` says; a replaced knee records no increase for JSN (KLG: 5 - KL0);
+- ``outcome = "incidence"``: an event is the first follow-up at or above ``incidence_grade``;
+  a knee already at or above it at baseline is excluded (``baseline_not_below_incidence_grade``).
+
+Identity: the hash covers every parameter but the name and ``image_store`` (where images live);
+parameters added after the presets were first hashed count only when they differ from their
+default (:data:`HASHED_ONLY_WHEN_SET`), so stored hashes stay valid.
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
+GradedVariable = Literal["klg", "jsn_medial", "jsn_lateral"]
+Outcome = Literal["progression", "incidence"]
 NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
 DuplicatePolicy = Literal["first", "first_graded"]
 
@@ -59,6 +74,8 @@ DuplicatePolicy = Literal["first", "first_graded"]
 # (A baseline KLG outside ``baseline_klg_allowed`` gives ``baseline_klg_<k>``, e.g. baseline_klg_4.)
 NO_BASELINE_READING = "no_baseline_reading"
 BASELINE_KLG_MISSING = "baseline_klg_missing"
+# incidence: the graded variable is already at or above the incidence grade at baseline
+BASELINE_NOT_BELOW_INCIDENCE = "baseline_not_below_incidence_grade"
 LOST_TO_FOLLOW_UP = "lost_to_follow_up"
 # Cohort exclusions applied after labelling, in the order a definition lists them.
 REPLACED_AT_BASELINE = "replaced_at_baseline"
@@ -68,6 +85,16 @@ NO_BASELINE_DESS = "no_baseline_dess"
 IMAGE_FAILED = "image_failed"
 IMAGE_MISSING = "image_missing"
 COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
+
+
+# Parameters added after the presets' hashes were published -> their default; see canonical_json.
+# (One entry per parameter: other additions append their own line.)
+HASHED_ONLY_WHEN_SET: dict[str, Any] = {
+    "graded_variable": "klg",
+    "min_increase": 1,
+    "outcome": "progression",
+    "incidence_grade": 2,
+}
 
 
 class LabelDefinitionError(OAIError):
@@ -102,7 +129,16 @@ class LabelDefinitionParams:
     # the baseline series whose absence excludes a knee (``no_baseline_dess``)
     dess_sequence: str = "SAG_3D_DESS"
     # absolute path of a volume store: knees without a good baseline volume there are excluded
+    # (recorded with the labels; not part of the definition's identity, see canonical_json)
     image_store: str | None = field(default=None)
+    # --- what is graded and what counts as an event (issue 15) ---
+    # the reading followed over time: KLG, or medial/lateral joint-space narrowing (XRJSM/XRJSL)
+    graded_variable: GradedVariable = "klg"
+    # progression: a follow-up at least this much above baseline (KLG: 1 = any increase)
+    min_increase: float = 1
+    # "progression" (an increase) or "incidence" (baseline below incidence_grade, later at or above)
+    outcome: Outcome = "progression"
+    incidence_grade: int = 2
 
     def __post_init__(self) -> None:
         for name in ("followup_visits", "baseline_klg_allowed", "exclusions"):
@@ -138,6 +174,17 @@ class LabelDefinitionParams:
             raise LabelDefinitionError(
                 f"{where}: baseline_klg_allowed must be KL grades 0-4, got {list(self.baseline_klg_allowed)}"
             )
+        _check_choice(where, "graded_variable", self.graded_variable, GradedVariable)
+        _check_choice(where, "outcome", self.outcome, Outcome)
+        if isinstance(self.min_increase, bool) or not isinstance(self.min_increase, (int, float)):
+            raise LabelDefinitionError(f"{where}: min_increase must be a number, got {self.min_increase!r}")
+        if self.min_increase <= 0:
+            raise LabelDefinitionError(f"{where}: min_increase must be positive, got {self.min_increase}")
+        top = 4 if self.graded_variable == "klg" else 3
+        if isinstance(self.incidence_grade, bool) or self.incidence_grade not in range(1, top + 1):
+            raise LabelDefinitionError(
+                f"{where}: incidence_grade must be a grade 1-{top} of {self.graded_variable}, got {self.incidence_grade!r}"
+            )
         unknown = [e for e in self.exclusions if e not in COHORT_EXCLUSIONS]
         if unknown or len(set(self.exclusions)) != len(self.exclusions):
             raise LabelDefinitionError(
@@ -160,17 +207,46 @@ class LabelDefinitionParams:
         """Every exclusion reason this definition can give, in the order they are checked
         (``baseline_klg_<k>`` stands for each grade not allowed)."""
         grades = tuple(f"baseline_klg_{k}" for k in range(5) if k not in self.baseline_klg_allowed)
+        graded: tuple[str, ...] = ()
+        if self.graded_variable != "klg":
+            graded += (self.baseline_graded_missing,)
+        if self.outcome == "incidence":
+            graded += (BASELINE_NOT_BELOW_INCIDENCE,)
         images = (IMAGE_FAILED, IMAGE_MISSING) if self.image_store else ()
-        return (NO_BASELINE_READING, BASELINE_KLG_MISSING, *grades, LOST_TO_FOLLOW_UP, *self.exclusions, *images)
+        return (
+            NO_BASELINE_READING,
+            BASELINE_KLG_MISSING,
+            *grades,
+            *graded,
+            LOST_TO_FOLLOW_UP,
+            *self.exclusions,
+            *images,
+        )
+
+    @property
+    def baseline_graded_missing(self) -> str:
+        """Exclusion reason of a knee whose graded variable has no baseline value."""
+        return BASELINE_KLG_MISSING if self.graded_variable == "klg" else f"baseline_{self.graded_variable}_missing"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able parameters (tuples as lists), name included."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def canonical_json(self) -> str:
-        """The hashed form: every parameter but the name, sorted keys, no whitespace."""
+        """The hashed form: every parameter but the name, sorted keys, no whitespace.
+
+        Where images live is not part of a definition's identity: ``image_store`` is hashed as
+        null whatever it holds (``oai label --store X`` and ``oai label`` derive the labels of one
+        definition; the hashes of definitions stored before this rule stay the same). Parameters
+        added after the presets were first hashed are left out while they hold their default, so
+        that old hashes stay valid too.
+        """
         params = self.to_dict()
         params.pop("name")
+        params["image_store"] = None
+        for name, default in HASHED_ONLY_WHEN_SET.items():
+            if params.get(name) == default:
+                params.pop(name, None)
         return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:

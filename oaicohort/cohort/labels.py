@@ -12,35 +12,33 @@ The rules themselves are documented in :mod:`oaicohort.cohort.definitions`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from oaicohort.cohort.definitions import (
-    BASELINE_KLG_MISSING,
-    BMI_MISSING,
-    IMAGE_FAILED,
-    IMAGE_MISSING,
-    LOST_TO_FOLLOW_UP,
-    NO_BASELINE_DESS,
-    NO_BASELINE_READING,
     PRESETS,
-    REPLACED_AT_BASELINE,
     LabelDefinitionError,
     LabelDefinitionParams,
     preset,
     resolve_definition,
 )
+from oaicohort.cohort.derivation import LABEL_COLUMNS, LabelInputs, compute_labels, first_readings
+from oaicohort.cohort.stored import (
+    labels_fingerprint,
+    latest_named,
+    stored_definition,
+    stored_labels,
+)
+from oaicohort.cohort.summary import CohortSummary, cohort_summary, reason_counts
 from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
     ImageSeries,
     IngestRun,
@@ -48,7 +46,6 @@ from oaicohort.db.schema import (
     KneeLabel,
     KneeReplacement,
     LabelDefinition,
-    Subject,
     SubjectVisit,
     Volume,
     XrayReading,
@@ -56,40 +53,9 @@ from oaicohort.db.schema import (
 )
 from oaicohort.errors import DatabaseStateError
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
-
-LABEL_COLUMNS = (
-    "knee_id",
-    "subject_id",
-    "side",
-    "kl_baseline",
-    "label",
-    "exclusion",
-    "progression_month",
-    "kl_increase",
-)
-# Days per month for placing an Outcomes99 replacement given only in days since enrolment.
-DAYS_PER_MONTH = 365.25 / 12
-# "KLG 5" stands for a replaced knee: its increase is 5 - KL0 (the reference's convention).
-REPLACED_KLG = 5
-
-
-# --------------------------------------------------------------------------- inputs and result
-
-
-@dataclass
-class LabelInputs:
-    """The tables a label definition needs, as plain DataFrames (one SELECT each)."""
-
-    knees: pd.DataFrame  # knee_id, subject_id, side
-    readings: pd.DataFrame  # id, knee_id, visit, klg, klg_missing_code, source_row
-    baseline_bmi: pd.DataFrame  # subject_id, bmi (visit 0 rows only)
-    baseline_series: pd.DataFrame  # subject_id, side: knees with the baseline DESS series
-    replacements: pd.DataFrame  # knee_id, status, at_baseline, visit_after, xray_visit_after, days
-    volumes: pd.DataFrame | None = None  # knee_id, status (baseline volumes in the store)
 
 
 @dataclass
@@ -111,199 +77,11 @@ class LabelResult:
             "knees": int(len(included)),
             "subjects": int(included["subject_id"].nunique()),
             **{c: int((included["label"] == c).sum()) for c in CLASSES},
-            "excluded": _reason_counts(self.labels["exclusion"], self.definition),
+            "excluded": reason_counts(self.labels["exclusion"], self.definition),
         }
-
-
-# --------------------------------------------------------------------------- the algorithm
-
-
-def first_readings(readings: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """One reading per (knee, visit): the first in file order (``first``), or the first graded
-    one, falling back to the first (``first_graded``). ``readings`` needs knee_id, visit, klg,
-    source_row and id; with ``first_graded`` the result has an extra ``_ungraded`` column."""
-    keys = ["knee_id", "visit"]
-    frame = readings.assign(_ungraded=readings["klg"].isna()) if policy == "first_graded" else readings
-    order = keys + (["_ungraded"] if policy == "first_graded" else []) + ["source_row", "id"]
-    return frame.sort_values(order, kind="stable").drop_duplicates(keys, keep="first")
-
-
-def _replacement_months(inputs: LabelInputs, params: LabelDefinitionParams, knee_ids: np.ndarray) -> np.ndarray:
-    """Month at which an Outcomes99 knee replacement is first known (NaN: none, or beyond the
-    horizon). The visit after the replacement, else the first X-ray visit after it, else the first
-    X-ray visit on or after the day of replacement."""
-    out = np.full(len(knee_ids), np.nan)
-    rep = inputs.replacements
-    if rep.empty:
-        return out
-    rep = rep[rep["status"].eq(1) & ~rep["at_baseline"].eq(True)]
-    visit = rep["visit_after"].fillna(rep["xray_visit_after"])
-    month = visit.map(lambda v: VISIT_MONTHS.get(int(v), np.nan) if pd.notna(v) else np.nan)
-    xray_months = np.array([VISIT_MONTHS[v] for v in XRAY_VISITS], dtype=float)
-    days = rep["days"].to_numpy(dtype=float)
-    idx = np.searchsorted(xray_months, days / DAYS_PER_MONTH, side="left")
-    from_days = np.where(
-        np.isnan(days) | (idx >= len(xray_months)), np.nan, xray_months[np.minimum(idx, len(xray_months) - 1)]
-    )
-    month = month.to_numpy(dtype=float)
-    month = np.where(np.isnan(month), from_days, month)
-    month = np.where(month <= params.horizon_month, month, np.nan)
-    pos = pd.Index(knee_ids).get_indexer(rep["knee_id"].to_numpy())
-    keep = pos >= 0
-    out[pos[keep]] = month[keep]
-    return out
-
-
-def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Label every knee of ``inputs.knees`` under ``params`` (pure; no database).
-
-    Returns ``(labels, stage1)``: ``labels`` has :data:`LABEL_COLUMNS`; ``stage1`` is the label
-    algorithm's own result (knee_id, subject_id, label) before the cohort exclusions.
-    """
-    knees = inputs.knees.sort_values(["subject_id", "side"], kind="stable").reset_index(drop=True)
-    knee_ids = knees["knee_id"].to_numpy()
-    subject_ids = knees["subject_id"].to_numpy()
-    n = len(knees)
-    kidx = pd.Index(knee_ids)
-    visits = params.examined_visits
-    months = np.array([VISIT_MONTHS[v] for v in visits], dtype=float)
-
-    readings = inputs.readings[inputs.readings["visit"].isin((0, *visits))]
-    first = first_readings(readings, params.duplicates)
-
-    # baseline
-    base = first[first["visit"] == 0]
-    bpos = kidx.get_indexer(base["knee_id"].to_numpy())
-    has_base = np.zeros(n, dtype=bool)
-    kl0 = np.full(n, np.nan)
-    has_base[bpos[bpos >= 0]] = True
-    kl0[bpos[bpos >= 0]] = base["klg"].to_numpy(dtype=float)[bpos >= 0]
-
-    # follow-ups: knees x examined visits
-    m = len(visits)
-    present = np.zeros((n, m), dtype=bool)
-    klg = np.full((n, m), np.nan)
-    prosthesis = np.zeros((n, m), dtype=bool)
-    follow = first[first["visit"] != 0]
-    fpos = kidx.get_indexer(follow["knee_id"].to_numpy())
-    vpos = pd.Index(visits).get_indexer(follow["visit"].to_numpy())
-    ok = fpos >= 0
-    present[fpos[ok], vpos[ok]] = True
-    klg[fpos[ok], vpos[ok]] = follow["klg"].to_numpy(dtype=float)[ok]
-    codes = follow["klg_missing_code"].astype("string").str.strip().str.upper()
-    prosthesis[fpos[ok], vpos[ok]] = (codes == ".P").fillna(False).to_numpy(dtype=bool)[ok]
-
-    graded = present & ~np.isnan(klg)
-    with np.errstate(invalid="ignore"):
-        increase = graded & (klg > kl0[:, None])
-        if not params.count_0_to_1:
-            increase &= klg != 1
-    missing = present & np.isnan(klg)
-    if params.missing_klg == "progression_proxy":
-        replaced = missing
-    elif params.missing_klg == "outcomes99":
-        replaced = missing & prosthesis
-    else:
-        replaced = np.zeros_like(missing)
-    event = increase | replaced
-    has_event = event.any(axis=1)
-    j = event.argmax(axis=1)
-    rows = np.arange(n)
-    month = np.where(has_event, months[j], np.nan)
-    step = np.where(replaced[rows, j], REPLACED_KLG - kl0, klg[rows, j] - kl0)
-    step = np.where(has_event, step, np.nan)
-
-    if params.missing_klg == "outcomes99":
-        rep_month = _replacement_months(inputs, params, knee_ids)
-        earlier = ~np.isnan(rep_month) & (~has_event | (rep_month <= np.nan_to_num(month, nan=np.inf)))
-        month = np.where(earlier, rep_month, month)
-        step = np.where(earlier, REPLACED_KLG - kl0, step)
-        has_event |= earlier
-
-    if params.non_progressor_requires == "subject_at_last_visit":
-        raw_last = inputs.readings[inputs.readings["visit"] == params.last_visit]
-        seen = knees.loc[knees["knee_id"].isin(raw_last["knee_id"]), "subject_id"].unique()
-        followed = np.isin(subject_ids, seen)
-    elif params.non_progressor_requires == "knee_at_last_visit":
-        followed = graded[:, -1]
-    else:
-        followed = np.ones(n, dtype=bool)
-
-    label = np.where(
-        has_event,
-        np.where(month < params.fast_before_month, "fast", "slow"),
-        np.where(followed, "none", None),
-    ).astype(object)
-
-    # exclusions, first applicable wins
-    conditions: list[tuple[np.ndarray, str]] = [
-        (~has_base, NO_BASELINE_READING),
-        (np.isnan(kl0), BASELINE_KLG_MISSING),
-    ]
-    for grade in range(5):
-        if grade not in params.baseline_klg_allowed:
-            conditions.append((kl0 == grade, f"baseline_klg_{grade}"))
-    conditions.append((~has_event & ~followed, LOST_TO_FOLLOW_UP))
-    stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
-    for reason in params.exclusions:
-        conditions.append((_cohort_exclusion(reason, inputs, knees), reason))
-    if params.image_store is not None:
-        failed, missing_volume = _image_exclusions(inputs, knee_ids)
-        conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
-    exclusion = np.select([c for c, _ in conditions], [r for _, r in conditions], default="")
-    exclusion = np.where(exclusion == "", None, exclusion).astype(object)
-    included = pd.isna(exclusion)
-
-    labels = pd.DataFrame(
-        {
-            "knee_id": knee_ids,
-            "subject_id": subject_ids,
-            "side": knees["side"].to_numpy(),
-            "kl_baseline": pd.array(np.where(np.isnan(kl0), pd.NA, kl0), dtype="Int64"),
-            "label": np.where(included, label, None),
-            "exclusion": exclusion,
-            "progression_month": pd.array(np.where(included & has_event, month, np.nan), dtype="Int64"),
-            "kl_increase": pd.array(np.where(included & has_event, step, np.nan), dtype="Int64"),
-        }
-    )
-    stage1 = pd.DataFrame({"knee_id": knee_ids, "subject_id": subject_ids, "label": label})
-    stage1 = stage1[~stage1_excluded].reset_index(drop=True)
-    return labels, stage1
-
-
-def _cohort_exclusion(reason: str, inputs: LabelInputs, knees: pd.DataFrame) -> np.ndarray:
-    if reason == REPLACED_AT_BASELINE:
-        rep = inputs.replacements
-        at_base = rep.loc[rep["at_baseline"].eq(True), "knee_id"]
-        return knees["knee_id"].isin(at_base).to_numpy()
-    if reason == BMI_MISSING:
-        bmi = inputs.baseline_bmi.dropna(subset=["bmi"])
-        return ~knees["subject_id"].isin(bmi["subject_id"]).to_numpy()
-    if reason == NO_BASELINE_DESS:
-        series = pd.MultiIndex.from_frame(inputs.baseline_series[["subject_id", "side"]])
-        return ~pd.MultiIndex.from_frame(knees[["subject_id", "side"]]).isin(series)
-    raise AssertionError(reason)  # LabelDefinitionParams validates the names
-
-
-def _image_exclusions(inputs: LabelInputs, knee_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vols = inputs.volumes if inputs.volumes is not None else pd.DataFrame(columns=["knee_id", "status"])
-    failed = np.isin(knee_ids, vols.loc[vols["status"] != "ok", "knee_id"])
-    good = np.isin(knee_ids, vols.loc[vols["status"] == "ok", "knee_id"])
-    return failed, ~good
 
 
 # --------------------------------------------------------------------------- database I/O
-
-
-def read_frame(session: Session, stmt: Any, columns: Sequence[str]) -> pd.DataFrame:
-    """Run a Core SELECT in the session's transaction and return its rows as a DataFrame.
-
-    Column-wise construction: ``DataFrame.from_records`` over Row objects is several times slower.
-    """
-    rows = session.connection().execute(stmt).fetchall()
-    if not rows:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
-    return pd.DataFrame(dict(zip(columns, map(list, zip(*rows)))))
 
 
 def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelInputs:
@@ -319,11 +97,14 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
             XrayReading.visit,
             XrayReading.klg,
             XrayReading.klg_missing_code,
+            XrayReading.jsn_medial,
+            XrayReading.jsn_lateral,
             XrayReading.source_row,
         ).where(XrayReading.visit.in_(visits)),
-        ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row"],
+        ["id", "knee_id", "visit", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "source_row"],
     )
-    readings["klg"] = readings["klg"].astype(float)
+    for column in ("klg", "jsn_medial", "jsn_lateral"):
+        readings[column] = readings[column].astype(float)
     bmi = read_frame(
         session,
         select(SubjectVisit.subject_id, SubjectVisit.bmi).where(SubjectVisit.visit == 0),
@@ -387,7 +168,7 @@ def _definition_params(db: Database, definition: str | LabelDefinitionParams) ->
     except LabelDefinitionError:
         assert isinstance(definition, str)  # only an unknown name fails to resolve
         with db.read() as session:
-            row = session.execute(_latest_named(definition)).scalars().first()
+            row = session.execute(latest_named(definition)).scalars().first()
         if row is None:
             raise
         return LabelDefinitionParams.from_dict(row.params)
@@ -404,14 +185,16 @@ def derive_labels(
     the name of a definition stored earlier (its stored parameters are used again).
 
     With ``store`` (a volume store path) knees without a good baseline volume in that store are
-    excluded too (``image_failed`` / ``image_missing``); the store is part of the definition's
-    parameters. Re-deriving replaces the definition's labels in one transaction.
+    excluded too (``image_failed`` / ``image_missing``). The store is recorded with the labels but
+    is not part of the definition's identity: with or without it, the labels are those of one
+    definition, replaced by each derivation (in one transaction).
     """
     started = time.perf_counter()
     report = progress or no_progress
     params = _definition_params(db, definition)
-    if store is not None:
-        params = dataclasses.replace(params, image_store=str(Path(store).expanduser().resolve()))
+    # where images live is a derivation option, not part of the definition's identity
+    image_store = None if store is None else str(Path(store).expanduser().resolve())
+    params = dataclasses.replace(params, image_store=image_store)
     params_hash = params.hash()
     report("labels", 0, 3)
     with db.write() as session:
@@ -428,7 +211,9 @@ def derive_labels(
         if row is None:
             row = LabelDefinition(name=params.name, params=params.to_dict(), params_hash=params_hash)
             session.add(row)
-        # created_at marks the latest derivation: "the latest labels of a name" resolve to it
+        # created_at marks the latest derivation: "the latest labels of a name" resolve to it;
+        # params record that derivation's options (the image store) too
+        row.params = params.to_dict()
         row.created_at = utcnow()
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
@@ -447,173 +232,6 @@ def derive_labels(
     seconds = time.perf_counter() - started
     log.info("labels %s (%s): %d knees in %.2f s", params.name, params_hash[:12], len(labels), seconds)
     return LabelResult(definition_id, params, params_hash, labels, labelled, seconds)
-
-
-# --------------------------------------------------------------------------- stored definitions
-
-
-def _latest_named(name: str) -> Any:
-    """SELECT of the latest derived definition called ``name`` (``created_at`` marks a derivation)."""
-    return (
-        select(LabelDefinition)
-        .where(LabelDefinition.name == name)
-        .order_by(LabelDefinition.created_at.desc(), LabelDefinition.id.desc())
-        .limit(1)
-    )
-
-
-def stored_definition(
-    session: Session, definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION
-) -> LabelDefinition:
-    """The stored definition: by id, by exact parameters, or the latest derived of a name."""
-    if isinstance(definition, LabelDefinitionParams):
-        stmt = select(LabelDefinition).where(
-            LabelDefinition.name == definition.name, LabelDefinition.params_hash == definition.hash()
-        )
-        what = f"{definition.name!r} (hash {definition.hash()[:12]})"
-        name = definition.name
-    elif isinstance(definition, int):
-        stmt = select(LabelDefinition).where(LabelDefinition.id == definition)
-        what, name = f"id {definition}", DEFAULT_DEFINITION
-    else:
-        stmt = _latest_named(definition)
-        what, name = repr(definition), definition
-    row = session.execute(stmt).scalars().first()
-    if row is None:
-        if session.execute(select(Knee.id).limit(1)).first() is None:
-            raise DatabaseStateError("the database holds no knees: run `oai ingest ROOT` first, then `oai label`")
-        raise DatabaseStateError(
-            f"no labels of definition {what} in the database: run `oai label --definition {name}` first"
-        )
-    return row
-
-
-def stored_labels(session: Session, definition_id: int) -> pd.DataFrame:
-    """The stored labels of a definition joined with subject and side (LABEL_COLUMNS)."""
-    stmt = (
-        select(
-            KneeLabel.knee_id,
-            Knee.subject_id,
-            Knee.side,
-            KneeLabel.kl_baseline,
-            KneeLabel.label,
-            KneeLabel.exclusion,
-            KneeLabel.progression_month,
-            KneeLabel.kl_increase,
-        )
-        .join(Knee, Knee.id == KneeLabel.knee_id)
-        .where(KneeLabel.definition_id == definition_id)
-        .order_by(Knee.subject_id, Knee.side)
-    )
-    frame = read_frame(session, stmt, list(LABEL_COLUMNS))
-    for col in ("kl_baseline", "progression_month", "kl_increase"):
-        frame[col] = frame[col].astype("Int64")
-    return frame
-
-
-def labels_fingerprint(labels: pd.DataFrame) -> str:
-    """sha256 of the included knees' (subject, side, label): identifies the labels a split used."""
-    included = labels[labels["exclusion"].isna()].sort_values(["subject_id", "side"])
-    text = "\n".join(
-        f"{s},{side},{lab}" for s, side, lab in zip(included["subject_id"], included["side"], included["label"])
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------- cohort table
-
-
-@dataclass
-class CohortSummary:
-    """The cohort table the paper prints, for the included knees of one definition.
-
-    Age and BMI are per subject (baseline ``V00AGE`` / ``P01BMI``), mean and sample SD.
-    """
-
-    definition: str
-    definition_id: int
-    params_hash: str
-    knees: int
-    subjects: int
-    none: int
-    fast: int
-    slow: int
-    kl: dict[int, int]
-    age_mean: float | None
-    age_sd: float | None
-    bmi_mean: float | None
-    bmi_sd: float | None
-    female: int
-    male: int
-    excluded: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["kl"] = {str(k): v for k, v in self.kl.items()}
-        return out
-
-
-def _mean_sd(values: pd.Series) -> tuple[float | None, float | None]:
-    values = values.dropna().astype(float)
-    if values.empty:
-        return None, None
-    sd = float(values.std(ddof=1)) if len(values) > 1 else None
-    return float(values.mean()), sd
-
-
-def _reason_counts(exclusion: pd.Series, params: LabelDefinitionParams | None) -> dict[str, int]:
-    counts = exclusion.dropna().value_counts()
-    reasons = list(params.exclusion_reasons) if params is not None else []
-    reasons += sorted(r for r in counts.index if r not in reasons)
-    return {r: int(counts.get(r, 0)) for r in reasons}
-
-
-def cohort_summary(db: Database, definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION) -> CohortSummary:
-    """Summarise the stored labels of ``definition`` (see :class:`CohortSummary`)."""
-    with db.read() as session:
-        row = stored_definition(session, definition)
-        labels = stored_labels(session, row.id)
-        subjects = read_frame(
-            session,
-            select(Subject.id, Subject.sex, SubjectVisit.age, SubjectVisit.bmi)
-            .outerjoin(SubjectVisit, (SubjectVisit.subject_id == Subject.id) & (SubjectVisit.visit == 0))
-            .where(
-                Subject.id.in_(
-                    select(Knee.subject_id)
-                    .join(KneeLabel, KneeLabel.knee_id == Knee.id)
-                    .where(KneeLabel.definition_id == row.id, KneeLabel.exclusion.is_(None))
-                )
-            ),
-            ["subject_id", "sex", "age", "bmi"],
-        )
-    try:
-        params: LabelDefinitionParams | None = LabelDefinitionParams.from_dict(row.params)
-    except Exception:  # a definition stored by another toolkit version: still summarise it
-        params = None
-    included = labels[labels["exclusion"].isna()]
-    age_mean, age_sd = _mean_sd(subjects["age"])
-    bmi_mean, bmi_sd = _mean_sd(subjects["bmi"])
-    return CohortSummary(
-        definition=row.name,
-        definition_id=row.id,
-        params_hash=row.params_hash,
-        knees=int(len(included)),
-        subjects=int(included["subject_id"].nunique()),
-        none=int((included["label"] == "none").sum()),
-        fast=int((included["label"] == "fast").sum()),
-        slow=int((included["label"] == "slow").sum()),
-        kl={
-            int(k): int((included["kl_baseline"] == k).sum())
-            for k in sorted({0, 1, 2, 3} | set(included["kl_baseline"].dropna().astype(int)))
-        },
-        age_mean=age_mean,
-        age_sd=age_sd,
-        bmi_mean=bmi_mean,
-        bmi_sd=bmi_sd,
-        female=int((subjects["sex"] == "F").sum()),
-        male=int((subjects["sex"] == "M").sum()),
-        excluded=_reason_counts(labels["exclusion"], params),
-    )
 
 
 __all__ = [

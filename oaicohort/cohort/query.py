@@ -21,39 +21,38 @@ default), only included knees unless ``include_excluded=True``; ``role``/``fold`
 from __future__ import annotations
 
 import logging
-import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, and_, exists, false, literal, null, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, false, literal, null, or_, select
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
-from oaicohort.cohort.labels import (
-    first_readings,
-    labels_fingerprint,
-    read_frame,
-    stored_definition,
-    stored_labels,
-)
+from oaicohort.cohort.filters import condition as _condition
+from oaicohort.cohort.filters import is_range as _is_range
+from oaicohort.cohort.filters import sequence_condition as _sequence_condition
 from oaicohort.cohort.splits import latest_split
+from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
+from oaicohort.cohort.trajectories import TRAJECTORY_COLUMNS
+from oaicohort.cohort.variables import QueryError, VariableCatalogue, VariableRef, load_dictionary
 from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
     ClinicalValue,
-    ImageSeries,
     Knee,
     KneeLabel,
     Split,
     SplitAssignment,
     Subject,
     SubjectVisit,
-    XrayReading,
+    Volume,
 )
-from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.visits import VISIT_MONTHS
-from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
+from oaicohort.errors import DatabaseStateError
+from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +73,6 @@ KNEE_COLUMNS = (
     "fold",
 )
 INT_COLUMNS = ("kl_baseline", "progression_month", "kl_increase", "fold")
-TRAJECTORY_COLUMNS = (
-    "knee_id",
-    "subject_id",
-    "side",
-    "label",
-    "exclusion",
-    "visit",
-    "month",
-    "klg",
-    "klg_missing_code",
-    "read_project",
-    "source_row",
-)
 
 # filter name -> (column, kind); kind decides which values are valid
 _COLUMNS: dict[str, tuple[Any, str]] = {
@@ -106,14 +92,8 @@ _COLUMNS: dict[str, tuple[Any, str]] = {
     "fold": (SplitAssignment.fold, "int"),
 }
 SPECIAL_FILTERS = ("has_sequence", "variables")
-# up to this many knees, trajectories are read with WHERE knee_id IN (...); beyond, all readings
-_IN_LIST_MAX = 2000
 OPTIONS = ("definition", "split", "include_excluded")
 FILTERS = (*_COLUMNS, *SPECIAL_FILTERS)
-
-
-class QueryError(OAIError):
-    """A cohort query names an unknown filter or gives a filter a value it cannot take."""
 
 
 @dataclass(frozen=True)
@@ -123,108 +103,6 @@ class _Resolved:
     params_hash: str
     split_id: int | None
     split_params: dict[str, Any] | None
-
-
-def _is_range(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) == 2
-
-
-def _check_value(name: str, kind: str, value: Any) -> Any:
-    """Validate (and normalise) one scalar filter value; raise QueryError naming the filter."""
-    if value is None:
-        return None
-    bad = QueryError(
-        f"filter {name}={value!r}: "
-        + {
-            "int": "expected an integer",
-            "number": "expected a number",
-            "klg": "expected a KL grade 0-4",
-            "label": f"expected one of {list(CLASSES)}",
-            "role": f"expected one of {list(ROLES)}",
-            "sex": "expected 'F' or 'M' (female/male)",
-            "side": "expected 'R' or 'L'",
-            "text": "expected a string",
-        }[kind]
-    )
-    if kind in ("int", "klg"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise bad
-        if kind == "klg" and int(value) not in range(5):
-            raise bad
-        return int(value)
-    if kind == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise bad
-        return float(value)
-    if not isinstance(value, str):
-        raise bad
-    if kind == "sex":
-        norm = {"f": "F", "female": "F", "m": "M", "male": "M"}.get(value.strip().lower())
-        if norm is None:
-            raise bad
-        return norm
-    if kind == "side":
-        norm = {"r": "R", "right": "R", "l": "L", "left": "L"}.get(value.strip().lower())
-        if norm is None:
-            raise bad
-        return norm
-    if kind == "label" and value not in CLASSES:
-        raise bad
-    if kind == "role" and value not in ROLES:
-        raise bad
-    if kind == "text" and name == "site":
-        return value.strip().upper()
-    return value
-
-
-def _condition(name: str, column: Any, kind: str, value: Any) -> ColumnElement[bool]:
-    """The WHERE clause of one filter: scalar, list (any of), (lo, hi) range or None."""
-    if _is_range(value) and kind in ("int", "number", "klg"):
-        lo, hi = (_check_value(name, "number", v) for v in value)
-        parts = [
-            c
-            for c in (column >= lo if lo is not None else None, column <= hi if hi is not None else None)
-            if c is not None
-        ]
-        return and_(column.is_not(None), *parts)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        values = [_check_value(name, kind, v) for v in value]
-        if not values:
-            return false()
-        present = [v for v in values if v is not None]
-        parts = [column.in_(present)] if present else []
-        if len(present) != len(values):
-            parts.append(column.is_(None))
-        return or_(*parts)
-    checked = _check_value(name, kind, value)
-    return column.is_(None) if checked is None else column == checked
-
-
-def _sequence_condition(value: Any) -> ColumnElement[bool]:
-    """``has_sequence``: "SEQ" (baseline), ("SEQ", visit), or a list of those (any of)."""
-    items = value if isinstance(value, list) else [value]
-    parts = []
-    for item in items:
-        if isinstance(item, str):
-            sequence, visit = item, 0
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            sequence, visit = item
-        else:
-            raise QueryError(
-                f"filter has_sequence={value!r}: expected 'SEQUENCE', ('SEQUENCE', visit) or a list "
-                "of those, e.g. ('SAG_3D_DESS', 0)"
-            )
-        if isinstance(visit, bool) or not isinstance(visit, int) or visit not in VISIT_MONTHS:
-            raise QueryError(f"filter has_sequence: visit {visit!r} is not an OAI visit code {sorted(VISIT_MONTHS)}")
-        parts.append(
-            exists().where(
-                ImageSeries.subject_id == Knee.subject_id,
-                ImageSeries.side == Knee.side,
-                ImageSeries.sequence == sequence.strip(),
-                ImageSeries.visit == visit,
-            )
-        )
-    return or_(*parts) if parts else false()
 
 
 class Cohort:
@@ -239,6 +117,17 @@ class Cohort:
         """Names of the clinical variables ingested by name (``oai ingest --variables``)."""
         with self.db.read() as session:
             return sorted(session.execute(select(ClinicalValue.variable).distinct()).scalars())
+
+    def knee_variables(self) -> pd.DataFrame:
+        """Knee-side variable pairs detected at ingest: name (``WOMKP@V00``), stem, prefix,
+        visit, right_variable, left_variable, source_file."""
+        with self.db.read() as session:
+            return VariableCatalogue.load(session).pairs
+
+    def dictionary(self, variables: Sequence[str] | None = None) -> pd.DataFrame:
+        """The data dictionary stored at ingest (variable, code, label, source_file)."""
+        with self.db.read() as session:
+            return load_dictionary(session, [v.upper() for v in variables] if variables is not None else None)
 
     def definitions(self) -> pd.DataFrame:
         """Stored label definitions: id, name, params_hash, created_at."""
@@ -261,12 +150,20 @@ class Cohort:
         split: int | str | None = "latest",
         include_excluded: bool = False,
         variables: Mapping[str, Any] | Sequence[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        view: str = "sag",
+        volume_visit: int = 0,
         **filters: Any,
     ) -> pd.DataFrame:
         """Knees matching every filter, one row each, sorted by subject and side.
 
         Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable. ``df.attrs``
         holds the definition (name, id, params hash) and split (id, params) used.
+
+        ``store`` (a volume store path): only knees with a good (``ok``) ``view`` volume at
+        ``volume_visit`` in that store, with its ``position`` in the store's array as a column;
+        ``df.attrs["volumes"]`` counts the matching knees before and without a volume
+        (``labelled_knees``, ``knees_without_volume``).
         """
         var_filters = self._variable_filters(variables, filters)
         with self.db.read() as session:
@@ -283,9 +180,13 @@ class Cohort:
             frame[col] = frame[col].astype("Int64")
         for col in ("age", "bmi"):
             frame[col] = frame[col].astype(float)
-        for i, name in enumerate(var_filters):
+        for i, (ref, _value) in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
-            frame[name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+            frame[ref.name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+        # which OAI variable each variable column read, per side (for labels and dictionaries)
+        frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
+        if store is not None:
+            frame = self._with_volumes(frame, store, view, volume_visit)
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,
@@ -295,10 +196,46 @@ class Cohort:
         )
         return frame
 
+    def _with_volumes(self, frame: pd.DataFrame, store: str | os.PathLike[str], view: str, visit: int) -> pd.DataFrame:
+        """The knees of ``frame`` with a good volume in ``store``, and its ``position`` there."""
+        # any view name the store holds (MRI planes, or others such as radiographs): an unknown
+        # one finds no volumes and says so below
+        path = str(Path(store).expanduser().resolve())
+        with self.db.read() as session:
+            volumes = read_frame(
+                session,
+                select(Volume.knee_id, Volume.position, Volume.status, Volume.visit)
+                .where(Volume.store_path == path, Volume.view == view)
+                .order_by(Volume.knee_id, Volume.visit, Volume.id),
+                ["knee_id", "position", "status", "visit"],
+            )
+        if volumes.empty:
+            raise DatabaseStateError(
+                f"no {view} volumes of store {path} are indexed in the database; "
+                f"run `oai preprocess --store {path}` with this --db"
+            )
+        # several parameter sets may have written a knee: the newest row wins
+        good = volumes[(volumes["status"] == "ok") & (volumes["visit"] == visit)]
+        good = good.drop_duplicates("knee_id", keep="last")[["knee_id", "position"]]
+        merged = frame.merge(good, on="knee_id", how="left")
+        no_volume = merged["position"].isna()
+        if no_volume.any():
+            log.warning("%d knee(s) have no usable %s volume in %s and are left out", int(no_volume.sum()), view, path)
+        out = merged[~no_volume].reset_index(drop=True)
+        out["position"] = out["position"].astype("int64")
+        out.attrs["volumes"] = {
+            "store": path,
+            "view": view,
+            "labelled_knees": int(len(merged)),
+            "knees_without_volume": int(no_volume.sum()),
+        }
+        return out
+
     def _variable_filters(
         self, variables: Mapping[str, Any] | Sequence[str] | None, filters: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Split clinical-variable filters out of ``filters`` (in place); check every name."""
+    ) -> list[tuple[VariableRef, Any]]:
+        """Split clinical-variable filters out of ``filters`` (in place); resolve every name to
+        a subject-level variable or a knee-side pair (:mod:`oaicohort.cohort.variables`)."""
         requested: dict[str, Any] = {}
         if isinstance(variables, Mapping):
             requested.update(variables)
@@ -308,20 +245,26 @@ class Cohort:
             requested.update({name: ... for name in variables})
         unknown = [k for k in filters if k not in _COLUMNS and k not in SPECIAL_FILTERS]
         if not unknown and not requested:
-            return {}
-        known = set(self.variables())
+            return []
+        with self.db.read() as session:
+            catalogue = VariableCatalogue.load(session)
         for name in unknown:
-            if name in known:
+            if catalogue.try_resolve(name) is not None:
                 requested[name] = filters.pop(name)
         bad = [k for k in filters if k not in _COLUMNS and k not in SPECIAL_FILTERS]
-        bad += [k for k in requested if k not in known]
+        resolved: list[tuple[VariableRef, Any]] = []
+        for name, value in requested.items():
+            ref = catalogue.try_resolve(name)
+            if ref is None:
+                bad.append(name)
+            else:
+                resolved.append((ref, value))
         if bad:
             raise QueryError(
                 f"unknown filter(s) {sorted(set(bad))}; valid filters: {', '.join(FILTERS)}; "
-                f"options: {', '.join(OPTIONS)}; ingested clinical variables: "
-                f"{', '.join(sorted(known)) or 'none (oai ingest --variables NAME,...)'}"
+                f"options: {', '.join(OPTIONS)}; {catalogue.names()}"
             )
-        return requested
+        return resolved
 
     def _resolve(
         self, session: Any, definition: str | int | LabelDefinitionParams, split: int | str | None
@@ -362,7 +305,7 @@ class Cohort:
         resolved: _Resolved,
         include_excluded: bool,
         filters: dict[str, Any],
-        var_filters: dict[str, Any],
+        var_filters: list[tuple[VariableRef, Any]],
     ) -> Select[Any]:
         has_split = resolved.split_id is not None
         role = SplitAssignment.role if has_split else null()
@@ -403,12 +346,18 @@ class Cohort:
             else:
                 column, kind = _COLUMNS[name]
                 stmt = stmt.where(_condition(name, column, kind, value))
-        for i, (name, value) in enumerate(var_filters.items()):
+        for i, (ref, value) in enumerate(var_filters):
             cv = aliased(ClinicalValue, name=f"cv{i}")
-            stmt = stmt.outerjoin(cv, and_(cv.subject_id == Knee.subject_id, cv.variable == literal(name)))
+            # a knee-side pair reads the variable of the knee's own side
+            variable = (
+                case((Knee.side == "R", literal(ref.right)), else_=literal(ref.left))
+                if ref.knee_side
+                else literal(ref.right)
+            )
+            stmt = stmt.outerjoin(cv, and_(cv.subject_id == Knee.subject_id, cv.variable == variable))
             stmt = stmt.add_columns(cv.value_num, cv.value_text)
             if value is not ...:
-                stmt = stmt.where(self._variable_condition(name, cv, value))
+                stmt = stmt.where(self._variable_condition(ref.name, cv, value))
         return stmt.order_by(Knee.subject_id, Knee.side)
 
     @staticmethod
@@ -435,61 +384,37 @@ class Cohort:
     def trajectories(
         self,
         *,
+        variable: str = "XRKL",
         wide: bool = False,
         duplicates: str = "first",
         **knee_filters: Any,
     ) -> pd.DataFrame:
-        """KLG per knee per visit for the knees :meth:`knees` selects with ``knee_filters``.
+        """One variable per knee per visit for the knees :meth:`knees` selects with ``knee_filters``.
 
-        Long (default): one row per reading (``duplicates="all"``) or per knee and visit, the
+        ``variable``: ``XRKL`` (KLG, the default), another central X-ray reading (``XRJSM``,
+        ``XRJSL``, ``XROSFM`` ...), or any clinical variable ingested at several visits, by stem:
+        a knee-side pair (``WOMKP``: ``V00WOMKPR``/``L``, ``V01WOMKPR``/``L`` ...; each knee reads
+        its own side) or a subject-level ``Vvv`` variable. See :mod:`oaicohort.cohort.trajectories`.
+
+        KLG long (default): one row per reading (``duplicates="all"``) or per knee and visit, the
         first row in file order (``"first"``) or the first graded one (``"first_graded"``).
-        Wide: one row per knee, columns ``klg_00m``, ``klg_12m`` ... (missing = <NA>).
+        Wide: one row per knee, columns ``klg_00m``, ``klg_12m`` ... (missing = <NA>); other
+        variables ``<STEM>_00m`` ...
         """
+        from oaicohort.cohort import trajectories as tr
+
         if duplicates not in ("first", "first_graded", "all"):
             raise QueryError(f"duplicates={duplicates!r}: expected 'first', 'first_graded' or 'all'")
         if wide and duplicates == "all":
             raise QueryError("wide trajectories need one reading per visit: duplicates='first' or 'first_graded'")
+        key = variable.strip().upper()
+        column = tr.READING_VARIABLES.get(key)
         knees = self.knees(**knee_filters)
-        stmt = select(
-            XrayReading.knee_id,
-            XrayReading.visit,
-            XrayReading.month,
-            XrayReading.klg,
-            XrayReading.klg_missing_code,
-            XrayReading.read_project,
-            XrayReading.source_row,
-            XrayReading.id,
-        )
-        if len(knees) <= _IN_LIST_MAX:
-            stmt = stmt.where(XrayReading.knee_id.in_([int(k) for k in knees["knee_id"]]))
-        with self.db.read() as session:
-            readings = read_frame(
-                session,
-                stmt,
-                ["knee_id", "visit", "month", "klg", "klg_missing_code", "read_project", "source_row", "id"],
-            )
-        readings = readings[readings["knee_id"].isin(knees["knee_id"])]
-        if duplicates == "all":
-            readings = readings.sort_values(["knee_id", "visit", "source_row", "id"], kind="stable")
-        else:  # the rule the label definitions use
-            readings = first_readings(readings, duplicates)
-        readings = readings.drop(columns=[c for c in ("id", "_ungraded") if c in readings])
-        for col in ("klg", "read_project"):
-            readings[col] = readings[col].astype("Int64")
-        info = knees[["knee_id", "subject_id", "side", "label", "exclusion"]]
-        long = info.merge(readings, on="knee_id", how="inner")
-        long = long.sort_values(["subject_id", "side", "month"], kind="stable").reset_index(drop=True)
-        long = long[list(TRAJECTORY_COLUMNS)]
-        long.attrs.update(knees.attrs)
-        if not wide:
-            return long
-        table = long.pivot(index="knee_id", columns="month", values="klg")
-        table.columns = [f"klg_{int(m):02d}m" for m in table.columns]
-        out = info.merge(table.reset_index(), on="knee_id", how="left")
-        for col in table.columns:
-            out[col] = out[col].astype("Int64")
-        out.attrs.update(knees.attrs)
-        return out.reset_index(drop=True)
+        if key == "XRKL":
+            return tr.klg_trajectories(self.db, knees, duplicates=duplicates, wide=wide)
+        if column is not None:
+            return tr.reading_trajectories(self.db, knees, key, column, duplicates=duplicates, wide=wide)
+        return tr.clinical_trajectories(self.db, knees, variable, wide=wide)
 
 
 __all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "QueryError"]

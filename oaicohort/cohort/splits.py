@@ -32,8 +32,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
-from oaicohort.cohort.labels import labels_fingerprint, read_frame, stored_definition, stored_labels
+from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
 from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Knee, Split, SplitAssignment, Subject
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
@@ -49,6 +50,10 @@ class SplitError(OAIError):
 
 class SplitIntegrityError(OAIError):
     """A split violates one of its guarantees (leakage, a knee missing or assigned twice)."""
+
+
+class LeakageError(SplitIntegrityError):
+    """A subject appears on both sides of a train/test (or fold) boundary."""
 
 
 @dataclass
@@ -162,6 +167,41 @@ def assign_folds(
     return frame
 
 
+def leakage_problems(assignments: pd.DataFrame) -> list[str]:
+    """What makes a split leak: a subject on both sides of the train/test or a fold boundary.
+
+    ``assignments``: subject_id, role, fold (one row per knee). Empty when nothing leaks.
+    """
+    problems: list[str] = []
+    train = assignments[assignments["role"] == "train"]
+    test = assignments[assignments["role"] == "test"]
+    shared = sorted(set(train["subject_id"]) & set(test["subject_id"]))
+    if shared:
+        problems.append(
+            f"{len(shared)} test-set subject(s) also appear in the training folds "
+            f"(e.g. subject {int(shared[0])} in both train and test; subjects {', '.join(map(str, shared[:5]))})"
+        )
+    folds_per_subject = train.groupby("subject_id")["fold"].nunique()
+    crossing = sorted(folds_per_subject[folds_per_subject > 1].index.tolist())
+    if crossing:
+        problems.append(
+            f"{len(crossing)} subject(s) have knees in more than one cross-validation fold "
+            f"(e.g. subject {int(crossing[0])} in two folds; subjects {', '.join(map(str, crossing[:5]))})"
+        )
+    return problems
+
+
+def check_leakage(assignments: pd.DataFrame) -> None:
+    """Raise :class:`LeakageError` if a subject crosses a train/test or fold boundary.
+
+    The one leakage check: :func:`check_split` runs it on every split made or loaded, and
+    training runs it on whatever knee table it is given.
+    """
+    problems = leakage_problems(assignments)
+    if problems:
+        raise LeakageError("; ".join(problems) + ". Make a new split with `oai split`.")
+
+
 def check_split(
     assignments: pd.DataFrame,
     included: pd.DataFrame,
@@ -199,13 +239,7 @@ def check_split(
     empty = sorted(set(range(folds)) - set(fold.dropna().astype(int)))
     if empty:
         problems.append(f"empty fold(s) {empty}")
-    per_subject = assignments.groupby("subject_id")
-    if (per_subject["role"].nunique() > 1).any():
-        s = per_subject["role"].nunique()
-        problems.append(f"subject {int(s[s > 1].index[0])} in both train and test")
-    folds_per_subject = train.groupby("subject_id")["fold"].nunique()
-    if (folds_per_subject > 1).any():
-        problems.append(f"subject {int(folds_per_subject[folds_per_subject > 1].index[0])} in two folds")
+    problems += leakage_problems(assignments)
     site = included.set_index("knee_id")["site"].astype("string").str.upper()
     train_sites = site.reindex(train["knee_id"])
     if train_sites.isin(sites).any():

@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     Float,
@@ -28,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from oaicohort.vocabulary import CLASSES, INGEST_STATUSES, ROLES, SIDES, VOLUME_STATUSES
+
 # Explicit constraint names let Alembic's batch mode alter tables on SQLite.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -36,6 +39,12 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def one_of(column: str, values: tuple[str, ...], *, nullable: bool = False) -> str:
+    """A CHECK expression allowing only ``values`` (from :mod:`oaicohort.vocabulary`) in ``column``."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({listed})" + (f" OR {column} IS NULL" if nullable else "")
 
 
 def utcnow() -> dt.datetime:
@@ -54,6 +63,7 @@ class IngestRun(Base):
     """One execution of ``oai ingest``: what was read, when, and whether it completed."""
 
     __tablename__ = "ingest_runs"
+    __table_args__ = (CheckConstraint(one_of("status", INGEST_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_root: Mapped[str] = mapped_column(Text)
@@ -156,7 +166,7 @@ class Knee(Base):
     """One knee of a subject; the unit that labels, splits and volumes refer to."""
 
     __tablename__ = "knees"
-    __table_args__ = (UniqueConstraint("subject_id", "side"),)
+    __table_args__ = (UniqueConstraint("subject_id", "side"), CheckConstraint(one_of("side", SIDES), name="side"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
@@ -268,7 +278,10 @@ class KneeLabel(Base):
     """The label of one knee under one definition, or the reason it is excluded."""
 
     __tablename__ = "knee_labels"
-    __table_args__ = (UniqueConstraint("definition_id", "knee_id"),)
+    __table_args__ = (
+        UniqueConstraint("definition_id", "knee_id"),
+        CheckConstraint(one_of("label", CLASSES, nullable=True), name="label"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     definition_id: Mapped[int] = mapped_column(ForeignKey("label_definitions.id", ondelete="CASCADE"), index=True)
@@ -297,6 +310,7 @@ class SplitAssignment(Base):
     """Where one knee goes in a split: ``test``, or ``train`` with its cross-validation fold."""
 
     __tablename__ = "split_assignments"
+    __table_args__ = (CheckConstraint(one_of("role", ROLES), name="role"),)
 
     split_id: Mapped[int] = mapped_column(ForeignKey("splits.id", ondelete="CASCADE"), primary_key=True)
     knee_id: Mapped[int] = mapped_column(ForeignKey("knees.id", ondelete="CASCADE"), primary_key=True)
@@ -314,6 +328,7 @@ class Volume(Base):
     __table_args__ = (
         UniqueConstraint("store_path", "params_hash", "knee_id", "visit", "view"),
         Index("ix_volumes_store_view", "store_path", "view"),
+        CheckConstraint(one_of("status", VOLUME_STATUSES), name="status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -331,4 +346,66 @@ class Volume(Base):
     status: Mapped[str] = mapped_column(String(8))  # ok | failed
     reason: Mapped[str | None] = mapped_column(Text)
     notes: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # padding/cropping facts
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --------------------------------------------------------------------------- variables and saved cohorts
+
+
+class KneeVariablePair(Base):
+    """A right/left pair of clinical variables that together make one knee-level variable.
+
+    Detected at ingest among the ingested variables (:mod:`oaicohort.ingest.dictionary`):
+    ``V00WOMKPR`` / ``V00WOMKPL`` of one file are the pair ``WOMKP@V00`` (stem ``WOMKP``,
+    prefix ``V00``, visit 0). A knee's value is the variable of its side.
+    """
+
+    __tablename__ = "knee_variable_pairs"
+    __table_args__ = (UniqueConstraint("name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # STEM@PREFIX, or STEM for names without prefix
+    stem: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(8))  # V00, P01 ... or ""
+    visit: Mapped[int | None] = mapped_column(Integer)  # OAI visit code of a Vvv prefix
+    right_variable: Mapped[str] = mapped_column(String(64))
+    left_variable: Mapped[str] = mapped_column(String(64))
+    source_file: Mapped[str] = mapped_column(Text)
+
+
+class DataDictionaryEntry(Base):
+    """One ``code: label`` meaning of an ingested coded variable, as the release writes it."""
+
+    __tablename__ = "data_dictionary"
+    __table_args__ = (UniqueConstraint("variable", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    variable: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(Text)
+    source_file: Mapped[str] = mapped_column(Text)
+
+
+class SavedCohort(Base):
+    """A named cohort query with its frozen result, to be re-run and cited later.
+
+    ``query``: the filters and options; ``knees``: the result (columnar lists); ``snapshot``:
+    what decided every knee of the definition at save time (label, exclusion, baseline KL,
+    requested variables, first readings), to say why knees entered or left on a re-run.
+    """
+
+    __tablename__ = "saved_cohorts"
+    __table_args__ = (UniqueConstraint("name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    query: Mapped[dict[str, Any]] = mapped_column(JSON)
+    definition_name: Mapped[str] = mapped_column(String(64))
+    params_hash: Mapped[str] = mapped_column(String(64))
+    split_id: Mapped[int | None] = mapped_column(Integer)
+    knees: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ingest_run_id: Mapped[int | None] = mapped_column(Integer)
+    toolkit_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -64,6 +64,7 @@ from oaicohort.db.schema import (
 )
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
+from oaicohort.ingest.dictionary import record_variables
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release import tables as ot
 from oaicohort.visits import visit_month
@@ -581,6 +582,7 @@ def _write_clinical(session: Session, release: ParsedRelease, counts: _Counts) -
     }
     cols = _columns(frame, ["subject_id", "variable", "value_text", "value_num", "missing_code", "source_file"])
     _upsert(session, ClinicalValue, "clinical_values", cols, ["subject_id", "variable"], existing, counts)
+    record_variables(session, frame)  # data dictionary and knee-side pairs (oaicohort.ingest.dictionary)
 
 
 def _last_success(session: Session) -> IngestRun | None:

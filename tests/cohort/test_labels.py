@@ -334,10 +334,15 @@ def test_image_store_exclusions(db: Database, tmp_path: Any) -> None:
     by = {k: _str(v) for k, v in result.labels.set_index("knee_id")["exclusion"].items()}
     assert by == {good: None, failed: "image_failed", absent: "image_missing"}
     assert result.definition.image_store == str(store.resolve())
-    # the store variant is its own definition; the plain one is untouched by it
+    # where images live is not part of the definition: deriving without the store re-derives
+    # the labels of the same definition, now without image exclusions (issue 12)
     plain = derive_labels(db, "panfilov2022")
-    assert plain.definition_id != result.definition_id
+    assert plain.definition_id == result.definition_id
+    assert plain.params_hash == result.params_hash
     assert plain.labels["exclusion"].isna().all()
+    with db.read() as s:
+        rows = s.execute(select(LabelDefinition.name, LabelDefinition.params)).all()
+    assert [(name, params["image_store"]) for name, params in rows] == [("panfilov2022", None)]
 
 
 def test_image_store_without_volumes_is_a_state_error(db: Database, tmp_path: Any) -> None:

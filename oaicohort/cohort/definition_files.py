@@ -1,0 +1,130 @@
+"""Label definitions from a TOML file (``oai label --definition-file study.toml``).
+
+The file holds the fields of :class:`~oaicohort.cohort.definitions.LabelDefinitionParams`, at
+the top level or under a ``[definition]`` table; fields left out keep the defaults of
+``panfilov2022`` (or of the preset named by ``base = "oai_tkr2024"``). Example, incident
+radiographic OA (KLG >= 2) within 48 months::
+
+    name = "incident_koa_48m"
+    outcome = "incidence"
+    incidence_grade = 2
+    followup_visits = [1, 3, 5, 6]      # OAI visit codes: 12, 24, 36, 48 months
+    horizon_month = 48
+    fast_before_month = 36              # an event before 36 months is "fast"
+    missing_klg = "ignore"              # a missing follow-up reading is no event
+    exclusions = ["replaced_at_baseline", "bmi_missing"]
+
+Every problem is an error naming the file and the field. ``image_store`` is not a definition
+field here: where images live is given to ``oai label --store``. A file may not reuse a preset's
+name with other parameters (the name would then mean two things).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from oaicohort.cohort.definitions import PRESETS, LabelDefinitionError, LabelDefinitionParams, preset
+from oaicohort.errors import InputFileError
+from oaicohort.vocabulary import DEFAULT_DEFINITION
+
+NOT_IN_FILES = ("image_store",)
+
+
+def _expected(field: dataclasses.Field[Any]) -> tuple[str, Any]:
+    """(description, checker) of a dataclass field's type."""
+    hints = typing.get_type_hints(LabelDefinitionParams)
+    hint = hints[field.name]
+    origin = get_origin(hint)
+    if origin is tuple:
+        inner = get_args(hint)[0]
+        return f"a list of {'integers' if inner is int else 'strings'}", ("list", inner)
+    if origin is typing.Literal:
+        return f"one of {list(get_args(hint))}", ("literal", get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return "a string", ("scalar", str)
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint], ("scalar", hint)
+
+
+def _check_type(path: Path, name: str, value: Any, field: dataclasses.Field[Any]) -> Any:
+    what, (kind, arg) = _expected(field)
+    bad = InputFileError(path, f"field {name!r} must be {what}, got {value!r}")
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, arg) and not isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if kind == "literal":
+        if value not in arg:
+            raise bad
+        return value
+    if arg is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif arg is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif arg is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+    elif not isinstance(value, arg):
+        raise bad
+    return value
+
+
+def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinitionParams:
+    """Build and validate a definition from the parsed TOML ``data`` of ``path``."""
+    if "definition" in data:
+        if set(data) != {"definition"} or not isinstance(data["definition"], dict):
+            raise InputFileError(path, "put every field under [definition], or none")
+        data = data["definition"]
+    data = dict(data)
+    base_name = data.pop("base", DEFAULT_DEFINITION)
+    if base_name not in PRESETS:
+        raise InputFileError(path, f"field 'base' must be one of {sorted(PRESETS)}, got {base_name!r}")
+    fields = {f.name: f for f in dataclasses.fields(LabelDefinitionParams)}
+    for name in data:
+        if name in NOT_IN_FILES:
+            raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label --store PATH`")
+        if name not in fields:
+            known = sorted(["base", *(f for f in fields if f not in NOT_IN_FILES)])
+            raise InputFileError(path, f"unknown field {name!r}; known fields: {', '.join(known)}")
+    if "name" not in data:
+        raise InputFileError(path, "field 'name' is required (the name labels are stored under)")
+    values = {name: _check_type(path, name, value, fields[name]) for name, value in data.items()}
+    try:
+        params = dataclasses.replace(preset(base_name), **values)
+    except LabelDefinitionError as exc:
+        raise InputFileError(path, str(exc)) from None
+    if params.name in PRESETS and params.hash() != PRESETS[params.name].hash():
+        differ = [
+            f.name
+            for f in dataclasses.fields(LabelDefinitionParams)
+            if f.name != "name" and getattr(params, f.name) != getattr(PRESETS[params.name], f.name)
+        ]
+        raise InputFileError(
+            path,
+            f"field 'name': {params.name!r} is a preset, and this file changes its {', '.join(differ)}; "
+            "choose another name",
+        )
+    return params
+
+
+def load_definition_file(path: str | Path) -> LabelDefinitionParams:
+    """Read a TOML label definition (see the module docstring)."""
+    file = Path(path).expanduser()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputFileError(file, f"cannot read definition file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputFileError(file, "not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputFileError(file, f"not valid TOML: {exc}") from None
+    return definition_from_mapping(data, file)
+
+
+__all__ = ["definition_from_mapping", "load_definition_file"]

@@ -1,0 +1,248 @@
+"""The label algorithm itself: every knee's progression label and exclusion, pure pandas/numpy.
+
+:func:`compute_labels` takes the tables a definition needs (:class:`LabelInputs`) and returns one
+row per knee; it touches no database (reading and storing are in :mod:`oaicohort.cohort.labels`).
+The rules are documented in :mod:`oaicohort.cohort.definitions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from oaicohort.cohort.definitions import (
+    BASELINE_KLG_MISSING,
+    BASELINE_NOT_BELOW_INCIDENCE,
+    BMI_MISSING,
+    IMAGE_FAILED,
+    IMAGE_MISSING,
+    LOST_TO_FOLLOW_UP,
+    NO_BASELINE_DESS,
+    NO_BASELINE_READING,
+    REPLACED_AT_BASELINE,
+    LabelDefinitionParams,
+)
+from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
+
+LABEL_COLUMNS = (
+    "knee_id",
+    "subject_id",
+    "side",
+    "kl_baseline",
+    "label",
+    "exclusion",
+    "progression_month",
+    "kl_increase",
+)
+# Days per month for placing an Outcomes99 replacement given only in days since enrolment.
+DAYS_PER_MONTH = 365.25 / 12
+# "KLG 5" stands for a replaced knee: its increase is 5 - KL0 (the reference's convention).
+REPLACED_KLG = 5
+
+
+# --------------------------------------------------------------------------- inputs and result
+
+
+@dataclass
+class LabelInputs:
+    """The tables a label definition needs, as plain DataFrames (one SELECT each)."""
+
+    knees: pd.DataFrame  # knee_id, subject_id, side
+    readings: pd.DataFrame  # id, knee_id, visit, klg, klg_missing_code, jsn_medial, jsn_lateral, source_row
+    baseline_bmi: pd.DataFrame  # subject_id, bmi (visit 0 rows only)
+    baseline_series: pd.DataFrame  # subject_id, side: knees with the baseline DESS series
+    replacements: pd.DataFrame  # knee_id, status, at_baseline, visit_after, xray_visit_after, days
+    volumes: pd.DataFrame | None = None  # knee_id, status (baseline volumes in the store)
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def first_readings(readings: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """One reading per (knee, visit): the first in file order (``first``), or the first graded
+    one, falling back to the first (``first_graded``). ``readings`` needs knee_id, visit, klg,
+    source_row and id; with ``first_graded`` the result has an extra ``_ungraded`` column."""
+    keys = ["knee_id", "visit"]
+    frame = readings.assign(_ungraded=readings["klg"].isna()) if policy == "first_graded" else readings
+    order = keys + (["_ungraded"] if policy == "first_graded" else []) + ["source_row", "id"]
+    return frame.sort_values(order, kind="stable").drop_duplicates(keys, keep="first")
+
+
+def _replacement_months(inputs: LabelInputs, params: LabelDefinitionParams, knee_ids: np.ndarray) -> np.ndarray:
+    """Month at which an Outcomes99 knee replacement is first known (NaN: none, or beyond the
+    horizon). The visit after the replacement, else the first X-ray visit after it, else the first
+    X-ray visit on or after the day of replacement."""
+    out = np.full(len(knee_ids), np.nan)
+    rep = inputs.replacements
+    if rep.empty:
+        return out
+    rep = rep[rep["status"].eq(1) & ~rep["at_baseline"].eq(True)]
+    visit = rep["visit_after"].fillna(rep["xray_visit_after"])
+    month = visit.map(lambda v: VISIT_MONTHS.get(int(v), np.nan) if pd.notna(v) else np.nan)
+    xray_months = np.array([VISIT_MONTHS[v] for v in XRAY_VISITS], dtype=float)
+    days = rep["days"].to_numpy(dtype=float)
+    idx = np.searchsorted(xray_months, days / DAYS_PER_MONTH, side="left")
+    from_days = np.where(
+        np.isnan(days) | (idx >= len(xray_months)), np.nan, xray_months[np.minimum(idx, len(xray_months) - 1)]
+    )
+    month = month.to_numpy(dtype=float)
+    month = np.where(np.isnan(month), from_days, month)
+    month = np.where(month <= params.horizon_month, month, np.nan)
+    pos = pd.Index(knee_ids).get_indexer(rep["knee_id"].to_numpy())
+    keep = pos >= 0
+    out[pos[keep]] = month[keep]
+    return out
+
+
+def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Label every knee of ``inputs.knees`` under ``params`` (pure; no database).
+
+    Returns ``(labels, stage1)``: ``labels`` has :data:`LABEL_COLUMNS`; ``stage1`` is the label
+    algorithm's own result (knee_id, subject_id, label) before the cohort exclusions.
+    """
+    knees = inputs.knees.sort_values(["subject_id", "side"], kind="stable").reset_index(drop=True)
+    knee_ids = knees["knee_id"].to_numpy()
+    subject_ids = knees["subject_id"].to_numpy()
+    n = len(knees)
+    kidx = pd.Index(knee_ids)
+    visits = params.examined_visits
+    months = np.array([VISIT_MONTHS[v] for v in visits], dtype=float)
+
+    readings = inputs.readings[inputs.readings["visit"].isin((0, *visits))]
+    first = first_readings(readings, params.duplicates)
+
+    # baseline
+    base = first[first["visit"] == 0]
+    bpos = kidx.get_indexer(base["knee_id"].to_numpy())
+    has_base = np.zeros(n, dtype=bool)
+    kl0 = np.full(n, np.nan)
+    has_base[bpos[bpos >= 0]] = True
+    kl0[bpos[bpos >= 0]] = base["klg"].to_numpy(dtype=float)[bpos >= 0]
+    # the graded variable's baseline (KLG itself, or JSN medial/lateral)
+    column = params.graded_variable
+    g0 = kl0 if column == "klg" else np.full(n, np.nan)
+    if column != "klg":
+        g0[bpos[bpos >= 0]] = base[column].to_numpy(dtype=float)[bpos >= 0]
+
+    # follow-ups: knees x examined visits
+    m = len(visits)
+    present = np.zeros((n, m), dtype=bool)
+    klg = np.full((n, m), np.nan)
+    prosthesis = np.zeros((n, m), dtype=bool)
+    follow = first[first["visit"] != 0]
+    fpos = kidx.get_indexer(follow["knee_id"].to_numpy())
+    vpos = pd.Index(visits).get_indexer(follow["visit"].to_numpy())
+    ok = fpos >= 0
+    present[fpos[ok], vpos[ok]] = True
+    klg[fpos[ok], vpos[ok]] = follow[column].to_numpy(dtype=float)[ok]
+    codes = follow["klg_missing_code"].astype("string").str.strip().str.upper()
+    prosthesis[fpos[ok], vpos[ok]] = (codes == ".P").fillna(False).to_numpy(dtype=bool)[ok]
+
+    graded = present & ~np.isnan(klg)
+    with np.errstate(invalid="ignore"):
+        if params.outcome == "incidence":
+            increase = graded & (klg >= params.incidence_grade)
+        else:
+            increase = graded & (klg - g0[:, None] >= params.min_increase)
+            if not params.count_0_to_1:
+                increase &= klg != 1
+    missing = present & np.isnan(klg)
+    if params.missing_klg == "progression_proxy":
+        replaced = missing
+    elif params.missing_klg == "outcomes99":
+        replaced = missing & prosthesis
+    else:
+        replaced = np.zeros_like(missing)
+    event = increase | replaced
+    has_event = event.any(axis=1)
+    j = event.argmax(axis=1)
+    rows = np.arange(n)
+    month = np.where(has_event, months[j], np.nan)
+    # a replaced knee "reaches KLG 5"; JSN has no such convention (no increase recorded)
+    replaced_step = REPLACED_KLG - kl0 if column == "klg" else np.full(n, np.nan)
+    step = np.where(replaced[rows, j], replaced_step, klg[rows, j] - g0)
+    step = np.where(has_event, step, np.nan)
+
+    if params.missing_klg == "outcomes99":
+        rep_month = _replacement_months(inputs, params, knee_ids)
+        earlier = ~np.isnan(rep_month) & (~has_event | (rep_month <= np.nan_to_num(month, nan=np.inf)))
+        month = np.where(earlier, rep_month, month)
+        step = np.where(earlier, replaced_step, step)
+        has_event |= earlier
+
+    if params.non_progressor_requires == "subject_at_last_visit":
+        raw_last = inputs.readings[inputs.readings["visit"] == params.last_visit]
+        seen = knees.loc[knees["knee_id"].isin(raw_last["knee_id"]), "subject_id"].unique()
+        followed = np.isin(subject_ids, seen)
+    elif params.non_progressor_requires == "knee_at_last_visit":
+        followed = graded[:, -1]
+    else:
+        followed = np.ones(n, dtype=bool)
+
+    label = np.where(
+        has_event,
+        np.where(month < params.fast_before_month, "fast", "slow"),
+        np.where(followed, "none", None),
+    ).astype(object)
+
+    # exclusions, first applicable wins
+    conditions: list[tuple[np.ndarray, str]] = [
+        (~has_base, NO_BASELINE_READING),
+        (np.isnan(kl0), BASELINE_KLG_MISSING),
+    ]
+    for grade in range(5):
+        if grade not in params.baseline_klg_allowed:
+            conditions.append((kl0 == grade, f"baseline_klg_{grade}"))
+    if column != "klg":
+        conditions.append((np.isnan(g0), params.baseline_graded_missing))
+    if params.outcome == "incidence":
+        conditions.append((g0 >= params.incidence_grade, BASELINE_NOT_BELOW_INCIDENCE))
+    conditions.append((~has_event & ~followed, LOST_TO_FOLLOW_UP))
+    stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
+    for reason in params.exclusions:
+        conditions.append((_cohort_exclusion(reason, inputs, knees), reason))
+    if params.image_store is not None:
+        failed, missing_volume = _image_exclusions(inputs, knee_ids)
+        conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
+    exclusion = np.select([c for c, _ in conditions], [r for _, r in conditions], default="")
+    exclusion = np.where(exclusion == "", None, exclusion).astype(object)
+    included = pd.isna(exclusion)
+
+    labels = pd.DataFrame(
+        {
+            "knee_id": knee_ids,
+            "subject_id": subject_ids,
+            "side": knees["side"].to_numpy(),
+            "kl_baseline": pd.array(np.where(np.isnan(kl0), pd.NA, kl0), dtype="Int64"),
+            "label": np.where(included, label, None),
+            "exclusion": exclusion,
+            "progression_month": pd.array(np.where(included & has_event, month, np.nan), dtype="Int64"),
+            "kl_increase": pd.array(np.where(included & has_event, np.round(step), np.nan), dtype="Int64"),
+        }
+    )
+    stage1 = pd.DataFrame({"knee_id": knee_ids, "subject_id": subject_ids, "label": label})
+    stage1 = stage1[~stage1_excluded].reset_index(drop=True)
+    return labels, stage1
+
+
+def _cohort_exclusion(reason: str, inputs: LabelInputs, knees: pd.DataFrame) -> np.ndarray:
+    if reason == REPLACED_AT_BASELINE:
+        rep = inputs.replacements
+        at_base = rep.loc[rep["at_baseline"].eq(True), "knee_id"]
+        return knees["knee_id"].isin(at_base).to_numpy()
+    if reason == BMI_MISSING:
+        bmi = inputs.baseline_bmi.dropna(subset=["bmi"])
+        return ~knees["subject_id"].isin(bmi["subject_id"]).to_numpy()
+    if reason == NO_BASELINE_DESS:
+        series = pd.MultiIndex.from_frame(inputs.baseline_series[["subject_id", "side"]])
+        return ~pd.MultiIndex.from_frame(knees[["subject_id", "side"]]).isin(series)
+    raise AssertionError(reason)  # LabelDefinitionParams validates the names
+
+
+def _image_exclusions(inputs: LabelInputs, knee_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vols = inputs.volumes if inputs.volumes is not None else pd.DataFrame(columns=["knee_id", "status"])
+    failed = np.isin(knee_ids, vols.loc[vols["status"] != "ok", "knee_id"])
+    good = np.isin(knee_ids, vols.loc[vols["status"] == "ok", "knee_id"])
+    return failed, ~good

@@ -1,0 +1,403 @@
+"""Saved cohorts: a named query with its frozen result, re-run and cited later.
+
+``save_cohort(db, "my_study", sex="F", variables={"WOMKP@V00": (5, None)})`` stores the query
+(filters, options, the definition's name and hash, the split id), the resulting knees with a
+content hash, and a *snapshot* of what decided every knee of the definition at that moment
+(label, exclusion, baseline KL, age, BMI, the requested variables, each visit's KLG and JSN).
+
+``check_saved(db, "my_study")`` re-runs the query and says whether the result (knees and their
+labels) still equals the saved one; if not, which knees entered or left and why: the snapshot
+fields that changed for each, and the ingest runs and files between then and now.
+
+``export_saved(db, "my_study")`` gives the frozen list and a provenance header (toolkit version,
+the ingest run the labels came from and the sha256 of each of its files) for a methods section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import defer
+
+from oaicohort import __version__
+from oaicohort.cohort.derivation import first_readings
+from oaicohort.cohort.variables import QueryError
+from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
+from oaicohort.db.schema import IngestFile, IngestRun, LabelDefinition, SavedCohort, XrayReading
+from oaicohort.errors import DatabaseStateError
+from oaicohort.vocabulary import DEFAULT_DEFINITION
+
+KEY = ["subject_id", "side"]
+# snapshot fields compared to explain a knee entering or leaving (besides variables and readings)
+_SNAPSHOT_FIELDS = ["knee_id", "site", "sex", "age", "bmi", "kl_baseline", "label", "exclusion"]
+_READING_FIELDS = {"klg": "KLG", "jsn_medial": "JSM", "jsn_lateral": "JSL"}
+
+
+# --------------------------------------------------------------------------- JSON of queries
+
+
+def encode_query(value: Any) -> Any:
+    """Query values as JSON: tuples (ranges, (sequence, visit)) stay distinguishable from lists."""
+    if isinstance(value, tuple):
+        return {"tuple": [encode_query(v) for v in value]}
+    if isinstance(value, list):
+        return [encode_query(v) for v in value]
+    if isinstance(value, dict):
+        return {"dict": {k: encode_query(v) for k, v in value.items()}}
+    if value is ...:
+        return {"column": True}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def decode_query(value: Any) -> Any:
+    if isinstance(value, list):
+        return [decode_query(v) for v in value]
+    if isinstance(value, dict):
+        if "tuple" in value:
+            return tuple(decode_query(v) for v in value["tuple"])
+        if "dict" in value:
+            return {k: decode_query(v) for k, v in value["dict"].items()}
+        if "column" in value:
+            return ...
+    return value
+
+
+def _columnar(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """A frame as JSON-able columns (missing -> None)."""
+    out: dict[str, list[Any]] = {}
+    for col in frame.columns:
+        values = frame[col].astype(object).where(frame[col].notna(), None).tolist()
+        out[str(col)] = [v.item() if isinstance(v, (np.integer, np.floating, np.bool_)) else v for v in values]
+    return out
+
+
+def content_hash(knees: pd.DataFrame) -> str:
+    """sha256 of the sorted (subject, side, label) of a cohort: what "the same cohort" means."""
+    rows = sorted(f"{int(s)},{side},{lab}" for s, side, lab in zip(knees["subject_id"], knees["side"], knees["label"]))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+def _snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
+    """What decided every knee of the definition: label fields, variables, readings per visit."""
+    variables = list(query["variables"]) if query["variables"] else None
+    all_knees = cohort.knees(definition=query["definition"], split=None, include_excluded=True, variables=variables)
+    keep = [c for c in all_knees.columns if c in (*KEY, *_SNAPSHOT_FIELDS) or c in (variables or [])]
+    snap = all_knees[keep].copy()
+    with db.read() as session:
+        readings = read_frame(
+            session,
+            select(
+                XrayReading.id,
+                XrayReading.knee_id,
+                XrayReading.visit,
+                XrayReading.klg,
+                XrayReading.jsn_medial,
+                XrayReading.jsn_lateral,
+                XrayReading.source_row,
+            ),
+            ["id", "knee_id", "visit", "klg", "jsn_medial", "jsn_lateral", "source_row"],
+        )
+    if not readings.empty:
+        first = first_readings(readings, "first")
+        for column, short in _READING_FIELDS.items():
+            wide = first.pivot(index="knee_id", columns="visit", values=column)
+            wide.columns = [f"V{int(v):02d} {short}" for v in wide.columns]
+            snap = snap.merge(wide.reset_index(), on="knee_id", how="left")
+    return snap.drop(columns=["knee_id"])
+
+
+def _latest_run(session: Any) -> int | None:
+    return session.execute(
+        select(func.max(IngestRun.id)).where(IngestRun.status.in_(("succeeded", "unchanged")))
+    ).scalar()
+
+
+# --------------------------------------------------------------------------- save, check, export
+
+
+def _query(
+    definition: str, split: int | str | None, include_excluded: bool, variables: Any, filters: dict[str, Any]
+) -> dict[str, Any]:
+    if isinstance(variables, (list, tuple)):
+        variables = {name: ... for name in variables}
+    elif isinstance(variables, str):
+        variables = {variables: ...}
+    return {
+        "definition": definition,
+        "split": split,
+        "include_excluded": include_excluded,
+        "variables": dict(variables or {}),
+        "filters": dict(filters),
+    }
+
+
+def _run(cohort: Any, query: dict[str, Any], split: int | str | None) -> pd.DataFrame:
+    return cohort.knees(
+        definition=query["definition"],
+        split=split,
+        include_excluded=query["include_excluded"],
+        variables=query["variables"] or None,
+        **query["filters"],
+    )
+
+
+def save_cohort(
+    db: Database,
+    name: str,
+    *,
+    definition: str = DEFAULT_DEFINITION,
+    split: int | str | None = "latest",
+    include_excluded: bool = False,
+    variables: Any = None,
+    replace: bool = False,
+    **filters: Any,
+) -> pd.DataFrame:
+    """Run the query and store it, its result and the snapshot under ``name`` (see module doc).
+
+    Returns the result (``attrs["saved"]`` holds the name and content hash). A name already
+    used is an error unless ``replace``.
+    """
+    from oaicohort.cohort.query import Cohort
+
+    if not name or len(name) > 64:
+        raise QueryError("a saved cohort needs a name of 1-64 characters")
+    cohort = Cohort(db)
+    query = _query(definition, split, include_excluded, variables, filters)
+    frame = _run(cohort, query, split)
+    query["split"] = frame.attrs.get("split_id")  # the split actually used, frozen
+    snapshot = _snapshot(db, cohort, query)
+    digest = content_hash(frame)
+    with db.write() as session:
+        existing = session.execute(select(SavedCohort).where(SavedCohort.name == name)).scalar_one_or_none()
+        if existing is not None:
+            if not replace:
+                raise QueryError(f"a cohort named {name!r} is already saved; choose another name or replace it")
+            session.delete(existing)
+            session.flush()
+        session.add(
+            SavedCohort(
+                name=name,
+                query=encode_query(query),
+                definition_name=str(frame.attrs["definition"]),
+                params_hash=str(frame.attrs["params_hash"]),
+                split_id=frame.attrs.get("split_id"),
+                knees=_columnar(frame),
+                content_hash=digest,
+                snapshot=_columnar(snapshot),
+                ingest_run_id=_latest_run(session),
+                toolkit_version=__version__,
+            )
+        )
+    frame.attrs["saved"] = {"name": name, "content_hash": digest, "knees": len(frame)}
+    return frame
+
+
+def _load(session: Any, name: str) -> SavedCohort:
+    # the snapshot (every knee of the definition) is read only when a check needs to explain
+    row = session.execute(
+        select(SavedCohort).options(defer(SavedCohort.snapshot)).where(SavedCohort.name == name)
+    ).scalar_one_or_none()
+    if row is None:
+        names = session.execute(select(SavedCohort.name).order_by(SavedCohort.name)).scalars().all()
+        raise DatabaseStateError(
+            f"no saved cohort {name!r}; saved cohorts: {', '.join(names) or 'none (oai cohort ... --save NAME)'}"
+        )
+    return row
+
+
+@dataclass
+class SavedCheck:
+    """The result of re-running a saved cohort's query."""
+
+    name: str
+    same: bool
+    saved_hash: str
+    current_hash: str
+    saved_knees: int
+    current_knees: int
+    entered: pd.DataFrame  # subject_id, side, label, why
+    left: pd.DataFrame  # subject_id, side, label, why
+    saved_run: int | None
+    current_run: int | None
+    changed_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "same": self.same,
+            "saved_hash": self.saved_hash,
+            "current_hash": self.current_hash,
+            "saved_knees": self.saved_knees,
+            "current_knees": self.current_knees,
+            "entered": self.entered.astype(object).where(self.entered.notna(), None).to_dict("records"),
+            "left": self.left.astype(object).where(self.left.notna(), None).to_dict("records"),
+            "saved_ingest_run": self.saved_run,
+            "current_ingest_run": self.current_run,
+            "changed_files": self.changed_files,
+            "notes": self.notes,
+        }
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _why(old: pd.DataFrame, new: pd.DataFrame, keys: pd.DataFrame) -> list[str]:
+    """For each knee of ``keys``: the snapshot fields that differ between ``old`` and ``new``."""
+    fields = [c for c in old.columns if c not in KEY and c in new.columns]
+    fields += [c for c in new.columns if c not in KEY and c not in old.columns]
+    o = keys[KEY].merge(old, on=KEY, how="left")
+    n = keys[KEY].merge(new, on=KEY, how="left")
+    out = []
+    for i in range(len(keys)):
+        changes = []
+        for c in fields:
+            a = o[c].iloc[i] if c in o else None
+            b = n[c].iloc[i] if c in n else None
+            if _fmt(a) != _fmt(b):
+                changes.append(f"{c} {_fmt(a)} -> {_fmt(b)}")
+        out.append("; ".join(changes) if changes else "no recorded input changed")
+    return out
+
+
+def _files(session: Any, run_id: int | None) -> dict[str, str]:
+    if run_id is None:
+        return {}
+    rows = session.execute(select(IngestFile.relative_path, IngestFile.sha256).where(IngestFile.run_id == run_id)).all()
+    return {path: sha for path, sha in rows}
+
+
+def check_saved(db: Database, name: str) -> SavedCheck:
+    """Re-run the saved query and compare with the frozen result (see the module docstring)."""
+    from oaicohort.cohort.query import Cohort
+
+    with db.read() as session:
+        row = _load(session, name)
+        query = decode_query(row.query)
+        saved = pd.DataFrame(row.knees)
+        saved_id = row.id
+        saved_hash, saved_run, split_id = row.content_hash, row.ingest_run_id, row.split_id
+        definition = session.execute(
+            select(LabelDefinition).where(
+                LabelDefinition.name == row.definition_name, LabelDefinition.params_hash == row.params_hash
+            )
+        ).scalar_one_or_none()
+        current_run = _latest_run(session)
+        old_files, new_files = _files(session, saved_run), _files(session, current_run)
+    if definition is None:
+        raise DatabaseStateError(
+            f"saved cohort {name!r}: label definition {row.definition_name!r} (hash {row.params_hash[:12]}) "
+            "is no longer in the database; derive it again with `oai label`"
+        )
+    notes: list[str] = []
+    if current_run is not None and (definition.ingest_run_id or 0) < current_run:
+        notes.append(
+            f"the labels of {definition.name!r} were derived from ingest run {definition.ingest_run_id}, "
+            f"before the latest ingest run {current_run}: run `oai label` to bring them up to date"
+        )
+    cohort = Cohort(db)
+    query["definition"] = definition.id  # exactly the saved definition, not a later one of its name
+    needs_split = bool({"role", "fold"} & set(query["filters"]))
+    current = _run(cohort, query, split_id if needs_split else None)
+    current_hash = content_hash(current)
+    if saved.empty:
+        saved = pd.DataFrame(columns=[*KEY, "label"])
+    cur_keys = set(zip(current["subject_id"].astype(int), current["side"], current["label"]))
+    old_keys = set(zip(saved["subject_id"].astype(int), saved["side"], saved["label"]))
+    entered = pd.DataFrame(sorted(cur_keys - old_keys), columns=[*KEY, "label"])
+    left = pd.DataFrame(sorted(old_keys - cur_keys), columns=[*KEY, "label"])
+    if len(entered) or len(left):
+        with db.read() as session:
+            old_snapshot = pd.DataFrame(
+                session.execute(select(SavedCohort.snapshot).where(SavedCohort.id == saved_id)).scalar_one()
+            )
+        new_snapshot = _snapshot(db, cohort, query)
+        entered["why"] = _why(old_snapshot, new_snapshot, entered)
+        left["why"] = _why(old_snapshot, new_snapshot, left)
+    else:
+        entered["why"] = pd.Series([], dtype=object)
+        left["why"] = pd.Series([], dtype=object)
+    changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
+    if saved_run != current_run:
+        notes.append(f"saved at ingest run {saved_run}; the latest ingest run is {current_run}")
+    return SavedCheck(
+        name=name,
+        same=current_hash == saved_hash,
+        saved_hash=saved_hash,
+        current_hash=current_hash,
+        saved_knees=len(saved),
+        current_knees=len(current),
+        entered=entered,
+        left=left,
+        saved_run=saved_run,
+        current_run=current_run,
+        changed_files=changed,
+        notes=notes,
+    )
+
+
+def export_saved(db: Database, name: str) -> tuple[list[str], pd.DataFrame]:
+    """The frozen knee list of a saved cohort and its provenance header lines."""
+    with db.read() as session:
+        row = _load(session, name)
+        files = _files(session, row.ingest_run_id)
+        run = session.get(IngestRun, row.ingest_run_id) if row.ingest_run_id is not None else None
+        frame = pd.DataFrame(row.knees)
+        header = [
+            f"saved cohort: {row.name} ({len(frame)} knees, content sha256 {row.content_hash})",
+            f"saved at: {row.created_at:%Y-%m-%d %H:%M:%S} UTC with oai toolkit {row.toolkit_version}"
+            f" (exported with {__version__})",
+            f"label definition: {row.definition_name} (params sha256 {row.params_hash})",
+            f"split: {row.split_id if row.split_id is not None else 'none'}",
+            f"query: {json.dumps(decode_query(row.query), default=str, sort_keys=True)}",
+        ]
+        if run is not None:
+            header.append(
+                f"ingest run {run.id}: {run.source_root} ({run.status}, {run.finished_at or run.started_at:%Y-%m-%d})"
+            )
+        header += [f"  file {path} sha256 {sha}" for path, sha in sorted(files.items())]
+    return header, frame
+
+
+def saved_cohorts(db: Database) -> pd.DataFrame:
+    """Every saved cohort: name, knees, content hash, definition, created_at."""
+    with db.read() as session:
+        rows = session.execute(
+            select(
+                SavedCohort.name,
+                SavedCohort.content_hash,
+                SavedCohort.definition_name,
+                SavedCohort.ingest_run_id,
+                SavedCohort.created_at,
+            ).order_by(SavedCohort.name)
+        ).all()
+    return pd.DataFrame(rows, columns=["name", "content_hash", "definition", "ingest_run_id", "created_at"])
+
+
+__all__ = [
+    "SavedCheck",
+    "check_saved",
+    "content_hash",
+    "decode_query",
+    "encode_query",
+    "export_saved",
+    "save_cohort",
+    "saved_cohorts",
+]
