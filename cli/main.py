@@ -12,6 +12,7 @@ from oaicli.eval import eval_command
 from oaicli.ingest import ingest_command
 from oaicli.label import label_command
 from oaicli.models import models_command
+from oaicli.predict import predict_command
 from oaicli.preprocess import preprocess_command
 from oaicli.split import split_command
 from oaicli.store import store_app
@@ -58,6 +59,7 @@ app.add_typer(store_app, name="store")
 app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
+app.command("predict")(predict_command)
 app.command("demo")(demo_command)
 
 
