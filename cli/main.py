@@ -9,6 +9,7 @@ from oaicli.common import CliState, configure_logging
 from oaicli.db import db_app
 from oaicli.demo import demo_command
 from oaicli.eval import eval_command
+from oaicli.explain import explain_command
 from oaicli.ingest import ingest_command
 from oaicli.label import label_command
 from oaicli.models import models_command
@@ -60,6 +61,7 @@ app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("predict")(predict_command)
+app.command("explain")(explain_command)
 app.command("demo")(demo_command)
 
 
