@@ -143,3 +143,32 @@ def test_predict_command_writes_csv_and_stdout(
         assert result.stdout.splitlines()[1].split(",")[2] == "9000000R"
         result = CliRunner().invoke(app, ["predict", str(run), str(store), "--knees", "123R"])
         assert result.exit_code == 1 and "no volume of knee(s) 123R" in result.output
+
+
+def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A release's contents.csv leads to the DESS series of the named knees (visit 0)."""
+    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+
+    run, _, _ = toy_run
+    visit_dir = tmp_path / "OAI" / "00m"
+    lines = ["Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription"]
+    for n, (subject, side, description) in enumerate(
+        [(9100001, "R", "SAG_3D_DESS_RIGHT"), (9100001, "L", "SAG_3D_DESS_LEFT"), (9100002, "L", "SAG_3D_DESS_LEFT")]
+    ):
+        rel = f"0.C.2/{subject}/20040101/{10000000 + n}"
+        pixels = render_knee_volume(0.5 * n, side, np.random.default_rng(n), "small")
+        write_series(visit_dir / rel, pixels, SeriesMeta(patient_id=str(subject), series_description=description))
+        lines.append(f"{rel},{subject},20040101,01234,OAI^MR^ENROLLMENT^{side},{description}  ")
+    lines.append("0.C.2/9100002/20040101/99999999,9100002,20040101,01234,OAI^MR^ENROLLMENT^LEFT,COR_IW_TSE_LEFT")
+    (visit_dir / "contents.csv").write_text("\n".join(lines) + "\n")
+    with toy_model():
+        frame = predict(run, [tmp_path / "OAI"], knees=[(9100002, "L"), (9100001, "L")], device="cpu")
+        direct = predict(run, [visit_dir / "0.C.2/9100002/20040101/10000002"], device="cpu")
+        with pytest.raises(SelectionError, match="9100002R"):
+            predict(run, [tmp_path / "OAI"], knees=[(9100002, "R")], device="cpu")
+    assert frame["knee"].tolist() == ["9100002L", "9100001L"] and set(frame["kind"]) == {"release"}
+    assert frame["visit"].tolist() == [0, 0]
+    # a batch of one vs two knees: the same numbers up to float32 summation order
+    np.testing.assert_allclose(
+        frame[["p_none", "p_fast", "p_slow"]].iloc[:1], direct[["p_none", "p_fast", "p_slow"]], rtol=1e-6
+    )
