@@ -228,6 +228,15 @@ def input_kind(path: Path) -> str:
     return "release"
 
 
+@dataclass(frozen=True)
+class _Sided:
+    """A read series with the side preprocessing should assume (``SeriesLike``)."""
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    side: str
+
+
 def _series_scan(
     folder: Path, params: PreprocessParams, view: str, side: str | None, kind: str, **extra: Any
 ) -> KneeScan:
@@ -241,11 +250,7 @@ def _series_scan(
         raise InputFileError(
             folder, f"cannot tell the knee side (series description {series.series_description!r}); pass --side R or L"
         )
-    if knee_side != series.side:
-        from oaicohort.imaging.preprocess_run import _with_side
-
-        series = _with_side(series, knee_side)
-    result = preprocess_series(series, params, (view,))
+    result = preprocess_series(_Sided(series.pixels, series.spacing_mm, knee_side), params, (view,))
     subject = extra.get("subject_id", getattr(series, "patient_id", ""))
     notes = ";".join(sorted(k for k in result.notes if k not in ("intensity_range", "source_shape")))
     return KneeScan(

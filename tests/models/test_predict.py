@@ -172,3 +172,20 @@ def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.Da
     np.testing.assert_allclose(
         frame[["p_none", "p_fast", "p_slow"]].iloc[:1], direct[["p_none", "p_fast", "p_slow"]], rtol=1e-6
     )
+
+
+def test_series_without_a_side_needs_one(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    from oaicohort.errors import InputFileError
+    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+
+    run, _, _ = toy_run
+    folder = tmp_path / "anon"
+    pixels = render_knee_volume(0.0, "L", np.random.default_rng(3), "small")
+    write_series(folder, pixels, SeriesMeta(patient_id="9100009", series_description="SAG_3D_DESS_WE"))
+    with toy_model():
+        with pytest.raises(InputFileError, match="cannot tell the knee side.*--side"):
+            predict(run, [folder], device="cpu")
+        left = predict(run, [folder], side="L", device="cpu")
+        right = predict(run, [folder], side="R", device="cpu")  # mirrored before scoring
+    assert left[["subject_id", "side"]].values.tolist() == [[9100009, "L"]]
+    assert right["side"].tolist() == ["R"] and right["score"][0] != left["score"][0]
