@@ -13,7 +13,9 @@ Two attributions, both of the fold ensemble's progression score ``mean_k(p_fast 
   ``SliceTransformer`` (``2d_trf``): per block the head-averaged attention ``A`` (recomputed from
   the block's own query/key weights, as the fused kernel does not return it), ``0.5 A + 0.5 I``
   with rows renormalised, multiplied over blocks; the class token's row over the slice tokens,
-  normalised to sum 1, is the slice importance. Averaged over fold models.
+  normalised to sum 1, is the slice importance. Averaged over fold models. Multi-view models
+  (``2dsh_trf``, ``2dind_trf``) attend over the tokens of every view; their slice importance is
+  the rollout over the sagittal tokens, renormalised.
 
 Files (``DIR``)::
 
@@ -168,6 +170,20 @@ def attention_rollout(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.n
     return (cls / cls.sum(dim=1, keepdim=True)).cpu().numpy()
 
 
+def source_view_tokens(rollout: np.ndarray, layout: InputLayout) -> np.ndarray | None:
+    """The rollout over the crop's slices: all tokens for a single view; for a multi-view model
+    (tokens of each view in ``model_views`` order) the source view's tokens, renormalised."""
+    depth = layout.crop_shape[0]
+    if not layout.derived_views:
+        return rollout if rollout.shape[1] == depth else None
+    sizes = [layout.input_shapes()[v][1] for v in layout.model_views]
+    if sum(sizes) != rollout.shape[1]:
+        return None
+    start = sum(sizes[: layout.model_views.index(layout.source_view)])
+    part = rollout[:, start : start + depth]
+    return part / part.sum(axis=1, keepdims=True)
+
+
 def mass_inside(saliency: np.ndarray, region: np.ndarray) -> tuple[float, float]:
     """(share of the saliency mass inside ``region``, share of the voxels in it)."""
     saliency = np.abs(np.asarray(saliency, dtype=np.float64))
@@ -202,7 +218,7 @@ def explain_volumes(
     saliency = attribution.abs().sum(dim=1).detach().cpu().numpy().astype(np.float64)  # (B, d, h, w)
     saliency /= np.maximum(saliency.sum(axis=(1, 2, 3), keepdims=True), 1e-30)
     rollouts = [attention_rollout(m, model_inputs(x, layout)) for m in models]
-    rollout = None if any(r is None for r in rollouts) else np.mean(rollouts, axis=0)
+    rollout = None if any(r is None for r in rollouts) else source_view_tokens(np.mean(rollouts, axis=0), layout)
     crops = (x[:, 0] * NORM_STD + NORM_MEAN).detach().cpu().numpy()
     out = []
     for i in range(x.shape[0]):

@@ -199,3 +199,34 @@ def test_attributions_find_the_planted_signal(tmp_path: Path) -> None:
         )
     finally:
         registry._REGISTRY.pop(PLANTED_MODEL, None)
+
+
+def test_multiview_rollout_is_read_on_the_sagittal_tokens() -> None:
+    from oaimodels.explain import source_view_tokens
+
+    layout = InputLayout("2dsh_trf", "sag", (20, 44, 44), (4, 6, 5), ("sag", "cor", "ax"))
+    # tokens: 4 sagittal (D), 5 coronal (W), 6 axial (H)
+    rollout = np.arange(1, 16, dtype=np.float64)[None, :]
+    rollout /= rollout.sum()
+    np.testing.assert_allclose(source_view_tokens(rollout, layout), [[1 / 10, 2 / 10, 3 / 10, 4 / 10]])
+    single = InputLayout("2d_trf", "sag", (20, 44, 44), (4, 6, 5), ("sag",))
+    assert source_view_tokens(rollout, single) is None  # 15 tokens for 4 slices: not this model's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["2d_trf", "2dsh_trf"])
+def test_explain_registered_slice_transformers(name: str) -> None:
+    """The paper's transformer models (ResNet-50 per slice, small shapes): both methods, one map."""
+    from oaimodels.networks import get_model, get_spec
+
+    spec = get_spec(name)
+    d, h, w = spec.small_shapes["sag"][1:]
+    layout = InputLayout(name, "sag", (d + 4, h + 4, w + 4), (d, h, w), tuple(spec.views))
+    torch.manual_seed(0)
+    model = get_model(name, input_shapes=layout.input_shapes(), init="scratch").eval()
+    volumes = torch.randint(0, 255, (2, d + 4, h + 4, w + 4), dtype=torch.uint8)
+    for score, saliency, gradient, rollout, crop in explain_volumes([model], layout, volumes, steps=1):
+        assert 0.0 <= score <= 1.0 and saliency.shape == crop.shape == (d, h, w)
+        np.testing.assert_allclose(gradient.sum(), 1.0, rtol=1e-5)
+        assert rollout is not None and rollout.shape == (d,)
+        np.testing.assert_allclose(rollout.sum(), 1.0, rtol=1e-5)
