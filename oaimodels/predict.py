@@ -215,15 +215,15 @@ class ArraySource:
 
 
 def input_kind(path: Path) -> str:
-    """``store``, ``release`` or ``series`` (a folder of slice files)."""
+    """``store`` (has zarr.json), ``series`` (slice files, no sub-folders) or ``release``."""
     if not path.exists():
         raise InputFileError(path, "no such file or folder")
     if not path.is_dir():
         raise InputFileError(path, "not a folder; give a DICOM series folder, an OAI release or a volume store")
     if (path / "zarr.json").is_file():
         return "store"
-    names = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if names and not any(p.name.lower() == "contents.csv" for p in names):
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if entries and not any(p.is_dir() for p in entries):
         return "series"
     return "release"
 
