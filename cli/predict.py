@@ -22,9 +22,7 @@ def predict_command(
         None, "--knees", help="Knees of a release or store: 9000001R,9000002L or a file of them (default all)."
     ),
     visit: int = typer.Option(0, "--visit", help="Visit code of the release's / store's series to use."),
-    side: str | None = typer.Option(
-        None, "--side", help="R or L for series whose description does not name the side."
-    ),
+    side: str | None = typer.Option(None, "--side", help="R or L for series whose description does not name the side."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Knees per forward pass (default: the run's evaluation batch)."

@@ -31,6 +31,8 @@ Files (``DIR``)::
 
 Knees: ``knees`` from the run's store (or another store made with the same parameters), by
 default the run's test knees (the held-out site), so ``summary/`` describes the held-out site.
+
+(About 400 lines: the attributions, the per-knee loop and the files they fill are one concept.)
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from . import run_folder as rf
 from .data import NORM_MEAN, NORM_STD, InputLayout, centre_offsets, crop_volumes, normalise, scale_to_unit
 from .networks.multiview import views_from_volume
 from .networks.slice_transformer import SelfAttention, SliceTransformer
-from .predict import TrainedRun
+from .trained_run import TrainedRun
 
 # Names of the training layer, imported in this one place (their module may move).
 from .training import resolve_device

@@ -14,7 +14,8 @@ from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.selection import SelectionError, parse_knees
 from oaicohort.imaging.store import VolumeStore, knee_key
 from oaimodels.evaluation import evaluate_runs
-from oaimodels.predict import PredictError, TrainedRun, predict, write_predictions
+from oaimodels.predict import predict, write_predictions
+from oaimodels.trained_run import RunError, TrainedRun
 from oaimodels.training import TrainConfig, train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
@@ -77,7 +78,7 @@ def test_store_with_other_parameters_is_refused(toy_run: tuple[Path, Path, pd.Da
     params = VolumeStore.open(store).params
     other = VolumeStore.create(tmp_path / "other.zarr", dataclasses.replace(params, percentile_high=99.5))
     other.write("sag", 0, np.zeros(other.volume_shape("sag"), np.uint8), key=knee_key(9000000, "R"), visit=0)
-    with toy_model(), pytest.raises(PredictError, match=r"percentile_high: store 99.5, run 99.9"):
+    with toy_model(), pytest.raises(RunError, match=r"percentile_high: store 99.5, run 99.9"):
         predict(run, [other.path], device="cpu")
 
 
@@ -86,7 +87,7 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
     with toy_model():
         with pytest.raises(SelectionError, match="no volume of knee.*1234567R"):
             predict(run, [store], knees=[(1234567, "R")], device="cpu")
-        with pytest.raises(PredictError, match="not a run folder"):
+        with pytest.raises(RunError, match="not a run folder"):
             predict(tmp_path, [store])
     with pytest.raises(Exception, match="not a knee"):
         parse_knees("9000001X")
