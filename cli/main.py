@@ -13,9 +13,11 @@ from oaicli.common import QUIET, CliState, configure_logging, out_console
 from oaicli.db import db_app
 from oaicli.demo import demo_command
 from oaicli.eval import eval_command
+from oaicli.explain import explain_command
 from oaicli.ingest import ingest_command
 from oaicli.label import label_command
 from oaicli.models import models_command
+from oaicli.predict import predict_command
 from oaicli.preprocess import preprocess_command
 from oaicli.split import split_command
 from oaicli.store import store_app
@@ -90,6 +92,8 @@ app.add_typer(store_app, name="store")
 app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
+app.command("predict")(predict_command)
+app.command("explain")(explain_command)
 app.command("demo")(demo_command)
 
 

@@ -1,4 +1,5 @@
-"""``oai store info|verify``: describe a volume store, check it against the database index."""
+"""``oai store info|verify|export|qc``: describe a volume store, check it against the database index,
+export its volumes as NIfTI, draw QC montages."""
 
 from __future__ import annotations
 
@@ -81,3 +82,75 @@ def verify_command(
             )
     if report["mismatches"]:
         raise typer.Exit(code=1)
+
+
+@store_app.command("export")
+@handles_errors
+def export_command(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="The store directory."),
+    nifti: Path = typer.Option(..., "--nifti", help="Folder for the NIfTI files (.nii.gz) and index.csv."),
+    views: list[str] | None = typer.Option(None, "--view", help="sag, cor or ax (repeatable; default all stored)."),
+    knees: list[str] | None = typer.Option(
+        None, "--knees", help="Knees to export: 9000001R,9000002L or a file of them (default all)."
+    ),
+    visit: int = typer.Option(0, "--visit", help="Visit code of the volumes."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most N knees per view."),
+    json_out: bool = typer.Option(False, "--json", help="Print the index as JSON."),
+) -> None:
+    """Write stored volumes as NIfTI with their scanner affine (needs the database the store was made with)."""
+    from oaicohort.imaging.export import export_nifti
+    from oaicohort.imaging.selection import parse_knees
+
+    db = state(ctx).open_db()
+    try:
+        with rich_progress(enabled=not json_out) as progress:
+            index = export_nifti(
+                db, path, nifti, views=views, knees=parse_knees(knees), visit=visit, limit=limit, progress=progress
+            )
+    finally:
+        db.dispose()
+    if json_out:
+        emit_json(index.to_dict(orient="records"))
+    else:
+        out_console.print(f"{len(index)} volumes written to {nifti.resolve()} (index.csv lists them)", highlight=False)
+
+
+@store_app.command("qc")
+@handles_errors
+def qc_command(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="The store directory."),
+    out: Path = typer.Option(..., "--out", help="Folder for knees/*.png, sheets/*.png and index.csv."),
+    views: list[str] | None = typer.Option(None, "--view", help="sag, cor or ax (repeatable; default all stored)."),
+    knees: list[str] | None = typer.Option(
+        None, "--knees", help="Knees to draw: 9000001R,9000002L or a file of them (default all)."
+    ),
+    visit: int = typer.Option(0, "--visit", help="Visit code of the volumes."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most N knees."),
+    columns: int = typer.Option(4, "--columns", min=1, help="Knees per contact-sheet row."),
+    rows: int = typer.Option(8, "--rows", min=1, help="Rows per contact sheet."),
+    json_out: bool = typer.Option(False, "--json", help="Print the index as JSON."),
+) -> None:
+    """PNG montages of the mid-slice of each view per knee, and contact sheets of many knees."""
+    from oaicli.eval import _open_db_if_configured
+    from oaicohort.imaging.qc import write_qc
+    from oaicohort.imaging.selection import parse_knees
+
+    db = _open_db_if_configured(ctx)  # the index when there is one, else the store's own keys
+    try:
+        with rich_progress(enabled=not json_out) as progress:
+            index = write_qc(
+                path, out, db=db, views=views, knees=parse_knees(knees), visit=visit, limit=limit,
+                columns=columns, rows=rows, progress=progress,
+            )  # fmt: skip
+    finally:
+        if db is not None:
+            db.dispose()
+    if json_out:
+        emit_json(index.to_dict(orient="records"))
+    else:
+        out_console.print(
+            f"{len(index)} knees drawn in {out.resolve()}: knees/*.png, {index['sheet'].nunique()} contact sheet(s)",
+            highlight=False,
+        )

@@ -32,6 +32,7 @@ from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
+from oaicohort.imaging.geometry import GEOMETRY_NOTE, series_geometry
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.progress import ProgressCallback, no_progress
@@ -121,6 +122,9 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
         outcome.notes = result.notes
+        geometry = series_geometry(series)  # for the NIfTI affine (oaicohort.imaging.geometry)
+        if geometry is not None:
+            outcome.notes[GEOMETRY_NOTE] = geometry
     except InputFileError as exc:
         outcome.reason = str(exc)
     except (ValueError, OSError) as exc:

@@ -1,0 +1,50 @@
+"""``oai explain``: where in the knee a run's fold ensemble finds progression (slice importance, saliency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress
+from oaicli.eval import _open_db_if_configured
+
+
+@handles_errors
+def explain_command(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="Run folder made by `oai train`."),
+    out: Path = typer.Option(..., "--out", help="Folder for the explanations (CSV, NumPy maps, PNG)."),
+    knees: list[str] | None = typer.Option(
+        None, "--knees", help="Knees to explain: 9000001R,9000002L or a file of them (default: the run's test knees)."
+    ),
+    store: Path | None = typer.Option(
+        None, "--store", help="Store holding the knees (default: the run's; must have the run's parameters)."
+    ),
+    visit: int = typer.Option(0, "--visit", help="Visit code of the volumes (with --knees)."),
+    steps: int = typer.Option(16, "--steps", min=1, help="Integrated-gradients steps (more: more exact, slower)."),
+    top: int = typer.Option(3, "--top", min=0, help="Slices per knee drawn with their saliency overlay."),
+    batch_size: int = typer.Option(2, "--batch-size", min=1, help="Knees per attribution pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the per-knee table as JSON."),
+) -> None:
+    """Integrated gradients (every model) and attention rollout (slice transformers), per knee and on average."""
+    from oaicohort.imaging.selection import parse_knees
+    from oaimodels.explain import explain_run
+
+    db = _open_db_if_configured(ctx) if knees else None
+    try:
+        with rich_progress(enabled=not json_out) as progress:
+            table = explain_run(
+                run_dir, out, knees=parse_knees(knees), store=store, db=db, visit=visit, device=device,
+                steps=steps, top=top, batch_size=batch_size, progress=progress,
+            )  # fmt: skip
+    finally:
+        if db is not None:
+            db.dispose()
+    if json_out:
+        emit_json(table.to_dict(orient="records"))
+    else:
+        err_console.print(
+            f"{len(table)} knees explained: {out.resolve()} (explanations.csv, knees/, summary/)", highlight=False
+        )

@@ -1,0 +1,63 @@
+"""``oai predict``: apply a trained run's fold ensemble to DICOM series, a release or a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress
+from oaicli.eval import _open_db_if_configured
+
+
+@handles_errors
+def predict_command(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="Run folder made by `oai train`."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="DICOM series folders, an OAI release (with contents.csv) or a volume store (any mix)."
+    ),
+    out: str = typer.Option("predictions.csv", "--out", help="CSV to write; '-' writes it to stdout."),
+    knees: list[str] | None = typer.Option(
+        None, "--knees", help="Knees of a release or store: 9000001R,9000002L or a file of them (default all)."
+    ),
+    visit: int = typer.Option(0, "--visit", help="Visit code of the release's / store's series to use."),
+    side: str | None = typer.Option(None, "--side", help="R or L for series whose description does not name the side."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Knees per forward pass (default: the run's evaluation batch)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
+) -> None:
+    """Per-knee class probabilities and progression score, preprocessed exactly as the run's store."""
+    from oaicohort.imaging.selection import parse_knees
+    from oaimodels.predict import predict, write_predictions
+
+    if side is not None and side.upper() not in ("R", "L"):
+        raise typer.BadParameter(f"{side!r}: expected R or L", param_hint="--side")
+    if json_out and out == "-":
+        raise typer.BadParameter("--json and --out - both write to stdout; choose one", param_hint="--out")
+    db = _open_db_if_configured(ctx)
+    try:
+        with rich_progress(enabled=not json_out) as progress:
+            frame = predict(
+                run_dir, inputs, knees=parse_knees(knees), visit=visit, side=side.upper() if side else None,
+                db=db, device=device, batch_size=batch_size, progress=progress,
+            )  # fmt: skip
+    finally:
+        if db is not None:
+            db.dispose()
+    write_predictions(frame, out)
+    summary = {
+        "out": out if out == "-" else str(Path(out).resolve()),
+        "knees": int(len(frame)),
+        "predicted": {str(k): int(v) for k, v in frame["predicted"].value_counts().items()},
+        "mean_score": float(frame["score"].mean()),
+        "run_hash": str(frame["run_hash"].iloc[0]),
+    }
+    if json_out:
+        emit_json(summary)
+    elif out != "-":
+        err_console.print(
+            f"{summary['knees']} knees scored (run {summary['run_hash']}): {summary['out']}", highlight=False
+        )

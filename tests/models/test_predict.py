@@ -1,0 +1,192 @@
+"""``oai predict``: the fold ensemble applied to stores, DICOM series and releases."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.selection import SelectionError, parse_knees
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaimodels.evaluation import evaluate_runs
+from oaimodels.predict import predict, write_predictions
+from oaimodels.trained_run import RunError, TrainedRun
+from oaimodels.training import TrainConfig, train_run
+from tests.training_fixtures import make_toy_cohort, toy_model
+
+PROB_COLUMNS = ["p_none", "p_fast", "p_slow", "score", "score_fold0", "score_fold1"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, pd.DataFrame]]:
+    root = tmp_path_factory.mktemp("predict")
+    with toy_model():
+        store, knees = make_toy_cohort(root, n_subjects=20)
+        config = TrainConfig(
+            store=str(store), out=str(root / "run"), model="toy3d", epochs=2, batch_size=4,
+            lr=3e-3, warmup_epochs=0, seed=0, loader="resident", workers=0, device="cpu",
+        )  # fmt: skip
+        run = train_run(config, knees=knees)
+        evaluate_runs([run], n_resamples=20, latency=False)
+        yield run, store, knees
+
+
+def test_predict_on_test_knees_reproduces_eval_exactly(toy_run: tuple[Path, Path, pd.DataFrame]) -> None:
+    run, store, _ = toy_run
+    evaluated = pd.read_csv(run / "eval" / "predictions.csv")
+    with toy_model():
+        # eval's predictions.csv has subject_id and side columns: it is itself a --knees file
+        frame = predict(run, [store], knees=parse_knees(str(run / "eval" / "predictions.csv")), device="cpu")
+    out = run.parent / "pred.csv"
+    write_predictions(frame, out)
+    mine = pd.read_csv(out)
+    assert mine["knee_id"].tolist() == evaluated["knee_id"].tolist()
+    assert mine["side"].tolist() == evaluated["side"].tolist()
+    assert mine["predicted"].tolist() == evaluated["predicted"].tolist()
+    for column in PROB_COLUMNS:  # the same floats, written and read back
+        assert mine[column].tolist() == evaluated[column].tolist(), column
+    # provenance on every row
+    assert mine["run_hash"].nunique() == 1 and len(mine["run_hash"][0]) == 16
+    assert mine["run_hash"][0] == TrainedRun.open(run).hash
+    assert set(mine["toolkit_version"].astype(str)) == {"0.1.0"} and set(mine["model"]) == {"toy3d"}
+
+
+def test_predict_whole_store_and_stdout(
+    toy_run: tuple[Path, Path, pd.DataFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, store, knees = toy_run
+    evaluated = pd.read_csv(run / "eval" / "predictions.csv").set_index("knee_id")
+    with toy_model():
+        frame = predict(run, [store], device="cpu", batch_size=3)  # other batches, same numbers
+    assert len(frame) == len(knees)
+    assert frame["knee_id"].notna().all()  # the run's own store: knee ids from knees.csv
+    test = frame[frame["knee_id"].isin(evaluated.index)].set_index("knee_id")
+    np.testing.assert_allclose(test["score"], evaluated.loc[test.index, "score"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(frame[["p_none", "p_fast", "p_slow"]].sum(axis=1), 1.0, atol=1e-9)
+    write_predictions(frame.iloc[:2], "-")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("input,kind,knee,subject_id,side,visit,knee_id,p_none") and len(lines) == 3
+
+
+def test_store_with_other_parameters_is_refused(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    run, store, _ = toy_run
+    params = VolumeStore.open(store).params
+    other = VolumeStore.create(tmp_path / "other.zarr", dataclasses.replace(params, percentile_high=99.5))
+    other.write("sag", 0, np.zeros(other.volume_shape("sag"), np.uint8), key=knee_key(9000000, "R"), visit=0)
+    with toy_model(), pytest.raises(RunError, match=r"percentile_high: store 99.5, run 99.9"):
+        predict(run, [other.path], device="cpu")
+
+
+def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    run, store, _ = toy_run
+    with toy_model():
+        with pytest.raises(SelectionError, match="no volume of knee.*1234567R"):
+            predict(run, [store], knees=[(1234567, "R")], device="cpu")
+        with pytest.raises(RunError, match="not a run folder"):
+            predict(tmp_path, [store])
+    with pytest.raises(Exception, match="not a knee"):
+        parse_knees("9000001X")
+    assert parse_knees("9000001r, 9000002:L 9000001R") == [(9000001, "R"), (9000002, "L")]
+
+
+def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A series folder goes through the run's own preprocessing, like a store of the same volume."""
+    from oaicohort.imaging.preprocessing import preprocess_series
+    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+
+    run, _, _ = toy_run
+    params = TrainedRun.open(run).params()
+    assert params == VolumeStore.open(toy_run[1]).params
+    rng = np.random.default_rng(0)
+    pixels = render_knee_volume(1.0, "R", rng, "small")  # 40 x 96 x 96; the toy region is 40 x 72 x 72
+    folder = tmp_path / "series"
+    write_series(folder, pixels, SeriesMeta(patient_id="9100001", series_description="SAG_3D_DESS_RIGHT"))
+    with toy_model():
+        frame = predict(run, [folder], device="cpu")
+    assert frame[["kind", "subject_id", "side"]].values.tolist() == [["series", 9100001, "R"]]
+    assert "rows_cropped" in frame["notes"][0]
+    # the same volume fed through a store gives the same probabilities
+    from oaicohort.imaging.dicom_series import read_series
+
+    volume = preprocess_series(read_series(folder), params, ("sag",)).volumes["sag"]
+    store = VolumeStore.create(tmp_path / "s.zarr", params)
+    store.write("sag", 0, volume, key=knee_key(9100001, "R"), visit=0)
+    with toy_model():
+        from_store = predict(run, [store.path], device="cpu")
+    np.testing.assert_array_equal(from_store[["p_none", "p_fast", "p_slow"]], frame[["p_none", "p_fast", "p_slow"]])
+    assert PreprocessParams.small().hash() != params.hash()
+
+
+def test_predict_command_writes_csv_and_stdout(
+    toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from oaicli.main import app
+
+    run, store, _ = toy_run
+    monkeypatch.chdir(tmp_path)  # no ./oai.sqlite here: predict needs no database
+    monkeypatch.delenv("OAI_DB", raising=False)
+    with toy_model():
+        result = CliRunner().invoke(
+            app, ["predict", str(run), str(store), "--knees", "9000000R,9000001L", "--out", "p.csv", "--device", "cpu"]
+        )
+        assert result.exit_code == 0, result.output
+        written = pd.read_csv(tmp_path / "p.csv")
+        assert written["knee"].tolist() == ["9000000R", "9000001L"]
+        result = CliRunner().invoke(app, ["predict", str(run), str(store), "--knees", "9000000R", "--out", "-"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[1].split(",")[2] == "9000000R"
+        result = CliRunner().invoke(app, ["predict", str(run), str(store), "--knees", "123R"])
+        assert result.exit_code == 1 and "no volume of knee(s) 123R" in result.output
+
+
+def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A release's contents.csv leads to the DESS series of the named knees (visit 0)."""
+    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+
+    run, _, _ = toy_run
+    visit_dir = tmp_path / "OAI" / "00m"
+    lines = ["Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription"]
+    for n, (subject, side, description) in enumerate(
+        [(9100001, "R", "SAG_3D_DESS_RIGHT"), (9100001, "L", "SAG_3D_DESS_LEFT"), (9100002, "L", "SAG_3D_DESS_LEFT")]
+    ):
+        rel = f"0.C.2/{subject}/20040101/{10000000 + n}"
+        pixels = render_knee_volume(0.5 * n, side, np.random.default_rng(n), "small")
+        write_series(visit_dir / rel, pixels, SeriesMeta(patient_id=str(subject), series_description=description))
+        lines.append(f"{rel},{subject},20040101,01234,OAI^MR^ENROLLMENT^{side},{description}  ")
+    lines.append("0.C.2/9100002/20040101/99999999,9100002,20040101,01234,OAI^MR^ENROLLMENT^LEFT,COR_IW_TSE_LEFT")
+    (visit_dir / "contents.csv").write_text("\n".join(lines) + "\n")
+    with toy_model():
+        frame = predict(run, [tmp_path / "OAI"], knees=[(9100002, "L"), (9100001, "L")], device="cpu")
+        direct = predict(run, [visit_dir / "0.C.2/9100002/20040101/10000002"], device="cpu")
+        with pytest.raises(SelectionError, match="9100002R"):
+            predict(run, [tmp_path / "OAI"], knees=[(9100002, "R")], device="cpu")
+    assert frame["knee"].tolist() == ["9100002L", "9100001L"] and set(frame["kind"]) == {"release"}
+    assert frame["visit"].tolist() == [0, 0]
+    # a batch of one vs two knees: the same numbers up to float32 summation order
+    np.testing.assert_allclose(
+        frame[["p_none", "p_fast", "p_slow"]].iloc[:1], direct[["p_none", "p_fast", "p_slow"]], rtol=1e-6
+    )
+
+
+def test_series_without_a_side_needs_one(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    from oaicohort.errors import InputFileError
+    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+
+    run, _, _ = toy_run
+    folder = tmp_path / "anon"
+    pixels = render_knee_volume(0.0, "L", np.random.default_rng(3), "small")
+    write_series(folder, pixels, SeriesMeta(patient_id="9100009", series_description="SAG_3D_DESS_WE"))
+    with toy_model():
+        with pytest.raises(InputFileError, match="cannot tell the knee side.*--side"):
+            predict(run, [folder], device="cpu")
+        left = predict(run, [folder], side="L", device="cpu")
+        right = predict(run, [folder], side="R", device="cpu")  # mirrored before scoring
+    assert left[["subject_id", "side"]].values.tolist() == [[9100009, "L"]]
+    assert right["side"].tolist() == ["R"] and right["score"][0] != left["score"][0]
