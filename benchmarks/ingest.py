@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.release.tables import CONTENTS, discover_release
+from oaicohort.release.discovery import CONTENTS, discover_release
 
 MISSING = [".: Missing Form/Incomplete Workbook", ".A: Not Expected", ".", ""]
 

@@ -40,7 +40,8 @@ def ingest_command(
     with the file, line and column, and leaves the database as it was.
     """
     # imported here: pandas would slow down `oai --help`
-    from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
+    from oaicohort.ingest.run import ingest_release
+    from oaicohort.ingest.variables import parse_variables, read_variables_file
 
     names = parse_variables(variables or "")
     if variables_file is not None:

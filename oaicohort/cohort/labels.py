@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from oaicohort.cohort.definitions import (
@@ -41,6 +41,7 @@ from oaicohort.cohort.definitions import (
     resolve_definition,
 )
 from oaicohort.db import Database
+from oaicohort.db.bulk import insert_frame
 from oaicohort.db.schema import (
     ImageSeries,
     IngestRun,
@@ -374,12 +375,6 @@ def _require_ingested(session: Session) -> None:
         raise DatabaseStateError("the database holds no X-ray readings: run `oai ingest ROOT` first, then `oai label`")
 
 
-def _python_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts of plain Python values (None for missing), for bulk inserts."""
-    clean = frame.astype(object).where(frame.notna(), None)
-    return clean.to_dict("records")
-
-
 def _definition_params(db: Database, definition: str | LabelDefinitionParams) -> LabelDefinitionParams:
     """A preset, the given parameters, or the parameters stored under a non-preset name."""
     try:
@@ -433,10 +428,7 @@ def derive_labels(
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
         session.execute(delete(KneeLabel).where(KneeLabel.definition_id == row.id))
-        records = _python_rows(labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
-        if records:
-            # Core executemany: the ORM bulk path splits rows by their None pattern (x100 slower)
-            session.connection().execute(insert(KneeLabel.__table__), records)
+        insert_frame(session, KneeLabel, labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
         definition_id = row.id
     report("labels", 3, 3)
     labelled = {

@@ -37,16 +37,17 @@ SLOW_INGEST = textwrap.dedent(
     """
     import sys, time
     import oaicohort.ingest.run as ingest
+    import oaicohort.ingest.writer as writer
     from oaicohort.db import open_database
 
-    write_clinical = ingest._write_clinical
+    write_clinical = writer._write_clinical
 
     def slow(*args, **kwargs):
         write_clinical(*args, **kwargs)
         print("mid", flush=True)  # every table written, nothing committed yet
         time.sleep(float(sys.argv[3]))
 
-    ingest._write_clinical = slow
+    writer._write_clinical = slow
     result = ingest.ingest_release(open_database(sys.argv[1]), sys.argv[2])
     print(result.status, flush=True)
     """
