@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from oaicohort.db.bulk import insert_rows
 from oaicohort.db.schema import IngestFile, IngestRun, utcnow
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, OAIError
-from oaicohort.ingest.reading import FileRecord, ParsedRelease, find_sources, fingerprint, read_release
+from oaicohort.ingest.reading import FileRecord, ParsedRelease, find_release, fingerprint, read_release
 from oaicohort.ingest.variables import locate_variables, parse_variables
 from oaicohort.ingest.writer import TABLES, Counts, write_tables
 from oaicohort.progress import ProgressCallback, no_progress
@@ -73,6 +73,10 @@ class IngestResult:
     removed: dict[str, int]
     variables: list[str]
     seconds: float
+    # what was set aside or is missing (e.g. no image index), each one message
+    warnings: list[str] = field(default_factory=list)
+    forms: list[str] = field(default_factory=list)  # ascii | sas | nda | zip: how the release was held
+    image_indexes: int = 0  # image index files read (contents.csv, image03.txt)
 
     @property
     def tables(self) -> list[str]:
@@ -138,7 +142,9 @@ def _add_run(
     return run
 
 
-def _summary(counts: Counts, variables: Sequence[str], n_files: int, seconds: float) -> dict[str, Any]:
+def _summary(
+    counts: Counts, variables: Sequence[str], n_files: int, seconds: float, about: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "rows": counts.rows,
         "inserted": counts.inserted,
@@ -146,7 +152,12 @@ def _summary(counts: Counts, variables: Sequence[str], n_files: int, seconds: fl
         "variables": list(variables),
         "n_files": n_files,
         "seconds": round(seconds, 3),
+        **(about or {}),
     }
+
+
+def _about(release: ParsedRelease) -> dict[str, Any]:
+    return {"warnings": list(release.warnings), "forms": list(release.forms), "image_indexes": release.image_indexes}
 
 
 def record_if_unchanged(
@@ -175,9 +186,10 @@ def record_if_unchanged(
             for f in sorted(last.files, key=lambda f: f.relative_path)
         ]
         seconds = time.perf_counter() - t0
-        run = _add_run(
-            session, root, records, "unchanged", started, _summary(counts, variables, len(records), seconds), run_id
-        )
+        # what the last run found still holds: the files are the same
+        about = {k: (last.summary or {}).get(k, d) for k, d in (("warnings", []), ("forms", []), ("image_indexes", 0))}
+        summary = _summary(counts, variables, len(records), seconds, about)
+        run = _add_run(session, root, records, "unchanged", started, summary, run_id)
         run_id = run.id
     log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
     return IngestResult(
@@ -190,6 +202,7 @@ def record_if_unchanged(
         removed=counts.removed,
         variables=list(variables),
         seconds=time.perf_counter() - t0,
+        **about,
     )
 
 
@@ -217,7 +230,7 @@ def write_release(
         else:
             status = "succeeded"
             write_tables(session, release, counts, progress)
-        summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
+        summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0, _about(release))
         run = _add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
@@ -230,6 +243,7 @@ def write_release(
         removed=counts.removed,
         variables=list(variables),
         seconds=time.perf_counter() - t0,
+        **_about(release),
     )
 
 
@@ -341,8 +355,11 @@ def ingest_release(
 ) -> IngestResult:
     """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
 
+    ``root``: a classic ASCII release (either layout), its SAS copy, an NDA data package, zip
+    archives of any of them, or a folder holding several; the form is recognised per file.
     ``variables``: further OAI variables (e.g. ``V00WOMKPR``) stored in ``clinical_values``; each
-    must exist in an Enrollees, SubjectChar or AllClinical file. Raises ``InputFileError`` for bad
+    must exist in an Enrollees, SubjectChar or AllClinical file (in an NDA package: where the NDA
+    variable map says, or named ``structure.column@V00``). Raises ``InputFileError`` for bad
     input (naming file, line, column) and leaves the data as it was.
     """
     progress = progress or no_progress
@@ -352,15 +369,18 @@ def ingest_release(
     with _running_run(db, root, started) as run_id:
         try:
             root_path = Path(root).expanduser()
-            sources = find_sources(root_path)
-            locate_variables(sources, names)  # an unknown variable fails before any work
+            found = find_release(root_path)
+            sources = found.sources
+            locate_variables(sources, names, root_path)  # an unknown variable fails before any work
             # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
             files = fingerprint(sources, progress)
             result = record_if_unchanged(
                 db, root_path.resolve(), files, variables=names, started=started, t0=t0, run_id=run_id
             )
             if result is None:
-                release = read_release(root_path, names, progress, sources=sources, expected=files)
+                release = read_release(
+                    root_path, names, progress, sources=sources, expected=files, warnings=found.warnings
+                )
                 result = write_release(
                     db, release, variables=names, started=started, progress=progress, t0=t0, run_id=run_id
                 )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from oaicohort.release.discovery import release_visit
 from oaicohort.release.text import FileBytes, Table, read_table, shown
 from oaicohort.release.values import dates, subject_ids, text_or_none
-from oaicohort.visits import RELEASE_VISITS
+from oaicohort.visits import VISIT_MONTHS
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,47 @@ def _check_length(t: Table, values: pd.Series, column: str, limit: int, what: st
         )
 
 
-def read_contents(raw: FileBytes) -> pd.DataFrame:
-    """An image package's ``contents.csv``: one row per series, rescans collapsed to the last.
+def _visit_dir(raw: FileBytes) -> str:
+    """The folder series paths of an index are relative to: the index's folder (its parent for a
+    ``contents/`` folder of per-release indexes); for an archive member, ``archive.zip!folder``."""
+    if raw.source.member is not None:
+        parent = PurePosixPath(raw.source.member).parent
+        return f"{raw.source.path.resolve()}!{parent.as_posix()}"
+    parent = raw.source.path.parent
+    if parent.name.lower() == "contents" and raw.source.path.name.lower() != "contents.csv":
+        parent = parent.parent
+    return str(parent.resolve())
+
+
+def _code_visits(first: pd.Series) -> pd.Series:
+    """Visit of each Folder's first component when it is a release code; NaN otherwise."""
+    cache = {c: release_visit(c) for c in first.unique().tolist()}
+    return first.map(cache).astype("float64")
+
+
+def _skip_rows(t: Table, keep: np.ndarray, reason: str, warnings: list[str] | None) -> None:
+    skipped = np.flatnonzero(~keep)
+    if not skipped.size:
+        return
+    message = (
+        f"{t.source.relative_path}: {skipped.size} series row(s) not read: {reason} "
+        f"(first at line {int(t.lines[skipped[0]])})"
+    )
+    log.warning("%s", message)
+    if warnings is not None:
+        warnings.append(message)
+
+
+def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
+    """An image package's ``contents.csv`` (or ``contents.<code>.csv``): one row per series,
+    rescans collapsed to the last.
 
     Columns: ``subject_id, visit, side ("R"/"L"/""), sequence, series_description,
     study_description, folder, visit_dir, study_date, barcode, source_file, source_row``.
-    The visit comes from the release code that starts ``Folder`` (``0.C.2/...``), else from the
-    visit dir's name (``00m``).
+    The visit comes from the release code that starts ``Folder`` (``0.C.2/...``, every code of
+    OAI_DISTRIBUTIONS.md section 3), else from the index's name or visit folder (``00m``,
+    ``OAI_18m``, ``OAIBaselineImages``). Rows whose visit cannot be told are not read: each index
+    with such rows adds one message to ``warnings`` (the ingest records and counts them).
     """
     t = read_table(
         raw,
@@ -82,50 +119,194 @@ def read_contents(raw: FileBytes) -> pd.DataFrame:
     f = t.frame
     folder = f["FOLDER"].str.replace("\\", "/", regex=False).str.strip("/")
     _check_folders(t, folder)
-    # the release code's first component ("0" of "0.C.2/9000001/...") names the visit
-    code = pc.struct_field(pc.extract_regex(pa.array(folder, type=pa.large_string()), r"^(?P<c>[^/.]*)"), [0])
-    visit = pd.Series(code.to_numpy(zero_copy_only=False), dtype=object).map(RELEASE_VISITS)
+    first = folder.str.split("/", n=1).str[0]
+    visit = _code_visits(first)
     dir_visit = raw.source.visit
     if dir_visit is not None:
         visit = visit.fillna(dir_visit)
-    if visit.isna().any():
-        row = int(np.flatnonzero(visit.isna().to_numpy())[0])
-        raise t.error(
-            f"cannot tell the visit: Folder {shown(f['FOLDER'].iloc[row])} does not start with a "
-            "release code (0.C.2, 1.E.1 ...) and the folder is not a visit dir (00m, 12m ...)",
-            row=row,
-            column="FOLDER",
+    known = visit.notna().to_numpy()
+    if not known.all():
+        codes = sorted(set(first[~known].tolist()))[:3]
+        _skip_rows(
+            t,
+            known,
+            f"cannot tell the visit: Folder starts with {', '.join(map(repr, codes))}, not a known release code "
+            "(0.C.2, 2.D.2, 4.G.1 ...), and the index is not in a visit folder (00m, OAI_18m ...)",
+            warnings,
         )
+        t = Table(t.source, f[known].reset_index(drop=True), t.lines[known], t.header, t.column_names)
+        f, folder, visit = t.frame, folder[known].reset_index(drop=True), visit[known].reset_index(drop=True)
     description = f["SERIESDESCRIPTION"]  # already stripped of its padding
     if (description == "").any():
         row = int(np.flatnonzero((description == "").to_numpy())[0])
         raise t.error("empty SeriesDescription", row=row, column="SERIESDESCRIPTION")
+    barcode = "BARCODE" if "BARCODE" in f.columns else "ACCESSIONNUMBER"
+    return _series_frame(
+        t,
+        raw,
+        subject=subject_ids(t, "PARTICIPANTID"),
+        visit=visit.astype("int64").to_numpy(),
+        description=description,
+        description_column="SERIESDESCRIPTION",
+        study_description=text_or_none(t, "STUDYDESCRIPTION"),
+        folder=folder,
+        visit_dir=_visit_dir(raw),
+        study_date=dates(t, "STUDYDATE", fmt="%Y%m%d"),
+        barcode_column=barcode,
+    )
+
+
+def _series_frame(
+    t: Table,
+    raw: FileBytes,
+    *,
+    subject: np.ndarray,
+    visit: np.ndarray,
+    description: pd.Series,
+    description_column: str,
+    study_description: pd.Series,
+    folder: pd.Series,
+    visit_dir: str,
+    study_date: pd.Series,
+    barcode_column: str,
+) -> pd.DataFrame:
     split = [split_series_description(d) for d in description.tolist()]
     sequence = np.array([seq for seq, _ in split], dtype=object)
     side = np.array([letter for _, letter in split], dtype=object)
-    barcode = "BARCODE" if "BARCODE" in f.columns else "ACCESSIONNUMBER"
     # the database's column sizes (PostgreSQL enforces them; SQLite would store anything)
-    _check_length(t, description, "SERIESDESCRIPTION", 128)
-    _check_length(t, pd.Series(sequence), "SERIESDESCRIPTION", 64, "the sequence name (without _RIGHT/_LEFT)")
-    for column, limit in (("STUDYDESCRIPTION", 128), (barcode, 32)):
-        if column in f.columns:
-            _check_length(t, f[column], column, limit)
+    _check_length(t, description, description_column, 128)
+    _check_length(t, pd.Series(sequence), description_column, 64, "the sequence name (without _RIGHT/_LEFT)")
+    for column, limit in (("STUDYDESCRIPTION", 128), (barcode_column, 32)):
+        if column in t.frame.columns:
+            _check_length(t, t.frame[column], column, limit)
     frame = pd.DataFrame(
         {
-            "subject_id": subject_ids(t, "PARTICIPANTID"),
-            "visit": visit.astype("int64").to_numpy(),
+            "subject_id": subject,
+            "visit": visit,
             "side": side,
             "sequence": sequence,
             "series_description": description.to_numpy(dtype=object),
-            "study_description": text_or_none(t, "STUDYDESCRIPTION"),
+            "study_description": study_description,
             "folder": folder.to_numpy(dtype=object),
-            "visit_dir": str(raw.source.path.parent.resolve()),
-            "study_date": dates(t, "STUDYDATE", fmt="%Y%m%d"),
+            "visit_dir": visit_dir,
+            "study_date": study_date,
             # kept as written: some releases lost the leading zeros (compare with lstrip("0"))
-            "barcode": text_or_none(t, barcode),
+            "barcode": text_or_none(t, barcode_column),
             "source_file": raw.source.relative_path,
             "source_row": t.lines,
         }
     )
     # a rescan is listed after the series it replaces
     return frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
+
+
+# --------------------------------------------------------------------------- NDA image03
+
+_NDA_VISIT = re.compile(r"V(\d{2})", re.IGNORECASE)
+_STUDY_CODE = re.compile(r"(\d{1,2}\.[A-Za-z]\.\d{1,2})")
+_SERIES_ARCHIVE = re.compile(r".*\.(tar\.gz|tgz|tar)$", re.IGNORECASE)
+
+
+def _archive_key(text: str) -> str:
+    """The path part of an ``image_file`` (``s3://bucket/a/b.tar.gz`` -> ``a/b.tar.gz``), unquoted."""
+    parsed = urlsplit(text.strip())
+    path = parsed.path if parsed.scheme else text.strip()
+    return unquote(path).replace("\\", "/").strip("/")
+
+
+def _package_archives(package: Path) -> dict[str, str]:
+    """Series archives below an NDA package folder, by their unquoted relative path (``%2F`` -> ``/``)."""
+    found: dict[str, str] = {}
+    for dirpath, _, files in os.walk(package):
+        for name in files:
+            if _SERIES_ARCHIVE.fullmatch(name):
+                relative = (Path(dirpath) / name).relative_to(package).as_posix()
+                found[unquote(relative)] = relative
+    return found
+
+
+def _locate_archives(keys: pd.Series, package: Path | None) -> pd.Series:
+    """Each ``image_file`` key as the relative path of the file in the package (matched by whole
+    path, by path suffix, or by a unique file name); the key itself where no file is there."""
+    on_disk = _package_archives(package) if package is not None else {}
+    by_name: dict[str, list[str]] = {}
+    for key, relative in on_disk.items():
+        by_name.setdefault(PurePosixPath(key).name, []).append(relative)
+    suffixes = sorted(on_disk, key=len, reverse=True)
+
+    def locate(key: str) -> str:
+        if key in on_disk:
+            return on_disk[key]
+        for candidate in suffixes:
+            if key.endswith("/" + candidate) or candidate.endswith("/" + key):
+                return on_disk[candidate]
+        named = by_name.get(PurePosixPath(key).name, [])
+        return named[0] if len(named) == 1 else key
+
+    return keys.map(locate)
+
+
+def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
+    """An NDA package's ``image03.txt`` (tab-delimited, description row 2): one row per series
+    archive, as ``read_contents`` returns them. ``folder`` is the series' ``.tar.gz`` relative to
+    the package folder (``visit_dir``), ``study_date`` the ``interview_date``, ``barcode`` the
+    ``accession_number``. The visit comes from ``visit`` (``V00``), else from the release code in
+    ``study`` (``OAI Image Release 0.C.2``); rows with neither are not read (one warning)."""
+    t = read_table(
+        raw,
+        [
+            "SRC_SUBJECT_ID",
+            "VISIT",
+            "STUDY",
+            "IMAGE_DESCRIPTION",
+            "IMAGE_FILE",
+            "INTERVIEW_DATE",
+            "ACCESSION_NUMBER",
+        ],
+        required=["SRC_SUBJECT_ID", "IMAGE_DESCRIPTION", "IMAGE_FILE"],
+        sep="\t",
+        description_row=True,
+    )
+    f = t.frame
+    visit = pd.Series(np.nan, index=f.index)
+    if "VISIT" in f.columns:
+        code = f["VISIT"].str.extract(_NDA_VISIT, expand=False).astype("float64")
+        visit = code.where(code.isin(list(VISIT_MONTHS)))
+    if "STUDY" in f.columns:
+        studies = f["STUDY"].str.extract(_STUDY_CODE, expand=False)
+        visit = visit.fillna(studies.map(lambda c: release_visit(c) if isinstance(c, str) else None).astype("float64"))
+    known = visit.notna().to_numpy()
+    if not known.all():
+        _skip_rows(
+            t, known, "cannot tell the visit: no OAI visit (V00 ...) and no known release code in 'study'", warnings
+        )
+        t = Table(t.source, f[known].reset_index(drop=True), t.lines[known], t.header, t.column_names)
+        f, visit = t.frame, visit[known].reset_index(drop=True)
+    description = f["IMAGE_DESCRIPTION"]
+    if (description == "").any():
+        row = int(np.flatnonzero((description == "").to_numpy())[0])
+        raise t.error("empty image_description", row=row, column="IMAGE_DESCRIPTION")
+    keys = f["IMAGE_FILE"].map(_archive_key)
+    if (keys == "").any():
+        row = int(np.flatnonzero((keys == "").to_numpy())[0])
+        raise t.error("empty image_file", row=row, column="IMAGE_FILE")
+    climbs = keys.str.split("/").map(lambda parts: ".." in parts).to_numpy(dtype=bool)
+    if climbs.any():
+        row = int(np.flatnonzero(climbs)[0])
+        raise t.error(
+            f"image_file leaves the package ('..'): {shown(f['IMAGE_FILE'].iloc[row])}", row=row, column="IMAGE_FILE"
+        )
+    package = None if raw.source.member is not None else raw.source.path.parent
+    return _series_frame(
+        t,
+        raw,
+        subject=subject_ids(t, "SRC_SUBJECT_ID"),
+        visit=visit.astype("int64").to_numpy(),
+        description=description,
+        description_column="IMAGE_DESCRIPTION",
+        study_description=pd.Series([None] * len(t), dtype=object),
+        folder=_locate_archives(keys, package),
+        visit_dir=_visit_dir(raw),
+        study_date=dates(t, "INTERVIEW_DATE"),
+        barcode_column="ACCESSION_NUMBER",
+    )

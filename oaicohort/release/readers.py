@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from oaicohort.release.text import FileBytes, Table, read_table, shown
+from oaicohort.release.text import Table, TableSource, shown
 from oaicohort.release.values import as_int, dates, knee_sides, none_if_missing, numeric, parse_coded, subject_ids
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,10 @@ log = logging.getLogger(__name__)
 SITES = ("A", "B", "C", "D", "E")  # the five OAI clinical centres (V00SITE)
 
 
-def read_enrollees(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
+def read_enrollees(raw: TableSource, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
     """Enrollees: ``subject_id, site, sex ("M"/"F"), race, cohort`` (one row per participant),
     plus a ``Table`` holding the extra ``variables`` asked for (see ``clinical_values``)."""
-    t = read_table(
-        raw,
+    t = raw.table(
         ["ID", "V00SITE", "P02SEX", "P02RACE", "V00COHORT", *variables],
         required=["ID", "V00SITE"],
         allow_empty=False,
@@ -68,10 +67,10 @@ def _unique_subjects(t: Table, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read_subjectchar(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[np.ndarray, Table]:
+def read_subjectchar(raw: TableSource, variables: Sequence[str] = ()) -> tuple[np.ndarray, Table]:
     """SubjectChar{vv}: participant ids and a ``Table`` of the ``variables`` asked for (the toolkit
     itself needs nothing from these files)."""
-    t = read_table(raw, ["ID", *variables], required=["ID"], allow_empty=False)
+    t = raw.table(["ID", *variables], required=["ID"], allow_empty=False)
     ids = subject_ids(t)
     _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
     return ids, t
@@ -86,7 +85,7 @@ def allclinical_columns(visit: int) -> dict[str, str]:
     return {"age": f"{vv}AGE", "bmi": f"{vv}BMI", "visit_date": f"{vv}FVDATE"}
 
 
-def read_allclinical(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
+def read_allclinical(raw: TableSource, variables: Sequence[str] = ()) -> tuple[pd.DataFrame, Table]:
     """AllClinical{vv}: per-visit ``subject_id, visit, age, bmi, visit_date``, plus a ``Table``
     holding the extra ``variables`` asked for (see ``clinical_values``).
 
@@ -97,7 +96,7 @@ def read_allclinical(raw: FileBytes, variables: Sequence[str] = ()) -> tuple[pd.
     assert visit is not None
     typed = allclinical_columns(visit)
     required = ["ID", typed["age"], typed["bmi"]] if visit == 0 else ["ID"]
-    t = read_table(raw, ["ID", *typed.values(), *variables], required=required, allow_empty=False)
+    t = raw.table(["ID", *typed.values(), *variables], required=required, allow_empty=False)
     frame = pd.DataFrame(
         {
             "subject_id": subject_ids(t),
@@ -155,7 +154,7 @@ def kxr_columns(visit: int) -> dict[str, str]:
     }
 
 
-def read_kxr(raw: FileBytes) -> pd.DataFrame:
+def read_kxr(raw: TableSource) -> pd.DataFrame:
     """kXR_SQ_BU{vv}: one row per reading, in file order, with ``source_row`` = file line.
 
     Columns: ``subject_id, side, visit, read_project, klg, klg_missing_code, jsn_*,
@@ -165,7 +164,7 @@ def read_kxr(raw: FileBytes) -> pd.DataFrame:
     visit = raw.source.visit
     assert visit is not None
     cols = kxr_columns(visit)
-    t = read_table(raw, ["ID", "SIDE", "READPRJ", *cols.values()], required=["ID", "SIDE", cols["klg"]])
+    t = raw.table(["ID", "SIDE", "READPRJ", *cols.values()], required=["ID", "SIDE", cols["klg"]])
     klg = numeric(t, cols["klg"], integer=True)
     frame = pd.DataFrame(
         {
@@ -203,11 +202,11 @@ OUTCOME_FIELDS: dict[str, str] = {
 }
 
 
-def read_outcomes(raw: FileBytes) -> pd.DataFrame:
+def read_outcomes(raw: TableSource) -> pd.DataFrame:
     """Outcomes99: knee replacement facts, one row per subject and side (``R``/``L``)."""
     sides = {"R": "V99ERK", "L": "V99ELK"}
     wanted = ["ID"] + [p + s for p in sides.values() for s in OUTCOME_FIELDS.values()]
-    t = read_table(raw, wanted, required=["ID", "V99ERKRPSN", "V99ELKRPSN"], allow_empty=False)
+    t = raw.table(wanted, required=["ID", "V99ERKRPSN", "V99ELKRPSN"], allow_empty=False)
     ids = subject_ids(t)
     _unique_subjects(t, pd.DataFrame({"subject_id": ids}))
     frames = []

@@ -14,16 +14,27 @@ import io
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError
-from oaicohort.release.discovery import SourceFile
+from oaicohort.release.archive import member_sha256, read_member
+from oaicohort.release.discovery import SAS, SourceFile
 
 log = logging.getLogger(__name__)
+
+
+class TableSource(Protocol):
+    """Something the table readers read: a file's bytes, or a table assembled from an NDA package."""
+
+    @property
+    def source(self) -> SourceFile: ...
+
+    def table(self, columns: Iterable[str], *, required: Iterable[str] = (), allow_empty: bool = True) -> Table: ...
 
 
 @dataclass(frozen=True)
@@ -38,18 +49,31 @@ class FileBytes:
     def size_bytes(self) -> int:
         return len(self.data)
 
+    def table(self, columns: Iterable[str], *, required: Iterable[str] = (), allow_empty: bool = True) -> Table:
+        """The ``columns`` of this table as strings (see ``read_table``); SAS files are converted."""
+        if self.source.form == SAS:
+            from oaicohort.release.sas import read_sas_table  # pyreadstat: only for SAS files
+
+            return read_sas_table(self, columns, required=required, allow_empty=allow_empty)
+        return read_table(self, columns, required=required, allow_empty=allow_empty)
+
 
 def load_source(source: SourceFile) -> FileBytes:
-    """Read a file whole and hash it (one pass over the disk)."""
-    try:
-        data = source.path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+    """Read a file (or archive member) whole and hash it (one pass over the disk)."""
+    if source.member is not None:
+        data = read_member(source)
+    else:
+        try:
+            data = source.path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
     return FileBytes(source, data, hashlib.sha256(data).hexdigest())
 
 
 def hash_source(source: SourceFile) -> str:
-    """sha256 of a file, streamed (for checking a release against earlier runs cheaply)."""
+    """sha256 of a file or archive member, streamed (for checking a release against earlier runs cheaply)."""
+    if source.member is not None:
+        return member_sha256(source)
     try:
         with source.path.open("rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -100,13 +124,20 @@ def _split_lines(data: bytes) -> list[bytes]:
 
 
 def read_header(source: SourceFile, sep: str = "|") -> list[str]:
-    """Upper-cased column names of a file, reading only its first line."""
+    """Upper-cased column names of a file, reading only its first line (a SAS file's metadata)."""
+    if source.form == SAS:
+        from oaicohort.release.sas import read_sas_header
+
+        return read_sas_header(source)
     try:
-        with source.path.open("rb") as fh:
-            first = fh.readline()
+        if source.member is not None:
+            first = read_member(source).split(b"\n", 1)[0]
+        else:
+            with source.path.open("rb") as fh:
+                first = fh.readline()
     except OSError as exc:
-        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
-    return _header_names(source.path, first.rstrip(b"\r\n"), sep)
+        raise InputFileError(source.where, f"cannot read file: {exc.strerror or exc}") from None
+    return _header_names(source.where, first.rstrip(b"\r\n"), sep)
 
 
 _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
@@ -147,13 +178,17 @@ class Table:
     frame: pd.DataFrame
     lines: np.ndarray
     header: list[str]
+    # frame column -> its name in the file, where they differ (an NDA column read as an OAI variable)
+    column_names: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def error(self, message: str, *, row: int | None = None, column: str | None = None) -> InputFileError:
         line = int(self.lines[row]) if row is not None else None
-        return InputFileError(self.source.path, message, line=line, column=column)
+        if column is not None and column in self.column_names:
+            column = self.column_names[column]
+        return InputFileError(self.source.where, message, line=line, column=column)
 
 
 def read_table(
@@ -163,15 +198,18 @@ def read_table(
     required: Iterable[str] = (),
     sep: str = "|",
     allow_empty: bool = True,
+    description_row: bool = False,
 ) -> Table:
     """Parse ``raw`` keeping only ``columns`` (matched case-insensitively; absent ones skipped).
 
     ``required`` columns must be in the header. Rows must have as many fields as the header
     (pipe files are not quoted, so a ragged row means a damaged file); blank lines are ignored.
     A file with a header and no rows is an error unless ``allow_empty`` (then it is logged).
+    ``description_row``: the first row below the header describes the columns (NDA files) and
+    is skipped. A DOS end-of-file mark (^Z) ending the file is accepted.
     """
-    path = raw.source.path
-    data = raw.data
+    path = raw.source.where
+    data = _without_eof_mark(raw.data)
     if not data or data.isspace():  # isspace stops at the first other byte
         raise InputFileError(path, "empty file; expected a header row", line=1)
     check_text(path, data)
@@ -194,6 +232,10 @@ def read_table(
         row_lines = _pipe_row_lines(path, lines, len(header))
     else:
         row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+    if description_row:
+        if not row_lines.size:
+            raise InputFileError(path, "no description row below the header (an NDA structure file has one)", line=2)
+        row_lines = row_lines[1:]
     if not row_lines.size:
         if not allow_empty:
             raise InputFileError(
@@ -224,10 +266,22 @@ def read_table(
         where = re.search(r"line (\d+)", str(exc))
         raise InputFileError(path, f"cannot parse file: {exc}", line=int(where.group(1)) if where else None) from None
     frame.columns = [header[i] for i in wanted]
+    if description_row:
+        frame = frame.iloc[1:].reset_index(drop=True)
     if len(frame) != len(row_lines):  # the two parsers disagree: refuse rather than misnumber
         raise InputFileError(path, f"cannot parse file: {len(frame)} rows read, {len(row_lines)} expected")
     frame = frame.apply(lambda col: col.str.strip())
     return Table(raw.source, frame, row_lines, header)
+
+
+_EOF_MARK = re.compile(rb"\x1a[\r\n]*\Z")
+
+
+def _without_eof_mark(data: bytes) -> bytes:
+    """``data`` without the DOS end-of-file mark (^Z) that old Windows tools end text files with."""
+    if b"\x1a" not in data[-4:]:
+        return data
+    return _EOF_MARK.sub(b"", data)
 
 
 def _pipe_row_lines(path: Path, lines: list[bytes], n_columns: int) -> np.ndarray:

@@ -119,14 +119,22 @@ def test_discover_bad_roots(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no such directory"):
         discover_release(tmp_path / "missing")
     f = write(tmp_path / "Enrollees.txt", "ID\n")
-    with pytest.raises(InputFileError, match="not a directory"):
+    with pytest.raises(InputFileError, match="not a directory or a zip archive"):
         discover_release(f)
 
 
 def test_classify_and_visit_dirs() -> None:
     assert classify("KXR_SQ_BU10.TXT") == ("kxr_sq_bu", 10)
     assert classify("AllClinical11.txt") == ("allclinical", 11)
-    assert classify("kXR_SQ_BU00.sas7bdat") is None
+    assert classify("kXR_SQ_BU00.sas7bdat") == ("kxr_sq_bu", 0)  # the SAS copy of the same table
+    assert classify("kXR_SQ_BU00.sas7bcat") is None
+    assert classify("contents.0E1.csv") == ("contents", 0)
+    assert classify("contents.2D2.csv") == ("contents", 2)
+    assert classify("contents.4G1.csv") == ("contents", 4)
+    assert classify("contents.7X1.csv") == ("contents", None)
+    assert classify("oai_kxrsemiquant01.txt") == ("nda_structure", None)
+    assert classify("image03.txt") == ("image03", None)
+    assert [visit_of_dir(d) for d in ["OAI_00m", "OAI_18m", "OAIBaselineImages", "OAI96MonthImages"]] == [0, 2, 0, 10]
     assert [visit_of_dir(d) for d in ["00m", "12m", "18m", "48m", "96m", "108m", "13m", "x"]] == [
         0,
         1,
@@ -470,8 +478,11 @@ def test_contents_errors(tmp_path: Path) -> None:
         tmp_path / "misc" / "contents.csv",
         CONTENTS_HEADER + "9000002/20050401/11203004,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n",
     )
-    with pytest.raises(InputFileError, match=r"line 2, column 'FOLDER': cannot tell the visit"):
-        read_contents(raw(p, "contents", None))
+    # an index whose visit cannot be told is a recorded, counted warning, never an aborted ingest
+    warnings: list[str] = []
+    assert read_contents(raw(p, "contents", None), warnings).empty
+    assert len(warnings) == 1 and "1 series row(s) not read: cannot tell the visit" in warnings[0]
+    assert "'9000002'" in warnings[0] and "line 2" in warnings[0]
     q = write(
         tmp_path / "00m" / "contents.csv",
         CONTENTS_HEADER + "0.C.2/9000002/20050401/1,9000002,20050401,1,x,SAG_3D_DESS_LEFT\n"
