@@ -103,9 +103,19 @@ class LabelDefinitionParams:
     dess_sequence: str = "SAG_3D_DESS"
     # absolute path of a volume store: knees without a good baseline volume there are excluded
     image_store: str | None = field(default=None)
+    # reading projects (READPRJ) whose readings are used; empty: every project (the reference).
+    # OAI notes advise treating project 42 like 37: with project_42_as_37, naming 37 includes 42
+    read_projects: tuple[int, ...] = ()
+    project_42_as_37: bool = True
+
+    @property
+    def used_read_projects(self) -> frozenset[int]:
+        """The reading projects kept (empty: all)."""
+        extra = {42} if self.project_42_as_37 and 37 in self.read_projects else set()
+        return frozenset(self.read_projects) | extra
 
     def __post_init__(self) -> None:
-        for name in ("followup_visits", "baseline_klg_allowed", "exclusions"):
+        for name in ("followup_visits", "baseline_klg_allowed", "exclusions", "read_projects"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise LabelDefinitionError(f"label definition {self.name!r}: {name} must be a sequence")

@@ -321,9 +321,12 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
             XrayReading.klg,
             XrayReading.klg_missing_code,
             XrayReading.source_row,
+            XrayReading.read_project,
         ).where(XrayReading.visit.in_(visits)),
-        ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row"],
+        ["id", "knee_id", "visit", "klg", "klg_missing_code", "source_row", "read_project"],
     )
+    if params.read_projects:  # only these reading projects' readings count
+        readings = readings[readings["read_project"].isin(params.used_read_projects)].reset_index(drop=True)
     readings["klg"] = readings["klg"].astype(float)
     bmi = read_frame(
         session,

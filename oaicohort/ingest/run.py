@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from oaicohort import __version__
 from oaicohort.db import Database
 from oaicohort.db.bulk import insert_rows
-from oaicohort.db.schema import IngestFile, IngestRun, utcnow
+from oaicohort.db.schema import ImageSeries, IngestFile, IngestRun, utcnow
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, OAIError
 from oaicohort.ingest.reading import FileRecord, ParsedRelease, find_release, fingerprint, read_release
@@ -390,3 +390,18 @@ def ingest_release(
             raise
     log.info("ingest run %d %s in %.1f s", result.run_id, result.status, result.seconds)
     return result
+
+
+def image_index_note(db: Database) -> str | None:
+    """Why every knee lacks a baseline DESS series, when that is so: the database holds no image
+    series (the ingest found no image index); None when it holds some."""
+    with db.read() as session:
+        if session.execute(select(ImageSeries.id).limit(1)).first() is not None:
+            return None
+        last = _last_success(session)
+    where = f" of {last.source_root}" if last is not None else ""
+    return (
+        f"no_baseline_dess: the database holds no MR series, because the ingest{where} found no image index "
+        "(<visit dir>/contents.csv, contents.<code>.csv or an NDA image03.txt); ingest the image packages' "
+        "indexes (e.g. `oai ingest FOLDER_WITH_00m`), then run `oai label` again"
+    )
