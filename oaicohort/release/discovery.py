@@ -226,6 +226,8 @@ def discover(root: Path | str) -> Discovery:
         raise InputFileError(root_path, "no such directory (the OAI release root)")
     found = Discovery()
     if root_path.is_file():
+        if root_path.suffix.lower() == ".zip" and not zipfile.is_zipfile(root_path):
+            raise InputFileError(root_path, "cannot read zip archive: not a zip file (a damaged or partial download?)")
         if not zipfile.is_zipfile(root_path):
             raise InputFileError(
                 root_path, "not a directory or a zip archive; give the folder (or .zip) that holds the OAI release"
