@@ -10,6 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from oaicohort.release.discovery import release_visit
 from oaicohort.release.text import FileBytes, Table, read_table, shown
@@ -40,11 +42,15 @@ def series_side(description: str) -> str | None:
     return split_series_description(description)[1] or None
 
 
+def _arrow(values: pd.Series) -> pa.Array:
+    return pa.array(values, type=pa.large_string(), from_pandas=True)
+
+
 def _check_folders(t: Table, folder: pd.Series) -> None:
     """Series folders must lie below the folder of their contents.csv: an entry that climbs out
     (``..``) is refused, so nothing outside the release the user named is ever read."""
     empty = (folder == "").to_numpy(dtype=bool)
-    climbs = folder.str.split("/").map(lambda parts: ".." in parts).to_numpy(dtype=bool)
+    climbs = pc.match_substring_regex(_arrow(folder), r"(^|/)\.\.(/|$)").to_numpy(zero_copy_only=False)
     for bad, reason in ((empty, "empty Folder"), (climbs, "Folder leaves the image package ('..')")):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -57,7 +63,7 @@ def _check_folders(t: Table, folder: pd.Series) -> None:
 
 
 def _check_length(t: Table, values: pd.Series, column: str, limit: int, what: str | None = None) -> None:
-    lengths = values.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+    lengths = pc.utf8_length(_arrow(values).fill_null("")).to_numpy(zero_copy_only=False)
     if (lengths > limit).any():
         row = int(np.flatnonzero(lengths > limit)[0])
         raise t.error(
@@ -117,9 +123,13 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
         sep=",",
     )
     f = t.frame
-    folder = f["FOLDER"].str.replace("\\", "/", regex=False).str.strip("/")
+    slashed = pc.utf8_trim(pc.replace_substring(_arrow(f["FOLDER"]), "\\", "/"), "/")
+    folder = pd.Series(slashed.to_numpy(zero_copy_only=False), dtype=object)
     _check_folders(t, folder)
-    first = folder.str.split("/", n=1).str[0]
+    first = pd.Series(
+        pc.struct_field(pc.extract_regex(_arrow(folder), r"^(?P<c>[^/]*)"), [0]).to_numpy(zero_copy_only=False),
+        dtype=object,
+    )
     visit = _code_visits(first)
     dir_visit = raw.source.visit
     if dir_visit is not None:
@@ -170,9 +180,10 @@ def _series_frame(
     study_date: pd.Series,
     barcode_column: str,
 ) -> pd.DataFrame:
-    split = [split_series_description(d) for d in description.tolist()]
-    sequence = np.array([seq for seq, _ in split], dtype=object)
-    side = np.array([letter for _, letter in split], dtype=object)
+    # few distinct descriptions (one per sequence and knee): split each once
+    split = {d: split_series_description(d) for d in description.unique().tolist()}
+    sequence = description.map({d: seq for d, (seq, _) in split.items()}).to_numpy(dtype=object)
+    side = description.map({d: letter for d, (_, letter) in split.items()}).to_numpy(dtype=object)
     # the database's column sizes (PostgreSQL enforces them; SQLite would store anything)
     _check_length(t, description, description_column, 128)
     _check_length(t, pd.Series(sequence), description_column, 64, "the sequence name (without _RIGHT/_LEFT)")
