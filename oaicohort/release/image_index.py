@@ -6,7 +6,7 @@ import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -218,11 +218,19 @@ _STUDY_CODE = re.compile(r"(\d{1,2}\.[A-Za-z]\.\d{1,2})")
 _SERIES_ARCHIVE = re.compile(r".*\.(tar\.gz|tgz|tar)$", re.IGNORECASE)
 
 
-def _archive_key(text: str) -> str:
-    """The path part of an ``image_file`` (``s3://bucket/a/b.tar.gz`` -> ``a/b.tar.gz``), unquoted."""
-    parsed = urlsplit(text.strip())
-    path = parsed.path if parsed.scheme else text.strip()
-    return unquote(path).replace("\\", "/").strip("/")
+_URL_PREFIX = r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/]*"
+
+
+def _archive_keys(image_file: pd.Series) -> pd.Series:
+    """The path part of each ``image_file`` (``s3://bucket/a/b.tar.gz`` -> ``a/b.tar.gz``),
+    unquoted (``%2F`` -> ``/``); vectorised, with the rare quoted ones unquoted one by one."""
+    path = pc.replace_substring_regex(_arrow(image_file), _URL_PREFIX, "")
+    path = pc.utf8_trim(pc.replace_substring(path, "\\", "/"), "/ ")
+    keys = pd.Series(path.to_numpy(zero_copy_only=False), dtype=object)
+    quoted = keys.str.contains("%", regex=False).to_numpy(dtype=bool)
+    if quoted.any():
+        keys[quoted] = [unquote(k).strip("/") for k in keys[quoted]]
+    return keys
 
 
 def _package_archives(package: Path) -> dict[str, str]:
@@ -240,19 +248,20 @@ def _locate_archives(keys: pd.Series, package: Path | None) -> pd.Series:
     """Each ``image_file`` key as the relative path of the file in the package (matched by whole
     path, by path suffix, or by a unique file name); the key itself where no file is there."""
     on_disk = _package_archives(package) if package is not None else {}
+    if not on_disk:
+        return keys
     by_name: dict[str, list[str]] = {}
-    for key, relative in on_disk.items():
-        by_name.setdefault(PurePosixPath(key).name, []).append(relative)
-    suffixes = sorted(on_disk, key=len, reverse=True)
+    for key in on_disk:
+        by_name.setdefault(key.rsplit("/", 1)[-1], []).append(key)
 
     def locate(key: str) -> str:
         if key in on_disk:
             return on_disk[key]
-        for candidate in suffixes:
+        named = by_name.get(key.rsplit("/", 1)[-1], [])
+        for candidate in named:
             if key.endswith("/" + candidate) or candidate.endswith("/" + key):
                 return on_disk[candidate]
-        named = by_name.get(PurePosixPath(key).name, [])
-        return named[0] if len(named) == 1 else key
+        return on_disk[named[0]] if len(named) == 1 else key
 
     return keys.map(locate)
 
@@ -285,7 +294,8 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
         visit = code.where(code.isin(list(VISIT_MONTHS)))
     if "STUDY" in f.columns:
         studies = f["STUDY"].str.extract(_STUDY_CODE, expand=False)
-        visit = visit.fillna(studies.map(lambda c: release_visit(c) if isinstance(c, str) else None).astype("float64"))
+        codes = {c: release_visit(c) for c in studies.dropna().unique().tolist()}
+        visit = visit.fillna(studies.map(codes).astype("float64"))
     known = visit.notna().to_numpy()
     if not known.all():
         _skip_rows(
@@ -297,7 +307,7 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
     if (description == "").any():
         row = int(np.flatnonzero((description == "").to_numpy())[0])
         raise t.error("empty image_description", row=row, column="IMAGE_DESCRIPTION")
-    keys = f["IMAGE_FILE"].map(_archive_key)
+    keys = _archive_keys(f["IMAGE_FILE"])
     if (keys == "").any():
         row = int(np.flatnonzero((keys == "").to_numpy())[0])
         raise t.error("empty image_file", row=row, column="IMAGE_FILE")
