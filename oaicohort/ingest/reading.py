@@ -150,6 +150,7 @@ def read_release(
             records[source.relative_path] = FileRecord(
                 source.relative_path, source.kind, None, sha256, source.path.stat().st_size, members
             )
+            progress("reading files", i, total)
             continue
         raw = load_source(source)
         _check_unchanged(source, raw.sha256, expected)

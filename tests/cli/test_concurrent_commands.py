@@ -59,14 +59,14 @@ SLOW_LABEL = textwrap.dedent(
     import oaicohort.cohort.labels as labels
     from oaicohort.db import open_database
 
-    python_rows = labels._python_rows
+    insert_frame = labels.insert_frame
 
-    def slow(frame):
+    def slow(session, model, frame):
         print("mid", flush=True)  # the old labels are deleted, the new ones not yet inserted
         time.sleep(float(sys.argv[2]))
-        return python_rows(frame)
+        return insert_frame(session, model, frame)
 
-    labels._python_rows = slow
+    labels.insert_frame = slow
     db = open_database(sys.argv[1])
     for _ in range(int(sys.argv[3])):
         labels.derive_labels(db)

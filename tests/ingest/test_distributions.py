@@ -275,14 +275,18 @@ def test_zip_member_errors_name_archive_and_member(forms: dict[str, Path], tmp_p
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputFileError, match=r"broken\.zip: cannot read zip archive"):
         ingest_release(db, tmp_path / "broken.zip")
+    assert dump(db) == {t: [] for t in COMPARED}  # nothing written
 
 
 def test_damaged_sas_file_is_named(forms: dict[str, Path], tmp_path: Path, db: Database) -> None:
     root = _copy(forms["sas"], tmp_path / "sas")
     path = root / "OAICompleteData_SAS" / "enrollees.sas7bdat"
     path.write_bytes(path.read_bytes()[:700])
+    ingest_release(db, forms["ascii"])
+    before = dump(db)
     with pytest.raises(InputFileError, match=r"enrollees\.sas7bdat: cannot read SAS file"):
         ingest_release(db, root)
+    assert dump(db) == before
 
 
 CONTENTS_HEADER = "Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription\n"
