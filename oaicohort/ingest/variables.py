@@ -83,9 +83,9 @@ def locate_variables(
     structures = [s for s in sources if s.kind == NDA_STRUCTURE]
     if structures:
         out.nda_map = nda_map_for(sources, root)
-    if structures and not any(s.kind in VARIABLE_KINDS for s in sources):
-        out.nda = locate_nda_variables(structures, [v.upper() for v in variables], out.nda_map)
-        return out
+        if not any(s.kind in VARIABLE_KINDS for s in sources):
+            out.nda = locate_nda_variables(structures, [v.upper() for v in variables], out.nda_map)
+            return out
     order = {kind: i for i, kind in enumerate(VARIABLE_KINDS)}
     candidates = sorted(
         (s for s in sources if s.kind in order),

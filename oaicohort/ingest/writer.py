@@ -164,7 +164,7 @@ def _write_readings(
 ) -> None:
     for visit, frame in sorted(release.readings.items()):
         removed = session.execute(delete(XrayReading).where(XrayReading.visit == visit))
-        counts.removed["xray_readings"] += max(removed.rowcount or 0, 0)
+        counts.removed["xray_readings"] += max(getattr(removed, "rowcount", 0) or 0, 0)  # a DML result
         cols = frame_columns(frame, _READING_FIELDS, visit=visit, month=visit_month(visit))
         cols["knee_id"] = _knee_column(frame, knee_ids)
         insert_rows(session, XrayReading, cols)

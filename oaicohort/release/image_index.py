@@ -78,8 +78,8 @@ def _visit_dir(raw: FileBytes) -> str:
     """The folder series paths of an index are relative to: the index's folder (its parent for a
     ``contents/`` folder of per-release indexes); for an archive member, ``archive.zip!folder``."""
     if raw.source.member is not None:
-        parent = PurePosixPath(raw.source.member).parent
-        return f"{raw.source.path.resolve()}!{parent.as_posix()}"
+        inside = PurePosixPath(raw.source.member).parent
+        return f"{raw.source.path.resolve()}!{inside.as_posix()}"
     parent = raw.source.path.parent
     if parent.name.lower() == "contents" and raw.source.path.name.lower() != "contents.csv":
         parent = parent.parent
