@@ -462,3 +462,25 @@ def test_cli_synth_distribution_and_cohort_to_stdout(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[0].startswith("knee_id") or "," in res.stdout.splitlines()[0]
     assert not (Path.cwd() / "-").exists()
+
+
+def test_per_category_sas_folders_read_like_the_flat_one(
+    forms: dict[str, Path], reference: dict[str, Any], tmp_path: Path, db: Database
+) -> None:
+    root = _copy(forms["sas"], tmp_path / "sas")
+    flat = root / "OAICompleteData_SAS"
+    for path in sorted(flat.iterdir()):
+        name = path.name.lower()
+        folder = (
+            "AllClinical_SAS"
+            if name.startswith("allclinical")
+            else "X-Ray Image Assessments_SAS/Semi-Quant Scoring_SAS"
+            if name.startswith("kxr")
+            else "General_SAS"
+        )
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        path.replace(root / folder / path.name)
+    flat.rmdir()
+    result = ingest_release(db, root, variables=VARIABLES)
+    assert result.forms == ["sas"] and result.rows == reference["result"].rows
+    assert dump(db) == reference["dump"]
