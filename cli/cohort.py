@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from oaicli.common import err_console, handles_errors, out_console, state
+from oaicli.common import err_console, handles_errors, out_console, output_path, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def cohort_command(
         None, "--format", "-f", help="table, csv, json or parquet (default: from --out, else table)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file ('-': standard output, csv)."),
     max_rows: int = typer.Option(40, "--max-rows", help="Rows shown by --format table."),
     value_mode: str | None = typer.Option(
         None, "--values", help="Coded variables as codes, labels or both (default: codes; trajectories: both)."
@@ -156,9 +156,10 @@ def cohort_command(
     if export:
         raise typer.BadParameter("--export needs --saved NAME", param_hint="--export")
     fmt = "json" if json_out else fmt
+    to_stdout, out = out is not None and output_path(out) is None, output_path(out)  # --out -: standard output
     if fmt is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
-        fmt = suffix if suffix in FORMATS[1:] else "table"
+        fmt = suffix if suffix in FORMATS[1:] else ("csv" if to_stdout else "table")
     if fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r}: expected one of {', '.join(FORMATS)}", param_hint="--format")
     if fmt == "parquet" and out is None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -117,3 +118,12 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressCallback]:
     """Progress on stderr: Rich bars on a terminal, plain lines otherwise, none under ``--quiet``."""
     with progress_reporter(err_console, enabled and not QUIET.active) as update:
         yield update
+
+
+STDOUT = "-"
+
+
+def output_path(out: Path | None) -> Path | None:
+    """An ``--out`` option's file; None for ``--out -``, which means standard output (as for
+    ``oai cohort --out -``), so that commands write there instead of a file named ``-``."""
+    return None if out is None or str(out) == STDOUT else out

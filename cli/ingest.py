@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 
 if TYPE_CHECKING:
     from oaicohort.ingest.run import IngestResult
@@ -19,13 +19,15 @@ def ingest_command(
     ctx: typer.Context,
     root: Path = typer.Argument(
         ...,
-        help="Folder holding the OAI release (any layout; searched recursively).",
+        help="Folder (or .zip) holding the OAI release: classic ASCII in either layout, SAS, an NDA data "
+        "package, zip archives of them; searched recursively.",
         show_default=False,
     ),
     variables: str | None = typer.Option(
         None,
         "--variables",
-        help="Further OAI variables to store, comma-separated (e.g. V00WOMKPR,P01INJR).",
+        help="Further OAI variables to store, comma-separated (e.g. V00WOMKPR,P01INJR); in an NDA package "
+        "also structure.column@visit (e.g. oai_koos_womac01.womkpr@V00).",
     ),
     variables_file: Path | None = typer.Option(
         None,
@@ -40,7 +42,8 @@ def ingest_command(
     with the file, line and column, and leaves the database as it was.
     """
     # imported here: pandas would slow down `oai --help`
-    from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
+    from oaicohort.ingest.run import ingest_release
+    from oaicohort.ingest.variables import parse_variables, read_variables_file
 
     names = parse_variables(variables or "")
     if variables_file is not None:
@@ -69,3 +72,10 @@ def render_summary(result: IngestResult) -> None:
     out_console.print(table)
     note = " (same files as the last successful ingest: nothing changed)" if result.status == "unchanged" else ""
     out_console.print(f"{len(result.files)} files from {result.root} in {result.seconds:.1f} s{note}", highlight=False)
+    out_console.print(
+        f"form: {', '.join(result.forms) or '-'}; image indexes read: {result.image_indexes}", highlight=False
+    )
+    if result.warnings:
+        err_console.print(f"{len(result.warnings)} warning(s):", style="yellow")
+        for warning in result.warnings:
+            err_console.print(f"  {warning}", style="yellow", highlight=False, markup=False)

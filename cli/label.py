@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 from oaicohort.cohort.definitions import PRESET_DESCRIPTIONS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -89,13 +89,19 @@ def label_command(
     with rich_progress(not json_out) as progress:
         result = derive_labels(db, chosen, store=store, progress=progress)
     summary = cohort_summary(db, result.definition_id)
+    from oaicohort.ingest.run import image_index_note
+
+    note = image_index_note(db) if summary.excluded.get("no_baseline_dess") else None
     if json_out:
         out: dict[str, Any] = summary.to_dict()
         out["labelled"] = result.labelled
         out["seconds"] = round(result.seconds, 3)
+        out["notes"] = [note] if note else []
         emit_json(out)
         return
     out_console.print(cohort_table(summary, result.labelled))
+    if note:
+        err_console.print(note, style="yellow", highlight=False)
 
 
 def _list_definitions(db: Any, json_out: bool) -> None:

@@ -18,6 +18,14 @@ class ImageSize(StrEnum):
     small = "small"
 
 
+class Distribution(StrEnum):
+    ascii = "ascii"
+    ascii_categories = "ascii-categories"
+    zip = "zip"
+    sas = "sas"
+    nda = "nda"
+
+
 def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) -> int:
     try:
         from oaicohort.synth.images import write_images  # heavy (pydicom); only when asked
@@ -42,6 +50,13 @@ def synth_command(
         help="full: 384x384x160 as in the OAI; small: a tiny version for tests and demos.",
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes writing image series."),
+    distribution: Distribution = typer.Option(
+        Distribution.ascii,
+        "--distribution",
+        help="Form to write the release in: ascii (flat folder), ascii-categories (2018 per-category folders), "
+        "zip (OAICompleteData_ASCII.zip), sas (.sas7bdat), nda (NDA data package with image03.txt and "
+        ".tar.gz series).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Write a synthetic OAI release: clinical tables, X-ray readings, outcomes, the baseline image
@@ -49,7 +64,16 @@ def synth_command(
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
         series = _write_images(out, image_size.value, seed, workers, progress) if images else None
-    result = {**summary.to_dict(), "images": series, "image_size": image_size.value if images else None}
+        from oaicohort.synth.distributions import convert_release
+
+        converted = convert_release(out, distribution.value)
+    result = {
+        **summary.to_dict(),
+        "images": series,
+        "image_size": image_size.value if images else None,
+        "distribution": distribution.value,
+        "distribution_files": converted,
+    }
     if json_out:
         emit_json(result)
         return
@@ -59,6 +83,8 @@ def synth_command(
         f"{summary.image_series} MR series indexed, {summary.knee_replacements} knee replacements "
         f"in {summary.seconds:.1f} s"
     )
+    if distribution != Distribution.ascii:
+        out_console.print(f"written as the {distribution.value} form: {len(converted)} files")
     if series is not None:
         out_console.print(f"{series} DESS series written ({image_size.value})")
     else:

@@ -90,6 +90,8 @@ COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASE
 # Parameters added after the presets' hashes were published -> their default; see canonical_json.
 # (One entry per parameter: other additions append their own line.)
 HASHED_ONLY_WHEN_SET: dict[str, Any] = {
+    "read_projects": (),
+    "project_42_as_37": True,
     "graded_variable": "klg",
     "min_increase": 1,
     "outcome": "progression",
@@ -139,9 +141,20 @@ class LabelDefinitionParams:
     # "progression" (an increase) or "incidence" (baseline below incidence_grade, later at or above)
     outcome: Outcome = "progression"
     incidence_grade: int = 2
+    # --- which readings count ---
+    # reading projects (READPRJ) whose readings are used; empty: every project (the reference).
+    # OAI notes advise treating project 42 like 37: with project_42_as_37, naming 37 includes 42
+    read_projects: tuple[int, ...] = ()
+    project_42_as_37: bool = True
+
+    @property
+    def used_read_projects(self) -> frozenset[int]:
+        """The reading projects kept (empty: all)."""
+        extra = {42} if self.project_42_as_37 and 37 in self.read_projects else set()
+        return frozenset(self.read_projects) | extra
 
     def __post_init__(self) -> None:
-        for name in ("followup_visits", "baseline_klg_allowed", "exclusions"):
+        for name in ("followup_visits", "baseline_klg_allowed", "exclusions", "read_projects"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise LabelDefinitionError(f"label definition {self.name!r}: {name} must be a sequence")
@@ -245,7 +258,7 @@ class LabelDefinitionParams:
         params.pop("name")
         params["image_store"] = None
         for name, default in HASHED_ONLY_WHEN_SET.items():
-            if params.get(name) == default:
+            if params.get(name) == (list(default) if isinstance(default, tuple) else default):
                 params.pop(name, None)
         return json.dumps(params, sort_keys=True, separators=(",", ":"))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from oaicohort.cohort.definitions import (
@@ -38,6 +38,7 @@ from oaicohort.cohort.stored import (
 )
 from oaicohort.cohort.summary import CohortSummary, cohort_summary, reason_counts
 from oaicohort.db import Database
+from oaicohort.db.bulk import insert_frame
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
     ImageSeries,
@@ -100,9 +101,22 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
             XrayReading.jsn_medial,
             XrayReading.jsn_lateral,
             XrayReading.source_row,
+            XrayReading.read_project,
         ).where(XrayReading.visit.in_(visits)),
-        ["id", "knee_id", "visit", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "source_row"],
+        [
+            "id",
+            "knee_id",
+            "visit",
+            "klg",
+            "klg_missing_code",
+            "jsn_medial",
+            "jsn_lateral",
+            "source_row",
+            "read_project",
+        ],
     )
+    if params.read_projects:  # only these reading projects' readings count
+        readings = readings[readings["read_project"].isin(params.used_read_projects)].reset_index(drop=True)
     for column in ("klg", "jsn_medial", "jsn_lateral"):
         readings[column] = readings[column].astype(float)
     bmi = read_frame(
@@ -153,12 +167,6 @@ def _latest_ingest_run(session: Session) -> int | None:
 def _require_ingested(session: Session) -> None:
     if session.execute(select(XrayReading.id).limit(1)).first() is None:
         raise DatabaseStateError("the database holds no X-ray readings: run `oai ingest ROOT` first, then `oai label`")
-
-
-def _python_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts of plain Python values (None for missing), for bulk inserts."""
-    clean = frame.astype(object).where(frame.notna(), None)
-    return clean.to_dict("records")
 
 
 def _definition_params(db: Database, definition: str | LabelDefinitionParams) -> LabelDefinitionParams:
@@ -218,10 +226,7 @@ def derive_labels(
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
         session.execute(delete(KneeLabel).where(KneeLabel.definition_id == row.id))
-        records = _python_rows(labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
-        if records:
-            # Core executemany: the ORM bulk path splits rows by their None pattern (x100 slower)
-            session.connection().execute(insert(KneeLabel.__table__), records)
+        insert_frame(session, KneeLabel, labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
         definition_id = row.id
     report("labels", 3, 3)
     labelled = {

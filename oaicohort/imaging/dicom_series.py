@@ -21,6 +21,7 @@ from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.image_index import series_side as side_from_description  # the one home of this rule
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,6 @@ class DicomVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.pixels.shape  # type: ignore[return-value]
-
-
-def side_from_description(description: str) -> str | None:
-    """``"R"``/``"L"`` from an OAI series description suffix (``SAG_3D_DESS_RIGHT``), else None."""
-    text = description.strip().upper()
-    if text.endswith("RIGHT"):
-        return "R"
-    if text.endswith("LEFT"):
-        return "L"
-    return None
 
 
 def read_series(folder: Path | str, *, expected_description: str | None = None) -> DicomVolume:

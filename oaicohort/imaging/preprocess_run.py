@@ -34,6 +34,7 @@ from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFile
 from oaicohort.files import no_world_write
 from oaicohort.imaging.geometry import GEOMETRY_NOTE, series_geometry
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
+from oaicohort.imaging.series_source import series_folder
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
@@ -114,7 +115,8 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
     try:
         if task.root is not None:
             check_within(task.folder, task.root)
-        series = (reader or default_reader)(task.folder)
+        with series_folder(task.folder) as folder:  # a .tar.gz series (NDA) is unpacked while read
+            series = (reader or default_reader)(folder)
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
             raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")

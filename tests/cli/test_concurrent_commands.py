@@ -37,16 +37,17 @@ SLOW_INGEST = textwrap.dedent(
     """
     import sys, time
     import oaicohort.ingest.run as ingest
+    import oaicohort.ingest.writer as writer
     from oaicohort.db import open_database
 
-    write_clinical = ingest._write_clinical
+    write_clinical = writer._write_clinical
 
     def slow(*args, **kwargs):
         write_clinical(*args, **kwargs)
         print("mid", flush=True)  # every table written, nothing committed yet
         time.sleep(float(sys.argv[3]))
 
-    ingest._write_clinical = slow
+    writer._write_clinical = slow
     result = ingest.ingest_release(open_database(sys.argv[1]), sys.argv[2])
     print(result.status, flush=True)
     """
@@ -58,14 +59,14 @@ SLOW_LABEL = textwrap.dedent(
     import oaicohort.cohort.labels as labels
     from oaicohort.db import open_database
 
-    python_rows = labels._python_rows
+    insert_frame = labels.insert_frame
 
-    def slow(frame):
+    def slow(session, model, frame):
         print("mid", flush=True)  # the old labels are deleted, the new ones not yet inserted
         time.sleep(float(sys.argv[2]))
-        return python_rows(frame)
+        return insert_frame(session, model, frame)
 
-    labels._python_rows = slow
+    labels.insert_frame = slow
     db = open_database(sys.argv[1])
     for _ in range(int(sys.argv[3])):
         labels.derive_labels(db)

@@ -412,6 +412,8 @@ def test_definition_hash_is_canonical_and_ignores_the_name() -> None:
         "exclusions": ["replaced_at_baseline", "bmi_missing", "no_baseline_dess"],
         "dess_sequence": "SAG_3D_DESS",
         "image_store": None,
+        "read_projects": [],
+        "project_42_as_37": True,
     }
     assert p.hash() == hashlib.sha256(p.canonical_json().encode()).hexdigest()
     assert dataclasses.replace(p, name="other").hash() == p.hash()

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 import oaicohort.ingest.run as ingest_module
+import oaicohort.ingest.writer as ingest_writer
 from oaicli.main import app
 from oaicohort.db import Database
 from oaicohort.db.schema import (
@@ -28,7 +29,8 @@ from oaicohort.db.schema import (
     XrayReading,
 )
 from oaicohort.errors import InputFileError, OAIError
-from oaicohort.ingest.run import ingest_release, parse_variables, read_variables_file
+from oaicohort.ingest.run import ingest_release
+from oaicohort.ingest.variables import parse_variables, read_variables_file
 
 DATA_TABLES = (
     "subjects",
@@ -390,7 +392,7 @@ def test_a_failure_while_writing_rolls_everything_back(
         raise RuntimeError("disk full")
 
     # subjects, knees, visits and readings are written before the series: all must roll back
-    monkeypatch.setattr(ingest_module, "_write_series", boom)
+    monkeypatch.setattr(ingest_writer, "_write_series", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         ingest_release(any_db, newer)
     assert dump(any_db) == before
@@ -401,7 +403,7 @@ def test_interrupted_ingest_is_recorded(db: Database, release: Path, monkeypatch
     def interrupt(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ingest_module, "_write_readings", interrupt)
+    monkeypatch.setattr(ingest_writer, "_write_readings", interrupt)
     with pytest.raises(KeyboardInterrupt):
         ingest_release(db, release)
     assert dump(db) == {t: [] for t in DATA_TABLES}

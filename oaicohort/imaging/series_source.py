@@ -1,0 +1,96 @@
+"""Where a series' slice files are: a folder (classic image packages), or a ``.tar.gz`` holding one
+series (NDA packages, ``image03.txt``), unpacked for the time of reading into a temporary folder
+that is removed afterwards.
+
+Unpacking never writes outside that folder: members with absolute paths or ``..``, links,
+devices and other special files are refused (``InputFileError`` naming the archive and member),
+whatever Python's own tar filters would allow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from oaicohort.errors import InputFileError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MAX_UNPACKED_BYTES = 8 << 30  # one MR series is ~50 MB; a bigger archive is not one series
+
+
+def is_series_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
+    name = member.name.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or PurePosixPath(name).is_absolute() or ".." in parts or (parts and ":" in parts[0]):
+        raise InputFileError(
+            archive, f"member {member.name!r} would be written outside the folder it is unpacked into; refused"
+        )
+    if member.issym() or member.islnk():
+        raise InputFileError(archive, f"member {member.name!r} is a link ({member.linkname!r}); refused")
+    if not (member.isfile() or member.isdir()):
+        raise InputFileError(archive, f"member {member.name!r} is not a regular file or folder; refused")
+
+
+def _series_folder(root: Path, archive: Path) -> Path:
+    """The one folder of the unpacked tree that holds the slice files."""
+    holding = sorted(
+        {Path(dirpath) for dirpath, _, files in os.walk(root) if any(not f.startswith(".") for f in files)}
+    )
+    if not holding:
+        raise InputFileError(archive, "the archive holds no files; expected the slice files of one series")
+    if len(holding) > 1:
+        shown = ", ".join(p.relative_to(root).as_posix() or "." for p in holding[:3])
+        raise InputFileError(
+            archive, f"the archive holds files in {len(holding)} folders ({shown}); expected one series"
+        )
+    return holding[0]
+
+
+def unpack_series(archive: Path, into: Path) -> Path:
+    """Unpack the series archive ``archive`` below ``into``; returns the folder of its slice files."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            total = 0
+            for member in members:
+                _check_member(archive, member)
+                total += member.size
+            if total > MAX_UNPACKED_BYTES:
+                raise InputFileError(archive, f"unpacks to {total:,} bytes; more than one series can hold")
+            for member in members:
+                target = into / PurePosixPath(member.name.replace("\\", "/"))
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise InputFileError(archive, f"member {member.name!r} cannot be read")
+                with source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InputFileError(archive, f"cannot unpack the series archive: {exc}") from None
+    return _series_folder(into, archive)
+
+
+@contextmanager
+def series_folder(path: Path) -> Iterator[Path]:
+    """``path`` itself when it is a folder; for a series archive, a temporary folder holding its
+    unpacked slice files, removed when the block ends (also on error)."""
+    path = Path(path)
+    if not is_series_archive(path) or path.is_dir():
+        yield path
+        return
+    if not path.is_file():
+        raise InputFileError(path, "series archive not found (was the NDA package downloaded with its image files?)")
+    with tempfile.TemporaryDirectory(prefix="oai-series-") as tmp:
+        yield unpack_series(path, Path(tmp))

@@ -1,0 +1,323 @@
+"""A release file as bytes and as a table of strings: encoding, text checks, header, rows.
+
+Files are read once, as bytes (so that their sha256 comes for free), then parsed with pandas
+restricted to the columns asked for, because AllClinical files are hundreds of columns wide and
+only a handful are ever needed. Bad input raises ``InputFileError`` naming the file, the line
+(the header is line 1) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from oaicohort.errors import InputFileError
+from oaicohort.release.archive import member_sha256, read_member
+from oaicohort.release.discovery import SAS, SourceFile
+
+log = logging.getLogger(__name__)
+
+
+class TableSource(Protocol):
+    """Something the table readers read: a file's bytes, or a table assembled from an NDA package."""
+
+    @property
+    def source(self) -> SourceFile: ...
+
+    def table(self, columns: Iterable[str], *, required: Iterable[str] = (), allow_empty: bool = True) -> Table: ...
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """A file's content read once, with the provenance facts computed from the same bytes."""
+
+    source: SourceFile
+    data: bytes
+    sha256: str
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+    def table(self, columns: Iterable[str], *, required: Iterable[str] = (), allow_empty: bool = True) -> Table:
+        """The ``columns`` of this table as strings (see ``read_table``); SAS files are converted."""
+        if self.source.form == SAS:
+            from oaicohort.release.sas import read_sas_table  # pyreadstat: only for SAS files
+
+            return read_sas_table(self, columns, required=required, allow_empty=allow_empty)
+        return read_table(self, columns, required=required, allow_empty=allow_empty)
+
+
+def load_source(source: SourceFile) -> FileBytes:
+    """Read a file (or archive member) whole and hash it (one pass over the disk)."""
+    if source.member is not None:
+        data = read_member(source)
+    else:
+        try:
+            data = source.path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+    return FileBytes(source, data, hashlib.sha256(data).hexdigest())
+
+
+def hash_source(source: SourceFile) -> str:
+    """sha256 of a file or archive member, streamed (for checking a release against earlier runs cheaply)."""
+    if source.member is not None:
+        return member_sha256(source)
+    try:
+        with source.path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def text_encoding(data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        # older releases were exported from SAS on Windows
+        return "latin-1"
+    return "utf-8"
+
+
+# C0 control characters that never occur in a text table (tab, line ends, form feed and the
+# DOS end-of-file mark ^Z do)
+_BINARY = re.compile(rb"[\x00-\x08\x0e-\x19\x1b-\x1f]")
+_TEXT_SNIFF_BYTES = 65536
+
+
+def check_text(path: Path, data: bytes) -> None:
+    """Refuse bytes that are not a text table: UTF-16/32 text, or binary data (a NUL anywhere, or
+    another control character near the start). UTF-8 and latin-1 text pass."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputFileError(path, "UTF-16 text (a Windows 'Unicode' export); save it as UTF-8 or latin-1", line=1)
+    # a NUL anywhere (cheap to find); other control bytes near the start (a regex over a whole
+    # AllClinical file would cost more than parsing it)
+    found = _BINARY.search(data, 0, _TEXT_SNIFF_BYTES)
+    at = found.start() if found else data.find(b"\x00")
+    if at >= 0:
+        raise InputFileError(
+            path,
+            f"binary data (byte 0x{data[at]:02x} at offset {at}): not a text table; "
+            "is this the right file, or a damaged download?",
+            line=data.count(b"\n", 0, at) + 1,
+        )
+
+
+def read_header(source: SourceFile, sep: str = "|") -> list[str]:
+    """Upper-cased column names of a file, reading only its first line (a SAS file's metadata)."""
+    if source.form == SAS:
+        from oaicohort.release.sas import read_sas_header
+
+        return read_sas_header(source)
+    try:
+        if source.member is not None:
+            first = read_member(source).split(b"\n", 1)[0]
+        else:
+            with source.path.open("rb") as fh:
+                first = fh.readline()
+    except OSError as exc:
+        raise InputFileError(source.where, f"cannot read file: {exc.strerror or exc}") from None
+    return _header_names(source.where, first.rstrip(b"\r\n"), sep)
+
+
+_OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
+    check_text(path, first_line)
+    text = first_line.decode(text_encoding(first_line)).lstrip("\ufeff")
+    if not text.strip():
+        raise InputFileError(path, "empty file or blank header line; expected a header row", line=1)
+    if sep not in text:
+        found = [name for d, name in _OTHER_DELIMITERS.items() if d != sep and d in text]
+        looks = f"; the header looks {found[0]}-separated" if found else ""
+        expected = _OTHER_DELIMITERS[sep]
+        raise InputFileError(path, f"unknown delimiter: expected {expected}-separated ({sep!r}) text{looks}", line=1)
+    names = text.split(sep) if sep == "|" else next(csv.reader([text], delimiter=sep))
+    return [name.strip().upper() for name in names]
+
+
+# --------------------------------------------------------------------------- delimited tables
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr`` of a cell for an error message, shortened: a damaged file can hold a 10 MB cell."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-10:]} ({len(str(value)):,} characters)"
+
+
+@dataclass
+class Table:
+    """Selected columns of a delimited file: every cell a stripped string, plus file lines.
+
+    ``frame`` has the upper-cased column names; ``lines`` gives each row's 1-based line number
+    in the file (the header is line 1), for error messages and file-order provenance.
+    """
+
+    source: SourceFile
+    frame: pd.DataFrame
+    lines: np.ndarray
+    header: list[str]
+    # frame column -> its name in the file, where they differ (an NDA column read as an OAI variable)
+    column_names: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def error(self, message: str, *, row: int | None = None, column: str | None = None) -> InputFileError:
+        line = int(self.lines[row]) if row is not None else None
+        if column is not None and column in self.column_names:
+            column = self.column_names[column]
+        return InputFileError(self.source.where, message, line=line, column=column)
+
+
+def read_table(
+    raw: FileBytes,
+    columns: Iterable[str],
+    *,
+    required: Iterable[str] = (),
+    sep: str = "|",
+    allow_empty: bool = True,
+    description_row: bool = False,
+) -> Table:
+    """Parse ``raw`` keeping only ``columns`` (matched case-insensitively; absent ones skipped).
+
+    ``required`` columns must be in the header. Rows must have as many fields as the header
+    (pipe files are not quoted, so a ragged row means a damaged file); blank lines are ignored.
+    A file with a header and no rows is an error unless ``allow_empty`` (then it is logged).
+    ``description_row``: the first row below the header describes the columns (NDA files) and
+    is skipped. A DOS end-of-file mark (^Z) ending the file is accepted.
+    """
+    path = raw.source.where
+    data = _without_eof_mark(raw.data)
+    if not data or data.isspace():  # isspace stops at the first other byte
+        raise InputFileError(path, "empty file; expected a header row", line=1)
+    check_text(path, data)
+    end = data.find(b"\n")
+    first = data if end < 0 else data[:end]
+    header = _header_names(path, first[:-1] if first.endswith(b"\r") else first, sep)
+    position: dict[str, int] = {}
+    for i, name in enumerate(header):
+        position.setdefault(name, i)
+    for name in required:
+        if name.upper() not in position:
+            raise InputFileError(
+                path,
+                f"missing required column {name} (header has {len(header)} columns)",
+                line=1,
+                column=name,
+            )
+    wanted = sorted({position[c.upper()] for c in columns if c.upper() in position})
+    encoding = text_encoding(data)
+    if sep == "|":
+        row_lines = _pipe_row_lines(path, data, len(header))
+    elif b'"' not in data and len(sep) == 1:  # no quoting: every line is one record
+        row_lines = _pipe_row_lines(path, data, len(header), sep)
+    else:
+        row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+    if description_row:
+        if not row_lines.size:
+            raise InputFileError(path, "no description row below the header (an NDA structure file has one)", line=2)
+        row_lines = row_lines[1:]
+    if not row_lines.size:
+        if not allow_empty:
+            raise InputFileError(
+                path,
+                "no data rows below the header; this file lists every participant, so it is "
+                "truncated or not the file it is named after",
+                line=2,
+            )
+        log.warning("%s: no data rows below the header", path)
+    if not wanted or not row_lines.size:
+        frame = pd.DataFrame({header[i]: pd.Series([], dtype=object) for i in wanted})
+        return Table(raw.source, frame.iloc[:0], row_lines, header)
+    quoting = csv.QUOTE_NONE if sep == "|" else csv.QUOTE_MINIMAL
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            sep=sep,
+            header=0,
+            usecols=wanted,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            quoting=quoting,
+            encoding=encoding,
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        where = re.search(r"line (\d+)", str(exc))
+        raise InputFileError(path, f"cannot parse file: {exc}", line=int(where.group(1)) if where else None) from None
+    frame.columns = [header[i] for i in wanted]
+    if description_row:
+        frame = frame.iloc[1:].reset_index(drop=True)
+    if len(frame) != len(row_lines):  # the two parsers disagree: refuse rather than misnumber
+        raise InputFileError(path, f"cannot parse file: {len(frame)} rows read, {len(row_lines)} expected")
+    frame = frame.apply(lambda col: col.str.strip())
+    return Table(raw.source, frame, row_lines, header)
+
+
+_EOF_MARK = re.compile(rb"\x1a[\r\n]*\Z")
+
+
+def _without_eof_mark(data: bytes) -> bytes:
+    """``data`` without the DOS end-of-file mark (^Z) that old Windows tools end text files with."""
+    if b"\x1a" not in data[-4:]:
+        return data
+    return _EOF_MARK.sub(b"", data)
+
+
+def _pipe_row_lines(path: Path, data: bytes, n_columns: int, sep: str = "|") -> np.ndarray:
+    """Line numbers of the data rows of an unquoted delimited file; a ragged row is an error.
+
+    Counted over the bytes with numpy (line ends and pipes), not line by line: this runs over
+    every byte of files hundreds of columns wide."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 0x0A)
+    if not data.endswith(b"\n"):
+        ends = np.append(ends, len(buf))
+    starts = np.r_[0, ends[:-1] + 1]
+    pipes = np.flatnonzero(buf == ord(sep))
+    fields = np.searchsorted(pipes, ends) - np.searchsorted(pipes, starts) + 1
+    length = ends - starts
+    ends_cr = (length > 0) & (buf[np.maximum(ends - 1, 0)] == 0x0D)
+    blank = (length == 0) | ((length == 1) & ends_cr)
+    numbers = np.arange(1, len(starts) + 1, dtype=np.int64)
+    data_rows = ~blank
+    data_rows[0] = False  # the header
+    ragged = data_rows & (fields != n_columns)
+    if ragged.any():
+        at = int(np.flatnonzero(ragged)[0])
+        raise InputFileError(
+            path, f"row has {int(fields[at])} fields but the header has {n_columns}", line=int(numbers[at])
+        )
+    return numbers[data_rows]
+
+
+def _csv_row_lines(path: Path, text: str, n_columns: int, sep: str) -> np.ndarray:
+    """Line numbers where the records of a (possibly quoted) CSV file start; ragged is an error."""
+    numbers: list[int] = []
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    previous_end = reader.line_num
+    for record in reader:
+        start, previous_end = previous_end + 1, reader.line_num
+        if not record:
+            continue
+        if len(record) != n_columns:
+            raise InputFileError(path, f"row has {len(record)} fields but the header has {n_columns}", line=start)
+        numbers.append(start)
+    return np.asarray(numbers, dtype=np.int64)
