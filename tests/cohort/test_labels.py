@@ -412,13 +412,12 @@ def test_definition_hash_is_canonical_and_ignores_the_name() -> None:
         "exclusions": ["replaced_at_baseline", "bmi_missing", "no_baseline_dess"],
         "dess_sequence": "SAG_3D_DESS",
         "image_store": None,
-        "read_projects": [],
-        "project_42_as_37": True,
-    }
+    }  # parameters added later (read_projects, project_42_as_37, ...) are hashed only when set
     assert p.hash() == hashlib.sha256(p.canonical_json().encode()).hexdigest()
     assert dataclasses.replace(p, name="other").hash() == p.hash()
     assert dataclasses.replace(p, followup_visits=(1, 3, 5, 6, 8, 10)).hash() != p.hash()
     assert preset("oai_tkr2024").hash() != p.hash()
+    assert dataclasses.replace(p, read_projects=(37,)).hash() != p.hash()
 
 
 @pytest.mark.parametrize(
