@@ -41,6 +41,7 @@ def root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv: debug)."),
 ) -> None:
     ctx.obj = CliState(db=db, verbose=verbose)
+    ctx.call_on_close(ctx.obj.close)
     configure_logging(verbose)
     tighten_umask()  # nothing the toolkit writes is world-writable
 

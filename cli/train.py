@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, require_models_extra, rich_progress, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 
@@ -83,6 +83,7 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold)."""
+    require_models_extra("train")
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training import TrainConfig, train_all, train_run
 
