@@ -110,7 +110,7 @@ def train_command(
                 run_dirs = [train_run(config, db, progress, resume=resume, on_epoch=on_epoch)]
     finally:
         db.dispose()
-    summary = []
+    summary: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         folds_done = [read_json(path / SUMMARY) for path in fold_dirs(run_dir).values() if (path / SUMMARY).is_file()]
         summary.append({"run_dir": str(run_dir), "folds": folds_done})
