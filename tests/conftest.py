@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _postgres_parametrised(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and "postgresql" in callspec.params.values()
+    return callspec is not None and any(isinstance(v, str) and v == "postgresql" for v in callspec.params.values())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,6 +13,7 @@ from oaimodels.demo import DemoConfig, run_demo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the slowest test by far (151 s at load 11 on two cores)
 def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     config = DemoConfig(out=tmp_path / "demo", subjects=120, epochs=1, folds=[0], workers=1, threads=1, bootstrap=50)
     result = run_demo(config)
