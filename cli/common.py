@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,9 +41,17 @@ class CliState:
     db: str | None = None
     verbose: int = 0
     quiet: bool = False
+    opened: list[Database] = field(default_factory=list)
 
     def open_db(self) -> Database:
-        return open_database(self.db)
+        database = open_database(self.db)
+        self.opened.append(database)
+        return database
+
+    def close(self) -> None:
+        """Dispose of every database the command opened (the root command calls this on exit)."""
+        while self.opened:
+            self.opened.pop().dispose()
 
 
 @dataclass
@@ -105,6 +113,28 @@ def handles_errors(func: F) -> F:
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+MODELS_EXTRA = 'pip install "oai-toolkit[models]"'
+
+
+class ModelsExtraMissingError(OAIError):
+    """A torch-needing command runs in an install without the ``models`` extra."""
+
+
+def require_models_extra(command: str) -> None:
+    """Stop with one line saying how to install torch when ``command`` needs it and it is missing.
+
+    The base install covers the cohort layer only; torch and torchvision come with the ``models``
+    extra, so commands import them lazily and check here first.
+    """
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        raise ModelsExtraMissingError(
+            f"`oai {command}` needs torch and torchvision ({exc}); install them with: {MODELS_EXTRA}"
+        ) from None
 
 
 def emit_json(obj: Any) -> None:

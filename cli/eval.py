@@ -9,7 +9,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+from oaicli.common import (
+    emit_json,
+    err_console,
+    handles_errors,
+    out_console,
+    require_models_extra,
+    rich_progress,
+    state,
+)
 
 
 def _pm(m: dict[str, Any], key: str) -> str:
@@ -45,6 +53,7 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
+    require_models_extra("eval")
     from oaimodels.evaluation import evaluate_runs
 
     db = _open_db_if_configured(ctx)

@@ -74,6 +74,7 @@ def root(
     ),
 ) -> None:
     ctx.obj = CliState(db=db, verbose=verbose, quiet=quiet)
+    ctx.call_on_close(ctx.obj.close)
     QUIET.active = quiet
     configure_logging(verbose, quiet)
     tighten_umask()  # nothing the toolkit writes is world-writable

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, require_models_extra, rich_progress, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 
@@ -184,6 +184,7 @@ def train_command(
 
     Every recipe value has a flag; --config reads them from a TOML or JSON file, and flags override it.
     """
+    require_models_extra("train")
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training.config_file import merge_config, read_config_file
     from oaimodels.training.run import train_all, train_run
@@ -214,7 +215,7 @@ def train_command(
                 run_dirs = [train_run(config, db, progress, resume=resume, on_epoch=on_epoch)]
     finally:
         db.dispose()
-    summary = []
+    summary: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         folds_done = [read_json(path / SUMMARY) for path in fold_dirs(run_dir).values() if (path / SUMMARY).is_file()]
         summary.append({"run_dir": str(run_dir), "folds": folds_done})

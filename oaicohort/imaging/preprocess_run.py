@@ -159,13 +159,14 @@ def check_within(folder: Path, root: Path) -> None:
         raise InputFileError(folder, f"series folder resolves to {real}, outside its visit folder {base}; refused")
     if not real.is_dir():
         return  # the reader says what is wrong with it
-    for entry in os.scandir(real):
-        if entry.is_symlink():
-            target = _resolved(Path(entry.path))
-            if not target.is_relative_to(base):
-                raise InputFileError(
-                    entry.path, f"slice file links to {target}, outside the visit folder {base}; refused"
-                )
+    with os.scandir(real) as entries:  # closed on the refusal too
+        for entry in entries:
+            if entry.is_symlink():
+                target = _resolved(Path(entry.path))
+                if not target.is_relative_to(base):
+                    raise InputFileError(
+                        entry.path, f"slice file links to {target}, outside the visit folder {base}; refused"
+                    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -162,7 +162,7 @@ def _items(
 
 def _catalogue() -> list[Variable]:
     """All AllClinical column families, in file order."""
-    pain = dict(signal="pain", weight=0.7)
+    pain: dict[str, Any] = dict(signal="pain", weight=0.7)
     cat: list[Variable] = [
         Variable("{v}EVDATE", "special", "interim"),
         Variable("{v}WKBKTYP", "coded", "interim", WORKBOOK, (0.75, 0.15, 0.10)),
@@ -358,7 +358,7 @@ def _score(
     variable: Variable, side: int | None, signals: dict[str, np.ndarray], rng: np.random.Generator
 ) -> np.ndarray:
     n = next(iter(signals.values())).shape[0]
-    noise = rng.standard_normal(n)
+    noise = rng.standard_normal((n,))
     if variable.signal == "none" or variable.weight == 0:
         return noise
     driver = signals[variable.signal]
@@ -418,7 +418,7 @@ def _column(
         parent = done[variable.given.format(v=f"V{visit:02d}", s="RL"[side or 0])]
         applies = np.asarray([p.split(":")[0].strip() == "1" for p in parent])
         values = np.where(applies, values, NOT_EXPECTED)
-    missing = rng.random(values.shape[0]) < variable.missing
+    missing = rng.random(values.shape[:1]) < variable.missing
     return with_missing(values, missing, rng)
 
 

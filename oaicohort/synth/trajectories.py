@@ -329,7 +329,7 @@ def _readings(cohort_parts: dict[str, np.ndarray], rng: np.random.Generator) -> 
     kl_true = kl_clinic[:, :, clinic_idx]
     replaced = replaced_clinic[:, :, clinic_idx]
 
-    read_subject = rng.random(n) < P_BASELINE_READ
+    read_subject = rng.random((n,)) < P_BASELINE_READ  # (n,): an array, also to the type checker
     both = rng.random(n) < P_BOTH_KNEES_READ
     right_only = rng.random(n) < 0.5
     knee_read = np.stack([both | right_only, both | ~right_only], axis=1) & read_subject[:, None]

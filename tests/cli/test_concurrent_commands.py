@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slow
 SLOW_INGEST = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     import oaicohort.ingest.run as ingest
     import oaicohort.ingest.writer as writer
     from oaicohort.db import open_database
@@ -45,7 +46,13 @@ SLOW_INGEST = textwrap.dedent(
     def slow(*args, **kwargs):
         write_clinical(*args, **kwargs)
         print("mid", flush=True)  # every table written, nothing committed yet
-        time.sleep(float(sys.argv[3]))
+        hold = sys.argv[3]
+        if hold.startswith("until:"):  # hold the transaction open until the test says so
+            release, deadline = Path(hold[6:]), time.monotonic() + 240
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(float(hold))
 
     writer._write_clinical = slow
     result = ingest.ingest_release(open_database(sys.argv[1]), sys.argv[2])
@@ -204,14 +211,20 @@ def test_readers_see_two_concurrent_ingests_all_or_nothing_and_both_complete(
 
 
 def test_an_ingest_waiting_past_the_lock_timeout_is_refused_cleanly(
-    database_url: str, releases: tuple[Path, Path]
+    database_url: str, releases: tuple[Path, Path], tmp_path: Path
 ) -> None:
     a, b = releases
     db = open_database(database_url)
-    holder = _spawn(SLOW_INGEST, database_url, str(a), "6")  # outlasts the second start-up + 1 s
+    release = tmp_path / "release-holder"
+    # the holder keeps its write transaction open until the second ingest has given up, however
+    # long that one's interpreter takes to start on a loaded machine
+    holder = _spawn(SLOW_INGEST, database_url, str(a), f"until:{release}")
     _wait_for(holder, "mid")
     second = spawn_oai(database_url, "ingest", str(b), env={"OAI_DB_LOCK_TIMEOUT": "1"})
-    out, err = second.communicate(timeout=60)
+    try:
+        out, err = second.communicate(timeout=120)
+    finally:
+        release.touch()
     assert second.returncode == 3, out + err
     message = " ".join(err.split())
     assert "another process is writing to this database" in message and "nothing was changed" in message

@@ -21,6 +21,7 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ClinicalValue, Knee, SplitAssignment, Subject
 from oaicohort.errors import DatabaseStateError
 from tests.cohort.test_labels import add_knee, add_subject
+from tests.conftest import BACKENDS, fresh_database_url
 
 # subject -> (site, sex, age, BMI); knees -> label or exclusion (hand-derived, panfilov2022)
 S1, S2, S3, S4, S5, S6 = 9000001, 9000002, 9000003, 9000004, 9000005, 9000006
@@ -85,15 +86,17 @@ def build_cohort(db: Database) -> None:
             )
 
 
-@pytest.fixture(scope="module")
-def cohort_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    """The hand-made cohort, labelled and split (test site D, 2 folds); read-only in the tests."""
-    db = open_database(tmp_path_factory.mktemp("query") / "cohort.sqlite")
-    build_cohort(db)
-    derive_labels(db)
-    make_split(db, test_sites=("D",), folds=2, seed=0)
-    yield db
-    db.dispose()
+@pytest.fixture(scope="module", params=BACKENDS)
+def cohort_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """The hand-made cohort, labelled and split (test site D, 2 folds), on each back-end;
+    read-only in the tests."""
+    for url in fresh_database_url(request.param, tmp_path_factory.mktemp("query")):
+        db = open_database(url)
+        build_cohort(db)
+        derive_labels(db)
+        make_split(db, test_sites=("D",), folds=2, seed=0)
+        yield db
+        db.dispose()
 
 
 def keys(frame: pd.DataFrame) -> set[tuple[int, str]]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from oaicohort.db.schema import Subject
 HOLD_WRITE = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     from oaicohort.db import open_database
     from oaicohort.db.schema import Subject
     db = open_database(sys.argv[1])
@@ -25,7 +27,10 @@ HOLD_WRITE = textwrap.dedent(
             s.add(Subject(id=9100000 + i, site="A"))
         s.flush()
         print("locked", flush=True)
-        time.sleep(float(sys.argv[2]))
+        # hold the lock until the test creates the release file (bounded, so nothing hangs)
+        release, deadline = Path(sys.argv[2]), time.monotonic() + 240
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     print("done", flush=True)
     """
 )
@@ -77,23 +82,26 @@ def _wait_locked(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.slow
-def test_second_writer_refused_cleanly_when_lock_times_out(any_db: Database) -> None:
-    holder = _spawn(HOLD_WRITE, any_db.url, "6")
+def test_second_writer_refused_cleanly_when_lock_times_out(any_db: Database, tmp_path: Path) -> None:
+    release = tmp_path / "release-holder"
+    holder = _spawn(HOLD_WRITE, any_db.url, str(release))
     try:
         _wait_locked(holder)
-        t0 = time.monotonic()
         second = _spawn(TRY_WRITE, any_db.url, env={"OAI_DB_LOCK_TIMEOUT": "1"})
-        out, err = second.communicate(timeout=60)
+        # the holder keeps the lock until released below, so the second can only have been
+        # refused by its own 1 s lock timeout, whatever its start-up took
+        out, err = second.communicate(timeout=120)
         assert second.returncode == 3, err
         assert "another process is writing to this database" in out
         assert "nothing was changed" in out
-        assert time.monotonic() - t0 < 6
+        assert holder.poll() is None
         # a reader is not blocked by the writer and does not see its uncommitted rows
         reader = _spawn(COUNT, any_db.url)
         out, err = reader.communicate(timeout=60)
         assert reader.returncode == 0, err
         assert out.strip() == "0"
     finally:
+        release.touch()
         holder.communicate(timeout=60)
     assert holder.returncode == 0
     with any_db.read() as s:
@@ -102,15 +110,20 @@ def test_second_writer_refused_cleanly_when_lock_times_out(any_db: Database) -> 
 
 
 @pytest.mark.slow
-def test_second_writer_waits_and_then_succeeds(any_db: Database) -> None:
-    holder = _spawn(HOLD_WRITE, any_db.url, "2")
+def test_second_writer_waits_and_then_succeeds(any_db: Database, tmp_path: Path) -> None:
+    release = tmp_path / "release-holder"
+    holder = _spawn(HOLD_WRITE, any_db.url, str(release))
     try:
         _wait_locked(holder)
-        second = _spawn(TRY_WRITE, any_db.url, env={"OAI_DB_LOCK_TIMEOUT": "30"})
-        out, err = second.communicate(timeout=60)
+        second = _spawn(TRY_WRITE, any_db.url, env={"OAI_DB_LOCK_TIMEOUT": "120"})
+        time.sleep(2)  # the second is started and, whenever it gets to its write, waits
+        assert second.poll() is None, second.communicate()
+        release.touch()
+        out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err
         assert out.strip() == "written"
     finally:
+        release.touch()
         holder.communicate(timeout=60)
     with any_db.read() as s:
         assert s.get(Subject, 9200000) is not None

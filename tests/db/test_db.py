@@ -62,8 +62,8 @@ def test_downgrade_to_base_and_up_again(any_db: Database) -> None:
     assert set(table_names(any_db.engine)) >= EXPECTED_TABLES
 
 
-def test_sqlite_settings(db: Database, db_path: Path) -> None:
-    with db.engine.connect() as conn:
+def test_sqlite_settings(sqlite_db: Database, db_path: Path) -> None:
+    with sqlite_db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000

@@ -226,7 +226,7 @@ def test_verify_detects_a_flipped_byte_and_a_wrong_key(db: Database, release, tm
     assert "knee key 12345" in problems[4]
 
     runner = CliRunner()
-    result = runner.invoke(app, ["--db", str(tmp_path / "cohort.sqlite"), "store", "verify", str(store_path), "--json"])
+    result = runner.invoke(app, ["--db", db.url, "store", "verify", str(store_path), "--json"])
     assert result.exit_code == 1
     assert len(json.loads(result.stdout)["mismatches"]) == 2
 
@@ -242,7 +242,7 @@ def test_store_info_and_verify_cli(db: Database, release, tmp_path: Path) -> Non
     assert info["views"]["sag"]["compression_ratio"] > 1
     result = runner.invoke(app, ["store", "info", str(store_path)])
     assert result.exit_code == 0 and "20x44x44" in result.stdout
-    result = runner.invoke(app, ["--db", str(tmp_path / "cohort.sqlite"), "store", "verify", str(store_path)])
+    result = runner.invoke(app, ["--db", db.url, "store", "verify", str(store_path)])
     assert result.exit_code == 0 and "6 ok" in result.stdout
     other_db = ["--db", str(tmp_path / "other.sqlite")]
     result = runner.invoke(app, [*other_db, "store", "verify", str(store_path), "--json"])
@@ -254,8 +254,8 @@ def test_store_info_and_verify_cli(db: Database, release, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- the real CLI
 
 
-def _cli(tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "oaicli.main", "--db", str(tmp_path / "cohort.sqlite"), *args]
+def _cli(db: Database, *args: str) -> list[str]:
+    return [sys.executable, "-m", "oaicli.main", "--db", db.url, *args]
 
 
 @pytest.mark.slow
@@ -263,10 +263,10 @@ def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Pat
     subjects = tuple(9000100 + 10 * i for i in range(12))
     make_release(db, tmp_path / "release", subjects)
     store_path = tmp_path / "vol.zarr"
-    cmd = _cli(tmp_path, "preprocess", "--store", str(store_path), "--preset", "small", "--workers", "1", "--json")
+    cmd = _cli(db, "preprocess", "--store", str(store_path), "--preset", "small", "--workers", "1", "--json")
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
     indexed = 0
     while time.monotonic() < deadline and proc.poll() is None:
         with db.read() as session:
@@ -290,7 +290,7 @@ def test_cli_run_killed_halfway_resumes_exactly_once(db: Database, tmp_path: Pat
     assert len(rows) == 24 and {r.status for r in rows} == {"ok"}
     assert len({r.knee_id for r in rows}) == 24 and len({r.position for r in rows}) == 24
     verify = subprocess.run(
-        _cli(tmp_path, "store", "verify", str(store_path), "--json"), cwd=repo, capture_output=True, text=True
+        _cli(db, "store", "verify", str(store_path), "--json"), cwd=repo, capture_output=True, text=True
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     report = json.loads(verify.stdout)
@@ -304,7 +304,7 @@ def test_cli_preprocess_strict_exit_code(db: Database, release, tmp_path: Path) 
     runner = CliRunner()
     base = [
         "--db",
-        str(tmp_path / "cohort.sqlite"),
+        db.url,
         "preprocess",
         "--store",
         str(tmp_path / "v.zarr"),
@@ -324,7 +324,7 @@ def test_cli_preprocess_strict_exit_code(db: Database, release, tmp_path: Path) 
 
 def test_cli_rejects_bad_options_and_empty_database(db: Database, tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["--db", str(tmp_path / "cohort.sqlite"), "preprocess", "--store", str(tmp_path / "v.zarr")]
+    base = ["--db", db.url, "preprocess", "--store", str(tmp_path / "v.zarr")]
     result = runner.invoke(app, [*base, "--view", "sideways"])
     assert result.exit_code == 2 and "sideways" in result.output
     result = runner.invoke(app, [*base, "--preset", "huge"])

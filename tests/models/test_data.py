@@ -181,7 +181,7 @@ def test_train_inputs_are_reproducible_for_a_generator_seed() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_train_inputs_on_the_gpu_match_the_cpu() -> None:
     # every augmentation applied, so the pinned host-to-device copies of indices, angles and
     # gammas are all exercised

@@ -23,6 +23,7 @@ from tests.training_fixtures import toy_model
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the slowest test by far (151 s at load 11 on two cores)
 def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     # measured: 3 epochs give held-out AP 0.30 against a prevalence of 0.25 (28 test knees)
     config = DemoConfig(out=tmp_path / "demo", subjects=120, epochs=3, folds=[0], workers=1, threads=1, bootstrap=50)

@@ -89,7 +89,7 @@ def _kill_after(proc: subprocess.Popen[bytes], out: Path, epochs: int, delay: fl
         time.sleep(0.005)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # reaps it and closes its stderr pipe
     assert proc.returncode == -signal.SIGKILL, "training ended before the kill"
     return _epochs_logged(out)
 

@@ -274,7 +274,8 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(toy: tuple[Path, pd
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    train_run(config, knees=knees)  # meanwhile
+    # The uninterrupted baseline runs after the kill, not meanwhile: racing it against the
+    # subprocess's fold 0 depended on the machine's load.
     log_path = killed / "fold_0" / "log.jsonl"
     deadline = time.monotonic() + 240
     try:
@@ -289,6 +290,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(toy: tuple[Path, pd
     assert not rf.is_run_complete(killed)
     epochs_before = len(rf.read_log(log_path))
 
+    train_run(config, knees=knees)
     train_run(dataclasses.replace(config, out=str(killed)), knees=knees, resume=True)
     assert rf.is_run_complete(killed) and epochs_before < 6
     for fold in (0, 1):
