@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from oaicli.progress import progress_reporter
-from oaicohort.db import Database, open_database
+from oaicohort.db import DEFAULT_DB, ENV_VAR, Database, open_database
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 
@@ -47,6 +48,13 @@ class CliState:
         database = open_database(self.db)
         self.opened.append(database)
         return database
+
+    def open_db_if_configured(self) -> Database | None:
+        """The database when one is named (--db / OAI_DB) or ./oai.sqlite exists, else None: for
+        commands that work from a run folder or store and use the database only to cross-check."""
+        if self.db or os.environ.get(ENV_VAR) or Path(DEFAULT_DB).is_file():
+            return self.open_db()
+        return None
 
     def close(self) -> None:
         """Dispose of every database the command opened (the root command calls this on exit)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,6 @@ def _pm(m: dict[str, Any], key: str) -> str:
     return f"{value:.3f} ± {sd:.3f}" if sd is not None and sd == sd else f"{value:.3f}"
 
 
-def _open_db_if_configured(ctx: typer.Context) -> Any:
-    """The database when one is named (--db / OAI_DB) or ./oai.sqlite exists; evaluation does
-    not need it (the run folder has its knees) but uses it to check the labels still agree."""
-    from oaicohort.db import DEFAULT_DB, ENV_VAR
-
-    cli_state = state(ctx)
-    if cli_state.db or os.environ.get(ENV_VAR) or Path(DEFAULT_DB).is_file():
-        return cli_state.open_db()
-    return None
-
-
 @handles_errors
 def eval_command(
     ctx: typer.Context,
@@ -56,7 +44,7 @@ def eval_command(
     require_models_extra("eval")
     from oaimodels.evaluation import evaluate_runs
 
-    db = _open_db_if_configured(ctx)
+    db = state(ctx).open_db_if_configured()
     try:
         with rich_progress(enabled=not json_out) as progress:
             result = evaluate_runs(

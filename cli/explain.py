@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress
-from oaicli.eval import _open_db_if_configured
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -32,7 +31,7 @@ def explain_command(
     from oaicohort.imaging.selection import parse_knees
     from oaimodels.explain import explain_run
 
-    db = _open_db_if_configured(ctx) if knees else None
+    db = state(ctx).open_db_if_configured() if knees else None
     try:
         with rich_progress(enabled=not json_out) as progress:
             table = explain_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import typer
 import typer.core
@@ -47,7 +48,7 @@ def _hide_flag_types() -> None:
     """Show on/off flags as flags: Typer renders every option's type, so a flag read ``<bool>``."""
     original = typer.core.TyperOption.display_type_rich
 
-    def display_type_rich(self: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
         if self.is_flag and not self.count:
             return None
         return original(self, ctx)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress
-from oaicli.eval import _open_db_if_configured
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -37,7 +36,7 @@ def predict_command(
         raise typer.BadParameter(f"{side!r}: expected R or L", param_hint="--side")
     if json_out and out == "-":
         raise typer.BadParameter("--json and --out - both write to stdout; choose one", param_hint="--out")
-    db = _open_db_if_configured(ctx)
+    db = state(ctx).open_db_if_configured()
     try:
         with rich_progress(enabled=not json_out) as progress:
             frame = predict(

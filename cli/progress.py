@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -55,7 +55,7 @@ class _TaskLine:
 class LineProgress:
     """A progress callback writing plain lines (no terminal control codes) to ``stream``."""
 
-    stream: TextIO
+    stream: IO[str]
     clock: Callable[[], float] = time.monotonic
     interval_s: float = LINE_INTERVAL_S
     min_gap_s: float = MIN_GAP_S

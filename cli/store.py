@@ -133,11 +133,10 @@ def qc_command(
     json_out: bool = typer.Option(False, "--json", help="Print the index as JSON."),
 ) -> None:
     """PNG montages of the mid-slice of each view per knee, and contact sheets of many knees."""
-    from oaicli.eval import _open_db_if_configured
     from oaicohort.imaging.qc import write_qc
     from oaicohort.imaging.selection import parse_knees
 
-    db = _open_db_if_configured(ctx)  # the index when there is one, else the store's own keys
+    db = state(ctx).open_db_if_configured()  # the index when there is one, else the store's own keys
     try:
         with rich_progress(enabled=not json_out) as progress:
             index = write_qc(

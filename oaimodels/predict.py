@@ -146,7 +146,9 @@ def _release_scans(
     progress: ProgressCallback,
 ) -> list[KneeScan]:
     from oaicohort.imaging.preprocess_run import check_within
-    from oaicohort.release.tables import CONTENTS, discover_release, load_source, read_contents
+    from oaicohort.release.discovery import CONTENTS, discover_release
+    from oaicohort.release.image_index import read_contents
+    from oaicohort.release.text import load_source
 
     frames = [read_contents(load_source(s)) for s in discover_release(root) if s.kind == CONTENTS]
     if not frames:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from oaicohort.errors import OAIError
+
 from . import run_folder as rf
 
 log = logging.getLogger(__name__)
@@ -182,9 +184,7 @@ def _mlflow_client(uri: str) -> Any:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        from .training.config import TrainingError
-
-        raise TrainingError(
+        raise OAIError(
             "--track mlflow needs the mlflow package: pip install 'oai-toolkit[mlflow]' (or mlflow-skinny)"
         ) from None
     return MlflowClient(tracking_uri=uri)

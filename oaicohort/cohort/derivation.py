@@ -181,11 +181,10 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     else:
         followed = np.ones(n, dtype=bool)
 
-    label = np.where(
-        has_event,
-        np.where(month < params.fast_before_month, "fast", "slow"),
-        np.where(followed, "none", None),
-    ).astype(object)
+    none_or_missing = np.where(followed, "none", None)  # type: ignore[call-overload]  # object array
+    label = np.where(has_event, np.where(month < params.fast_before_month, "fast", "slow"), none_or_missing).astype(
+        object
+    )
 
     # exclusions, first applicable wins
     conditions: list[tuple[np.ndarray, str]] = [
@@ -207,7 +206,7 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
         failed, missing_volume = _image_exclusions(inputs, knee_ids)
         conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
     exclusion = np.select([c for c, _ in conditions], [r for _, r in conditions], default="")
-    exclusion = np.where(exclusion == "", None, exclusion).astype(object)
+    exclusion = np.where(exclusion == "", None, exclusion).astype(object)  # type: ignore[call-overload]
     included = pd.isna(exclusion)
 
     labels = pd.DataFrame(
@@ -216,7 +215,7 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
             "subject_id": subject_ids,
             "side": knees["side"].to_numpy(),
             "kl_baseline": pd.array(np.where(np.isnan(kl0), pd.NA, kl0), dtype="Int64"),
-            "label": np.where(included, label, None),
+            "label": np.where(included, label, None),  # type: ignore[call-overload]
             "exclusion": exclusion,
             "progression_month": pd.array(np.where(included & has_event, month, np.nan), dtype="Int64"),
             "kl_increase": pd.array(np.where(included & has_event, np.round(step), np.nan), dtype="Int64"),

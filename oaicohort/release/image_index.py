@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from oaicohort.release.discovery import release_visit
-from oaicohort.release.text import FileBytes, Table, read_table, shown
+from oaicohort.release.table import Table, shown
+from oaicohort.release.text import FileBytes, read_table
 from oaicohort.release.values import dates, subject_ids, text_or_none
 from oaicohort.visits import VISIT_MONTHS
 

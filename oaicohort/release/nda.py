@@ -31,7 +31,8 @@ import pandas as pd
 from oaicohort.errors import InputFileError, OAIError
 from oaicohort.release.discovery import ALLCLINICAL, ENROLLEES, KXR_SQ_BU, OUTCOMES, SUBJECTCHAR, SourceFile
 from oaicohort.release.readers import OUTCOME_FIELDS, allclinical_columns, kxr_columns
-from oaicohort.release.text import FileBytes, Table, read_header, read_table
+from oaicohort.release.table import Table
+from oaicohort.release.text import FileBytes, read_header, read_table
 from oaicohort.visits import VISIT_MONTHS
 
 MAP_FILE = "nda_map.csv"

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from oaicohort.release.text import Table, TableSource, shown
+from oaicohort.release.table import Table, shown
+from oaicohort.release.text import TableSource
 from oaicohort.release.values import as_int, dates, knee_sides, none_if_missing, numeric, parse_coded, subject_ids
 
 log = logging.getLogger(__name__)

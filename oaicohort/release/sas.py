@@ -17,14 +17,17 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError
 from oaicohort.release.discovery import SourceFile
-from oaicohort.release.text import FileBytes, Table
+from oaicohort.release.table import Table
+
+if TYPE_CHECKING:  # the reader of FileBytes.table: text imports this module, not the reverse
+    from oaicohort.release.text import FileBytes
 
 
 @contextmanager

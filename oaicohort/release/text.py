@@ -14,7 +14,7 @@ import io
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,7 @@ import pandas as pd
 from oaicohort.errors import InputFileError
 from oaicohort.release.archive import member_sha256, read_member
 from oaicohort.release.discovery import SAS, SourceFile
+from oaicohort.release.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -151,37 +152,6 @@ def _header_names(path: Path, first_line: bytes, sep: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- delimited tables
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """``repr`` of a cell for an error message, shortened: a damaged file can hold a 10 MB cell."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-10:]} ({len(str(value)):,} characters)"
-
-
-@dataclass
-class Table:
-    """Selected columns of a delimited file: every cell a stripped string, plus file lines.
-
-    ``frame`` has the upper-cased column names; ``lines`` gives each row's 1-based line number
-    in the file (the header is line 1), for error messages and file-order provenance.
-    """
-
-    source: SourceFile
-    frame: pd.DataFrame
-    lines: np.ndarray
-    header: list[str]
-    # frame column -> its name in the file, where they differ (an NDA column read as an OAI variable)
-    column_names: dict[str, str] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def error(self, message: str, *, row: int | None = None, column: str | None = None) -> InputFileError:
-        line = int(self.lines[row]) if row is not None else None
-        if column is not None and column in self.column_names:
-            column = self.column_names[column]
-        return InputFileError(self.source.where, message, line=line, column=column)
 
 
 def read_table(

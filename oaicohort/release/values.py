@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from oaicohort.release.text import Table, shown
+from oaicohort.release.table import Table, shown
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,8 +154,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError("warmup_epochs and workers must not be negative")
     if c.limit_train is not None and c.limit_train < 2:
         raise TrainingError("limit_train must be at least 2 knees")
-    from .config_file import check_recipe  # the recipe's value ranges, kept with the file checks
-
     check_recipe(c)
     return c
 
@@ -169,3 +169,38 @@ class PreparedRun:
     run_dir: Path
     labels_info: dict[str, Any]
     store_params_hash: str
+
+
+def check_recipe(c: TrainConfig) -> None:
+    """The recipe's values are in range (called by ``resolve_config``, whatever their source)."""
+    if not (c.lr > 0 and math.isfinite(c.lr)):
+        raise TrainingError(f"lr must be a positive number, got {c.lr}")
+    if c.warmup_start_lr <= 0:
+        raise TrainingError(f"warmup_start_lr must be positive, got {c.warmup_start_lr}")
+    if c.weight_decay < 0 or c.focal_gamma < 0:
+        raise TrainingError("weight_decay and focal_gamma must not be negative")
+    if c.sampler not in SAMPLERS:
+        raise TrainingError(f"sampler must be one of {', '.join(SAMPLERS)}, not {c.sampler!r}")
+    if c.track not in (None, "mlflow"):
+        raise TrainingError(f"track must be mlflow (or unset), not {c.track!r}")
+    if c.track == "mlflow" and not _importable("mlflow"):
+        raise TrainingError(
+            "--track mlflow needs the mlflow package: pip install 'oai-toolkit[mlflow]' (or mlflow-skinny)"
+        )
+    a = c.augment
+    for name in ("rotate_p", "gamma_p"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise TrainingError(f"augment.{name} is a probability (0 to 1), got {getattr(a, name)}")
+    if a.max_rotation_deg < 0:
+        raise TrainingError(f"augment.max_rotation_deg must not be negative, got {a.max_rotation_deg}")
+    if not 0 < a.gamma_low <= a.gamma_high:
+        raise TrainingError(
+            f"augment gamma range must satisfy 0 < gamma_low <= gamma_high, got {a.gamma_low}, {a.gamma_high}"
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a spec (a stand-in module)
+        return True

@@ -65,7 +65,8 @@ def dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
             code = CODE.get(table, "NULL")
             columns = columns.format(code=f"CASE WHEN {code} IN ('', '.') THEN '.' ELSE {code} END")
             rows = s.execute(text(f"SELECT {columns} FROM {FROM.get(table, table)}")).all()
-            out[table] = sorted((tuple(str(v) for v in r) for r in rows), key=repr)
+            # booleans read back as 0/1 from SQLite and True/False from PostgreSQL
+            out[table] = sorted((tuple(str(int(v) if isinstance(v, bool) else v) for v in r) for r in rows), key=repr)
     return out
 
 
