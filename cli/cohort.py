@@ -166,7 +166,7 @@ def cohort_command(
 
     from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
-    cohort = Cohort(state(ctx).open_db())
+    cohort = Cohort(state(ctx).open_db(create=False))
     options: dict[str, Any] = {
         "definition": definition,
         "include_excluded": include_excluded,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -30,8 +31,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from oaicli.errors import debug_enabled, printable, translate
 from oaicohort.db import Database, open_database
-from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 
 err_console = Console(stderr=True)
@@ -47,8 +48,9 @@ class CliState:
     db: str | None = None
     verbose: int = 0
 
-    def open_db(self) -> Database:
-        return open_database(self.db)
+    def open_db(self, *, create: bool = True) -> Database:
+        """The database of ``--db``; ``create=False`` for commands that only read (never creates one)."""
+        return open_database(self.db, create=create)
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -67,18 +69,25 @@ def configure_logging(verbose: int) -> None:
 
 
 def handles_errors(func: F) -> F:
-    """Turn the toolkit's own errors into one red line on stderr and their exit code."""
+    """Turn every failure into one red line on stderr and an exit code (oaicli.errors); with
+    ``--debug`` / ``OAI_DEBUG=1`` the traceback is printed too."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except OAIError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=exc.exit_code) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, SystemExit):
+            raise
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            if debug_enabled():
+                err_console.print_exception(show_locals=False)
+            failure = translate(exc)
+            message = escape(printable(failure.message))
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=failure.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

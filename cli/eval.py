@@ -26,7 +26,7 @@ def _open_db_if_configured(ctx: typer.Context) -> Any:
 
     cli_state = state(ctx)
     if cli_state.db or os.environ.get(ENV_VAR) or Path(DEFAULT_DB).is_file():
-        return cli_state.open_db()
+        return cli_state.open_db(create=False)
     return None
 
 

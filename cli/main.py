@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from oaicli.cohort import cohort_command
 from oaicli.common import CliState, configure_logging
 from oaicli.db import db_app
 from oaicli.demo import demo_command
+from oaicli.errors import DEBUG_ENV
 from oaicli.eval import eval_command
 from oaicli.ingest import ingest_command
 from oaicli.label import label_command
@@ -39,7 +42,10 @@ def root(
         help="Cohort database: a file path (SQLite, default ./oai.sqlite) or a SQLAlchemy URL.",
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv: debug)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure (also OAI_DEBUG=1)."),
 ) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     ctx.obj = CliState(db=db, verbose=verbose)
     configure_logging(verbose)
     tighten_umask()  # nothing the toolkit writes is world-writable

@@ -95,7 +95,7 @@ def train_command(
         loader=loader, workers=workers, limit_train=limit_train, deterministic=deterministic, nproc=nproc,
         threads=threads,
     )  # fmt: skip
-    db = state(ctx).open_db()
+    db = state(ctx).open_db(create=False)
 
     def on_epoch(record: dict[str, Any]) -> None:
         if not json_out:

@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from oaicohort.db.guards import require_existing
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
+from oaicohort.db.timeouts import install_sqlite_statement_timeout, postgres_connect_args
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,10 @@ def make_engine(url: str) -> Engine:
                 os.umask(old)
         engine = create_engine(url, connect_args={"timeout": lock_timeout_s()})
         _configure_sqlite(engine)
+        install_sqlite_statement_timeout(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = postgres_connect_args() if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 @dataclass
@@ -135,9 +139,13 @@ class Database:
         self.engine.dispose()
 
 
-def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = True) -> Database:
-    """Open (and by default migrate to head) the cohort database named by ``db``."""
+def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = True, create: bool = True) -> Database:
+    """Open (and by default migrate to head) the cohort database named by ``db``.
+
+    ``create=False`` (commands that only read): a missing SQLite file is an error, not created."""
     url = resolve_url(db)
+    if not create:
+        require_existing(url)
     engine = make_engine(url)
     if migrate:
         from oaicohort.db.migrate import upgrade

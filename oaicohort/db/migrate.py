@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
+from oaicohort.db.guards import check_schema_known
 from oaicohort.db.locks import take_postgres_write_lock
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def _writer_connection(engine: Engine) -> Iterator[Connection]:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database to ``revision``; a no-op (one cheap query) when already there."""
-    if revision == "head" and current_revision(engine) == head_revision():
+    current = current_revision(engine)
+    if revision == "head" and current == head_revision():
         return
+    check_schema_known(current, engine.url.render_as_string(hide_password=True))
     cfg = alembic_config(engine)
     with _writer_connection(engine) as conn:
         cfg.attributes["connection"] = conn

@@ -64,6 +64,7 @@ from oaicohort.db.schema import (
 )
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
+from oaicohort.ingest.guards import check_no_shrink
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release import tables as ot
 from oaicohort.visits import visit_month
@@ -720,8 +721,11 @@ def write_release(
     progress: ProgressCallback = no_progress,
     t0: float | None = None,
     run_id: int | None = None,
+    allow_shrink: bool = False,
 ) -> IngestResult:
     """Write a parsed release in one transaction (or record it as ``unchanged``).
+
+    ``allow_shrink``: write even a file that gives far fewer rows than before (ingest.guards).
 
     ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
     started = started or utcnow()
@@ -734,6 +738,7 @@ def write_release(
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
             status = "succeeded"
+            check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             _write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
         run = _add_run(session, release.root, release.files, status, started, summary, run_id)
@@ -856,8 +861,12 @@ def ingest_release(
     *,
     variables: Sequence[str] = (),
     progress: ProgressCallback | None = None,
+    allow_shrink: bool = False,
 ) -> IngestResult:
     """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
+
+    ``allow_shrink``: accept a file giving none or far fewer rows than the same table gave in the
+    last successful ingest (otherwise ``ShrinkingReleaseError``, see ``oaicohort.ingest.guards``).
 
     ``variables``: further OAI variables (e.g. ``V00WOMKPR``) stored in ``clinical_values``; each
     must exist in an Enrollees, SubjectChar or AllClinical file. Raises ``InputFileError`` for bad
@@ -880,7 +889,14 @@ def ingest_release(
             if result is None:
                 release = read_release(root_path, names, progress, sources=sources, expected=files)
                 result = write_release(
-                    db, release, variables=names, started=started, progress=progress, t0=t0, run_id=run_id
+                    db,
+                    release,
+                    variables=names,
+                    started=started,
+                    progress=progress,
+                    t0=t0,
+                    run_id=run_id,
+                    allow_shrink=allow_shrink,
                 )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

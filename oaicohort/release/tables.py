@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,12 +115,17 @@ def discover_release(root: Path | str) -> list[SourceFile]:
             and d.lower() not in _SKIPPED_DIRS
             and os.path.realpath(os.path.join(dirpath, d)) not in visited
         )
+        for d in dirnames:
+            if classify(d) is not None:
+                log.warning("%s: a directory named like an OAI table; not read as one", Path(dirpath) / d)
         for name in sorted(filenames):
             kind_visit = classify(name)
             if kind_visit is None:
                 continue
             kind, visit = kind_visit
             path = Path(dirpath) / name
+            if not _is_regular_file(path):
+                continue
             if kind == CONTENTS:
                 visit = visit_of_dir(Path(dirpath).name)
             elif visit is not None and visit not in VISIT_MONTHS:
@@ -141,6 +147,23 @@ def discover_release(root: Path | str) -> list[SourceFile]:
     return found
 
 
+def _is_regular_file(path: Path) -> bool:
+    """False (with a warning) for what is not a plain file: a FIFO, a device, a socket, a broken
+    link. Such a "table" is skipped: opening a FIFO would block the ingest for ever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        log.warning("%s: a broken link (its target does not exist); skipped", path)
+        return False
+    except OSError as exc:
+        log.warning("%s: cannot inspect (%s); skipped", path, exc.strerror or exc)
+        return False
+    if not stat.S_ISREG(mode):
+        log.warning("%s: not a regular file (a FIFO, device or socket); skipped", path)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- raw bytes
 
 
@@ -157,10 +180,25 @@ class FileBytes:
         return len(self.data)
 
 
+def _open_regular(path: Path) -> io.BufferedReader:
+    """Open ``path`` for reading without ever blocking: a file swapped for a FIFO or a device
+    after discovery is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputFileError(path, "not a regular file (a FIFO, device or socket); cannot read it as a table")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_source(source: SourceFile) -> FileBytes:
     """Read a file whole and hash it (one pass over the disk)."""
     try:
-        data = source.path.read_bytes()
+        with _open_regular(source.path) as fh:
+            data = fh.read()
     except OSError as exc:
         raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
     return FileBytes(source, data, hashlib.sha256(data).hexdigest())
@@ -169,7 +207,7 @@ def load_source(source: SourceFile) -> FileBytes:
 def hash_source(source: SourceFile) -> str:
     """sha256 of a file, streamed (for checking a release against earlier runs cheaply)."""
     try:
-        with source.path.open("rb") as fh:
+        with _open_regular(source.path) as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
@@ -210,21 +248,35 @@ def check_text(path: Path, data: bytes) -> None:
         )
 
 
+def unify_line_ends(data: bytes) -> bytes:
+    """``\\r\\n`` (Windows) and a lone ``\\r`` (classic Mac OS) as ``\\n``, so that every line-end
+    convention, mixed ones included, gives the same lines (a file re-saved on an old Mac is one
+    long line to a reader that only knows ``\\n``)."""
+    if b"\r" not in data:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
 def _split_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
+    lines = unify_line_ends(data).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+    return lines
 
 
 def read_header(source: SourceFile, sep: str = "|") -> list[str]:
-    """Upper-cased column names of a file, reading only its first line."""
+    """Upper-cased column names of a file, reading only its first line (ended by any line end)."""
     try:
-        with source.path.open("rb") as fh:
-            first = fh.readline()
+        with _open_regular(source.path) as fh:
+            first = b""
+            while not re.search(rb"[\r\n]", first):
+                block = fh.read(65536)
+                if not block:
+                    break
+                first += block
     except OSError as exc:
         raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
-    return _header_names(source.path, first.rstrip(b"\r\n"), sep)
+    return _header_names(source.path, re.split(rb"[\r\n]", first, maxsplit=1)[0], sep)
 
 
 _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
@@ -293,6 +345,7 @@ def read_table(
     if not data or data.isspace():  # isspace stops at the first other byte
         raise InputFileError(path, "empty file; expected a header row", line=1)
     check_text(path, data)
+    data = unify_line_ends(data)
     lines = _split_lines(data)
     header = _header_names(path, lines[0], sep)
     position: dict[str, int] = {}
