@@ -129,6 +129,9 @@ def translate(exc: BaseException) -> Failure:
         return _os_failure(exc)
     if isinstance(exc, json.JSONDecodeError):
         return Failure(f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}; the file is damaged")
+    if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc):
+        shown = printable(exc.object) if isinstance(exc.object, str) else "a name"
+        return Failure(f"{shown}: a file or folder name that is not valid UTF-8; rename it (names are stored as UTF-8)")
     if isinstance(exc, UnicodeError):
         return Failure(f"text that is not valid UTF-8: {exc}")
     if isinstance(exc, KeyError) and str(exc).strip("'\"").startswith("unknown model"):

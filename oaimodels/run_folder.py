@@ -42,6 +42,8 @@ from typing import Any
 
 import pandas as pd
 
+from oaicohort.errors import InputFileError
+
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 LABELS = "labels.json"
@@ -83,7 +85,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise InputFileError(
+            path, f"invalid JSON ({getattr(exc, 'msg', exc)}); the file is damaged", line=line
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from oaicohort.db.guards import require_existing
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
-from oaicohort.db.timeouts import install_sqlite_statement_timeout, postgres_connect_args
+from oaicohort.db.timeouts import check_timeout_settings, install_sqlite_statement_timeout, postgres_connect_args
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ def _configure_sqlite(engine: Engine) -> None:
 def make_engine(url: str) -> Engine:
     """Create an engine with the toolkit's connection settings (no migration)."""
     parsed = make_url(url)
+    check_timeout_settings()
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        # a "file:" URI (uri=true, e.g. mode=ro) is opened as given, never created
+        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
             db_path = Path(parsed.database)
             # created without group/world write permission (SQLite gives its -wal and -shm
             # files the database file's mode)

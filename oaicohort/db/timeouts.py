@@ -42,6 +42,12 @@ def statement_timeout_s() -> float:
     return env_seconds(STATEMENT_TIMEOUT_ENV, DEFAULT_STATEMENT_TIMEOUT_S)
 
 
+def check_timeout_settings() -> None:
+    """Refuse a bad value of any time-out variable on every back-end (not only where it is used)."""
+    connect_timeout_s()
+    statement_timeout_s()
+
+
 def postgres_connect_args() -> dict[str, Any]:
     """psycopg connection arguments: libpq's ``connect_timeout`` (whole seconds, at least 2, as
     libpq requires) and the server-side ``statement_timeout``."""
