@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -68,6 +67,11 @@ def configure_logging(verbose: int) -> None:
     )
 
 
+def _is_cli_exit(exc: BaseException) -> bool:
+    # typer vendors its own click: match the exception classes by name, whichever click it is
+    return any(c.__name__ in {"ClickException", "Exit", "Abort"} for c in type(exc).__mro__)
+
+
 def handles_errors(func: F) -> F:
     """Turn every failure into one red line on stderr and an exit code (oaicli.errors); with
     ``--debug`` / ``OAI_DEBUG=1`` the traceback is printed too."""
@@ -76,12 +80,12 @@ def handles_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException, SystemExit):
-            raise
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None
         except Exception as exc:
+            if _is_cli_exit(exc):  # usage errors (exit 2), typer.Exit: the CLI framework's own
+                raise
             if debug_enabled():
                 err_console.print_exception(show_locals=False)
             failure = translate(exc)

@@ -32,6 +32,7 @@ from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
+from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.progress import ProgressCallback, no_progress
@@ -58,6 +59,8 @@ class SeriesTask:
     folder: Path
     views: tuple[str, ...]
     root: Path | None = None  # the visit folder recorded at ingest; nothing outside it is read
+    index_folder: str | None = None  # contents.csv Folder and SeriesDescription (imaging.consistency)
+    description: str | None = None
 
 
 @dataclass
@@ -114,6 +117,13 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         if task.root is not None:
             check_within(task.folder, task.root)
         series = (reader or default_reader)(task.folder)
+        check_series(
+            series,
+            folder=task.folder,
+            subject_id=task.subject_id,
+            index_folder=task.index_folder,
+            index_description=task.description,
+        )
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
             raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
@@ -231,6 +241,8 @@ def select_tasks(
                         folder=Path(s.visit_dir) / s.folder,
                         views=missing,
                         root=Path(s.visit_dir),
+                        index_folder=s.folder,
+                        description=s.series_description,
                     )
                 )
     return tasks, len(series_rows)

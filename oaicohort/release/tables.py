@@ -155,9 +155,8 @@ def _is_regular_file(path: Path) -> bool:
     except FileNotFoundError:
         log.warning("%s: a broken link (its target does not exist); skipped", path)
         return False
-    except OSError as exc:
-        log.warning("%s: cannot inspect (%s); skipped", path, exc.strerror or exc)
-        return False
+    except OSError:
+        return True  # a link loop, no permission...: reading it says what is wrong, naming it
     if not stat.S_ISREG(mode):
         log.warning("%s: not a regular file (a FIFO, device or socket); skipped", path)
         return False
