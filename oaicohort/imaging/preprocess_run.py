@@ -35,6 +35,7 @@ from oaicohort.files import no_world_write
 from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
+from oaicohort.imaging.store_checks import check_store_present
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
@@ -416,8 +417,12 @@ def run_preprocess(
     limit: int | None = None,
     reader: SeriesReader | None = None,
     progress: ProgressCallback = no_progress,
+    replace_missing_store: bool = False,
 ) -> PreprocessSummary:
     """Preprocess the visit's DESS series into the store at ``store_path``; see the module doc.
+
+    A missing (or empty) store path where the database indexes volumes is an error (an unmounted
+    disk must not become a fresh store that replaces the index) unless ``replace_missing_store``.
 
     ``params`` defaults to the store's own parameters when it exists, else the full preset.
     ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
@@ -441,6 +446,12 @@ def run_preprocess(
             f"no {params.sequence} series of visit {visit} in the database {db.url}; "
             "run `oai ingest` on a release with its image packages (contents.csv) first"
         )
+    if created and not replace_missing_store:
+        with db.read() as session:
+            indexed_here = session.execute(
+                select(func.count()).select_from(Volume).where(Volume.store_path == str(path))
+            ).scalar_one()
+        check_store_present(indexed_here, path)
     store = VolumeStore.open_or_create(path, params, views=views)
     summary = PreprocessSummary(str(store.path), store.params_hash, tuple(views), visit)
     with writer_lock(store):
