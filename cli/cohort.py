@@ -166,7 +166,8 @@ def cohort_command(
 
     from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
-    cohort = Cohort(state(ctx).open_db(create=False))
+    db = state(ctx).open_db(create=False)
+    cohort = Cohort(db)
     options: dict[str, Any] = {
         "definition": definition,
         "include_excluded": include_excluded,
@@ -180,6 +181,10 @@ def cohort_command(
     else:
         frame = cohort.knees(**options)
         what = "knees"
+    if role is not None:  # a stale split may hold knees in the wrong role
+        from oaicohort.cohort.staleness import check_frame_not_stale
+
+        check_frame_not_stale(db, frame)
 
     if fmt == "table":
         out_console.print(render_table(frame, max_rows, what))

@@ -658,9 +658,11 @@ def knee_table(
     volume are dropped and counted in the returned info.
     """
     from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
+    from oaicohort.cohort.staleness import check_frame_not_stale
     from oaicohort.imaging.store import indexed_volumes
 
     cohort = Cohort(db).knees(definition=definition, split="latest" if split is None else split)
+    check_frame_not_stale(db, cohort)
     attrs = dict(cohort.attrs)
     if cohort.empty:
         raise DatabaseStateError(

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oaicohort.cohort.staleness import StaleResultError
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
@@ -111,6 +112,8 @@ def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout
                 split=config.split,
                 visit=config.visit,
             )
+        except StaleResultError:
+            raise  # the database says the run's labels or split may put knees in the wrong fold
         except OAIError as exc:
             log.warning("cannot compare the run's test knees with the database: %s", exc)
         else:

@@ -40,6 +40,7 @@ from oaicohort.cohort.definitions import (
     preset,
     resolve_definition,
 )
+from oaicohort.cohort.staleness import LABELS, clear_stale
 from oaicohort.db import Database
 from oaicohort.db.schema import (
     ImageSeries,
@@ -60,6 +61,11 @@ from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
 
 log = logging.getLogger(__name__)
+
+# a knee whose subject has no site (blank V00SITE, or a participant missing from Enrollees) is
+# excluded: the held-out-site split could put it in a training fold although it may belong to
+# the held-out site
+SITE_MISSING = "site_missing"
 
 LABEL_COLUMNS = (
     "knee_id",
@@ -247,6 +253,8 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
     for reason in params.exclusions:
         conditions.append((_cohort_exclusion(reason, inputs, knees), reason))
+    if "site" in knees.columns:  # no site: the held-out-site split cannot place the knee
+        conditions.append((knees["site"].isna().to_numpy(), SITE_MISSING))
     if params.image_store is not None:
         failed, missing_volume = _image_exclusions(inputs, knee_ids)
         conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
@@ -310,7 +318,11 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     """Read what ``params`` needs from the database (a handful of SELECTs)."""
     # the last visit (non-progressor rule) is the last examined one, so it is among these
     visits = (0, *params.examined_visits)
-    knees = read_frame(session, select(Knee.id, Knee.subject_id, Knee.side), ["knee_id", "subject_id", "side"])
+    knees = read_frame(
+        session,
+        select(Knee.id, Knee.subject_id, Knee.side, Subject.site).join(Subject, Subject.id == Knee.subject_id),
+        ["knee_id", "subject_id", "side", "site"],
+    )
     readings = read_frame(
         session,
         select(
@@ -432,6 +444,7 @@ def derive_labels(
         row.created_at = utcnow()
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
+        clear_stale(session, LABELS, row.id)
         session.execute(delete(KneeLabel).where(KneeLabel.definition_id == row.id))
         records = _python_rows(labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
         if records:

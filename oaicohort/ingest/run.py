@@ -49,6 +49,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from oaicohort import __version__
+from oaicohort.cohort.staleness import mark_stale
 from oaicohort.db import Database
 from oaicohort.db.schema import (
     ClinicalValue,
@@ -65,6 +66,7 @@ from oaicohort.db.schema import (
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, InputFileError, OAIError
 from oaicohort.ingest.guards import check_no_shrink
+from oaicohort.ingest.ranges import clear_impossible_values
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release import tables as ot
 from oaicohort.visits import visit_month
@@ -177,6 +179,7 @@ class ParsedRelease:
     series: list[pd.DataFrame] = field(default_factory=list)
     clinical: list[pd.DataFrame] = field(default_factory=list)
     other_ids: list[np.ndarray] = field(default_factory=list)  # ids of SubjectChar files
+    warnings: list[str] = field(default_factory=list)  # values set missing (ingest.ranges)
 
 
 def locate_variables(sources: Sequence[ot.SourceFile], variables: Sequence[str]) -> dict[str, ot.SourceFile]:
@@ -273,6 +276,9 @@ def _parse_into(release: ParsedRelease, raw: ot.FileBytes, variables: list[str])
         return len(frame)
     if kind == ot.ALLCLINICAL:
         frame, table = ot.read_allclinical(raw, variables)
+        release.warnings += clear_impossible_values(
+            frame, raw.source.path, ot.allclinical_columns(raw.source.visit or 0)
+        )
         release.subject_visits.append(frame)
         release.clinical.append(ot.clinical_values(table, variables, frame["subject_id"].to_numpy()))
         return len(frame)
@@ -408,6 +414,7 @@ def _upsert(
 
 
 def _write_subjects(session: Session, release: ParsedRelease, counts: _Counts) -> None:
+    mark_stale(session, release.enrollees)  # a changed site or sex makes earlier labels/splits stale
     existing = {(sid,): sid for sid in session.scalars(select(Subject.id))}
     enrolled: set[int] = set()
     if release.enrollees is not None:
@@ -741,6 +748,8 @@ def write_release(
             check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             _write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0)
+        if release.warnings:
+            summary["warnings"] = release.warnings[:1000]
         run = _add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
