@@ -32,6 +32,7 @@ from rich.progress import (
 
 from oaicli.errors import debug_enabled, printable, translate
 from oaicohort.db import Database, open_database
+from oaicohort.interrupts import Terminated
 from oaicohort.progress import ProgressCallback
 
 err_console = Console(stderr=True)
@@ -80,9 +81,11 @@ def handles_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            err_console.print(f"[bold red]{what}[/]: stopped; nothing of an unfinished write was committed")
+            raise typer.Exit(code=143 if terminated else 130) from None
         except Exception as exc:
             if _is_cli_exit(exc):  # usage errors (exit 2), typer.Exit: the CLI framework's own
                 raise

@@ -87,7 +87,7 @@ def _database_failure(exc: Exception) -> Failure | None:
         return Failure(f"the database is read-only ({text}); use a writable copy or location")
     if "unable to open database file" in low:
         return Failure(f"cannot open the database file ({text}); check that its folder exists and is writable")
-    if "timeout" in low or "timed out" in low or "canceling statement" in low:
+    if "timeout" in low or "timed out" in low or "canceling statement" in low or low == "interrupted":
         return Failure(
             f"the database server did not answer in time ({text}); check the server, or raise "
             "OAI_DB_CONNECT_TIMEOUT / OAI_DB_STATEMENT_TIMEOUT"

@@ -21,6 +21,7 @@ from oaicli.store import store_app
 from oaicli.synth import synth_command
 from oaicli.train import train_command
 from oaicohort.files import tighten_umask
+from oaicohort.interrupts import install_sigterm_handler
 
 app = typer.Typer(
     name="oai",
@@ -49,6 +50,7 @@ def root(
     ctx.obj = CliState(db=db, verbose=verbose)
     configure_logging(verbose)
     tighten_umask()  # nothing the toolkit writes is world-writable
+    install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C: rollback, workers stopped
 
 
 app.add_typer(db_app, name="db")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from oaicohort.db.guards import require_existing
+from oaicohort.db.lock_wait import begin_immediate
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
 from oaicohort.db.timeouts import check_timeout_settings, install_sqlite_statement_timeout, postgres_connect_args
 
@@ -56,7 +57,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+        if conn.info.get("write"):
+            begin_immediate(conn)  # waits in Python: Ctrl-C interrupts the wait at once
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
 def make_engine(url: str) -> Engine:

@@ -36,6 +36,7 @@ from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.imaging.store_checks import check_store_present
+from oaicohort.interrupts import stop_pool
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
@@ -398,6 +399,9 @@ def _outcomes(
                     nxt = next(queue, None)
                     if nxt is not None:
                         pending.add(pool.submit(_work, nxt, params, reader))
+        except BaseException:  # interrupted, terminated or failed: stop the workers now
+            stop_pool(pool)
+            raise
         finally:
             for future in pending:
                 future.cancel()
