@@ -16,7 +16,7 @@ from oaicohort.vocabulary import DEFAULT_DEFINITION
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMATS = ("table", "csv", "json", "parquet")
+FORMATS = ("table", "csv", "tsv", "json", "parquet")
 
 
 def _number_or_text(text: str) -> Any:
@@ -61,7 +61,9 @@ def _range(lo: float | None, hi: float | None) -> tuple[float | None, float | No
 
 
 def _records_json(frame: pd.DataFrame) -> str:
-    return frame.to_json(orient="records", indent=2)
+    from oaicohort.cohort.export import records_json
+
+    return records_json(frame)  # strict JSON: NaN as null
 
 
 SHORT_HEADERS = {
@@ -122,11 +124,17 @@ def cohort_command(
     trajectories: bool = typer.Option(False, "--trajectories", help="KLG per knee per visit instead."),
     wide: bool = typer.Option(False, "--wide", help="Trajectories: one row per knee, a column per visit."),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", help="table, csv, json or parquet (default: from --out, else table)."
+        None, "--format", "-f", help="table, csv, tsv, json or parquet (default: from --out, else table)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file."),
     max_rows: int = typer.Option(40, "--max-rows", help="Rows shown by --format table."),
+    raw_cells: bool = typer.Option(
+        False,
+        "--raw-cells",
+        help="CSV/TSV: write text cells exactly as stored. By default a text cell starting with = + - or @ "
+        "is written with a leading ' so that spreadsheets show it instead of running it as a formula.",
+    ),
 ) -> None:
     """List the cohort's knees matching every filter (only included knees by default)."""
     fmt = "json" if json_out else fmt
@@ -191,9 +199,11 @@ def cohort_command(
     elif fmt == "parquet":
         assert out is not None
         frame.to_parquet(out, index=False)
-    elif fmt == "csv":
-        text = frame.to_csv(index=False)
-        _write_text(text, out)
+    elif fmt in ("csv", "tsv"):
+        from oaicohort.cohort.export import to_delimited
+
+        # text cells starting with = + - @ are written '= ... so spreadsheets do not run them
+        _write_text(to_delimited(frame, sep="," if fmt == "csv" else "\t", neutralise=not raw_cells), out)
     else:
         _write_text(_records_json(frame) + "\n", out)
     if out is not None:

@@ -8,7 +8,6 @@ exit 2; the toolkit's own failures (``OAIError``) print one clear line and exit 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from rich.progress import (
 )
 
 from oaicli.errors import debug_enabled, printable, translate
+from oaicohort.cohort.export import dumps
 from oaicohort.db import Database, open_database
 from oaicohort.interrupts import Terminated
 from oaicohort.progress import ProgressCallback
@@ -101,7 +101,7 @@ def handles_errors(func: F) -> F:
 
 def emit_json(obj: Any) -> None:
     """Write ``obj`` as JSON to stdout (nothing else goes to stdout under ``--json``)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")  # strict JSON: NaN/Infinity as null
     sys.stdout.flush()
 
 

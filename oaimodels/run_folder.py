@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from oaicohort.cohort.export import json_safe
 from oaicohort.errors import InputFileError
 
 CONFIG = "config.json"
@@ -81,7 +82,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    safe = json_safe(json.loads(json.dumps(obj, default=_json_default)))  # NaN/Infinity -> null
+    atomic_write_text(path, json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

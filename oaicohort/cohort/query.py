@@ -31,6 +31,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, literal, null
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
+from oaicohort.cohort.export import variable_column
 from oaicohort.cohort.labels import (
     first_readings,
     labels_fingerprint,
@@ -285,7 +286,7 @@ class Cohort:
             frame[col] = frame[col].astype(float)
         for i, name in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
-            frame[name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+            frame[name] = variable_column(num, text)  # numbers, text, or both (a mixed column)
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,

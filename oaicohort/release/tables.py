@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.encodings import check_one_encoding
 from oaicohort.visits import RELEASE_VISITS, VISIT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def check_text(path: Path, data: bytes) -> None:
             "is this the right file, or a damaged download?",
             line=data.count(b"\n", 0, at) + 1,
         )
+    check_one_encoding(path, data)
 
 
 def unify_line_ends(data: bytes) -> bytes:
