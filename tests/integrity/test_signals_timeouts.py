@@ -83,7 +83,7 @@ def test_signal_stops_preprocess_and_its_workers(imaging_db: tuple[Path, Path], 
     time.sleep(0.5)
     t0 = time.monotonic()
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     took = time.monotonic() - t0
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
     assert took < 15, f"took {took:.1f} s to stop"
