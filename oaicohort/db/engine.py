@@ -21,7 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from oaicohort.db.guards import require_existing
 from oaicohort.db.lock_wait import begin_immediate
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
-from oaicohort.db.timeouts import check_timeout_settings, install_sqlite_statement_timeout, postgres_connect_args
+from oaicohort.db.timeouts import (
+    check_timeout_settings,
+    install_postgres_statement_timeout,
+    install_sqlite_statement_timeout,
+    postgres_connect_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,11 @@ def make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         install_sqlite_statement_timeout(engine)
         return engine
-    connect_args = postgres_connect_args() if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if parsed.get_backend_name() != "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=postgres_connect_args())
+    install_postgres_statement_timeout(engine)
+    return engine
 
 
 @dataclass

@@ -50,11 +50,20 @@ def check_timeout_settings() -> None:
 
 def postgres_connect_args() -> dict[str, Any]:
     """psycopg connection arguments: libpq's ``connect_timeout`` (whole seconds, at least 2, as
-    libpq requires) and the server-side ``statement_timeout``."""
-    return {
-        "connect_timeout": max(2, math.ceil(connect_timeout_s())),
-        "options": f"-c statement_timeout={int(statement_timeout_s() * 1000)}",
-    }
+    libpq requires)."""
+    return {"connect_timeout": max(2, math.ceil(connect_timeout_s()))}
+
+
+def install_postgres_statement_timeout(engine: Engine) -> None:
+    """``SET statement_timeout`` on every new connection (a SET rather than the ``options``
+    startup parameter, which connection poolers such as PgBouncer refuse)."""
+    limit_ms = int(statement_timeout_s() * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {limit_ms}")
+        dbapi_conn.commit()
 
 
 def install_sqlite_statement_timeout(engine: Engine) -> None:
