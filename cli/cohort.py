@@ -17,7 +17,7 @@ from oaicohort.vocabulary import DEFAULT_DEFINITION
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMATS = ("table", "csv", "json", "parquet")
+FORMATS = ("table", "csv", "tsv", "json", "parquet")
 
 
 def _number_or_text(text: str) -> Any:
@@ -62,7 +62,9 @@ def _range(lo: float | None, hi: float | None) -> tuple[float | None, float | No
 
 
 def _records_json(frame: pd.DataFrame) -> str:
-    return frame.to_json(orient="records", indent=2)
+    from oaicohort.cohort.export import records_json
+
+    return records_json(frame)  # strict JSON: NaN as null
 
 
 SHORT_HEADERS = {
@@ -123,7 +125,7 @@ def cohort_command(
     trajectories: bool = typer.Option(False, "--trajectories", help="KLG per knee per visit instead."),
     wide: bool = typer.Option(False, "--wide", help="Trajectories: one row per knee, a column per visit."),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", help="table, csv, json or parquet (default: from --out, else table)."
+        None, "--format", "-f", help="table, csv, tsv, json or parquet (default: from --out, else table)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file ('-': standard output, csv)."),
@@ -141,6 +143,12 @@ def cohort_command(
     ),
     export: bool = typer.Option(
         False, "--export", help="With --saved: write the frozen knee list with a provenance header."
+    ),
+    raw_cells: bool = typer.Option(
+        False,
+        "--raw-cells",
+        help="CSV/TSV: write text cells exactly as stored. By default a text cell starting with = + - or @ "
+        "is written with a leading ' so that spreadsheets show it instead of running it as a formula.",
     ),
 ) -> None:
     """List the cohort's knees matching every filter (only included knees by default)."""
@@ -205,7 +213,8 @@ def cohort_command(
 
     from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
-    cohort = Cohort(state(ctx).open_db())
+    db = state(ctx).open_db(create=False)
+    cohort = Cohort(db)
     options: dict[str, Any] = {
         "definition": definition,
         "include_excluded": include_excluded,
@@ -234,15 +243,21 @@ def cohort_command(
 
         assert dictionary_frame is not None
         frame = apply_value_mode(frame, value_mode, dictionary_frame)
+    if role is not None:  # a stale split may hold knees in the wrong role
+        from oaicohort.db.staleness import check_frame_not_stale
+
+        check_frame_not_stale(db, frame)
 
     if fmt == "table":
         out_console.print(render_table(frame, max_rows, what))
     elif fmt == "parquet":
         assert out is not None
         frame.to_parquet(out, index=False)
-    elif fmt == "csv":
-        text = frame.to_csv(index=False)
-        _write_text(text, out)
+    elif fmt in ("csv", "tsv"):
+        from oaicohort.cohort.export import to_delimited
+
+        # text cells starting with = + - @ are written '= ... so spreadsheets do not run them
+        _write_text(to_delimited(frame, sep="," if fmt == "csv" else "\t", neutralise=not raw_cells), out)
     else:
         _write_text(_records_json(frame) + "\n", out)
     if out is not None:

@@ -8,7 +8,6 @@ exit 2; the toolkit's own failures (``OAIError``) print one clear line and exit 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -24,9 +23,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from oaicli.errors import debug_enabled, printable, translate
 from oaicli.progress import progress_reporter
+from oaicohort.cohort.export import dumps
 from oaicohort.db import DEFAULT_DB, ENV_VAR, Database, open_database
 from oaicohort.errors import OAIError
+from oaicohort.interrupts import Terminated
 from oaicohort.progress import ProgressCallback
 
 err_console = Console(stderr=True)
@@ -44,8 +46,9 @@ class CliState:
     quiet: bool = False
     opened: list[Database] = field(default_factory=list)
 
-    def open_db(self) -> Database:
-        database = open_database(self.db)
+    def open_db(self, *, create: bool = True) -> Database:
+        """The database of ``--db``; ``create=False`` for commands that only read (never creates one)."""
+        database = open_database(self.db, create=create)
         self.opened.append(database)
         return database
 
@@ -53,7 +56,7 @@ class CliState:
         """The database when one is named (--db / OAI_DB) or ./oai.sqlite exists, else None: for
         commands that work from a run folder or store and use the database only to cross-check."""
         if self.db or os.environ.get(ENV_VAR) or Path(DEFAULT_DB).is_file():
-            return self.open_db()
+            return self.open_db(create=False)
         return None
 
     def close(self) -> None:
@@ -106,19 +109,38 @@ def configure_logging(verbose: int, quiet: bool = False) -> None:
     )
 
 
+def _is_cli_exit(exc: BaseException) -> bool:
+    # typer vendors its own click: match the exception classes by name, whichever click it is
+    return any(c.__name__ in {"ClickException", "Exit", "Abort"} for c in type(exc).__mro__)
+
+
 def handles_errors(func: F) -> F:
-    """Turn the toolkit's own errors into one red line on stderr and their exit code."""
+    """Turn every failure into one red line on stderr and an exit code (oaicli.errors); with
+    ``--debug`` / ``OAI_DEBUG=1`` the traceback is printed too."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except OAIError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print(f"[bold red]{escape(interrupted_message())}[/]", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            hint = interrupted_message().removeprefix("interrupted")
+            err_console.print(
+                f"[bold red]{what}[/]{escape(hint) or ': stopped; nothing of an unfinished write was committed'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=143 if terminated else 130) from None
+        except Exception as exc:
+            if _is_cli_exit(exc):  # usage errors (exit 2), typer.Exit: the CLI framework's own
+                raise
+            if debug_enabled():
+                err_console.print_exception(show_locals=False)
+            failure = translate(exc)
+            message = escape(printable(failure.message))
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=failure.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -147,7 +169,7 @@ def require_models_extra(command: str) -> None:
 
 def emit_json(obj: Any) -> None:
     """Write ``obj`` as JSON to stdout (nothing else goes to stdout under ``--json``)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")  # strict JSON: NaN/Infinity as null
     sys.stdout.flush()
 
 

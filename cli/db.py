@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import typer
+from sqlalchemy.engine import make_url
 
 from oaicli.common import emit_json, handles_errors, out_console, state
 from oaicohort.db import open_database, resolve_url, table_names
-from oaicohort.db.migrate import current_revision, head_revision, upgrade
+from oaicohort.db.guards import sqlite_file
+from oaicohort.db.migrate import current_revision, head_revision, is_newer_schema, upgrade
 
 db_app = typer.Typer(help="Manage the cohort database schema (migrations run automatically on open).")
 
@@ -24,17 +26,25 @@ def upgrade_command(ctx: typer.Context, revision: str = typer.Argument("head")) 
 @handles_errors
 def current_command(ctx: typer.Context, json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the database's schema revision and the newest one this toolkit knows."""
-    db = open_database(state(ctx).db, migrate=False)
+    url = resolve_url(state(ctx).db)
+    missing = sqlite_file(url) is not None and not sqlite_file(url).exists()  # type: ignore[union-attr]
+    db = None if missing else open_database(url, migrate=False)
     info = {
-        "url": db.engine.url.render_as_string(hide_password=True),
-        "current": current_revision(db.engine),
+        "url": make_url(url).render_as_string(hide_password=True),
+        "exists": not missing,
+        "current": current_revision(db.engine) if db else None,
         "head": head_revision(),
-        "tables": [t for t in table_names(db.engine) if t != "alembic_version"],
+        "tables": [t for t in table_names(db.engine) if t != "alembic_version"] if db else [],
     }
     if json_out:
         emit_json(info)
         return
-    up = "up to date" if info["current"] == info["head"] else "migrations pending"
+    if missing:
+        up = "no database file yet: nothing was created; any command that writes creates it"
+    elif is_newer_schema(str(info["current"]) if info["current"] is not None else None):
+        up = "newer than this toolkit: upgrade the toolkit to use it"
+    else:
+        up = "up to date" if info["current"] == info["head"] else "migrations pending"
     out_console.print(f"{info['url']}: revision {info['current']} (head {info['head']}, {up})")
 
 
@@ -50,7 +60,7 @@ def runs_command(
 
     from oaicohort.ingest.run import list_runs
 
-    db = state(ctx).open_db()
+    db = state(ctx).open_db(create=False)
     try:
         runs = list_runs(db, limit)
     finally:

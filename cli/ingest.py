@@ -34,6 +34,12 @@ def ingest_command(
         "--variables-file",
         help="Text file of further OAI variable names (comma/space separated, # comments).",
     ),
+    allow_shrink: bool = typer.Option(
+        False,
+        "--allow-shrink",
+        help="Accept a file that gives none or far fewer rows than the last ingest read from it "
+        "(otherwise the ingest stops, naming it: a truncated or damaged file would delete data).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Ingest the OAI release below ROOT into the cohort database, in one transaction.
@@ -51,7 +57,7 @@ def ingest_command(
     db = state(ctx).open_db()
     try:
         with rich_progress() as progress:
-            result = ingest_release(db, root, variables=names, progress=progress)
+            result = ingest_release(db, root, variables=names, progress=progress, allow_shrink=allow_shrink)
     finally:
         db.dispose()
     if json_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from oaicli.cohort import cohort_command
 from oaicli.common import QUIET, CliState, configure_logging, out_console
 from oaicli.db import db_app
 from oaicli.demo import demo_command
+from oaicli.errors import DEBUG_ENV
 from oaicli.eval import eval_command
 from oaicli.explain import explain_command
 from oaicli.ingest import ingest_command
@@ -26,6 +28,7 @@ from oaicli.synth import synth_command
 from oaicli.train import train_command
 from oaicohort import __version__
 from oaicohort.files import tighten_umask
+from oaicohort.interrupts import install_sigterm_handler
 
 app = typer.Typer(
     name="oai",
@@ -73,12 +76,16 @@ def root(
     version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_print_version, help="Print the toolkit's version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure (also OAI_DEBUG=1)."),
 ) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     ctx.obj = CliState(db=db, verbose=verbose, quiet=quiet)
     ctx.call_on_close(ctx.obj.close)
     QUIET.active = quiet
     configure_logging(verbose, quiet)
     tighten_umask()  # nothing the toolkit writes is world-writable
+    install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C: rollback, workers stopped
 
 
 app.add_typer(db_app, name="db")

@@ -28,6 +28,12 @@ def preprocess_command(
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop with an error at the first failed series."),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Process at most N series."),
+    replace_missing_store: bool = typer.Option(
+        False,
+        "--replace-missing-store",
+        help="Start a new, empty store where the database indexes a store that is gone (by default "
+        "a missing store path is an error: an unmounted disk must not replace the real store).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Preprocess the indexed SAG_3D_DESS series of a visit into a volume store (resumable)."""
@@ -46,7 +52,7 @@ def preprocess_command(
         with rich_progress(enabled=True) as progress:
             summary = run_preprocess(
                 db, store, params, views=views, visit=visit, workers=workers,
-                strict=strict, limit=limit, progress=progress,
+                strict=strict, limit=limit, progress=progress, replace_missing_store=replace_missing_store,
             )  # fmt: skip
     finally:
         db.dispose()

@@ -56,7 +56,7 @@ def verify_command(
     """Recompute every indexed volume's checksum against the database (--db); exit 1 on mismatch."""
     from oaicohort.imaging.store import verify_store
 
-    db = state(ctx).open_db()
+    db = state(ctx).open_db(create=False)
     try:
         with rich_progress(enabled=not json_out) as progress:
             report = verify_store(db, path, progress=progress)

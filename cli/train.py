@@ -201,7 +201,7 @@ def train_command(
     train_everything = config.model == "all"
     if train_everything:
         config.model = "2d_trf"
-    db = state(ctx).open_db()
+    db = state(ctx).open_db(create=False)
 
     def on_epoch(record: dict[str, Any]) -> None:
         if not json_out:

@@ -634,10 +634,12 @@ def knee_table(
     knees with a good volume at ``visit``; knees without one are counted in the returned info.
     """
     from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
+    from oaicohort.db.staleness import check_frame_not_stale
 
     cohort = Cohort(db)
     split_arg = "latest" if split is None else split
     labelled = cohort.knees(definition=definition, split=split_arg)
+    check_frame_not_stale(db, labelled)
     if labelled.empty:
         raise DatabaseStateError(
             f"no labelled knees for definition {definition!r}; run `oai label` and `oai split` first"

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oaicohort.db.staleness import StaleResultError
 from oaicohort.errors import OAIError
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
@@ -92,7 +93,19 @@ def _run_config(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
     if not path.is_file():
         raise EvaluationError(f"{run_dir}: not a run folder (no {rf.CONFIG}); train with `oai train --out {run_dir}`")
     saved = rf.read_json(path)
-    return saved, TrainConfig.from_dict(saved["config"])
+    missing = [k for k in ("config", "layout", "folds") if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise EvaluationError(f"{path}: damaged run config: no {', '.join(missing)}; train the run again")
+    try:
+        get_spec(str(saved["layout"].get("model")))
+        InputLayout.from_dict(saved["layout"])
+        return saved, TrainConfig.from_dict(saved["config"])
+    except KeyError as exc:
+        known = str(exc).strip("'\"")
+        why = known if known.startswith("unknown model") else f"no {known}"
+        raise EvaluationError(f"{path}: damaged run config ({why}); train the run again") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EvaluationError(f"{path}: damaged run config ({exc}); train the run again") from None
 
 
 def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout) -> tuple[pd.DataFrame, bool | None]:
@@ -113,6 +126,8 @@ def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout
                 split=config.split,
                 visit=config.visit,
             )
+        except StaleResultError:
+            raise  # the database says the run's labels or split may put knees in the wrong fold
         except OAIError as exc:
             log.warning("cannot compare the run's test knees with the database: %s", exc)
         else:

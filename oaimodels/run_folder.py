@@ -49,6 +49,9 @@ from typing import Any
 
 import pandas as pd
 
+from oaicohort.cohort.export import json_safe
+from oaicohort.errors import InputFileError
+
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 LABELS = "labels.json"
@@ -102,11 +105,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    safe = json_safe(json.loads(json.dumps(obj, default=_json_default)))  # NaN/Infinity -> null
+    atomic_write_text(path, json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise InputFileError(
+            path, f"invalid JSON ({getattr(exc, 'msg', exc)}); the file is damaged", line=line
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

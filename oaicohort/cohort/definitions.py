@@ -84,6 +84,10 @@ NO_BASELINE_DESS = "no_baseline_dess"
 # Applied last, only when the labels are derived for an image store.
 IMAGE_FAILED = "image_failed"
 IMAGE_MISSING = "image_missing"
+# a knee whose subject has no site (blank V00SITE, or a participant missing from Enrollees) is
+# excluded: the held-out-site split could put it in a training fold although it may belong to
+# the held-out site
+SITE_MISSING = "site_missing"
 COHORT_EXCLUSIONS: tuple[str, ...] = (REPLACED_AT_BASELINE, BMI_MISSING, NO_BASELINE_DESS)
 
 

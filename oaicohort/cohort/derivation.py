@@ -22,6 +22,7 @@ from oaicohort.cohort.definitions import (
     NO_BASELINE_DESS,
     NO_BASELINE_READING,
     REPLACED_AT_BASELINE,
+    SITE_MISSING,
     LabelDefinitionParams,
 )
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
@@ -202,6 +203,8 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
     for reason in params.exclusions:
         conditions.append((_cohort_exclusion(reason, inputs, knees), reason))
+    if "site" in knees.columns:  # no site: the held-out-site split cannot place the knee
+        conditions.append((knees["site"].isna().to_numpy(), SITE_MISSING))
     if params.image_store is not None:
         failed, missing_volume = _image_exclusions(inputs, knee_ids)
         conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]

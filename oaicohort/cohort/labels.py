@@ -47,11 +47,13 @@ from oaicohort.db.schema import (
     KneeLabel,
     KneeReplacement,
     LabelDefinition,
+    Subject,
     SubjectVisit,
     Volume,
     XrayReading,
     utcnow,
 )
+from oaicohort.db.staleness import LABELS, clear_stale
 from oaicohort.errors import DatabaseStateError
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
@@ -89,7 +91,11 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     """Read what ``params`` needs from the database (a handful of SELECTs)."""
     # the last visit (non-progressor rule) is the last examined one, so it is among these
     visits = (0, *params.examined_visits)
-    knees = read_frame(session, select(Knee.id, Knee.subject_id, Knee.side), ["knee_id", "subject_id", "side"])
+    knees = read_frame(
+        session,
+        select(Knee.id, Knee.subject_id, Knee.side, Subject.site).join(Subject, Subject.id == Knee.subject_id),
+        ["knee_id", "subject_id", "side", "site"],
+    )
     readings = read_frame(
         session,
         select(
@@ -225,6 +231,7 @@ def derive_labels(
         row.created_at = utcnow()
         row.ingest_run_id = _latest_ingest_run(session)
         session.flush()
+        clear_stale(session, LABELS, row.id)
         session.execute(delete(KneeLabel).where(KneeLabel.definition_id == row.id))
         insert_frame(session, KneeLabel, labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
         definition_id = row.id

@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, false, literal, null, 
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
+from oaicohort.cohort.export import variable_column
 from oaicohort.cohort.filters import condition as _condition
 from oaicohort.cohort.filters import is_range as _is_range
 from oaicohort.cohort.filters import sequence_condition as _sequence_condition
@@ -182,7 +183,7 @@ class Cohort:
             frame[col] = frame[col].astype(float)
         for i, (ref, _value) in enumerate(var_filters):
             num, text = frame.pop(f"_var{i}_num"), frame.pop(f"_var{i}_text")
-            frame[ref.name] = num.astype(float) if num.notna().any() or text.isna().all() else text
+            frame[ref.name] = variable_column(num, text)  # numbers, text, or both (a mixed column)
         # which OAI variable each variable column read, per side (for labels and dictionaries)
         frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
         if store is not None:

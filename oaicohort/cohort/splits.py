@@ -36,6 +36,7 @@ from oaicohort.cohort.stored import labels_fingerprint, stored_definition, store
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Knee, Split, SplitAssignment, Subject
+from oaicohort.db.staleness import SPLIT, clear_stale, drop_if_stale
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, ROLES
 
@@ -319,9 +320,12 @@ def make_split(
         existing = session.execute(
             select(Split).where(Split.definition_id == row.id, Split.params_hash == params_hash)
         ).scalar_one_or_none()
+        if existing is not None and drop_if_stale(session, existing.id):
+            existing = None
         if existing is not None:
             assignments = _stored_assignments(session, existing.id, labels)
             check_split(assignments, included, test_sites=params["test_sites"], folds=folds)
+            clear_stale(session, SPLIT, existing.id)  # checked against the current data: valid again
             return SplitResult(existing.id, row.id, row.name, dict(existing.params), params_hash, False, assignments)
         assignments = assign_folds(included, test_sites=params["test_sites"], folds=folds, seed=seed)
         check_split(assignments, included, test_sites=params["test_sites"], folds=folds)

@@ -18,7 +18,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from oaicohort.db.guards import require_existing
+from oaicohort.db.lock_wait import begin_immediate
 from oaicohort.db.locks import concurrent_write_error, lock_timeout_s, take_postgres_write_lock
+from oaicohort.db.timeouts import (
+    check_timeout_settings,
+    install_postgres_statement_timeout,
+    install_sqlite_statement_timeout,
+    postgres_connect_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +62,19 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+        if conn.info.get("write"):
+            begin_immediate(conn)  # waits in Python: Ctrl-C interrupts the wait at once
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
 def make_engine(url: str) -> Engine:
     """Create an engine with the toolkit's connection settings (no migration)."""
     parsed = make_url(url)
+    check_timeout_settings()
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        # a "file:" URI (uri=true, e.g. mode=ro) is opened as given, never created
+        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
             db_path = Path(parsed.database)
             # created without group/world write permission (SQLite gives its -wal and -shm
             # files the database file's mode)
@@ -74,8 +87,13 @@ def make_engine(url: str) -> Engine:
                 os.umask(old)
         engine = create_engine(url, connect_args={"timeout": lock_timeout_s()})
         _configure_sqlite(engine)
+        install_sqlite_statement_timeout(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if parsed.get_backend_name() != "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=postgres_connect_args())
+    install_postgres_statement_timeout(engine)
+    return engine
 
 
 @dataclass
@@ -135,9 +153,13 @@ class Database:
         self.engine.dispose()
 
 
-def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = True) -> Database:
-    """Open (and by default migrate to head) the cohort database named by ``db``."""
+def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = True, create: bool = True) -> Database:
+    """Open (and by default migrate to head) the cohort database named by ``db``.
+
+    ``create=False`` (commands that only read): a missing SQLite file is an error, not created."""
     url = resolve_url(db)
+    if not create:
+        require_existing(url)
     engine = make_engine(url)
     if migrate:
         from oaicohort.db.migrate import upgrade

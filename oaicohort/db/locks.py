@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from oaicohort.envconfig import env_seconds
 from oaicohort.errors import ConcurrentWriteError
 
 # arbitrary constant naming the toolkit's writer lock among PostgreSQL advisory locks
@@ -16,7 +15,7 @@ POSTGRES_WRITE_LOCK_KEY = 0x0A1C_0407
 
 def lock_timeout_s() -> float:
     """Seconds a writer waits for another writer to finish (``OAI_DB_LOCK_TIMEOUT``, default 60)."""
-    return float(os.environ.get("OAI_DB_LOCK_TIMEOUT", "60"))
+    return env_seconds("OAI_DB_LOCK_TIMEOUT", 60.0, allow_zero=True)
 
 
 def concurrent_write_error(url: str) -> ConcurrentWriteError:

@@ -13,8 +13,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import make_url
 
 from oaicohort.db.locks import take_postgres_write_lock
+from oaicohort.errors import DatabaseStateError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ def _writer_connection(engine: Engine) -> Iterator[Connection]:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database to ``revision``; a no-op (one cheap query) when already there."""
-    if revision == "head" and current_revision(engine) == head_revision():
+    current = current_revision(engine)
+    if revision == "head" and current == head_revision():
         return
+    check_schema_known(current, engine.url.render_as_string(hide_password=True))
     cfg = alembic_config(engine)
     with _writer_connection(engine) as conn:
         cfg.attributes["connection"] = conn
@@ -77,3 +81,28 @@ def downgrade(engine: Engine, revision: str) -> None:
     with _writer_connection(engine) as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
+
+
+# --------------------------------------------------------------------------- a schema from a newer toolkit
+
+
+class SchemaNewerError(DatabaseStateError):
+    """The database was migrated by a newer toolkit: this one must not touch it."""
+
+
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def is_newer_schema(revision: str | None) -> bool:
+    """True when ``revision`` is not one of this toolkit's migrations (a newer toolkit wrote it)."""
+    return revision is not None and revision not in known_revisions()
+
+
+def check_schema_known(revision: str | None, url: str) -> None:
+    if is_newer_schema(revision):
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise SchemaNewerError(
+            f"{shown}: the database schema (revision {revision}) is newer than this toolkit knows; "
+            "upgrade the toolkit (pip install -U) to use it; nothing was changed"
+        )

@@ -409,3 +409,23 @@ class SavedCohort(Base):
     ingest_run_id: Mapped[int | None] = mapped_column(Integer)
     toolkit_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+class StaleResult(Base):
+    """A label definition's labels (``kind`` labels) or a split (``kind`` split) made before a
+    re-ingest changed the site or sex of one of its subjects (oaicohort.db.staleness)."""
+
+    __tablename__ = "stale_results"
+    __table_args__ = (Index("ix_stale_results_kind_target", "kind", "target_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # labels | split
+    target_id: Mapped[int] = mapped_column(Integer)  # label_definitions.id or splits.id
+    subject_id: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(16))  # site | sex
+    old_value: Mapped[str | None] = mapped_column(String(64))
+    new_value: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

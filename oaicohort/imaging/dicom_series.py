@@ -21,6 +21,7 @@ from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.consistency import check_pixel_depth, check_value_range
 from oaicohort.release.image_index import series_side as side_from_description  # the one home of this rule
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ def _reference(path: Path, ds: FileDataset) -> _Reference:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise SeriesError(path, f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale image")
     bits_allocated = int(ds.get("BitsAllocated", 16))
+    check_pixel_depth(path, bits_allocated, int(ds.get("BitsStored", bits_allocated)))
     return _Reference(
         rows=rows,
         cols=cols,
@@ -333,12 +335,12 @@ def _slice_pixels(path: Path, ds: FileDataset, ref: _Reference, dtype: np.dtype 
         image = np.frombuffer(data, dtype=dtype, count=ref.rows * ref.cols).reshape(ref.rows, ref.cols)
     else:
         image = _decoded_pixels(path, ds, notes)
+        check_value_range(path, image)
         if image.shape != (ref.rows, ref.cols):
             raise SeriesError(path, f"pixel data has shape {image.shape}, expected one {ref.rows}x{ref.cols} frame")
-    if image.dtype.kind == "i":
-        if image.min() < 0:
-            notes.add("signed pixel values below 0 clipped to 0")
-        image = np.clip(image, 0, None)
+    if image.dtype.kind == "i" and image.size and (low := int(image.min())) < 0:
+        # clipping would change the values silently: read exactly or not at all
+        raise SeriesError(path, f"pixel value {low} below 0 in signed pixel data; unsupported (values must be >= 0)")
     return image
 
 

@@ -32,10 +32,13 @@ from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
+from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.geometry import GEOMETRY_NOTE, series_geometry
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
 from oaicohort.imaging.series_source import series_folder
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
+from oaicohort.imaging.store_checks import check_store_present
+from oaicohort.interrupts import stop_pool
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
@@ -60,6 +63,8 @@ class SeriesTask:
     folder: Path
     views: tuple[str, ...]
     root: Path | None = None  # the visit folder recorded at ingest; nothing outside it is read
+    index_folder: str | None = None  # contents.csv Folder and SeriesDescription (imaging.consistency)
+    description: str | None = None
 
 
 @dataclass
@@ -117,6 +122,13 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
             check_within(task.folder, task.root)
         with series_folder(task.folder) as folder:  # a .tar.gz series (NDA) is unpacked while read
             series = (reader or default_reader)(folder)
+        check_series(
+            series,
+            folder=task.folder,
+            subject_id=task.subject_id,
+            index_folder=task.index_folder,
+            index_description=task.description,
+        )
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
             raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
@@ -238,6 +250,8 @@ def select_tasks(
                         folder=Path(s.visit_dir) / s.folder,
                         views=missing,
                         root=Path(s.visit_dir),
+                        index_folder=s.folder,
+                        description=s.series_description,
                     )
                 )
     return tasks, len(series_rows)
@@ -392,6 +406,9 @@ def _outcomes(
                     nxt = next(queue, None)
                     if nxt is not None:
                         pending.add(pool.submit(_work, nxt, params, reader))
+        except BaseException:  # interrupted, terminated or failed: stop the workers now
+            stop_pool(pool)
+            raise
         finally:
             for future in pending:
                 future.cancel()
@@ -411,8 +428,12 @@ def run_preprocess(
     limit: int | None = None,
     reader: SeriesReader | None = None,
     progress: ProgressCallback = no_progress,
+    replace_missing_store: bool = False,
 ) -> PreprocessSummary:
     """Preprocess the visit's DESS series into the store at ``store_path``; see the module doc.
+
+    A missing (or empty) store path where the database indexes volumes is an error (an unmounted
+    disk must not become a fresh store that replaces the index) unless ``replace_missing_store``.
 
     ``params`` defaults to the store's own parameters when it exists, else the full preset.
     ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
@@ -436,6 +457,12 @@ def run_preprocess(
             f"no {params.sequence} series of visit {visit} in the database {db.url}; "
             "run `oai ingest` on a release with its image packages (contents.csv) first"
         )
+    if created and not replace_missing_store:
+        with db.read() as session:
+            indexed_here = session.execute(
+                select(func.count()).select_from(Volume).where(Volume.store_path == str(path))
+            ).scalar_one()
+        check_store_present(indexed_here, path)
     store = VolumeStore.open_or_create(path, params, views=views)
     summary = PreprocessSummary(str(store.path), store.params_hash, tuple(views), visit)
     with writer_lock(store):

@@ -41,6 +41,13 @@ from oaicohort.db.schema import Knee, Volume
 from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.store_checks import (
+    FirstReadVerifier,
+    create_atomically,
+    create_digest_array,
+    grow_digests,
+    record_digest,
+)
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
@@ -124,20 +131,24 @@ class VolumeStore:
         root = resolve_store_path(path)
         if root.exists() and any(root.iterdir()):
             raise StoreError(f"{root}: already exists and is not empty; choose a new store path")
-        group = zarr.open_group(root, mode="w", zarr_format=3)
-        group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "params": params.to_dict(),
-                "params_hash": params.hash(),
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "toolkit_version": __version__,
-            }
-        )
-        store = cls(root, group, writable=True)
-        for view in views:
-            store._create_view(view, zstd_level)
-        return store
+
+        def build(folder: Path) -> None:
+            group = zarr.open_group(folder, mode="w-", zarr_format=3)
+            group.attrs.update(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "params": params.to_dict(),
+                    "params_hash": params.hash(),
+                    "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "toolkit_version": __version__,
+                }
+            )
+            store = cls(folder, group, writable=True)
+            for view in views:
+                store._create_view(view, zstd_level)
+
+        create_atomically(root, build)  # race-free: a second creator gets ConcurrentWriteError
+        return cls.open(root, mode="r+")
 
     @classmethod
     def open_or_create(
@@ -181,6 +192,12 @@ class VolumeStore:
         self._fast: dict[str, bool] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._zstd = numcodecs.Zstd()
+        self._checker: FirstReadVerifier | None = None
+
+    def _verifier(self) -> FirstReadVerifier:
+        if self._checker is None:
+            self._checker = FirstReadVerifier(self.group, self.path)
+        return self._checker
 
     @property
     def group(self) -> zarr.Group:
@@ -193,6 +210,7 @@ class VolumeStore:
         state["_group"] = None
         state["_zstd"] = None
         state["_arrays"] = {}
+        state["_checker"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -216,6 +234,7 @@ class VolumeStore:
         )
         self.group.create_array(f"knee_keys/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int64", fill_value=-1)
         self.group.create_array(f"visits/{view}", shape=(0,), chunks=(KEYS_CHUNK,), dtype="int16", fill_value=-1)
+        create_digest_array(self.group, view)
 
     # ------------------------------------------------------------------ reading
 
@@ -292,12 +311,15 @@ class VolumeStore:
                 data = chunk.read_bytes()
             except FileNotFoundError:
                 self._check_position(view, position)
+                if (missing := self._verifier().missing_chunk(view, position)) is not None:
+                    raise missing from None  # written once: never read as zeros
                 out.fill(0)  # never-written slot: zarr's fill value
                 return out
             self._zstd.decode(data, out=out)
-            return out
-        self._check_position(view, position)
-        out[...] = self._array(view)[position]
+        else:
+            self._check_position(view, position)
+            out[...] = self._array(view)[position]
+        self._verifier().check(view, position, out)  # the first read of each slot is checked
         return out
 
     def read(self, view: str, position: int) -> np.ndarray:
@@ -331,6 +353,7 @@ class VolumeStore:
         arr.resize((capacity, *arr.shape[1:]))
         self.group[f"knee_keys/{view}"].resize((capacity,))  # type: ignore[union-attr]
         self.group[f"visits/{view}"].resize((capacity,))  # type: ignore[union-attr]
+        grow_digests(self.group, view, capacity)
 
     def write(self, view: str, position: int, volume: np.ndarray, *, key: int, visit: int) -> str:
         """Write one volume and its keys into slot ``position``; returns its checksum.
@@ -343,9 +366,13 @@ class VolumeStore:
             raise ValueError(f"{view} volume must be uint8 {shape}, got {volume.dtype} {volume.shape}")
         self.grow(view, position + 1)
         self._array(view)[position] = volume
+        checksum = volume_checksum(volume)
+        record_digest(self.group, view, position, checksum)
         self.group[f"knee_keys/{view}"][position] = key  # type: ignore[index]
         self.group[f"visits/{view}"][position] = visit  # type: ignore[index]
-        return volume_checksum(volume)
+        if self._checker is not None:
+            self._checker = None  # digests and keys changed: re-read them when next verifying
+        return checksum
 
     def release(self, view: str, position: int) -> None:
         """Mark a slot unused (keys -1); its data is left to be overwritten."""

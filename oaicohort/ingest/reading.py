@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError
+from oaicohort.ingest.ranges import clear_impossible_values
 from oaicohort.ingest.variables import locate_variables
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release.discovery import (
@@ -35,6 +36,7 @@ from oaicohort.release.discovery import (
 from oaicohort.release.image_index import read_contents, read_image03
 from oaicohort.release.nda import read_package
 from oaicohort.release.readers import (
+    allclinical_columns,
     clinical_values,
     read_allclinical,
     read_enrollees,
@@ -195,6 +197,7 @@ def _parse_into(release: ParsedRelease, raw: TableSource, variables: list[str]) 
         return len(frame)
     if kind == ALLCLINICAL:
         frame, table = read_allclinical(raw, variables)
+        release.warnings += clear_impossible_values(frame, raw.source.path, allclinical_columns(raw.source.visit or 0))
         release.subject_visits.append(frame)
         release.clinical.append(clinical_values(table, variables, frame["subject_id"].to_numpy()))
         return len(frame)

@@ -51,6 +51,7 @@ from oaicohort.db.bulk import insert_rows
 from oaicohort.db.schema import ImageSeries, IngestFile, IngestRun, utcnow
 from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
 from oaicohort.errors import ConcurrentWriteError, OAIError
+from oaicohort.ingest.guards import check_no_shrink
 from oaicohort.ingest.reading import FileRecord, ParsedRelease, find_release, fingerprint, read_release
 from oaicohort.ingest.variables import locate_variables, parse_variables
 from oaicohort.ingest.writer import TABLES, Counts, write_tables
@@ -215,9 +216,11 @@ def write_release(
     progress: ProgressCallback = no_progress,
     t0: float | None = None,
     run_id: int | None = None,
+    allow_shrink: bool = False,
 ) -> IngestResult:
     """Write a parsed release in one transaction (or record it as ``unchanged``).
 
+    ``allow_shrink``: write even a file that gives far fewer rows than before (ingest.guards).
     ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
@@ -229,6 +232,7 @@ def write_release(
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
             status = "succeeded"
+            check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0, _about(release))
         run = _add_run(session, release.root, release.files, status, started, summary, run_id)
@@ -352,8 +356,12 @@ def ingest_release(
     *,
     variables: Sequence[str] = (),
     progress: ProgressCallback | None = None,
+    allow_shrink: bool = False,
 ) -> IngestResult:
     """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
+
+    ``allow_shrink``: accept a file giving none or far fewer rows than the same table gave in the
+    last successful ingest (otherwise ``ShrinkingReleaseError``, see ``oaicohort.ingest.guards``).
 
     ``root``: a classic ASCII release (either layout), its SAS copy, an NDA data package, zip
     archives of any of them, or a folder holding several; the form is recognised per file.
@@ -382,7 +390,14 @@ def ingest_release(
                     root_path, names, progress, sources=sources, expected=files, warnings=found.warnings
                 )
                 result = write_release(
-                    db, release, variables=names, started=started, progress=progress, t0=t0, run_id=run_id
+                    db,
+                    release,
+                    variables=names,
+                    started=started,
+                    progress=progress,
+                    t0=t0,
+                    run_id=run_id,
+                    allow_shrink=allow_shrink,
                 )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from oaicohort.db.bulk import Columns, chunks, frame_columns, insert_rows, python_values, take, update_rows
 from oaicohort.db.schema import ClinicalValue, ImageSeries, Knee, KneeReplacement, Subject, SubjectVisit, XrayReading
+from oaicohort.db.staleness import mark_stale
 from oaicohort.ingest.dictionary import record_variables
 from oaicohort.ingest.reading import ParsedRelease
 from oaicohort.progress import ProgressCallback
@@ -70,6 +71,7 @@ def _upsert(
 
 
 def _write_subjects(session: Session, release: ParsedRelease, counts: Counts) -> None:
+    mark_stale(session, release.enrollees)  # a changed site or sex makes earlier labels/splits stale
     existing = {(sid,): sid for sid in session.scalars(select(Subject.id))}
     enrolled: set[int] = set()
     if release.enrollees is not None:

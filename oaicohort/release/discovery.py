@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -249,9 +250,14 @@ def discover(root: Path | str) -> Discovery:
             and d.lower() not in _SKIPPED_DIRS
             and os.path.realpath(os.path.join(dirpath, d)) not in visited
         )
+        for d in dirnames:
+            if classify(d) is not None:
+                log.warning("%s: a directory named like an OAI table; not read as one", Path(dirpath) / d)
         dir_parts = list(Path(dirpath).relative_to(root_path).parts)
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            if not _is_regular_file(path):
+                continue
             relative = path.relative_to(root_path).as_posix()
             if name.lower().endswith(".zip"):
                 found.sources.extend(_archive_members(path, relative, dir_parts, found))
@@ -261,6 +267,22 @@ def discover(root: Path | str) -> Discovery:
                 found.sources.append(source)
     found.sources.sort(key=lambda f: f.relative_path)
     return _one_per_table(found)
+
+
+def _is_regular_file(path: Path) -> bool:
+    """False (with a warning) for what is not a plain file: a FIFO, a device, a socket, a broken
+    link. Such a "table" is skipped: opening a FIFO would block the ingest for ever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        log.warning("%s: a broken link (its target does not exist); skipped", path)
+        return False
+    except OSError:
+        return True  # a link loop, no permission...: reading it says what is wrong, naming it
+    if not stat.S_ISREG(mode):
+        log.warning("%s: not a regular file (a FIFO, device or socket); skipped", path)
+        return False
+    return True
 
 
 def _rank(source: SourceFile) -> int:

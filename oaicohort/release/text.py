@@ -12,7 +12,9 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import pandas as pd
 from oaicohort.errors import InputFileError
 from oaicohort.release.archive import member_sha256, read_member
 from oaicohort.release.discovery import SAS, SourceFile
+from oaicohort.release.encodings import check_one_encoding
 from oaicohort.release.table import Table
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,8 @@ def load_source(source: SourceFile) -> FileBytes:
         data = read_member(source)
     else:
         try:
-            data = source.path.read_bytes()
+            with open_regular(source.path) as fh:
+                data = fh.read()
         except OSError as exc:
             raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
     return FileBytes(source, data, hashlib.sha256(data).hexdigest())
@@ -76,10 +80,33 @@ def hash_source(source: SourceFile) -> str:
     if source.member is not None:
         return member_sha256(source)
     try:
-        with source.path.open("rb") as fh:
+        with open_regular(source.path) as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise InputFileError(source.path, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def open_regular(path: Path) -> io.BufferedReader:
+    """Open ``path`` for reading without ever blocking: a file swapped for a FIFO or a device
+    after discovery is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputFileError(path, "not a regular file (a FIFO, device or socket); cannot read it as a table")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def unify_line_ends(data: bytes) -> bytes:
+    """``\\r\\n`` (Windows) and a lone ``\\r`` (classic Mac OS) as ``\\n``, so that every line-end
+    convention, mixed ones included, gives the same lines (a file re-saved on an old Mac is one
+    long line to a reader that only knows ``\\n``)."""
+    if b"\r" not in data:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
 
 def text_encoding(data: bytes) -> str:
@@ -115,6 +142,7 @@ def check_text(path: Path, data: bytes) -> None:
             "is this the right file, or a damaged download?",
             line=data.count(b"\n", 0, at) + 1,
         )
+    check_one_encoding(path, data)
 
 
 def read_header(source: SourceFile, sep: str = "|") -> list[str]:
@@ -125,13 +153,18 @@ def read_header(source: SourceFile, sep: str = "|") -> list[str]:
         return read_sas_header(source)
     try:
         if source.member is not None:
-            first = read_member(source).split(b"\n", 1)[0]
+            first = read_member(source)
         else:
-            with source.path.open("rb") as fh:
-                first = fh.readline()
+            with open_regular(source.path) as fh:  # the first line, ended by any line end
+                first = b""
+                while not re.search(rb"[\r\n]", first):
+                    block = fh.read(65536)
+                    if not block:
+                        break
+                    first += block
     except OSError as exc:
         raise InputFileError(source.where, f"cannot read file: {exc.strerror or exc}") from None
-    return _header_names(source.where, first.rstrip(b"\r\n"), sep)
+    return _header_names(source.where, re.split(rb"[\r\n]", first, maxsplit=1)[0], sep)
 
 
 _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
@@ -176,6 +209,7 @@ def read_table(
     if not data or data.isspace():  # isspace stops at the first other byte
         raise InputFileError(path, "empty file; expected a header row", line=1)
     check_text(path, data)
+    data = unify_line_ends(data)
     end = data.find(b"\n")
     first = data if end < 0 else data[:end]
     header = _header_names(path, first[:-1] if first.endswith(b"\r") else first, sep)

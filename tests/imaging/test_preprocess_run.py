@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.db import Database
+from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
 from oaicohort.imaging.dicom_series import DicomVolume, read_series
 from oaicohort.imaging.preprocess_run import PreprocessFailure, run_preprocess
@@ -244,6 +244,7 @@ def test_store_info_and_verify_cli(db: Database, release, tmp_path: Path) -> Non
     assert result.exit_code == 0 and "20x44x44" in result.stdout
     result = runner.invoke(app, ["--db", db.url, "store", "verify", str(store_path)])
     assert result.exit_code == 0 and "6 ok" in result.stdout
+    open_database(tmp_path / "other.sqlite").dispose()  # `store verify` only reads: it never creates one
     other_db = ["--db", str(tmp_path / "other.sqlite")]
     result = runner.invoke(app, [*other_db, "store", "verify", str(store_path), "--json"])
     assert result.exit_code == 0 and "is --db the database" in json.loads(result.stdout)["warnings"][0]

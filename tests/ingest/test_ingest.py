@@ -445,12 +445,13 @@ def test_bad_input_names_file_line_and_column(
     assert dump(db) == {t: [] for t in DATA_TABLES}
 
 
-def test_unreadable_file(db: Database, release: Path) -> None:
+def test_broken_link_is_skipped_with_a_warning(db: Database, release: Path, caplog: pytest.LogCaptureFixture) -> None:
     target = release / "OAICompleteData_ASCII" / "Outcomes99.txt"
     target.unlink()
     target.symlink_to(release / "missing.txt")  # listed in the folder, but cannot be read
-    with pytest.raises(InputFileError, match="Outcomes99.txt: cannot read file"):
-        ingest_release(db, release)
+    result = ingest_release(db, release)
+    assert "Outcomes99.txt: a broken link (its target does not exist); skipped" in caplog.text
+    assert "OAICompleteData_ASCII/Outcomes99.txt" not in [f.relative_path for f in result.files]
 
 
 def test_subjects_missing_from_enrollees_get_a_bare_row(
