@@ -18,8 +18,11 @@ db_app = typer.Typer(help="Manage the cohort database schema (migrations run aut
 def upgrade_command(ctx: typer.Context, revision: str = typer.Argument("head")) -> None:
     """Apply pending migrations up to REVISION (default: head)."""
     db = open_database(state(ctx).db, migrate=False)
-    upgrade(db.engine, revision)
-    out_console.print(f"{resolve_url(state(ctx).db)}: at revision {current_revision(db.engine)}")
+    try:
+        upgrade(db.engine, revision)
+        out_console.print(f"{resolve_url(state(ctx).db)}: at revision {current_revision(db.engine)}")
+    finally:
+        db.dispose()
 
 
 @db_app.command("current")
@@ -36,6 +39,8 @@ def current_command(ctx: typer.Context, json_out: bool = typer.Option(False, "--
         "head": head_revision(),
         "tables": [t for t in table_names(db.engine) if t != "alembic_version"] if db else [],
     }
+    if db is not None:
+        db.dispose()
     if json_out:
         emit_json(info)
         return

@@ -1,10 +1,10 @@
 """Progress on stderr: Rich bars on a terminal, plain timestamped lines everywhere else.
 
 Under nohup, SLURM, CI or ``2>log`` a bar would print nothing for the whole run, so without a
-terminal each task writes a line when it starts, when it ends, at least every 30 s while it moves,
-at every 10 % or whole unit of a short total that comes at least 2 s after the previous line (so
-a quick task leaves two lines, not one per file), and at every unit of a total of a dozen or fewer
-(the demo's steps, a run's epochs).
+terminal a task that has run for 2 s writes a line at every 10 % or whole unit of a short total
+that comes at least 2 s after the previous line, at every unit of a total of a dozen or fewer (the
+demo's steps, a run's epochs), at least every 30 s while it moves, and when it ends. A task done
+within 2 s writes nothing, so a quick command's output is its result (or its one error line).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ STEP_FRACTION = 0.1
 """A line at every tenth of a task's total."""
 UNIT_TOTAL_MAX = 100
 """Totals up to this many units (epochs, files) also get a line per whole unit."""
+QUIET_START_S = 2.0
+"""A task writes nothing until it has run this long."""
 MIN_GAP_S = 2.0
 """Step and unit lines closer than this to the previous line are skipped..."""
 FEW_UNITS = 12
@@ -59,6 +61,7 @@ class LineProgress:
     clock: Callable[[], float] = time.monotonic
     interval_s: float = LINE_INTERVAL_S
     min_gap_s: float = MIN_GAP_S
+    quiet_start_s: float = QUIET_START_S
     tasks: dict[str, _TaskLine] = field(default_factory=dict)
 
     def __call__(self, task: str, completed: float, total: float | None) -> None:
@@ -66,10 +69,10 @@ class LineProgress:
         state = self.tasks.get(task)
         if state is None:
             state = self.tasks[task] = _TaskLine(started=now, last_line=now)
-            self._write(task, completed, total, now - state.started)
             self._mark(state, completed, total)
             return
-        if state.done:
+        if state.done or now - state.started < self.quiet_start_s:
+            state.done = state.done or (total is not None and total > 0 and completed >= total)
             return
         finished = total is not None and total > 0 and completed >= total
         due = now - state.last_line >= self.interval_s

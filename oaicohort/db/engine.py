@@ -164,7 +164,11 @@ def open_database(db: str | os.PathLike[str] | None = None, *, migrate: bool = T
     if migrate:
         from oaicohort.db.migrate import upgrade
 
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except BaseException:  # refused (a newer schema, a lock time-out...): close what was opened
+            engine.dispose()
+            raise
     readers = engine
     if engine.dialect.name == "postgresql":
         readers = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)

@@ -122,6 +122,8 @@ def test_ctrl_c_while_waiting_for_the_writer_lock_exits_at_once(any_db: Database
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 class SilentServer:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from oaicohort.cohort.labels import SITE_MISSING, derive_labels
+from oaicohort.cohort.definitions import SITE_MISSING
+from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database
 from oaicohort.db.schema import IngestRun, Subject, SubjectVisit
