@@ -32,7 +32,9 @@ from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFileError, OAIError
 from oaicohort.files import no_world_write
+from oaicohort.imaging.orientation import to_canonical
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
+from oaicohort.imaging.series_size import ImageTooSmall
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
@@ -117,12 +119,17 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
             raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
+        if params.canonical_orientation and hasattr(series, "orientation"):
+            # readers returning plain arrays (tests) give them in canonical order themselves
+            series = to_canonical(series)
         result = preprocess_series(_with_side(series, task.side), params, task.views)
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
         outcome.notes = result.notes
     except InputFileError as exc:
         outcome.reason = str(exc)
+    except ImageTooSmall as exc:
+        outcome.reason = f"{exc} ({task.folder})"
     except (ValueError, OSError) as exc:
         outcome.reason = f"{task.folder}: {exc}"
     except Exception as exc:  # a bug must not stop the other series; its type tells us where

@@ -27,6 +27,12 @@ Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample
    the same voxel count as the sagittal crop and (near-)isotropic in-slice spacing. Block means of
    the full-resolution data need no interpolation at all.
 
+Before all of this (reference fidelity, both recorded in the parameters): the run reorients each
+series to one canonical order from ImageOrientationPatient (``canonical_orientation``,
+``oaicohort.imaging.orientation``), and a series with fewer slices or a smaller in-plane size than
+the training crop needs is excluded with reason ``image_too_small`` (``too_small="exclude"``,
+``oaicohort.imaging.series_size``) instead of being padded.
+
 Every array is stored in (D, H, W) order, D being the view's slice axis:
 ``sag`` = (left-right, rows, cols), ``cor`` = (cols, rows, left-right),
 ``ax`` = (rows, cols, left-right); for OAI sagittal DESS rows run superior-inferior and columns
@@ -43,9 +49,15 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from oaicohort.imaging.series_size import check_source_size
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 IntensityMode = Literal["reference", "rescale"]
+TooSmall = Literal["exclude", "pad"]
+# Parameters added after stores existed, with the behaviour those stores were made with: a
+# parameter at its legacy value is left out of the hash (old stores keep their identity) and a
+# stored parameter set without it reads as the legacy value.
+_LEGACY_VALUES: dict[str, Any] = {"canonical_orientation": False, "too_small": "pad"}
 
 
 class SeriesLike(Protocol):
@@ -81,11 +93,16 @@ class PreprocessParams:
     reprojection_crop: tuple[int, int, int] = (80, 160, 128)
     pad_value: int = 0
     sequence: str = "SAG_3D_DESS"
+    # reference fidelity (oaicohort.imaging.orientation, oaicohort.imaging.series_size)
+    canonical_orientation: bool = True
+    too_small: TooSmall = "exclude"
 
     def __post_init__(self) -> None:
         # tuples, even when built from JSON lists
         for name in ("inplane_size", "sag_crop", "reprojection_blocks", "reprojection_crop"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.too_small not in ("exclude", "pad"):
+            raise ValueError(f"too_small must be 'exclude' or 'pad', not {self.too_small!r}")
         if self.intensity_mode not in ("reference", "rescale"):
             raise ValueError(f"intensity_mode must be 'reference' or 'rescale', not {self.intensity_mode!r}")
         if not 0 <= self.percentile_low < self.percentile_high <= 100:
@@ -146,11 +163,13 @@ class PreprocessParams:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing parameters: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{**_LEGACY_VALUES, **data})
 
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the parameters (sorted keys, no whitespace)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the parameters (sorted keys, no whitespace); parameters
+        at their legacy values (``_LEGACY_VALUES``) are left out."""
+        identity = {k: v for k, v in self.to_dict().items() if not (k in _LEGACY_VALUES and v == _LEGACY_VALUES[k])}
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     # ------------------------------------------------------------------ geometry
@@ -446,6 +465,7 @@ def preprocess_series(
     pixels = np.asarray(series.pixels)
     if pixels.ndim != 3:
         raise ValueError(f"expected a (slices, rows, cols) volume, got shape {pixels.shape}")
+    check_source_size(pixels.shape, params)
     mapping = intensity_map(pixels, params)  # on the whole series, as the reference
     notes = mapping.notes(params)
     oriented = orient_left(pixels, series.side, params)
