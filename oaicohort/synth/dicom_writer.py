@@ -1,4 +1,5 @@
-"""DICOM writing for the synthetic MR series: one file per slice, as in the OAI image packages.
+"""DICOM writing for the synthetic images: MR series one file per slice, radiographs one file per
+series, as in the OAI image packages.
 
 ``write_series`` builds the header with pydicom; Explicit VR Little Endian slices are then
 encoded by a hand-written byte encoder (``_SliceEncoder``) that only re-encodes the elements that
@@ -26,6 +27,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
+    ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
 )
@@ -270,3 +272,69 @@ def _encode_dataset(ds: Dataset) -> bytes:
     buffer.is_implicit_VR = False
     write_dataset(buffer, ds)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Radiographs: one single-frame file per series
+
+
+@dataclass(frozen=True)
+class RadiographMeta:
+    """Header values of one radiograph series (OAI_DISTRIBUTIONS.md section 4)."""
+
+    patient_id: str
+    series_description: str
+    study_date: str
+    accession_number: str
+    series_uid: str
+    study_uid: str
+    pixel_spacing_mm: float
+    study_description: str = "OAI^XR^ENROLLMENT"
+    view_position: str = "PA"
+
+
+def write_radiograph(path: Path, image: np.ndarray, meta: RadiographMeta) -> Path:
+    """Write a (rows, cols) uint16 12-bit MONOCHROME2 image as one uncompressed CR DICOM file.
+
+    Pixel size goes to ``ImagerPixelSpacing`` only (``PixelSpacing`` is absent, as in many OAI
+    radiographs); ``ImageLaterality`` is absent: a reader must not rely on it.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint16:
+        raise ValueError(f"image must be a (rows, cols) uint16 array, got {image.dtype} {image.shape}")
+    ds = Dataset()
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = f"{meta.series_uid}.1"
+    ds.Modality = "CR"
+    ds.Manufacturer = "SYNTH"
+    ds.PatientID = meta.patient_id
+    ds.PatientName = meta.patient_id
+    ds.StudyDate = meta.study_date
+    ds.SeriesDate = meta.study_date
+    ds.StudyDescription = meta.study_description
+    ds.SeriesDescription = meta.series_description
+    ds.AccessionNumber = meta.accession_number
+    ds.StudyInstanceUID = meta.study_uid
+    ds.SeriesInstanceUID = meta.series_uid
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.BodyPartExamined = "KNEE"
+    ds.ViewPosition = meta.view_position
+    ds.ImagerPixelSpacing = [_ds(meta.pixel_spacing_mm), _ds(meta.pixel_spacing_mm)]
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(image, dtype="<u2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

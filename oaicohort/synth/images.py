@@ -53,7 +53,7 @@ def _integer(path: Path, row: dict[str, str], column: str, line: int) -> int:
         raise InputFileError(path, f"{column} {row[column]!r} is not an integer", line=line, column=column) from None
 
 
-def _read_truth(path: Path) -> dict[tuple[int, str], float]:
+def read_latents(path: Path) -> dict[tuple[int, str], float]:
     if not path.is_file():
         raise InputFileError(path, "synth_truth.csv not found (write the clinical synth first)")
     latents: dict[tuple[int, str], float] = {}
@@ -82,7 +82,7 @@ def _dess_tasks(release_root: Path, visit_dir: str, geometry: ImageGeometry, see
     contents = release_root / visit_dir / "contents.csv"
     if not contents.is_file():
         raise InputFileError(contents, "contents.csv not found")
-    latents = _read_truth(release_root / "synth_truth.csv")
+    latents = read_latents(release_root / "synth_truth.csv")
     visit_root = (release_root / visit_dir).resolve()
     tasks = []
     with contents.open(newline="") as handle:
