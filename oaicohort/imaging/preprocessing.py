@@ -50,14 +50,25 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from oaicohort.imaging.series_size import check_source_size
-from oaicohort.vocabulary import MRI_VIEWS, SIDES
+from oaicohort.vocabulary import MRI_VIEWS, SIDES, XRAY_VIEW
 
 IntensityMode = Literal["reference", "rescale"]
 TooSmall = Literal["exclude", "pad"]
 # Parameters added after stores existed, with the behaviour those stores were made with: a
 # parameter at its legacy value is left out of the hash (old stores keep their identity) and a
 # stored parameter set without it reads as the legacy value.
-_LEGACY_VALUES: dict[str, Any] = {"canonical_orientation": False, "too_small": "pad"}
+# The X-ray parameters only shape the ``xray`` array, which older stores never had: at their
+# defaults they stay out of the hash too.
+_LEGACY_VALUES: dict[str, Any] = {
+    "canonical_orientation": False,
+    "too_small": "pad",
+    "xray_sequence": "BILATERAL PA FIXED FLEXION KNEE",
+    "xray_roi_mm": 140.0,
+    "xray_resample_mm": 0.2,
+    "xray_size": 350,
+    "xray_percentiles": [5.0, 99.0],
+    "xray_flip_left": True,
+}
 
 
 class SeriesLike(Protocol):
@@ -96,11 +107,19 @@ class PreprocessParams:
     # reference fidelity (oaicohort.imaging.orientation, oaicohort.imaging.series_size)
     canonical_orientation: bool = True
     too_small: TooSmall = "exclude"
+    # knee radiographs (oaicohort.imaging.xray_preprocessing): 140 mm ROI at 0.2 mm -> 350x350
+    xray_sequence: str = "BILATERAL PA FIXED FLEXION KNEE"
+    xray_roi_mm: float = 140.0
+    xray_resample_mm: float = 0.2
+    xray_size: int = 350
+    xray_percentiles: tuple[float, float] = (5.0, 99.0)
+    xray_flip_left: bool = True
 
     def __post_init__(self) -> None:
         # tuples, even when built from JSON lists
         for name in ("inplane_size", "sag_crop", "reprojection_blocks", "reprojection_crop"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "xray_percentiles", tuple(float(v) for v in self.xray_percentiles))
         if self.too_small not in ("exclude", "pad"):
             raise ValueError(f"too_small must be 'exclude' or 'pad', not {self.too_small!r}")
         if self.intensity_mode not in ("reference", "rescale"):
@@ -180,7 +199,9 @@ class PreprocessParams:
         return (self.n_slices, *self.inplane_size)
 
     def stored_shape(self, view: str) -> tuple[int, int, int]:
-        """(D, H, W) of one stored volume of ``view``."""
+        """(D, H, W) of one stored volume of ``view`` (``xray``: one ROI, D = 1)."""
+        if view == XRAY_VIEW:
+            return (1, self.xray_size, self.xray_size)
         s, r, c = self.region_shape
         if view == "sag":
             f = self.downsample
@@ -194,6 +215,8 @@ class PreprocessParams:
 
     def crop_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of the training crop taken at any offset of the stored volume."""
+        if view == XRAY_VIEW:
+            return self.stored_shape(view)
         if view == "sag":
             return self.sag_crop
         if view in ("cor", "ax"):
