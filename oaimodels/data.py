@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from oaicohort.errors import DatabaseStateError, OAIError
 from oaicohort.imaging.store import VolumeStore
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
+from oaicohort.vocabulary import DEFAULT_DEFINITION, STORE_VIEWS, XRAY_VIEW
 
 from .metrics import class_indices
 from .networks import get_spec
@@ -109,6 +109,8 @@ class InputLayout:
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample ``(1, D, H, W)`` shape of every view of the model input (builder kwarg)."""
         shape = (1, *self.crop_shape)
+        if self.source_view == XRAY_VIEW:  # a one-slice volume is given as a (1, H, W) image
+            return {XRAY_VIEW: (1, *self.crop_shape[1:])}
         if self.derived_views:
             derived = view_shapes_from_volume(shape)
             return {v: tuple(derived[v]) for v in self.model_views}
@@ -172,14 +174,16 @@ def resolve_layout(
     """
     spec = get_spec(model)
     views = model_views(model, view)
-    if any(v not in MRI_VIEWS for v in views):
-        raise DataError(f"{model} does not read MRI volumes (views {list(views)})")
+    if any(v not in STORE_VIEWS for v in views):
+        raise DataError(f"{model} reads views {list(views)}, which no volume store holds")
     source = "sag" if len(views) > 1 else views[0]
     stored = tuple(int(n) for n in store.volume_shape(source))
     if crop_shape is not None:
         crop = tuple(int(n) for n in crop_shape)
     else:
+        # the radiograph ROI is stored as a one-slice volume (1, H, W)
         paper = tuple(int(n) for n in spec.input_shapes[source][1:])
+        paper = (1, *paper) if source == XRAY_VIEW else paper
         fits = all(c <= s for c, s in zip(paper, stored))
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
@@ -390,6 +394,9 @@ class BatchPreparer:
             )
 
     def _to_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.layout.source_view == XRAY_VIEW:  # one-slice volumes -> (B, 1, h, w) images
+            image = x[:, :1]
+            return {XRAY_VIEW: image.contiguous(memory_format=torch.channels_last) if self.channels_last else image}
         x = x.unsqueeze(1)  # (B, 1, d, h, w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -27,11 +27,15 @@ from oaicohort.db import open_database
 from oaicohort.errors import OAIError
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.xray_run import run_xray_preprocess
 from oaicohort.ingest.run import ingest_release
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
+from oaicohort.synth.radiograph_release import write_radiographs
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS, XRAY_VIEW
+
+from .networks import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,11 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
 
     t = _step("synth", report, 0, steps)
     write_release(release, subjects=config.subjects, seed=config.seed, progress=report)
-    write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+    xray = XRAY_VIEW in get_spec(config.model).views
+    if xray:  # the X-ray prior art reads the knee ROIs of the bilateral PA radiographs
+        write_radiographs(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+    else:
+        write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
     seconds["synth"] = time.perf_counter() - t
 
     db = open_database(out / "oai.sqlite")
@@ -109,20 +117,23 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         seconds["ingest"] = time.perf_counter() - t
 
         t = _step("preprocess", report, 2, steps)
-        summary = run_preprocess(
-            db,
-            store,
-            PreprocessParams.small(),
-            views=MRI_VIEWS,
-            workers=config.workers,
-            progress=report,
-        )
+        if xray:
+            summary = run_xray_preprocess(db, store, PreprocessParams.small(), workers=config.workers, progress=report)
+        else:
+            summary = run_preprocess(
+                db,
+                store,
+                PreprocessParams.small(),
+                views=MRI_VIEWS,
+                workers=config.workers,
+                progress=report,
+            )
         seconds["preprocess"] = time.perf_counter() - t
         if summary.failed:
             log.warning("demo: %d series failed to preprocess", summary.failed)
 
         t = _step("label", report, 3, steps)
-        derive_labels(db, DEMO_DEFINITION, store=store, progress=report)
+        derive_labels(db, DEMO_DEFINITION, store=None if xray else store, progress=report)
         cohort = cohort_summary(db, DEMO_DEFINITION).to_dict()
         seconds["label"] = time.perf_counter() - t
 

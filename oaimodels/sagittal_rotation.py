@@ -15,7 +15,7 @@ import torch
 from .data import rotate_in_slice
 
 # stored (D, H, W) -> permutation giving (left-right, rows, cols), and its inverse
-_TO_SAGITTAL = {"sag": (0, 1, 2, 3), "cor": (0, 3, 2, 1), "ax": (0, 3, 1, 2)}
+_TO_SAGITTAL = {"sag": (0, 1, 2, 3), "cor": (0, 3, 2, 1), "ax": (0, 3, 1, 2), "xray": (0, 1, 2, 3)}
 
 
 def sagittal_extent_ratio(view: str, shape: tuple[int, ...], spacing_ratio: float) -> float | None:
@@ -24,8 +24,8 @@ def sagittal_extent_ratio(view: str, shape: tuple[int, ...], spacing_ratio: floa
     ``spacing_ratio`` is the stored D spacing over the stored H spacing (1 for sagittal).
     """
     _b, d, h, _w = shape
-    if view == "sag":
-        return None  # square pixels: the plain pixel-unit rotation
+    if view in ("sag", "xray"):
+        return None  # square pixels: the plain pixel-unit rotation (the radiograph ROI in its plane)
     if view == "cor":  # image rows = H (rows), cols = D (cols)
         return h / (d * spacing_ratio)
     if view == "ax":  # image rows = D (rows), cols = H (cols)

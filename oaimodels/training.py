@@ -72,6 +72,7 @@ from .data import (
 from .losses import focal_loss
 from .metrics import average_precision, binary_target, progression_score, roc_auc
 from .networks import get_model, get_spec, list_models, to_channels_last
+from .store_models import table1_models
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
     warmup_start_lr: float = 1e-5
+    lr_milestones: list[int] | None = None  # multistep decay by lr_gamma at these epochs (X-ray recipe)
+    lr_gamma: float = 0.1
     focal_gamma: float = 2.0
     augment: AugmentParams = field(default_factory=AugmentParams)
     deterministic: bool = False
@@ -176,6 +179,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError(f"precision must be bf16 or fp32, not {c.precision!r}")
     if c.init == "auto":
         c.init = "imagenet" if spec.imagenet_encoder else "scratch"
+    for name, value in spec.recipe.items():  # the model's own reference recipe, unless overridden
+        if getattr(c, name) == TrainConfig.__dataclass_fields__[name].default:
+            setattr(c, name, list(value) if isinstance(value, (list, tuple)) else value)
     if c.batch_size is None:
         c.batch_size = spec.batch_size
     if c.eval_batch_size is None:
@@ -197,10 +203,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:
-    """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs."""
+    """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs,
+    times lr_gamma for every milestone reached."""
+    decay = config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones or ())
     if config.warmup_epochs <= 0 or epoch >= config.warmup_epochs:
-        return config.lr
-    return config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs
+        return config.lr * decay
+    return (config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs) * decay
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -948,7 +956,8 @@ def train_all(
     resume: bool = False,
     on_epoch: EpochHook | None = None,
 ) -> list[Path]:
-    """Train every MRI model of Table 1 (every view of 2D+TRF), one run folder each under
+    """Train every model of Table 1 the store can feed (every view of 2D+TRF; the X-ray model when
+    the store holds radiograph ROIs), one run folder each under
     ``config.out`` named ``{model}[_{view}]_{init}``.
 
     Finished runs are skipped, so the same command continues a study, and a second study with
@@ -957,7 +966,7 @@ def train_all(
     """
     root = Path(config.out)
     done = []
-    for model in models or mri_models():
+    for model in models or table1_models(config.store):
         spec = get_spec(model)
         views: Sequence[str | None] = (
             ([config.view] if config.view else list(spec.view_choices) or [None]) if spec.view_choices else [None]

@@ -71,6 +71,11 @@ _LEGACY_VALUES: dict[str, Any] = {
 }
 
 
+def _legacy_values(preset: str) -> dict[str, Any]:
+    """``_LEGACY_VALUES`` for a preset (the ``small`` preset's X-ray ROIs are 70x70)."""
+    return {**_LEGACY_VALUES, "xray_size": 70} if preset == "small" else dict(_LEGACY_VALUES)
+
+
 class SeriesLike(Protocol):
     """What preprocessing needs from a read series (``oaicohort.imaging.dicom_series.DicomVolume``)."""
 
@@ -152,7 +157,8 @@ class PreprocessParams:
     def small(cls) -> PreprocessParams:
         """The full geometry scaled by 1/4 for the ``small`` synthetic images (96x96x40).
 
-        Stored sag (20, 44, 44) -> crop (16, 40, 40); cor/ax (22, 44, 40) -> crop (20, 40, 32).
+        Stored sag (20, 44, 44) -> crop (16, 40, 40); cor/ax (22, 44, 40) -> crop (20, 40, 32);
+        X-ray ROIs 70x70.
         """
         return cls(
             preset="small",
@@ -161,6 +167,7 @@ class PreprocessParams:
             n_slices=40,
             sag_crop=(16, 40, 40),
             reprojection_crop=(20, 40, 32),
+            xray_size=70,  # the 700-pixel ROI downscaled x10 instead of x2
         )
 
     @classmethod
@@ -182,12 +189,13 @@ class PreprocessParams:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing parameters: {sorted(unknown)}")
-        return cls(**{**_LEGACY_VALUES, **data})
+        return cls(**{**_legacy_values(str(data.get("preset", "full"))), **data})
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the parameters (sorted keys, no whitespace); parameters
         at their legacy values (``_LEGACY_VALUES``) are left out."""
-        identity = {k: v for k, v in self.to_dict().items() if not (k in _LEGACY_VALUES and v == _LEGACY_VALUES[k])}
+        legacy = _legacy_values(self.preset)
+        identity = {k: v for k, v in self.to_dict().items() if not (k in legacy and v == legacy[k])}
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

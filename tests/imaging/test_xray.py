@@ -96,7 +96,7 @@ def test_run_stores_knee_rois_with_boxes_localiser_and_montage(ingested: tuple[D
     assert summary.done == len(truth) and summary.failed == 0 and summary.qc_montages
     assert Path(summary.qc_montages[0]).is_file() and Path(summary.qc_montages[0]).with_suffix(".csv").is_file()
     store = VolumeStore.open(tmp_path / "store.zarr")
-    assert store.volume_shape("xray") == (1, 350, 350) and "xray" in store.views
+    assert store.volume_shape("xray") == (1, 70, 70) and "xray" in store.views  # the small preset
     with db.read() as session:
         knees = {k.id: (k.subject_id, k.side) for k in session.execute(select(Knee)).scalars()}
         rows = session.execute(select(Volume, XrayRoi).join(XrayRoi, XrayRoi.volume_id == Volume.id)).all()
@@ -109,8 +109,8 @@ def test_run_stores_knee_rois_with_boxes_localiser_and_montage(ingested: tuple[D
         assert (roi.box[2] - roi.box[0]) * spacing == pytest.approx(140.0, abs=0.01)
         true_centre = (float(t["centre_row"]), float(t["centre_col"]))
         assert roi_iou((roi.centre_row, roi.centre_col), true_centre, 140.0 / spacing) >= 0.8
-        assert volume.view == "xray" and volume.status == "ok" and volume.shape == [1, 350, 350]
-        assert store.read("xray", volume.position).shape == (1, 350, 350)
+        assert volume.view == "xray" and volume.status == "ok" and volume.shape == [1, 70, 70]
+        assert store.read("xray", volume.position).shape == (1, 70, 70)
     again = run_xray_preprocess(db, tmp_path / "store.zarr")
     assert (again.done, again.skipped) == (0, len(truth))
 
