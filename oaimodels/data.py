@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store import StoreError, VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION, STORE_VIEWS, XRAY_VIEW
 
 from .metrics import class_indices
@@ -177,7 +177,13 @@ def resolve_layout(
     if any(v not in STORE_VIEWS for v in views):
         raise DataError(f"{model} reads views {list(views)}, which no volume store holds")
     source = "sag" if len(views) > 1 else views[0]
-    stored = tuple(int(n) for n in store.volume_shape(source))
+    try:
+        stored = tuple(int(n) for n in store.volume_shape(source))
+    except (KeyError, StoreError):
+        how = "--view xray" if source == XRAY_VIEW else f"--view {source}"
+        raise DataError(
+            f"{model} reads {source!r}, which the store does not hold; run `oai preprocess {how}`"
+        ) from None
     if crop_shape is not None:
         crop = tuple(int(n) for n in crop_shape)
     else:

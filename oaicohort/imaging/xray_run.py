@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +38,13 @@ from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume, XrayRoi
 from oaicohort.errors import DatabaseStateError, InputFileError
 from oaicohort.files import no_world_write
-from oaicohort.imaging.preprocess_run import PreprocessFailure, SlotAllocator, check_within, writer_lock
+from oaicohort.imaging.preprocess_run import (
+    PreprocessFailure,
+    SlotAllocator,
+    _forget_stale_rows,
+    check_within,
+    writer_lock,
+)
 from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.imaging.xray_localiser import LOCALISER_NAME, JointCentre, localise_knees
@@ -321,6 +328,8 @@ def run_xray_preprocess(
     summary = XrayPreprocessSummary(str(store.path), store.params_hash, visit, localiser)
     qc_dir = store.path.parent / f"{store.path.name}.qc"
     with writer_lock(store):
+        if created:
+            _forget_stale_rows(db, store)  # rows of a deleted store at this path are stale
         tasks, summary.selected = select_xray_tasks(db, store, params, visit)
         summary.skipped = summary.selected - sum(len(t.knees) for t in tasks)
         if limit is not None and limit >= 0 and len(tasks) > limit:
@@ -330,7 +339,9 @@ def run_xray_preprocess(
         slots.reserve(XRAY_VIEW, sum(len(t.knees) for t in tasks))
         progress("preprocess xray", 0, len(tasks))
         tiles: list[tuple[str, np.ndarray]] = []
-        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(tasks) > 1 else None
+        # spawn: the parent holds zarr's event-loop thread and DB connections, unsafe to fork
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context) if workers > 1 and len(tasks) > 1 else None
         try:
             results = (
                 pool.map(_work, tasks, [params] * len(tasks), [landmarks] * len(tasks), chunksize=2)

@@ -144,7 +144,7 @@ def test_roi_file_gives_the_centres(ingested: tuple[Database, Path], tmp_path: P
     result = CliRunner().invoke(
         app,
         ["--db", str(tmp_path / "oai.sqlite"), "preprocess", "--view", "xray", "--store", str(tmp_path / "s.zarr"),
-         "--preset", "small", "--roi-file", str(roi_file), "--workers", "1", "--json"],
+         "--preset", "small", "--roi-file", str(roi_file), "--workers", "2", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
