@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from oaicohort.db import open_database  # noqa: E402
 from oaicohort.db.schema import ImageSeries, Subject  # noqa: E402
-from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, write_series  # noqa: E402
+from oaicohort.synth.dicom_writer import SeriesMeta, write_series  # noqa: E402
+from oaicohort.synth.mri_anatomy import render_knee_volume  # noqa: E402
+from oaicohort.synth.raster import IMAGE_SIZES  # noqa: E402
 
 
 def write_release(root: Path, db_path: Path, n: int, seed: int) -> list[Path]:

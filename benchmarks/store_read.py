@@ -29,7 +29,8 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
 from oaicohort.imaging.store import VolumeStore
-from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES
 
 
 class _Series:

@@ -29,13 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom
 
 from oaicohort.imaging.dicom_series import read_series
-from oaicohort.synth.images import (
-    IMAGE_SIZES,
-    SeriesMeta,
-    render_knee_volume,
-    write_images,
-    write_series,
-)
+from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+from oaicohort.synth.images import write_images
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES
 
 
 def best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -27,7 +27,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from oaicohort.synth.images import render_knee_volume
+from oaicohort.synth.mri_anatomy import render_knee_volume
 
 
 def knee_inputs(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

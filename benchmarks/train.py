@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout
 from oaimodels.inference import amp_context
 from oaimodels.losses import focal_loss

@@ -65,6 +65,7 @@ def models_command(
         False, "--latency", help="Also time inference: median after warm-up, synchronised on CUDA."
     ),
     device: str = typer.Option("cpu", "--device", help="Device for --latency: cpu or cuda."),
+    precision: str = typer.Option("fp32", "--precision", help="For --latency: fp32 or bf16 (autocast)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size for --latency."),
     names: list[str] = typer.Option([], "--model", "-m", help="Only this model (repeatable); default: all."),
     small: bool = typer.Option(
@@ -75,6 +76,8 @@ def models_command(
     """Parameters, MACs of one sample and (with --latency) inference time of every model."""
     require_models_extra("models")
     _check_options(device, names)
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"{precision!r}; choose fp32 or bf16", param_hint="--precision")
     with rich_progress(enabled=latency) as progress:
         from oaimodels.networks.complexity import efficiency_table
 
@@ -85,6 +88,7 @@ def models_command(
             device=device,
             batch=batch,
             repeats=repeats,
+            precision=precision,
             progress=progress,
         )
     if json_out:

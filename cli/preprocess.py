@@ -11,14 +11,16 @@ from rich.table import Table
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 from oaicohort.vocabulary import MRI_VIEWS
 
-VIEW_CHOICES = ("sag", "cor", "ax", "all")
+VIEW_CHOICES = ("sag", "cor", "ax", "all", "xray")
 
 
 @handles_errors
 def preprocess_command(
     ctx: typer.Context,
     store: Path = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
-    view: str = typer.Option("sag", "--view", help="sag, cor, ax or all."),
+    view: str = typer.Option(
+        "sag", "--view", help="sag, cor, ax or all (DESS MRI), or xray (knee ROIs of the bilateral PA radiographs)."
+    ),
     visit: int = typer.Option(0, "--visit", help="OAI visit code (0 = baseline)."),
     preset: str | None = typer.Option(
         None, "--preset", help="Preprocessing preset: full or small (default: the store's, else full)."
@@ -34,9 +36,16 @@ def preprocess_command(
         help="Start a new, empty store where the database indexes a store that is gone (by default "
         "a missing store path is an error: an unmounted disk must not replace the real store).",
     ),
+    roi_file: Path | None = typer.Option(
+        None,
+        "--roi-file",
+        help="--view xray: joint centres from a landmark tool instead of the built-in localiser; CSV with "
+        "subject_id, side (R/L), row, col (pixels of the bilateral image, 0-based) and optional visit.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Preprocess the indexed SAG_3D_DESS series of a visit into a volume store (resumable)."""
+    """Preprocess the indexed SAG_3D_DESS series (or, with --view xray, the bilateral PA
+    radiographs) of a visit into a volume store (resumable)."""
     from oaicohort.imaging.preprocess_run import run_preprocess
     from oaicohort.imaging.preprocessing import PreprocessParams
 
@@ -47,6 +56,11 @@ def preprocess_command(
         params = PreprocessParams.preset_named(preset) if preset else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
+    if view == "xray":
+        _preprocess_xray(ctx, store, params, visit, workers, strict, limit, roi_file, json_out)
+        return
+    if roi_file is not None:
+        raise typer.BadParameter("only applies to --view xray", param_hint="--roi-file")
     db = state(ctx).open_db()
     try:
         with rich_progress(enabled=True) as progress:
@@ -68,6 +82,47 @@ def preprocess_command(
     )
     if summary.failures:
         table = Table("subject", "side", "reason", title="Failed series", title_justify="left")
+        for failure in summary.failures:
+            table.add_row(str(failure["subject_id"]), failure["side"], failure["reason"])
+        err_console.print(table)
+
+
+def _preprocess_xray(
+    ctx: typer.Context,
+    store: Path,
+    params: object,
+    visit: int,
+    workers: int,
+    strict: bool,
+    limit: int | None,
+    roi_file: Path | None,
+    json_out: bool,
+) -> None:
+    from oaicohort.imaging.xray_run import run_xray_preprocess
+
+    db = state(ctx).open_db()
+    try:
+        with rich_progress(enabled=True) as progress:
+            summary = run_xray_preprocess(
+                db, store, params, visit=visit, roi_file=roi_file, workers=workers,  # type: ignore[arg-type]
+                strict=strict, limit=limit, progress=progress,
+            )  # fmt: skip
+    finally:
+        db.dispose()
+    if json_out:
+        emit_json(summary.to_dict())
+        return
+    out_console.print(
+        f"{summary.store_path} (xray, visit {summary.visit}, localiser {summary.localiser}): "
+        f"{summary.done} knees done, {summary.skipped} already done, {summary.failed} failed"
+        + (f", {summary.remaining} left by --limit" if summary.remaining else "")
+        + f" in {summary.seconds:.1f} s",
+        highlight=False,
+    )
+    for montage in summary.qc_montages:
+        out_console.print(f"QC montage: {montage}", highlight=False)
+    if summary.failures:
+        table = Table("subject", "side", "reason", title="Failed knees", title_justify="left")
         for failure in summary.failures:
             table.add_row(str(failure["subject_id"]), failure["side"], failure["reason"])
         err_console.print(table)

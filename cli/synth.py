@@ -26,12 +26,14 @@ class Distribution(StrEnum):
     nda = "nda"
 
 
-def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) -> int:
+def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) -> tuple[int, int]:
     try:
         from oaicohort.synth.images import write_images  # heavy (pydicom); only when asked
+        from oaicohort.synth.radiograph_release import write_radiographs
     except ImportError as exc:
         raise OAIError(f"--images needs oaicohort.synth.images, which cannot be imported here ({exc})") from None
-    return write_images(out, size=size, seed=seed, workers=workers, progress=progress)
+    series = write_images(out, size=size, seed=seed, workers=workers, progress=progress)
+    return series, write_radiographs(out, size=size, seed=seed, workers=workers, progress=progress)
 
 
 @handles_errors
@@ -42,7 +44,10 @@ def synth_command(
     subjects: int = typer.Option(OAI_SIZE, "--subjects", "-n", help="Number of participants (the OAI enrolled 4,796)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     images: bool = typer.Option(
-        False, "--images", help="Also write a DICOM DESS series for every knee listed in 00m/contents.csv."
+        False,
+        "--images",
+        help="Also write a DICOM DESS series for every knee listed in 00m/contents.csv and a bilateral "
+        "PA radiograph per subject with a baseline X-ray reading (XR/00m).",
     ),
     image_size: ImageSize = typer.Option(
         ImageSize.full,
@@ -63,13 +68,14 @@ def synth_command(
     index and synth_truth.csv (the per-knee latent progression factor), optionally DESS images."""
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
-        series = _write_images(out, image_size.value, seed, workers, progress) if images else None
+        series, radiographs = _write_images(out, image_size.value, seed, workers, progress) if images else (None, None)
         from oaicohort.synth.distributions import convert_release
 
         converted = convert_release(out, distribution.value)
     result = {
         **summary.to_dict(),
         "images": series,
+        "radiographs": radiographs,
         "image_size": image_size.value if images else None,
         "distribution": distribution.value,
         "distribution_files": converted,
@@ -86,6 +92,8 @@ def synth_command(
     if distribution != Distribution.ascii:
         out_console.print(f"written as the {distribution.value} form: {len(converted)} files")
     if series is not None:
-        out_console.print(f"{series} DESS series written ({image_size.value})")
+        out_console.print(
+            f"{series} DESS series and {radiographs} bilateral PA radiographs written ({image_size.value})"
+        )
     else:
         err_console.print("images not written (add --images)", style="dim")

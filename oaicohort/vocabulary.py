@@ -19,6 +19,11 @@ MriView = Literal["sag", "cor", "ax"]
 MRI_VIEWS: Final[tuple[MriView, ...]] = get_args(MriView)
 """DESS reslicing planes, in the order stores, models and reports list them."""
 
+XRAY_VIEW: Final = "xray"
+"""The knee ROI of the baseline bilateral PA radiograph, stored beside the MRI views."""
+STORE_VIEWS: Final[tuple[str, ...]] = (*MRI_VIEWS, XRAY_VIEW)
+"""Every array a volume store can hold."""
+
 Side = Literal["R", "L"]
 SIDES: Final[tuple[Side, ...]] = get_args(Side)
 

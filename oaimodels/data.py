@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader, Dataset
 from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.cohort.splits import check_leakage
 from oaicohort.errors import DatabaseStateError, OAIError
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
+from oaicohort.imaging.store import StoreError, VolumeStore
+from oaicohort.vocabulary import DEFAULT_DEFINITION, STORE_VIEWS, XRAY_VIEW
 
 from .metrics import class_indices
 from .networks import get_spec
@@ -98,6 +98,7 @@ class InputLayout:
     stored_shape: Shape3
     crop_shape: Shape3
     model_views: tuple[str, ...]
+    spacing_ratio: float = 1.0  # stored D spacing / H spacing (cor/ax: through-plane / in-plane block)
 
     @property
     def derived_views(self) -> bool:
@@ -106,6 +107,8 @@ class InputLayout:
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample ``(1, D, H, W)`` shape of every view of the model input (builder kwarg)."""
         shape = (1, *self.crop_shape)
+        if self.source_view == XRAY_VIEW:  # a one-slice volume is given as a (1, H, W) image
+            return {XRAY_VIEW: (1, *self.crop_shape[1:])}
         if self.derived_views:
             derived = view_shapes_from_volume(shape)
             return {v: tuple(derived[v]) for v in self.model_views}
@@ -118,6 +121,7 @@ class InputLayout:
             "stored_shape": list(self.stored_shape),
             "crop_shape": list(self.crop_shape),
             "model_views": list(self.model_views),
+            "spacing_ratio": self.spacing_ratio,
             "input_shapes": {k: list(v) for k, v in self.input_shapes().items()},
         }
 
@@ -130,6 +134,7 @@ class InputLayout:
             tuple(data["stored_shape"]),  # type: ignore[arg-type]
             tuple(data["crop_shape"]),
             tuple(data["model_views"]),  # type: ignore[arg-type]
+            float(data.get("spacing_ratio", 1.0)),
         )
 
 
@@ -167,19 +172,36 @@ def resolve_layout(
     """
     spec = get_spec(model)
     views = model_views(model, view)
-    if any(v not in MRI_VIEWS for v in views):
-        raise DataError(f"{model} does not read MRI volumes (views {list(views)})")
+    if any(v not in STORE_VIEWS for v in views):
+        raise DataError(f"{model} reads views {list(views)}, which no volume store holds")
     source = "sag" if len(views) > 1 else views[0]
-    stored = tuple(int(n) for n in store.volume_shape(source))
+    try:
+        stored = tuple(int(n) for n in store.volume_shape(source))
+    except (KeyError, StoreError):
+        how = "--view xray" if source == XRAY_VIEW else f"--view {source}"
+        raise DataError(
+            f"{model} reads {source!r}, which the store does not hold; run `oai preprocess {how}`"
+        ) from None
     if crop_shape is not None:
         crop = tuple(int(n) for n in crop_shape)
     else:
+        # the radiograph ROI is stored as a one-slice volume (1, H, W)
         paper = tuple(int(n) for n in spec.input_shapes[source][1:])
+        paper = (1, *paper) if source == XRAY_VIEW else paper
         fits = all(c <= s for c, s in zip(paper, stored))
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
         raise DataError(f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)")
-    return InputLayout(model, source, stored, crop, views)  # type: ignore[arg-type]
+    return InputLayout(model, source, stored, crop, views, _spacing_ratio(store, source))  # type: ignore[arg-type]
+
+
+def _spacing_ratio(store: StoreShapes, view: str) -> float:
+    """Stored D spacing over H spacing of ``view`` (cor/ax: through-plane block / in-plane block)."""
+    params = getattr(store, "params", None)
+    if view not in ("cor", "ax") or params is None:
+        return 1.0
+    through, inplane, _lr = params.reprojection_blocks
+    return through / inplane
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -278,20 +300,22 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def rotation_grid(angles_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def rotation_grid(angles_deg: torch.Tensor, height: int, width: int, extent_ratio: float | None = None) -> torch.Tensor:
     """``affine_grid`` sampling grid that rotates (h, w) images by ``angles_deg`` about their centre.
 
-    The rotation is built in pixel units and converted to the normalised coordinates
+    The rotation is built in physical units and converted to the normalised coordinates
     ``affine_grid`` uses, so non-square slices (coronal/axial 160x128) rotate rigidly instead of
-    being sheared.
+    being sheared. ``extent_ratio`` is the image's physical height / width (default
+    ``height / width``: square pixels).
     """
+    ratio = height / width if extent_ratio is None else extent_ratio
     theta_rad = torch.deg2rad(angles_deg.float())
     c, s = torch.cos(theta_rad), torch.sin(theta_rad)
     zero = torch.zeros_like(c)
     theta = torch.stack(
         [
-            torch.stack([c, -s * height / width, zero], dim=1),
-            torch.stack([s * width / height, c, zero], dim=1),
+            torch.stack([c, -s * ratio, zero], dim=1),
+            torch.stack([s / ratio, c, zero], dim=1),
         ],
         dim=1,
     )
@@ -299,14 +323,14 @@ def rotation_grid(angles_deg: torch.Tensor, height: int, width: int) -> torch.Te
     return F.affine_grid(theta, [n, 1, height, width], align_corners=False)
 
 
-def rotate_in_slice(x: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+def rotate_in_slice(x: torch.Tensor, angles_deg: torch.Tensor, extent_ratio: float | None = None) -> torch.Tensor:
     """Rotate every slice of each ``(B, D, H, W)`` volume by that volume's angle (bilinear, zero fill).
 
     The slices of a volume are the channels of one ``grid_sample`` call, so all of them share
     exactly one grid: the same angle for the whole volume, in one kernel for the whole batch.
     """
     _b, _d, h, w = x.shape
-    grid = rotation_grid(to_device(angles_deg, x.device), h, w).to(x.dtype)
+    grid = rotation_grid(to_device(angles_deg, x.device), h, w, extent_ratio).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -348,7 +372,13 @@ class BatchPreparer:
         if bool(draw.rotate.any()):
             idx = torch.nonzero(draw.rotate).flatten()
             idx_dev = to_device(idx, x.device)
-            x = x.index_copy(0, idx_dev, rotate_in_slice(x[idx_dev], draw.angles_deg[idx]))
+            # always in the sagittal plane, as the reference rotates before reslicing
+            from .sagittal_rotation import rotate_sagittal  # it builds on rotate_in_slice here
+
+            rotated = rotate_sagittal(
+                x[idx_dev], draw.angles_deg[idx], self.layout.source_view, self.layout.spacing_ratio
+            )
+            x = x.index_copy(0, idx_dev, rotated)
         if bool(draw.apply_gamma.any()):
             x = apply_gamma(x, draw.gamma)
         return self._to_inputs(normalise(x))
@@ -368,6 +398,9 @@ class BatchPreparer:
             )
 
     def _to_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.layout.source_view == XRAY_VIEW:  # one-slice volumes -> (B, 1, h, w) images
+            image = x[:, :1]
+            return {XRAY_VIEW: image.contiguous(memory_format=torch.channels_last) if self.channels_last else image}
         x = x.unsqueeze(1)  # (B, 1, d, h, w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -29,13 +29,16 @@ from oaicohort.db import open_database
 from oaicohort.errors import OAIError
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.xray_run import run_xray_preprocess
 from oaicohort.ingest.run import ingest_release
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
-from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
+from oaicohort.synth.radiograph_release import write_radiographs
+from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS, XRAY_VIEW
 
 from . import run_folder as rf
+from .networks import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,8 @@ _RELEASE_MARK = ".oai-demo-release.json"
 
 
 def _release_identity(config: DemoConfig) -> dict[str, Any]:
-    return {"subjects": config.subjects, "seed": config.seed, "images": "small", "toolkit": __version__}
+    images = "radiographs" if XRAY_VIEW in get_spec(config.model).views else "mri"
+    return {"subjects": config.subjects, "seed": config.seed, "images": f"small {images}", "toolkit": __version__}
 
 
 def _release_matches(release: Path, config: DemoConfig) -> bool:
@@ -127,12 +131,16 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
 
     t = _step("synth", report, 0, steps)
     reused = _release_matches(release, config)
+    xray = XRAY_VIEW in get_spec(config.model).views
     if reused:
         log.info("demo: reusing the synthetic release in %s (same subjects and seed)", release)
     else:
         (release / _RELEASE_MARK).unlink(missing_ok=True)  # a half-rewritten release is never reused
         write_release(release, subjects=config.subjects, seed=config.seed, progress=report)
-        write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+        if xray:  # the X-ray prior art reads the knee ROIs of the bilateral PA radiographs
+            write_radiographs(release, size="small", seed=config.seed, workers=config.workers, progress=report)
+        else:
+            write_images(release, size="small", seed=config.seed, workers=config.workers, progress=report)
         (release / _RELEASE_MARK).write_text(json.dumps(_release_identity(config)) + "\n")
     seconds["synth"] = time.perf_counter() - t
 
@@ -143,20 +151,23 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
         seconds["ingest"] = time.perf_counter() - t
 
         t = _step("preprocess", report, 2, steps)
-        summary = run_preprocess(
-            db,
-            store,
-            PreprocessParams.small(),
-            views=MRI_VIEWS,
-            workers=config.workers,
-            progress=report,
-        )
+        if xray:
+            summary = run_xray_preprocess(db, store, PreprocessParams.small(), workers=config.workers, progress=report)
+        else:
+            summary = run_preprocess(
+                db,
+                store,
+                PreprocessParams.small(),
+                views=MRI_VIEWS,
+                workers=config.workers,
+                progress=report,
+            )
         seconds["preprocess"] = time.perf_counter() - t
         if summary.failed:
             log.warning("demo: %d series failed to preprocess", summary.failed)
 
         t = _step("label", report, 3, steps)
-        derive_labels(db, DEMO_DEFINITION, store=store, progress=report)
+        derive_labels(db, DEMO_DEFINITION, store=None if xray else store, progress=report)
         cohort = cohort_summary(db, DEMO_DEFINITION).to_dict()
         seconds["label"] = time.perf_counter() - t
 

@@ -56,7 +56,7 @@ from oaicohort.db.schema import (
 from oaicohort.db.staleness import LABELS, clear_stale
 from oaicohort.errors import DatabaseStateError
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION
+from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, MRI_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,11 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     if params.image_store is not None:
         volumes = read_frame(
             session,
-            select(Volume.knee_id, Volume.status).where(Volume.store_path == params.image_store, Volume.visit == 0),
+            # the MRI volumes only: the paper's exclusion is about the DESS image (a store may also
+            # hold radiograph ROIs, view xray)
+            select(Volume.knee_id, Volume.status).where(
+                Volume.store_path == params.image_store, Volume.visit == 0, Volume.view.in_(MRI_VIEWS)
+            ),
             ["knee_id", "status"],
         )
         if volumes.empty:

@@ -429,3 +429,21 @@ class StaleResult(Base):
     old_value: Mapped[str | None] = mapped_column(String(64))
     new_value: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class XrayRoi(Base):
+    """Where a stored knee-radiograph ROI (an ``xray`` volume) came from: its box in the source
+    image (row0, col0, row1, col1 pixels), the source pixel size and the localiser that found it."""
+
+    __tablename__ = "xray_rois"
+    __table_args__ = (UniqueConstraint("volume_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"))
+    localiser: Mapped[str] = mapped_column(String(32))  # profile-v1 | roi-file
+    centre_row: Mapped[float] = mapped_column(Float)
+    centre_col: Mapped[float] = mapped_column(Float)
+    box: Mapped[list[Any]] = mapped_column(JSON)
+    source_spacing_mm: Mapped[float] = mapped_column(Float)
+    source_shape: Mapped[list[Any]] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)

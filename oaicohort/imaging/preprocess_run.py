@@ -34,7 +34,9 @@ from oaicohort.errors import ConcurrentWriteError, DatabaseStateError, InputFile
 from oaicohort.files import no_world_write
 from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.geometry import GEOMETRY_NOTE, series_geometry
+from oaicohort.imaging.orientation import to_canonical
 from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
+from oaicohort.imaging.series_size import ImageTooSmall
 from oaicohort.imaging.series_source import series_folder
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.imaging.store_checks import check_store_present
@@ -132,6 +134,9 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
         side = getattr(series, "side", None)
         if side in SIDES and side != task.side:
             raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
+        if params.canonical_orientation and hasattr(series, "orientation"):
+            # readers returning plain arrays (tests) give them in canonical order themselves
+            series = to_canonical(series)
         result = preprocess_series(_with_side(series, task.side), params, task.views)
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
@@ -141,6 +146,8 @@ def _work(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | Non
             outcome.notes[GEOMETRY_NOTE] = geometry
     except InputFileError as exc:
         outcome.reason = str(exc)
+    except ImageTooSmall as exc:
+        outcome.reason = f"{exc} ({task.folder})"
     except (ValueError, OSError) as exc:
         outcome.reason = f"{task.folder}: {exc}"
     except Exception as exc:  # a bug must not stop the other series; its type tells us where

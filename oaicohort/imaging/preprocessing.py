@@ -27,6 +27,12 @@ Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample
    the same voxel count as the sagittal crop and (near-)isotropic in-slice spacing. Block means of
    the full-resolution data need no interpolation at all.
 
+Before all of this (reference fidelity, both recorded in the parameters): the run reorients each
+series to one canonical order from ImageOrientationPatient (``canonical_orientation``,
+``oaicohort.imaging.orientation``), and a series with fewer slices or a smaller in-plane size than
+the training crop needs is excluded with reason ``image_too_small`` (``too_small="exclude"``,
+``oaicohort.imaging.series_size``) instead of being padded.
+
 Every array is stored in (D, H, W) order, D being the view's slice axis:
 ``sag`` = (left-right, rows, cols), ``cor`` = (cols, rows, left-right),
 ``ax`` = (rows, cols, left-right); for OAI sagittal DESS rows run superior-inferior and columns
@@ -43,9 +49,31 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from oaicohort.vocabulary import MRI_VIEWS, SIDES
+from oaicohort.imaging.series_size import check_source_size
+from oaicohort.vocabulary import MRI_VIEWS, SIDES, XRAY_VIEW
 
 IntensityMode = Literal["reference", "rescale"]
+TooSmall = Literal["exclude", "pad"]
+# Parameters added after stores existed, with the behaviour those stores were made with: a
+# parameter at its legacy value is left out of the hash (old stores keep their identity) and a
+# stored parameter set without it reads as the legacy value.
+# The X-ray parameters only shape the ``xray`` array, which older stores never had: at their
+# defaults they stay out of the hash too.
+_LEGACY_VALUES: dict[str, Any] = {
+    "canonical_orientation": False,
+    "too_small": "pad",
+    "xray_sequence": "BILATERAL PA FIXED FLEXION KNEE",
+    "xray_roi_mm": 140.0,
+    "xray_resample_mm": 0.2,
+    "xray_size": 350,
+    "xray_percentiles": [5.0, 99.0],
+    "xray_flip_left": True,
+}
+
+
+def _legacy_values(preset: str) -> dict[str, Any]:
+    """``_LEGACY_VALUES`` for a preset (the ``small`` preset's X-ray ROIs are 70x70)."""
+    return {**_LEGACY_VALUES, "xray_size": 70} if preset == "small" else dict(_LEGACY_VALUES)
 
 
 class SeriesLike(Protocol):
@@ -81,11 +109,24 @@ class PreprocessParams:
     reprojection_crop: tuple[int, int, int] = (80, 160, 128)
     pad_value: int = 0
     sequence: str = "SAG_3D_DESS"
+    # reference fidelity (oaicohort.imaging.orientation, oaicohort.imaging.series_size)
+    canonical_orientation: bool = True
+    too_small: TooSmall = "exclude"
+    # knee radiographs (oaicohort.imaging.xray_preprocessing): 140 mm ROI at 0.2 mm -> 350x350
+    xray_sequence: str = "BILATERAL PA FIXED FLEXION KNEE"
+    xray_roi_mm: float = 140.0
+    xray_resample_mm: float = 0.2
+    xray_size: int = 350
+    xray_percentiles: tuple[float, float] = (5.0, 99.0)
+    xray_flip_left: bool = True
 
     def __post_init__(self) -> None:
         # tuples, even when built from JSON lists
         for name in ("inplane_size", "sag_crop", "reprojection_blocks", "reprojection_crop"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "xray_percentiles", tuple(float(v) for v in self.xray_percentiles))
+        if self.too_small not in ("exclude", "pad"):
+            raise ValueError(f"too_small must be 'exclude' or 'pad', not {self.too_small!r}")
         if self.intensity_mode not in ("reference", "rescale"):
             raise ValueError(f"intensity_mode must be 'reference' or 'rescale', not {self.intensity_mode!r}")
         if not 0 <= self.percentile_low < self.percentile_high <= 100:
@@ -116,7 +157,8 @@ class PreprocessParams:
     def small(cls) -> PreprocessParams:
         """The full geometry scaled by 1/4 for the ``small`` synthetic images (96x96x40).
 
-        Stored sag (20, 44, 44) -> crop (16, 40, 40); cor/ax (22, 44, 40) -> crop (20, 40, 32).
+        Stored sag (20, 44, 44) -> crop (16, 40, 40); cor/ax (22, 44, 40) -> crop (20, 40, 32);
+        X-ray ROIs 70x70.
         """
         return cls(
             preset="small",
@@ -125,6 +167,7 @@ class PreprocessParams:
             n_slices=40,
             sag_crop=(16, 40, 40),
             reprojection_crop=(20, 40, 32),
+            xray_size=70,  # the 700-pixel ROI downscaled x10 instead of x2
         )
 
     @classmethod
@@ -146,11 +189,14 @@ class PreprocessParams:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing parameters: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{**_legacy_values(str(data.get("preset", "full"))), **data})
 
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the parameters (sorted keys, no whitespace)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the parameters (sorted keys, no whitespace); parameters
+        at their legacy values (``_LEGACY_VALUES``) are left out."""
+        legacy = _legacy_values(self.preset)
+        identity = {k: v for k, v in self.to_dict().items() if not (k in legacy and v == legacy[k])}
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     # ------------------------------------------------------------------ geometry
@@ -161,7 +207,9 @@ class PreprocessParams:
         return (self.n_slices, *self.inplane_size)
 
     def stored_shape(self, view: str) -> tuple[int, int, int]:
-        """(D, H, W) of one stored volume of ``view``."""
+        """(D, H, W) of one stored volume of ``view`` (``xray``: one ROI, D = 1)."""
+        if view == XRAY_VIEW:
+            return (1, self.xray_size, self.xray_size)
         s, r, c = self.region_shape
         if view == "sag":
             f = self.downsample
@@ -175,6 +223,8 @@ class PreprocessParams:
 
     def crop_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of the training crop taken at any offset of the stored volume."""
+        if view == XRAY_VIEW:
+            return self.stored_shape(view)
         if view == "sag":
             return self.sag_crop
         if view in ("cor", "ax"):
@@ -446,6 +496,7 @@ def preprocess_series(
     pixels = np.asarray(series.pixels)
     if pixels.ndim != 3:
         raise ValueError(f"expected a (slices, rows, cols) volume, got shape {pixels.shape}")
+    check_source_size(pixels.shape, params)
     mapping = intensity_map(pixels, params)  # on the whole series, as the reference
     notes = mapping.notes(params)
     oriented = orient_left(pixels, series.side, params)

@@ -6,6 +6,7 @@ Layout (readable with plain ``zarr.open(path)``)::
       zarr.json          group attrs: format_version, params, params_hash, created_at,
                          toolkit_version
       sag, cor, ax       uint8 (N, D, H, W), chunks (1, D, H, W): one volume per chunk, Zstd
+      xray               uint8 (N, 1, 350, 350): knee ROIs of the bilateral PA radiograph
       knee_keys/<view>   int64 (N,): subject_id*10 + 1 (R) / 2 (L); -1 for an unused slot
       visits/<view>      int16 (N,): OAI visit code of the slot; -1 for an unused slot
 
@@ -48,7 +49,7 @@ from oaicohort.imaging.store_checks import (
     grow_digests,
     record_digest,
 )
-from oaicohort.vocabulary import MRI_VIEWS, SIDES
+from oaicohort.vocabulary import MRI_VIEWS, SIDES, STORE_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,8 @@ class VolumeStore:
         self._zstd = numcodecs.Zstd()
 
     def _create_view(self, view: str, zstd_level: int) -> None:
-        if view not in MRI_VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
+        if view not in STORE_VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose from {STORE_VIEWS}")
         shape = self.params.stored_shape(view)
         self.group.create_array(
             view,
@@ -241,7 +242,7 @@ class VolumeStore:
     @property
     def views(self) -> tuple[str, ...]:
         present = set(self.group.array_keys())
-        return tuple(v for v in MRI_VIEWS if v in present)
+        return tuple(v for v in STORE_VIEWS if v in present)
 
     def _array(self, view: str) -> zarr.Array:
         # cached: opening an array reads its metadata from disk; a reader sees the slots that
@@ -249,8 +250,8 @@ class VolumeStore:
         array = self._arrays.get(view)
         if array is not None:
             return array
-        if view not in MRI_VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose from {MRI_VIEWS}")
+        if view not in STORE_VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose from {STORE_VIEWS}")
         try:
             array = self.group[view]  # type: ignore[assignment]
         except KeyError:

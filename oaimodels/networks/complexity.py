@@ -241,14 +241,17 @@ def efficiency_table(
     batch: int = 1,
     warmup: int = 3,
     repeats: int = 10,
+    precision: str = "fp32",
     progress: ProgressCallback = no_progress,
 ) -> list[EfficiencyRow]:
     """Params and MACs (one sample) of the named models, every view of ``2d_trf`` separately.
 
     Shapes are the paper's, or the reduced ``small_shapes`` with ``small=True``. With
     ``latency=True`` each model is also built on ``device`` (scratch init) and timed: median of
-    ``repeats`` inference passes on a batch of ``batch`` after ``warmup`` passes.
+    ``repeats`` inference passes on a batch of ``batch`` after ``warmup`` passes, under bf16
+    autocast with ``precision="bf16"``.
     """
+    amp_dtype = torch.bfloat16 if precision == "bf16" else None
     names = list(names) if names else list_models()
     configs = [(n, v) for n in names for v in (get_spec(n).view_choices or (None,))]
     rows = []
@@ -269,6 +272,7 @@ def efficiency_table(
                 device=device,
                 warmup=warmup,
                 repeats=repeats,
+                amp_dtype=amp_dtype,
             )
             row = replace(row, latency_ms=ms, device=str(device), batch=batch)
         rows.append(row)

@@ -85,11 +85,16 @@ class ModelSpec:
     imagenet_encoder: bool
     builder: Builder = field(repr=False, compare=False)
     view_choices: tuple[str, ...] = ()
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """Training options (``TrainConfig`` field -> value) where the model's reference recipe
+    differs from the MRI models' (e.g. the X-ray model's lr and multistep schedule); training
+    applies them while the option has its default."""
 
     def __post_init__(self) -> None:
         # Freeze the shape maps so a caller cannot change the registry by accident.
         object.__setattr__(self, "input_shapes", MappingProxyType(dict(self.input_shapes)))
         object.__setattr__(self, "small_shapes", MappingProxyType(dict(self.small_shapes)))
+        object.__setattr__(self, "recipe", MappingProxyType(dict(self.recipe)))
 
     # The default Table 1 row is the first; single-view 2D+TRF has one row per view.
     def paper_row(self, view: str | None = None) -> PaperRow:
@@ -142,6 +147,7 @@ def register_model(
     batch_size: int,
     imagenet_encoder: bool,
     view_choices: tuple[str, ...] = (),
+    recipe: Mapping[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering a builder under ``name`` with its :class:`ModelSpec`."""
 
@@ -160,6 +166,7 @@ def register_model(
             imagenet_encoder=imagenet_encoder,
             builder=builder,
             view_choices=view_choices,
+            recipe=recipe or {},
         )
         return builder
 

@@ -32,7 +32,7 @@ OPERATIONAL = ("device", "loader", "workers", "nproc", "compile", "threads", "ev
 DESCRIPTIVE = ("name", "tags", "tensorboard", "track", "tracking_uri", "experiment")
 # Options added after runs were first hashed: left out of the hash at their default, so the
 # hashes (and resume) of earlier runs stay valid.
-_HASHED_UNLESS_DEFAULT = {"sampler": "weighted"}
+_HASHED_UNLESS_DEFAULT: dict[str, Any] = {"sampler": "weighted", "lr_milestones": None, "lr_gamma": 0.1}
 SAMPLERS = ("weighted", "shuffle")
 
 
@@ -69,6 +69,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
     warmup_start_lr: float = 1e-5
+    lr_milestones: list[int] | None = None  # multistep decay by lr_gamma at these epochs (X-ray recipe)
+    lr_gamma: float = 0.1
     focal_gamma: float = 2.0
     sampler: str = "weighted"  # weighted (1/class frequency, with replacement) | shuffle (each knee once)
     augment: AugmentParams = field(default_factory=AugmentParams)
@@ -137,6 +139,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError(f"precision must be bf16 or fp32, not {c.precision!r}")
     if c.init == "auto":
         c.init = "imagenet" if spec.imagenet_encoder else "scratch"
+    for name, value in spec.recipe.items():  # the model's own reference recipe, unless overridden
+        if getattr(c, name) == TrainConfig.__dataclass_fields__[name].default:
+            setattr(c, name, list(value) if isinstance(value, (list, tuple)) else value)
     if c.batch_size is None:
         c.batch_size = spec.batch_size
     if c.eval_batch_size is None:

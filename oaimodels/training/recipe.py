@@ -19,10 +19,12 @@ from .config import TrainConfig, TrainingError
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:
-    """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs."""
+    """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs,
+    times lr_gamma for every milestone reached."""
+    decay = config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones or ())
     if config.warmup_epochs <= 0 or epoch >= config.warmup_epochs:
-        return config.lr
-    return config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs
+        return config.lr * decay
+    return (config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs) * decay
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -33,6 +33,7 @@ from oaicohort.vocabulary import CLASSES
 from .. import run_folder as rf
 from ..data import knee_table, make_source, resident_fits, resolve_layout, validate_knees
 from ..networks import get_spec, list_models
+from ..store_models import table1_models
 from .config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
 from .distributed import Dist, barrier, env_dist, free_port
 from .loop import EpochHook, train_fold
@@ -352,7 +353,7 @@ def train_all(
     """
     root = Path(config.out)
     done = []
-    for model in models or mri_models():
+    for model in models or table1_models(config.store):
         spec = get_spec(model)
         views: Sequence[str | None] = (
             ([config.view] if config.view else list(spec.view_choices) or [None]) if spec.view_choices else [None]

@@ -13,7 +13,9 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 
 from oaicohort.errors import InputFileError
 from oaicohort.imaging.dicom_series import DicomVolume, SeriesError, read_series, side_from_description
-from oaicohort.synth.images import SeriesMeta, image_geometry, render_knee_volume, write_series
+from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import image_geometry
 
 SPACING = (0.7, 0.365, 0.365)
 META = SeriesMeta(

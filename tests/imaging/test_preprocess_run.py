@@ -29,7 +29,9 @@ from oaicohort.imaging.store import (
     knee_key,
     verify_store,
 )
-from oaicohort.synth.images import IMAGE_SIZES, SeriesMeta, render_knee_volume, write_series
+from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES
 
 SMALL = PreprocessParams.small()
 GEOMETRY = IMAGE_SIZES["small"]

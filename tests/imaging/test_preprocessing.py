@@ -18,6 +18,7 @@ from oaicohort.imaging.preprocessing import (
     percentile_of_counts,
     preprocess_series,
 )
+from oaicohort.imaging.series_size import ImageTooSmall, minimum_source_shape
 from oaicohort.vocabulary import MRI_VIEWS
 
 
@@ -250,7 +251,7 @@ def test_preprocess_flips_right_knee_and_records_notes() -> None:
 
 
 def test_preprocess_short_narrow_series_notes() -> None:
-    params = tiny_params()
+    params = tiny_params(too_small="pad")  # the pre-reference behaviour, kept as an option
     pixels = np.full((3, 12, 10), 800, dtype=np.uint16)
     out = preprocess_series(FakeSeries(pixels), params)
     assert out.notes["slices_padded"] == {"from": 3, "to": 4}
@@ -258,6 +259,28 @@ def test_preprocess_short_narrow_series_notes() -> None:
     assert out.notes["source_shape"] == [3, 12, 10]
 
 
+def test_preprocess_excludes_series_smaller_than_the_crop_by_default() -> None:
+    params = tiny_params()
+    assert params.too_small == "exclude" and minimum_source_shape(params) == (4, 8, 8)
+    with pytest.raises(ImageTooSmall, match=r"^image_too_small: series is 3x12x10 .* at least 4x8x8"):
+        preprocess_series(FakeSeries(np.full((3, 12, 10), 800, dtype=np.uint16)), params)
+    with pytest.raises(ImageTooSmall, match="image_too_small: series is 4x12x7"):
+        preprocess_series(FakeSeries(np.full((4, 12, 7), 800, dtype=np.uint16)), params)
+    assert preprocess_series(FakeSeries(np.full((4, 8, 8), 800, dtype=np.uint16)), params).volumes
+
+
+def test_preprocess_params_record_fidelity_switches_and_keep_legacy_hashes() -> None:
+    params = PreprocessParams()
+    assert params.to_dict()["canonical_orientation"] is True and params.to_dict()["too_small"] == "exclude"
+    legacy = {k: v for k, v in params.to_dict().items() if k not in ("canonical_orientation", "too_small")}
+    old = PreprocessParams.from_dict(legacy)  # a store written before the switches existed
+    assert old.canonical_orientation is False and old.too_small == "pad"
+    assert old.hash() != params.hash()
+    assert PreprocessParams.from_dict(old.to_dict()).hash() == old.hash()
+    with pytest.raises(ValueError, match="too_small"):
+        PreprocessParams(too_small="crop")  # type: ignore[arg-type]
+
+
 def test_preprocess_rejects_too_small_series() -> None:
     with pytest.raises(ValueError, match="too small"):
-        preprocess_series(FakeSeries(np.zeros((4, 4, 4), dtype=np.uint16)), tiny_params())
+        preprocess_series(FakeSeries(np.zeros((4, 4, 4), dtype=np.uint16)), tiny_params(too_small="pad"))

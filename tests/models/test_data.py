@@ -75,7 +75,7 @@ def test_layout_errors_name_the_problem() -> None:
         D.resolve_layout("3d_shufflenet", None, PAPER_STORE, crop_shape=(90, 160, 160))
     with pytest.raises(D.DataError, match="does not apply"):
         D.resolve_layout("3d_shufflenet", "cor", PAPER_STORE)
-    with pytest.raises(D.DataError, match="does not read MRI"):
+    with pytest.raises(D.DataError, match=r"reads 'xray', which the store does not hold.*--view xray"):
         D.resolve_layout("xr_resnext50", None, PAPER_STORE)
 
 

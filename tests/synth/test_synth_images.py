@@ -11,15 +11,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from oaicohort.errors import InputFileError
 from oaicohort.imaging.dicom_series import read_series
-from oaicohort.synth.images import (
-    IMAGE_SIZES,
-    ImageGeometry,
-    SeriesMeta,
-    knee_anatomy,
-    render_knee_volume,
-    write_images,
-    write_series,
-)
+from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+from oaicohort.synth.images import write_images
+from oaicohort.synth.mri_anatomy import knee_anatomy, render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES, ImageGeometry
 
 CONTENTS = """Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription
 0.C.2/9000099/20040909/10249506,9000099,20040909,016610201903,OAI^MR^ENROLLMENT^RIGHT,SAG_3D_DESS_RIGHT

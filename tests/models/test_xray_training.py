@@ -1,0 +1,94 @@
+"""The X-ray prior art from the store's ``xray`` array: layout, batches, recipe, train and evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from oaicohort.cohort.labels import derive_labels
+from oaicohort.cohort.splits import make_split
+from oaicohort.db import Database, open_database
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.xray_run import run_xray_preprocess
+from oaicohort.ingest.run import ingest_release
+from oaicohort.synth import write_release
+from oaicohort.synth.radiograph_release import write_radiographs
+from oaicohort.vocabulary import DEFAULT_DEFINITION
+from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
+from oaimodels.store_models import table1_models
+from oaimodels.training import TrainConfig, lr_at, resolve_config
+
+
+@pytest.fixture(scope="module")
+def xray_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("xray_study")
+    write_release(root / "release", subjects=40, seed=2)
+    write_radiographs(root / "release", size="small", seed=2)
+    db = open_database(root / "oai.sqlite")
+    try:
+        ingest_release(db, root / "release")
+        summary = run_xray_preprocess(db, root / "store.zarr", PreprocessParams.small())
+        assert summary.done > 0
+        derive_labels(db, DEFAULT_DEFINITION)
+        make_split(db, definition=DEFAULT_DEFINITION, test_sites=("D",), folds=2, seed=0)
+    finally:
+        db.dispose()
+    return root / "store.zarr", root / "oai.sqlite"
+
+
+def test_recipe_is_the_reference_xray_recipe_unless_overridden(tmp_path: Path) -> None:
+    config = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50"))
+    assert (config.batch_size, config.lr, config.warmup_epochs, config.lr_milestones) == (64, 1e-3, 0, [20, 40])
+    assert lr_at(0, config) == pytest.approx(1e-3) and lr_at(20, config) == pytest.approx(1e-4)
+    assert lr_at(45, config) == pytest.approx(1e-5)
+    own = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=5e-4))
+    assert own.lr == 5e-4
+    mri = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="3d_shufflenet"))
+    assert (mri.lr, mri.warmup_epochs, mri.lr_milestones) == (1e-4, 5, None)
+
+
+def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> None:
+    store_path, _ = xray_study
+    store = VolumeStore.open(store_path)
+    layout = resolve_layout("xr_resnext50", None, store)
+    assert (layout.source_view, layout.stored_shape, layout.crop_shape) == ("xray", (1, 70, 70), (1, 70, 70))
+    assert layout.input_shapes() == {"xray": (1, 70, 70)}
+    volumes = torch.from_numpy(store.read_many("xray", [0, 1]))
+    prep = BatchPreparer(layout, AugmentParams(rotate_p=1.0))
+    train = prep.train_inputs(volumes, torch.Generator().manual_seed(0))["xray"]
+    evaluation = prep.eval_inputs(volumes)["xray"]
+    assert train.shape == evaluation.shape == (2, 1, 70, 70)
+    assert not torch.equal(train, evaluation)  # rotated and gamma-corrected
+    assert table1_models(str(store_path)) == ["xr_resnext50"]
+
+
+@pytest.mark.slow
+def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
+    from oaimodels.evaluation import evaluate_runs
+    from oaimodels.training import train_run
+
+    store_path, db_path = xray_study
+    db: Database = open_database(db_path)
+    try:
+        config = TrainConfig(
+            store=str(store_path),
+            out=str(tmp_path / "run"),
+            model="xr_resnext50",
+            folds=[0],
+            epochs=1,
+            batch_size=4,
+            init="scratch",
+            limit_train=8,
+            threads=2,
+            device="cpu",
+            loader="resident",
+        )
+        run_dir = train_run(config, db)
+        metrics = evaluate_runs([run_dir], db, n_resamples=20, seed=0)
+    finally:
+        db.dispose()
+    assert metrics["model"] == "xr_resnext50" and metrics["n_knees"] > 0
+    assert 0.0 <= metrics["ap"] <= 1.0 and Path(metrics["report"]).is_file()
