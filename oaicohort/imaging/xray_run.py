@@ -168,7 +168,7 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
             if roi.notes.get("roi_outside_image", 0.0) > 0.5:
                 raise ValueError(f"ROI centred at {centre} lies mostly outside the {image.shape} image")
             outcome.image, outcome.centre, outcome.box = roi.image, centre, roi.box
-            outcome.spacing_mm, outcome.source_shape = spacing, tuple(image.shape)  # type: ignore[assignment]
+            outcome.spacing_mm, outcome.source_shape = spacing, tuple(image.shape)
             outcome.notes = {**roi.notes, **({"reader_notes": radiograph.notes} if radiograph.notes else {})}
         except ValueError as exc:
             outcome.reason = f"{task.folder}: {exc}"

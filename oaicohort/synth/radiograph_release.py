@@ -27,7 +27,9 @@ import pandas as pd
 
 from oaicohort.errors import InputFileError
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.release.tables import KXR_SQ_BU, discover_release, load_source, read_kxr
+from oaicohort.release.discovery import KXR_SQ_BU, discover_release
+from oaicohort.release.readers import read_kxr
+from oaicohort.release.text import load_source
 from oaicohort.synth.dicom_writer import RadiographMeta, synth_uid, write_radiograph
 from oaicohort.synth.images import read_latents
 from oaicohort.synth.radiographs import draw_layout, radiograph_knee, render_radiograph

@@ -29,7 +29,8 @@ from oaicohort.imaging.preprocessing import (
     views_of_region,
 )
 from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.synth.images import IMAGE_SIZES, knee_anatomy, render_anatomy
+from oaicohort.synth.mri_anatomy import knee_anatomy, render_anatomy
+from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
 from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.synth.images import IMAGE_SIZES, render_knee_volume
+from oaicohort.synth.mri_anatomy import render_knee_volume
+from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.demo import DemoConfig, run_demo
 from oaimodels.evaluation import evaluate_run
 from oaimodels.training.config import TrainConfig

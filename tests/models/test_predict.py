@@ -97,7 +97,8 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
 def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A series folder goes through the run's own preprocessing, like a store of the same volume."""
     from oaicohort.imaging.preprocessing import preprocess_series
-    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+    from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+    from oaicohort.synth.mri_anatomy import render_knee_volume
 
     run, _, _ = toy_run
     params = TrainedRun.open(run).params()
@@ -148,7 +149,8 @@ def test_predict_command_writes_csv_and_stdout(
 
 def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A release's contents.csv leads to the DESS series of the named knees (visit 0)."""
-    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+    from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+    from oaicohort.synth.mri_anatomy import render_knee_volume
 
     run, _, _ = toy_run
     visit_dir = tmp_path / "OAI" / "00m"
@@ -177,7 +179,8 @@ def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.Da
 
 def test_series_without_a_side_needs_one(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     from oaicohort.errors import InputFileError
-    from oaicohort.synth.images import SeriesMeta, render_knee_volume, write_series
+    from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+    from oaicohort.synth.mri_anatomy import render_knee_volume
 
     run, _, _ = toy_run
     folder = tmp_path / "anon"

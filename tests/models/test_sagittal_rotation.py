@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from oaimodels import data as D
-from oaimodels.sagittal_rotation import rotate_sagittal
+from oaimodels.data import rotate_sagittal
 
 
 def _sagittal() -> torch.Tensor:
