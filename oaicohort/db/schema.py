@@ -4,6 +4,9 @@ The schema is owned by Alembic (``migrations/versions``); these classes describe
 Python API. Visits are stored as the OAI visit code (``vv`` of ``V{vv}``: 0, 1, 3, ... 10) and as
 months, because users think in months but OAI files are keyed by code.
 Knee sides are ``"R"``/``"L"``; sexes ``"M"``/``"F"``.
+
+One module on purpose (over 400 lines): it is the one picture of the schema that Alembic's
+autogenerate and ``tests/db/test_db.py`` compare with the migrations, table by table.
 """
 
 from __future__ import annotations

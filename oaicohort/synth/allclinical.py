@@ -2,7 +2,8 @@
 
 A catalogue of variable families modelled on the real files (WOMAC and KOOS scores and items,
 knee pain, SF-12, CES-D, PASE, physical exam, performance tests, medication, comorbidity,
-screening measurements) gives each visit a few hundred columns. Values are drawn per column,
+screening measurements) gives each visit a few hundred columns (the catalogue is data, which is why this module passes
+400 lines). Values are drawn per column,
 vectorised; pain-related ones follow the knee's true KLG at that visit so that the tables are
 not pure noise. Subjects who did not come to a visit keep their row, every value missing, as in
 the real release.

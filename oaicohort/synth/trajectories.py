@@ -2,7 +2,8 @@
 knee replacements, drop-outs and which X-ray readings and MR series exist.
 
 Everything here is numpy arrays in memory; the writers (``clinical``, ``xray``, ``mri_index``)
-turn them into the release's files. The generative model, per knee:
+turn them into the release's files. It stays one module (over 400 lines): the generative model
+below is one calibrated whole, read top to bottom. The generative model, per knee:
 
 * a latent progression factor (standard normal, correlated within a subject) multiplies the
   hazard of a KLG increase, so that images built from it can predict progression;

@@ -33,12 +33,16 @@ def _volume(subject: int, side: str) -> np.ndarray:
     return render_knee_volume(0.0, side, np.random.default_rng([subject, ord(side)]), "small")
 
 
-def _rewrite(folder: Path, volume: np.ndarray, orientation: tuple[float, ...], description: str) -> None:
+def _rewrite(
+    folder: Path, volume: np.ndarray, orientation: tuple[float, ...], description: str, patient_id: str = "1"
+) -> None:
     shutil.rmtree(folder)
     spacing = GEOMETRY.spacing_mm
     if volume.shape[1:] != (GEOMETRY.rows, GEOMETRY.cols):
         spacing = (spacing[0], spacing[2], spacing[1])
-    meta = SeriesMeta(patient_id="1", series_description=description, spacing_mm=spacing, orientation=orientation)
+    meta = SeriesMeta(
+        patient_id=patient_id, series_description=description, spacing_mm=spacing, orientation=orientation
+    )
     write_series(folder, np.ascontiguousarray(volume), meta)
 
 
@@ -81,8 +85,14 @@ def test_run_stores_reoriented_series_identically_and_excludes_too_small(db: Dat
     for (subject, side), variant in changed.items():
         orientation, store_as = VARIANTS[variant]
         description = f"SAG_3D_DESS_{'RIGHT' if side == 'R' else 'LEFT'}"
-        _rewrite(folders[(subject, side)], store_as(_volume(subject, side)), orientation, description)
-    _rewrite(folders[(9000030, "L")], _volume(9000030, "L")[:29], (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "SAG_3D_DESS_LEFT")
+        _rewrite(folders[(subject, side)], store_as(_volume(subject, side)), orientation, description, str(subject))
+    _rewrite(
+        folders[(9000030, "L")],
+        _volume(9000030, "L")[:29],
+        (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+        "SAG_3D_DESS_LEFT",
+        "9000030",
+    )
 
     second = run_preprocess(db, tmp_path / "b.zarr", SMALL, views=("sag", "cor"))
     assert (second.done, second.failed) == (5, 1)
