@@ -20,7 +20,8 @@ Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample
    2x2x2 block (rounded half up) -> stored (80, 176, 176). Training crops (64, 160, 160) at any
    offset, i.e. the reference's 320x320x128 crop at even full-resolution offsets followed by its
    trilinear x0.5 downsample (which equals a 2x2x2 mean); the only difference is the rounding of
-   the mean to uint8 (at most 0.5/255 after the per-volume [0, 1] scaling).
+   the mean to uint8: half a grey level, about 1.8/255 after the per-volume [0, 1] scaling
+   (that scaling stretches the stored range, so one stored level is more than 1/255).
 5. Coronal and axial views are block means of the same full-resolution region, with blocks
    (4, 2, 1) along (through-plane, in-plane, left-right): stored (88, 176, 160) at about
    1.46 x 0.73 x 0.70 mm, training crop (80, 160, 128) = the reference's "80 slices of 160x128",
