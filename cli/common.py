@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +174,11 @@ def emit_json(obj: Any) -> None:
 
 
 @contextmanager
-def rich_progress(enabled: bool = True) -> Iterator[ProgressCallback]:
-    """Progress on stderr: Rich bars on a terminal, plain lines otherwise, none under ``--quiet``."""
-    with progress_reporter(err_console, enabled and not QUIET.active) as update:
+def rich_progress(enabled: bool = True, step_tasks: Iterable[str] = ()) -> Iterator[ProgressCallback]:
+    """Progress on stderr: Rich bars on a terminal, plain lines otherwise, none under ``--quiet``.
+
+    ``step_tasks``: tasks that count a command's steps; without a terminal each step is a line."""
+    with progress_reporter(err_console, enabled and not QUIET.active, frozenset(step_tasks)) as update:
         yield update
 
 

@@ -51,7 +51,7 @@ def demo_command(
         threads=threads or None,
         fresh=fresh,
     )
-    with rich_progress(not json_out) as progress:
+    with rich_progress(not json_out, step_tasks=("demo", "fold *")) as progress:
         result = run_demo(config, progress=progress)
     if json_out:
         emit_json(result.to_dict())

@@ -9,6 +9,7 @@ within 2 s writes nothing, so a quick command's output is its result (or its one
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 import time
@@ -62,6 +63,9 @@ class LineProgress:
     interval_s: float = LINE_INTERVAL_S
     min_gap_s: float = MIN_GAP_S
     quiet_start_s: float = QUIET_START_S
+    step_tasks: frozenset[str] = frozenset()
+    """Name patterns (fnmatch) of tasks whose units are steps - the demo's steps, a fold's epochs:
+    each step gets its line, however quick."""
     tasks: dict[str, _TaskLine] = field(default_factory=dict)
 
     def __call__(self, task: str, completed: float, total: float | None) -> None:
@@ -69,7 +73,15 @@ class LineProgress:
         state = self.tasks.get(task)
         if state is None:
             state = self.tasks[task] = _TaskLine(started=now, last_line=now)
+            if self._is_step(task):
+                self._write(task, completed, total, 0.0)
             self._mark(state, completed, total)
+            return
+        if self._is_step(task) and not state.done and self._unit(completed, total) > state.last_unit:
+            self._write(task, completed, total, now - state.started)
+            state.last_line = now
+            self._mark(state, completed, total)
+            state.done = total is not None and total > 0 and completed >= total
             return
         if state.done or now - state.started < self.quiet_start_s:
             state.done = state.done or (total is not None and total > 0 and completed >= total)
@@ -83,6 +95,9 @@ class LineProgress:
             state.last_line = now
             self._mark(state, completed, total)
             state.done = finished
+
+    def _is_step(self, task: str) -> bool:
+        return any(fnmatch.fnmatchcase(task, pattern) for pattern in self.step_tasks)
 
     @staticmethod
     def _step(completed: float, total: float | None) -> int:
@@ -118,13 +133,15 @@ def _silent(task: str, completed: float, total: float | None) -> None:
 
 
 @contextmanager
-def progress_reporter(console: Console, enabled: bool = True) -> Iterator[ProgressCallback]:
+def progress_reporter(
+    console: Console, enabled: bool = True, step_tasks: frozenset[str] = frozenset()
+) -> Iterator[ProgressCallback]:
     """One Rich bar per task on a terminal; plain lines on a pipe or file; nothing if disabled."""
     if not enabled:
         yield _silent
         return
     if not console.is_terminal:
-        yield LineProgress(console.file if console.file is not None else sys.stderr)
+        yield LineProgress(console.file if console.file is not None else sys.stderr, step_tasks=step_tasks)
         return
     bars = Progress(
         TextColumn("[bold]{task.description}"),

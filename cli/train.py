@@ -208,7 +208,7 @@ def train_command(
             err_console.print(_epoch_line(record, config.epochs), highlight=False)
 
     try:
-        with rich_progress(enabled=not json_out) as progress:
+        with rich_progress(enabled=not json_out, step_tasks=("fold *",)) as progress:  # a line per epoch
             if train_everything:
                 run_dirs = train_all(config, db, progress, resume=resume, on_epoch=on_epoch)
             else:

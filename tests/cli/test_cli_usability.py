@@ -140,9 +140,27 @@ def test_demo_without_a_terminal_logs_every_step_and_reuses_its_release(tmp_path
             res = subprocess.run(args, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO, timeout=600)
         text = log.read_text()
         assert res.returncode == 0, text
-        for step in range(1, 8):  # the line at the end of each step
+        for step in range(8):  # a line as each step starts, and at the end
             assert re.search(rf"^\d\d:\d\d:\d\d demo: {step}/7 ", text, re.M), text
         if attempt == 0:  # the second run finds fold 0 finished
             assert "fold 0:" in text
         assert re.search(r"holds [\d,]+ MB", text)
     assert "reused the synthetic release" in text
+
+
+def test_step_tasks_get_a_line_per_step_however_quick() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    report = LineProgress(out, clock=clock, step_tasks=frozenset({"demo", "fold *"}))
+    for step in range(8):
+        report("demo", step, 7)
+    for epoch in range(3):
+        for batch in range(4):
+            report("fold 2", epoch + (batch + 1) / 4, 3)
+    report("writing database", 3, 7)  # not a step task, and quick: silent
+    shown = [line.split(" ", 1)[1].split(",")[0] for line in out.getvalue().splitlines()]
+    assert shown == [f"demo: {k}/7 ({round(100 * k / 7)}%)" for k in range(8)] + [
+        "fold 2: 0.25/3 (8%)",  # the fold starts
+        "fold 2: 1/3 (33%)",
+        "fold 2: 2/3 (67%)",
+        "fold 2: 3/3 (100%)",
+    ]

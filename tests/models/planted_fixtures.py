@@ -149,7 +149,9 @@ def _build(*, input_shapes: Mapping[str, Sequence[int]] | None = None, init: str
 def register_planted_model() -> None:
     if PLANTED_MODEL in registry._REGISTRY:
         return
-    row = registry.PaperRow(("sag",), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    row = registry.PaperRow(
+        views=("sag",), params_m=0.0, gmacs=0.0, ap=0.0, ap_sd=0.0, auc=0.0, auc_sd=0.0, latency_ms=0.0
+    )
     registry.register_model(
         PLANTED_MODEL, family="test", summary="tiny 2D + transformer for tests", views=("sag",),
         input_shapes={"sag": (1, 16, 40, 40)}, small_shapes={"sag": (1, 16, 40, 40)}, paper=(row,),

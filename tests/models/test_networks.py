@@ -401,5 +401,5 @@ def test_volumetric_convs_are_kaiming_fan_out_and_batchnorm_one_zero(name: str) 
         # volume (PyTorch's definition, groups not divided out); the default init's std is ~3x smaller
         expected = math.sqrt(2.0 / (conv.out_channels * math.prod(conv.kernel_size)))
         if conv.weight.numel() >= 4096:  # enough samples for a 10% check of the spread
-            assert float(conv.weight.std()) == pytest.approx(expected, rel=0.1), conv
+            assert float(conv.weight.detach().std()) == pytest.approx(expected, rel=0.1), conv
     assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
