@@ -240,7 +240,7 @@ def derive_labels(
         insert_frame(session, KneeLabel, labels.drop(columns=["subject_id", "side"]).assign(definition_id=row.id))
         definition_id = row.id
     report("labels", 3, 3)
-    labelled = {
+    labelled: dict[str, int] = {
         "knees": int(len(stage1)),
         "subjects": int(stage1["subject_id"].nunique()),
         **{c: int((stage1["label"] == c).sum()) for c in CLASSES},

@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from sqlalchemy import ColumnElement, Select, and_, case, false, literal, null, or_, select
@@ -311,7 +311,8 @@ class Cohort:
         has_split = resolved.split_id is not None
         role = SplitAssignment.role if has_split else null()
         fold = SplitAssignment.fold if has_split else null()
-        stmt = (
+        stmt = cast(
+            "Select[Any]",
             select(
                 Knee.id,
                 Knee.subject_id,
@@ -332,7 +333,7 @@ class Cohort:
             .join(Knee, Knee.id == KneeLabel.knee_id)
             .join(Subject, Subject.id == Knee.subject_id)
             .outerjoin(SubjectVisit, and_(SubjectVisit.subject_id == Knee.subject_id, SubjectVisit.visit == 0))
-            .where(KneeLabel.definition_id == resolved.definition_id)
+            .where(KneeLabel.definition_id == resolved.definition_id),
         )
         if has_split:
             stmt = stmt.outerjoin(

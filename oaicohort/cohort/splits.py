@@ -339,7 +339,7 @@ def make_split(
             {"split_id": split.id, "knee_id": int(k), "role": r, "fold": None if pd.isna(f) else int(f)}
             for k, r, f in zip(assignments["knee_id"], assignments["role"], assignments["fold"])
         ]
-        session.connection().execute(insert(SplitAssignment.__table__), records)
+        session.connection().execute(insert(SplitAssignment), records)
         log.info("split %d of %s: %d knees (%s)", split.id, row.name, len(records), params)
         return SplitResult(
             split.id,

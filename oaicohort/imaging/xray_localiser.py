@@ -125,7 +125,7 @@ def locate_joint(half: np.ndarray, mm: float, background: float, contrast: float
         above = float(profile[r - gap : r - 2].mean())
         below = float(profile[r + 3 : r + gap].mean())
         depth = (min(above, below) - float(profile[r])) / contrast
-        w_above, w_below = width[max(r - near, 0)], width[min(r + near, n - 1)]
+        w_above, w_below = width[max(int(r) - near, 0)], width[min(int(r) + near, n - 1)]
         match = 1.0 - (abs(w_above - KNEE_WIDTH_MM) + abs(w_below - KNEE_WIDTH_MM)) / (2 * KNEE_WIDTH_MM)
         shafts = [width[i] for i in (r - shaft, r + shaft) if 0 <= i < n]
         widening = (min(w_above, w_below) - (np.mean(shafts) if shafts else 0.0)) / KNEE_WIDTH_MM

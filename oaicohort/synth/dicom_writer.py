@@ -60,10 +60,10 @@ def _ds(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def synth_uid(*parts: object) -> str:
+def synth_uid(*parts: object) -> UID:
     """A deterministic UID under the UUID-derived root 2.25 (pydicom's own ignores entropy there)."""
     digest = hashlib.sha256("\x1f".join(["oaicohort.synth.images", *map(str, parts)]).encode()).digest()
-    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+    return UID(f"2.25.{int.from_bytes(digest[:16], 'big')}")
 
 
 def _base_dataset(meta: SeriesMeta, shape: tuple[int, int, int], photometric: str) -> Dataset:
@@ -164,7 +164,7 @@ def write_series(
     paths = []
     for k in range(n):
         path = folder / names[k]
-        sop_uid = f"{base.SeriesInstanceUID}.{k + 1}"
+        sop_uid = UID(f"{base.SeriesInstanceUID}.{k + 1}")
         position = start + normal * positions[k]
         image_position = [_ds(v) for v in position]
         slice_location = _ds(float(np.dot(position, normal)))
