@@ -66,6 +66,17 @@ def synth_uid(*parts: object) -> UID:
     return UID(f"2.25.{int.from_bytes(digest[:16], 'big')}")
 
 
+def _set_patient_and_study(ds: Dataset, meta: SeriesMeta | RadiographMeta) -> None:
+    """The patient and study elements an MR series and a radiograph write alike."""
+    ds.PatientID = meta.patient_id
+    ds.PatientName = meta.patient_id
+    ds.StudyDate = meta.study_date
+    ds.SeriesDate = meta.study_date
+    ds.StudyDescription = meta.study_description
+    ds.SeriesDescription = meta.series_description
+    ds.AccessionNumber = meta.accession_number
+
+
 def _base_dataset(meta: SeriesMeta, shape: tuple[int, int, int], photometric: str) -> Dataset:
     _, rows, cols = shape
     ds = Dataset()
@@ -74,13 +85,7 @@ def _base_dataset(meta: SeriesMeta, shape: tuple[int, int, int], photometric: st
     ds.Manufacturer = "SIEMENS"
     ds.ManufacturerModelName = "Trio"
     ds.MagneticFieldStrength = "3"
-    ds.PatientID = meta.patient_id
-    ds.PatientName = meta.patient_id
-    ds.StudyDate = meta.study_date
-    ds.SeriesDate = meta.study_date
-    ds.StudyDescription = meta.study_description
-    ds.SeriesDescription = meta.series_description
-    ds.AccessionNumber = meta.accession_number
+    _set_patient_and_study(ds, meta)
     ds.StudyInstanceUID = meta.study_uid or synth_uid("study", meta.patient_id, meta.study_date)
     ds.SeriesInstanceUID = meta.series_uid or synth_uid(
         "series", meta.patient_id, meta.study_date, meta.series_description
@@ -307,13 +312,7 @@ def write_radiograph(path: Path, image: np.ndarray, meta: RadiographMeta) -> Pat
     ds.SOPInstanceUID = f"{meta.series_uid}.1"
     ds.Modality = "CR"
     ds.Manufacturer = "SYNTH"
-    ds.PatientID = meta.patient_id
-    ds.PatientName = meta.patient_id
-    ds.StudyDate = meta.study_date
-    ds.SeriesDate = meta.study_date
-    ds.StudyDescription = meta.study_description
-    ds.SeriesDescription = meta.series_description
-    ds.AccessionNumber = meta.accession_number
+    _set_patient_and_study(ds, meta)
     ds.StudyInstanceUID = meta.study_uid
     ds.SeriesInstanceUID = meta.series_uid
     ds.SeriesNumber = 1

@@ -32,7 +32,7 @@ from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import VolumeStore, knee_key, verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
-from tests.reliability_helpers import DATA_TABLES, table_rows
+from tests.reliability_helpers import DATA_TABLES, small_imaging_release, table_rows
 
 ASCII = "OAICompleteData_ASCII"
 ANY = object()  # line or column not checked (e.g. where random bytes decide it)
@@ -488,15 +488,7 @@ SMALL = PreprocessParams.preset_named("small")
 @pytest.fixture(scope="module")
 def imaging(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A good release of 3 participants with small DESS series, and its ingested database."""
-    from oaicohort.synth.images import write_images
-
-    base = tmp_path_factory.mktemp("bad_dicom")
-    write_release(base / "release", subjects=3, seed=5)
-    write_images(base / "release", size="small", seed=5)
-    db = open_database(base / "template.sqlite")
-    ingest_release(db, base / "release")
-    db.dispose()
-    return base / "release", base / "template.sqlite"
+    return small_imaging_release(tmp_path_factory.mktemp("bad_dicom"))
 
 
 @pytest.fixture

@@ -21,23 +21,14 @@ from oaicohort.imaging.dicom_series import read_series
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import VolumeStore, knee_key, verify_store
-from oaicohort.ingest.run import ingest_release
-from oaicohort.synth import write_release
+from tests.reliability_helpers import small_imaging_release
 
 SMALL = PreprocessParams.preset_named("small")
 
 
 @pytest.fixture(scope="module")
 def imaging(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from oaicohort.synth.images import write_images
-
-    base = tmp_path_factory.mktemp("agree")
-    write_release(base / "release", subjects=3, seed=5)
-    write_images(base / "release", size="small", seed=5)
-    db = open_database(base / "template.sqlite")
-    ingest_release(db, base / "release")
-    db.dispose()
-    return base / "release", base / "template.sqlite"
+    return small_imaging_release(tmp_path_factory.mktemp("agree"))
 
 
 @pytest.fixture
