@@ -63,7 +63,7 @@ def runs_command(
     """List the latest ingest runs; one left running by a killed process shows as interrupted."""
     from rich.table import Table
 
-    from oaicohort.ingest.run import list_runs
+    from oaicohort.ingest.provenance import list_runs
 
     db = state(ctx).open_db(create=False)
     try:

@@ -89,7 +89,7 @@ def label_command(
     with rich_progress(not json_out) as progress:
         result = derive_labels(db, chosen, store=store, progress=progress)
     summary = cohort_summary(db, result.definition_id)
-    from oaicohort.ingest.run import image_index_note
+    from oaicohort.ingest.provenance import image_index_note
 
     note = image_index_note(db) if summary.excluded.get("no_baseline_dess") else None
     if json_out:

@@ -2,9 +2,9 @@
 
 The unit of work:
 
-0. commit a ``running`` provenance row naming this process (a killed ingest leaves this trace;
-   the next ingest marks it ``interrupted`` once ``oaicohort.db.writers`` shows its process is
-   gone, never while it runs);
+0. commit a ``running`` provenance row naming this process (``oaicohort.ingest.provenance``; a
+   killed ingest leaves this trace, and the next ingest marks it ``interrupted`` once
+   ``oaicohort.db.writers`` shows its process is gone, never while it runs);
 1. find the OAI files below ROOT (``oaicohort.release.discovery.discover_release``) and hash them. If the last
    successful run read exactly these files (same root, same sha256s) and every variable asked
    for, record an ``unchanged`` run and stop: nothing is parsed, no data row changes;
@@ -36,22 +36,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from oaicohort import __version__
 from oaicohort.db import Database
-from oaicohort.db.bulk import insert_rows
-from oaicohort.db.schema import ImageSeries, IngestFile, IngestRun, utcnow
-from oaicohort.db.writers import RunLease, WriterIdentity, writer_gone
-from oaicohort.errors import ConcurrentWriteError, OAIError
+from oaicohort.db.schema import utcnow
 from oaicohort.ingest.guards import check_no_shrink
+from oaicohort.ingest.provenance import (
+    add_run,
+    record_failure,
+    running_run,
+    unchanged_since,
+)
 from oaicohort.ingest.reading import FileRecord, ParsedRelease, find_release, fingerprint, read_release
 from oaicohort.ingest.variables import locate_variables, parse_variables
 from oaicohort.ingest.writer import TABLES, Counts, write_tables
@@ -90,59 +88,6 @@ class IngestResult:
         return out
 
 
-def _last_success(session: Session) -> IngestRun | None:
-    return session.scalars(
-        select(IngestRun).where(IngestRun.status == "succeeded").order_by(IngestRun.id.desc()).limit(1)
-    ).first()
-
-
-def _unchanged_since(session: Session, root: Path, files: dict[str, str], variables: Sequence[str]) -> IngestRun | None:
-    """The last successful run, if it read exactly these files (same root, same sha256s) and
-    every variable asked for now; None otherwise."""
-    last = _last_success(session)
-    if last is None or last.source_root != str(root):
-        return None
-    before = {(f.relative_path, f.sha256) for f in last.files}
-    had = set((last.summary or {}).get("variables", []))
-    return last if before == set(files.items()) and set(variables) <= had else None
-
-
-def _add_run(
-    session: Session,
-    root: Path,
-    files: Sequence[FileRecord],
-    status: str,
-    started: dt.datetime,
-    summary: dict[str, Any],
-    run_id: int | None = None,
-) -> IngestRun:
-    """Record the outcome: on the ``running`` row ``run_id`` when given, else on a new row."""
-    run = session.get(IngestRun, run_id) if run_id is not None else None
-    if run is None:
-        run = IngestRun(started_at=started, toolkit_version=__version__)
-        session.add(run)
-    run.source_root = str(root)
-    run.finished_at = utcnow()
-    run.status = status
-    run.summary = summary
-    run.error = None
-    session.flush()
-    insert_rows(
-        session,
-        IngestFile,
-        {
-            "run_id": [run.id] * len(files),
-            "relative_path": [f.relative_path for f in files],
-            "table_kind": [f.kind for f in files],
-            "visit": [f.visit for f in files],
-            "sha256": [f.sha256 for f in files],
-            "size_bytes": [f.size_bytes for f in files],
-            "n_rows": [f.n_rows for f in files],
-        },
-    )
-    return run
-
-
 def _summary(
     counts: Counts, variables: Sequence[str], n_files: int, seconds: float, about: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -179,7 +124,7 @@ def record_if_unchanged(
     t0 = time.perf_counter() if t0 is None else t0
     counts = Counts()
     with db.write() as session:
-        last = _unchanged_since(session, root, files, variables)
+        last = unchanged_since(session, root, files, variables)
         if last is None:
             return None
         records = [
@@ -190,7 +135,7 @@ def record_if_unchanged(
         # what the last run found still holds: the files are the same
         about = {k: (last.summary or {}).get(k, d) for k, d in (("warnings", []), ("forms", []), ("image_indexes", 0))}
         summary = _summary(counts, variables, len(records), seconds, about)
-        run = _add_run(session, root, records, "unchanged", started, summary, run_id)
+        run = add_run(session, root, records, "unchanged", started, summary, run_id)
         run_id = run.id
     log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
     return IngestResult(
@@ -227,7 +172,7 @@ def write_release(
     counts = Counts()
     with db.write() as session:
         files = {f.relative_path: f.sha256 for f in release.files}
-        if _unchanged_since(session, release.root, files, variables) is not None:
+        if unchanged_since(session, release.root, files, variables) is not None:
             status = "unchanged"
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
@@ -235,7 +180,7 @@ def write_release(
             check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0, _about(release))
-        run = _add_run(session, release.root, release.files, status, started, summary, run_id)
+        run = add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
         run_id=run_id,
@@ -249,105 +194,6 @@ def write_release(
         seconds=time.perf_counter() - t0,
         **_about(release),
     )
-
-
-def _source_root(root: Path | str) -> str:
-    try:
-        return str(Path(root).expanduser().resolve())
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
-        return str(root)
-
-
-_INTERRUPTED = (
-    "the ingest process ended before recording its outcome (killed, crashed or out of memory); "
-    "nothing of this run was written"
-)
-
-
-def _writer_gone(session: Session, run: IngestRun) -> bool:
-    return writer_gone(session, run.id, run.writer_host, run.writer_pid, run.writer_start)
-
-
-def mark_interrupted_runs(session: Session) -> list[int]:
-    """Mark ``running`` runs whose writer is certainly gone as ``interrupted`` (oaicohort.db.writers);
-    a concurrent ingest that is still running is left alone. Returns the ids marked."""
-    marked = []
-    for run in session.scalars(select(IngestRun).where(IngestRun.status == "running").order_by(IngestRun.id)):
-        if not _writer_gone(session, run):
-            continue
-        run.status, run.finished_at, run.error = "interrupted", utcnow(), _INTERRUPTED
-        marked.append(run.id)
-    if marked:
-        log.warning(
-            "ingest run(s) %s were left running by a process that is gone: marked interrupted",
-            ", ".join(map(str, marked)),
-        )
-    return marked
-
-
-def list_runs(db: Database, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest ``limit`` ingest runs, newest first. A ``running`` run whose writer is gone is
-    shown ``interrupted`` (the next ingest records it so); nothing is written."""
-    with db.read() as session:
-        runs = session.scalars(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
-        out = []
-        for run in runs:
-            status = "interrupted" if run.status == "running" and _writer_gone(session, run) else run.status
-            out.append(
-                {
-                    "run_id": run.id,
-                    "status": status,
-                    "source_root": run.source_root,
-                    "started_at": run.started_at,
-                    "finished_at": run.finished_at,
-                    "writer": f"{run.writer_host}:{run.writer_pid}" if run.writer_host else None,
-                    "error": run.error if status == run.status else _INTERRUPTED,
-                }
-            )
-    return out
-
-
-@contextmanager
-def _running_run(db: Database, root: Path | str, started: dt.datetime) -> Iterator[int]:
-    """Commit a ``running`` row for this ingest (a killed ingest leaves this trace) and hold its
-    lease until the outcome is recorded; runs of processes that are gone are marked first."""
-    writer = WriterIdentity.current()
-    with db.write() as session:
-        mark_interrupted_runs(session)
-        run = IngestRun(
-            source_root=_source_root(root),
-            started_at=started,
-            status="running",
-            toolkit_version=__version__,
-            writer_host=writer.host,
-            writer_pid=writer.pid,
-            writer_start=writer.start,
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
-        # taken before the commit: no one sees this row running without its lease
-        lease = RunLease.take(db, run_id)
-    try:
-        yield run_id
-    finally:
-        lease.release()
-
-
-def _record_failure(db: Database, run_id: int, status: str, exc: BaseException) -> None:
-    """Provenance of a run that changed nothing; never masks the original error."""
-    if isinstance(exc, ConcurrentWriteError):
-        # the lock is still taken; waiting again would double the wait. The row stays running
-        # until the next ingest sees that this process is gone and marks it interrupted.
-        return
-    message = str(exc) if isinstance(exc, OAIError) else f"{type(exc).__name__}: {exc}"
-    try:
-        with db.write() as session:
-            run = session.get(IngestRun, run_id)
-            if run is not None:
-                run.status, run.finished_at, run.error = status, utcnow(), message
-    except Exception:  # the database itself may be what failed
-        log.exception("could not record the %s ingest run", status)
 
 
 def ingest_release(
@@ -374,7 +220,7 @@ def ingest_release(
     started = utcnow()
     t0 = time.perf_counter()
     names = parse_variables(",".join(variables))
-    with _running_run(db, root, started) as run_id:
+    with running_run(db, root, started) as run_id:
         try:
             root_path = Path(root).expanduser()
             found = find_release(root_path)
@@ -401,22 +247,7 @@ def ingest_release(
                 )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            _record_failure(db, run_id, status, exc)
+            record_failure(db, run_id, status, exc)
             raise
     log.info("ingest run %d %s in %.1f s", result.run_id, result.status, result.seconds)
     return result
-
-
-def image_index_note(db: Database) -> str | None:
-    """Why every knee lacks a baseline DESS series, when that is so: the database holds no image
-    series (the ingest found no image index); None when it holds some."""
-    with db.read() as session:
-        if session.execute(select(ImageSeries.id).limit(1)).first() is not None:
-            return None
-        last = _last_success(session)
-    where = f" of {last.source_root}" if last is not None else ""
-    return (
-        f"no_baseline_dess: the database holds no MR series, because the ingest{where} found no image index "
-        "(<visit dir>/contents.csv, contents.<code>.csv or an NDA image03.txt); ingest the image packages' "
-        "indexes (e.g. `oai ingest FOLDER_WITH_00m`), then run `oai label` again"
-    )

@@ -23,7 +23,8 @@ from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import verify_store
-from oaicohort.ingest.run import ingest_release, list_runs
+from oaicohort.ingest.provenance import list_runs
+from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from tests.reliability_helpers import (
     DATA_TABLES,

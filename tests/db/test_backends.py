@@ -117,7 +117,7 @@ def test_only_runs_whose_writer_is_gone_are_marked_interrupted(any_db: Database)
 
     from oaicohort.db.schema import IngestRun
     from oaicohort.db.writers import RunLease, WriterIdentity
-    from oaicohort.ingest.run import mark_interrupted_runs
+    from oaicohort.ingest.provenance import mark_interrupted_runs
 
     me = WriterIdentity.current()
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -28,8 +28,9 @@ from oaicohort.cohort.labels import derive_labels
 from oaicohort.db import Database, open_database
 from oaicohort.errors import InputFileError, OAIError
 from oaicohort.imaging.series_source import series_folder, unpack_series
+from oaicohort.ingest.provenance import image_index_note
 from oaicohort.ingest.reading import NO_IMAGE_INDEX
-from oaicohort.ingest.run import image_index_note, ingest_release
+from oaicohort.ingest.run import ingest_release
 from oaicohort.release.discovery import SourceFile
 from oaicohort.release.sas import read_sas_table
 from oaicohort.release.text import load_source
