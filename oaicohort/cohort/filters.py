@@ -121,3 +121,25 @@ def sequence_condition(value: Any) -> ColumnElement[bool]:
 
 
 __all__ = ["check_value", "condition", "is_range", "sequence_condition"]
+
+
+def variable_condition(name: str, cv: Any, value: Any) -> ColumnElement[bool]:
+    """A clinical-variable filter on the aliased ``clinical_values`` row ``cv``: numbers and
+    strings compare with the numeric or text value, a range is numeric, ``None`` is missing
+    (no row, or a row holding an OAI missing code)."""
+    if value is None:
+        return or_(cv.id.is_(None), cv.missing_code.is_not(None))
+    if is_range(value):
+        return condition(name, cv.value_num, "number", value)
+    values = value if isinstance(value, (list, set, frozenset)) else [value]
+    parts: list[ColumnElement[bool]] = []
+    for v in values:
+        if v is None:
+            parts.append(or_(cv.id.is_(None), cv.missing_code.is_not(None)))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(cv.value_num == float(v))
+        elif isinstance(v, str):
+            parts.append(cv.value_text == v)
+        else:
+            raise QueryError(f"filter {name}={value!r}: expected numbers, strings, a (lo, hi) range or None")
+    return or_(*parts) if parts else false()

@@ -24,22 +24,22 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, and_, case, false, literal, null, or_, select
+from sqlalchemy import Select, and_, case, literal, null, select
 from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.export import variable_column
 from oaicohort.cohort.filters import condition as _condition
-from oaicohort.cohort.filters import is_range as _is_range
 from oaicohort.cohort.filters import sequence_condition as _sequence_condition
+from oaicohort.cohort.filters import variable_condition
 from oaicohort.cohort.splits import latest_split
 from oaicohort.cohort.stored import labels_fingerprint, stored_definition, stored_labels
 from oaicohort.cohort.trajectories import TRAJECTORY_COLUMNS
 from oaicohort.cohort.variables import QueryError, VariableCatalogue, VariableRef, load_dictionary
+from oaicohort.cohort.volumes import with_volumes
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import (
@@ -50,7 +50,6 @@ from oaicohort.db.schema import (
     SplitAssignment,
     Subject,
     SubjectVisit,
-    Volume,
 )
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
@@ -187,7 +186,7 @@ class Cohort:
         # which OAI variable each variable column read, per side (for labels and dictionaries)
         frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
         if store is not None:
-            frame = self._with_volumes(frame, store, view, volume_visit)
+            frame = with_volumes(self.db, frame, store, view, volume_visit)
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,
@@ -196,41 +195,6 @@ class Cohort:
             split_params=resolved.split_params,
         )
         return frame
-
-    def _with_volumes(self, frame: pd.DataFrame, store: str | os.PathLike[str], view: str, visit: int) -> pd.DataFrame:
-        """The knees of ``frame`` with a good volume in ``store``, and its ``position`` there."""
-        # any view name the store holds (MRI planes, or others such as radiographs): an unknown
-        # one finds no volumes and says so below
-        path = str(Path(store).expanduser().resolve())
-        with self.db.read() as session:
-            volumes = read_frame(
-                session,
-                select(Volume.knee_id, Volume.position, Volume.status, Volume.visit)
-                .where(Volume.store_path == path, Volume.view == view)
-                .order_by(Volume.knee_id, Volume.visit, Volume.id),
-                ["knee_id", "position", "status", "visit"],
-            )
-        if volumes.empty:
-            raise DatabaseStateError(
-                f"no {view} volumes of store {path} are indexed in the database; "
-                f"run `oai preprocess --store {path}` with this --db"
-            )
-        # several parameter sets may have written a knee: the newest row wins
-        good = volumes[(volumes["status"] == "ok") & (volumes["visit"] == visit)]
-        good = good.drop_duplicates("knee_id", keep="last")[["knee_id", "position"]]
-        merged = frame.merge(good, on="knee_id", how="left")
-        no_volume = merged["position"].isna()
-        if no_volume.any():
-            log.warning("%d knee(s) have no usable %s volume in %s and are left out", int(no_volume.sum()), view, path)
-        out = merged[~no_volume].reset_index(drop=True)
-        out["position"] = out["position"].astype("int64")
-        out.attrs["volumes"] = {
-            "store": path,
-            "view": view,
-            "labelled_knees": int(len(merged)),
-            "knees_without_volume": int(no_volume.sum()),
-        }
-        return out
 
     def _variable_filters(
         self, variables: Mapping[str, Any] | Sequence[str] | None, filters: dict[str, Any]
@@ -359,27 +323,8 @@ class Cohort:
             stmt = stmt.outerjoin(cv, and_(cv.subject_id == Knee.subject_id, cv.variable == variable))
             stmt = stmt.add_columns(cv.value_num, cv.value_text)
             if value is not ...:
-                stmt = stmt.where(self._variable_condition(ref.name, cv, value))
+                stmt = stmt.where(variable_condition(ref.name, cv, value))
         return stmt.order_by(Knee.subject_id, Knee.side)
-
-    @staticmethod
-    def _variable_condition(name: str, cv: Any, value: Any) -> ColumnElement[bool]:
-        if value is None:
-            return or_(cv.id.is_(None), cv.missing_code.is_not(None))
-        if _is_range(value):
-            return _condition(name, cv.value_num, "number", value)
-        values = value if isinstance(value, (list, set, frozenset)) else [value]
-        parts: list[ColumnElement[bool]] = []
-        for v in values:
-            if v is None:
-                parts.append(or_(cv.id.is_(None), cv.missing_code.is_not(None)))
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                parts.append(cv.value_num == float(v))
-            elif isinstance(v, str):
-                parts.append(cv.value_text == v)
-            else:
-                raise QueryError(f"filter {name}={value!r}: expected numbers, strings, a (lo, hi) range or None")
-        return or_(*parts) if parts else false()
 
     # ----------------------------------------------------------------------- trajectories
 
