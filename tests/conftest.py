@@ -1,5 +1,10 @@
 """Shared fixtures: throw-away databases (SQLite and, when a server is available, PostgreSQL).
 
+A migrated database is copied from a template migrated once per session and back-end (a file
+copy for SQLite, ``CREATE DATABASE ... TEMPLATE`` for PostgreSQL): running the Alembic chain for
+each of several hundred tests was a large part of the suite's time. Tests of migrating itself
+use ``database_url`` / ``fresh_database_url``, which stay empty.
+
 Also the suite's machinery: the ``postgres`` marker on every PostgreSQL-parametrised test, the
 ``gpu`` marker's skip, the derandomised Hypothesis profile CI uses, and the coverage floor
 applying to whole-suite runs only.
@@ -8,6 +13,7 @@ applying to whole-suite runs only.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,12 +100,68 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from fresh_database_url(request.param, tmp_path)
 
 
-@pytest.fixture
-def any_db(database_url: str) -> Iterator[Database]:
+@pytest.fixture(scope="session")
+def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Per back-end, where a migrated empty database lies: a SQLite file, a PostgreSQL database
+    name (made on first use, dropped at the end of the session)."""
+    templates: dict[str, str] = {}
+    yield templates
+    if "postgresql" in templates:
+        admin = create_engine(postgres_server_url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _sqlite_template(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if "sqlite" not in templates:
+        path = tmp_path_factory.mktemp("template") / "migrated.sqlite"
+        open_database(path).dispose()
+        templates["sqlite"] = str(path)
+    return Path(templates["sqlite"])
+
+
+def migrated_copy(
+    backend: str, tmp_path: Path, templates: dict[str, str], factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Yield the URL of a new, migrated database of ``backend`` (a copy of the session's template);
+    drop it afterwards."""
+    if backend == "sqlite":
+        target = tmp_path / "cohort.sqlite"
+        shutil.copyfile(_sqlite_template(templates, factory), target)
+        yield f"sqlite:///{target}"
+        return
+    server = postgres_server_url()
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    if "postgresql" not in templates:
+        name = f"oai_template_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        open_database(make_url(server).set(database=name).render_as_string(hide_password=False)).dispose()
+        templates["postgresql"] = name
+    name = f"oai_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def any_db(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    migrated_templates: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Database]:
     """An open, migrated database on each back-end."""
-    database = open_database(database_url)
-    yield database
-    database.dispose()
+    for url in migrated_copy(request.param, tmp_path, migrated_templates, tmp_path_factory):
+        database = open_database(url)
+        yield database
+        database.dispose()
 
 
 @pytest.fixture
@@ -108,8 +170,11 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sqlite_db(db_path: Path) -> Iterator[Database]:
+def sqlite_db(
+    db_path: Path, migrated_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
     """An open, migrated SQLite database at ``db_path`` (for what only SQLite has: pragmas, files)."""
+    shutil.copyfile(_sqlite_template(migrated_templates, tmp_path_factory), db_path)
     database = open_database(db_path)
     yield database
     database.dispose()
