@@ -149,9 +149,11 @@ def attention_rollout(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.n
     if trf is None:
         return None
     layers: list[torch.Tensor] = []
+    # each block holds one SelfAttention; modules() visits them in block order
+    attentions = [m for m in trf.blocks.modules() if isinstance(m, SelfAttention)]
     hooks = [
-        block.attn.register_forward_hook(lambda mod, args, _out: layers.append(_attention_probs(mod, args[0])))
-        for block in trf.blocks
+        attn.register_forward_hook(lambda mod, args, _out: layers.append(_attention_probs(mod, args[0])))
+        for attn in attentions
     ]
     was_training = model.training
     model.eval()
@@ -219,8 +221,8 @@ def explain_volumes(
     attribution = integrated_gradients(f, x, black_baseline(x), steps=steps)
     saliency = attribution.abs().sum(dim=1).detach().cpu().numpy().astype(np.float64)  # (B, d, h, w)
     saliency /= np.maximum(saliency.sum(axis=(1, 2, 3), keepdims=True), 1e-30)
-    rollouts = [attention_rollout(m, model_inputs(x, layout)) for m in models]
-    rollout = None if any(r is None for r in rollouts) else source_view_tokens(np.mean(rollouts, axis=0), layout)
+    rollouts = [r for m in models if (r := attention_rollout(m, model_inputs(x, layout))) is not None]
+    rollout = source_view_tokens(np.mean(rollouts, axis=0), layout) if len(rollouts) == len(models) else None
     crops = (x[:, 0] * NORM_STD + NORM_MEAN).detach().cpu().numpy()
     out = []
     for i in range(x.shape[0]):
@@ -338,8 +340,9 @@ def _write_summary(folder: Path, results: list[KneeExplanation], offset: int, pl
         }
     )
     rollout = None
-    if all(e.rollout is not None for e in results):
-        rollout = np.stack([e.rollout for e in results])  # type: ignore[misc]
+    rollouts = [e.rollout for e in results if e.rollout is not None]
+    if len(rollouts) == len(results):
+        rollout = np.stack(rollouts)
         table["rollout_mean"] = rollout.mean(axis=0)
         table["rollout_sd"] = rollout.std(axis=0)
     table["knees"] = len(results)
