@@ -152,19 +152,21 @@ def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> De
 
         t = _step("preprocess", report, 2, steps)
         if xray:
-            summary = run_xray_preprocess(db, store, PreprocessParams.small(), workers=config.workers, progress=report)
+            failed = run_xray_preprocess(
+                db, store, PreprocessParams.small(), workers=config.workers, progress=report
+            ).failed
         else:
-            summary = run_preprocess(
+            failed = run_preprocess(
                 db,
                 store,
                 PreprocessParams.small(),
                 views=MRI_VIEWS,
                 workers=config.workers,
                 progress=report,
-            )
+            ).failed
         seconds["preprocess"] = time.perf_counter() - t
-        if summary.failed:
-            log.warning("demo: %d series failed to preprocess", summary.failed)
+        if failed:
+            log.warning("demo: %d series failed to preprocess", failed)
 
         t = _step("label", report, 3, steps)
         derive_labels(db, DEMO_DEFINITION, store=None if xray else store, progress=report)

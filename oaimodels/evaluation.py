@@ -343,14 +343,25 @@ def evaluate_runs(
     dirs = [Path(r).expanduser().resolve() for r in run_dirs]
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
-    kwargs = dict(
-        device=device, n_resamples=n_resamples, seed=seed, latency=latency, threads=threads, progress=progress
-    )
+
+    def evaluate(run_dir: Path, run_out: Path | str | None) -> dict[str, Any]:
+        return evaluate_run(
+            run_dir,
+            db,
+            out_dir=run_out,
+            device=device,
+            n_resamples=n_resamples,
+            seed=seed,
+            latency=latency,
+            threads=threads,
+            progress=progress,
+        )
+
     if len(dirs) == 1:
-        m = evaluate_run(dirs[0], db, out_dir=out_dir, **kwargs)
+        m = evaluate(dirs[0], out_dir)
         return {**m, "runs": [m], "report": str(Path(m["out_dir"]) / rf.REPORT)}
     root = Path(out_dir) if out_dir is not None else dirs[0].parent / rf.COMPARISON_DIR
-    runs = [evaluate_run(d, db, out_dir=(root / d.name) if out_dir is not None else None, **kwargs) for d in dirs]
+    runs = [evaluate(d, (root / d.name) if out_dir is not None else None) for d in dirs]
     root.mkdir(parents=True, exist_ok=True)
     overlay_plots(root, runs)
     report = root / rf.REPORT

@@ -40,7 +40,7 @@ def class_indices(labels: Sequence[str] | np.ndarray) -> np.ndarray:
         if arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES):
             raise ValueError(f"class indices must lie in 0..{N_CLASSES - 1}")
         return arr.astype(np.int64)
-    lookup = {name: i for i, name in enumerate(CLASSES)}
+    lookup: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
     try:
         return np.array([lookup[str(v)] for v in arr], dtype=np.int64)
     except KeyError as exc:

@@ -71,6 +71,18 @@ class KneeScan:
     volume: np.ndarray | None = None
     notes: str = ""
 
+    def slot(self) -> int:
+        """The store position of a scan read from a store."""
+        if self.position is None:
+            raise ValueError(f"{self.input}: knee {self.subject_id}{self.side} has no store position")
+        return self.position
+
+    def preprocessed(self) -> np.ndarray:
+        """The preprocessed volume of a scan read from a series or a release."""
+        if self.volume is None:
+            raise ValueError(f"{self.input}: knee {self.subject_id}{self.side} has no preprocessed volume")
+        return self.volume
+
 
 class ArraySource:
     """Preprocessed volumes held in memory as one uint8 tensor (a ``VolumeSource``)."""
@@ -247,7 +259,7 @@ def predict(
     run = TrainedRun.open(run_dir)
     dev = resolve_device(device)
     batch = batch_size or run.batch_size()
-    groups: list[tuple[list[KneeScan], Any]] = []  # scans, and their store (None: in memory)
+    groups: list[tuple[list[KneeScan], VolumeStore | None]] = []  # scans, and their store (None: in memory)
     series_scans: list[KneeScan] = []
     for item in inputs:
         path = Path(item).expanduser().resolve()
@@ -265,15 +277,15 @@ def predict(
         raise SelectionError("nothing to predict: the inputs hold no selected knee")
     models = run.load_models(dev)
     frames = []
-    for g, (scans, store) in enumerate(groups, start=1):
-        if store is not None:
-            positions = [s.position for s in scans]
+    for g, (scans, scans_store) in enumerate(groups, start=1):
+        if scans_store is not None:
+            positions = [s.slot() for s in scans]
             mode = loader if loader != "auto" else (
                 "resident" if resident_fits(len(scans), run.layout.stored_shape, dev) else "workers"
             )  # fmt: skip
-            source = make_source(mode, str(store.path), run.view, positions, dev, workers=0)
+            source = make_source(mode, str(scans_store.path), run.view, positions, dev, workers=0)
         else:
-            source = ArraySource([s.volume for s in scans], dev)
+            source = ArraySource([s.preprocessed() for s in scans], dev)
         try:
             logits = _fold_logits(run, models, source, len(scans), dev, batch)
         finally:

@@ -165,7 +165,7 @@ def environment(device: str) -> dict[str, Any]:
     """What produced a run: interpreter, platform, package versions, git commit, device."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

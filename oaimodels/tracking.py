@@ -61,8 +61,11 @@ def describe_run(
         head = name
     else:
         head = f"{model}{' ' + view if view else ''}, {init}"
-    tail = [f"test site {test_site}" if test_site else None, f"n={n}" if n is not None else None]
-    tail = [t for t in tail if t]
+    tail: list[str] = []
+    if test_site:
+        tail.append(f"test site {test_site}")
+    if n is not None:
+        tail.append(f"n={n}")
     return head + (f"; {', '.join(tail)}" if tail else "")
 
 

@@ -71,9 +71,9 @@ class InputLayout:
         return cls(
             data["model"],
             data["source_view"],
-            tuple(data["stored_shape"]),  # type: ignore[arg-type]
+            tuple(data["stored_shape"]),
             tuple(data["crop_shape"]),
-            tuple(data["model_views"]),  # type: ignore[arg-type]
+            tuple(data["model_views"]),
             float(data.get("spacing_ratio", 1.0)),
         )
 

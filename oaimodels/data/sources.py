@@ -139,22 +139,22 @@ class ResidentSource:
     ) -> None:
         self.device = device
         store = VolumeStore.open(store_path)
-        positions = np.asarray(positions, dtype=np.int64)
+        slots = np.asarray(positions, dtype=np.int64)
         shape = store.volume_shape(view)
-        self.data = torch.empty((positions.size, *shape), dtype=torch.uint8, device=device)
+        self.data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
         # Read in blocks through pinned host memory so a 12 GB store never needs 2x host RAM.
-        block = max(1, min(positions.size, 64))
+        block = max(1, min(slots.size, 64))
         staging = torch.empty((block, *shape), dtype=torch.uint8)
         if device.type == "cuda":
             staging = staging.pin_memory()
-        for start in range(0, positions.size, block):
-            stop = min(start + block, positions.size)
+        for start in range(0, slots.size, block):
+            stop = min(start + block, slots.size)
             host = staging[: stop - start]
-            for j, position in enumerate(positions[start:stop]):
+            for j, position in enumerate(slots[start:stop]):
                 store.read_into(view, int(position), host[j].numpy())
             self.data[start:stop].copy_(host, non_blocking=False)
             if progress is not None:
-                progress(f"loading {view} volumes", stop, positions.size)
+                progress(f"loading {view} volumes", stop, slots.size)
 
     @property
     def nbytes(self) -> int:

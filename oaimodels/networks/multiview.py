@@ -9,6 +9,7 @@ tokens; :func:`views_from_volume` produces exactly this layout.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 from .common import build_registered, take_view
-from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, register_model
+from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, ShapeMap, register_model
 from .slice_encoder import SliceEncoder
 from .slice_transformer import SliceTransformer
 
@@ -71,7 +72,7 @@ class MultiViewSliceModel(nn.Module):
         n_tokens = sum(shape[1] for shape in shapes.values())
         self.aggregator = SliceTransformer(n_tokens, num_classes=num_classes)
 
-    def _encoder(self, view: str) -> SliceEncoder:
+    def _encoder(self, view: str) -> nn.Module:
         return self.encoder if self.shared else self.encoders[view]
 
     def forward(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -94,7 +95,18 @@ def _build(
     )
 
 
-_SPEC = dict(
+class _MultiViewSpec(TypedDict):
+    """What both multi-view models register alike (keyword arguments of ``register_model``)."""
+
+    family: str
+    views: tuple[str, ...]
+    input_shapes: ShapeMap
+    small_shapes: ShapeMap
+    batch_size: int
+    imagenet_encoder: bool
+
+
+_SPEC = _MultiViewSpec(
     family="2D slice encoder, multi-view",
     views=MRI_VIEWS,
     input_shapes=MULTIVIEW_SHAPES,

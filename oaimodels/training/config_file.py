@@ -182,8 +182,8 @@ def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
         _, item = typing.get_args(hint)
         if not isinstance(value, dict):
             return False, None
-        checked = {k: _fits(v, item) for k, v in value.items()}
-        return all(ok for ok, _ in checked.values()), {k: v for k, (_, v) in checked.items()}
+        checked_items = {k: _fits(v, item) for k, v in value.items()}
+        return all(ok for ok, _ in checked_items.values()), {k: v for k, (_, v) in checked_items.items()}
     raise TypeError(f"no check for the annotation {hint!r}")  # a new field type: teach _fits
 
 

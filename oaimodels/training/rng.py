@@ -22,7 +22,10 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states as weights_only-loadable values."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    if not isinstance(legacy, tuple):  # only a non-MT19937 generator gives the dict form
+        raise TypeError(f"numpy's global generator is not MT19937: {legacy.get('bit_generator')!r}")
+    _, keys, pos, has_gauss, gauss = legacy
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

@@ -12,15 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from oaimodels.data import AugmentParams, InputLayout, centre_offsets
-from oaimodels.explain import (
+from oaimodels.attribution import (
     _attention_probs,
     attention_rollout,
-    explain_run,
     explain_volumes,
     integrated_gradients,
     mass_inside,
+    source_view_tokens,
 )
+from oaimodels.data import AugmentParams, InputLayout, centre_offsets
+from oaimodels.explain import explain_run
 from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
 from oaimodels.training import TrainConfig, train_run
@@ -202,8 +203,6 @@ def test_attributions_find_the_planted_signal(tmp_path: Path) -> None:
 
 
 def test_multiview_rollout_is_read_on_the_sagittal_tokens() -> None:
-    from oaimodels.explain import source_view_tokens
-
     layout = InputLayout("2dsh_trf", "sag", (20, 44, 44), (4, 6, 5), ("sag", "cor", "ax"))
     # tokens: 4 sagittal (D), 5 coronal (W), 6 axial (H)
     rollout = np.arange(1, 16, dtype=np.float64)[None, :]
