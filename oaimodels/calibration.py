@@ -34,6 +34,7 @@ from oaicohort.vocabulary import CLASSES
 
 from . import run_folder as rf
 from .metrics import binary_target, brier_score, class_indices, progression_score, reliability_curve
+from .plotting import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +162,7 @@ def write_recalibrated(out: Path, table: pd.DataFrame) -> Path:
 def plot_calibration(path: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], *, title: str) -> Path:
     """Reliability curve with per-bin counts (and the recalibrated curves), over a histogram of
     test scores by true outcome."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     y_bin = binary_target(y)
     score = progression_score(probs)
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})

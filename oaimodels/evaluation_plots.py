@@ -16,22 +16,14 @@ from oaicohort.vocabulary import CLASSES
 from . import calibration
 from . import run_folder as rf
 from .metrics import binary_target, progression_score
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plotting import pyplot
 
 
 def write_plots(out: Path, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], *, title: str) -> list[Path]:
     """ROC, PR, confusion-matrix and calibration PNGs of one evaluation."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     y_bin = binary_target(y)
     score = progression_score(probs)
     paths = []
@@ -76,7 +68,7 @@ def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     rf.atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -85,7 +77,7 @@ def overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
     """ROC and PR curves of several evaluated runs in one figure each (read from their predictions)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     figs = {"roc": plt.subplots(figsize=(5, 5)), "pr": plt.subplots(figsize=(5, 5))}
     for m in runs:
         pred = pd.read_csv(Path(m["out_dir"]) / rf.PREDICTIONS)

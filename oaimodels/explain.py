@@ -24,7 +24,6 @@ default the run's test knees (the held-out site), so ``summary/`` describes the 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,11 @@ from oaicohort.progress import ProgressCallback, no_progress
 from . import run_folder as rf
 from .attribution import explain_volumes
 from .data import centre_offsets
+from .plotting import pyplot
 from .trained_run import TrainedRun
 
 # Names of the training layer, imported in this one place (their module may move).
 from .training import resolve_device
-
-log = logging.getLogger(__name__)
 
 TOP_SLICES = 3
 
@@ -194,17 +192,8 @@ def _write_summary(folder: Path, results: list[KneeExplanation], offset: int, pl
 # --------------------------------------------------------------------------- pictures
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _overlay_png(path: Path, image: np.ndarray, saliency: np.ndarray, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     heat = saliency / max(float(saliency.max()), 1e-30)
@@ -217,7 +206,7 @@ def _overlay_png(path: Path, image: np.ndarray, saliency: np.ndarray, title: str
 
 
 def _profile_png(path: Path, gradient: np.ndarray, rollout: np.ndarray | None, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(gradient, "o-", label="integrated gradients")
     if rollout is not None:
@@ -230,7 +219,7 @@ def _profile_png(path: Path, gradient: np.ndarray, rollout: np.ndarray | None, t
 
 
 def _summary_png(path: Path, mean_crop: np.ndarray, mean_saliency: np.ndarray) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     mid = mean_crop.shape[0] // 2
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     axes[0].imshow(mean_saliency.max(axis=0), cmap="inferno")

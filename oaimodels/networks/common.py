@@ -8,7 +8,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-Shape = tuple[int, ...]
+from .registry import Shape
+
 M = TypeVar("M", bound=nn.Module)
 
 

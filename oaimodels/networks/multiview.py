@@ -17,11 +17,9 @@ from torch import nn
 from oaicohort.vocabulary import CLASSES, MRI_VIEWS
 
 from .common import build_registered, take_view
-from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, ShapeMap, register_model
+from .registry import SAG_SHAPE, SMALL_SAG_SHAPE, PaperRow, Shape, ShapeMap, register_model
 from .slice_encoder import SliceEncoder
 from .slice_transformer import SliceTransformer
-
-Shape = tuple[int, ...]
 
 
 def view_shapes_from_volume(sag_shape: Sequence[int]) -> dict[str, Shape]:
