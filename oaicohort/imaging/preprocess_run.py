@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 
 from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Knee, Volume
@@ -46,7 +46,18 @@ from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
 
-SeriesReader = Callable[[Path], SeriesLike]
+
+class ReadSeries(Protocol):
+    """What a series reader returns: pixels and spacing (a side, orientation... when it has them)."""
+
+    @property
+    def pixels(self) -> np.ndarray: ...  # (slices, rows, cols) uint16
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]: ...  # (slice, row, col)
+
+
+SeriesReader = Callable[[Path], ReadSeries]
 
 
 class PreprocessFailure(OAIError):
@@ -109,7 +120,7 @@ class PreprocessSummary:
         return out
 
 
-def default_reader(folder: Path) -> SeriesLike:
+def default_reader(folder: Path) -> ReadSeries:
     from oaicohort.imaging.dicom_series import read_series
 
     return read_series(folder)
@@ -195,11 +206,11 @@ class _Sided:
     side: str
 
 
-def _with_side(series: SeriesLike, side: str) -> SeriesLike:
-    # the index (contents.csv) decides the side when the series itself does not say
-    if getattr(series, "side", None) == side:
-        return series
-    return _Sided(series.pixels, tuple(series.spacing_mm), side)  # type: ignore[arg-type]
+def _with_side(series: ReadSeries, side: str) -> SeriesLike:
+    # the index (contents.csv) decides the side when the series itself does not say (a side it
+    # does say was checked against the index already)
+    slice_mm, row_mm, col_mm = series.spacing_mm
+    return _Sided(series.pixels, (slice_mm, row_mm, col_mm), side)
 
 
 # --------------------------------------------------------------------------- selection
@@ -384,7 +395,8 @@ def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: Slo
 def _forget_stale_rows(db: Database, store: VolumeStore) -> None:
     """A freshly created store has no volumes: rows left by a deleted store at the path are stale."""
     with db.write() as session:
-        result = session.execute(delete(Volume).where(Volume.store_path == str(store.path)))
+        # a DML statement returns a CursorResult (with rowcount); the stubs type every execute as Result
+        result = cast(CursorResult[Any], session.execute(delete(Volume).where(Volume.store_path == str(store.path))))
     if result.rowcount:
         log.warning("%s: removed %d index rows of an earlier store at this path", store.path, result.rowcount)
 

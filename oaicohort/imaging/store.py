@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numcodecs
 import numpy as np
@@ -57,6 +57,8 @@ FORMAT_VERSION = 1
 # level 1: decodes ~1.5x faster than 3 on noisy MR data for ~10% more disk (benchmarks/store_read.py)
 DEFAULT_ZSTD_LEVEL = 1
 KEYS_CHUNK = 4096
+
+OpenMode = Literal["r", "r+"]  # read-only, or adding volumes
 
 
 class StoreError(OAIError):
@@ -103,7 +105,7 @@ class VolumeStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> VolumeStore:
+    def open(cls, path: str | os.PathLike[str], *, mode: OpenMode = "r") -> VolumeStore:
         """Open an existing store (``mode="r"`` read-only, ``"r+"`` to add volumes)."""
         root = resolve_store_path(path)
         if not (root / "zarr.json").is_file():
@@ -181,8 +183,11 @@ class VolumeStore:
         attrs = dict(group.attrs)
         self.attrs: dict[str, Any] = attrs
         self.params_hash: str = str(attrs.get("params_hash", ""))
+        params = attrs.get("params", {})
         try:
-            self.params = PreprocessParams.from_dict(dict(attrs.get("params", {})))
+            if not isinstance(params, dict):
+                raise TypeError(f"a {type(params).__name__}, not a mapping")
+            self.params = PreprocessParams.from_dict(dict(params))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{self.path}: unreadable preprocessing parameters in the store: {exc}") from exc
         if self.params.hash() != self.params_hash:
@@ -253,15 +258,23 @@ class VolumeStore:
         if view not in STORE_VIEWS:
             raise ValueError(f"unknown view {view!r}; choose from {STORE_VIEWS}")
         try:
-            array = self.group[view]  # type: ignore[assignment]
+            array = self._member(view)
         except KeyError:
             raise StoreError(f"{self.path}: the store holds no {view!r} volumes (views: {list(self.views)})") from None
-        self._arrays[view] = array  # type: ignore[assignment]
-        return array  # type: ignore[return-value]
+        self._arrays[view] = array
+        return array
+
+    def _member(self, name: str) -> zarr.Array:
+        """The array ``name`` of the group (a group in its place is a malformed store)."""
+        member = self.group[name]
+        if not isinstance(member, zarr.Array):
+            raise StoreError(f"{self.path}: {name} is a group, not an array; the store is malformed")
+        return member
 
     def volume_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of a stored volume of ``view``."""
-        return tuple(self._array(view).shape[1:])  # type: ignore[return-value]
+        _, d, h, w = self._array(view).shape
+        return d, h, w
 
     def crop_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of the training crop (from the store's parameters)."""
@@ -272,10 +285,10 @@ class VolumeStore:
         return int(self._array(view).shape[0])
 
     def knee_keys(self, view: str) -> np.ndarray:
-        return np.asarray(self.group[f"knee_keys/{view}"][:])
+        return np.asarray(self._member(f"knee_keys/{view}")[:])
 
     def visits(self, view: str) -> np.ndarray:
-        return np.asarray(self.group[f"visits/{view}"][:])
+        return np.asarray(self._member(f"visits/{view}")[:])
 
     def _chunk_file(self, view: str, position: int) -> Path:
         return self.path / view / "c" / str(position) / "0" / "0" / "0"
@@ -285,14 +298,16 @@ class VolumeStore:
         if view not in self._fast:
             arr = self._array(view)
             meta = arr.metadata
-            codecs = getattr(meta, "codecs", ())
+            # v2 metadata (a store not written here) has neither codecs nor a chunk key encoding
+            codecs: Sequence[object] = getattr(meta, "codecs", ())
+            key_encoding = getattr(meta, "chunk_key_encoding", None)
             ok = (
                 len(codecs) == 2
                 and isinstance(codecs[0], BytesCodec)
                 and isinstance(codecs[1], ZstdCodec)
                 and tuple(arr.chunks) == (1, *arr.shape[1:])
-                and getattr(getattr(meta, "chunk_key_encoding", None), "separator", None) == "/"
-                and getattr(meta.chunk_key_encoding, "name", None) == "default"
+                and getattr(key_encoding, "separator", None) == "/"
+                and getattr(key_encoding, "name", None) == "default"
                 and (self.path / view / "zarr.json").is_file()
             )
             self._fast[view] = bool(ok)
@@ -352,8 +367,8 @@ class VolumeStore:
         if capacity <= arr.shape[0]:
             return
         arr.resize((capacity, *arr.shape[1:]))
-        self.group[f"knee_keys/{view}"].resize((capacity,))  # type: ignore[union-attr]
-        self.group[f"visits/{view}"].resize((capacity,))  # type: ignore[union-attr]
+        self._member(f"knee_keys/{view}").resize((capacity,))
+        self._member(f"visits/{view}").resize((capacity,))
         grow_digests(self.group, view, capacity)
 
     def write(self, view: str, position: int, volume: np.ndarray, *, key: int, visit: int) -> str:
@@ -369,8 +384,8 @@ class VolumeStore:
         self._array(view)[position] = volume
         checksum = volume_checksum(volume)
         record_digest(self.group, view, position, checksum)
-        self.group[f"knee_keys/{view}"][position] = key  # type: ignore[index]
-        self.group[f"visits/{view}"][position] = visit  # type: ignore[index]
+        self._member(f"knee_keys/{view}")[position] = key
+        self._member(f"visits/{view}")[position] = visit
         if self._checker is not None:
             self._checker = None  # digests and keys changed: re-read them when next verifying
         return checksum
@@ -378,8 +393,8 @@ class VolumeStore:
     def release(self, view: str, position: int) -> None:
         """Mark a slot unused (keys -1); its data is left to be overwritten."""
         self._require_writable()
-        self.group[f"knee_keys/{view}"][position] = -1  # type: ignore[index]
-        self.group[f"visits/{view}"][position] = -1  # type: ignore[index]
+        self._member(f"knee_keys/{view}")[position] = -1
+        self._member(f"visits/{view}")[position] = -1
 
     # ------------------------------------------------------------------ description
 
