@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import CursorResult, delete, func, select
@@ -35,26 +35,17 @@ from oaicohort.files import no_world_write
 from oaicohort.imaging.consistency import check_series
 from oaicohort.imaging.geometry import GEOMETRY_NOTE, series_geometry
 from oaicohort.imaging.orientation import to_canonical
-from oaicohort.imaging.preprocessing import PreprocessParams, SeriesLike, preprocess_series
+from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.series_size import ImageTooSmall
 from oaicohort.imaging.series_source import series_folder
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
 from oaicohort.imaging.store_checks import check_store_present
+from oaicohort.imaging.volume_transforms import ReadSeries, SeriesLike, preprocess_series
 from oaicohort.interrupts import stop_pool
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 log = logging.getLogger(__name__)
-
-
-class ReadSeries(Protocol):
-    """What a series reader returns: pixels and spacing (a side, orientation... when it has them)."""
-
-    @property
-    def pixels(self) -> np.ndarray: ...  # (slices, rows, cols) uint16
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]: ...  # (slice, row, col)
 
 
 SeriesReader = Callable[[Path], ReadSeries]

@@ -21,14 +21,10 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
 from oaicohort.imaging.dicom_series import DicomVolume, read_series
 from oaicohort.imaging.preprocess_run import PreprocessFailure, run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
-from oaicohort.imaging.store import (
-    StoreError,
-    VolumeStore,
-    indexed_volumes,
-    knee_key,
-    verify_store,
-)
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.store import StoreError, VolumeStore, knee_key
+from oaicohort.imaging.store_index import indexed_volumes, verify_store
+from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
