@@ -146,7 +146,7 @@ def _release_scans(
     visit: int,
     progress: ProgressCallback,
 ) -> list[KneeScan]:
-    from oaicohort.imaging.preprocess_run import check_within
+    from oaicohort.imaging.series_source import check_within
     from oaicohort.release.discovery import CONTENTS, discover_release
     from oaicohort.release.image_index import read_contents
     from oaicohort.release.text import load_source
