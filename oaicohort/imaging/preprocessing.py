@@ -1,4 +1,4 @@
-"""From a DESS series to the uint8 volumes the models read (pure numpy, no I/O).
+"""From a DESS series to the uint8 volumes the models read: the recipe and its parameters.
 
 Defaults reproduce the reference (REFERENCE.md section 3) with its x2 downsample done once here:
 
