@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import BatchPreparer, resolve_layout

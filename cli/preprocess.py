@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.table import Table
 
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 from oaicohort.vocabulary import MRI_VIEWS
+
+if TYPE_CHECKING:  # annotations only: the imaging modules are imported when the command runs
+    from oaicohort.db import Database
+    from oaicohort.imaging.preprocess_run import PreprocessSummary
+    from oaicohort.imaging.preprocessing import PreprocessParams
+    from oaicohort.imaging.xray_run import XrayPreprocessSummary
+    from oaicohort.progress import ProgressCallback
+
+Summary = TypeVar("Summary")
 
 VIEW_CHOICES = ("sag", "cor", "ax", "all", "xray")
 
@@ -61,36 +72,24 @@ def preprocess_command(
         return
     if roi_file is not None:
         raise typer.BadParameter("only applies to --view xray", param_hint="--roi-file")
-    db = state(ctx).open_db()
-    try:
-        with rich_progress(enabled=True) as progress:
-            summary = run_preprocess(
-                db, store, params, views=views, visit=visit, workers=workers,
-                strict=strict, limit=limit, progress=progress, replace_missing_store=replace_missing_store,
-            )  # fmt: skip
-    finally:
-        db.dispose()
+
+    def run(db: Database, progress: ProgressCallback) -> PreprocessSummary:
+        return run_preprocess(
+            db, store, params, views=views, visit=visit, workers=workers,
+            strict=strict, limit=limit, progress=progress, replace_missing_store=replace_missing_store,
+        )  # fmt: skip
+
+    summary = _run_on_database(ctx, run)
     if json_out:
         emit_json(summary.to_dict())
         return
-    out_console.print(
-        f"{summary.store_path} ({', '.join(summary.views)}, visit {summary.visit}): "
-        f"{summary.done} done, {summary.skipped} already done, {summary.failed} failed"
-        + (f", {summary.remaining} left by --limit" if summary.remaining else "")
-        + f" in {summary.seconds:.1f} s",
-        highlight=False,
-    )
-    if summary.failures:
-        table = Table("subject", "side", "reason", title="Failed series", title_justify="left")
-        for failure in summary.failures:
-            table.add_row(str(failure["subject_id"]), failure["side"], failure["reason"])
-        err_console.print(table)
+    _print_summary(summary, f"{', '.join(summary.views)}, visit {summary.visit}", "done", "Failed series")
 
 
 def _preprocess_xray(
     ctx: typer.Context,
     store: Path,
-    params: object,
+    params: PreprocessParams | None,
     visit: int,
     workers: int,
     strict: bool,
@@ -100,29 +99,50 @@ def _preprocess_xray(
 ) -> None:
     from oaicohort.imaging.xray_run import run_xray_preprocess
 
-    db = state(ctx).open_db()
-    try:
-        with rich_progress(enabled=True) as progress:
-            summary = run_xray_preprocess(
-                db, store, params, visit=visit, roi_file=roi_file, workers=workers,  # type: ignore[arg-type]
-                strict=strict, limit=limit, progress=progress,
-            )  # fmt: skip
-    finally:
-        db.dispose()
+    def run(db: Database, progress: ProgressCallback) -> XrayPreprocessSummary:
+        return run_xray_preprocess(
+            db, store, params, visit=visit, roi_file=roi_file, workers=workers,
+            strict=strict, limit=limit, progress=progress,
+        )  # fmt: skip
+
+    summary = _run_on_database(ctx, run)
     if json_out:
         emit_json(summary.to_dict())
         return
+    scope = f"xray, visit {summary.visit}, localiser {summary.localiser}"
+    notes = [f"QC montage: {montage}" for montage in summary.qc_montages]
+    _print_summary(summary, scope, "knees done", "Failed knees", notes)
+
+
+def _run_on_database(ctx: typer.Context, run: Callable[[Database, ProgressCallback], Summary]) -> Summary:
+    """``run`` on the command's database with a progress display; the database is closed after."""
+    db = state(ctx).open_db()
+    try:
+        with rich_progress(enabled=True) as progress:
+            return run(db, progress)
+    finally:
+        db.dispose()
+
+
+def _print_summary(
+    summary: PreprocessSummary | XrayPreprocessSummary,
+    scope: str,
+    done: str,
+    failures_title: str,
+    notes: Sequence[str] = (),
+) -> None:
+    """A run's counts in one line, its notes, then its failures as a table on stderr."""
     out_console.print(
-        f"{summary.store_path} (xray, visit {summary.visit}, localiser {summary.localiser}): "
-        f"{summary.done} knees done, {summary.skipped} already done, {summary.failed} failed"
+        f"{summary.store_path} ({scope}): "
+        f"{summary.done} {done}, {summary.skipped} already done, {summary.failed} failed"
         + (f", {summary.remaining} left by --limit" if summary.remaining else "")
         + f" in {summary.seconds:.1f} s",
         highlight=False,
     )
-    for montage in summary.qc_montages:
-        out_console.print(f"QC montage: {montage}", highlight=False)
+    for note in notes:
+        out_console.print(note, highlight=False)
     if summary.failures:
-        table = Table("subject", "side", "reason", title="Failed knees", title_justify="left")
+        table = Table("subject", "side", "reason", title=failures_title, title_justify="left")
         for failure in summary.failures:
             table.add_row(str(failure["subject_id"]), failure["side"], failure["reason"])
         err_console.print(table)

@@ -54,7 +54,7 @@ def verify_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recompute every indexed volume's checksum against the database (--db); exit 1 on mismatch."""
-    from oaicohort.imaging.store import verify_store
+    from oaicohort.imaging.store_index import verify_store
 
     db = state(ctx).open_db(create=False)
     try:

@@ -32,9 +32,10 @@ import torch
 
 from oaicohort import __version__
 from oaicohort.errors import InputFileError, OAIError
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.selection import SelectionError, knee_name, select_slots, store_slots
 from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES
 
@@ -157,7 +158,7 @@ def _release_scans(
     visit: int,
     progress: ProgressCallback,
 ) -> list[KneeScan]:
-    from oaicohort.imaging.preprocess_run import check_within
+    from oaicohort.imaging.series_source import check_within
     from oaicohort.release.discovery import CONTENTS, discover_release
     from oaicohort.release.image_index import read_contents
     from oaicohort.release.text import load_source

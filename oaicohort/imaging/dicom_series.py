@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -36,7 +37,7 @@ ORIENTATION_TOLERANCE = 1e-3
 PIXEL_SPACING_TOLERANCE_MM = 1e-3
 
 # (BitsAllocated, PixelRepresentation) -> dtype of uncompressed little-endian pixel data
-_NATIVE_DTYPES = {
+_NATIVE_DTYPES: dict[tuple[int, int], np.dtype] = {
     (16, 0): np.dtype("<u2"),
     (16, 1): np.dtype("<i2"),
     (8, 0): np.dtype("u1"),
@@ -89,7 +90,8 @@ class DicomVolume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.pixels.shape  # type: ignore[return-value]
+        slices, rows, cols = self.pixels.shape
+        return slices, rows, cols
 
 
 def read_series(folder: Path | str, *, expected_description: str | None = None) -> DicomVolume:
@@ -192,7 +194,8 @@ def _read_file(path: Path) -> FileDataset:
         raise SeriesError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
-def _required(path: Path, ds: FileDataset, keyword: str) -> object:
+# pydicom element values are untyped (str, numbers, MultiValue, ...): callers convert and check them
+def _required(path: Path, ds: FileDataset, keyword: str) -> Any:
     value = ds.get(keyword)
     if value is None or value == "":
         raise SeriesError(path, f"missing {keyword} (incomplete or truncated file?)")
@@ -202,7 +205,7 @@ def _required(path: Path, ds: FileDataset, keyword: str) -> object:
 def _floats(path: Path, ds: FileDataset, keyword: str, count: int) -> np.ndarray:
     value = _required(path, ds, keyword)
     try:
-        numbers = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+        numbers = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
         raise SeriesError(path, f"{keyword} {value!r} is not {count} numbers") from None
     if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
@@ -248,8 +251,8 @@ def _native_dtype(ds: FileDataset) -> np.dtype | None:
 
 def _reference(path: Path, ds: FileDataset) -> _Reference:
     signature = _signature(ds)  # first: reading attributes below replaces the raw values
-    rows = int(_required(path, ds, "Rows"))  # type: ignore[call-overload]
-    cols = int(_required(path, ds, "Columns"))  # type: ignore[call-overload]
+    rows = int(_required(path, ds, "Rows"))
+    cols = int(_required(path, ds, "Columns"))
     orientation = _floats(path, ds, "ImageOrientationPatient", 6)
     normal = np.cross(orientation[:3], orientation[3:])
     length = float(np.linalg.norm(normal))

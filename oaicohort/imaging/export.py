@@ -23,7 +23,8 @@ from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.geometry import GeometryMissing, stored_affine
 from oaicohort.imaging.selection import knee_name, select_slots
-from oaicohort.imaging.store import VolumeStore, indexed_volumes
+from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store_index import indexed_volumes
 from oaicohort.progress import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)

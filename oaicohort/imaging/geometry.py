@@ -9,7 +9,7 @@ ImageOrientationPatient (row and column direction cosines), the position of the 
 1. stored voxel ``(d, h, w)`` -> full-resolution region voxel: the centre of the block it is the
    mean of (``views_of_region``: sag blocks ``f x f x f``; cor/ax transposed block means);
 2. region voxel -> read-series voxel: the margin cut and centre pad/crop (the same plan as
-   ``preprocessing._region_plan``), and the flip of right knees along the slice axis;
+   ``volume_transforms.region_plan``), and the flip of right knees along the slice axis;
 3. series voxel ``(k, r, c)`` -> DICOM patient coordinates (LPS, mm):
    ``origin + k*ds*normal + r*dr*col_cosines + c*dc*row_cosines``;
 4. LPS -> the RAS+ coordinates NIfTI uses (x and y negated).
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from oaicohort.imaging.preprocessing import PreprocessParams, _region_plan
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.volume_transforms import region_plan
 
 GEOMETRY_NOTE = "geometry"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -63,7 +64,7 @@ def series_affine(geometry: dict[str, Any]) -> np.ndarray:
 
 def region_to_series(params: PreprocessParams, source_shape: tuple[int, int, int], side: str) -> np.ndarray:
     """4x4 map of full-resolution region index ``(s, r, c)`` to read-series index ``(k, r, c)``."""
-    src, dst, _notes = _region_plan(tuple(source_shape), params)
+    src, dst, _notes = region_plan(tuple(source_shape), params)
     m = np.eye(4)
     for axis in range(3):
         m[axis, 3] = src[axis].start - dst[axis].start

@@ -92,7 +92,7 @@ def store_slots(
 ) -> pd.DataFrame:
     """Used slots of ``view``: ``subject_id, side, visit, position`` (+ ``knee_id`` with a db)."""
     if db is not None:
-        from oaicohort.imaging.store import indexed_volumes
+        from oaicohort.imaging.store_index import indexed_volumes
 
         rows = indexed_volumes(db, store.path, view)
         rows = rows[(rows["status"] == "ok") & (rows["params_hash"] == store.params_hash)]

@@ -5,6 +5,9 @@ that is removed afterwards.
 Unpacking never writes outside that folder: members with absolute paths or ``..``, links,
 devices and other special files are refused (``InputFileError`` naming the archive and member),
 whatever Python's own tar filters would allow.
+
+Nothing outside the user's release is read either: ``check_within`` refuses a series folder, or a
+slice file in it, that resolves outside its visit folder.
 """
 
 from __future__ import annotations
@@ -94,3 +97,32 @@ def series_folder(path: Path) -> Iterator[Path]:
         raise InputFileError(path, "series archive not found (was the NDA package downloaded with its image files?)")
     with tempfile.TemporaryDirectory(prefix="oai-series-") as tmp:
         yield unpack_series(path, Path(tmp))
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        raise InputFileError(path, f"cannot resolve the path: {exc}") from None
+
+
+def check_within(folder: Path, root: Path) -> None:
+    """Refuse a series folder, or a slice file in it, that resolves outside ``root`` (the visit
+    folder recorded at ingest) through ``..`` or a symbolic link: the index may have been edited
+    or written by an older toolkit, and nothing outside the user's release is ever read."""
+    base = _resolved(root)
+    real = _resolved(folder)
+    if not real.is_relative_to(base):
+        raise InputFileError(folder, f"series folder resolves to {real}, outside its visit folder {base}; refused")
+    if not real.is_dir():
+        return  # the reader says what is wrong with it
+    with os.scandir(real) as entries:  # closed on the refusal too
+        for entry in entries:
+            if entry.is_symlink():
+                target = _resolved(Path(entry.path))
+                if not target.is_relative_to(base):
+                    raise InputFileError(
+                        entry.path, f"slice file links to {target}, outside the visit folder {base}; refused"
+                    )

@@ -1,4 +1,4 @@
-"""The chunked Zarr v3 store of preprocessed volumes, and its index in the ``volumes`` table.
+"""The chunked Zarr v3 store of preprocessed volumes: its layout, reading and writing.
 
 Layout (readable with plain ``zarr.open(path)``)::
 
@@ -13,10 +13,11 @@ Layout (readable with plain ``zarr.open(path)``)::
 The database is the source of truth for which slots hold finished volumes: a slot is only
 indexed (``volumes`` row, status ok) after its data and keys are completely written. A slot that
 holds data but no row (a run killed in between) is an orphan; it is reused by the next run.
+The index side (listing and verifying a store against its rows) is ``store_index``.
 
 Whole-volume reads go straight to the chunk file and the Zstd decoder when the store is a local
-directory with the codecs this module writes (several times faster than zarr's generic path,
-which is the fallback).
+directory with the codecs this module writes (``store_chunks``; several times faster than zarr's
+generic path, which is the fallback).
 """
 
 from __future__ import annotations
@@ -27,18 +28,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numcodecs
 import numpy as np
-import pandas as pd
 import zarr
-from sqlalchemy import select
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from oaicohort import __version__
-from oaicohort.db import Database
-from oaicohort.db.schema import Knee, Volume
 from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.preprocessing import PreprocessParams
@@ -49,6 +45,7 @@ from oaicohort.imaging.store_checks import (
     grow_digests,
     record_digest,
 )
+from oaicohort.imaging.store_chunks import ChunkFiles
 from oaicohort.vocabulary import MRI_VIEWS, SIDES, STORE_VIEWS
 
 log = logging.getLogger(__name__)
@@ -57,6 +54,8 @@ FORMAT_VERSION = 1
 # level 1: decodes ~1.5x faster than 3 on noisy MR data for ~10% more disk (benchmarks/store_read.py)
 DEFAULT_ZSTD_LEVEL = 1
 KEYS_CHUNK = 4096
+
+OpenMode = Literal["r", "r+"]  # read-only, or adding volumes
 
 
 class StoreError(OAIError):
@@ -103,7 +102,7 @@ class VolumeStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> VolumeStore:
+    def open(cls, path: str | os.PathLike[str], *, mode: OpenMode = "r") -> VolumeStore:
         """Open an existing store (``mode="r"`` read-only, ``"r+"`` to add volumes)."""
         root = resolve_store_path(path)
         if not (root / "zarr.json").is_file():
@@ -181,8 +180,11 @@ class VolumeStore:
         attrs = dict(group.attrs)
         self.attrs: dict[str, Any] = attrs
         self.params_hash: str = str(attrs.get("params_hash", ""))
+        params = attrs.get("params", {})
         try:
-            self.params = PreprocessParams.from_dict(dict(attrs.get("params", {})))
+            if not isinstance(params, dict):
+                raise TypeError(f"a {type(params).__name__}, not a mapping")
+            self.params = PreprocessParams.from_dict(dict(params))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{self.path}: unreadable preprocessing parameters in the store: {exc}") from exc
         if self.params.hash() != self.params_hash:
@@ -190,9 +192,8 @@ class VolumeStore:
                 f"{self.path}: the params attribute does not match params_hash "
                 "(the store's attributes were edited); the store cannot be trusted"
             )
-        self._fast: dict[str, bool] = {}
+        self._chunks = ChunkFiles(self.path)
         self._arrays: dict[str, zarr.Array] = {}
-        self._zstd = numcodecs.Zstd()
         self._checker: FirstReadVerifier | None = None
 
     def _verifier(self) -> FirstReadVerifier:
@@ -209,14 +210,9 @@ class VolumeStore:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_group"] = None
-        state["_zstd"] = None
         state["_arrays"] = {}
         state["_checker"] = None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._zstd = numcodecs.Zstd()
 
     def _create_view(self, view: str, zstd_level: int) -> None:
         if view not in STORE_VIEWS:
@@ -253,15 +249,23 @@ class VolumeStore:
         if view not in STORE_VIEWS:
             raise ValueError(f"unknown view {view!r}; choose from {STORE_VIEWS}")
         try:
-            array = self.group[view]  # type: ignore[assignment]
+            array = self._member(view)
         except KeyError:
             raise StoreError(f"{self.path}: the store holds no {view!r} volumes (views: {list(self.views)})") from None
-        self._arrays[view] = array  # type: ignore[assignment]
-        return array  # type: ignore[return-value]
+        self._arrays[view] = array
+        return array
+
+    def _member(self, name: str) -> zarr.Array:
+        """The array ``name`` of the group (a group in its place is a malformed store)."""
+        member = self.group[name]
+        if not isinstance(member, zarr.Array):
+            raise StoreError(f"{self.path}: {name} is a group, not an array; the store is malformed")
+        return member
 
     def volume_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of a stored volume of ``view``."""
-        return tuple(self._array(view).shape[1:])  # type: ignore[return-value]
+        _, d, h, w = self._array(view).shape
+        return d, h, w
 
     def crop_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of the training crop (from the store's parameters)."""
@@ -272,31 +276,14 @@ class VolumeStore:
         return int(self._array(view).shape[0])
 
     def knee_keys(self, view: str) -> np.ndarray:
-        return np.asarray(self.group[f"knee_keys/{view}"][:])
+        return np.asarray(self._member(f"knee_keys/{view}")[:])
 
     def visits(self, view: str) -> np.ndarray:
-        return np.asarray(self.group[f"visits/{view}"][:])
-
-    def _chunk_file(self, view: str, position: int) -> Path:
-        return self.path / view / "c" / str(position) / "0" / "0" / "0"
+        return np.asarray(self._member(f"visits/{view}")[:])
 
     def _fast_path(self, view: str) -> bool:
-        """Whether chunk files can be decoded directly (the layout and codecs this module writes)."""
-        if view not in self._fast:
-            arr = self._array(view)
-            meta = arr.metadata
-            codecs = getattr(meta, "codecs", ())
-            ok = (
-                len(codecs) == 2
-                and isinstance(codecs[0], BytesCodec)
-                and isinstance(codecs[1], ZstdCodec)
-                and tuple(arr.chunks) == (1, *arr.shape[1:])
-                and getattr(getattr(meta, "chunk_key_encoding", None), "separator", None) == "/"
-                and getattr(meta.chunk_key_encoding, "name", None) == "default"
-                and (self.path / view / "zarr.json").is_file()
-            )
-            self._fast[view] = bool(ok)
-        return self._fast[view]
+        """Whether ``view`` is read straight from its chunk files (``store_chunks``)."""
+        return self._chunks.direct(view, self._array(view))
 
     def _check_position(self, view: str, position: int) -> None:
         n = self.capacity(view)
@@ -307,16 +294,12 @@ class VolumeStore:
         """Read one volume into ``out`` (uint8, the volume shape); returns ``out``."""
         position = int(position)
         if self._fast_path(view):
-            chunk = self._chunk_file(view, position)
-            try:
-                data = chunk.read_bytes()
-            except FileNotFoundError:
+            if not self._chunks.read_into(view, position, out):
                 self._check_position(view, position)
                 if (missing := self._verifier().missing_chunk(view, position)) is not None:
-                    raise missing from None  # written once: never read as zeros
+                    raise missing  # written once: never read as zeros
                 out.fill(0)  # never-written slot: zarr's fill value
                 return out
-            self._zstd.decode(data, out=out)
         else:
             self._check_position(view, position)
             out[...] = self._array(view)[position]
@@ -352,8 +335,8 @@ class VolumeStore:
         if capacity <= arr.shape[0]:
             return
         arr.resize((capacity, *arr.shape[1:]))
-        self.group[f"knee_keys/{view}"].resize((capacity,))  # type: ignore[union-attr]
-        self.group[f"visits/{view}"].resize((capacity,))  # type: ignore[union-attr]
+        self._member(f"knee_keys/{view}").resize((capacity,))
+        self._member(f"visits/{view}").resize((capacity,))
         grow_digests(self.group, view, capacity)
 
     def write(self, view: str, position: int, volume: np.ndarray, *, key: int, visit: int) -> str:
@@ -369,8 +352,8 @@ class VolumeStore:
         self._array(view)[position] = volume
         checksum = volume_checksum(volume)
         record_digest(self.group, view, position, checksum)
-        self.group[f"knee_keys/{view}"][position] = key  # type: ignore[index]
-        self.group[f"visits/{view}"][position] = visit  # type: ignore[index]
+        self._member(f"knee_keys/{view}")[position] = key
+        self._member(f"visits/{view}")[position] = visit
         if self._checker is not None:
             self._checker = None  # digests and keys changed: re-read them when next verifying
         return checksum
@@ -378,8 +361,8 @@ class VolumeStore:
     def release(self, view: str, position: int) -> None:
         """Mark a slot unused (keys -1); its data is left to be overwritten."""
         self._require_writable()
-        self.group[f"knee_keys/{view}"][position] = -1  # type: ignore[index]
-        self.group[f"visits/{view}"][position] = -1  # type: ignore[index]
+        self._member(f"knee_keys/{view}")[position] = -1
+        self._member(f"visits/{view}")[position] = -1
 
     # ------------------------------------------------------------------ description
 
@@ -414,152 +397,3 @@ class VolumeStore:
             "views": views,
             "disk_bytes": self.disk_bytes(),
         }
-
-
-# --------------------------------------------------------------------------- database index
-
-
-def indexed_volumes(db: Database, store_path: str | os.PathLike[str], view: str | None = None) -> pd.DataFrame:
-    """The ``volumes`` rows of one store (all parameter sets), one per (knee, visit, view).
-
-    Columns: ``knee_id, subject_id, side, visit, view, position, status, reason`` plus
-    ``series_id, params_hash, checksum, shape, spacing_mm, notes, array_path``.
-    """
-    path = str(resolve_store_path(store_path))
-    query = (
-        select(
-            Volume.knee_id,
-            Knee.subject_id,
-            Knee.side,
-            Volume.visit,
-            Volume.view,
-            Volume.position,
-            Volume.status,
-            Volume.reason,
-            Volume.series_id,
-            Volume.params_hash,
-            Volume.checksum,
-            Volume.shape,
-            Volume.spacing_mm,
-            Volume.notes,
-            Volume.array_path,
-        )
-        .join(Knee, Knee.id == Volume.knee_id)
-        .where(Volume.store_path == path)
-        .order_by(Volume.view, Volume.knee_id, Volume.visit)
-    )
-    if view is not None:
-        query = query.where(Volume.view == view)
-    with db.read() as session:
-        rows = session.execute(query).all()
-    columns = [
-        "knee_id", "subject_id", "side", "visit", "view", "position", "status", "reason",
-        "series_id", "params_hash", "checksum", "shape", "spacing_mm", "notes", "array_path",
-    ]  # fmt: skip
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
-    frame["position"] = frame["position"].astype("Int64")
-    return frame
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def verify_store(
-    db: Database,
-    store_path: str | os.PathLike[str],
-    *,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Recompute the checksum of every indexed ok volume of the store and compare with the DB.
-
-    Returns ``{"checked", "ok", "mismatches": [...], "orphans": {view: [positions]},
-    "unused": {view: count}, "failed_rows", "other_params_rows"}``. Mismatches (bad checksum,
-    unreadable chunk, wrong knee key, position outside the array, two rows on one slot) are
-    errors; orphans (data with a key but no row: an interrupted run) are only reported.
-    """
-    store = VolumeStore.open(store_path)
-    path = str(store.path)
-    with db.read() as session:
-        rows = session.execute(
-            select(
-                Volume.view,
-                Volume.position,
-                Volume.checksum,
-                Volume.visit,
-                Volume.status,
-                Volume.params_hash,
-                Knee.subject_id,
-                Knee.side,
-            )
-            .join(Knee, Knee.id == Volume.knee_id)
-            .where(Volume.store_path == path)
-            .order_by(Volume.view, Volume.position)
-        ).all()
-    current = [r for r in rows if r.params_hash == store.params_hash]
-    ok_rows = [r for r in current if r.status == "ok"]
-    report: dict[str, Any] = {
-        "store_path": path,
-        "params_hash": store.params_hash,
-        "checked": 0,
-        "ok": 0,
-        "mismatches": [],
-        "orphans": {},
-        "unused": {},
-        "failed_rows": sum(r.status == "failed" for r in current),
-        "other_params_rows": len(rows) - len(current),
-    }
-    keys = {view: store.knee_keys(view) for view in store.views}
-    visits = {view: store.visits(view) for view in store.views}
-    claimed: dict[tuple[str, int], int] = {}
-    total = len(ok_rows)
-    for n, row in enumerate(ok_rows, start=1):
-        report["checked"] += 1
-        where = {
-            "view": row.view,
-            "position": row.position,
-            "subject_id": row.subject_id,
-            "side": row.side,
-            "visit": row.visit,
-        }
-        problem = None
-        if row.view not in keys or row.position is None or not 0 <= row.position < len(keys[row.view]):
-            problem = "position outside the stored array"
-        elif (row.view, row.position) in claimed:
-            problem = "slot indexed twice"
-        else:
-            claimed[(row.view, row.position)] = n
-            if (
-                keys[row.view][row.position] != knee_key(row.subject_id, row.side)
-                or visits[row.view][row.position] != row.visit
-            ):
-                problem = (
-                    f"slot holds knee key {int(keys[row.view][row.position])} visit "
-                    f"{int(visits[row.view][row.position])}, index says "
-                    f"{knee_key(row.subject_id, row.side)} visit {row.visit}"
-                )
-            else:
-                try:
-                    actual = volume_checksum(store.read(row.view, row.position))
-                except Exception as exc:  # a corrupt chunk fails to decode
-                    problem = f"unreadable: {type(exc).__name__}: {exc}"
-                else:
-                    if actual != row.checksum:
-                        problem = f"checksum {actual[:12]} != indexed {str(row.checksum)[:12]}"
-        if problem:
-            report["mismatches"].append({**where, "problem": problem})
-        else:
-            report["ok"] += 1
-        if progress is not None:
-            progress("verify", n, total)
-    for view in store.views:
-        used = {pos for (v, pos) in claimed if v == view}
-        orphans = [int(p) for p in np.flatnonzero(keys[view] >= 0) if int(p) not in used]
-        report["orphans"][view] = orphans
-        report["unused"][view] = int((keys[view] < 0).sum())
-    report["warnings"] = []
-    if not rows and any(report["orphans"].values()):
-        report["warnings"].append(
-            f"the database {db.url} indexes nothing in this store although it holds volumes: "
-            "is --db the database the store was made with?"
-        )
-    return report

@@ -23,30 +23,35 @@ from __future__ import annotations
 
 import csv
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from oaicohort.db import Database
-from oaicohort.db.schema import ImageSeries, Knee, Volume, XrayRoi
+from oaicohort.db.schema import ImageSeries, XrayRoi
 from oaicohort.errors import DatabaseStateError, InputFileError
 from oaicohort.files import no_world_write
-from oaicohort.imaging.preprocess_run import (
-    PreprocessFailure,
-    SlotAllocator,
-    _forget_stale_rows,
-    check_within,
-    writer_lock,
-)
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path
+from oaicohort.imaging.series_source import check_within
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.store_writer import (
+    SlotAllocator,
+    count_outcome,
+    has_series,
+    index_knees,
+    ok_volumes,
+    replace_rows,
+    store_target,
+    take_tasks,
+    volume_row,
+    write_results,
+    writing,
+)
 from oaicohort.imaging.xray_localiser import LOCALISER_NAME, JointCentre, localise_knees
 from oaicohort.imaging.xray_preprocessing import crop_knee
 from oaicohort.imaging.xray_reader import read_radiograph
@@ -189,25 +194,8 @@ def select_xray_tasks(
             .scalars()
             .all()
         )
-        knees = {(k.subject_id, k.side): k.id for k in session.execute(select(Knee)).scalars()}
-        for s in series:
-            for side in SIDES:
-                if (s.subject_id, side) not in knees:
-                    knee = Knee(subject_id=s.subject_id, side=side)
-                    session.add(knee)
-                    session.flush()
-                    knees[(s.subject_id, side)] = knee.id
-        done = set(
-            session.execute(
-                select(Volume.knee_id).where(
-                    Volume.store_path == str(store.path),
-                    Volume.params_hash == store.params_hash,
-                    Volume.view == XRAY_VIEW,
-                    Volume.visit == visit,
-                    Volume.status == "ok",
-                )
-            ).scalars()
-        )
+        knees = index_knees(session, ((s.subject_id, side) for s in series for side in SIDES))
+        done = {knee_id for knee_id, view in ok_volumes(session, store, visit) if view == XRAY_VIEW}
         tasks, seen = [], set()
         for s in series:
             if s.subject_id in seen:  # one bilateral image per subject and visit
@@ -224,14 +212,13 @@ def select_xray_tasks(
 
 
 def _record(db: Database, store: VolumeStore, task: RadiographTask, outcome: KneeOutcome, slots: SlotAllocator) -> None:
-    volume = Volume(
+    """Write a knee's ROI and its key, then index it (or the failure) in one transaction."""
+    volume = volume_row(
+        store,
         knee_id=outcome.knee_id,
         series_id=task.series_id,
         visit=task.visit,
         view=XRAY_VIEW,
-        store_path=str(store.path),
-        params_hash=store.params_hash,
-        status="failed" if outcome.reason else "ok",
         reason=outcome.reason,
     )
     roi = None
@@ -254,16 +241,7 @@ def _record(db: Database, store: VolumeStore, task: RadiographTask, outcome: Kne
             score=None if outcome.score is None else round(outcome.score, 4),
         )
     with db.write() as session:
-        session.execute(
-            delete(Volume).where(
-                Volume.store_path == str(store.path),
-                Volume.params_hash == store.params_hash,
-                Volume.knee_id == outcome.knee_id,
-                Volume.visit == task.visit,
-                Volume.view == XRAY_VIEW,
-            )
-        )
-        session.add(volume)
+        replace_rows(session, store, outcome.knee_id, task.visit, (XRAY_VIEW,), (volume,))
         if roi is not None:
             session.flush()
             roi.volume_id = volume.id
@@ -307,18 +285,9 @@ def run_xray_preprocess(
 ) -> XrayPreprocessSummary:
     """Preprocess the visit's bilateral PA radiographs into the store's ``xray`` array."""
     start = time.perf_counter()
-    path = resolve_store_path(store_path)
-    created = not path.exists() or not any(path.iterdir())
-    if params is None:
-        params = VolumeStore.open(path).params if not created else PreprocessParams.full()
+    path, params, created = store_target(store_path, params)
     landmarks = read_roi_file(roi_file, visit) if roi_file is not None else None
-    with db.read() as session:
-        indexed = session.execute(
-            select(ImageSeries.id).where(
-                ImageSeries.visit == visit, ImageSeries.sequence == params.xray_sequence.upper()
-            )
-        ).first()
-    if indexed is None:
+    if not has_series(db, visit, params.xray_sequence.upper()):
         raise DatabaseStateError(
             f"no {params.xray_sequence!r} radiographs of visit {visit} in the database {db.url}; run `oai ingest` "
             "on a release with its X-ray image packages (contents.csv) first"
@@ -327,47 +296,40 @@ def run_xray_preprocess(
     localiser = ROI_FILE_LOCALISER if landmarks is not None else LOCALISER_NAME
     summary = XrayPreprocessSummary(str(store.path), store.params_hash, visit, localiser)
     qc_dir = store.path.parent / f"{store.path.name}.qc"
-    with writer_lock(store):
-        if created:
-            _forget_stale_rows(db, store)  # rows of a deleted store at this path are stale
-        tasks, summary.selected = select_xray_tasks(db, store, params, visit)
-        summary.skipped = summary.selected - sum(len(t.knees) for t in tasks)
-        if limit is not None and limit >= 0 and len(tasks) > limit:
-            summary.remaining = sum(len(t.knees) for t in tasks[limit:])
-            tasks = tasks[:limit]
+    tiles: list[tuple[str, np.ndarray]] = []
+
+    def write_qc_montage() -> None:
+        name = f"xray_visit{visit:02d}_{tiles[0][0]}-{tiles[-1][0]}.png"
+        summary.qc_montages.append(str(write_montage(qc_dir / name, tiles)))
+        tiles.clear()
+
+    with writing(db, store, created=created):
+        tasks, selected = select_xray_tasks(db, store, params, visit)
+        tasks = take_tasks(summary, tasks, selected, limit, size=lambda task: len(task.knees))
         slots = SlotAllocator(db, store, (XRAY_VIEW,))
         slots.reserve(XRAY_VIEW, sum(len(t.knees) for t in tasks))
-        progress("preprocess xray", 0, len(tasks))
-        tiles: list[tuple[str, np.ndarray]] = []
-        # spawn: the parent holds zarr's event-loop thread and DB connections, unsafe to fork
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context) if workers > 1 and len(tasks) > 1 else None
-        try:
-            results = (
-                pool.map(_work, tasks, [params] * len(tasks), [landmarks] * len(tasks), chunksize=2)
-                if pool is not None
-                else (_work(t, params, landmarks) for t in tasks)
-            )
-            for n, (task, outcomes) in enumerate(zip(tasks, results), start=1):
-                for outcome in outcomes:
-                    _record(db, store, task, outcome, slots)
-                    if outcome.reason is None and outcome.image is not None:
-                        summary.done += 1
-                        tiles.append((f"{task.subject_id}{outcome.side}", outcome.image))
-                    else:
-                        summary.failed += 1
-                        failure = {"subject_id": task.subject_id, "side": outcome.side, "reason": outcome.reason}
-                        summary.failures.append(failure)
-                        log.warning("failed: %s", outcome.reason)
-                        if strict:
-                            raise PreprocessFailure(f"--strict: {outcome.reason}")
-                if len(tiles) >= QC_BATCH or (n == len(tasks) and tiles):
-                    name = f"xray_visit{visit:02d}_{tiles[0][0]}-{tiles[-1][0]}.png"
-                    summary.qc_montages.append(str(write_montage(qc_dir / name, tiles)))
-                    tiles = []
-                progress("preprocess xray", n, len(tasks))
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+
+        def write(task: RadiographTask, outcomes: list[KneeOutcome]) -> None:
+            for outcome in outcomes:
+                _record(db, store, task, outcome, slots)
+                if outcome.reason is None and outcome.image is not None:
+                    tiles.append((f"{task.subject_id}{outcome.side}", outcome.image))
+                count_outcome(summary, outcome.reason, strict=strict, subject_id=task.subject_id, side=outcome.side)
+            if len(tiles) >= QC_BATCH:
+                write_qc_montage()
+
+        # in task order: the QC montages follow the subjects
+        write_results(
+            _work,
+            tasks,
+            (params, landmarks),
+            write,
+            workers=workers,
+            progress=progress,
+            label="preprocess xray",
+            ordered=True,
+        )
+        if tiles:
+            write_qc_montage()
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary

@@ -35,6 +35,7 @@ from oaicohort.synth.raster import (
     ImageGeometry,
     Intersection,
     Layer,
+    Shape,
     Union,
     image_geometry,
 )
@@ -75,9 +76,9 @@ class KneeAnatomy:
     @property
     def joint_space_mm(self) -> tuple[float, float]:
         """Bone-to-bone distance per compartment (medial, lateral)."""
-        return tuple(  # type: ignore[return-value]
-            f + t + g for f, t, g in zip(self.femoral_cartilage_mm, self.tibial_cartilage_mm, self.gap_mm)
-        )
+        (femoral_m, femoral_l), (tibial_m, tibial_l) = self.femoral_cartilage_mm, self.tibial_cartilage_mm
+        gap_m, gap_l = self.gap_mm
+        return femoral_m + tibial_m + gap_m, femoral_l + tibial_l + gap_l
 
 
 # Compartment centres (x, mm) and plateau geometry in the local frame.
@@ -98,11 +99,11 @@ def knee_anatomy(latent: float, rng: np.random.Generator) -> KneeAnatomy:
     z = float(np.clip(latent, -3.0, 3.0))
     subject = rng.spawn(1)[0]
     scale = float(subject.uniform(0.9, 1.1))
-    shift = tuple(float(v) for v in np.clip(subject.normal(0.0, 3.0, size=3), -6.0, 6.0))
+    shift = _triple(np.clip(subject.normal(0.0, 3.0, size=3), -6.0, 6.0))
     tilt = float(subject.uniform(-5.0, 5.0))
     intensity_scale = float(subject.uniform(0.85, 1.15))
     noise_sigma = float(subject.uniform(22.0, 38.0))
-    shading = tuple(float(v) for v in subject.uniform(-0.12, 0.12, size=3))
+    shading = _triple(subject.uniform(-0.12, 0.12, size=3))
     cartilage_base = float(subject.normal(2.5, 0.15))
     gap_base = float(subject.normal(1.0, 0.1))
     jitter = subject.normal(0.0, 0.1, size=6)
@@ -130,11 +131,11 @@ def knee_anatomy(latent: float, rng: np.random.Generator) -> KneeAnatomy:
     return KneeAnatomy(
         latent=float(latent),
         scale=scale,
-        shift_mm=shift,  # type: ignore[arg-type]
+        shift_mm=shift,
         tilt_deg=tilt,
         intensity_scale=intensity_scale,
         noise_sigma=noise_sigma,
-        shading=shading,  # type: ignore[arg-type]
+        shading=shading,
         femoral_cartilage_mm=femoral,
         tibial_cartilage_mm=tibial,
         gap_mm=gaps,
@@ -146,6 +147,12 @@ def knee_anatomy(latent: float, rng: np.random.Generator) -> KneeAnatomy:
 
 
 Pair = tuple[float, float]  # (medial, lateral)
+
+
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    """Three draws as Python floats (a NumPy scalar would promote the float32 rendering to float64)."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 def _condyle_bottom(compartment: int, femoral: Pair, tibial: Pair, gaps: Pair) -> float:
@@ -224,7 +231,7 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
         for cx, cz in zip(compartments, condyle_z)
     ]
     for condyle, thickness, cz in zip(condyles, femoral, condyle_z):
-        grown = Ellipsoid(condyle.c, np.add(condyle.a, (1.0, thickness, thickness)))
+        grown = Ellipsoid(condyle.c, [a + d for a, d in zip(condyle.a, (1.0, thickness, thickness))])
         articular = Box((condyle.c[0], condyle.c[1], cz - 40.0), (30.0, 40.0, 40.0 + 0.3 * _CONDYLE_RADIUS))
         layers.append((Intersection(grown, articular), CARTILAGE))
     for cx, thickness in zip(compartments, tibial):
@@ -250,13 +257,13 @@ def _knee_layers(knee: KneeAnatomy) -> list[Layer]:
     fibula = CylinderZ(31.0, 20.0, 7.0, 7.0, -200.0, -14.0)
     patella = Ellipsoid((0.0, -34.0, joint_top + 4.0), (20.0, 8.0, 17.0))
     patellar_cartilage = Intersection(
-        Ellipsoid(patella.c, np.add(patella.a, knee.patellar_cartilage_mm)),
+        Ellipsoid(patella.c, [a + knee.patellar_cartilage_mm for a in patella.a]),
         Box((0.0, patella.c[1] + 20.0, patella.c[2]), (40.0, 20.0, 40.0)),
     )
     layers.append((patellar_cartilage, CARTILAGE))
 
     spurs = [Ellipsoid(b.center, b.semi_axes) for b in knee.osteophytes]
-    bones = (femur, tibia, fibula, patella, *spurs)
+    bones: tuple[Shape, ...] = (femur, tibia, fibula, patella, *spurs)
     layers += [(bone, CORTEX) for bone in bones]
     layers += [(Grown(bone, -1.2), MARROW) for bone in bones]
     # marrow lesions stay inside the femur and tibia

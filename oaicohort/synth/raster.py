@@ -162,11 +162,17 @@ Layer = tuple[Shape, float]
 
 
 class Pose(Protocol):
-    """Where a phantom sits in the grid: isotropic scale, shift (mm) and tilt about x (degrees)."""
+    """Where a phantom sits in the grid: isotropic scale, shift (mm) and tilt about x (degrees).
 
-    scale: float
-    shift_mm: tuple[float, float, float]
-    tilt_deg: float
+    Read-only members, so frozen dataclasses (``KneeAnatomy``) satisfy it.
+    """
+
+    @property
+    def scale(self) -> float: ...
+    @property
+    def shift_mm(self) -> tuple[float, float, float]: ...
+    @property
+    def tilt_deg(self) -> float: ...
 
 
 class Canvas:

@@ -22,7 +22,7 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import verify_store
+from oaicohort.imaging.store_index import verify_store
 from oaicohort.ingest.provenance import list_runs
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release

@@ -18,9 +18,10 @@ from oaicohort.db import Database
 from oaicohort.imaging.export import ExportError, export_nifti
 from oaicohort.imaging.geometry import GEOMETRY_NOTE, LPS_TO_RAS, stored_affine
 from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import preprocess_series
 from oaicohort.imaging.qc import GAP, write_qc
-from oaicohort.imaging.store import VolumeStore, indexed_volumes
+from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store_index import indexed_volumes
+from oaicohort.imaging.volume_transforms import preprocess_series
 from tests.imaging.test_preprocess_run import SMALL, SUBJECTS, make_release, read_series_for_tests
 
 nib = pytest.importorskip("nibabel", reason="nibabel is the [export] extra")

@@ -20,15 +20,12 @@ from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
 from oaicohort.imaging.dicom_series import DicomVolume, read_series
-from oaicohort.imaging.preprocess_run import PreprocessFailure, run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
-from oaicohort.imaging.store import (
-    StoreError,
-    VolumeStore,
-    indexed_volumes,
-    knee_key,
-    verify_store,
-)
+from oaicohort.imaging.preprocess_run import run_preprocess
+from oaicohort.imaging.preprocessing import PreprocessParams
+from oaicohort.imaging.store import StoreError, VolumeStore, knee_key
+from oaicohort.imaging.store_index import indexed_volumes, verify_store
+from oaicohort.imaging.store_writer import PreprocessFailure
+from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
@@ -339,7 +336,7 @@ def test_cli_rejects_bad_options_and_empty_database(db: Database, tmp_path: Path
 
 def test_second_writer_on_the_same_store_is_refused(db: Database, release, tmp_path: Path) -> None:
     from oaicohort.errors import ConcurrentWriteError
-    from oaicohort.imaging.preprocess_run import writer_lock
+    from oaicohort.imaging.store_writer import writer_lock
 
     store = VolumeStore.create(tmp_path / "vol.zarr", SMALL, views=("sag",))
     with writer_lock(store), pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):

@@ -90,7 +90,7 @@ def test_fast_path_equals_zarr_path(store: VolumeStore) -> None:
     reader = VolumeStore.open(store.path)
     assert reader._fast_path("sag")
     fast = reader.read("sag", 0)
-    reader._fast["sag"] = False
+    reader._chunks.usable["sag"] = False
     np.testing.assert_array_equal(reader.read("sag", 0), fast)
     np.testing.assert_array_equal(fast, vol)
 

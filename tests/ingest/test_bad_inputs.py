@@ -29,7 +29,8 @@ from oaicohort.db.schema import ClinicalValue, ImageSeries, IngestRun, Volume
 from oaicohort.errors import InputFileError
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key, verify_store
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.store_index import verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from tests.reliability_helpers import DATA_TABLES, small_imaging_release, table_rows

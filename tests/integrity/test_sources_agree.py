@@ -20,7 +20,8 @@ from oaicohort.imaging.consistency import folder_participants, normal_axis
 from oaicohort.imaging.dicom_series import read_series
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key, verify_store
+from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.store_index import verify_store
 from tests.reliability_helpers import small_imaging_release
 
 SMALL = PreprocessParams.preset_named("small")

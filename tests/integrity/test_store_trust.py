@@ -24,8 +24,9 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import Volume
 from oaicohort.imaging.preprocess_run import run_preprocess
 from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, indexed_volumes, verify_store
+from oaicohort.imaging.store import VolumeStore
 from oaicohort.imaging.store_checks import StoreIntegrityError
+from oaicohort.imaging.store_index import indexed_volumes, verify_store
 from oaicohort.ingest.run import ingest_release
 from oaimodels.data import make_source
 from tests.reliability_helpers import REPO, run_oai, spawn_oai, table_rows

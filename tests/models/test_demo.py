@@ -12,8 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.imaging.preprocessing import PreprocessParams, preprocess_series
+from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.demo import DemoConfig, run_demo

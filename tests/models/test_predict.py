@@ -96,7 +96,7 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
 
 def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A series folder goes through the run's own preprocessing, like a store of the same volume."""
-    from oaicohort.imaging.preprocessing import preprocess_series
+    from oaicohort.imaging.volume_transforms import preprocess_series
     from oaicohort.synth.dicom_writer import SeriesMeta, write_series
     from oaicohort.synth.mri_anatomy import render_knee_volume
 
