@@ -76,22 +76,40 @@ def postgres_server_url() -> str:
     pytest.skip(reason)
 
 
+def _postgres_statement(sql: str) -> None:
+    admin = create_engine(postgres_server_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(sql))
+    finally:
+        admin.dispose()
+
+
+def _postgres_database(template: str | None = None, prefix: str = "oai_test") -> str:
+    """Create a PostgreSQL database (empty, or a copy of ``template``) and return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _postgres_statement(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+def _postgres_url(name: str) -> str:
+    return make_url(postgres_server_url()).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres_database(name: str) -> None:
+    _postgres_statement(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def fresh_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """Yield the URL of a new, empty database of ``backend``; drop it afterwards."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'cohort.sqlite'}"
         return
-    server = postgres_server_url()
-    name = f"oai_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    name = _postgres_database()
     try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+        yield _postgres_url(name)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_postgres_database(name)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -107,10 +125,7 @@ def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     templates: dict[str, str] = {}
     yield templates
     if "postgresql" in templates:
-        admin = create_engine(postgres_server_url(), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_postgres_database(templates["postgresql"])
 
 
 def _sqlite_template(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -131,23 +146,15 @@ def migrated_copy(
         shutil.copyfile(_sqlite_template(templates, factory), target)
         yield f"sqlite:///{target}"
         return
-    server = postgres_server_url()
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
     if "postgresql" not in templates:
-        name = f"oai_template_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        open_database(make_url(server).set(database=name).render_as_string(hide_password=False)).dispose()
-        templates["postgresql"] = name
-    name = f"oai_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
+        template = _postgres_database(prefix="oai_template")
+        open_database(_postgres_url(template)).dispose()
+        templates["postgresql"] = template
+    name = _postgres_database(template=templates["postgresql"])
     try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+        yield _postgres_url(name)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_postgres_database(name)
 
 
 @pytest.fixture(params=BACKENDS)
