@@ -34,10 +34,24 @@ DESCRIPTIVE = ("name", "tags", "tensorboard", "track", "tracking_uri", "experime
 # hashes (and resume) of earlier runs stay valid.
 _HASHED_UNLESS_DEFAULT: dict[str, Any] = {"sampler": "weighted", "lr_milestones": None, "lr_gamma": 0.1}
 SAMPLERS = ("weighted", "shuffle")
+# The paper's schedule; a model's registry ``recipe`` replaces any of these (the X-ray prior art:
+# lr 1e-3, no warm-up, multistep decay). lr_milestones None after resolving: no decay.
+RECIPE_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "warmup_epochs": 5, "lr_milestones": None, "lr_gamma": 0.1}
 
 
 class TrainingError(OAIError):
     """A training run cannot start or continue (bad options, run folder conflicts)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning-rate schedule of a resolved config (see ``oaimodels.training.recipe.lr_at``)."""
+
+    lr: float
+    warmup_epochs: int
+    warmup_start_lr: float
+    milestones: tuple[int, ...]
+    gamma: float
 
 
 @dataclass
@@ -65,12 +79,15 @@ class TrainConfig:
     workers: int = 4
     limit_train: int | None = None  # train on at most N knees per fold (quick runs)
     crop_shape: list[int] | None = None  # None: paper shape if the store fits it, else the store's crop
-    lr: float = 1e-4
+    # None: the model's own recipe (the X-ray prior art's), else the paper's (RECIPE_DEFAULTS);
+    # a value given, even one equal to the paper's, is what the run uses
+    lr: float | None = None
     weight_decay: float = 1e-4
-    warmup_epochs: int = 5
+    warmup_epochs: int | None = None
     warmup_start_lr: float = 1e-5
-    lr_milestones: list[int] | None = None  # multistep decay by lr_gamma at these epochs (X-ray recipe)
-    lr_gamma: float = 0.1
+    # multistep decay by lr_gamma at these epochs; None: the model's recipe, [] or none: no decay
+    lr_milestones: list[int] | None = None
+    lr_gamma: float | None = None
     focal_gamma: float = 2.0
     sampler: str = "weighted"  # weighted (1/class frequency, with replacement) | shuffle (each knee once)
     augment: AugmentParams = field(default_factory=AugmentParams)
@@ -83,6 +100,14 @@ class TrainConfig:
     track: str | None = None  # mlflow: also log to MLflow (oaimodels.tracking)
     tracking_uri: str | None = None  # MLflow tracking URI (default: a file store ./mlruns)
     experiment: str = "oai"  # MLflow experiment name
+
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule; the config must be resolved (:func:`resolve_config`)."""
+        if self.lr is None or self.warmup_epochs is None or self.lr_gamma is None:
+            raise TrainingError("the learning-rate schedule is not resolved yet: call resolve_config first")
+        return Schedule(
+            self.lr, self.warmup_epochs, self.warmup_start_lr, tuple(self.lr_milestones or ()), self.lr_gamma
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -139,8 +164,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError(f"precision must be bf16 or fp32, not {c.precision!r}")
     if c.init == "auto":
         c.init = "imagenet" if spec.imagenet_encoder else "scratch"
-    for name, value in spec.recipe.items():  # the model's own reference recipe, unless overridden
-        if getattr(c, name) == TrainConfig.__dataclass_fields__[name].default:
+    for name, paper in RECIPE_DEFAULTS.items():  # the model's own reference recipe, unless given
+        if getattr(c, name) is None:
+            value = spec.recipe.get(name, paper)
             setattr(c, name, list(value) if isinstance(value, (list, tuple)) else value)
     if c.batch_size is None:
         c.batch_size = spec.batch_size
@@ -155,7 +181,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "nproc"):
         if getattr(c, name) < 1:
             raise TrainingError(f"{name} must be at least 1, got {getattr(c, name)}")
-    if c.warmup_epochs < 0 or c.workers < 0:
+    schedule = c.schedule()
+    if schedule.warmup_epochs < 0 or c.workers < 0:
         raise TrainingError("warmup_epochs and workers must not be negative")
     if c.limit_train is not None and c.limit_train < 2:
         raise TrainingError("limit_train must be at least 2 knees")
@@ -178,8 +205,9 @@ class PreparedRun:
 
 def check_recipe(c: TrainConfig) -> None:
     """The recipe's values are in range (called by ``resolve_config``, whatever their source)."""
-    if not (c.lr > 0 and math.isfinite(c.lr)):
-        raise TrainingError(f"lr must be a positive number, got {c.lr}")
+    schedule = c.schedule()
+    if not (schedule.lr > 0 and math.isfinite(schedule.lr)):
+        raise TrainingError(f"lr must be a positive number, got {schedule.lr}")
     if c.warmup_start_lr <= 0:
         raise TrainingError(f"warmup_start_lr must be positive, got {c.warmup_start_lr}")
     if c.weight_decay < 0 or c.focal_gamma < 0:

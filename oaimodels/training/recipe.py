@@ -2,7 +2,8 @@
 
 Adam (lr 1e-4, weight decay 1e-4); the learning rate rises linearly from 1e-5 over the first
 5 epochs (stepped once per epoch), then stays constant; focal loss with gamma 2 and no class
-weights. The values are :class:`~oaimodels.training.config.TrainConfig` defaults.
+weights. The values are ``RECIPE_DEFAULTS`` and :class:`~oaimodels.training.config.TrainConfig`
+defaults; a model's registry recipe replaces them (the X-ray prior art).
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ from .config import TrainConfig, TrainingError
 def lr_at(epoch: int, config: TrainConfig) -> float:
     """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs,
     times lr_gamma for every milestone reached."""
-    decay = config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones or ())
-    if config.warmup_epochs <= 0 or epoch >= config.warmup_epochs:
-        return config.lr * decay
-    return (config.warmup_start_lr + (config.lr - config.warmup_start_lr) * epoch / config.warmup_epochs) * decay
+    s = config.schedule()
+    decay = s.gamma ** sum(epoch >= m for m in s.milestones)
+    if s.warmup_epochs <= 0 or epoch >= s.warmup_epochs:
+        return s.lr * decay
+    return (s.warmup_start_lr + (s.lr - s.warmup_start_lr) * epoch / s.warmup_epochs) * decay
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch warm-up then constant (stepped once after every epoch)."""
-    base = config.lr
+    base = config.schedule().lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, config) / base)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.schedule().lr, weight_decay=config.weight_decay)
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> torch.Tensor:

@@ -165,7 +165,7 @@ def test_mlflow_tracker_against_a_stand_in_module(tmp_path: Path, monkeypatch: p
     run_dir.mkdir()
     rf.write_json(run_dir / rf.CONFIG, {"folds": [0]})
     config = TrainConfig(
-        store="s", out=str(run_dir), model="3d_shufflenet", init="scratch", track="mlflow",
+        store="s", out=str(run_dir), model="3d_shufflenet", init="scratch", track="mlflow", lr=1e-4,
         tracking_uri="http://tracking.example:5000", tensorboard=False, tags={"site": "D"},
     )  # fmt: skip
     p = SimpleNamespace(config=config, run_dir=run_dir)

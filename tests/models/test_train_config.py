@@ -18,6 +18,7 @@ from oaimodels import run_folder as rf
 from oaimodels.data import AugmentParams
 from oaimodels.demo import DemoConfig
 from oaimodels.training import TrainConfig, TrainingError, resolve_config
+from oaimodels.training.config import RECIPE_DEFAULTS
 from oaimodels.training.config_file import merge_config, read_config_file
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 
@@ -138,7 +139,8 @@ def test_json_config_and_flags_override_the_file(cohort: tuple[Path, Path], tmp_
     c = captured[0]
     assert (c.lr, c.out, c.model) == (5e-4, str(tmp_path / "o"), "toy3d")
     assert (c.augment.gamma_p, c.augment.rotate_p, c.augment.random_crop) == (0.1, 0.0, True)
-    assert c.warmup_epochs == 5  # neither file nor flag: the recipe's default
+    assert c.warmup_epochs is None  # neither file nor flag: the model's recipe, resolved to the paper's
+    assert resolve_config(c).warmup_epochs == 5
 
     result = _train(db, "--config", str(cfg), "--no-augment", "--gamma-p", "0.2")
     assert result.exit_code == 0, result.output
@@ -186,7 +188,7 @@ def test_the_demo_recipe_from_the_command_line(cohort: tuple[Path, Path], tmp_pa
     ("text", "message"),
     [
         ("weight_decy = 0.1\n", "unknown key 'weight_decy'; did you mean 'weight_decay'?"),
-        ('lr = "fast"\n', "key 'lr': expected a number, got 'fast' (str)"),
+        ('lr = "fast"\n', "key 'lr': expected a number or null, got 'fast' (str)"),
         ("epochs = 2.5\n", "key 'epochs': expected an integer, got 2.5 (float)"),
         ("deterministic = 1\n", "key 'deterministic': expected true or false, got 1 (int)"),
         ('folds = [0, "1"]\n', "key 'folds': expected a list of integers or null, got [0, '1'] (list)"),
@@ -258,8 +260,8 @@ def test_help_states_the_dataclass_defaults() -> None:
     helps = {p.name: p.help or "" for p in command.params}
     config, augment = TrainConfig(store="s", out="o"), AugmentParams()
     expected = {
-        "epochs": config.epochs, "lr": config.lr, "weight_decay": config.weight_decay,
-        "warmup_epochs": config.warmup_epochs, "warmup_start_lr": config.warmup_start_lr,
+        "epochs": config.epochs, "lr": RECIPE_DEFAULTS["lr"], "weight_decay": config.weight_decay,
+        "warmup_epochs": RECIPE_DEFAULTS["warmup_epochs"], "warmup_start_lr": config.warmup_start_lr,
         "focal_gamma": config.focal_gamma, "rotate_p": augment.rotate_p, "max_rotation": augment.max_rotation_deg,
         "gamma_p": augment.gamma_p, "gamma_low": augment.gamma_low, "gamma_high": augment.gamma_high,
     }  # fmt: skip
@@ -273,11 +275,15 @@ def test_help_states_the_dataclass_defaults() -> None:
 
 def test_default_hash_is_unchanged_by_the_new_options() -> None:
     """Runs hashed before sampler/name/tags/tracking existed resume: the default config's hash is
-    the one it had (computed on the commit before these options)."""
-    assert TrainConfig(store="s", out="o").hash() == "1d8411fc3831d5f12324d0e98724110fc12a627674edad9d23847cd09a54aac3"
-    tracked = TrainConfig(store="s", out="o", name="x", tags={"a": "b"}, track="mlflow", tensorboard=False)
-    assert tracked.hash() == TrainConfig(store="s", out="o").hash()
-    assert TrainConfig(store="s", out="o", sampler="shuffle").hash() != TrainConfig(store="s", out="o").hash()
+    the one it had (computed on the commit before these options). Hashes are taken of resolved
+    configs, whose schedule is filled in (here: the paper's, as ``resolve_config`` does)."""
+
+    def paper(**kwargs: Any) -> TrainConfig:
+        return TrainConfig(store="s", out="o", **{**RECIPE_DEFAULTS, **kwargs})
+
+    assert paper().hash() == "1d8411fc3831d5f12324d0e98724110fc12a627674edad9d23847cd09a54aac3"
+    assert paper(name="x", tags={"a": "b"}, track="mlflow", tensorboard=False).hash() == paper().hash()
+    assert paper(sampler="shuffle").hash() != paper().hash()
 
 
 def test_shuffle_sampler_takes_every_knee_once_per_epoch() -> None:

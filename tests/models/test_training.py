@@ -30,6 +30,7 @@ from oaimodels.training import (
     lr_at,
     make_optimizer,
     make_scheduler,
+    resolve_config,
     train_all,
     train_run,
 )
@@ -73,7 +74,7 @@ def test_focal_loss_by_hand_and_gamma_zero_is_cross_entropy() -> None:
 
 
 def test_warmup_then_constant_learning_rate() -> None:
-    config = TrainConfig(store="s", out="o")
+    config = resolve_config(TrainConfig(store="s", out="o", device="cpu"))
     expected = [1e-5, 2.8e-5, 4.6e-5, 6.4e-5, 8.2e-5, 1e-4, 1e-4, 1e-4]
     assert [lr_at(e, config) for e in range(8)] == pytest.approx(expected)
     model = torch.nn.Linear(2, 3)

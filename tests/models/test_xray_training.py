@@ -19,7 +19,7 @@ from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
 from oaimodels.store_models import table1_models
-from oaimodels.training import TrainConfig, lr_at, resolve_config
+from oaimodels.training import TrainConfig, TrainingError, lr_at, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,22 @@ def test_recipe_is_the_reference_xray_recipe_unless_overridden(tmp_path: Path) -
     assert own.lr == 5e-4
     mri = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="3d_shufflenet"))
     assert (mri.lr, mri.warmup_epochs, mri.lr_milestones) == (1e-4, 5, None)
+
+
+def test_a_value_given_for_the_xray_model_is_used_even_when_it_is_the_papers(tmp_path: Path) -> None:
+    # the paper's lr/warm-up given explicitly must not be mistaken for "not given" and replaced
+    given = TrainConfig(
+        store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=1e-4, warmup_epochs=5, lr_milestones=[]
+    )
+    config = resolve_config(given)
+    assert (config.lr, config.warmup_epochs, config.lr_milestones, config.lr_gamma) == (1e-4, 5, [], 0.1)
+    assert [lr_at(e, config) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
+    assert resolve_config(config).hash() == config.hash()  # a resolved config resolves to itself
+
+
+def test_an_unresolved_schedule_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="resolve_config"):
+        lr_at(0, TrainConfig(store=str(tmp_path), out=str(tmp_path / "r")))
 
 
 def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> None:
