@@ -17,6 +17,7 @@ from oaicohort.imaging.store import VolumeStore, knee_key
 from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
+from oaimodels.data import AugmentParams
 from oaimodels.demo import DemoConfig, run_demo
 from oaimodels.evaluation import evaluate_run
 from oaimodels.training.config import TrainConfig
@@ -48,6 +49,38 @@ def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     # the folder is reusable: a second run resumes in place instead of failing
     again = run_demo(config)
     assert again.metrics["ap"] == pytest.approx(m["ap"])
+
+
+class _StopAtTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("model", "lr", "expected"),
+    [
+        ("xr_resnext50", None, {"lr": 1e-4, "focal_gamma": 0.0, "sampler": "shuffle", "augment": AugmentParams.none()}),
+        ("xr_resnext50", 3e-4, {"lr": 3e-4, "sampler": "shuffle"}),
+        ("3d_shufflenet", None, {"lr": 1e-3, "focal_gamma": 2.0, "sampler": "weighted", "augment": AugmentParams()}),
+    ],
+)
+def test_demo_trains_each_model_with_its_demo_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, lr: float | None, expected: dict[str, object]
+) -> None:
+    """The X-ray model's demo recipe (no augmentations, cross-entropy, each knee once, lr 1e-4:
+    XRAY_DEMO_RECIPE) is what reaches training; an lr given still wins; MRI models are unchanged."""
+    import oaimodels.training.run as training_run
+
+    seen: list[TrainConfig] = []
+
+    def capture(config: TrainConfig, *args: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise _StopAtTraining
+
+    monkeypatch.setattr(training_run, "train_run", capture)
+    config = DemoConfig(out=tmp_path / "demo", model=model, subjects=20, epochs=1, folds=[0], workers=1, lr=lr)
+    with pytest.raises(_StopAtTraining):
+        run_demo(config)
+    assert {name: getattr(seen[0], name) for name in expected} == expected
 
 
 def test_demo_refuses_a_foreign_run_folder(tmp_path: Path) -> None:
