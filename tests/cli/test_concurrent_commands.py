@@ -169,8 +169,9 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_many_processes_opening_a_new_database_migrate_it_once(database_url: str) -> None:
     code = "import sys; from oaicohort.db import open_database; open_database(sys.argv[1])"
     procs = [_spawn(code, database_url) for _ in range(4)]
-    for proc in procs:
-        _finish(proc)
+    # every process is waited for before any assertion, so a failure leaks none into later tests
+    results = [(proc.communicate(timeout=120), proc.returncode) for proc in procs]
+    assert [code for _, code in results] == [0] * 4, [err for (_, err), _ in results]
     db = open_database(database_url, migrate=False)
     assert current_revision(db.engine) == head_revision()
     db.dispose()

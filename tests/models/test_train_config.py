@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from oaicohort.errors import InputFileError
 from oaimodels import run_folder as rf
 from oaimodels.data import AugmentParams
-from oaimodels.demo import DemoConfig
+from oaimodels.demo import DEMO_LR, DemoConfig
 from oaimodels.training import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.config import RECIPE_DEFAULTS
 from oaimodels.training.config_file import merge_config, read_config_file
@@ -168,13 +168,13 @@ def test_the_demo_recipe_from_the_command_line(cohort: tuple[Path, Path], tmp_pa
     result = _train(
         db, "--store", str(store), "--out", str(tmp_path / "run"), "--model", demo.model, "--folds", "0,1",
         "--epochs", str(demo.epochs), "--init", "scratch", "--batch-size", str(demo.batch_size),
-        "--lr", str(demo.lr), "--warmup-epochs", "0", "--loader", "resident", "--device", "cpu",
+        "--lr", str(DEMO_LR), "--warmup-epochs", "0", "--loader", "resident", "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     # as oaimodels.demo.run_demo builds it
     expected = TrainConfig(
         store=str(store), out=str(tmp_path / "run"), model=demo.model, folds=list(demo.folds), epochs=demo.epochs,
-        init="scratch", batch_size=demo.batch_size, lr=demo.lr, warmup_epochs=0, threads=demo.threads,
+        init="scratch", batch_size=demo.batch_size, lr=DEMO_LR, warmup_epochs=0, threads=demo.threads,
         device="cpu", seed=demo.seed, loader="resident",
     )  # fmt: skip
     assert resolve_config(captured[0]).hash() == resolve_config(expected).hash()
