@@ -38,6 +38,10 @@ def stop_pool(pool: Any) -> None:
     ``shutdown(cancel_futures=True)`` alone lets running tasks finish (a DICOM series can take
     seconds); on an interrupt the work is thrown away anyway, so the workers are terminated."""
     processes = getattr(pool, "_processes", None) or {}
+    # shutdown(wait=False) forgets the pool's manager thread without joining it; one still
+    # running at interpreter exit races concurrent.futures' atexit hook on Python 3.11 (a "Bad
+    # file descriptor" traceback on the user's terminal after Ctrl-C), so it is joined below
+    manager = getattr(pool, "_executor_manager_thread", None)
     for process in list(processes.values()):
         if process.is_alive():
             process.terminate()
@@ -46,3 +50,5 @@ def stop_pool(pool: Any) -> None:
         process.join(timeout=5)
         if process.is_alive():
             process.kill()
+    if manager is not None:
+        manager.join(timeout=5)
