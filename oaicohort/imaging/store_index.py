@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from oaicohort.db import Database
+from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Knee, Volume
 from oaicohort.imaging.store import VolumeStore, knee_key, resolve_store_path, volume_checksum
 
@@ -49,13 +50,12 @@ def indexed_volumes(db: Database, store_path: str | os.PathLike[str], view: str 
     )
     if view is not None:
         query = query.where(Volume.view == view)
-    with db.read() as session:
-        rows = session.execute(query).all()
     columns = [
         "knee_id", "subject_id", "side", "visit", "view", "position", "status", "reason",
         "series_id", "params_hash", "checksum", "shape", "spacing_mm", "notes", "array_path",
     ]  # fmt: skip
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    with db.read() as session:
+        frame = read_frame(session, query, columns)
     frame["position"] = frame["position"].astype("Int64")
     return frame
 
