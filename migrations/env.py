@@ -25,8 +25,11 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
+        # oaicohort.db.migrate hands over a connection inside its own transaction (which holds
+        # the writer lock) and commits it; any other caller's autobegun work is committed here
+        external = connection.in_transaction()
         _run(connection)
-        if connection.in_transaction():
+        if connection.in_transaction() and not external:
             connection.commit()
         return
     engine = create_engine(config.get_main_option("sqlalchemy.url"))

@@ -48,17 +48,22 @@ def current_revision(engine: Engine) -> str | None:
 
 @contextmanager
 def _writer_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection whose transactions hold the database's writer lock.
+    """A connection in ONE transaction that holds the database's writer lock throughout.
 
     Two processes migrating at once serialise here (SQLite: BEGIN IMMEDIATE; PostgreSQL: the
-    writer lock), and the second then finds the work done.
+    writer lock), and the second then finds the work done. The whole upgrade must be one
+    transaction: Alembic, left to itself on SQLite (no transactional DDL in its book), commits
+    after every revision, releasing the lock between revisions; a second process could then
+    read the half-way version and both would run the next revision ("trigger ... already
+    exists"). Alembic sees the transaction as external and leaves committing to us.
     """
     with engine.connect() as conn:
         conn.info["write"] = True
         try:
-            if conn.dialect.name == "postgresql":
-                take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
-            yield conn
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    take_postgres_write_lock(conn, engine.url.render_as_string(hide_password=True))
+                yield conn
         finally:
             conn.info.pop("write", None)
 

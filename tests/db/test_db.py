@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database, open_database, resolve_url, table_names
+from oaicohort.db.engine import make_engine
 from oaicohort.db.migrate import current_revision, downgrade, head_revision, upgrade
 from oaicohort.db.schema import Base, Subject
 
@@ -60,6 +62,33 @@ def test_downgrade_to_base_and_up_again(any_db: Database) -> None:
     assert set(table_names(any_db.engine)) == {"alembic_version"}
     upgrade(any_db.engine)
     assert set(table_names(any_db.engine)) >= EXPECTED_TABLES
+
+
+def test_an_upgrade_is_one_transaction_so_the_writer_lock_is_never_let_go(database_url: str) -> None:
+    # Alembic alone commits after each revision on SQLite: another process could take the lock
+    # between two revisions and both would then run the next one (a flaky "already exists")
+    engine = make_engine(database_url)
+    commits: list[str] = []
+    event.listen(engine, "commit", lambda conn: commits.append("commit"))
+    try:
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        assert commits == ["commit"]
+    finally:
+        engine.dispose()
+
+
+def test_a_failing_revision_leaves_the_database_as_it_was(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:  # an object a later revision creates is in the way
+            conn.execute(text("CREATE TABLE xray_rois (id INTEGER PRIMARY KEY)"))
+        with pytest.raises(DBAPIError, match="xray_rois"):
+            upgrade(engine)
+        assert current_revision(engine) is None
+        assert set(table_names(engine)) == {"xray_rois"}
+    finally:
+        engine.dispose()
 
 
 def test_sqlite_settings(sqlite_db: Database, db_path: Path) -> None:
