@@ -1,4 +1,5 @@
-"""Guards of a re-ingest: a file that gave rows before and now gives none, or far fewer, stops it.
+"""Guards of a re-ingest: a file that gave rows or values before and now gives none, or far
+fewer, stops it.
 
 A table re-saved with foreign line ends, truncated by a full disk or half copied parses as a valid
 file with few or no rows; the ingest would then replace that visit's readings with nothing. So
@@ -6,22 +7,39 @@ each file's row count is compared with what the last successful ingest read from
 (``ingest_files.n_rows``): a file that now gives fewer than ``SHRINK_FRACTION`` of its earlier
 rows stops the ingest (exit 1, naming the file and both counts) unless the user says, with
 ``oai ingest --allow-shrink``, that the smaller release is what they mean.
+
+The same holds for the columns a table may lack (JSN and osteophyte grades, follow-up age and
+BMI, sex, replacement dates, series dates...): a file re-exported without one, or with it blanked,
+has all its rows, but writing it would empty the values the database holds. Each such column's
+values in the file are counted against the values the database holds for the same table and
+visit (``check_no_emptied_columns``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+import pandas as pd
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from oaicohort.db.schema import IngestFile, IngestRun
+from oaicohort.db.schema import (
+    ImageSeries,
+    IngestFile,
+    IngestRun,
+    Knee,
+    KneeReplacement,
+    Subject,
+    SubjectVisit,
+    XrayReading,
+)
 from oaicohort.errors import OAIError
-from oaicohort.release.discovery import CONTENTS
+from oaicohort.release.discovery import ALLCLINICAL, CONTENTS, ENROLLEES, OUTCOMES
+from oaicohort.release.readers import OUTCOME_FIELDS, allclinical_columns, kxr_columns
 
 if TYPE_CHECKING:
-    from oaicohort.ingest.reading import FileRecord
+    from oaicohort.ingest.reading import FileRecord, ParsedRelease
 
 # a file giving fewer than half of the rows it gave before has lost data, not shed a few rows
 SHRINK_FRACTION = 0.5
@@ -69,5 +87,79 @@ def check_no_shrink(session: Session, files: Sequence[FileRecord], *, allow_shri
             "; ".join(shrunk[:3])
             + more
             + ": the file looks truncated or damaged, so nothing was changed. If the smaller file is what you "
+            "mean, run the ingest again with --allow-shrink"
+        )
+
+
+# --------------------------------------------------------------------------- columns emptied
+
+_ENROLLEE_COLUMNS = {"sex": "P02SEX", "race": "P02RACE", "cohort": "V00COHORT"}
+_SERIES_COLUMNS = {
+    "study_description": "StudyDescription",
+    "study_date": "StudyDate",
+    "barcode": "Barcode",
+}
+
+
+def _file_of(release: ParsedRelease, kind: str, visit: int | None = None) -> str:
+    names = [f.relative_path for f in release.files if f.kind == kind and (visit is None or f.visit == visit)]
+    return ", ".join(names) if names else kind
+
+
+def _frame_columns(
+    session: Session, model: type, where: Any, frame: pd.DataFrame, columns: dict[str, str], source: str
+) -> Iterator[str]:
+    """'FILE: column C gives N values, the database holds M' for each emptied column."""
+    held = session.execute(select(*(func.count(getattr(model, f)) for f in columns)).where(where)).one()
+    for (field, column), was in zip(columns.items(), held, strict=True):
+        now = int(frame[field].notna().sum()) if field in frame.columns else 0
+        if was and now < was * SHRINK_FRACTION:
+            yield f"{source}: column {column} gives {now:,} values, the database holds {int(was):,}"
+
+
+def emptied_columns(session: Session, release: ParsedRelease) -> list[str]:
+    """Every column of ``release`` that would empty (or mostly empty) values the database holds."""
+    found: list[str] = []
+    if release.enrollees is not None:
+        source = _file_of(release, ENROLLEES)
+        found += _frame_columns(session, Subject, Subject.id.isnot(None), release.enrollees, _ENROLLEE_COLUMNS, source)
+    for frame in release.subject_visits:
+        if len(frame):
+            visit = int(frame["visit"].iloc[0])
+            source = _file_of(release, ALLCLINICAL, visit)
+            columns = allclinical_columns(visit)
+            found += _frame_columns(session, SubjectVisit, SubjectVisit.visit == visit, frame, columns, source)
+    for visit, frame in sorted(release.readings.items()):
+        source = ", ".join(sorted(frame["source_file"].unique())) if len(frame) else f"kXR_SQ_BU{visit:02d}"
+        columns = {**kxr_columns(visit), "read_project": "READPRJ"}
+        found += _frame_columns(session, XrayReading, XrayReading.visit == visit, frame, columns, source)
+    if release.outcomes is not None:
+        source = _file_of(release, OUTCOMES)
+        for side, frame in release.outcomes.groupby("side", sort=False):
+            columns = {field: f"V99E{side}K{suffix}" for field, suffix in OUTCOME_FIELDS.items()}
+            held = KneeReplacement.knee_id.in_(select(Knee.id).where(Knee.side == side))
+            found += _frame_columns(session, KneeReplacement, held, frame, columns, source)
+    if release.series:
+        series = pd.concat(release.series, ignore_index=True)
+        for visit, frame in series.groupby("visit", sort=True):
+            source = ", ".join(sorted(frame["source_file"].unique()))
+            found += _frame_columns(
+                session, ImageSeries, ImageSeries.visit == int(visit), frame, _SERIES_COLUMNS, source
+            )
+    return found
+
+
+def check_no_emptied_columns(session: Session, release: ParsedRelease, *, allow_shrink: bool = False) -> None:
+    """Raise ``ShrinkingReleaseError`` naming every column of ``release`` that has none or far fewer
+    values than the database holds for the same table and visit; nothing when ``allow_shrink``."""
+    if allow_shrink:
+        return
+    emptied = emptied_columns(session, release)
+    if emptied:
+        more = f" (and {len(emptied) - 3} more columns)" if len(emptied) > 3 else ""
+        raise ShrinkingReleaseError(
+            "; ".join(emptied[:3])
+            + more
+            + ": the column looks dropped or damaged, so nothing was changed. If the emptier file is what you "
             "mean, run the ingest again with --allow-shrink"
         )

@@ -43,7 +43,7 @@ from typing import Any
 
 from oaicohort.db import Database
 from oaicohort.db.schema import utcnow
-from oaicohort.ingest.guards import check_no_shrink
+from oaicohort.ingest.guards import check_no_emptied_columns, check_no_shrink
 from oaicohort.ingest.provenance import (
     add_run,
     record_failure,
@@ -178,6 +178,7 @@ def write_release(
         else:
             status = "succeeded"
             check_no_shrink(session, release.files, allow_shrink=allow_shrink)
+            check_no_emptied_columns(session, release, allow_shrink=allow_shrink)
             write_tables(session, release, counts, progress)
         summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0, _about(release))
         run = add_run(session, release.root, release.files, status, started, summary, run_id)

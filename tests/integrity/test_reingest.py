@@ -1,7 +1,8 @@
 """Class 1: a re-ingest never removes data by accident.
 
-A file that gave rows before and now gives none or far fewer stops the ingest (exit 1, naming the
-file and both counts) unless ``--allow-shrink``; every line-end convention reads the same rows;
+A file that gave rows before and now gives none or far fewer, or a column the database holds
+values of that is now dropped or blanked, stops the ingest (exit 1, naming the file, the column
+and both counts) unless ``--allow-shrink``; every line-end convention reads the same rows;
 what is not a regular file (FIFO, device, directory, broken link) is skipped, never blocked on.
 """
 
@@ -117,6 +118,90 @@ def test_cli_names_the_file_and_both_counts_and_exits_1(pristine_release: Path, 
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 4
     ok = run_oai(db, "ingest", "--allow-shrink", str(root))
     assert ok.returncode == 0, ok.stderr
+
+
+def _empty_column(path: Path, column: str, how: str) -> None:
+    """Drop ``column`` from a delimited table (``|`` or ``,``) or blank every value of it."""
+    lines = path.read_text().splitlines()
+    sep = "|" if "|" in lines[0] else ","
+    rows = [line.split(sep) for line in lines]
+    at = [name.upper() for name in rows[0]].index(column.upper())
+    for row in rows[1:] if how == "blanked" else rows:
+        if how == "blanked":
+            row[at] = ""
+        else:
+            del row[at]
+    path.write_text("\n".join(sep.join(row) for row in rows) + "\n")
+
+
+# a column the readers do not require, and the stored values it feeds
+EMPTIABLE = {
+    "JSN grade": (KXR00, "V00XRJSM", "SELECT count(jsn_medial) FROM xray_readings WHERE visit = 0"),
+    "follow-up visit date": (
+        f"{ASCII}/AllClinical01.txt",
+        "V01FVDATE",
+        "SELECT count(visit_date) FROM subject_visits WHERE visit = 1",
+    ),
+    "sex": (f"{ASCII}/Enrollees.txt", "P02SEX", "SELECT count(sex) FROM subjects"),
+    "replacement at baseline": (
+        f"{ASCII}/Outcomes99.txt",
+        "V99ERKBLRP",
+        "SELECT count(at_baseline) FROM knee_replacements JOIN knees ON knees.id = knee_id WHERE side = 'R'",
+    ),
+    "study date": ("00m/contents.csv", "StudyDate", "SELECT count(study_date) FROM image_series WHERE visit = 0"),
+}
+
+
+@pytest.mark.parametrize("how", ["dropped", "blanked"])
+@pytest.mark.parametrize("case", sorted(EMPTIABLE))
+def test_a_file_dropping_or_blanking_a_column_stops_the_reingest_and_changes_nothing(
+    case: str, how: str, pristine_release: Path, tmp_path: Path, any_db: Database
+) -> None:
+    relative, column, held_sql = EMPTIABLE[case]
+    ingest_release(any_db, pristine_release)
+    before = table_rows(any_db, DATA_TABLES)
+    root = _copy(pristine_release, tmp_path)
+    _empty_column(root / relative, column, how)
+    with any_db.read() as s:
+        held = s.execute(text(held_sql)).scalar_one()
+    assert held > 0
+    with pytest.raises(ShrinkingReleaseError) as err:
+        ingest_release(any_db, root)
+    message = " ".join(str(err.value).split())
+    assert f"{relative}: column {column} gives 0 values, the database holds {held:,}" in message
+    assert "--allow-shrink" in message
+    assert table_rows(any_db, DATA_TABLES) == before
+
+
+def test_allow_shrink_writes_the_emptied_column(pristine_release: Path, tmp_path: Path, any_db: Database) -> None:
+    ingest_release(any_db, pristine_release)
+    root = _copy(pristine_release, tmp_path)
+    _empty_column(root / KXR00, "V00XRJSM", "dropped")
+    assert ingest_release(any_db, root, allow_shrink=True).status == "succeeded"
+    with any_db.read() as s:
+        counts = s.execute(text("SELECT count(*), count(jsn_medial) FROM xray_readings WHERE visit = 0")).one()
+    assert tuple(counts) == (53, 0)
+
+
+def test_a_column_gaining_values_or_a_first_ingest_is_never_stopped(
+    pristine_release: Path, tmp_path: Path, any_db: Database
+) -> None:
+    root = _copy(pristine_release, tmp_path)
+    _empty_column(root / KXR00, "V00XRJSM", "dropped")
+    assert ingest_release(any_db, root).status == "succeeded"  # nothing held yet: nothing to lose
+    assert ingest_release(any_db, pristine_release).status == "succeeded"
+
+
+def test_cli_names_the_emptied_column_and_exits_1(pristine_release: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert run_oai(db, "ingest", str(pristine_release)).returncode == 0
+    root = _copy(pristine_release, tmp_path)
+    _empty_column(root / KXR00, "V00XRJSM", "dropped")
+    done = run_oai(db, "ingest", str(root))
+    assert done.returncode == 1, done.stderr
+    text = " ".join(done.stderr.split())
+    assert "kXR_SQ_BU00.txt: column V00XRJSM gives 0 values, the database holds" in text
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 4
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="FIFOs are POSIX")
