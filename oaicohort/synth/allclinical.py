@@ -165,7 +165,7 @@ def _catalogue() -> list[Variable]:
     """All AllClinical column families, in file order."""
     pain: dict[str, Any] = dict(signal="pain", weight=0.7)
     cat: list[Variable] = [
-        Variable("{v}EVDATE", "special", "interim"),
+        Variable("{v}{e}VDATE", "special", "interim"),  # V00EVDATE at enrolment, V01FVDATE...
         Variable("{v}WKBKTYP", "coded", "interim", WORKBOOK, (0.75, 0.15, 0.10)),
         Variable("V00AGE", "special", "baseline"),
         Variable("P01SVDATE", "special", "baseline"),
@@ -327,12 +327,12 @@ SUBJECTCHAR: list[Variable] = [
 
 def _expand(variable: Variable, visit: int) -> Iterator[tuple[str, Variable, int | None]]:
     """Column names of a family at a visit, with the knee side (0 = R, 1 = L) where it has one."""
-    prefix = f"V{visit:02d}"
+    prefix, date_kind = f"V{visit:02d}", "E" if visit == 0 else "F"
     if "{s}" in variable.name:
         for side, letter in enumerate("RL"):
             yield variable.name.format(v=prefix, s=letter), variable, side
     else:
-        yield variable.name.format(v=prefix), variable, None
+        yield variable.name.format(v=prefix, e=date_kind), variable, None
 
 
 def _cuts(shares: tuple[float, ...]) -> np.ndarray:
@@ -369,7 +369,7 @@ def _score(
 
 
 def _special(name: str, cohort: SynthCohort, visit: int, rng: np.random.Generator) -> np.ndarray:
-    if name.endswith("EVDATE"):
+    if name.endswith(("EVDATE", "FVDATE")):
         return dates(cohort.visit_dates(visit))
     if name == "V00AGE":
         return numbers(cohort.age.astype(float), 0)
