@@ -160,6 +160,6 @@ def check_no_emptied_columns(session: Session, release: ParsedRelease, *, allow_
         raise ShrinkingReleaseError(
             "; ".join(emptied[:3])
             + more
-            + ": the column looks dropped or damaged, so nothing was changed. If the emptier file is what you "
-            "mean, run the ingest again with --allow-shrink"
+            + ": the column is missing or blank (a damaged file, or a release form without it), so nothing was "
+            "changed. To write the file as it is and empty those values, run the ingest again with --allow-shrink"
         )
