@@ -32,11 +32,11 @@ from oaicohort.synth.raster import MAX_VALUE
 # Medial/lateral JSW loss (mm) by KLG 0..4, and per SD of the latent factor.
 JSW_LOSS_MEDIAL = (0.0, 0.4, 1.2, 2.4, 3.9)
 JSW_LOSS_LATERAL = (0.0, 0.1, 0.3, 0.8, 1.6)
-# The latent narrows the medial joint space by 0.5 mm per SD (the MRI phantom: ~1.2 mm of bone-to-
+# The latent narrows the medial joint space by 1.0 mm per SD (the MRI phantom: ~1.2 mm of bone-to-
 # bone distance per SD, plus lesions and effusion), so radiographs carry less of it than MRI.
-JSW_PER_LATENT = (0.5, 0.15)
+JSW_PER_LATENT = (1.0, 0.3)
 OSTEOPHYTE_RATE = (0.1, 0.9, 2.2, 3.4, 4.5)  # expected spurs per knee by KLG
-OSTEOPHYTE_PER_LATENT = 0.35  # log-rate per SD of the latent factor (MRI phantom: 0.8)
+OSTEOPHYTE_PER_LATENT = 0.6  # log-rate per SD of the latent factor (MRI phantom: 0.8)
 
 MU_SOFT, MU_BONE = 0.012, 0.04  # attenuation per mm
 AIR_VALUE, SPAN = 250.0, 3600.0

@@ -90,9 +90,9 @@ def test_jsw_and_osteophytes_follow_klg_and_weakly_the_latent() -> None:
     jsw = [mean_knee(k, 0.0)[0] for k in range(5)]
     spurs = [mean_knee(k, 0.0)[1] for k in range(5)]
     assert all(a > b for a, b in itertools.pairwise(jsw)) and all(a < b for a, b in itertools.pairwise(spurs))
-    latent_effect = mean_knee(2, -1.0)[0] - mean_knee(2, 1.0)[0]
+    latent_per_sd = (mean_knee(2, -1.0)[0] - mean_knee(2, 1.0)[0]) / 2
     klg_effect = jsw[2] - jsw[3]
-    assert 0.2 < latent_effect < klg_effect  # present, weaker than one KL grade
+    assert 0.5 < latent_per_sd < klg_effect  # present, one SD weaker than one KL grade
 
 
 def test_layout_sizes_and_spacing() -> None:
