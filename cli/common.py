@@ -167,6 +167,19 @@ def require_models_extra(command: str) -> None:
         ) from None
 
 
+def chosen_knees(knees: list[str] | None, cohort: str | None, db: Database | None) -> list[tuple[int, str]] | None:
+    """The knees of ``--knees`` or of ``--cohort NAME`` (a saved cohort of ``db``); None: all."""
+    from oaicohort.cohort.saved import saved_knees
+    from oaicohort.imaging.selection import parse_knees
+
+    if cohort is None:
+        return parse_knees(knees)
+    if knees:
+        raise typer.BadParameter("--knees and --cohort both choose knees; give one", param_hint="--cohort")
+    assert db is not None, "--cohort needs the database: open it before choosing knees"
+    return saved_knees(db, cohort)
+
+
 def emit_json(obj: Any) -> None:
     """Write ``obj`` as JSON to stdout (nothing else goes to stdout under ``--json``)."""
     sys.stdout.write(dumps(obj, indent=2) + "\n")  # strict JSON: NaN/Infinity as null

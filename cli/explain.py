@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import chosen_knees, emit_json, err_console, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -16,6 +16,9 @@ def explain_command(
     out: Path = typer.Option(..., "--out", help="Folder for the explanations (CSV, NumPy maps, PNG)."),
     knees: list[str] | None = typer.Option(
         None, "--knees", help="Knees to explain: 9000001R,9000002L or a file of them (default: the run's test knees)."
+    ),
+    cohort: str | None = typer.Option(
+        None, "--cohort", help="Knees of a saved cohort (`oai cohort ... --save NAME`) of --db, instead of --knees."
     ),
     store: Path | None = typer.Option(
         None, "--store", help="Store holding the knees (default: the run's; must have the run's parameters)."
@@ -28,14 +31,14 @@ def explain_command(
     json_out: bool = typer.Option(False, "--json", help="Print the per-knee table as JSON."),
 ) -> None:
     """Integrated gradients (every model) and attention rollout (slice transformers), per knee and on average."""
-    from oaicohort.imaging.selection import parse_knees
     from oaimodels.explain import explain_run
 
-    db = state(ctx).open_db_if_configured() if knees else None
+    db = state(ctx).open_db(create=False) if cohort else state(ctx).open_db_if_configured() if knees else None
     try:
+        chosen = chosen_knees(knees, cohort, db)
         with rich_progress(enabled=not json_out) as progress:
             table = explain_run(
-                run_dir, out, knees=parse_knees(knees), store=store, db=db, visit=visit, device=device,
+                run_dir, out, knees=chosen, store=store, db=db, visit=visit, device=device,
                 steps=steps, top=top, batch_size=batch_size, progress=progress,
             )  # fmt: skip
     finally:

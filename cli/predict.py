@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import chosen_knees, emit_json, err_console, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -20,6 +20,9 @@ def predict_command(
     knees: list[str] | None = typer.Option(
         None, "--knees", help="Knees of a release or store: 9000001R,9000002L or a file of them (default all)."
     ),
+    cohort: str | None = typer.Option(
+        None, "--cohort", help="Knees of a saved cohort (`oai cohort ... --save NAME`) of --db, instead of --knees."
+    ),
     visit: int = typer.Option(0, "--visit", help="Visit code of the release's / store's series to use."),
     side: str | None = typer.Option(None, "--side", help="R or L for series whose description does not name the side."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -29,18 +32,18 @@ def predict_command(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Per-knee class probabilities and progression score, preprocessed exactly as the run's store."""
-    from oaicohort.imaging.selection import parse_knees
     from oaimodels.predict import predict, write_predictions
 
     if side is not None and side.upper() not in ("R", "L"):
         raise typer.BadParameter(f"{side!r}: expected R or L", param_hint="--side")
     if json_out and out == "-":
         raise typer.BadParameter("--json and --out - both write to stdout; choose one", param_hint="--out")
-    db = state(ctx).open_db_if_configured()
+    db = state(ctx).open_db(create=False) if cohort else state(ctx).open_db_if_configured()
     try:
+        chosen = chosen_knees(knees, cohort, db)
         with rich_progress(enabled=not json_out) as progress:
             frame = predict(
-                run_dir, inputs, knees=parse_knees(knees), visit=visit, side=side.upper() if side else None,
+                run_dir, inputs, knees=chosen, visit=visit, side=side.upper() if side else None,
                 db=db, device=device, batch_size=batch_size, progress=progress,
             )  # fmt: skip
     finally:

@@ -376,6 +376,14 @@ def export_saved(db: Database, name: str) -> tuple[list[str], pd.DataFrame]:
     return header, frame
 
 
+def saved_knees(db: Database, name: str) -> list[tuple[int, str]]:
+    """The ``(subject_id, side)`` knees of a saved cohort, in its order (``--cohort NAME`` of
+    ``oai predict`` and ``oai explain``)."""
+    with db.read() as session:
+        knees = _load(session, name).knees
+    return [(int(s), str(side)) for s, side in zip(knees.get("subject_id", []), knees.get("side", []), strict=True)]
+
+
 def saved_cohorts(db: Database) -> pd.DataFrame:
     """Every saved cohort: name, knees, content hash, definition, created_at."""
     with db.read() as session:
@@ -400,4 +408,5 @@ __all__ = [
     "export_saved",
     "save_cohort",
     "saved_cohorts",
+    "saved_knees",
 ]

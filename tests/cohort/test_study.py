@@ -18,7 +18,7 @@ from oaicohort.cohort.definition_files import load_definition_file
 from oaicohort.cohort.definitions import preset
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import Cohort, QueryError
-from oaicohort.cohort.saved import check_saved, export_saved, save_cohort
+from oaicohort.cohort.saved import check_saved, export_saved, save_cohort, saved_knees
 from oaicohort.cohort.variables import VariableError, apply_value_mode, load_dictionary
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import KneeVariablePair, Volume
@@ -357,6 +357,8 @@ def test_saved_cohort_reports_the_knees_a_reingest_changed(any_db: Database, tmp
 
     header, frame = export_saved(db, "non_progressors")  # the frozen list, not today's
     assert set(zip(frame["subject_id"], frame["side"])) == {(S1, "R"), (S2, "L"), (S3, "R")}
+    # what `oai predict/explain --cohort non_progressors` score: the frozen list, in its order
+    assert saved_knees(db, "non_progressors") == [(int(s), side) for s, side in zip(saved["subject_id"], saved["side"])]
     assert header[0].startswith("saved cohort: non_progressors (3 knees, content sha256 ")
     assert "oai toolkit 0.1.0" in header[1]
     assert header[2] == f"label definition: panfilov2022 (params sha256 {preset('panfilov2022').hash()})"

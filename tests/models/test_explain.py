@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from oaicohort.db import open_database
 from oaimodels.attribution import (
     _attention_probs,
     attention_rollout,
@@ -138,6 +139,23 @@ def test_explain_command_writes_files_for_a_3d_model(toy_run: Path, tmp_path: Pa
     assert summary["knees"].eq(2).all() and "rollout_mean" not in summary
     assert np.load(out / "summary" / "mean_saliency.npy").shape == (16, 32, 32)
     assert (out / "summary" / "mean_saliency.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_explain_cohort_names_a_saved_cohort_of_the_database(toy_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from oaicli.main import app
+
+    db = tmp_path / "study.sqlite"
+    base = ["--db", str(db), "explain", str(toy_run), "--out", str(tmp_path / "ex"), "--device", "cpu"]
+    missing = CliRunner().invoke(app, [*base, "--cohort", "my_study"])
+    assert missing.exit_code == 1 and "no database here (nothing was created)" in missing.output and not db.exists()
+    open_database(db).dispose()
+    unknown = CliRunner().invoke(app, [*base, "--cohort", "my_study"])
+    assert unknown.exit_code == 1 and "no saved cohort 'my_study'" in unknown.output
+    both = CliRunner().invoke(app, [*base, "--cohort", "my_study", "--knees", "9000000R"])
+    assert both.exit_code == 2 and "--knees and --cohort both choose knees" in " ".join(both.output.split())
+    assert not (tmp_path / "ex").exists()
 
 
 @pytest.mark.slow

@@ -147,13 +147,12 @@ def test_predict_command_writes_csv_and_stdout(
         assert result.exit_code == 1 and "no volume of knee(s) 123R" in result.output
 
 
-def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
-    """A release's contents.csv leads to the DESS series of the named knees (visit 0)."""
+def _small_release(root: Path) -> Path:
+    """A release whose contents.csv lists DESS series of 9100001R, 9100001L and 9100002L (visit 0)."""
     from oaicohort.synth.dicom_writer import SeriesMeta, write_series
     from oaicohort.synth.mri_anatomy import render_knee_volume
 
-    run, _, _ = toy_run
-    visit_dir = tmp_path / "OAI" / "00m"
+    visit_dir = root / "00m"
     lines = ["Folder,ParticipantID,StudyDate,Barcode,StudyDescription,SeriesDescription"]
     for n, (subject, side, description) in enumerate(
         [(9100001, "R", "SAG_3D_DESS_RIGHT"), (9100001, "L", "SAG_3D_DESS_LEFT"), (9100002, "L", "SAG_3D_DESS_LEFT")]
@@ -164,6 +163,13 @@ def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.Da
         lines.append(f"{rel},{subject},20040101,01234,OAI^MR^ENROLLMENT^{side},{description}  ")
     lines.append("0.C.2/9100002/20040101/99999999,9100002,20040101,01234,OAI^MR^ENROLLMENT^LEFT,COR_IW_TSE_LEFT")
     (visit_dir / "contents.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_predict_from_an_oai_release_with_knees(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A release's contents.csv leads to the DESS series of the named knees (visit 0)."""
+    run, _, _ = toy_run
+    visit_dir = _small_release(tmp_path / "OAI") / "00m"
     with toy_model():
         frame = predict(run, [tmp_path / "OAI"], knees=[(9100002, "L"), (9100001, "L")], device="cpu")
         direct = predict(run, [visit_dir / "0.C.2/9100002/20040101/10000002"], device="cpu")
@@ -193,3 +199,39 @@ def test_series_without_a_side_needs_one(toy_run: tuple[Path, Path, pd.DataFrame
         right = predict(run, [folder], side="R", device="cpu")  # mirrored before scoring
     assert left[["subject_id", "side"]].values.tolist() == [[9100009, "L"]]
     assert right["side"].tolist() == ["R"] and right["score"][0] != left["score"][0]
+
+
+def test_predict_takes_the_knees_of_a_saved_cohort(
+    toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--cohort NAME``: the knees a study saved with ``oai cohort --save`` (its order kept)."""
+    from typer.testing import CliRunner
+
+    from oaicli.main import app
+    from oaicohort.db import open_database
+    from oaicohort.db.schema import SavedCohort
+
+    run, _, _ = toy_run
+    release = _small_release(tmp_path / "OAI")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OAI_DB", raising=False)
+    db_path = tmp_path / "study.sqlite"
+    db = open_database(db_path)
+    with db.write() as session:  # as `oai cohort --save` stores it (columnar knee list)
+        session.add(
+            SavedCohort(
+                name="my_study", query={}, definition_name="panfilov2022", params_hash="0" * 64, split_id=None,
+                knees={"subject_id": [9100002, 9100001], "side": ["L", "R"], "label": ["none", "fast"]},
+                content_hash="0" * 64, snapshot={}, ingest_run_id=None, toolkit_version="0.1.0",
+            )
+        )  # fmt: skip
+    db.dispose()
+    base = ["--db", str(db_path), "predict", str(run), str(release), "--device", "cpu"]
+    with toy_model():
+        done = CliRunner().invoke(app, [*base, "--cohort", "my_study", "--out", "p.csv"])
+        assert done.exit_code == 0, done.output
+        assert pd.read_csv(tmp_path / "p.csv")["knee"].tolist() == ["9100002L", "9100001R"]
+        unknown = CliRunner().invoke(app, [*base, "--cohort", "other"])
+        both = CliRunner().invoke(app, [*base, "--cohort", "my_study", "--knees", "9000001R"])
+    assert unknown.exit_code == 1 and "no saved cohort 'other'; saved cohorts: my_study" in unknown.output
+    assert both.exit_code == 2 and "--knees and --cohort both choose knees" in " ".join(both.output.split())
