@@ -82,13 +82,18 @@ def check_no_shrink(session: Session, files: Sequence[FileRecord], *, allow_shri
         if was and f.n_rows < was * SHRINK_FRACTION:
             shrunk.append(f"{f.relative_path} gives {f.n_rows:,} rows, ingest run {run_id} read {was:,}")
     if shrunk:
-        more = f" (and {len(shrunk) - 3} more files)" if len(shrunk) > 3 else ""
-        raise ShrinkingReleaseError(
-            "; ".join(shrunk[:3])
-            + more
-            + ": the file looks truncated or damaged, so nothing was changed. If the smaller file is what you "
-            "mean, run the ingest again with --allow-shrink"
+        raise _shrinking(
+            shrunk,
+            "files",
+            "the file looks truncated or damaged, so nothing was changed. If the smaller file is what you "
+            "mean, run the ingest again with --allow-shrink",
         )
+
+
+def _shrinking(found: list[str], things: str, advice: str) -> ShrinkingReleaseError:
+    """The error naming the first three of ``found`` (and how many more ``things``), then ``advice``."""
+    more = f" (and {len(found) - 3} more {things})" if len(found) > 3 else ""
+    return ShrinkingReleaseError("; ".join(found[:3]) + more + ": " + advice)
 
 
 # --------------------------------------------------------------------------- columns emptied
@@ -156,10 +161,9 @@ def check_no_emptied_columns(session: Session, release: ParsedRelease, *, allow_
         return
     emptied = emptied_columns(session, release)
     if emptied:
-        more = f" (and {len(emptied) - 3} more columns)" if len(emptied) > 3 else ""
-        raise ShrinkingReleaseError(
-            "; ".join(emptied[:3])
-            + more
-            + ": the column is missing or blank (a damaged file, or a release form without it), so nothing was "
-            "changed. To write the file as it is and empty those values, run the ingest again with --allow-shrink"
+        raise _shrinking(
+            emptied,
+            "columns",
+            "the column is missing or blank (a damaged file, or a release form without it), so nothing was "
+            "changed. To write the file as it is and empty those values, run the ingest again with --allow-shrink",
         )
