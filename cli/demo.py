@@ -22,8 +22,15 @@ def _parse_folds(text: str) -> list[int]:
 def demo_command(
     out: Path = typer.Option(Path("oai-demo"), "--out", help="Folder for the release, database, store and run."),
     model: str = typer.Option("3d_shufflenet", "--model", help="Registered model to train (see `oai models`)."),
-    subjects: int = typer.Option(500, "--subjects", min=20, help="Synthetic subjects (the OAI has 4,796)."),
-    epochs: int = typer.Option(4, "--epochs", min=1, help="Training epochs per fold."),
+    subjects: int | None = typer.Option(
+        None,
+        "--subjects",
+        min=20,
+        help="Synthetic subjects (the OAI has 4,796). Default: 500 for the MRI models, 1,500 for xr_resnext50.",
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Training epochs per fold. Default: 4 for the MRI models, 12 for xr_resnext50."
+    ),
     folds: str = typer.Option("0,1", "--folds", help="Cross-validation folds to train (of 5)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data, split and training."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for image synthesis and preprocessing."),
@@ -62,7 +69,7 @@ def demo_command(
     finally:
         db.dispose()
     m = result.metrics
-    table = Table(title=f"Held-out site D: {model}, folds {folds}, {epochs} epochs")
+    table = Table(title=f"Held-out site D: {model}, {result.subjects} subjects, folds {folds}, {result.epochs} epochs")
     for column in ("AP", "ROC AUC", "balanced acc.", "prevalence (chance AP)", "knees"):
         table.add_column(column, justify="right")
     table.add_row(

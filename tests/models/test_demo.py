@@ -18,7 +18,7 @@ from oaicohort.imaging.volume_transforms import preprocess_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import AugmentParams
-from oaimodels.demo import DemoConfig, run_demo
+from oaimodels.demo import DemoConfig, demo_size, run_demo
 from oaimodels.evaluation import evaluate_run
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
@@ -81,6 +81,23 @@ def test_demo_trains_each_model_with_its_demo_recipe(
     with pytest.raises(_StopAtTraining):
         run_demo(config)
     assert {name: getattr(seen[0], name) for name in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "given", "expected"),
+    [
+        ("3d_shufflenet", (None, None), (500, 4)),
+        ("2d_trf", (None, None), (500, 4)),
+        # from random weights the X-ray model needs more knees and epochs (README: AP 0.49 vs 0.25)
+        ("xr_resnext50", (None, None), (1500, 12)),
+        ("xr_resnext50", (40, None), (40, 12)),
+        ("xr_resnext50", (40, 2), (40, 2)),
+    ],
+)
+def test_demo_size_is_the_models_unless_given(
+    model: str, given: tuple[int | None, int | None], expected: tuple[int, int]
+) -> None:
+    assert demo_size(DemoConfig(model=model, subjects=given[0], epochs=given[1])) == expected
 
 
 def test_demo_refuses_a_foreign_run_folder(tmp_path: Path) -> None:
