@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from oaicohort.errors import InputFileError
 from oaimodels import run_folder as rf
 from oaimodels.data import AugmentParams
-from oaimodels.demo import DEMO_LR, DemoConfig
+from oaimodels.demo import DEMO_LR, DemoConfig, demo_size
 from oaimodels.training import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.config import RECIPE_DEFAULTS
 from oaimodels.training.config_file import merge_config, read_config_file
@@ -165,15 +165,16 @@ def test_the_demo_recipe_from_the_command_line(cohort: tuple[Path, Path], tmp_pa
     store, db = cohort
     captured = _capture(monkeypatch)
     demo = DemoConfig()
+    epochs = demo_size(demo)[1]
     result = _train(
         db, "--store", str(store), "--out", str(tmp_path / "run"), "--model", demo.model, "--folds", "0,1",
-        "--epochs", str(demo.epochs), "--init", "scratch", "--batch-size", str(demo.batch_size),
+        "--epochs", str(epochs), "--init", "scratch", "--batch-size", str(demo.batch_size),
         "--lr", str(DEMO_LR), "--warmup-epochs", "0", "--loader", "resident", "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     # as oaimodels.demo.run_demo builds it
     expected = TrainConfig(
-        store=str(store), out=str(tmp_path / "run"), model=demo.model, folds=list(demo.folds), epochs=demo.epochs,
+        store=str(store), out=str(tmp_path / "run"), model=demo.model, folds=list(demo.folds), epochs=epochs,
         init="scratch", batch_size=demo.batch_size, lr=DEMO_LR, warmup_epochs=0, threads=demo.threads,
         device="cpu", seed=demo.seed, loader="resident",
     )  # fmt: skip
