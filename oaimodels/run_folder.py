@@ -14,7 +14,9 @@ One training run (one model, one view, one initialisation, all its folds) writes
       fold_{k}/log.jsonl     one JSON object per finished epoch: epoch, lr, train_loss,
                              val_loss, val_ap, val_roc_auc, volumes_per_s, seconds, ...
       fold_{k}/last.pt       checkpoint after the last finished epoch (resume point): model,
-                             optimiser, scheduler, RNG states, sampler state, history, best
+                             optimiser, scheduler, RNG states, sampler state, history, best;
+                             once the fold has finished, only the final epoch's model and
+                             metadata (nothing resumes a finished fold)
       fold_{k}/best.pt       model of the best validation AP (ties: later epoch) + metadata
       fold_{k}/val_predictions.csv   the best epoch's validation predictions (p_none, p_fast,
                              p_slow per knee)

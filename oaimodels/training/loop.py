@@ -40,6 +40,7 @@ from ..tracking import open_fold_tracker
 from .checkpoint import (
     checkpoint_meta,
     finalise_pending_best,
+    keep_final_weights,
     load_checkpoint,
     save_checkpoint,
     write_fold_files,
@@ -117,11 +118,14 @@ def _resume(s: _FoldState, p: PreparedRun, fold: int, last_path: Path, d: Dist) 
     if meta["config_hash"] != p.config.hash():
         raise TrainingError(f"{last_path} was written by a different configuration; cannot resume")
     s.model.load_state_dict(ckpt["model"])
-    s.optimizer.load_state_dict(ckpt["optimizer"])
-    s.scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"])
     s.history, s.best = list(meta["history"]), dict(meta["best"])
     s.start_epoch = int(meta["epoch"]) + 1
+    if "optimizer" in ckpt:
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+    elif s.start_epoch < p.config.epochs:  # a finished fold's last.pt keeps its final weights only
+        raise TrainingError(f"{last_path} holds no optimiser state (a finished fold's); cannot resume from it")
     if d.main:
         fold_path = last_path.parent
         finalise_pending_best(fold_path, s.best)
@@ -340,6 +344,7 @@ def train_fold(
     }
     if d.main:
         rf.write_json(fold_path / rf.SUMMARY, summary)
+        keep_final_weights(fold_path / rf.LAST)  # after the summary: a kill between keeps it whole
     tracker.finish(summary, p.run_dir)
     barrier(d)
     return summary
