@@ -52,8 +52,8 @@ from oaicohort.imaging.store_writer import (
     write_results,
     writing,
 )
-from oaicohort.imaging.xray_localiser import LOCALISER_NAME, JointCentre, localise_knees
-from oaicohort.imaging.xray_preprocessing import crop_knee
+from oaicohort.imaging.xray_knees import crop_knees
+from oaicohort.imaging.xray_localiser import LOCALISER_NAME
 from oaicohort.imaging.xray_reader import read_radiograph
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import SIDES, XRAY_VIEW
@@ -148,35 +148,40 @@ def read_roi_file(path: Path | str, visit: int) -> Landmarks:
 def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks | None) -> list[KneeOutcome]:
     """Read one radiograph and crop its knees (runs in a worker; never raises)."""
     outcomes = [KneeOutcome(side, knee_id) for side, knee_id in task.knees]
+    centres = None
+    if landmarks is not None:
+        centres = {}
+        for outcome in outcomes:
+            outcome.localiser = ROI_FILE_LOCALISER
+            centre = landmarks.get((task.subject_id, outcome.side, task.visit))
+            if centre is None:
+                outcome.reason = (
+                    f"{task.folder}: no landmarks for subject {task.subject_id} side {outcome.side} in the ROI file"
+                )
+            else:
+                centres[outcome.side] = centre
+    todo = [o for o in outcomes if o.reason is None]
     try:
         check_within(task.folder, task.root)
         radiograph = read_radiograph(task.folder)
-        image, spacing = radiograph.pixels, radiograph.spacing_mm
-        found = localise_knees(image, spacing) if landmarks is None else {}
+        crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, [o.side for o in todo], centres)
     except (InputFileError, ValueError, OSError) as exc:
-        for outcome in outcomes:
+        for outcome in todo:
             outcome.reason = str(exc)
         return outcomes
-    for outcome in outcomes:
-        try:
-            if landmarks is not None:
-                outcome.localiser = ROI_FILE_LOCALISER
-                centre = landmarks.get((task.subject_id, outcome.side, task.visit))
-                if centre is None:
-                    raise ValueError(f"no landmarks for subject {task.subject_id} side {outcome.side} in the ROI file")
-            else:
-                result = found[outcome.side]
-                if not isinstance(result, JointCentre):
-                    raise ValueError(f"localiser: {result.reason}")
-                centre, outcome.score = (result.row, result.col), result.score
-            roi = crop_knee(image, spacing, centre, outcome.side, params)
-            if roi.notes.get("roi_outside_image", 0.0) > 0.5:
-                raise ValueError(f"ROI centred at {centre} lies mostly outside the {image.shape} image")
-            outcome.image, outcome.centre, outcome.box = roi.image, centre, roi.box
-            outcome.spacing_mm, outcome.source_shape = spacing, tuple(image.shape)
-            outcome.notes = {**roi.notes, **({"reader_notes": radiograph.notes} if radiograph.notes else {})}
-        except ValueError as exc:
-            outcome.reason = f"{task.folder}: {exc}"
+    for outcome in todo:
+        crop = crops[outcome.side]
+        if isinstance(crop, str):
+            outcome.reason = f"{task.folder}: {crop}"
+            continue
+        outcome.image, outcome.centre, outcome.box, outcome.score = (
+            crop.roi.image,
+            crop.centre,
+            crop.roi.box,
+            crop.score,
+        )
+        outcome.spacing_mm, outcome.source_shape = radiograph.spacing_mm, tuple(radiograph.pixels.shape)
+        outcome.notes = {**crop.roi.notes, **({"reader_notes": radiograph.notes} if radiograph.notes else {})}
     return outcomes
 
 
