@@ -24,7 +24,9 @@ def predict_command(
         None, "--cohort", help="Knees of a saved cohort (`oai cohort ... --save NAME`) of --db, instead of --knees."
     ),
     visit: int = typer.Option(0, "--visit", help="Visit code of the release's / store's series to use."),
-    side: str | None = typer.Option(None, "--side", help="R or L for series whose description does not name the side."),
+    side: str | None = typer.Option(
+        None, "--side", help="R or L: an MRI series whose description does not name it; a radiograph's one knee."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Knees per forward pass (default: the run's evaluation batch)."

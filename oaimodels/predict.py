@@ -1,13 +1,14 @@
 """Apply a trained run's fold ensemble to new scans: ``oai predict RUN INPUT...``.
 
-Inputs (any mix):
+Inputs (any mix; read by ``oaimodels.predict_inputs``):
 
-* a DICOM series folder (one file per slice): read and preprocessed here with the run's store
-  parameters; the knee side comes from the series description (``SAG_3D_DESS_RIGHT``) or
-  ``side=``;
+* a DICOM series folder: an MRI run's series (one file per slice; the knee side from the series
+  description, e.g. ``SAG_3D_DESS_RIGHT``, or ``side=``), or an X-ray run's bilateral PA
+  radiograph (one file; both knees, or the one of ``side=``), preprocessed here with the run's
+  store parameters (radiograph knees localised and cropped as ``oai preprocess --view xray``);
 * an OAI release (a folder with image packages, ``contents.csv``): the series of the run's
-  sequence at ``visit`` for ``knees`` (all of them when no knee is named), read and
-  preprocessed likewise;
+  sequence (or its radiographs) at ``visit`` for ``knees`` (all of them when no knee is named),
+  read and preprocessed likewise;
 * a volume store (``zarr.json``): its volumes as they are, provided the store was made with
   exactly the run's preprocessing parameters (refused otherwise, naming the parameter).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,8 @@ import pandas as pd
 import torch
 
 from oaicohort import __version__
-from oaicohort.errors import InputFileError, OAIError
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.selection import SelectionError, knee_name, select_slots, store_slots
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.errors import OAIError
+from oaicohort.imaging.selection import SelectionError, knee_name
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES
 
@@ -45,6 +42,7 @@ from .data import BatchPreparer, make_source, resident_fits, to_device
 # Names of the training/evaluation layer, imported in this one place (their modules may move).
 from .evaluation import ensemble_probabilities
 from .metrics import progression_score
+from .predict_inputs import KneeScan, read_inputs
 from .trained_run import TrainedRun
 from .training import predict_logits, resolve_device, softmax
 
@@ -53,36 +51,6 @@ log = logging.getLogger(__name__)
 
 class PredictError(OAIError):
     """Nothing to predict (no input given)."""
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class KneeScan:
-    """One knee to score: where it came from and, for series, its preprocessed volume."""
-
-    input: str
-    kind: str  # series | release | store
-    subject_id: Any
-    side: str
-    visit: int | None = None
-    knee_id: int | None = None
-    position: int | None = None
-    volume: np.ndarray | None = None
-    notes: str = ""
-
-    def slot(self) -> int:
-        """The store position of a scan read from a store."""
-        if self.position is None:
-            raise ValueError(f"{self.input}: knee {self.subject_id}{self.side} has no store position")
-        return self.position
-
-    def preprocessed(self) -> np.ndarray:
-        """The preprocessed volume of a scan read from a series or a release."""
-        if self.volume is None:
-            raise ValueError(f"{self.input}: knee {self.subject_id}{self.side} has no preprocessed volume")
-        return self.volume
 
 
 class ArraySource:
@@ -98,128 +66,6 @@ class ArraySource:
 
     def close(self) -> None:
         self.data = torch.empty(0, dtype=torch.uint8)
-
-
-def input_kind(path: Path) -> str:
-    """``store`` (has zarr.json), ``series`` (slice files, no sub-folders) or ``release``."""
-    if not path.exists():
-        raise InputFileError(path, "no such file or folder")
-    if not path.is_dir():
-        raise InputFileError(path, "not a folder; give a DICOM series folder, an OAI release or a volume store")
-    if (path / "zarr.json").is_file():
-        return "store"
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    if entries and not any(p.is_dir() for p in entries):
-        return "series"
-    return "release"
-
-
-@dataclass(frozen=True)
-class _Sided:
-    """A read series with the side preprocessing should assume (``SeriesLike``)."""
-
-    pixels: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    side: str
-
-
-def _series_scan(
-    folder: Path, params: PreprocessParams, view: str, side: str | None, kind: str, **extra: Any
-) -> KneeScan:
-    from oaicohort.imaging.dicom_series import read_series
-
-    series = read_series(folder)
-    knee_side = series.side or side
-    if series.side and side and extra.get("expected_side") and series.side != side:
-        raise InputFileError(folder, f"series says knee side {series.side} but the release index says {side}")
-    if knee_side not in ("R", "L"):
-        raise InputFileError(
-            folder, f"cannot tell the knee side (series description {series.series_description!r}); pass --side R or L"
-        )
-    result = preprocess_series(_Sided(series.pixels, series.spacing_mm, knee_side), params, (view,))
-    subject = extra.get("subject_id", getattr(series, "patient_id", ""))
-    notes = ";".join(sorted(k for k in result.notes if k not in ("intensity_range", "source_shape")))
-    return KneeScan(
-        input=str(folder),
-        kind=kind,
-        subject_id=int(subject) if str(subject).isdigit() else subject,
-        side=knee_side,
-        visit=extra.get("visit"),
-        volume=result.volumes[view],
-        notes=notes,
-    )
-
-
-def _release_scans(
-    root: Path,
-    params: PreprocessParams,
-    view: str,
-    knees: list[tuple[int, str]] | None,
-    visit: int,
-    progress: ProgressCallback,
-) -> list[KneeScan]:
-    from oaicohort.imaging.series_source import check_within
-    from oaicohort.release.discovery import CONTENTS, discover_release
-    from oaicohort.release.image_index import read_contents
-    from oaicohort.release.text import load_source
-
-    frames = [read_contents(load_source(s)) for s in discover_release(root) if s.kind == CONTENTS]
-    if not frames:
-        raise InputFileError(root, "no image package index (contents.csv) below this folder")
-    series = pd.concat(frames, ignore_index=True)
-    series = series[(series["sequence"] == params.sequence) & (series["visit"] == visit) & (series["side"] != "")]
-    series = series.drop_duplicates(["subject_id", "side"], keep="last")
-    slots = series.rename(columns={"folder": "series_folder"}).assign(position=range(len(series)))
-    chosen = select_slots(slots, knees, where=f"{root} ({params.sequence}, visit {visit})")
-    scans = []
-    for n, row in enumerate(chosen.itertuples(index=False), start=1):
-        folder = Path(row.visit_dir) / row.series_folder
-        check_within(folder, Path(row.visit_dir))
-        scans.append(
-            _series_scan(
-                folder,
-                params,
-                view,
-                row.side,
-                "release",
-                subject_id=int(row.subject_id),
-                visit=int(row.visit),
-                expected_side=True,
-            )
-        )
-        progress("reading series", n, len(chosen))
-    return scans
-
-
-def _store_scans(
-    run: TrainedRun, path: Path, knees: list[tuple[int, str]] | None, visit: int, db: Any
-) -> tuple[VolumeStore, list[KneeScan]]:
-    store = VolumeStore.open(path)
-    run.check_store(store)
-    slots = store_slots(store, run.view, db=db, visit=visit)
-    chosen = select_slots(slots, knees, where=f"{store.path} ({run.view}, visit {visit})")
-    knee_ids: dict[int, int] = {}
-    if str(store.path) == str(Path(run.store_path).resolve()) and (run.path / rf.KNEES).is_file():
-        # the run's own store: its knees.csv names the knees of these slots
-        table = pd.read_csv(run.path / rf.KNEES)
-        knee_ids = dict(zip(table["position"].astype(int), table["knee_id"].astype(int)))
-    scans = []
-    for row in chosen.itertuples(index=False):
-        knee_id = getattr(row, "knee_id", None)
-        if knee_id is None or pd.isna(knee_id):
-            knee_id = knee_ids.get(int(row.position))
-        scans.append(
-            KneeScan(
-                input=str(store.path),
-                kind="store",
-                subject_id=int(row.subject_id),
-                side=row.side,
-                visit=int(row.visit),
-                knee_id=None if knee_id is None else int(knee_id),
-                position=int(row.position),
-            )
-        )
-    return store, scans
 
 
 # --------------------------------------------------------------------------- prediction
@@ -260,20 +106,7 @@ def predict(
     run = TrainedRun.open(run_dir)
     dev = resolve_device(device)
     batch = batch_size or run.batch_size()
-    groups: list[tuple[list[KneeScan], VolumeStore | None]] = []  # scans, and their store (None: in memory)
-    series_scans: list[KneeScan] = []
-    for item in inputs:
-        path = Path(item).expanduser().resolve()
-        kind = input_kind(path)
-        if kind == "store":
-            store, scans = _store_scans(run, path, knees, visit, db)
-            groups.append((scans, store))
-        elif kind == "release":
-            series_scans.extend(_release_scans(path, run.params(), run.view, knees, visit, progress))
-        else:
-            series_scans.append(_series_scan(path, run.params(), run.view, side, "series"))
-    if series_scans:
-        groups.append((series_scans, None))
+    groups = read_inputs(run, inputs, knees=knees, visit=visit, side=side, db=db, progress=progress)
     if not any(scans for scans, _ in groups):
         raise SelectionError("nothing to predict: the inputs hold no selected knee")
     models = run.load_models(dev)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,25 @@ def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> 
     assert table1_models(str(store_path)) == ["xr_resnext50"]
 
 
+def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tuple[Path, Path]) -> None:
+    """``oai predict`` on a release or a radiograph folder crops the knees exactly as the store."""
+    from oaicohort.imaging.selection import store_slots
+    from oaimodels.predict_inputs import radiograph_scans, release_radiograph_scans
+
+    store_path, _ = xray_study
+    store = VolumeStore.open(store_path)
+    slots = store_slots(store, "xray", visit=0).head(4)
+    knees = [(int(s), str(side)) for s, side in zip(slots["subject_id"], slots["side"])]
+    scans = release_radiograph_scans(store_path.parent / "release", store.params, knees, 0, lambda *a: None)
+    assert [(s.subject_id, s.side, s.visit) for s in scans] == [(*k, 0) for k in knees]
+    for scan, position in zip(scans, slots["position"]):
+        np.testing.assert_array_equal(scan.preprocessed(), store.read("xray", int(position)))
+    # one radiograph folder, one knee of it (--side)
+    (alone,) = radiograph_scans(Path(scans[0].input), store.params, [scans[0].side], "series")
+    assert (alone.subject_id, alone.side, alone.kind) == (scans[0].subject_id, scans[0].side, "series")
+    np.testing.assert_array_equal(alone.preprocessed(), scans[0].preprocessed())
+
+
 @pytest.mark.slow
 def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
     from oaimodels.evaluation import evaluate_runs
@@ -108,3 +128,13 @@ def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path
         db.dispose()
     assert metrics["model"] == "xr_resnext50" and metrics["n_knees"] > 0
     assert 0.0 <= metrics["ap"] <= 1.0 and Path(metrics["report"]).is_file()
+
+    # and it scores radiographs straight from the release, as from its store
+    from oaimodels.predict import predict
+
+    from_store = predict(run_dir, [store_path], device="cpu").head(6)
+    knees = list(zip(from_store["subject_id"].astype(int), from_store["side"]))
+    from_release = predict(run_dir, [store_path.parent / "release"], knees=knees, device="cpu")
+    assert from_release["knee"].tolist() == from_store["knee"].tolist()
+    assert set(from_release["kind"]) == {"release"}
+    np.testing.assert_allclose(from_release["score"], from_store["score"], rtol=1e-5, atol=1e-6)
