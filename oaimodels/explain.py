@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from oaicohort.errors import OAIError
+from oaicohort.files import staged_folder
 from oaicohort.imaging.selection import knee_name, select_slots, store_slots
 from oaicohort.imaging.store import VolumeStore
 from oaicohort.progress import ProgressCallback, no_progress
@@ -102,26 +103,26 @@ def explain_run(
     models = run.load_models(dev)
     for m in models:
         m.eval()
-    out = Path(out_dir)
-    (out / "knees").mkdir(parents=True, exist_ok=True)
-    (out / "summary").mkdir(parents=True, exist_ok=True)
     offset = centre_offsets(run.layout.stored_shape, run.layout.crop_shape)[0]
     results: list[KneeExplanation] = []
     rows = []
-    for start in range(0, len(chosen), batch_size):
-        part = chosen.iloc[start : start + batch_size]
-        volumes = torch.from_numpy(vs.read_many(run.view, [int(p) for p in part["position"]])).to(dev)
-        for row, (score, saliency, gradient, rollout, crop) in zip(
-            part.itertuples(index=False), explain_volumes(models, run.layout, volumes, steps=steps)
-        ):
-            e = KneeExplanation(knee_name(row.subject_id, row.side), int(row.subject_id), row.side, score, crop,
-                                saliency, gradient, rollout)  # fmt: skip
-            results.append(e)
-            rows.append(_write_knee(out / "knees" / e.knee, e, offset, top, plots))
-        progress("explaining", min(start + batch_size, len(chosen)), len(chosen))
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out / "explanations.csv", index=False)
-    _write_summary(out / "summary", results, offset, plots)
+    with staged_folder(Path(out_dir)) as out:  # a failure half-way leaves OUT as it was
+        (out / "knees").mkdir()
+        (out / "summary").mkdir()
+        for start in range(0, len(chosen), batch_size):
+            part = chosen.iloc[start : start + batch_size]
+            volumes = torch.from_numpy(vs.read_many(run.view, [int(p) for p in part["position"]])).to(dev)
+            for row, (score, saliency, gradient, rollout, crop) in zip(
+                part.itertuples(index=False), explain_volumes(models, run.layout, volumes, steps=steps)
+            ):
+                e = KneeExplanation(knee_name(row.subject_id, row.side), int(row.subject_id), row.side, score,
+                                    crop, saliency, gradient, rollout)  # fmt: skip
+                results.append(e)
+                rows.append(_write_knee(out / "knees" / e.knee, e, offset, top, plots))
+            progress("explaining", min(start + batch_size, len(chosen)), len(chosen))
+        frame = pd.DataFrame(rows)
+        frame.to_csv(out / "explanations.csv", index=False)
+        _write_summary(out / "summary", results, offset, plots)
     return frame
 
 

@@ -141,6 +141,27 @@ def test_explain_command_writes_files_for_a_3d_model(toy_run: Path, tmp_path: Pa
     assert (out / "summary" / "mean_saliency.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_a_failing_explain_leaves_the_output_folder_as_it_was(
+    toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import oaimodels.explain as explain
+
+    out = tmp_path / "ex"
+    (out / "knees" / "9000000R").mkdir(parents=True)
+    (out / "explanations.csv").write_text("earlier")
+
+    def broken_summary(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(explain, "_write_summary", broken_summary)
+    with toy_model(), pytest.raises(OSError, match="disk full"):
+        explain.explain_run(toy_run, out, knees=[(9000000, "R"), (9000001, "L")], steps=2, device="cpu")
+    assert (out / "explanations.csv").read_text() == "earlier"
+    assert sorted(p.name for p in (out / "knees").iterdir()) == ["9000000R"]
+    assert not any((out / "knees" / "9000000R").iterdir())  # the earlier (empty) folder, not a new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]  # no partial folder left behind
+
+
 def test_explain_cohort_names_a_saved_cohort_of_the_database(toy_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -138,3 +138,11 @@ def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path
     assert from_release["knee"].tolist() == from_store["knee"].tolist()
     assert set(from_release["kind"]) == {"release"}
     np.testing.assert_allclose(from_release["score"], from_store["score"], rtol=1e-5, atol=1e-6)
+
+    # and explains them: one image per knee, saliency over the ROI
+    from oaimodels.explain import explain_run
+
+    table = explain_run(run_dir, tmp_path / "explain", knees=knees[:2], steps=2, device="cpu", db=None)
+    assert table["knee"].tolist() == from_store["knee"].tolist()[:2]
+    saliency = np.load(tmp_path / "explain" / "knees" / table["knee"][0] / "saliency.npy")
+    assert saliency.shape == (1, 70, 70) and saliency.sum() == pytest.approx(1.0, rel=1e-5)
