@@ -26,6 +26,7 @@ from oaicohort.imaging.selection import knee_name, select_slots
 from oaicohort.imaging.store import VolumeStore
 from oaicohort.imaging.store_index import indexed_volumes
 from oaicohort.progress import ProgressCallback, no_progress
+from oaicohort.vocabulary import XRAY_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,14 @@ def export_nifti(
     progress: ProgressCallback = no_progress,
 ) -> pd.DataFrame:
     """Write the selected volumes of the store as NIfTI; returns the rows of ``index.csv``."""
-    nib = _nibabel()
     store = VolumeStore.open(store_path)
     views = tuple(views or store.views)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if XRAY_VIEW in views:
+        raise ExportError(
+            f"{store.path}: X-ray ROIs are crops of a projection radiograph, with no position in scanner space "
+            "to export as NIfTI; `oai store qc` draws them as PNGs"
+        )
+    nib = _nibabel()
     rows = indexed_volumes(db, store.path)
     rows = rows[(rows["status"] == "ok") & (rows["params_hash"] == store.params_hash) & rows["view"].isin(views)]
     if visit is not None:
@@ -78,6 +82,8 @@ def export_nifti(
     if not selected:
         raise ExportError(f"{store.path}: no indexed {'/'.join(views)} volume in the database {db.url} to export")
     chosen = pd.concat(selected, ignore_index=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for n, row in enumerate(chosen.itertuples(index=False), start=1):
         notes = row.notes or {}

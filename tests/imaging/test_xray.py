@@ -17,6 +17,7 @@ from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Volume, XrayRoi
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.export import ExportError, export_nifti
 from oaicohort.imaging.preprocessing import PreprocessParams
 from oaicohort.imaging.store import VolumeStore
 from oaicohort.imaging.xray_localiser import JointCentre, LocaliserFailure, localise_knees
@@ -113,6 +114,10 @@ def test_run_stores_knee_rois_with_boxes_localiser_and_montage(ingested: tuple[D
         assert store.read("xray", volume.position).shape == (1, 70, 70)
     again = run_xray_preprocess(db, tmp_path / "store.zarr")
     assert (again.done, again.skipped) == (0, len(truth))
+    # a projection's ROI has no place in scanner space: NIfTI export says so and writes nothing
+    with pytest.raises(ExportError, match="projection radiograph.*oai store qc"):
+        export_nifti(db, tmp_path / "store.zarr", tmp_path / "nifti")
+    assert not (tmp_path / "nifti").exists()
 
 
 def test_degenerate_radiograph_is_a_recorded_failure(ingested: tuple[Database, Path], tmp_path: Path) -> None:
