@@ -117,7 +117,8 @@ def main() -> None:
     print(f"  {'... plus the scikit-learn import':<44} {total + t_import:7.3f} s")
     _, t_again = timed("make_split again (get-or-create)", make_split, db)
 
-    from oaicohort.cohort.saved import check_saved, save_cohort
+    from oaicohort.cohort.saved import save_cohort
+    from oaicohort.cohort.saved_check import check_saved
 
     print("new study: five knee-side variables, filters, saved cohort:")
     study = {

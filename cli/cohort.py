@@ -294,7 +294,8 @@ def _write_frame(frame: pd.DataFrame, fmt: str, path: Path) -> None:
 
 
 def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | None, json_out: bool) -> None:
-    from oaicohort.cohort.saved import check_saved, export_saved
+    from oaicohort.cohort.saved import export_saved
+    from oaicohort.cohort.saved_check import check_saved
 
     db = state(ctx).open_db()
     if export:

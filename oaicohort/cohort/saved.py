@@ -5,9 +5,8 @@
 content hash, and a *snapshot* of what decided every knee of the definition at that moment
 (label, exclusion, baseline KL, age, BMI, the requested variables, each visit's KLG and JSN).
 
-``check_saved(db, "my_study")`` re-runs the query and says whether the result (knees and their
-labels) still equals the saved one; if not, which knees entered or left and why: the snapshot
-fields that changed for each, and the ingest runs and files between then and now.
+``oaicohort.cohort.saved_check.check_saved(db, "my_study")`` re-runs the query and says whether
+the result still equals the saved one, and if not which knees entered or left and why.
 
 ``export_saved(db, "my_study")`` gives the frozen list and a provenance header (toolkit version,
 the ingest run the labels came from and the sha256 of each of its files) for a methods section.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,7 @@ from oaicohort.cohort.derivation import first_readings
 from oaicohort.cohort.variables import QueryError
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
-from oaicohort.db.schema import IngestFile, IngestRun, LabelDefinition, SavedCohort, XrayReading
+from oaicohort.db.schema import IngestFile, IngestRun, SavedCohort, XrayReading
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -89,7 +87,7 @@ def content_hash(knees: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- snapshot
 
 
-def _snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
+def snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
     """What decided every knee of the definition: label fields, variables, readings per visit."""
     variables = list(query["variables"]) if query["variables"] else None
     all_knees = cohort.knees(definition=query["definition"], split=None, include_excluded=True, variables=variables)
@@ -118,7 +116,7 @@ def _snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
     return snap.drop(columns=["knee_id"])
 
 
-def _latest_run(session: Any) -> int | None:
+def latest_ingest_run(session: Any) -> int | None:
     return session.execute(
         select(func.max(IngestRun.id)).where(IngestRun.status.in_(("succeeded", "unchanged")))
     ).scalar()
@@ -143,7 +141,7 @@ def _query(
     }
 
 
-def _run(cohort: Any, query: dict[str, Any], split: int | str | None) -> pd.DataFrame:
+def run_query(cohort: Any, query: dict[str, Any], split: int | str | None) -> pd.DataFrame:
     return cohort.knees(
         definition=query["definition"],
         split=split,
@@ -175,9 +173,9 @@ def save_cohort(
         raise QueryError("a saved cohort needs a name of 1-64 characters")
     cohort = Cohort(db)
     query = _query(definition, split, include_excluded, variables, filters)
-    frame = _run(cohort, query, split)
+    frame = run_query(cohort, query, split)
     query["split"] = frame.attrs.get("split_id")  # the split actually used, frozen
-    snapshot = _snapshot(db, cohort, query)
+    frozen = snapshot(db, cohort, query)
     digest = content_hash(frame)
     with db.write() as session:
         existing = session.execute(select(SavedCohort).where(SavedCohort.name == name)).scalar_one_or_none()
@@ -195,8 +193,8 @@ def save_cohort(
                 split_id=frame.attrs.get("split_id"),
                 knees=_columnar(frame),
                 content_hash=digest,
-                snapshot=_columnar(snapshot),
-                ingest_run_id=_latest_run(session),
+                snapshot=_columnar(frozen),
+                ingest_run_id=latest_ingest_run(session),
                 toolkit_version=__version__,
             )
         )
@@ -204,7 +202,7 @@ def save_cohort(
     return frame
 
 
-def _load(session: Any, name: str) -> SavedCohort:
+def load_saved(session: Any, name: str) -> SavedCohort:
     # the snapshot (every knee of the definition) is read only when a check needs to explain
     row = session.execute(
         select(SavedCohort).options(defer(SavedCohort.snapshot)).where(SavedCohort.name == name)
@@ -217,147 +215,18 @@ def _load(session: Any, name: str) -> SavedCohort:
     return row
 
 
-@dataclass
-class SavedCheck:
-    """The result of re-running a saved cohort's query."""
-
-    name: str
-    same: bool
-    saved_hash: str
-    current_hash: str
-    saved_knees: int
-    current_knees: int
-    entered: pd.DataFrame  # subject_id, side, label, why
-    left: pd.DataFrame  # subject_id, side, label, why
-    saved_run: int | None
-    current_run: int | None
-    changed_files: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "same": self.same,
-            "saved_hash": self.saved_hash,
-            "current_hash": self.current_hash,
-            "saved_knees": self.saved_knees,
-            "current_knees": self.current_knees,
-            "entered": self.entered.astype(object).where(self.entered.notna(), None).to_dict("records"),
-            "left": self.left.astype(object).where(self.left.notna(), None).to_dict("records"),
-            "saved_ingest_run": self.saved_run,
-            "current_ingest_run": self.current_run,
-            "changed_files": self.changed_files,
-            "notes": self.notes,
-        }
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _why(old: pd.DataFrame, new: pd.DataFrame, keys: pd.DataFrame) -> list[str]:
-    """For each knee of ``keys``: the snapshot fields that differ between ``old`` and ``new``."""
-    fields = [c for c in old.columns if c not in KEY and c in new.columns]
-    fields += [c for c in new.columns if c not in KEY and c not in old.columns]
-    o = keys[KEY].merge(old, on=KEY, how="left")
-    n = keys[KEY].merge(new, on=KEY, how="left")
-    out = []
-    for i in range(len(keys)):
-        changes = []
-        for c in fields:
-            a = o[c].iloc[i] if c in o else None
-            b = n[c].iloc[i] if c in n else None
-            if _fmt(a) != _fmt(b):
-                changes.append(f"{c} {_fmt(a)} -> {_fmt(b)}")
-        out.append("; ".join(changes) if changes else "no recorded input changed")
-    return out
-
-
-def _files(session: Any, run_id: int | None) -> dict[str, str]:
+def run_files(session: Any, run_id: int | None) -> dict[str, str]:
     if run_id is None:
         return {}
     rows = session.execute(select(IngestFile.relative_path, IngestFile.sha256).where(IngestFile.run_id == run_id)).all()
     return {path: sha for path, sha in rows}
 
 
-def check_saved(db: Database, name: str) -> SavedCheck:
-    """Re-run the saved query and compare with the frozen result (see the module docstring)."""
-    from oaicohort.cohort.query import Cohort
-
-    with db.read() as session:
-        row = _load(session, name)
-        query = decode_query(row.query)
-        saved = pd.DataFrame(row.knees)
-        saved_id = row.id
-        saved_hash, saved_run, split_id = row.content_hash, row.ingest_run_id, row.split_id
-        definition = session.execute(
-            select(LabelDefinition).where(
-                LabelDefinition.name == row.definition_name, LabelDefinition.params_hash == row.params_hash
-            )
-        ).scalar_one_or_none()
-        current_run = _latest_run(session)
-        old_files, new_files = _files(session, saved_run), _files(session, current_run)
-    if definition is None:
-        raise DatabaseStateError(
-            f"saved cohort {name!r}: label definition {row.definition_name!r} (hash {row.params_hash[:12]}) "
-            "is no longer in the database; derive it again with `oai label`"
-        )
-    notes: list[str] = []
-    if current_run is not None and (definition.ingest_run_id or 0) < current_run:
-        notes.append(
-            f"the labels of {definition.name!r} were derived from ingest run {definition.ingest_run_id}, "
-            f"before the latest ingest run {current_run}: run `oai label` to bring them up to date"
-        )
-    cohort = Cohort(db)
-    query["definition"] = definition.id  # exactly the saved definition, not a later one of its name
-    needs_split = bool({"role", "fold"} & set(query["filters"]))
-    current = _run(cohort, query, split_id if needs_split else None)
-    current_hash = content_hash(current)
-    if saved.empty:
-        saved = pd.DataFrame(columns=[*KEY, "label"])
-    cur_keys = set(zip(current["subject_id"].astype(int), current["side"], current["label"]))
-    old_keys = set(zip(saved["subject_id"].astype(int), saved["side"], saved["label"]))
-    entered = pd.DataFrame(sorted(cur_keys - old_keys), columns=[*KEY, "label"])
-    left = pd.DataFrame(sorted(old_keys - cur_keys), columns=[*KEY, "label"])
-    if len(entered) or len(left):
-        with db.read() as session:
-            old_snapshot = pd.DataFrame(
-                session.execute(select(SavedCohort.snapshot).where(SavedCohort.id == saved_id)).scalar_one()
-            )
-        new_snapshot = _snapshot(db, cohort, query)
-        entered["why"] = _why(old_snapshot, new_snapshot, entered)
-        left["why"] = _why(old_snapshot, new_snapshot, left)
-    else:
-        entered["why"] = pd.Series([], dtype=object)
-        left["why"] = pd.Series([], dtype=object)
-    changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
-    if saved_run != current_run:
-        notes.append(f"saved at ingest run {saved_run}; the latest ingest run is {current_run}")
-    return SavedCheck(
-        name=name,
-        same=current_hash == saved_hash,
-        saved_hash=saved_hash,
-        current_hash=current_hash,
-        saved_knees=len(saved),
-        current_knees=len(current),
-        entered=entered,
-        left=left,
-        saved_run=saved_run,
-        current_run=current_run,
-        changed_files=changed,
-        notes=notes,
-    )
-
-
 def export_saved(db: Database, name: str) -> tuple[list[str], pd.DataFrame]:
     """The frozen knee list of a saved cohort and its provenance header lines."""
     with db.read() as session:
-        row = _load(session, name)
-        files = _files(session, row.ingest_run_id)
+        row = load_saved(session, name)
+        files = run_files(session, row.ingest_run_id)
         run = session.get(IngestRun, row.ingest_run_id) if row.ingest_run_id is not None else None
         frame = pd.DataFrame(row.knees)
         header = [
@@ -380,7 +249,7 @@ def saved_knees(db: Database, name: str) -> list[tuple[int, str]]:
     """The ``(subject_id, side)`` knees of a saved cohort, in its order (``--cohort NAME`` of
     ``oai predict`` and ``oai explain``)."""
     with db.read() as session:
-        knees = _load(session, name).knees
+        knees = load_saved(session, name).knees
     return [(int(s), str(side)) for s, side in zip(knees.get("subject_id", []), knees.get("side", []), strict=True)]
 
 
@@ -400,13 +269,16 @@ def saved_cohorts(db: Database) -> pd.DataFrame:
 
 
 __all__ = [
-    "SavedCheck",
-    "check_saved",
     "content_hash",
     "decode_query",
     "encode_query",
     "export_saved",
+    "latest_ingest_run",
+    "load_saved",
+    "run_files",
+    "run_query",
     "save_cohort",
     "saved_cohorts",
     "saved_knees",
+    "snapshot",
 ]

@@ -18,7 +18,8 @@ from oaicohort.cohort.definition_files import load_definition_file
 from oaicohort.cohort.definitions import preset
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import Cohort, QueryError
-from oaicohort.cohort.saved import check_saved, export_saved, save_cohort, saved_knees
+from oaicohort.cohort.saved import export_saved, save_cohort, saved_knees
+from oaicohort.cohort.saved_check import check_saved
 from oaicohort.cohort.variables import VariableError, apply_value_mode, load_dictionary
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import KneeVariablePair, Volume
