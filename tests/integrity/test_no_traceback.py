@@ -11,6 +11,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,56 @@ def test_release_root_missing_or_a_file(tmp_path: Path) -> None:
     ],
 )
 def test_os_errors_are_one_line_with_the_path(number: int, fragment: str) -> None:
-    # the tests run as root, where permissions and read-only mounts cannot be provoked for real
+    # as root, EACCES and read-only mounts cannot be provoked for real (an immutable file's EPERM
+    # can: test_real_permission_errors_are_one_line_and_change_nothing)
     failure = translate(OSError(number, os.strerror(number), "/data/oai/cohort.sqlite"))
     assert failure.exit_code == 1
     assert failure.message.startswith("/data/oai/cohort.sqlite: ") and fragment in failure.message
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Make paths immutable (``chattr +i``): writes fail for real, with EPERM, even as root.
+    Skips where the file system or the container does not allow it."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        try:
+            done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, timeout=30)
+        except OSError:
+            pytest.skip("no chattr here")
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i not permitted here: {done.stderr.decode(errors='replace').strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True, timeout=30)
+
+
+def test_real_permission_errors_are_one_line_and_change_nothing(
+    tmp_path: Path, pristine_release: Path, immutable: Callable[[Path], None]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    immutable(locked)
+    code, out = _oai("--db", str(locked / "new.sqlite"), "ingest", str(pristine_release))
+    assert code == 1 and out.startswith(f"error: {locked / 'new.sqlite'}: operation not permitted"), out
+    code, out = _oai("synth", str(locked / "release"), "--subjects", "20")
+    assert code == 1 and f"{locked / 'release'}: operation not permitted" in out, out
+    assert not any(locked.iterdir())
+
+    db = tmp_path / "cohort.sqlite"
+    assert _oai("--db", str(db), "ingest", str(pristine_release))[0] == 0
+    assert _oai("--db", str(db), "label")[0] == 0
+    code, out = _oai("--db", str(db), "cohort", "--out", str(locked / "knees.csv"))
+    assert code == 1 and f"{locked / 'knees.csv'}: operation not permitted" in out, out
+    immutable(db)
+    code, out = _oai("--db", str(db), "split", "--folds", "2")
+    assert code == 1 and "the database is read-only" in out, out
+    _short(out)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:  # nothing went to the WAL either
+        assert conn.execute("SELECT count(*) FROM splits").fetchone() == (0,)
 
 
 def test_disk_full_from_a_command_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
