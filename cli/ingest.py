@@ -37,8 +37,9 @@ def ingest_command(
     allow_shrink: bool = typer.Option(
         False,
         "--allow-shrink",
-        help="Accept a file that gives none or far fewer rows than the last ingest read from it "
-        "(otherwise the ingest stops, naming it: a truncated or damaged file would delete data).",
+        help="Accept a file that gives none or far fewer rows than the last ingest read from it, or "
+        "a column with far fewer values than the database holds (otherwise the ingest stops, naming "
+        "them: a truncated or damaged file would delete data).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:

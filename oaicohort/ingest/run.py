@@ -165,7 +165,7 @@ def write_release(
 ) -> IngestResult:
     """Write a parsed release in one transaction (or record it as ``unchanged``).
 
-    ``allow_shrink``: write even a file that gives far fewer rows than before (ingest.guards).
+    ``allow_shrink``: write even a file that gives far fewer rows or values than before (ingest.guards).
     ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
@@ -208,7 +208,8 @@ def ingest_release(
     """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
 
     ``allow_shrink``: accept a file giving none or far fewer rows than the same table gave in the
-    last successful ingest (otherwise ``ShrinkingReleaseError``, see ``oaicohort.ingest.guards``).
+    last successful ingest, or a column with far fewer values than the database holds (otherwise
+    ``ShrinkingReleaseError``, see ``oaicohort.ingest.guards``).
 
     ``root``: a classic ASCII release (either layout), its SAS copy, an NDA data package, zip
     archives of any of them, or a folder holding several; the form is recognised per file.
