@@ -27,23 +27,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from oaicohort.vocabulary import XRAY_VIEW
-
-from .data import NORM_MEAN, NORM_STD, InputLayout, centre_offsets, crop_volumes, normalise, scale_to_unit
-from .networks.multiview import views_from_volume
+from .data import (
+    NORM_MEAN,
+    NORM_STD,
+    BatchPreparer,
+    InputLayout,
+    centre_offsets,
+    crop_volumes,
+    normalise,
+    scale_to_unit,
+)
 from .networks.slice_transformer import SelfAttention, SliceTransformer
 
 # --------------------------------------------------------------------------- model input
 
 
 def model_inputs(x: torch.Tensor, layout: InputLayout) -> dict[str, torch.Tensor]:
-    """The model's input dict from a normalised crop ``x`` (B, 1, d, h, w), as ``BatchPreparer``."""
-    if layout.source_view == XRAY_VIEW:  # a one-slice volume is a (B, 1, h, w) image
-        return {XRAY_VIEW: x[:, 0]}
-    if layout.derived_views:
-        views = views_from_volume(x)
-        return {v: views[v] for v in layout.model_views}
-    return {layout.source_view: x}
+    """The model's input dict from a normalised crop ``x`` (B, 1, d, h, w): ``BatchPreparer``'s own."""
+    return BatchPreparer(layout).to_inputs(x[:, 0])
 
 
 def normalised_crops(volumes: torch.Tensor, layout: InputLayout) -> torch.Tensor:

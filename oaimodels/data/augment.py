@@ -162,14 +162,14 @@ class BatchPreparer:
             x = x.index_copy(0, idx_dev, rotated)
         if bool(draw.apply_gamma.any()):
             x = apply_gamma(x, draw.gamma)
-        return self._to_inputs(normalise(x))
+        return self.to_inputs(normalise(x))
 
     def eval_inputs(self, volumes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Centre crop, [0, 1] scaling and normalisation, no augmentation."""
         self._check(volumes)
         offsets = torch.tensor(centre_offsets(self.layout.stored_shape, self.layout.crop_shape))
         x = crop_volumes(volumes, offsets.expand(volumes.shape[0], 3), self.layout.crop_shape)
-        return self._to_inputs(normalise(scale_to_unit(x.float())))
+        return self.to_inputs(normalise(scale_to_unit(x.float())))
 
     def _check(self, volumes: torch.Tensor) -> None:
         if volumes.dim() != 4 or tuple(volumes.shape[1:]) != self.layout.stored_shape:
@@ -178,7 +178,9 @@ class BatchPreparer:
                 f"got {tuple(volumes.shape)}"
             )
 
-    def _to_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def to_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's input dict from normalised crops ``x`` (B, d, h, w); differentiable, so
+        attribution (``oaimodels.attribution``) feeds the models exactly as training does."""
         if self.layout.source_view == XRAY_VIEW:  # one-slice volumes -> (B, 1, h, w) images
             image = x[:, :1]
             return {XRAY_VIEW: image.contiguous(memory_format=torch.channels_last) if self.channels_last else image}
