@@ -57,6 +57,11 @@ class KneeScan:
         return self.volume
 
 
+def _subject(value: Any) -> Any:
+    """A participant id as a number when it is one (an OAI ID), else as the DICOM file gives it."""
+    return int(value) if str(value).isdigit() else value
+
+
 def input_kind(path: Path) -> str:
     """``store`` (has zarr.json), ``series`` (slice files, no sub-folders) or ``release``."""
     if not path.exists():
@@ -94,12 +99,12 @@ def series_scan(
             folder, f"cannot tell the knee side (series description {series.series_description!r}); pass --side R or L"
         )
     result = preprocess_series(_Sided(series.pixels, series.spacing_mm, knee_side), params, (view,))
-    subject = extra.get("subject_id", getattr(series, "patient_id", ""))
+    subject = _subject(extra.get("subject_id", getattr(series, "patient_id", "")))
     notes = ";".join(sorted(k for k in result.notes if k not in ("intensity_range", "source_shape")))
     return KneeScan(
         input=str(folder),
         kind=kind,
-        subject_id=int(subject) if str(subject).isdigit() else subject,
+        subject_id=subject,
         side=knee_side,
         visit=extra.get("visit"),
         volume=result.volumes[view],
@@ -201,7 +206,7 @@ def radiograph_scans(
 
     radiograph = read_radiograph(folder)
     crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, sides)
-    subject: Any = subject_id if subject_id is not None else radiograph.patient_id
+    subject = _subject(subject_id if subject_id is not None else radiograph.patient_id)
     scans = []
     for side in sides:
         crop = crops[side]
@@ -211,7 +216,7 @@ def radiograph_scans(
             KneeScan(
                 input=str(folder),
                 kind=kind,
-                subject_id=int(subject) if str(subject).isdigit() else subject,
+                subject_id=subject,
                 side=side,
                 visit=visit,
                 volume=crop.roi.image,

@@ -174,12 +174,8 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
         if isinstance(crop, str):
             outcome.reason = f"{task.folder}: {crop}"
             continue
-        outcome.image, outcome.centre, outcome.box, outcome.score = (
-            crop.roi.image,
-            crop.centre,
-            crop.roi.box,
-            crop.score,
-        )
+        outcome.image, outcome.box = crop.roi.image, crop.roi.box
+        outcome.centre, outcome.score = crop.centre, crop.score
         outcome.spacing_mm, outcome.source_shape = radiograph.spacing_mm, tuple(radiograph.pixels.shape)
         outcome.notes = {**crop.roi.notes, **({"reader_notes": radiograph.notes} if radiograph.notes else {})}
     return outcomes
