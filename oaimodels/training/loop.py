@@ -40,7 +40,6 @@ from ..tracking import open_fold_tracker
 from .checkpoint import (
     checkpoint_meta,
     finalise_pending_best,
-    keep_final_weights,
     load_checkpoint,
     save_checkpoint,
     write_fold_files,
@@ -252,17 +251,15 @@ def _save_epoch(s: _FoldState, p: PreparedRun, fold: int, epoch: int, improved: 
             },
             fold_path / rf.BEST_PENDING,
         )
-    save_checkpoint(
-        {
-            "model": s.model.state_dict(),
+    last: dict[str, Any] = {"model": s.model.state_dict(), "meta": meta}
+    if epoch + 1 < p.config.epochs:  # the resume point; nothing resumes a finished fold (weights only)
+        last |= {
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
             "sampler": s.sampler.state_dict(),
             "rng": rng_state(),
-            "meta": meta,
-        },
-        fold_path / rf.LAST,
-    )
+        }
+    save_checkpoint(last, fold_path / rf.LAST)
     if improved:
         os.replace(fold_path / rf.BEST_PENDING, fold_path / rf.BEST)
     write_fold_files(fold_path, s.history, s.best)
@@ -344,7 +341,6 @@ def train_fold(
     }
     if d.main:
         rf.write_json(fold_path / rf.SUMMARY, summary)
-        keep_final_weights(fold_path / rf.LAST)  # after the summary: a kill between keeps it whole
     tracker.finish(summary, p.run_dir)
     barrier(d)
     return summary
