@@ -111,11 +111,13 @@ def _file_of(release: ParsedRelease, kind: str, visit: int | None = None) -> str
     return ", ".join(names) if names else kind
 
 
-def _frame_columns(
+def _emptied(
     session: Session, model: type, where: Any, frame: pd.DataFrame, columns: dict[str, str], source: str
 ) -> Iterator[str]:
-    """'FILE: column C gives N values, the database holds M' for each emptied column."""
-    held = session.execute(select(*(func.count(getattr(model, f)) for f in columns)).where(where)).one()
+    """'FILE: column C gives N values, the database holds M' for each of ``columns`` (field ->
+    file column) that ``frame`` would empty in the rows of ``model`` matching ``where`` (None: all)."""
+    query = select(*(func.count(getattr(model, f)) for f in columns))
+    held = session.execute(query if where is None else query.where(where)).one()
     for (field, column), was in zip(columns.items(), held, strict=True):
         now = int(frame[field].notna().sum()) if field in frame.columns else 0
         if was and now < was * SHRINK_FRACTION:
@@ -127,30 +129,28 @@ def emptied_columns(session: Session, release: ParsedRelease) -> list[str]:
     found: list[str] = []
     if release.enrollees is not None:
         source = _file_of(release, ENROLLEES)
-        found += _frame_columns(session, Subject, Subject.id.isnot(None), release.enrollees, _ENROLLEE_COLUMNS, source)
+        found += _emptied(session, Subject, None, release.enrollees, _ENROLLEE_COLUMNS, source)
     for frame in release.subject_visits:
         if len(frame):
             visit = int(frame["visit"].iloc[0])
             source = _file_of(release, ALLCLINICAL, visit)
             columns = allclinical_columns(visit)
-            found += _frame_columns(session, SubjectVisit, SubjectVisit.visit == visit, frame, columns, source)
+            found += _emptied(session, SubjectVisit, SubjectVisit.visit == visit, frame, columns, source)
     for visit, frame in sorted(release.readings.items()):
         source = ", ".join(sorted(frame["source_file"].unique())) if len(frame) else f"kXR_SQ_BU{visit:02d}"
         columns = {**kxr_columns(visit), "read_project": "READPRJ"}
-        found += _frame_columns(session, XrayReading, XrayReading.visit == visit, frame, columns, source)
+        found += _emptied(session, XrayReading, XrayReading.visit == visit, frame, columns, source)
     if release.outcomes is not None:
         source = _file_of(release, OUTCOMES)
         for side, frame in release.outcomes.groupby("side", sort=False):
             columns = {field: f"V99E{side}K{suffix}" for field, suffix in OUTCOME_FIELDS.items()}
             held = KneeReplacement.knee_id.in_(select(Knee.id).where(Knee.side == side))
-            found += _frame_columns(session, KneeReplacement, held, frame, columns, source)
+            found += _emptied(session, KneeReplacement, held, frame, columns, source)
     if release.series:
         series = pd.concat(release.series, ignore_index=True)
         for visit, frame in series.groupby("visit", sort=True):
             source = ", ".join(sorted(frame["source_file"].unique()))
-            found += _frame_columns(
-                session, ImageSeries, ImageSeries.visit == int(visit), frame, _SERIES_COLUMNS, source
-            )
+            found += _emptied(session, ImageSeries, ImageSeries.visit == int(visit), frame, _SERIES_COLUMNS, source)
     return found
 
 
