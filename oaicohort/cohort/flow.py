@@ -37,6 +37,7 @@ from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, SIDES
 
 NO_KNEE_RECORD = "no_knee_record"
 NOT_IN_QUERY = "not_in_query"
+NOT_MATCHED = "not_matched"
 NO_LABEL = "no_label"  # time-to-event: included, censored before the definition calls it a non-progressor
 FORMATS = ("svg", "png", "pdf", "dot")
 INSTALL_GRAPHVIZ = (
@@ -45,6 +46,7 @@ INSTALL_GRAPHVIZ = (
 _TEXT = {
     NO_KNEE_RECORD: "No record of the knee",
     NOT_IN_QUERY: "Not in the query",
+    NOT_MATCHED: "Not matched",
     NO_LABEL: "Censored, no fixed-window label",
     "none": "Non-progressors",
     "fast": "Fast progressors",
@@ -86,6 +88,9 @@ class FlowCounts:
     filters: dict[str, Any] = field(default_factory=dict)
     query: FlowBox | None = None  # the knees the query keeps (None: no filters)
     not_in_query: FlowBox | None = None
+    matching: str | None = None  # the matching's description, when the cohort is a matched one
+    matched: FlowBox | None = None
+    not_matched: FlowBox | None = None  # cases without a control and controls not chosen
     by_label: list[FlowBox] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +106,9 @@ class FlowCounts:
             "filters": {k: list(v) if isinstance(v, tuple) else v for k, v in self.filters.items()},
             "query": box(self.query),
             "not_in_query": box(self.not_in_query),
+            "matching": self.matching,
+            "matched": box(self.matched),
+            "not_matched": box(self.not_matched),
             "by_label": {b.key: box(b) for b in self.by_label},
         }
 
@@ -115,9 +123,12 @@ def flow_counts(
     *,
     query: pd.DataFrame | None = None,
     filters: dict[str, Any] | None = None,
+    matched: pd.DataFrame | None = None,
+    matching: str | None = None,
 ) -> FlowCounts:
     """Count the flow of ``definition``'s stored labels; ``query`` (the result of
-    :meth:`~oaicohort.cohort.query.Cohort.knees` with ``filters``) narrows the included knees."""
+    :meth:`~oaicohort.cohort.query.Cohort.knees` with ``filters``) narrows the included knees,
+    ``matched`` (a matched cohort of those, described by ``matching``) narrows them again."""
     with db.read() as session:
         row = stored_definition(session, definition)
         labels = stored_labels(session, row.id)
@@ -145,6 +156,12 @@ def flow_counts(
         counts.filters = dict(filters)
         counts.query = _box("query", kept)
         counts.not_in_query = _box(NOT_IN_QUERY, included[~included["knee_id"].isin(chosen)])
+    if matched is not None:
+        pairs = set(matched["knee_id"].astype(int))
+        counts.matching = matching or "matched"
+        counts.matched = _box("matched", kept[kept["knee_id"].isin(pairs)])
+        counts.not_matched = _box(NOT_MATCHED, kept[~kept["knee_id"].isin(pairs)])
+        kept = kept[kept["knee_id"].isin(pairs)]
     for label in CLASSES:
         counts.by_label.append(_box(label, kept[kept["label"] == label]))
     unlabelled = kept[kept["label"].isna()]
@@ -213,6 +230,20 @@ def flow_graph(counts: FlowCounts) -> Any:
         graph.node("query", _label("In the query", counts.query), penwidth="1.6")
         graph.edge("qp", "query")
         top = "query"
+    if counts.matched is not None and counts.not_matched is not None:
+        graph.node("mp", shape="point", width="0.01")
+        graph.edge(top, "mp", arrowhead="none")
+        graph.node(
+            NOT_MATCHED, _label("Not matched (cases without a control, controls not chosen)", counts.not_matched)
+        )
+        with graph.subgraph() as rank:
+            rank.attr(rank="same")
+            rank.node("mp")
+            rank.node(NOT_MATCHED)
+        graph.edge("mp", NOT_MATCHED)
+        graph.node("matched", _label(f"Matched: {counts.matching}", counts.matched), penwidth="1.6")
+        graph.edge("mp", "matched")
+        top = "matched"
     with graph.subgraph() as rank:
         rank.attr(rank="same")
         for box in counts.by_label:

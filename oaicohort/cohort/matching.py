@@ -114,7 +114,7 @@ class MatchSpec:
 
     def describe(self) -> str:
         on = ", ".join(f"{v.name} {v.rule}" for v in self.on)
-        return f"{self.column} {'/'.join(self.values)} matched 1:{self.ratio} on {on} (seed {self.seed})"
+        return f"{self.column} {'/'.join(self.values)} 1:{self.ratio} on {on} (seed {self.seed})"
 
 
 @dataclass

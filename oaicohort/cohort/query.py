@@ -369,7 +369,6 @@ class Cohort:
             return tr.reading_trajectories(self.db, knees, key, column, duplicates=duplicates, wide=wide)
         return tr.clinical_trajectories(self.db, knees, variable, wide=wide)
 
-
     # ----------------------------------------------------------------------- methods section
     # Each output lives in a module of its own; these run the query and hand its knees over.
 

@@ -149,7 +149,9 @@ def check_saved(db: Database, name: str) -> SavedCheck:
     if current_hash != saved_hash and not len(entered) and not len(left):
         notes.append("the same knees and labels, matched into other sets")
     if saved_matching and current.attrs.get("matching", {}).get("balance") != saved_matching.get("balance"):
-        notes.append("the balance after matching differs from the saved one (oai cohort --saved NAME --json shows both)")
+        notes.append(
+            "the balance after matching differs from the saved one (oai cohort --saved NAME --json shows both)"
+        )
     changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
     if saved_run != current_run:
         notes.append(f"saved at ingest run {saved_run}; the latest ingest run is {current_run}")
