@@ -40,7 +40,7 @@ from oaicohort.vocabulary import CLASSES
 log = logging.getLogger(__name__)
 
 BUILT_IN = ("age", "sex", "bmi", "site", "kl_baseline")
-CATEGORICAL_BUILT_IN = ("sex", "site", "kl_baseline")
+CATEGORICAL_BUILT_IN = ("sex", "site", "kl_baseline", "label")
 TITLES = {
     "age": "Age (years)",
     "sex": "Sex",
@@ -110,8 +110,10 @@ def _variable_kinds(
 ) -> tuple[list[str], list[str]]:
     coded = set()
     if dictionary is not None and len(dictionary):
+        # a variable with codes of values (not only OAI's missing codes ".A", ".: Missing Form")
+        valued = set(dictionary.loc[~dictionary["code"].astype(str).str.startswith("."), "variable"])
         for name, sources in frame.attrs.get("variables", {}).items():
-            if set(sources.values()) & set(dictionary["variable"]):
+            if set(sources.values()) & valued:
                 coded.add(name)
     continuous, categorical = [], []
     for col in columns:
@@ -149,6 +151,11 @@ def _prepared(
         data[col] = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
     data[by] = data[by].astype(object).where(data[by].notna(), MISSING_GROUP).map(str)
     return data
+
+
+def _label_order(data: pd.DataFrame) -> list[str]:
+    present = set(data["label"].dropna())
+    return [c for c in CLASSES if c in present] + sorted(present - set(CLASSES))
 
 
 def _group_order(values: pd.Series, by: str) -> list[str]:
@@ -195,7 +202,9 @@ def baseline_table(
     tableone = require("tableone", "the baseline table")
     if by not in knees.columns:
         raise QueryError(f"--by {by}: not a column of the cohort; columns: {', '.join(map(str, knees.columns))}")
-    columns = [c for c in dict.fromkeys([*BUILT_IN, *variables]) if c != by]
+    # grouped by anything else, the label is a row of its own (the outcome by exposure)
+    outcome = ["label"] if by != "label" and "label" in knees.columns else []
+    columns = [c for c in dict.fromkeys([*BUILT_IN, *outcome, *variables]) if c != by]
     unknown = [c for c in columns if c not in knees.columns]
     if unknown:
         raise QueryError(f"baseline table: no column {', '.join(unknown)} in the cohort (ask for it with --var)")
@@ -215,7 +224,7 @@ def baseline_table(
             continuous=continuous,
             groupby=by,
             nonnormal=skewed,
-            order={by: groups},
+            order={by: groups, **({"label": _label_order(data)} if "label" in columns else {})},
             smd=len(groups) > 1,
             pval=pval and len(groups) > 1,
             htest_name=pval and len(groups) > 1,

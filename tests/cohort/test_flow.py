@@ -49,7 +49,11 @@ def test_flow_numbers_by_hand_on_each_backend(db: Database, tmp_path: Path) -> N
     assert (counts.not_in_query.knees, counts.not_in_query.subjects) == (4, 3)  # S3R, S3L, S4L, S6R
     assert {b.key: (b.knees, b.subjects) for b in counts.by_label} == {"none": (2, 2), "fast": (1, 1), "slow": (1, 1)}
     unfiltered = Cohort(db).flow()
-    assert unfiltered.query is None and {b.key: b.knees for b in unfiltered.by_label} == {"none": 3, "fast": 4, "slow": 1}
+    assert unfiltered.query is None and {b.key: b.knees for b in unfiltered.by_label} == {
+        "none": 3,
+        "fast": 4,
+        "slow": 1,
+    }
     with pytest.raises(QueryError, match="include_excluded"):
         Cohort(db).flow(include_excluded=True)
 
@@ -72,7 +76,9 @@ def test_flow_equals_the_label_table_and_the_export(synthetic_db: Database, tmp_
     code, _, err = _cli(synthetic_db, "cohort", "--sex", "F", "--kl", "0", "--kl", "1", "--out", str(export))
     assert code == 0, err
     knees = pd.read_csv(export)
-    code, out, err = _cli(synthetic_db, "cohort", "--sex", "F", "--kl", "0", "--kl", "1", "--flow", str(tmp_path / "q.dot"), "--json")
+    code, out, err = _cli(
+        synthetic_db, "cohort", "--sex", "F", "--kl", "0", "--kl", "1", "--flow", str(tmp_path / "q.dot"), "--json"
+    )
     assert code == 0, err
     flow = json.loads(out)["flow"]
     assert flow["query"] == {"knees": len(knees), "subjects": knees["subject_id"].nunique()}

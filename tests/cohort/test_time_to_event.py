@@ -92,7 +92,10 @@ def test_a_knee_without_graded_follow_up_is_excluded(db: Database, tmp_path: Pat
 
 def test_hashes_of_existing_definitions_stay_and_the_outcome_is_hashed() -> None:
     # published hashes (tests/cohort/test_definition_identity.py pins them too)
-    assert preset("panfilov2022").canonical_json() == dataclasses.replace(preset("panfilov2022"), name="x").canonical_json()
+    assert (
+        preset("panfilov2022").canonical_json()
+        == dataclasses.replace(preset("panfilov2022"), name="x").canonical_json()
+    )
     assert '"outcome"' not in preset("panfilov2022").canonical_json()
     twin = time_to_event_twin("panfilov2022")
     assert '"outcome":"time_to_event"' in twin.canonical_json() and twin.hash() != preset("panfilov2022").hash()
@@ -199,7 +202,18 @@ def test_cli_km_and_its_errors(synthetic_db: Database, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(
         app,
-        ["--db", synthetic_db.url, "cohort", "-d", "panfilov2022_tte", "--km", str(tmp_path / "km.svg"), "--by", "sex", "--json"],
+        [
+            "--db",
+            synthetic_db.url,
+            "cohort",
+            "-d",
+            "panfilov2022_tte",
+            "--km",
+            str(tmp_path / "km.svg"),
+            "--by",
+            "sex",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     km = json.loads(res.stdout)["km"]
@@ -213,4 +227,6 @@ def test_cli_km_and_its_errors(synthetic_db: Database, tmp_path: Path) -> None:
         Cohort(synthetic_db).time_to_event()
     with pytest.raises(QueryError, match="event types"):
         kaplan_meier(Cohort(synthetic_db).time_to_event(definition="panfilov2022_tte"), event_types=("death",))
-    assert np.isfinite(kaplan_meier(Cohort(synthetic_db).time_to_event(definition="panfilov2022_tte")).curves["survival"]).all()
+    assert np.isfinite(
+        kaplan_meier(Cohort(synthetic_db).time_to_event(definition="panfilov2022_tte")).curves["survival"]
+    ).all()
