@@ -181,7 +181,7 @@ def cohort_command(
     from oaicli.cohort_study import StudyOptions, check_options
 
     study = StudyOptions(flow, table1, by, pval, km, match, on, ratio, seed)
-    spec = check_options(study, saved=saved is not None, trajectories=trajectories)
+    match_spec = check_options(study, saved=saved is not None, trajectories=trajectories)
     listing = not study.outputs or out is not None or fmt is not None
     if saved is not None:
         query_options = (site, sex, age_min, age_max, bmi_min, bmi_max, kl, label, role, fold, var, has_sequence)
@@ -261,13 +261,13 @@ def cohort_command(
     elif save is not None:
         from oaicohort.cohort.saved import save_cohort
 
-        frame = save_cohort(cohort.db, save, replace=replace, match=spec, **options)
+        frame = save_cohort(cohort.db, save, replace=replace, match=match_spec, **options)
         what = "knees"
         err_console.print(
             f"saved cohort {save!r}: {len(frame)} knees, content sha256 {frame.attrs['saved']['content_hash'][:12]}"
         )
-    elif spec is not None:
-        frame = cohort.match(spec, **options).cohort
+    elif match_spec is not None:
+        frame = cohort.match(match_spec, **options).cohort
         what = "knees"
     else:
         frame = cohort.knees(**options)

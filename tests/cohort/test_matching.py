@@ -206,3 +206,23 @@ def test_saved_matched_cohort_on_each_backend(db: Database, tmp_path: Path) -> N
     assert reasons[S2] == "no control with sex M" and len(reasons) == 2 and set(reasons) <= {S2, S4, S6}
     check = check_saved(db, "small_matched")
     assert check.same and check.matching == result.to_dict() == check.current_matching
+
+
+def test_cli_matches_on_a_variable_given_with_var(tmp_path: Path) -> None:
+    from oaicohort.cohort.labels import derive_labels
+    from oaicohort.db import open_database
+    from oaicohort.ingest.run import ingest_release
+    from tests.cohort.study_release import VARIABLES, write_study_release
+
+    db = open_database(tmp_path / "study.sqlite")
+    ingest_release(db, write_study_release(tmp_path / "release"), variables=VARIABLES)
+    derive_labels(db)
+    args = ["--db", db.url, "cohort", "--var", "INJ@P01", "--match", "label=fast|slow", "--on", "INJ@P01,sex"]
+    res = CliRunner().invoke(app, [*args, "--json", "--table1", str(tmp_path / "t.csv"), "--by", "match_role"])
+    db.dispose()
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["match"]["spec"]["on"] == [{"name": "INJ@P01", "caliper": None}, {"name": "sex", "caliper": None}]
+    assert out["match"]["balance"][0]["variable"] == "INJ@P01" and out["match"]["balance"][0]["smd_after"] == 0.0
+    groups = [c for c in pd.read_csv(tmp_path / "t.csv").columns if c in ("case", "control")]
+    assert groups == ["case", "control"]
