@@ -373,10 +373,6 @@ def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | N
     if json_out:
         sys.stdout.write(json.dumps(check.to_dict(), indent=2, default=str) + "\n")
         return
-    if check.matching:
-        from oaicli.cohort_study import render_matching
-
-        render_matching(check.matching)
     verdict = "[green]the same[/]" if check.same else "[red]changed[/]"
     out_console.print(
         f"saved cohort {name!r}: {verdict} ({check.saved_knees} knees saved, {check.current_knees} now; "
@@ -390,6 +386,10 @@ def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | N
             for r in frame.itertuples(index=False):
                 table.add_row(str(r.subject_id), r.side, str(r.label), r.why)
             out_console.print(table)
+    if check.matching:  # a matched cohort: its balance and unmatched cases as saved
+        from oaicli.cohort_study import render_matching
+
+        render_matching(check.matching)
     if check.changed_files:
         out_console.print(f"files changed since the save: {', '.join(check.changed_files)}")
     for note in check.notes:
