@@ -230,3 +230,16 @@ def test_cli_km_and_its_errors(synthetic_db: Database, tmp_path: Path) -> None:
     assert np.isfinite(
         kaplan_meier(Cohort(synthetic_db).time_to_event(definition="panfilov2022_tte")).curves["survival"]
     ).all()
+
+
+def test_a_time_to_event_definition_can_be_split(db: Database, tmp_path: Path) -> None:
+    from oaicohort.cohort.splits import make_split
+
+    ingest_release(db, write_study_release(tmp_path / "release", READINGS_TTE))
+    derive_labels(db, time_to_event_twin("oai_tkr2024"))  # S5R: included, censored, no label
+    split = make_split(db, definition="oai_tkr2024_tte", test_sites=("B",), folds=2, seed=0)
+    assigned = split.assignments.set_index(["subject_id", "side"])
+    # the censored knee trains in a fold, stratified as a class of its own
+    assert pd.isna(assigned.loc[(S5, "R"), "label"]) and assigned.loc[(S5, "R"), "role"] == "train"
+    assert assigned.loc[(S5, "R"), "fold"] in (0, 1)
+    assert set(assigned.loc[assigned["role"] == "train", "fold"]) == {0, 1}
