@@ -12,6 +12,8 @@
 #     with torch blocked) and nibabel (oaicohort.imaging.export);
 #  3. the model layer (`pip install -e ".[models]"`): base + models; mlflow is guarded
 #     (oaimodels.tracking), tensorboard is loaded by torch, never imported by name.
+#  4. the tests (`pip install -e ".[dev]"`): every import is declared somewhere (base, an extra
+#     or dev), so the README's test command works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # In passes 2 and 3 deptry reports a package of an extra that the layer's install lacks as
@@ -24,3 +26,5 @@ deptry oaicohort migrations cli --optional-dependencies-dev-groups "models,$not_
     --per-rule-ignores "DEP004=torch|torchvision|nibabel"
 echo "deps: the model layer needs the base install and [models] only" >&2
 deptry oaimodels --optional-dependencies-dev-groups "$not_models" --ignore DEP002 --per-rule-ignores "DEP004=mlflow"
+echo "deps: the tests need [dev] only" >&2
+deptry tests --exclude venv --known-first-party tests --ignore DEP002,DEP004  # --exclude: not the default 'tests'
