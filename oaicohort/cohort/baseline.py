@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from oaicohort.cohort.study_extra import require
+from oaicohort.cohort import study_extra
 from oaicohort.cohort.variables import QueryError, apply_value_mode
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import CLASSES
@@ -76,7 +76,7 @@ class BaselineTable:
         return shown
 
     def to_markdown(self) -> str:
-        tabulate = require("tabulate", "the baseline table").tabulate
+        tabulate = study_extra.tabulate("the baseline table").tabulate
         head = ["" if c in ("variable", "level") else c for c in self.table.columns]
         text = tabulate(self.shown().to_numpy().tolist(), headers=head, tablefmt="github", disable_numparse=True)
         lines = [text, "", *self.footnotes()]
@@ -199,7 +199,7 @@ def baseline_table(
 ) -> BaselineTable:
     """Table 1 of ``knees`` by ``by`` (see the module docstring); ``dictionary`` (the cohort's
     data dictionary) names the levels of coded variables."""
-    tableone = require("tableone", "the baseline table")
+    tableone = study_extra.tableone("the baseline table")
     if by not in knees.columns:
         raise QueryError(f"--by {by}: not a column of the cohort; columns: {', '.join(map(str, knees.columns))}")
     # grouped by anything else, the label is a row of its own (the outcome by exposure)

@@ -26,9 +26,9 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import func, select
 
+from oaicohort.cohort import study_extra
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.stored import stored_definition, stored_labels
-from oaicohort.cohort.study_extra import require
 from oaicohort.cohort.summary import reason_counts
 from oaicohort.db import Database
 from oaicohort.db.schema import Subject
@@ -198,7 +198,7 @@ def _label(title: str, box: FlowBox) -> str:
 def flow_graph(counts: FlowCounts) -> Any:
     """The diagram as a ``graphviz.Digraph``: the main column enrolled -> included (-> query) ->
     labels, each exclusion reason a box to the right of the main column, in order."""
-    graphviz = require("graphviz", "the flow diagram")
+    graphviz = study_extra.graphviz("the flow diagram")
     graph = graphviz.Digraph("flow", graph_attr={"rankdir": "TB", "nodesep": "0.4", "ranksep": "0.25"})
     graph.attr("node", shape="box", style="rounded", fontname="Helvetica", fontsize="11")
     graph.attr("edge", arrowsize="0.7")
@@ -271,7 +271,7 @@ def write_flow(counts: FlowCounts, path: str | Path) -> Path:
     if fmt == "dot":
         out.write_text(graph.source, encoding="utf-8")
         return out
-    graphviz = require("graphviz", "the flow diagram")
+    graphviz = study_extra.graphviz("the flow diagram")
     try:
         data = graph.pipe(format=fmt)
     except graphviz.ExecutableNotFound:

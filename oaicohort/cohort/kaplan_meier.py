@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oaicohort.cohort import study_extra
 from oaicohort.cohort.baseline import SEX_LABELS
-from oaicohort.cohort.study_extra import require
 from oaicohort.cohort.variables import QueryError
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import CLASSES, EVENT_TYPES
@@ -96,8 +96,7 @@ def kaplan_meier(
     title: str | None = None,
 ) -> KaplanMeier:
     """Kaplan-Meier estimates and figure of ``frame``'s knees (see the module docstring)."""
-    nonparametric = require("sksurv.nonparametric", "Kaplan-Meier curves")
-    compare = require("sksurv.compare", "Kaplan-Meier curves")
+    nonparametric, compare = study_extra.sksurv("Kaplan-Meier curves")
     bad = [e for e in event_types if e not in EVENT_TYPES]
     if bad or not event_types:
         raise QueryError(f"event types {bad or '[]'}: expected some of {list(EVENT_TYPES)}")

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.cohort.study_extra import StudyExtraMissingError, require
+from oaicohort.cohort import study_extra
+from oaicohort.cohort.study_extra import StudyExtraMissingError
 from oaicohort.db import Database
 
 
@@ -46,8 +47,18 @@ def test_a_missing_library_says_how_to_install_it(
     assert not (tmp_path / f"out.{suffix}").exists()
 
 
-def test_require_returns_the_module_or_raises_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert require("json", "x").dumps({}) == "{}"
-    monkeypatch.setitem(sys.modules, "tableone", None)
-    with pytest.raises(StudyExtraMissingError, match=r"^the baseline table needs the Python package tableone"):
-        require("tableone", "the baseline table")
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [("tableone", "tableone"), ("tabulate", "tabulate"), ("graphviz", "graphviz"), ("sksurv", "scikit-survival")],
+)
+def test_each_library_is_returned_or_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, module: str, package: str
+) -> None:
+    loader = getattr(study_extra, module)
+    assert loader("x") is not None
+    monkeypatch.setitem(sys.modules, module, None)
+    if module == "sksurv":
+        monkeypatch.setitem(sys.modules, "sksurv.compare", None)
+        monkeypatch.setitem(sys.modules, "sksurv.nonparametric", None)
+    with pytest.raises(StudyExtraMissingError, match=rf"^the baseline table needs the Python package {package} "):
+        loader("the baseline table")
