@@ -66,7 +66,7 @@ def label_command(
     definition_file: Path | None = typer.Option(
         None,
         "--definition-file",
-        help="A study's own definition: a TOML file with the fields of LabelDefinitionParams (see README).",
+        help="A study's own definition: a TOML file with the fields of LabelDefinitionParams (see docs/tutorial.md).",
     ),
     list_all: bool = typer.Option(False, "--list", help="List every definition with its hash and knee counts."),
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
