@@ -167,6 +167,12 @@ def read_header(source: SourceFile, sep: str = "|") -> list[str]:
     return _header_names(source.where, re.split(rb"[\r\n]", first, maxsplit=1)[0], sep)
 
 
+def header_names(raw: FileBytes, sep: str = "|") -> list[str]:
+    """Upper-cased column names of a file already read (its first line)."""
+    first = re.split(rb"[\r\n]", _without_eof_mark(raw.data), maxsplit=1)[0]
+    return _header_names(raw.source.where, first, sep)
+
+
 _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 
 

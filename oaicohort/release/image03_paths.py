@@ -1,0 +1,58 @@
+"""What the ``image_file`` path of an NDA ``image03`` row says: visit, release code, study date.
+
+Real ``image_file`` values end ``.../00m/0.C.2/<participant>/<YYYYMMDD>/<series>.tar.gz``
+(OAI_DISTRIBUTIONS.md section 5): the visit folder, the image release code, the participant and
+the study date. Real exports may lack a ``visit`` column, and their ``interview_date`` was seen to
+be one day before the date in the path (3,316 of 3,316 rows), so the path is where both are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from oaicohort.release.discovery import release_visit, visit_of_dir
+
+_TAIL = r"(?P<code>\d{1,2}\.[A-Za-z]\.\d{1,2})/(?P<participant>\d+)/(?P<date>\d{8})/[^/]+$"
+_WITH_DIR = r"(?:^|/)(?P<dir>[^/]+)/" + _TAIL
+_WITHOUT_DIR = r"(?:^|/)" + _TAIL
+
+
+def path_facts(keys: pd.Series) -> pd.DataFrame:
+    """For each ``image_file`` path (already without its URL scheme and host): ``visit`` (float,
+    NaN where the path names none: from the visit folder, else the release code), ``code``,
+    ``participant`` and ``study_date`` (a ``datetime.date``, None where absent or not a date)."""
+    found = keys.str.extract(_WITH_DIR)
+    bare = keys.str.extract(_WITHOUT_DIR)
+    for column in ("code", "participant", "date"):
+        found[column] = found[column].fillna(bare[column])
+    dirs = {d: visit_of_dir(d) for d in found["dir"].dropna().unique().tolist()}
+    codes = {c: release_visit(c) for c in found["code"].dropna().unique().tolist()}
+    visit = found["dir"].map(dirs).astype("float64").fillna(found["code"].map(codes).astype("float64"))
+    parsed = pd.to_datetime(found["date"], format="%Y%m%d", errors="coerce")
+    study_date = np.full(len(keys), None, dtype=object)
+    ok = parsed.notna().to_numpy()
+    study_date[ok] = parsed[ok].dt.date.to_numpy(dtype=object)
+    return pd.DataFrame(
+        {
+            "visit": visit.to_numpy(),
+            "code": found["code"].to_numpy(dtype=object),
+            "participant": found["participant"].to_numpy(dtype=object),
+            "study_date": study_date,
+        },
+        index=keys.index,
+    )
+
+
+def date_note(relative_path: str, path_dates: pd.Series, interview: pd.Series) -> str | None:
+    """The one message saying that study dates come from the paths, when ``interview_date``
+    (where given) disagrees with them; None when they agree."""
+    both = path_dates.notna() & interview.notna()
+    differ = both & (path_dates != interview)
+    if not differ.any():
+        return None
+    days = (pd.to_datetime(path_dates[differ]) - pd.to_datetime(interview[differ])).dt.days
+    return (
+        f"{relative_path}: study dates taken from the image_file paths; interview_date differs on "
+        f"{int(differ.sum())} of {int(both.sum())} rows ({int((days == 1).sum())} of them one day earlier)"
+    )
