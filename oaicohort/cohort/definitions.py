@@ -13,7 +13,8 @@ REFERENCE.md section 1) exactly, quirks included:
 - follow-ups examined 12, 24, 36, 72, 96 months; the 48-month reading is *not* looked at;
 - among reading-project duplicates of a knee at a visit the first row wins, whatever the later
   rows say. "First" is ``reading_order``: by default (``project``) project 15 first, then 37
-  (42 counted as 37), then the others, the file order breaking ties, which is the reference's
+  and 42 (42 counted as 37: a knee-visit never has both in the real files; if one did, 37's),
+  then the others, the file order ordering only rows of one project. That is the reference's
   "first in file order" on the ASCII release (where project 15 always comes first) and gives the
   same labels whatever the row order of a package (``file``: the file order alone);
 - a follow-up row whose KLG is missing (prosthesis ``.P``, technical failure ``.T``, any missing
@@ -156,7 +157,7 @@ class LabelDefinitionParams:
     read_projects: tuple[int, ...] = ()
     project_42_as_37: bool = True
     # which of several readings of a knee at a visit comes first: "project" (15, then 37/42, then
-    # others; file order breaks ties) or "file" (file order alone)
+    # the others; file order only between rows of one project) or "file" (file order alone)
     reading_order: ReadingOrder = "project"
 
     @property

@@ -75,13 +75,16 @@ def project_rank(read_project: pd.Series) -> np.ndarray:
 
 def first_readings(readings: pd.DataFrame, policy: str, reading_order: str = "project") -> pd.DataFrame:
     """One reading per (knee, visit): the first (``first``), or the first graded one, falling
-    back to the first (``first_graded``). "First" is by reading project then file order
-    (``reading_order="project"``, see ``PROJECT_RANKS``), or by file order alone (``"file"``).
-    ``readings`` needs knee_id, visit, klg, source_row and id (and read_project for ``project``);
-    the result may carry the helper columns ``_ungraded`` and ``_rank``."""
+    back to the first (``first_graded``). "First" is by reading project (``reading_order=
+    "project"``): 15, then 37 and 42 (``PROJECT_RANKS``), then the others; within a rank the
+    lower project number (a knee-visit read by both 37 and 42, which the real files never have,
+    takes 37's, whatever the row order), and only rows of one project by file order. Or by file
+    order alone (``"file"``). ``readings`` needs knee_id, visit, klg, source_row and id (and
+    read_project for ``project``); the result may carry the helper columns ``_ungraded`` and
+    ``_rank``."""
     keys = ["knee_id", "visit"]
     frame = readings.assign(_ungraded=readings["klg"].isna()) if policy == "first_graded" else readings
-    rank = ["_rank"] if reading_order == "project" else []
+    rank = ["_rank", "read_project"] if reading_order == "project" else []
     if rank:
         frame = frame.assign(_rank=project_rank(frame["read_project"]))
     order = keys + (["_ungraded"] if policy == "first_graded" else []) + rank + ["source_row", "id"]
