@@ -12,10 +12,8 @@ assembled with the ASCII column names, so that the same readers parse it and the
 tell the forms apart. A per-participant table may draw its columns from several structures: its
 rows are the participants any of them lists at the visit, joined on ``src_subject_id`` (a
 participant listed twice at one visit of one structure, with different values, is an error).
-The X-ray readings of a visit are the rows of one structure, in file order. NDA text categories
-become OAI codes (``nda_categories.csv``): documented ones are stored (with a data-dictionary
-entry), unknown ones are stored as missing with a counted warning. Errors name the structure
-file, its line and the NDA column the cell came from.
+The X-ray readings of a visit are the rows of one structure, in file order. How a column's
+cells are made (places in order, units, NDA text categories) is :mod:`oaicohort.release.nda_table`.
 """
 
 from __future__ import annotations
@@ -28,32 +26,15 @@ import pandas as pd
 
 from oaicohort.errors import InputFileError, OAIError
 from oaicohort.release.discovery import ALLCLINICAL, ENROLLEES, KXR_SQ_BU, OUTCOMES, SUBJECTCHAR, SourceFile
-from oaicohort.release.nda_map import (
-    USER_MAP_FILE,
-    Category,
-    NdaColumn,
-    NdaMap,
-    apply_transform,
-    normalised,
-    parse_nda_variable,
-    rule_places,
-)
+from oaicohort.release.nda_map import USER_MAP_FILE, NdaColumn, NdaMap, how_to_provide, parse_nda_variable, rule_places
+from oaicohort.release.nda_table import SUBJECT, NdaTable, PackageNotes, PlacedColumn
 from oaicohort.release.readers import OUTCOME_FIELDS, allclinical_columns, kxr_columns
-from oaicohort.release.table import CellOrigins, Table, shown
+from oaicohort.release.table import CellOrigins, Table
 from oaicohort.release.text import FileBytes, header_names, read_header, read_table
-from oaicohort.release.values import parse_coded
 from oaicohort.visits import VISIT_MONTHS
 
-SUBJECT = "SRC_SUBJECT_ID"
 VISIT = "VISIT"
 ENROLLEE_COLUMNS = ("V00SITE", "P02SEX", "P02RACE", "V00COHORT")
-
-
-def _how_to_provide(name: str) -> str:
-    return (
-        f"name it as structure.column@visit (e.g. --variables oai_koos_womac01.womac_pain_right@V00), or add a "
-        f"row '{name},<structure>,<column>,<visit>,,' to {USER_MAP_FILE} in the package folder"
-    )
 
 
 def locate_variables(
@@ -84,12 +65,12 @@ def locate_variables(
             if direct.structure not in by_name:
                 raise OAIError(
                     f"variable {name}: the package has no structure {direct.structure} "
-                    f"(looked for {direct.shown()}); {_how_to_provide(name)}"
+                    f"(looked for {direct.shown()}); {how_to_provide(name)}"
                 )
             if direct.column not in header(direct.structure):
                 raise OAIError(
                     f"variable {name}: {by_name[direct.structure].relative_path} has no column "
-                    f"{direct.column.lower()} (looked for {direct.shown()}); {_how_to_provide(name)}"
+                    f"{direct.column.lower()} (looked for {direct.shown()}); {how_to_provide(name)}"
                 )
             located[name] = (by_name[direct.structure], direct)
             continue
@@ -108,7 +89,7 @@ def locate_variables(
         if found is None:
             looked = [c.shown() for c in mapped] + [c.shown().lstrip(".") for c in rules]
             raise OAIError(
-                f"variable {name}: not found in any structure (looked for {', '.join(looked)}); {_how_to_provide(name)}"
+                f"variable {name}: not found in any structure (looked for {', '.join(looked)}); {how_to_provide(name)}"
             )
         located[name] = found
     return located
@@ -132,145 +113,11 @@ def _held(
         if len(holders) > 1:
             raise OAIError(
                 f"variable {name}: a column {place.column.lower()} is found in {', '.join(holders)}; "
-                f"{_how_to_provide(name)}"
+                f"{how_to_provide(name)}"
             )
         if holders:
             return by_name[holders[0]], NdaColumn(holders[0], place.column, place.visit)
     return None
-
-
-# --------------------------------------------------------------------------- assembled tables
-
-
-@dataclass
-class PackageNotes:
-    """What reading a package's cells has to say (shared by its tables): warnings recorded with
-    the ingest, and data-dictionary entries of the NDA categories found."""
-
-    warnings: list[str] = field(default_factory=list)
-    dictionary: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Placed:
-    """One place of an OAI column in a table: its structure's parsed rows, aligned to the
-    table's rows (-1 where that structure has no row for it)."""
-
-    place: NdaColumn
-    parsed: Table
-    rows: np.ndarray
-
-
-@dataclass
-class NdaTable:
-    """One ASCII-release table assembled from a package (a ``TableSource``)."""
-
-    source: SourceFile  # the first structure file, with the ASCII table's kind and visit
-    subjects: np.ndarray  # participant id text per row
-    origin: CellOrigins  # where each row's participant id was read
-    places: dict[str, list[_Placed]]  # ASCII column (upper) -> its places present, in order
-    looked: dict[str, list[NdaColumn]]  # ASCII column -> every place the map gives it
-    notes: PackageNotes
-    files: dict[str, SourceFile] = field(default_factory=dict)  # the package's structure files
-    variables: list[str] = field(default_factory=list)  # requested variables held
-
-    def table(self, columns: Iterable[str], *, required: Iterable[str] = (), allow_empty: bool = True) -> Table:
-        where = self.source.where
-        needed = {r.upper() for r in required}
-        frame: dict[str, pd.Series] = {}
-        names: dict[str, str] = {}
-        origins: dict[str, CellOrigins] = {"ID": self.origin}
-        for name in dict.fromkeys([*(c.upper() for c in columns), *needed]):
-            if name == "ID":
-                frame[name] = pd.Series(self.subjects, dtype=object)
-                names[name] = SUBJECT.lower()
-                continue
-            placed = self.places.get(name, [])
-            if not placed:
-                if name in needed:
-                    places = self.looked.get(name, [])
-                    looked = ", ".join(c.shown() for c in places) or "no map row"
-                    first = self.files.get(places[0].structure) if places else None
-                    raise InputFileError(
-                        first.where if first is not None else where,
-                        f"missing required column for the OAI variable {name} (looked for {looked}); "
-                        f"if the package keeps it elsewhere, {_how_to_provide(name)}",
-                        line=1,
-                        column=self.looked[name][0].column.lower() if self.looked.get(name) else name,
-                    )
-                continue
-            cells, origins[name] = self._cells(name, placed)
-            frame[name] = pd.Series(cells, dtype=object)
-            names[name] = placed[0].place.column.lower()
-        if not len(self.subjects) and not allow_empty:
-            visit = f" at visit V{self.source.visit:02d}" if self.source.visit is not None else ""
-            raise InputFileError(where, f"no rows{visit}; expected one per participant", line=3)
-        out = pd.DataFrame(frame, index=range(len(self.subjects)))
-        return Table(self.source, out, self.origin.lines, [], names, origins)
-
-    def _cells(self, name: str, placed: list[_Placed]) -> tuple[np.ndarray, CellOrigins]:
-        """The column's cells: from its first place with a value for the row (units converted,
-        NDA categories as OAI codes), and where each came from."""
-        n = len(self.subjects)
-        out = np.full(n, "", dtype=object)
-        which = np.full(n, -1, dtype=np.int64)
-        lines = np.zeros(n, dtype=np.int64)
-        for k, p in enumerate(placed):
-            have = p.rows >= 0
-            cells = np.full(n, "", dtype=object)
-            at = p.rows[have]
-            cells[have] = p.parsed.frame[p.place.column].to_numpy(dtype=object)[at]
-            row_lines = np.zeros(n, dtype=np.int64)
-            row_lines[have] = p.parsed.lines[at]
-            cells = apply_transform(cells, p.place.transform)
-            cells = self._categories(name, p, cells, row_lines)
-            take = (have & (which < 0)) | (have & (out == "") & (cells != ""))
-            out[take], which[take], lines[take] = cells[take], k, row_lines[take]
-        sources = [p.parsed.source for p in placed]
-        return out, CellOrigins(sources, [p.place.column.lower() for p in placed], which, lines)
-
-    def _categories(self, name: str, p: _Placed, cells: np.ndarray, lines: np.ndarray) -> np.ndarray:
-        categories = _categories_of(name, p.place)
-        if not categories:
-            return cells
-        where, column = p.parsed.source.relative_path, p.place.column.lower()
-        key = pd.Series(cells, dtype=object).map(normalised)
-        found = key.map(categories)
-        for category_key in sorted(set(key[found.notna()])):
-            category: Category = categories[category_key]
-            hit = (key == category_key).to_numpy()
-            cells[hit] = category.cell
-            self.notes.dictionary.append(
-                {"variable": name, "code": category.code, "label": category.label, "source_file": where}
-            )
-            if not category.oai:
-                self.notes.warnings.append(
-                    f"{where}, column '{column}': {int(hit.sum())} cell(s) of the NDA category "
-                    f"{category_key!r} stored as {category.cell!r} (first at line {int(lines[hit][0])})"
-                )
-        unknown = found.isna().to_numpy() & parse_coded(pd.Series(cells, dtype=object)).invalid
-        if unknown.any():
-            first = int(np.flatnonzero(unknown)[0])
-            values = sorted(set(cells[unknown].tolist()))
-            self.notes.warnings.append(
-                f"{where}, line {int(lines[first])}, column '{column}': {int(unknown.sum())} cell(s) not an NDA "
-                f"category of {name} ({', '.join(shown(v) for v in values[:3])}); stored as missing"
-            )
-            cells[unknown] = ""
-        return cells
-
-
-def _categories_of(name: str, place: NdaColumn) -> dict[str, Category]:
-    from oaicohort.release.nda_map import default_map
-
-    mapping = default_map()
-    out = mapping.categories(name)
-    if not out:  # a column named directly (structure.column): the categories of its OAI variable
-        variable = mapping.variable_at(place.structure, place.column, place.visit)
-        out = mapping.categories(variable) if variable else {}
-    for value, code in place.values:
-        out.setdefault(normalised(value), Category(code, value.title(), True))
-    return out
 
 
 def _visit_of(code: str) -> int | None:
@@ -435,7 +282,7 @@ def _subject_table(
     anchor = sources[0]
     source = SourceFile(anchor.path, anchor.relative_path, kind, visit, anchor.member, "nda")
     places = {
-        name: [_Placed(c, package.parsed[c.structure], rows_of[(c.structure, c.visit)]) for c in cands]
+        name: [PlacedColumn(c, package.parsed[c.structure], rows_of[(c.structure, c.visit)]) for c in cands]
         for name, cands in present.items()
         if cands
     }
@@ -455,7 +302,7 @@ def _kxr_table(
     if not len(rows):
         return None
     parsed = package.parsed[grade.structure]
-    places: dict[str, list[_Placed]] = {}
+    places: dict[str, list[PlacedColumn]] = {}
     for name, cands in columns.items():
         present = [c for c in cands if package.has(c)]
         elsewhere = [c for c in present if c.structure != grade.structure]
@@ -465,7 +312,7 @@ def _kxr_table(
                 f"places {name} in {elsewhere[0].shown()}; correct it in {USER_MAP_FILE}"
             )
         if present:
-            places[name] = [_Placed(c, parsed, rows) for c in present]
+            places[name] = [PlacedColumn(c, parsed, rows) for c in present]
     source = SourceFile(parsed.source.path, parsed.source.relative_path, KXR_SQ_BU, visit, parsed.source.member, "nda")
     ids = parsed.frame[SUBJECT].to_numpy(dtype=object)[rows]
     origin = CellOrigins([parsed.source], [SUBJECT.lower()], np.zeros(len(rows), dtype=np.int64), parsed.lines[rows])

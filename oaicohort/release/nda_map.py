@@ -262,6 +262,14 @@ class NdaMap:
         return out
 
 
+def how_to_provide(name: str) -> str:
+    """How a user names a variable the package keeps where the map does not look."""
+    return (
+        f"name it as structure.column@visit (e.g. --variables oai_koos_womac01.womac_pain_right@V00), or add a "
+        f"row '{name},<structure>,<column>,<visit>,,' to {USER_MAP_FILE} in the package folder"
+    )
+
+
 def rule_places(name: str) -> list[NdaColumn]:
     """Where a variable the map does not list may be, by rule, in order: ``V03WOMKPR`` ->
     ``womkpr``, ``v03womkpr`` at visit ``V03``; ``P01FAMKR`` -> ``p01famkr``, ``famkr`` at

@@ -614,7 +614,7 @@ def write_in_real_order(ascii_dir: Any) -> int:
         rows = [line.split("|") for line in lines[1:]]
         at = {name: header.index(name) for name in ("ID", "SIDE", "READPRJ")}
 
-        def key(row: list[str]) -> tuple[str, str, int]:
+        def key(row: list[str], at: dict[str, int] = at) -> tuple[str, str, int]:
             project = int(float(row[at["READPRJ"]]))
             return row[at["ID"]], row[at["SIDE"]].split(":")[0], 0 if project == 15 else 1
 
