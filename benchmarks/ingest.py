@@ -3,8 +3,9 @@
     python benchmarks/ingest.py [--subjects 4796] [--seed 0] [--forms ascii,nda] [--release DIR] [--keep DIR]
 
 Targets: ingest within 2x the bare read for the classic ASCII form (issue 10; issue 2 asked
-3x) and under 1 GB peak memory; the same ratio is printed for the NDA form (``--forms``), whose
-bare read is ``pandas.read_csv(sep="\t", skiprows=[1])`` of each structure file. The release is
+3x) and under 1 GB peak memory; the same ratio is printed for the NDA form (``--forms``: a package
+with the real names of OAI_DISTRIBUTIONS.md section 5, some tables joined from several
+structures), whose bare read is ``pandas.read_csv(sep="\t", skiprows=[1])`` of each file. The release is
 written by ``oaicohort.synth.clinical.write_release`` when that exists, otherwise by a built-in
 generator of the same shape (wide coded AllClinical files, kXR files with reading-project
 duplicates, Outcomes99, a 00m contents.csv). Each measurement runs in a fresh child process, so
@@ -208,8 +209,8 @@ def _child_bare(root: Path) -> dict[str, float]:
     files = [f for f in discover_release(root) if f.kind != ARCHIVE]
     t0, c0 = time.perf_counter(), time.process_time()
     for f in files:
-        if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab-delimited, a description row below the header
-            pd.read_csv(f.path, sep="\t", dtype=str, skiprows=[1])
+        if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab (.csv: comma), a description row below the header
+            pd.read_csv(f.path, sep=f.delimiter, dtype=str, skiprows=[1])
         else:
             pd.read_csv(f.path, sep="," if f.kind == CONTENTS else "|", dtype=str)
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}

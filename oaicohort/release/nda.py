@@ -246,6 +246,12 @@ def read_package(
             out.tables.append(table)
     if any(package.has(c) for c in outcome["V99ERKRPSN"]):
         add(OUTCOMES, None, outcome)
+    elif any(package.has(c) for cands in outcome.values() for c in cands):
+        looked = ", ".join(c.shown() for c in outcome["V99ERKRPSN"])
+        out.notes.warnings.append(
+            f"the package's knee-replacement outcomes were not read: no column for V99ERKRPSN (looked for "
+            f"{looked}); {how_to_provide('V99E{S}KRPSN')}"
+        )
     for v, columns in clinical.items():
         add(ALLCLINICAL, v, columns)
     for (_, visit), columns in sorted(requested.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):

@@ -463,3 +463,15 @@ def test_synth_legacy_names_needs_the_nda_distribution(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["legacy_names"] is True
     header = (tmp_path / "r" / PACKAGE / "oai_oarisk01.txt").read_text(encoding="utf-8").splitlines()[0]
     assert "\tp01bmi\t" in header and "\tbmi\t" not in header
+
+
+def test_outcomes_without_their_status_column_are_said_not_read(releases: dict[str, Path], tmp_path: Path) -> None:
+    root = _copy(releases["real"], tmp_path / "no_rkrpsn")
+    path = root / PACKAGE / "oai_outcome01.txt"
+    path.write_text(path.read_text(encoding="utf-8").replace("\trkrpsn\t", "\trk_status\t", 1), encoding="utf-8")
+    db = open_database(tmp_path / "no_rkrpsn.sqlite")
+    result = ingest_release(db, root)
+    assert result.status == "succeeded" and result.rows["knee_replacements"] == 0
+    said = [w for w in result.warnings if "knee-replacement outcomes were not read" in w]
+    assert len(said) == 1 and "oai_outcome01.rkrpsn@V99" in said[0] and "oai_nda_map.csv" in said[0]
+    db.dispose()
