@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from oaicohort.release.discovery import release_visit, visit_of_dir
 
@@ -18,12 +20,22 @@ _WITH_DIR = r"(?:^|/)(?P<dir>[^/]+)/" + _TAIL
 _WITHOUT_DIR = r"(?:^|/)" + _TAIL
 
 
+def _extract(keys: pd.Series, pattern: str) -> pd.DataFrame:
+    """The named groups of ``pattern`` in each key (None where it does not match), vectorised."""
+    found = pc.extract_regex(pa.array(keys, type=pa.large_string(), from_pandas=True), pattern)
+    out = pd.DataFrame(index=keys.index)
+    for name in (found.type.field(i).name for i in range(found.type.num_fields)):
+        values = pc.struct_field(found, name).to_numpy(zero_copy_only=False).astype(object)
+        values[pd.isna(values)] = None
+        out[name] = values
+    return out
+
+
 def path_facts(keys: pd.Series) -> pd.DataFrame:
     """For each ``image_file`` path (already without its URL scheme and host): ``visit`` (float,
     NaN where the path names none: from the visit folder, else the release code), ``code``,
     ``participant`` and ``study_date`` (a ``datetime.date``, None where absent or not a date)."""
-    found = keys.str.extract(_WITH_DIR)
-    bare = keys.str.extract(_WITHOUT_DIR)
+    found, bare = _extract(keys, _WITH_DIR), _extract(keys, _WITHOUT_DIR)
     for column in ("code", "participant", "date"):
         found[column] = found[column].fillna(bare[column])
     dirs = {d: visit_of_dir(d) for d in found["dir"].dropna().unique().tolist()}

@@ -237,7 +237,9 @@ def read_table(
     elif b'"' not in data and len(sep) == 1:  # no quoting: every line is one record
         row_lines = _pipe_row_lines(path, data, len(header), sep)
     else:
-        row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+        row_lines = _quoted_row_lines(path, data, len(header), sep)
+        if row_lines is None:
+            row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
     if description_row:
         if not row_lines.size:
             raise InputFileError(path, "no description row below the header (an NDA structure file has one)", line=2)
@@ -290,17 +292,20 @@ def _without_eof_mark(data: bytes) -> bytes:
     return _EOF_MARK.sub(b"", data)
 
 
-def _pipe_row_lines(path: Path, data: bytes, n_columns: int, sep: str = "|") -> np.ndarray:
+def _pipe_row_lines(
+    path: Path, data: bytes, n_columns: int, sep: str = "|", separators: np.ndarray | None = None
+) -> np.ndarray:
     """Line numbers of the data rows of an unquoted delimited file; a ragged row is an error.
 
     Counted over the bytes with numpy (line ends and pipes), not line by line: this runs over
-    every byte of files hundreds of columns wide."""
+    every byte of files hundreds of columns wide. ``separators``: the positions of the field
+    separators, where not every ``sep`` byte is one (quoted fields)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 0x0A)
     if not data.endswith(b"\n"):
         ends = np.append(ends, len(buf))
     starts = np.r_[0, ends[:-1] + 1]
-    pipes = np.flatnonzero(buf == ord(sep))
+    pipes = np.flatnonzero(buf == ord(sep)) if separators is None else separators
     fields = np.searchsorted(pipes, ends) - np.searchsorted(pipes, starts) + 1
     length = ends - starts
     ends_cr = (length > 0) & (buf[np.maximum(ends - 1, 0)] == 0x0D)
@@ -315,6 +320,38 @@ def _pipe_row_lines(path: Path, data: bytes, n_columns: int, sep: str = "|") -> 
             path, f"row has {int(fields[at])} fields but the header has {n_columns}", line=int(numbers[at])
         )
     return numbers[data_rows]
+
+
+def _quoted_row_lines(path: Path, data: bytes, n_columns: int, sep: str) -> np.ndarray | None:
+    """``_pipe_row_lines`` for a file with quote characters, counting only the separators outside
+    quoted fields (real image03 exports quote every field; free text has quotes inside fields,
+    which are literal there). None (parse it record by record) where that cannot be told from
+    the bytes alone: a line with a quoted field and a quote not at a field's edge, or a quoted
+    field running over a line end."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(buf == 0x22)
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    prev = buf[np.maximum(quotes - 1, 0)]
+    follow = buf[np.minimum(quotes + 1, len(buf) - 1)]
+    separator, line_end = ord(sep), np.array([0x0A, 0x0D], dtype=np.uint8)
+    # a quote may open a field at its start, close one before a separator or line end, or be
+    # one of a doubled pair inside it
+    opens = (quotes == start) | (prev == separator) | np.isin(prev, line_end) | (prev == 0x22)
+    closes = (quotes == len(buf) - 1) | (follow == separator) | np.isin(follow, line_end) | (follow == 0x22)
+    ends = np.flatnonzero(buf == 0x0A)
+    line_of = np.searchsorted(ends, quotes)
+    field_start = opens & (prev != 0x22)
+    quoting = np.isin(line_of, line_of[field_start])  # quotes on lines where a field starts with one
+    active = np.zeros(len(buf), dtype=np.uint8)
+    active[quotes[quoting]] = 1
+    inside = np.bitwise_xor.accumulate(active)
+    toggles_in = inside[quotes[quoting]] == 1
+    if not (np.where(toggles_in, opens[quoting], closes[quoting])).all():
+        return None  # a quote inside a field of a line that also has quoted fields
+    if inside[ends].any():  # a quoted field runs over a line end
+        return None
+    separators = np.flatnonzero((buf == separator) & (inside == 0))
+    return _pipe_row_lines(path, data, n_columns, sep, separators)
 
 
 def _csv_row_lines(path: Path, text: str, n_columns: int, sep: str) -> np.ndarray:

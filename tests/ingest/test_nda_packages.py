@@ -475,3 +475,27 @@ def test_outcomes_without_their_status_column_are_said_not_read(releases: dict[s
     said = [w for w in result.warnings if "knee-replacement outcomes were not read" in w]
     assert len(said) == 1 and "oai_outcome01.rkrpsn@V99" in said[0] and "oai_nda_map.csv" in said[0]
     db.dispose()
+
+
+def test_quoted_fields_and_literal_quotes_read_as_the_csv_module_reads_them(tmp_path: Path) -> None:
+    from oaicohort.release.text import read_table
+
+    rows = [
+        ["9000001", 'reports "some" stiffness', "plain"],  # quotes inside a field: literal
+        ["9000002", "a\ttab", 'say ""hi""'],  # quoted: a tab inside, doubled quotes
+        ["9000003", "", "5' 3\""],
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerows([["src_subject_id", "note", "other"], ["d", "d", "d"]])
+    for row in rows:
+        quoted = [f'"{c.replace(chr(34), chr(34) * 2)}"' if ("\t" in c or c.startswith("say")) else c for c in row]
+        buffer.write("\t".join(quoted) + "\n")
+    path = tmp_path / "oai_notes01.txt"
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    source = discover(tmp_path).sources[0]
+    table = read_table(load_source(source), ["SRC_SUBJECT_ID", "NOTE", "OTHER"], sep="\t", description_row=True)
+    expected = list(csv.reader(io.StringIO(buffer.getvalue()), delimiter="\t"))[2:]
+    assert table.frame.values.tolist() == [[c.strip() for c in r] for r in expected]
+    assert table.frame["NOTE"].tolist() == ['reports "some" stiffness', "a\ttab", ""]
+    assert table.lines.tolist() == [3, 4, 5]
