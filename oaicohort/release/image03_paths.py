@@ -15,9 +15,8 @@ import pyarrow.compute as pc
 
 from oaicohort.release.discovery import release_visit, visit_of_dir
 
-_TAIL = r"(?P<code>\d{1,2}\.[A-Za-z]\.\d{1,2})/(?P<participant>\d+)/(?P<date>\d{8})/[^/]+$"
-_WITH_DIR = r"(?:^|/)(?P<dir>[^/]+)/" + _TAIL
-_WITHOUT_DIR = r"(?:^|/)" + _TAIL
+# [<visit folder>/]<release code>/<participant>/<YYYYMMDD>/<series file> at the end of the path
+_PATH = r"(?:^|/)(?:(?P<dir>[^/]+)/)?(?P<code>\d{1,2}\.[A-Za-z]\.\d{1,2})/(?P<participant>\d+)/(?P<date>\d{8})/[^/]+$"
 
 
 def _extract(keys: pd.Series, pattern: str) -> pd.DataFrame:
@@ -35,9 +34,7 @@ def path_facts(keys: pd.Series) -> pd.DataFrame:
     """For each ``image_file`` path (already without its URL scheme and host): ``visit`` (float,
     NaN where the path names none: from the visit folder, else the release code), ``code``,
     ``participant`` and ``study_date`` (a ``datetime.date``, None where absent or not a date)."""
-    found, bare = _extract(keys, _WITH_DIR), _extract(keys, _WITHOUT_DIR)
-    for column in ("code", "participant", "date"):
-        found[column] = found[column].fillna(bare[column])
+    found = _extract(keys, _PATH)
     dirs = {d: visit_of_dir(d) for d in found["dir"].dropna().unique().tolist()}
     codes = {c: release_visit(c) for c in found["code"].dropna().unique().tolist()}
     visit = found["dir"].map(dirs).astype("float64").fillna(found["code"].map(codes).astype("float64"))
@@ -59,11 +56,12 @@ def path_facts(keys: pd.Series) -> pd.DataFrame:
 def date_note(relative_path: str, path_dates: pd.Series, interview: pd.Series) -> str | None:
     """The one message saying that study dates come from the paths, when ``interview_date``
     (where given) disagrees with them; None when they agree."""
-    both = path_dates.notna() & interview.notna()
-    differ = both & (path_dates != interview)
+    both = (path_dates.notna() & interview.notna()).to_numpy()
+    days = np.zeros(len(both), dtype=np.int64)
+    days[both] = [a.toordinal() - b.toordinal() for a, b in zip(path_dates[both], interview[both])]
+    differ = days != 0
     if not differ.any():
         return None
-    days = (pd.to_datetime(path_dates[differ]) - pd.to_datetime(interview[differ])).dt.days
     return (
         f"{relative_path}: study dates taken from the image_file paths; interview_date differs on "
         f"{int(differ.sum())} of {int(both.sum())} rows ({int((days == 1).sum())} of them one day earlier)"

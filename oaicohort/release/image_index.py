@@ -223,6 +223,16 @@ _SERIES_ARCHIVE = re.compile(r".*\.(tar\.gz|tgz|tar)$", re.IGNORECASE)
 _URL_PREFIX = r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/]*"
 
 
+def _few(values: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
+    """The first group of ``pattern`` in each value (NaN where none), for a column of few
+    distinct values (each matched once)."""
+    found = {}
+    for value in values.unique().tolist():
+        m = pattern.search(value)
+        found[value] = m.group(1) if m else np.nan
+    return values.map(found)
+
+
 def _archive_keys(image_file: pd.Series) -> pd.Series:
     """The path part of each ``image_file`` (``s3://bucket/a/b.tar.gz`` -> ``a/b.tar.gz``),
     unquoted (``%2F`` -> ``/``); vectorised, with the rare quoted ones unquoted one by one."""
@@ -296,11 +306,11 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
     facts = path_facts(_archive_keys(f["IMAGE_FILE"]))
     visit = pd.Series(np.nan, index=f.index)
     if "VISIT" in f.columns:
-        code = f["VISIT"].str.extract(_NDA_VISIT, expand=False).astype("float64")
+        code = _few(f["VISIT"], _NDA_VISIT).astype("float64")
         visit = code.where(code.isin(list(VISIT_MONTHS)))
     visit = visit.fillna(facts["visit"])
     if "STUDY" in f.columns:
-        studies = f["STUDY"].str.extract(_STUDY_CODE, expand=False)
+        studies = _few(f["STUDY"], _STUDY_CODE)
         codes = {c: release_visit(c) for c in studies.dropna().unique().tolist()}
         visit = visit.fillna(studies.map(codes).astype("float64"))
     known = visit.notna().to_numpy()
@@ -323,7 +333,7 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
     if (keys == "").any():
         row = int(np.flatnonzero((keys == "").to_numpy())[0])
         raise t.error("empty image_file", row=row, column="IMAGE_FILE")
-    climbs = keys.str.split("/").map(lambda parts: ".." in parts).to_numpy(dtype=bool)
+    climbs = pc.match_substring_regex(_arrow(keys), r"(^|/)\.\.(/|$)").to_numpy(zero_copy_only=False)
     if climbs.any():
         row = int(np.flatnonzero(climbs)[0])
         raise t.error(

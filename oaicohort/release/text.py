@@ -333,15 +333,17 @@ def _quoted_row_lines(path: Path, data: bytes, n_columns: int, sep: str) -> np.n
     start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     prev = buf[np.maximum(quotes - 1, 0)]
     follow = buf[np.minimum(quotes + 1, len(buf) - 1)]
-    separator, line_end = ord(sep), np.array([0x0A, 0x0D], dtype=np.uint8)
+    separator = ord(sep)
     # a quote may open a field at its start, close one before a separator or line end, or be
     # one of a doubled pair inside it
-    opens = (quotes == start) | (prev == separator) | np.isin(prev, line_end) | (prev == 0x22)
-    closes = (quotes == len(buf) - 1) | (follow == separator) | np.isin(follow, line_end) | (follow == 0x22)
+    opens = (quotes == start) | (prev == separator) | (prev == 0x0A) | (prev == 0x0D) | (prev == 0x22)
+    closes = (quotes == len(buf) - 1) | (follow == separator) | (follow == 0x0A) | (follow == 0x0D) | (follow == 0x22)
     ends = np.flatnonzero(buf == 0x0A)
     line_of = np.searchsorted(ends, quotes)
     field_start = opens & (prev != 0x22)
-    quoting = np.isin(line_of, line_of[field_start])  # quotes on lines where a field starts with one
+    has_quoted = np.zeros(len(ends) + 1, dtype=bool)
+    has_quoted[line_of[field_start]] = True
+    quoting = has_quoted[line_of]  # quotes on lines where a field starts with one
     active = np.zeros(len(buf), dtype=np.uint8)
     active[quotes[quoting]] = 1
     inside = np.bitwise_xor.accumulate(active)
