@@ -341,6 +341,8 @@ def _quoted_row_lines(path: Path, data: bytes, n_columns: int, sep: str) -> np.n
     ends = np.flatnonzero(buf == 0x0A)
     line_of = np.searchsorted(ends, quotes)
     field_start = opens & (prev != 0x22)
+    if not field_start.any():  # quotes inside fields only (free text): literal, every tab a separator
+        return _pipe_row_lines(path, data, n_columns, sep)
     has_quoted = np.zeros(len(ends) + 1, dtype=bool)
     has_quoted[line_of[field_start]] = True
     quoting = has_quoted[line_of]  # quotes on lines where a field starts with one
