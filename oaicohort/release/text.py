@@ -237,9 +237,8 @@ def read_table(
     elif b'"' not in data and len(sep) == 1:  # no quoting: every line is one record
         row_lines = _pipe_row_lines(path, data, len(header), sep)
     else:
-        row_lines = _quoted_row_lines(path, data, len(header), sep)
-        if row_lines is None:
-            row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+        quoted = _quoted_row_lines(path, data, len(header), sep) if len(sep) == 1 else None
+        row_lines = quoted if quoted is not None else _csv_row_lines(path, data.decode(encoding), len(header), sep)
     if description_row:
         if not row_lines.size:
             raise InputFileError(path, "no description row below the header (an NDA structure file has one)", line=2)
