@@ -235,7 +235,7 @@ def _bare_read(f: SourceFile) -> None:
         pyreadstat.read_sas7bdat(str(f.path), user_missing=True)  # as oaicohort.release.sas reads it
         return
     if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab-delimited, a description row below the header
-        options: dict[str, object] = {"sep": "\t", "skiprows": [1]}
+        options: dict[str, object] = {"sep": f.delimiter, "skiprows": [1]}  # .csv exports: comma
     else:
         options = {"sep": "," if f.kind == CONTENTS else "|"}
     if f.member is None:

@@ -62,16 +62,25 @@ def synth_command(
         "zip (OAICompleteData_ASCII.zip), sas (.sas7bdat), nda (NDA data package with image03.txt and "
         ".tar.gz series).",
     ),
+    legacy_names: bool = typer.Option(
+        False,
+        "--legacy-names",
+        help="With --distribution nda: the structure and column names of the first synthetic packages "
+        "(guessed before real packages were seen) instead of the real ones, and image03.txt unquoted with a "
+        "visit column.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Write a synthetic OAI release: clinical tables, X-ray readings, outcomes, the baseline image
     index and synth_truth.csv (the per-knee latent progression factor), optionally DESS images."""
+    if legacy_names and distribution != Distribution.nda:
+        raise typer.BadParameter("--legacy-names needs --distribution nda", param_hint="--legacy-names")
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
         series, radiographs = _write_images(out, image_size.value, seed, workers, progress) if images else (None, None)
         from oaicohort.synth.distributions import convert_release
 
-        converted = convert_release(out, distribution.value)
+        converted = convert_release(out, distribution.value, legacy_names=legacy_names)
     result = {
         **summary.to_dict(),
         "images": series,
@@ -79,6 +88,7 @@ def synth_command(
         "image_size": image_size.value if images else None,
         "distribution": distribution.value,
         "distribution_files": converted,
+        "legacy_names": legacy_names,
     }
     if json_out:
         emit_json(result)

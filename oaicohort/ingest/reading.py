@@ -78,6 +78,8 @@ class ParsedRelease:
     warnings: list[str] = field(default_factory=list)
     forms: list[str] = field(default_factory=list)  # ascii | sas | nda, and zip when archives were read
     image_indexes: int = 0  # contents.csv / image03.txt files read
+    # data-dictionary entries of the NDA text categories read (variable, code, label, source_file)
+    dictionary: list[dict[str, str]] = field(default_factory=list)
 
 
 NO_IMAGE_INDEX = (
@@ -171,6 +173,8 @@ def read_release(
         package = read_package(structures, located.nda, located.nda_map)
         for table in package.tables:
             _parse_into(release, table, table.variables)
+        release.warnings += list(dict.fromkeys(package.notes.warnings))
+        release.dictionary += package.notes.dictionary
         for path, n_rows in package.n_rows.items():
             records[path] = dataclasses.replace(records[path], n_rows=n_rows)
     release.files = list(records.values())

@@ -51,8 +51,9 @@ _FILE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"contents\.csv"), CONTENTS),
     # per-release indexes: contents.0E1.csv, contents.2D2.csv, contents.0.C.2.csv
     (re.compile(r"contents[._-](?P<code>\d{1,2}\.?[a-z]\.?\d{1,2})\.csv"), CONTENTS),
-    (re.compile(r"image03\.txt"), IMAGE03),
-    (re.compile(r"oai_[a-z0-9_]+\.txt"), NDA_STRUCTURE),
+    # NDA structures: tab-delimited .txt as downloadcmd saves them, or comma-separated .csv exports
+    (re.compile(r"image03\.(?:txt|csv)"), IMAGE03),
+    (re.compile(r"oai_(?!nda_map\.csv$)[a-z0-9_]+\.(?:txt|csv)"), NDA_STRUCTURE),
 )
 _SKIPPED_DIRS = {"__macosx"}
 # image visit folders: 00m, OAI_00m, OAI00m; OAIBaselineImages, OAI96MonthImages
@@ -115,6 +116,11 @@ class SourceFile:
     def structure(self) -> str:
         """An NDA structure's name (``oai_kxrsemiquant01``)."""
         return self.name.lower().rsplit(".", 1)[0]
+
+    @property
+    def delimiter(self) -> str:
+        """An NDA file's field separator: comma for a ``.csv`` export, else tab."""
+        return "," if self.name.lower().endswith(".csv") else "\t"
 
 
 @dataclass
