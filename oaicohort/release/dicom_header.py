@@ -117,6 +117,8 @@ def parse_header(data: bytes, *, whole: bool) -> SeriesHeader | None:
         if not whole:
             return None
         raise HeaderError("the file ends inside its DICOM header (truncated?)")
+    if not any(values.values()):
+        raise HeaderError("no PatientID, StudyDate, SeriesDescription ... in the DICOM header (damaged?)")
     return SeriesHeader(
         patient_id=values[PATIENT_ID],
         study_date=values[STUDY_DATE],

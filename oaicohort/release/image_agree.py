@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,16 @@ from oaicohort.visits import visit_name
 
 KEY = ["subject_id", "visit", "side", "sequence"]
 _COMPARED = ("study_date", "barcode", "study_description")
+# what messages call each column: the header's element, or what the index calls it
+_NAMES = {
+    "subject_id": "participant (PatientID)",
+    "visit": "visit",
+    "side": "knee (SeriesDescription)",
+    "sequence": "sequence (SeriesDescription)",
+    "study_date": "StudyDate",
+    "barcode": "barcode (AccessionNumber)",
+    "study_description": "StudyDescription",
+}
 
 
 @dataclass
@@ -70,8 +81,10 @@ def _what(row: pd.Series) -> str:
     return f"participant {row['subject_id']}, visit {visit_name(int(row['visit']))}, {row['sequence']}{side}"
 
 
-def _shown(column: str, value: object) -> str:
-    return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else repr(str(value))
+def _shown(column: str, value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    return repr(visit_name(int(value))) if column == "visit" else repr(str(value))
 
 
 def _disagree(root: Path, index: pd.Series, scan: pd.Series, listed_as: str, says: str) -> InputFileError:
@@ -91,7 +104,7 @@ def _check(root: Path, index: pd.DataFrame, scan: pd.DataFrame, columns: Sequenc
     i = int(np.flatnonzero(bad)[0])
     a, b = index.iloc[i], scan.iloc[i]
     says = "; ".join(
-        f"{column} {_shown(column, b[column])} where the index has {_shown(column, a[column])}"
+        f"{_NAMES[column]} {_shown(column, b[column])} where the index has {_shown(column, a[column])}"
         for column in columns
         if differs[column][i]
     )
