@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import BatchPreparer, resolve_layout
-from oaimodels.losses import focal_loss
 from oaimodels.networks import to_channels_last
 from oaimodels.training import amp_context, build_model
+from oaimodels.training.losses import focal_loss
 
 
 @dataclass(frozen=True)

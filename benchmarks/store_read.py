@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom
 
-from oaicohort.imaging.dicom_series import read_series
+from oaicohort.imaging.series.dicom import read_series
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.images import write_images
 from oaicohort.synth.mri_anatomy import render_knee_volume

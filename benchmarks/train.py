@@ -34,15 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import BatchPreparer, batches_of, make_source, resolve_layout
-from oaimodels.inference import amp_context
-from oaimodels.losses import focal_loss
+from oaimodels.logits import amp_context
 from oaimodels.networks import get_spec, to_channels_last
+from oaimodels.training.losses import focal_loss
 from oaimodels.training.recipe import build_model
 from oaimodels.training.run import mri_models
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oaimodels import run_folder as rf
-from oaimodels.evaluation import evaluate_run
+from oaimodels.evaluation.held_out import evaluate_run
 from oaimodels.training import TrainConfig, load_checkpoint, train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 

@@ -3,7 +3,7 @@
     python benchmarks/xray_localiser.py [--n 200] [--size full] [--seed 0]
 
 Renders ``n`` radiographs (``oaicohort.synth.radiographs``, KLG 0-4 and latents drawn as in the
-cohort), localises both knees (``oaicohort.imaging.xray_localiser``) and compares the 140 mm ROI
+cohort), localises both knees (``oaicohort.imaging.recipe.xray_localiser``) and compares the 140 mm ROI
 around the found centre with the ROI around the true centre. Prints the IoU distribution, the
 centre error in mm and the share of knees with IoU >= 0.8 (target: >= 95%), then the degenerate
 cases (blank, one leg, rotated), which must be failures with a reason.
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from oaicohort.imaging.xray_localiser import JointCentre, localise_knees
-from oaicohort.imaging.xray_preprocessing import roi_iou
+from oaicohort.imaging.recipe.xray import roi_iou
+from oaicohort.imaging.recipe.xray_localiser import JointCentre, localise_knees
 from oaicohort.synth.radiographs import draw_layout, radiograph_knee, render_radiograph
 
 ROI_MM = 140.0

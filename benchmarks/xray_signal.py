@@ -34,7 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from oaicohort.cohort.query import Cohort
 from oaicohort.db import open_database
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import XRAY_VIEW
 
 

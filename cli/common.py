@@ -170,7 +170,7 @@ def require_models_extra(command: str) -> None:
 def chosen_knees(knees: list[str] | None, cohort: str | None, db: Database | None) -> list[tuple[int, str]] | None:
     """The knees of ``--knees`` or of ``--cohort NAME`` (a saved cohort of ``db``); None: all."""
     from oaicohort.cohort.saved import saved_knees
-    from oaicohort.imaging.selection import parse_knees
+    from oaicohort.imaging.store.selection import parse_knees
 
     if cohort is None:
         return parse_knees(knees)

@@ -42,7 +42,7 @@ def eval_command(
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
     require_models_extra("eval")
-    from oaimodels.evaluation import evaluate_runs
+    from oaimodels.evaluation.held_out import evaluate_runs
 
     db = state(ctx).open_db_if_configured()
     try:

@@ -31,7 +31,7 @@ def explain_command(
     json_out: bool = typer.Option(False, "--json", help="Print the per-knee table as JSON."),
 ) -> None:
     """Integrated gradients (every model) and attention rollout (slice transformers), per knee and on average."""
-    from oaimodels.explain import explain_run
+    from oaimodels.inference.explain import explain_run
 
     db = state(ctx).open_db(create=False) if cohort else state(ctx).open_db_if_configured() if knees else None
     try:

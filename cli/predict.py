@@ -34,7 +34,7 @@ def predict_command(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Per-knee class probabilities and progression score, preprocessed exactly as the run's store."""
-    from oaimodels.predict import predict, write_predictions
+    from oaimodels.inference.predict import predict, write_predictions
 
     if side is not None and side.upper() not in ("R", "L"):
         raise typer.BadParameter(f"{side!r}: expected R or L", param_hint="--side")

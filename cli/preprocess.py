@@ -15,9 +15,9 @@ from oaicohort.vocabulary import MRI_VIEWS
 
 if TYPE_CHECKING:  # annotations only: the imaging modules are imported when the command runs
     from oaicohort.db import Database
-    from oaicohort.imaging.preprocess_run import PreprocessSummary
-    from oaicohort.imaging.preprocessing import PreprocessParams
-    from oaicohort.imaging.xray_run import XrayPreprocessSummary
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.runs.mri import PreprocessSummary
+    from oaicohort.imaging.runs.xray import XrayPreprocessSummary
     from oaicohort.progress import ProgressCallback
 
 Summary = TypeVar("Summary")
@@ -57,8 +57,8 @@ def preprocess_command(
 ) -> None:
     """Preprocess the indexed SAG_3D_DESS series (or, with --view xray, the bilateral PA
     radiographs) of a visit into a volume store (resumable)."""
-    from oaicohort.imaging.preprocess_run import run_preprocess
-    from oaicohort.imaging.preprocessing import PreprocessParams
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.runs.mri import run_preprocess
 
     if view not in VIEW_CHOICES:
         raise typer.BadParameter(f"{view!r}; choose from {', '.join(VIEW_CHOICES)}", param_hint="--view")
@@ -97,7 +97,7 @@ def _preprocess_xray(
     roi_file: Path | None,
     json_out: bool,
 ) -> None:
-    from oaicohort.imaging.xray_run import run_xray_preprocess
+    from oaicohort.imaging.runs.xray import run_xray_preprocess
 
     def run(db: Database, progress: ProgressCallback) -> XrayPreprocessSummary:
         return run_xray_preprocess(

@@ -24,7 +24,7 @@ def info_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameters, hash, views, shapes, counts, size on disk and compression ratio."""
-    from oaicohort.imaging.store import VolumeStore
+    from oaicohort.imaging.store.volume_store import VolumeStore
 
     info = VolumeStore.open(path).info()
     if json_out:
@@ -54,7 +54,7 @@ def verify_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recompute every indexed volume's checksum against the database (--db); exit 1 on mismatch."""
-    from oaicohort.imaging.store_index import verify_store
+    from oaicohort.imaging.store.index import verify_store
 
     db = state(ctx).open_db(create=False)
     try:
@@ -99,8 +99,8 @@ def export_command(
     json_out: bool = typer.Option(False, "--json", help="Print the index as JSON."),
 ) -> None:
     """Write stored volumes as NIfTI with their scanner affine (needs the database the store was made with)."""
-    from oaicohort.imaging.export import export_nifti
-    from oaicohort.imaging.selection import parse_knees
+    from oaicohort.imaging.store.export import export_nifti
+    from oaicohort.imaging.store.selection import parse_knees
 
     db = state(ctx).open_db()
     try:
@@ -133,8 +133,8 @@ def qc_command(
     json_out: bool = typer.Option(False, "--json", help="Print the index as JSON."),
 ) -> None:
     """PNG montages of the mid-slice of each view per knee, and contact sheets of many knees."""
-    from oaicohort.imaging.qc import write_qc
-    from oaicohort.imaging.selection import parse_knees
+    from oaicohort.imaging.store.qc import write_qc
+    from oaicohort.imaging.store.selection import parse_knees
 
     db = state(ctx).open_db_if_configured()  # the index when there is one, else the store's own keys
     try:

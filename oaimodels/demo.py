@@ -27,19 +27,18 @@ from oaicohort.cohort.labels import cohort_summary, derive_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import open_database
 from oaicohort.errors import OAIError
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.xray_run import run_xray_preprocess
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.runs.xray import run_xray_preprocess
 from oaicohort.ingest.run import ingest_release
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.images import write_images
 from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS, XRAY_VIEW
-
-from . import run_folder as rf
-from .data import AugmentParams
-from .networks import get_spec
+from oaimodels import run_folder as rf
+from oaimodels.data import AugmentParams
+from oaimodels.networks import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def _step(name: str, progress: ProgressCallback, index: int, total: int) -> floa
 
 def run_demo(config: DemoConfig, progress: ProgressCallback | None = None) -> DemoResult:
     """Run every step on a fresh synthetic release and return the cohort table and metrics."""
-    from oaimodels.evaluation import evaluate_runs
+    from oaimodels.evaluation.held_out import evaluate_runs
     from oaimodels.training.config import TrainConfig
     from oaimodels.training.run import train_run
 

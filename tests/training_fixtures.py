@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaimodels.networks import registry
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
         Subject,
         Volume,
     )  # fmt: skip
-    from oaicohort.imaging.store import resolve_store_path
+    from oaicohort.imaging.store.volume_store import resolve_store_path
 
     labels = knees.assign(exclusion=None)
     with db.write() as session:

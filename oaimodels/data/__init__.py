@@ -11,7 +11,7 @@ Pipeline of one batch (REFERENCE.md sections 3 and 5)::
       -> (x - 0.257) / 0.235
       -> model input dict                      {view: (B, 1, d, h, w)}
 
-The store keeps volumes already downsampled x2 (``oaicohort.imaging.preprocessing``), so a crop at any
+The store keeps volumes already downsampled x2 (``oaicohort.imaging.recipe.params``), so a crop at any
 offset of a stored volume is the reference's crop at even full-resolution offsets followed by
 its trilinear x0.5 downsample. Multi-view models get sagittal, coronal and axial stacks sliced
 from the same cropped sagittal volume (as the reference does, ``views_from_volume``); single-view

@@ -180,7 +180,7 @@ class BatchPreparer:
 
     def to_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's input dict from normalised crops ``x`` (B, d, h, w); differentiable, so
-        attribution (``oaimodels.attribution``) feeds the models exactly as training does."""
+        attribution (``oaimodels.inference.attribution``) feeds the models exactly as training does."""
         if self.layout.source_view == XRAY_VIEW:  # one-slice volumes -> (B, 1, h, w) images
             image = x[:, :1]
             return {XRAY_VIEW: image.contiguous(memory_format=torch.channels_last) if self.channels_last else image}

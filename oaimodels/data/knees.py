@@ -12,9 +12,8 @@ from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leak
 from oaicohort.cohort.splits import check_leakage
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
-
-from ..metrics import class_indices
-from .layout import DataError
+from oaimodels.data.layout import DataError
+from oaimodels.metrics import class_indices
 
 log = logging.getLogger(__name__)
 

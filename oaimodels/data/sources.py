@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store.volume_store import VolumeStore
 
 from .augment import derive_seed
 from .layout import DataError

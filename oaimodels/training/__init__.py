@@ -16,7 +16,7 @@ Modules, in the order a run uses them:
 - :mod:`.loop`         one fold: ``_train_epoch`` / ``_validate`` / ``_keep_best``
 - :mod:`.run`          ``prepare_run``, torch settings, process spawning, ``train_run``, ``train_all``
 
-Prediction (``predict_logits``, the autocast context) lives in :mod:`oaimodels.inference`, so
+Prediction (``predict_logits``, the autocast context) lives in :mod:`oaimodels.logits`, so
 evaluation loads checkpoints without importing the loop. The names below are re-exported
 lazily for the same reason: ``from oaimodels.training import TrainConfig`` imports only
 :mod:`.config`.
@@ -88,19 +88,26 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ..inference import amp_context, predict_logits, softmax
-    from .checkpoint import CheckpointError, load_checkpoint, load_fold_model
-    from .config import OPERATIONAL, PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
-    from .distributed import Dist
-    from .loop import EpochHook, train_fold
-    from .recipe import build_model, loss_fn, lr_at, make_optimizer, make_scheduler
-    from .rng import rng_state, seed_everything, set_rng_state
-    from .run import mri_models, prepare_run, run_name, train_all, train_run
+    from oaimodels.logits import amp_context, predict_logits, softmax
+    from oaimodels.training.checkpoint import CheckpointError, load_checkpoint, load_fold_model
+    from oaimodels.training.config import (
+        OPERATIONAL,
+        PreparedRun,
+        TrainConfig,
+        TrainingError,
+        resolve_config,
+        resolve_device,
+    )
+    from oaimodels.training.distributed import Dist
+    from oaimodels.training.loop import EpochHook, train_fold
+    from oaimodels.training.recipe import build_model, loss_fn, lr_at, make_optimizer, make_scheduler
+    from oaimodels.training.rng import rng_state, seed_everything, set_rng_state
+    from oaimodels.training.run import mri_models, prepare_run, run_name, train_all, train_run
 
 
 def __getattr__(name: str) -> Any:
     if name in _INFERENCE:
-        module = importlib.import_module("oaimodels.inference")
+        module = importlib.import_module("oaimodels.logits")
     elif name in _HOMES:
         module = importlib.import_module(f"{__name__}.{_HOMES[name]}")
     else:

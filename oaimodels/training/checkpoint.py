@@ -27,11 +27,10 @@ import torch
 from torch import nn
 
 from oaicohort.vocabulary import CLASSES
-
-from .. import run_folder as rf
-from ..data import InputLayout
-from .config import PreparedRun, TrainingError
-from .recipe import build_model
+from oaimodels import run_folder as rf
+from oaimodels.data import InputLayout
+from oaimodels.training.config import PreparedRun, TrainingError
+from oaimodels.training.recipe import build_model
 
 
 class CheckpointError(TrainingError):

@@ -22,9 +22,8 @@ import torch
 
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
-
-from ..data import AugmentParams, InputLayout
-from ..networks import get_spec
+from oaimodels.data import AugmentParams, InputLayout
+from oaimodels.networks import get_spec
 
 # Options that change how a run executes but not what it computes: a resumed run may differ.
 OPERATIONAL = ("device", "loader", "workers", "nproc", "compile", "threads", "eval_batch_size")
@@ -97,7 +96,7 @@ class TrainConfig:
     name: str | None = None  # a title for reports and trackers (default: model, view, init)
     tags: dict[str, str] = field(default_factory=dict)
     tensorboard: bool = True  # event files per fold (needs the tensorboard package)
-    track: str | None = None  # mlflow: also log to MLflow (oaimodels.tracking)
+    track: str | None = None  # mlflow: also log to MLflow (oaimodels.training.tracking)
     tracking_uri: str | None = None  # MLflow tracking URI (default: a file store ./mlruns)
     experiment: str = "oai"  # MLflow experiment name
 

@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from oaicohort.errors import InputFileError
-
-from ..data import AugmentParams
-from .config import TrainConfig, TrainingError
+from oaimodels.data import AugmentParams
+from oaimodels.training.config import TrainConfig, TrainingError
 
 # The keys of a run's config.json beside its "config" object (written by training.run).
 RUN_CONFIG_KEYS = frozenset({"config", "config_hash", "folds", "layout", "store", "classes"})

@@ -30,25 +30,32 @@ from torch import nn
 
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
-
-from .. import run_folder as rf
-from ..data import BatchPreparer, VolumeSource, WeightedEpochSampler, batches_of, cpu_generator, derive_seed, to_device
-from ..inference import amp_context, predict_logits, softmax
-from ..metrics import average_precision, binary_target, progression_score, roc_auc
-from ..networks import to_channels_last
-from ..tracking import open_fold_tracker
-from .checkpoint import (
+from oaimodels import run_folder as rf
+from oaimodels.data import (
+    BatchPreparer,
+    VolumeSource,
+    WeightedEpochSampler,
+    batches_of,
+    cpu_generator,
+    derive_seed,
+    to_device,
+)
+from oaimodels.logits import amp_context, predict_logits, softmax
+from oaimodels.metrics import average_precision, binary_target, progression_score, roc_auc
+from oaimodels.networks import to_channels_last
+from oaimodels.training.checkpoint import (
     checkpoint_meta,
     finalise_pending_best,
     load_checkpoint,
     save_checkpoint,
     write_fold_files,
 )
-from .config import PreparedRun, TrainingError
-from .distributed import Dist, barrier, gather_rows, reduce_epoch, wrap_ddp
-from .recipe import build_model, loss_fn, make_optimizer, make_scheduler
-from .rng import rng_state, seed_everything, set_rng_state
-from .sampling import make_sampler
+from oaimodels.training.config import PreparedRun, TrainingError
+from oaimodels.training.distributed import Dist, barrier, gather_rows, reduce_epoch, wrap_ddp
+from oaimodels.training.recipe import build_model, loss_fn, make_optimizer, make_scheduler
+from oaimodels.training.rng import rng_state, seed_everything, set_rng_state
+from oaimodels.training.sampling import make_sampler
+from oaimodels.training.tracking import open_fold_tracker
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import InputLayout
-from ..losses import focal_loss
-from ..networks import get_model, get_spec
-from .config import TrainConfig, TrainingError
+from oaimodels.data import InputLayout
+from oaimodels.networks import get_model, get_spec
+from oaimodels.training.config import TrainConfig, TrainingError
+from oaimodels.training.losses import focal_loss
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:

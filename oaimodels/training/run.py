@@ -26,17 +26,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
-
-from .. import run_folder as rf
-from ..data import knee_table, make_source, resident_fits, resolve_layout, validate_knees
-from ..networks import get_spec, list_models
-from ..store_models import table1_models
-from .config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
-from .distributed import Dist, barrier, env_dist, free_port
-from .loop import EpochHook, train_fold
+from oaimodels import run_folder as rf
+from oaimodels.data import knee_table, make_source, resident_fits, resolve_layout, validate_knees
+from oaimodels.data.store_models import table1_models
+from oaimodels.networks import get_spec, list_models
+from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
+from oaimodels.training.distributed import Dist, barrier, env_dist, free_port
+from oaimodels.training.loop import EpochHook, train_fold
 
 log = logging.getLogger(__name__)
 

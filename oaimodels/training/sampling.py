@@ -2,7 +2,7 @@
 
 ``weighted`` is :class:`~oaimodels.data.WeightedEpochSampler`: draws with replacement, weights
 1/class frequency, so every class is drawn about equally often. It also shifts the model's idea
-of how common progression is (``oaimodels.calibration`` explains and corrects that).
+of how common progression is (``oaimodels.evaluation.calibration`` explains and corrects that).
 ``shuffle`` takes every training knee once per epoch in a random order (the natural class
 frequencies). Both draw epoch ``e`` from a stream seeded by ``(seed, e)`` (exact resume) and shard
 it over ranks the same way.
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import WeightedEpochSampler, derive_seed
-from .config import SAMPLERS, TrainingError
+from oaimodels.data import WeightedEpochSampler, derive_seed
+from oaimodels.training.config import SAMPLERS, TrainingError
 
 
 class ShuffleEpochSampler(WeightedEpochSampler):

@@ -26,7 +26,7 @@ from oaicohort.cohort.query import Cohort
 from oaicohort.db import open_database
 from oaicohort.db.migrate import current_revision, head_revision
 from oaicohort.db.schema import IngestRun, Subject
-from oaicohort.imaging.store_index import verify_store
+from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from tests.reliability_helpers import DATA_TABLES, REPO, counts, spawn_oai, table_rows

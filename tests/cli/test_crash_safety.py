@@ -20,9 +20,9 @@ from oaicohort.cohort.labels import derive_labels, stored_definition, stored_lab
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store_index import verify_store
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.provenance import list_runs
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release

@@ -119,8 +119,8 @@ def test_database_store_and_outputs_are_not_world_writable_under_umask_0(tmp_pat
 
 def test_library_writes_ignore_a_lax_umask(tmp_path: Path) -> None:
     """Callers of the Python API with umask 0 get no world-writable database or store either."""
-    from oaicohort.imaging.preprocessing import PreprocessParams
-    from oaicohort.imaging.store import VolumeStore
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.store.volume_store import VolumeStore
 
     old = os.umask(0)
     try:

@@ -12,7 +12,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, RLELossless
 
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.dicom_series import DicomVolume, SeriesError, read_series, side_from_description
+from oaicohort.imaging.series.dicom import DicomVolume, SeriesError, read_series, side_from_description
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import image_geometry

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database
-from oaicohort.imaging.export import ExportError, export_nifti
-from oaicohort.imaging.geometry import GEOMETRY_NOTE, LPS_TO_RAS, stored_affine
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.qc import GAP, write_qc
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.store_index import indexed_volumes
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.store.export import ExportError, export_nifti
+from oaicohort.imaging.store.geometry import GEOMETRY_NOTE, LPS_TO_RAS, stored_affine
+from oaicohort.imaging.store.index import indexed_volumes
+from oaicohort.imaging.store.qc import GAP, write_qc
+from oaicohort.imaging.store.volume_store import VolumeStore
 from tests.imaging.test_preprocess_run import SMALL, SUBJECTS, make_release, read_series_for_tests
 
 nib = pytest.importorskip("nibabel", reason="nibabel is the [export] extra")

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from oaicohort.db import Database
 from oaicohort.db.schema import Knee, Volume
-from oaicohort.imaging.dicom_series import SeriesError, read_series
-from oaicohort.imaging.orientation import CANONICAL_ORIENTATION, reorientation, to_canonical
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.store import VolumeStore, knee_key
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.series.dicom import SeriesError, read_series
+from oaicohort.imaging.series.orientation import CANONICAL_ORIENTATION, reorientation, to_canonical
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from tests.imaging.test_preprocess_run import GEOMETRY, SMALL, make_release

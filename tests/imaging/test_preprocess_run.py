@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
-from oaicohort.imaging.dicom_series import DicomVolume, read_series
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import StoreError, VolumeStore, knee_key
-from oaicohort.imaging.store_index import indexed_volumes, verify_store
-from oaicohort.imaging.store_writer import PreprocessFailure
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.runs.writer import PreprocessFailure
+from oaicohort.imaging.series.dicom import DicomVolume, read_series
+from oaicohort.imaging.store.index import indexed_volumes, verify_store
+from oaicohort.imaging.store.volume_store import StoreError, VolumeStore, knee_key
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
@@ -336,7 +336,7 @@ def test_cli_rejects_bad_options_and_empty_database(db: Database, tmp_path: Path
 
 def test_second_writer_on_the_same_store_is_refused(db: Database, release, tmp_path: Path) -> None:
     from oaicohort.errors import ConcurrentWriteError
-    from oaicohort.imaging.store_writer import writer_lock
+    from oaicohort.imaging.runs.writer import writer_lock
 
     store = VolumeStore.create(tmp_path / "vol.zarr", SMALL, views=("sag",))
     with writer_lock(store), pytest.raises(ConcurrentWriteError, match="another `oai preprocess`"):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from oaicohort.imaging.intensity import intensity_range, map_intensity, percentile_of_counts
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.series_size import ImageTooSmall, minimum_source_shape
-from oaicohort.imaging.volume_transforms import block_mean, centre_fit, fit_region, orient_left, preprocess_series
+from oaicohort.imaging.recipe.intensity import intensity_range, map_intensity, percentile_of_counts
+from oaicohort.imaging.recipe.mri import block_mean, centre_fit, fit_region, orient_left, preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.series.size import ImageTooSmall, minimum_source_shape
 from oaicohort.vocabulary import MRI_VIEWS
 
 

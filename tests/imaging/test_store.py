@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import (
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import (
     StoreError,
     VolumeStore,
     knee_key,

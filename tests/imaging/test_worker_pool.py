@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from oaicohort.imaging.worker_pool import worker_results
+from oaicohort.imaging.runs.worker_pool import worker_results
 
 
 def _square_late_first(n: int, delay: float) -> int:

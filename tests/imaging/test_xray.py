@@ -17,12 +17,12 @@ from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Volume, XrayRoi
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.export import ExportError, export_nifti
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.xray_localiser import JointCentre, LocaliserFailure, localise_knees
-from oaicohort.imaging.xray_preprocessing import crop_knee, roi_iou
-from oaicohort.imaging.xray_run import read_roi_file, run_xray_preprocess
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.recipe.xray import crop_knee, roi_iou
+from oaicohort.imaging.recipe.xray_localiser import JointCentre, LocaliserFailure, localise_knees
+from oaicohort.imaging.runs.xray import read_roi_file, run_xray_preprocess
+from oaicohort.imaging.store.export import ExportError, export_nifti
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from oaicohort.synth.radiograph_release import read_xray_truth, write_radiographs

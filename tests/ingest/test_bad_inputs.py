@@ -27,10 +27,10 @@ from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ClinicalValue, ImageSeries, IngestRun, Volume
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.imaging.store_index import verify_store
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.store.index import verify_store
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from tests.reliability_helpers import DATA_TABLES, small_imaging_release, table_rows

@@ -27,7 +27,7 @@ from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.db import Database, open_database
 from oaicohort.errors import InputFileError, OAIError
-from oaicohort.imaging.series_source import series_folder, unpack_series
+from oaicohort.imaging.series.source import series_folder, unpack_series
 from oaicohort.ingest.provenance import image_index_note
 from oaicohort.ingest.reading import NO_IMAGE_INDEX
 from oaicohort.ingest.run import ingest_release
@@ -420,8 +420,8 @@ def test_series_archive_refuses_members_leaving_it(
 
 
 def test_nda_preprocess_gives_the_store_of_the_ascii_form(tmp_path: Path) -> None:
-    from oaicohort.imaging.preprocess_run import run_preprocess
-    from oaicohort.imaging.preprocessing import PreprocessParams
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.runs.mri import run_preprocess
     from oaicohort.synth.images import write_images
 
     checksums = {}

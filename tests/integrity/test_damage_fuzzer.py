@@ -32,9 +32,9 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import open_database
 from oaicohort.db.schema import ImageSeries, Volume
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store_index import verify_store
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.run import ingest_release
 from tests.reliability_helpers import DATA_TABLES, table_rows
 

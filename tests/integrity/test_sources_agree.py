@@ -16,12 +16,12 @@ from sqlalchemy import select, update
 
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Volume
-from oaicohort.imaging.consistency import folder_participants, normal_axis
-from oaicohort.imaging.dicom_series import read_series
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.imaging.store_index import verify_store
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.series.consistency import folder_participants, normal_axis
+from oaicohort.imaging.series.dicom import read_series
+from oaicohort.imaging.store.index import verify_store
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from tests.reliability_helpers import small_imaging_release
 
 SMALL = PreprocessParams.preset_named("small")

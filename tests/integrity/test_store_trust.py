@@ -22,11 +22,11 @@ from sqlalchemy import func, select
 
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import Volume
-from oaicohort.imaging.preprocess_run import run_preprocess
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.store_checks import StoreIntegrityError
-from oaicohort.imaging.store_index import indexed_volumes, verify_store
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.store.checks import StoreIntegrityError
+from oaicohort.imaging.store.index import indexed_volumes, verify_store
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaimodels.data import make_source
 from tests.reliability_helpers import REPO, run_oai, spawn_oai, table_rows
@@ -96,7 +96,7 @@ def test_an_intact_store_reads_exactly_and_verifies_once(preprocessed) -> None: 
     db, store = preprocessed
     rows = _volumes(db, store)
     opened = VolumeStore.open(store)
-    from oaicohort.imaging.store import volume_checksum
+    from oaicohort.imaging.store.volume_store import volume_checksum
 
     for row in rows.itertuples():
         assert volume_checksum(opened.read("sag", int(row.position))) == row.checksum
@@ -127,9 +127,9 @@ def test_a_missing_store_path_never_drops_index_rows_nor_creates_a_store(preproc
 SLOW_CREATE = textwrap.dedent(
     """
     import sys, time
-    import oaicohort.imaging.store as st
+    import oaicohort.imaging.store.volume_store as st
     from oaicohort.errors import ConcurrentWriteError
-    from oaicohort.imaging.preprocessing import PreprocessParams
+    from oaicohort.imaging.recipe.params import PreprocessParams
     original = st.create_atomically
     def slow(root, build):
         def slow_build(folder):

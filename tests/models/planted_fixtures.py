@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.imaging.volume_transforms import fit_region, orient_left, preprocess_series, views_of_region
+from oaicohort.imaging.recipe.mri import fit_region, orient_left, preprocess_series, views_of_region
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import knee_anatomy, render_anatomy
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.networks import registry

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oaimodels import calibration
-from oaimodels.evaluation import evaluate_runs
+from oaimodels.evaluation import calibration
+from oaimodels.evaluation.held_out import evaluate_runs
 from oaimodels.metrics import progression_score
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run

@@ -92,7 +92,7 @@ def test_resume_refuses_a_poisoned_last_checkpoint(tmp_path: Path) -> None:
 
 def test_evaluation_does_not_import_the_training_loop() -> None:
     code = (
-        "import sys, oaimodels.evaluation; "
+        "import sys, oaimodels.evaluation.held_out; "
         "loaded = sorted(m for m in sys.modules if m in ('oaimodels.training.loop', 'oaimodels.training.run')); "
         "print(loaded)"
     )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels import data as D
 from tests.training_fixtures import make_toy_cohort
 

@@ -12,14 +12,14 @@ import torch
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaicohort.imaging.volume_transforms import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import AugmentParams
 from oaimodels.demo import DemoConfig, demo_size, run_demo
-from oaimodels.evaluation import evaluate_run
+from oaimodels.evaluation.held_out import evaluate_run
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
 from tests.training_fixtures import toy_model

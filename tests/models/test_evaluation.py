@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oaimodels.evaluation import (
+from oaimodels.evaluation.held_out import (
     EvaluationError,
     comparison_report,
     ensemble_probabilities,

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from oaicohort.db import open_database
-from oaimodels.attribution import (
+from oaimodels.data import AugmentParams, InputLayout, centre_offsets
+from oaimodels.inference.attribution import (
     _attention_probs,
     attention_rollout,
     explain_volumes,
@@ -21,8 +22,7 @@ from oaimodels.attribution import (
     mass_inside,
     source_view_tokens,
 )
-from oaimodels.data import AugmentParams, InputLayout, centre_offsets
-from oaimodels.explain import explain_run
+from oaimodels.inference.explain import explain_run
 from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
 from oaimodels.training import TrainConfig, train_run
@@ -144,7 +144,7 @@ def test_explain_command_writes_files_for_a_3d_model(toy_run: Path, tmp_path: Pa
 def test_a_failing_explain_leaves_the_output_folder_as_it_was(
     toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import oaimodels.explain as explain
+    import oaimodels.inference.explain as explain
 
     out = tmp_path / "ex"
     (out / "knees" / "9000000R").mkdir(parents=True)
@@ -217,7 +217,7 @@ def test_attributions_find_the_planted_signal(tmp_path: Path) -> None:
         assert ratios.min() >= 2.0, ratios
 
         # control: the same attribution of an untrained model of the same design
-        from oaicohort.imaging.store import VolumeStore
+        from oaicohort.imaging.store.volume_store import VolumeStore
 
         torch.manual_seed(0)
         untrained = TinySliceTransformer(crop[0]).eval()

@@ -17,9 +17,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oaicohort.imaging.store import VolumeStore
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels.data import AugmentParams, BatchPreparer, make_source, resolve_layout
-from oaimodels.inference import amp_context
+from oaimodels.logits import amp_context
 from oaimodels.training.config import TrainConfig, TrainingError, resolve_config, resolve_device
 from oaimodels.training.recipe import build_model, loss_fn, make_optimizer
 from oaimodels.training.run import train_run

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.selection import SelectionError, parse_knees
-from oaicohort.imaging.store import VolumeStore, knee_key
-from oaimodels.evaluation import evaluate_runs
-from oaimodels.predict import predict, write_predictions
-from oaimodels.trained_run import RunError, TrainedRun
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.selection import SelectionError, parse_knees
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
+from oaimodels.evaluation.held_out import evaluate_runs
+from oaimodels.inference.predict import predict, write_predictions
+from oaimodels.inference.trained_run import RunError, TrainedRun
 from oaimodels.training import TrainConfig, train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
@@ -96,7 +96,7 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
 
 def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A series folder goes through the run's own preprocessing, like a store of the same volume."""
-    from oaicohort.imaging.volume_transforms import preprocess_series
+    from oaicohort.imaging.recipe.mri import preprocess_series
     from oaicohort.synth.dicom_writer import SeriesMeta, write_series
     from oaicohort.synth.mri_anatomy import render_knee_volume
 
@@ -112,7 +112,7 @@ def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFr
     assert frame[["kind", "subject_id", "side"]].values.tolist() == [["series", 9100001, "R"]]
     assert "rows_cropped" in frame["notes"][0]
     # the same volume fed through a store gives the same probabilities
-    from oaicohort.imaging.dicom_series import read_series
+    from oaicohort.imaging.series.dicom import read_series
 
     volume = preprocess_series(read_series(folder), params, ("sag",)).volumes["sag"]
     store = VolumeStore.create(tmp_path / "s.zarr", params)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from oaimodels import run_folder as rf
-from oaimodels import tracking
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training import TrainConfig, tracking, train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 SCALAR_KEYS = {"loss/train": "train_loss", "loss/val": "val_loss", "val/ap": "val_ap", "val/roc_auc": "val_roc_auc"}
@@ -69,7 +68,7 @@ def test_tensorboard_events_per_fold_and_training_without_tensorboard(
     # without the tensorboard package: the same run, no event files, one warning saying how
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     monkeypatch.setattr(tracking, "_said_tensorboard_off", False)
-    caplog.set_level(logging.WARNING, logger="oaimodels.tracking")
+    caplog.set_level(logging.WARNING, logger="oaimodels.training.tracking")
     with toy_model():
         untracked = train_run(_config(store, tmp_path / "untracked"), knees=knees)
     warnings = [r.getMessage() for r in caplog.records if "TensorBoard logs are off" in r.getMessage()]

@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from oaimodels import run_folder as rf
 from oaimodels.data import LeakageError
-from oaimodels.losses import focal_loss
 from oaimodels.training import (
     TrainConfig,
     TrainingError,
@@ -34,6 +33,7 @@ from oaimodels.training import (
     train_all,
     train_run,
 )
+from oaimodels.training.losses import focal_loss
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 
 REPO = Path(__file__).resolve().parents[2]

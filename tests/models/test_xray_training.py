@@ -11,15 +11,15 @@ import torch
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
-from oaicohort.imaging.preprocessing import PreprocessParams
-from oaicohort.imaging.store import VolumeStore
-from oaicohort.imaging.xray_run import run_xray_preprocess
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.xray import run_xray_preprocess
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
-from oaimodels.store_models import table1_models
+from oaimodels.data.store_models import table1_models
 from oaimodels.training import TrainConfig, TrainingError, lr_at, resolve_config
 
 
@@ -84,8 +84,8 @@ def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> 
 
 def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tuple[Path, Path]) -> None:
     """``oai predict`` on a release or a radiograph folder crops the knees exactly as the store."""
-    from oaicohort.imaging.selection import store_slots
-    from oaimodels.predict_inputs import radiograph_scans, release_radiograph_scans
+    from oaicohort.imaging.store.selection import store_slots
+    from oaimodels.inference.inputs import radiograph_scans, release_radiograph_scans
 
     store_path, _ = xray_study
     store = VolumeStore.open(store_path)
@@ -103,7 +103,7 @@ def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tupl
 
 @pytest.mark.slow
 def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
-    from oaimodels.evaluation import evaluate_runs
+    from oaimodels.evaluation.held_out import evaluate_runs
     from oaimodels.training import train_run
 
     store_path, db_path = xray_study
@@ -130,7 +130,7 @@ def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path
     assert 0.0 <= metrics["ap"] <= 1.0 and Path(metrics["report"]).is_file()
 
     # and it scores radiographs straight from the release, as from its store
-    from oaimodels.predict import predict
+    from oaimodels.inference.predict import predict
 
     from_store = predict(run_dir, [store_path], device="cpu").head(6)
     knees = list(zip(from_store["subject_id"].astype(int), from_store["side"]))
@@ -140,7 +140,7 @@ def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path
     np.testing.assert_allclose(from_release["score"], from_store["score"], rtol=1e-5, atol=1e-6)
 
     # and explains them: one image per knee, saliency over the ROI
-    from oaimodels.explain import explain_run
+    from oaimodels.inference.explain import explain_run
 
     table = explain_run(run_dir, tmp_path / "explain", knees=knees[:2], steps=2, device="cpu", db=None)
     assert table["knee"].tolist() == from_store["knee"].tolist()[:2]

@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.dicom_series import read_series
+from oaicohort.imaging.series.dicom import read_series
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.images import write_images
 from oaicohort.synth.mri_anatomy import knee_anatomy, render_knee_volume

@@ -1,0 +1,1 @@
+"""What preprocessing does to a read series: the parameters, the MRI recipe and the radiograph recipe."""

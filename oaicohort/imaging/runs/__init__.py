@@ -1,0 +1,1 @@
+"""``oai preprocess`` runs: the single writer of a store and its index, and the worker processes that read and preprocess series."""

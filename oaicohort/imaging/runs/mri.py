@@ -1,0 +1,241 @@
+"""``oai preprocess``: every indexed DESS series of a visit -> volumes in a store, indexed in the DB.
+
+Workers (processes) read and preprocess series, which is where the time goes (DICOM decoding);
+the parent is the only writer of the store and the database. Per series it writes all requested
+views' data and keys first and then, in one transaction, inserts their ``volumes`` rows, so a
+row always describes complete data. A run killed in between leaves orphan slots (data without a
+row) that the next run reuses; the index never points at incomplete data.
+
+The worker's side is ``series_worker``; the writer's side, shared with the radiograph run
+(``xray_run``), is ``store_writer``.
+
+Re-runs do only what is missing: (knee, visit, view) triples with an ``ok`` row for this store
+and parameter set are skipped, ``failed`` ones are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from oaicohort.db import Database
+from oaicohort.db.schema import ImageSeries, Volume
+from oaicohort.errors import DatabaseStateError
+from oaicohort.files import no_world_write
+from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.runs.mri_worker import SeriesOutcome, SeriesReader, SeriesTask, preprocess_task
+from oaicohort.imaging.runs.writer import (
+    SlotAllocator,
+    count_outcome,
+    has_series,
+    index_knees,
+    ok_volumes,
+    replace_rows,
+    store_target,
+    take_tasks,
+    volume_row,
+    write_results,
+    writing,
+)
+from oaicohort.imaging.store.checks import check_store_present
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
+from oaicohort.progress import ProgressCallback, no_progress
+from oaicohort.vocabulary import MRI_VIEWS, SIDES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessSummary:
+    """Counts of a run (in series) and the failures with their reasons."""
+
+    store_path: str
+    params_hash: str
+    views: tuple[str, ...]
+    visit: int
+    selected: int = 0  # series of the visit with a knee side
+    skipped: int = 0  # every requested view already ok
+    done: int = 0
+    failed: int = 0
+    remaining: int = 0  # left for a later run by --limit
+    volumes_written: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    worker_seconds: float = 0.0  # summed read + preprocess time inside the workers
+    worker_cpu_seconds: float = 0.0
+    worker_peak_rss_mb: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["views"] = list(self.views)
+        return out
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_tasks(
+    db: Database, store: VolumeStore, params: PreprocessParams, views: tuple[str, ...], visit: int
+) -> tuple[list[SeriesTask], int]:
+    """Series of ``visit`` whose requested views are not yet ``ok``; also the number selected."""
+    with db.write() as session:
+        series_rows = (
+            session.execute(
+                select(ImageSeries)
+                .where(
+                    ImageSeries.visit == visit,
+                    ImageSeries.side.in_(SIDES),
+                    ImageSeries.sequence == params.sequence,
+                )
+                .order_by(ImageSeries.subject_id, ImageSeries.side)
+            )
+            .scalars()
+            .all()
+        )
+        knees = index_knees(session, ((s.subject_id, s.side) for s in series_rows))
+        done = ok_volumes(session, store, visit)
+        tasks = []
+        for s in series_rows:
+            knee_id = knees[(s.subject_id, s.side)]
+            missing = tuple(v for v in views if (knee_id, v) not in done)
+            if missing:
+                tasks.append(
+                    SeriesTask(
+                        series_id=s.id,
+                        knee_id=knee_id,
+                        subject_id=s.subject_id,
+                        side=s.side,
+                        visit=visit,
+                        folder=Path(s.visit_dir) / s.folder,
+                        views=missing,
+                        root=Path(s.visit_dir),
+                        index_folder=s.folder,
+                        description=s.series_description,
+                    )
+                )
+    return tasks, len(series_rows)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: SlotAllocator) -> int:
+    """Write an outcome's volumes, then index them (or the failure) in one transaction."""
+    task = outcome.task
+    where = {"knee_id": task.knee_id, "series_id": task.series_id, "visit": task.visit}
+    rows: list[Volume] = []
+    if outcome.reason is None:
+        key = knee_key(task.subject_id, task.side)
+        for view in task.views:
+            volume = outcome.volumes[view]
+            position = slots.take(view)
+            checksum = store.write(view, position, volume, key=key, visit=task.visit)
+            rows.append(
+                volume_row(
+                    store,
+                    **where,
+                    view=view,
+                    reason=None,
+                    array_path=view,
+                    position=position,
+                    shape=list(volume.shape),
+                    spacing_mm=[round(v, 6) for v in outcome.spacing_mm[view]],
+                    checksum=checksum,
+                    notes=outcome.notes,
+                )
+            )
+    else:
+        rows = [volume_row(store, **where, view=view, reason=outcome.reason) for view in task.views]
+    with db.write() as session:
+        if session.get(ImageSeries, task.series_id) is None:
+            # a concurrent ingest of a newer release dropped the series from the index: its data
+            # stays an orphan slot (reused later) and nothing points at a series that is gone
+            outcome.reason = f"{task.folder}: the series left the database index while it was read"
+            return 0
+        replace_rows(session, store, task.knee_id, task.visit, task.views, rows)
+    return len(rows) if outcome.reason is None else 0
+
+
+@no_world_write()  # the store's files and folders, whatever the caller's umask
+def run_preprocess(
+    db: Database,
+    store_path: str | os.PathLike[str],
+    params: PreprocessParams | None = None,
+    *,
+    views: tuple[str, ...] = ("sag",),
+    visit: int = 0,
+    workers: int = 1,
+    strict: bool = False,
+    limit: int | None = None,
+    reader: SeriesReader | None = None,
+    progress: ProgressCallback = no_progress,
+    replace_missing_store: bool = False,
+) -> PreprocessSummary:
+    """Preprocess the visit's DESS series into the store at ``store_path``; see the module doc.
+
+    A missing (or empty) store path where the database indexes volumes is an error (an unmounted
+    disk must not become a fresh store that replaces the index) unless ``replace_missing_store``.
+
+    ``params`` defaults to the store's own parameters when it exists, else the full preset.
+    ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
+    """
+    start = time.perf_counter()
+    unknown = [v for v in views if v not in MRI_VIEWS]
+    if unknown or not views:
+        raise ValueError(f"unknown views {unknown}; choose from {MRI_VIEWS}")
+    path, params, created = store_target(store_path, params)
+    if not has_series(db, visit, params.sequence):
+        raise DatabaseStateError(
+            f"no {params.sequence} series of visit {visit} in the database {db.url}; "
+            "run `oai ingest` on a release with its image packages (contents.csv) first"
+        )
+    if created and not replace_missing_store:
+        with db.read() as session:
+            indexed_here = session.execute(
+                select(func.count()).select_from(Volume).where(Volume.store_path == str(path))
+            ).scalar_one()
+        check_store_present(indexed_here, path)
+    store = VolumeStore.open_or_create(path, params, views=views)
+    summary = PreprocessSummary(str(store.path), store.params_hash, tuple(views), visit)
+    with writing(db, store, created=created):
+        tasks, selected = select_tasks(db, store, params, tuple(views), visit)
+        tasks = take_tasks(summary, tasks, selected, limit)
+        log.info(
+            "%s: %d series selected, %d already done, %d to process",
+            store.path,
+            summary.selected,
+            summary.skipped,
+            len(tasks),
+        )
+        slots = SlotAllocator(db, store, tuple(views))
+        for view in views:
+            slots.reserve(view, sum(view in t.views for t in tasks))
+
+        def write(task: SeriesTask, outcome: SeriesOutcome) -> None:
+            summary.volumes_written += _record(db, store, outcome, slots)
+            summary.worker_seconds += outcome.seconds
+            summary.worker_cpu_seconds += outcome.cpu_seconds
+            summary.worker_peak_rss_mb = max(summary.worker_peak_rss_mb, round(outcome.peak_rss_mb, 1))
+            count_outcome(
+                summary,
+                outcome.reason,
+                strict=strict,
+                series_id=task.series_id,
+                subject_id=task.subject_id,
+                side=task.side,
+                folder=str(task.folder),
+            )
+
+        write_results(
+            preprocess_task, tasks, (params, reader), write, workers=workers, progress=progress, label="preprocess"
+        )
+    summary.seconds = round(time.perf_counter() - start, 3)
+    summary.worker_seconds = round(summary.worker_seconds, 3)
+    summary.worker_cpu_seconds = round(summary.worker_cpu_seconds, 3)
+    return summary

@@ -1,0 +1,142 @@
+"""The Markdown reports of an evaluation: one run's report (a Table-1-style row, confidence
+intervals, confusion matrix, cohort and split) and the comparison of several runs (Table 1, and
+Table 2 where a model was trained both from scratch and from ImageNet weights).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oaicohort.vocabulary import CLASSES
+from oaimodels import run_folder as rf
+from oaimodels.evaluation.calibration import calibration_section
+from oaimodels.training.tracking import tags_text
+
+
+def _pm(value: float | None, sd: float | None, digits: int = 2) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if sd is None or not np.isfinite(sd):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+TABLE1_HEADER = (
+    "| run | model | views | init | AP | ROC AUC | balanced acc. | GMACs | params (M) | latency (ms) | paper AP | paper AUC |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def table1_row(m: dict[str, Any]) -> str:
+    eff = m.get("efficiency") or {}
+    paper = m.get("paper") or {}
+    return (
+        f"| {m['name']} | {m['model']} | {','.join(m['views'])} | {m['init']} | {_pm(m['ap'], m['ap_sd'])} | "
+        f"{_pm(m['roc_auc'], m['roc_auc_sd'])} | {_pm(m['balanced_accuracy'], m['balanced_accuracy_sd'])} | "
+        f"{_num(eff.get('gmacs'), '.2f')} | {_num(eff.get('params_m'), '.2f')} | "
+        f"{_num(eff.get('latency_ms'), '.1f')} | {_pm(paper.get('ap'), paper.get('ap_sd'))} | "
+        f"{_pm(paper.get('roc_auc'), paper.get('roc_auc_sd'))} |\n"
+    )
+
+
+def _cohort_section(m: dict[str, Any]) -> str:
+    labels = m.get("labels") or {}
+    lines = ["## Cohort and split\n"]
+    definition = labels.get("definition") or {}
+    split = labels.get("split") or {}
+    if definition:
+        lines.append(
+            f"- label definition: `{definition.get('name')}` (params hash "
+            f"`{str(definition.get('params_hash'))[:12]}`)\n"
+        )
+    if split:
+        lines.append(f"- split id {split.get('id')}: {split.get('params')}\n")
+    counts = labels.get("counts") or {}
+    if counts:
+        lines.append("\n| set | knees | subjects | none | fast | slow |\n|---|---|---|---|---|---|\n")
+        for key in sorted(counts, key=lambda k: (k == "test", k)):
+            c = counts[key]
+            lines.append(f"| {key} | {c['knees']} | {c['subjects']} | {c['none']} | {c['fast']} | {c['slow']} |\n")
+    return "".join(lines)
+
+
+def run_report(m: dict[str, Any]) -> str:
+    eff = m.get("efficiency") or {}
+    cm = np.asarray(m["confusion_matrix"])
+    lines = [
+        f"# Evaluation of {m.get('title', m['name'])}\n\n",
+        f"Run folder `{m['name']}`{tags_text(m.get('tags'))}. ",
+        f"Model `{m['model']}` ({', '.join(m['views'])}, init {m['init']}), ensemble of folds "
+        f"{m['folds']} on {m['n_knees']} test knees of {m['n_subjects']} subjects "
+        f"(prevalence {m['prevalence']:.3f}). ± = SD over {m['bootstrap']['n_resamples']} stratified "
+        f"bootstrap resamples of subjects (seed {m['seed']}); 95% CI in brackets.\n\n",
+        TABLE1_HEADER,
+        table1_row(m),
+        "\n",
+        f"- AP {m['ap']:.3f} [{m['ap_ci_low']:.3f}, {m['ap_ci_high']:.3f}]; ROC AUC {m['roc_auc']:.3f} "
+        f"[{m['roc_auc_ci_low']:.3f}, {m['roc_auc_ci_high']:.3f}]; balanced accuracy "
+        f"{m['balanced_accuracy']:.3f} [{m['balanced_accuracy_ci_low']:.3f}, {m['balanced_accuracy_ci_high']:.3f}]\n",
+        f"- Brier score {m['brier']:.3f}, expected calibration error {m['ece']:.3f}\n",
+        "- per-fold test AP: " + ", ".join(f"fold {p['fold']}: {p['ap']:.3f}" for p in m["per_fold"]) + "\n",
+    ]
+    if eff.get("latency_ms") is not None:
+        lines.append(
+            f"- latency: median of single-sample forward passes on {eff.get('latency_device')} "
+            f"({eff.get('latency_precision')}), synchronised\n"
+        )
+    lines.append(
+        "\nConfusion matrix (rows true, columns predicted):\n\n| | " + " | ".join(CLASSES) + " |\n|---|---|---|---|\n"
+    )
+    for i, c in enumerate(CLASSES):
+        lines.append(f"| {c} | " + " | ".join(str(int(n)) for n in cm[i]) + " |\n")
+    lines.append(
+        f"\n![ROC]({rf.ROC_PLOT}) ![PR]({rf.PR_PLOT}) ![confusion]({rf.CONFUSION_PLOT}) "
+        f"![calibration]({rf.CALIBRATION_PLOT})\n\n"
+    )
+    lines.append(calibration_section(m))
+    lines.append(_cohort_section(m))
+    return "".join(lines)
+
+
+def _link(target: Path, root: Path) -> str:
+    """``target`` relative to the folder of the report that links to it (works for relative --out)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(root).resolve())).as_posix()
+
+
+def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
+    lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
+    by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for m in runs:
+        kind = "imagenet" if m["init"] == "imagenet" else "scratch" if m["init"] == "scratch" else None
+        if kind is not None:
+            by_model.setdefault((m["model"], ",".join(m["views"])), {})[kind] = m
+    pairs = {k: v for k, v in by_model.items() if len(v) == 2}
+    if pairs:
+        lines.append(
+            "## ImageNet initialisation vs from scratch (Table 2)\n\n"
+            "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+        for (model, views), v in pairs.items():
+            s, i = v["scratch"], v["imagenet"]
+            lines.append(
+                f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
+                f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n"
+            )
+        lines.append("\n")
+    lines.append(f"![ROC]({rf.ROC_PLOT}) ![PR]({rf.PR_PLOT})\n\n")
+    lines.append(
+        "Per-run reports: "
+        + ", ".join(f"[{m['name']}]({_link(Path(m['out_dir']) / rf.REPORT, root or Path.cwd())})" for m in runs)
+        + "\n\n"
+    )
+    lines.append(_cohort_section(runs[0]))
+    return "".join(lines)
