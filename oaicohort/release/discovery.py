@@ -191,16 +191,17 @@ def discover(root: Path | str) -> Discovery:
         raise InputFileError(err.filename or root_path, f"cannot list directory: {err.strerror}")
 
     visit_dirs = visit_dirs_below(root_path.resolve())
-    # image packages are often linked in from other disks, so links are followed, once each
-    visited: set[str] = set()
+    # image packages are often linked in from other disks, so links are followed, once each (a
+    # folder is known by its device and inode: one stat, where resolving its path costs one per level)
+    visited: set[tuple[int, int] | None] = set()
     for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
-        visited.add(os.path.realpath(dirpath))
+        visited.add(_identity(dirpath))
         dirnames[:] = sorted(
             d
             for d in dirnames
             if not d.startswith(".")
             and d.lower() not in _SKIPPED_DIRS
-            and os.path.realpath(os.path.join(dirpath, d)) not in visited
+            and _identity(os.path.join(dirpath, d)) not in visited
         )
         for d in dirnames:
             if classify(d) is not None:
@@ -210,6 +211,8 @@ def discover(root: Path | str) -> Discovery:
         if series is not None:
             found.image_series.append(series)
         for name in sorted(filenames):
+            if not name.lower().endswith(".zip") and _classify(name) is None:
+                continue  # slice files and the like: not even stat-ed (an image tree holds millions)
             path = Path(dirpath) / name
             if not _is_regular_file(path):
                 continue
@@ -223,6 +226,15 @@ def discover(root: Path | str) -> Discovery:
     found.sources.sort(key=lambda f: f.relative_path)
     found.image_series.sort(key=lambda s: s.relative)
     return _one_per_table(found)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """A folder's device and inode (links followed); None when it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _is_regular_file(path: Path) -> bool:

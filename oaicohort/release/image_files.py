@@ -124,18 +124,19 @@ def series_in_folder(
     root: Path, dirpath: Path, filenames: Iterable[str], visit_dirs: _VisitDirs
 ) -> SeriesLocation | None:
     """The series a folder found while walking ``root`` holds, or None when it holds no DICOM files."""
-    dicom = sorted(n for n in filenames if is_dicom_name(n))
+    dicom = [n for n in filenames if _DICOM_NAME.fullmatch(n)]
     if not dicom:
         return None
-    parts = list(dirpath.relative_to(root).parts)
+    relative = os.path.relpath(dirpath, root)
+    parts = [] if relative == "." else relative.split(os.sep)
     prefix, folder, visit = split_series_path(parts)
-    package = PurePosixPath(*prefix).as_posix() if prefix else "."
+    package = "/".join(prefix) if prefix else "."
     return SeriesLocation(
         package=package,
-        relative=PurePosixPath(*parts).as_posix() if parts else ".",
+        relative="/".join(parts) if parts else ".",
         visit_dir=visit_dirs(prefix),
-        folder=PurePosixPath(*folder).as_posix() if folder else ".",
-        header=os.path.abspath(dirpath / dicom[0]),
+        folder="/".join(folder) if folder else ".",
+        header=os.path.abspath(os.path.join(dirpath, min(dicom))),
         files=len(dicom),
         path_visit=visit,
     )

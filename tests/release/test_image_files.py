@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
+from oaicohort.release import dicom_header
 from oaicohort.release.dicom_header import MAX_HEADER_BYTES, HeaderError, read_file_header, read_member_header
 from oaicohort.release.discovery import discover
 from oaicohort.release.image_files import series_id, series_key, split_series_path
@@ -150,3 +154,54 @@ def test_unreadable_headers_say_why(tmp_path: Path, data: bytes, reason: str) ->
     path.write_bytes(data)
     with pytest.raises(HeaderError, match=reason):
         read_file_header(str(path))
+
+
+def _edited(tmp_path: Path, name: str, edit: Callable[[Dataset], None]) -> Path:
+    ds = dcmread(_slice(tmp_path))
+    edit(ds)
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _sequence(ds: Dataset, *, undefined: bool) -> None:
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    ds.ReferencedImageSequence = [item]  # (0008,1140): between the descriptions and PatientID
+    ds["ReferencedImageSequence"].is_undefined_length = undefined
+
+
+def _implicit(ds: Dataset) -> None:
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+
+
+def _compressed(ds: Dataset) -> None:
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+
+
+@pytest.mark.parametrize(
+    ("edit", "walked"),
+    [
+        (lambda ds: None, True),
+        (_implicit, True),
+        (lambda ds: _sequence(ds, undefined=False), True),
+        (lambda ds: _sequence(ds, undefined=True), False),  # undefined length: pydicom reads it
+        (_compressed, False),  # another transfer syntax: pydicom reads it
+    ],
+)
+def test_the_element_walk_reads_what_pydicom_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[Dataset], None], walked: bool
+) -> None:
+    path = _edited(tmp_path, "001", edit)
+    data = path.read_bytes()
+    assert (dicom_header._walk(data) is not None) == walked
+    fast = dicom_header.parse_header(data, whole=True)
+    monkeypatch.setattr(dicom_header, "_walk", lambda _data: None)
+    assert dicom_header.parse_header(data, whole=True) == fast
+    assert fast is not None and (fast.patient_id, fast.series_description, fast.series_number) == (
+        "9000001",
+        "SAG_3D_DESS_LEFT",
+        3,
+    )
+    # cut short: more is read, never a wrong header
+    assert dicom_header.parse_header(data[:200], whole=False) is None
