@@ -21,9 +21,8 @@ import pandas as pd
 
 from oaicohort.errors import InputFileError
 from oaicohort.progress import ProgressCallback, no_progress
-from oaicohort.release.image_agree import agree
 from oaicohort.release.image_files import SeriesLocation, package_fingerprints
-from oaicohort.release.image_scan import scan_series
+from oaicohort.release.image_scan import index_unlisted
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +92,5 @@ def series_from_images(
             raise InputFileError(
                 root / package.package, "the image package changed while being ingested; run the ingest again"
             )
-    todo = list(locations) if scan_all else [loc for loc in locations if loc.key not in listed]
-    if len(todo) < len(locations):
-        log.info("%d image series listed by an index; their headers are not read", len(locations) - len(todo))
-    frame, report = scan_series(todo, progress=progress)
-    agreement = agree(root, series, frame)
-    if agreement.confirmed or agreement.replaced:
-        log.info(
-            "image headers agree with the indexes: %d series confirmed, %d stored as found on disk (listed, "
-            "their files elsewhere)",
-            agreement.confirmed,
-            agreement.replaced,
-        )
+    agreement, report = index_unlisted(root, series, listed, locations, scan_all=scan_all, progress=progress)
     return ScanOutcome(agreement.series, packages, report.read, report.warnings())

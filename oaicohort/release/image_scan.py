@@ -25,11 +25,13 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 
 import pandas as pd
 
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release.dicom_header import HeaderError, SeriesHeader, read_file_header, read_member_header
+from oaicohort.release.image_agree import Agreement, agree
 from oaicohort.release.image_files import SeriesLocation
 from oaicohort.release.image_index import split_series_description
 from oaicohort.release.visit_paths import is_screening_study
@@ -210,3 +212,30 @@ def scan_series(
     kept = frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
     report.rescans = len(frame) - len(kept)
     return kept.drop(columns=["_order", "_uid", "_on_disk"]).reset_index(drop=True), report
+
+
+def index_unlisted(
+    root: Path,
+    series: Sequence[pd.DataFrame],
+    listed: set[str],
+    locations: Sequence[SeriesLocation],
+    *,
+    scan_all: bool = False,
+    progress: ProgressCallback = no_progress,
+) -> tuple[Agreement, ScanReport]:
+    """The index frames ``series`` completed by the series of ``locations`` that no index lists
+    (``listed``: the places the indexes name, rescans included; every location with ``scan_all``),
+    read from their headers and checked against the indexes (``oaicohort.release.image_agree``)."""
+    todo = list(locations) if scan_all else [loc for loc in locations if loc.key not in listed]
+    if len(todo) < len(locations):
+        log.info("%d image series listed by an index; their headers are not read", len(locations) - len(todo))
+    frame, report = scan_series(todo, progress=progress)
+    agreement = agree(root, series, frame)
+    if agreement.confirmed or agreement.replaced:
+        log.info(
+            "image headers agree with the indexes: %d series confirmed, %d stored as found on disk (listed, "
+            "their files elsewhere)",
+            agreement.confirmed,
+            agreement.replaced,
+        )
+    return agreement, report
