@@ -4,8 +4,11 @@
     python benchmarks/ingest.py --scan-images [--series 5000] [--repeat 3]
 
 Targets: ingest within 2x the bare read for the classic ASCII form (issue 10; issue 2 asked
-3x) and under 1 GB peak memory; the same ratio is printed for the NDA form (``--forms``), whose
-bare read is ``pandas.read_csv(sep="\t", skiprows=[1])`` of each structure file. The release is
+3x), and under 1 GB peak memory for every form. Other forms (``--forms``, or what ``--release``
+holds) get their ratio printed to compare, with no target: their bare reads are other work (NDA:
+``pandas.read_csv(sep="\t", skiprows=[1])`` of each structure file, whose NDA names ingest also
+maps; zip: members read from the archive; SAS: pyreadstat). Each result line names the form it
+measured: the one synthesised, or for ``--release`` the forms found there. The release is
 written by ``oaicohort.synth.clinical.write_release`` when that exists, otherwise by a built-in
 generator of the same shape (wide coded AllClinical files, kXR files with reading-project
 duplicates, Outcomes99, a 00m contents.csv). Each measurement runs in a fresh child process, so
@@ -29,7 +32,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.release.discovery import ARCHIVE, CONTENTS, IMAGE03, NDA_STRUCTURE, discover_release
+from oaicohort.release.discovery import (
+    ARCHIVE,
+    CONTENTS,
+    CSV,
+    IMAGE03,
+    NDA_STRUCTURE,
+    SAS,
+    SourceFile,
+    discover_release,
+)
+
+# ingest / bare read, by form: issue 10's bound for the ASCII tables, flat or in per-category
+# folders (the same files and reader). No target was set for the other forms (see above).
+RATIO_TARGETS = {"ascii": 2.0, "ascii-categories": 2.0}
+MEMORY_TARGET_MB = 1024  # issue 2, every form
 
 MISSING = [".: Missing Form/Incomplete Workbook", ".A: Not Expected", ".", ""]
 
@@ -204,16 +221,36 @@ def synthesise(out: Path, subjects: int, seed: int, form: str = "ascii") -> tupl
 # --------------------------------------------------------------------------- measurements (child side)
 
 
-def _child_bare(root: Path) -> dict[str, float]:
+def forms_found(files: list[SourceFile]) -> str:
+    """The forms of a release's tables: ascii, sas, nda, or zip (tables read from an archive),
+    joined by '+'; the image indexes that come with every form are not counted."""
+    return "+".join(sorted({"zip" if f.member else f.form for f in files if f.form != CSV})) or "no tables"
+
+
+def _bare_read(f: SourceFile) -> None:
     import pandas as pd
 
+    if f.form == SAS:
+        import pyreadstat
+
+        pyreadstat.read_sas7bdat(str(f.path), user_missing=True)  # as oaicohort.release.sas reads it
+        return
+    if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab-delimited, a description row below the header
+        options: dict[str, object] = {"sep": "\t", "skiprows": [1]}
+    else:
+        options = {"sep": "," if f.kind == CONTENTS else "|"}
+    if f.member is None:
+        pd.read_csv(f.path, dtype=str, **options)
+        return
+    with zipfile.ZipFile(f.path) as archive, archive.open(f.member) as member:
+        pd.read_csv(member, dtype=str, **options)
+
+
+def _child_bare(root: Path) -> dict[str, float]:
     files = [f for f in discover_release(root) if f.kind != ARCHIVE]
     t0, c0 = time.perf_counter(), time.process_time()
     for f in files:
-        if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab-delimited, a description row below the header
-            pd.read_csv(f.path, sep="\t", dtype=str, skiprows=[1])
-        else:
-            pd.read_csv(f.path, sep="," if f.kind == CONTENTS else "|", dtype=str)
+        _bare_read(f)
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
@@ -273,17 +310,21 @@ def main() -> None:
 
 def _measure(args: argparse.Namespace, tmp_path: Path, form: str | None) -> None:
     if args.release:
-        root, origin = args.release.resolve(), "given"
+        root = args.release.resolve()
     else:
         assert form is not None
-        target = args.keep / form if args.keep else tmp_path / f"release-{form}"
+        where = args.keep / form if args.keep else tmp_path / f"release-{form}"
         t0 = time.perf_counter()
-        root, origin = synthesise(target, args.subjects, args.seed, form)
+        root, origin = synthesise(where, args.subjects, args.seed, form)
         print(f"\n[{form}] release: {args.subjects} subjects by {origin} in {time.perf_counter() - t0:.1f} s")
     files = [f for f in discover_release(root) if f.kind != ARCHIVE]
-    size = sum(f.path.stat().st_size for f in files)
-    for f in files:  # warm the page cache for both sides
-        f.path.read_bytes()
+    if form is None:
+        form = forms_found(files)
+        print(f"\n[{form}] release: given, {root}")
+    paths = sorted({f.path for f in files})  # an archive once, however many members it holds
+    size = sum(path.stat().st_size for path in paths)
+    for path in paths:  # warm the page cache for both sides
+        path.read_bytes()
     print(f"files: {len(files)}, {size / 2**20:.1f} MiB ({root})")
     bare = min((_run_child("bare", str(root)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
     runs = []
@@ -294,9 +335,9 @@ def _measure(args: argparse.Namespace, tmp_path: Path, form: str | None) -> None
     ingest = min(runs, key=lambda r: r["seconds"])
     ratio = ingest["seconds"] / bare["seconds"]
     cpu_ratio = ingest["cpu_seconds"] / bare["cpu_seconds"]
-    target = 2.0 if form in (None, "ascii") else None
+    target = RATIO_TARGETS.get(form)
     print(
-        f"bare pandas.read_csv(dtype=str): {bare['seconds']:7.2f} s wall {bare['cpu_seconds']:7.2f} s CPU"
+        f"bare read of the same files:     {bare['seconds']:7.2f} s wall {bare['cpu_seconds']:7.2f} s CPU"
         f"   peak RSS {bare['peak_rss_mb']:6.0f} MB"
     )
     print(
@@ -304,9 +345,9 @@ def _measure(args: argparse.Namespace, tmp_path: Path, form: str | None) -> None
         f"   peak RSS {ingest['peak_rss_mb']:6.0f} MB   ({int(ingest['rows']):,} rows)"
     )
     print(
-        f"[{form or 'given'}] ratio ingest / bare read: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU"
-        f"{f' (target <= {target:g}x)' if target else ''}; "
-        f"peak memory {'OK' if ingest['peak_rss_mb'] < 1024 else 'OVER'} (target < 1024 MB)"
+        f"[{form}] ratio ingest / bare read: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU"
+        f" ({f'target <= {target:g}x' if target else 'no target for this form: compared only'}); "
+        f"peak memory {'OK' if ingest['peak_rss_mb'] < MEMORY_TARGET_MB else 'OVER'} (target < {MEMORY_TARGET_MB} MB)"
     )
     # (CPU time is the steadier figure on a shared machine; wall time includes waiting)
 

@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from oaicli.common import err_console, handles_errors, out_console, output_path, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, output_path, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
@@ -105,10 +105,10 @@ def cohort_command(
     ctx: typer.Context,
     site: list[str] = typer.Option([], "--site", help="Enrolment site (repeat: any of)."),
     sex: str | None = typer.Option(None, "--sex", help="F or M."),
-    age_min: float | None = typer.Option(None, "--age-min"),
-    age_max: float | None = typer.Option(None, "--age-max"),
-    bmi_min: float | None = typer.Option(None, "--bmi-min"),
-    bmi_max: float | None = typer.Option(None, "--bmi-max"),
+    age_min: float | None = typer.Option(None, "--age-min", help="Lowest baseline age in years (inclusive)."),
+    age_max: float | None = typer.Option(None, "--age-max", help="Highest baseline age in years (inclusive)."),
+    bmi_min: float | None = typer.Option(None, "--bmi-min", help="Lowest baseline BMI in kg/m² (inclusive)."),
+    bmi_max: float | None = typer.Option(None, "--bmi-max", help="Highest baseline BMI in kg/m² (inclusive)."),
     kl: list[int] = typer.Option([], "--kl", help="Baseline KLG (repeat: any of)."),
     label: list[str] = typer.Option([], "--label", help="none, fast or slow (repeat: any of)."),
     role: str | None = typer.Option(None, "--role", help="train or test (needs a split)."),
@@ -150,8 +150,39 @@ def cohort_command(
         help="CSV/TSV: write text cells exactly as stored. By default a text cell starting with = + - or @ "
         "is written with a leading ' so that spreadsheets show it instead of running it as a formula.",
     ),
+    flow: Path | None = typer.Option(
+        None, "--flow", help="Write the participant flow diagram: .svg, .png, .pdf (Graphviz) or .dot."
+    ),
+    table1: Path | None = typer.Option(
+        None, "--table1", help="Write the baseline characteristics table (tableone): .md, .csv or .html."
+    ),
+    by: str | None = typer.Option(None, "--by", help="Group --table1 (default: label) or --km by this column."),
+    pval: bool = typer.Option(False, "--pval", help="--table1: add p-values."),
+    km: Path | None = typer.Option(
+        None,
+        "--km",
+        help="Write Kaplan-Meier curves with numbers at risk (a time-to-event definition): .png/.svg/.pdf.",
+    ),
+    match: str | None = typer.Option(
+        None, "--match", help="Match cases to controls: COLUMN=VALUE[|VALUE], e.g. label=fast|slow."
+    ),
+    on: str | None = typer.Option(
+        None,
+        "--on",
+        help="--match on these: NAME exactly, NAME:WIDTH within a caliper (kl_baseline,sex,bmi:2.5,age:5).",
+    ),
+    ratio: int = typer.Option(1, "--ratio", help="--match: controls per case."),
+    seed: int = typer.Option(0, "--seed", help="--match: seed of the matching order."),
 ) -> None:
-    """List the cohort's knees matching every filter (only included knees by default)."""
+    """List the cohort's knees matching every filter (only included knees by default).
+
+    With --flow, --table1, --km or --match the knees are listed only where --out or --format
+    asks for them; --json then prints those outputs' numbers."""
+    from oaicli.cohort_study import StudyOptions, check_options
+
+    study = StudyOptions(flow, table1, by, pval, km, match, on, ratio, seed)
+    match_spec = check_options(study, saved=saved is not None, trajectories=trajectories)
+    listing = not study.outputs or out is not None or fmt is not None
     if saved is not None:
         query_options = (site, sex, age_min, age_max, bmi_min, bmi_max, kl, label, role, fold, var, has_sequence)
         if any(o not in (None, []) for o in query_options) or save or trajectories or include_excluded:
@@ -163,7 +194,8 @@ def cohort_command(
         return
     if export:
         raise typer.BadParameter("--export needs --saved NAME", param_hint="--export")
-    fmt = "json" if json_out else fmt
+    study_json = json_out and study.outputs  # --json prints the outputs' numbers, not the knees
+    fmt = "json" if json_out and not study_json else fmt
     to_stdout, out = out is not None and output_path(out) is None, output_path(out)  # --out -: standard output
     if fmt is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
@@ -229,14 +261,27 @@ def cohort_command(
     elif save is not None:
         from oaicohort.cohort.saved import save_cohort
 
-        frame = save_cohort(cohort.db, save, replace=replace, **options)
+        frame = save_cohort(cohort.db, save, replace=replace, match=match_spec, **options)
         what = "knees"
         err_console.print(
             f"saved cohort {save!r}: {len(frame)} knees, content sha256 {frame.attrs['saved']['content_hash'][:12]}"
         )
+    elif match_spec is not None:
+        frame = cohort.match(match_spec, **options).cohort
+        what = "knees"
     else:
         frame = cohort.knees(**options)
         what = "knees"
+    if not trajectories:  # a time-to-event definition's columns
+        from oaicohort.cohort.time_to_event import with_event_times
+
+        frame = with_event_times(db, frame)
+    if study.outputs:
+        results = _study_outputs(db, cohort, study, frame, options, filters, variables, show=not study_json)
+        if study_json:
+            emit_json(results)
+        if not listing:
+            return
     dictionary_frame = _dictionary(cohort, frame) if (dictionary or (value_mode or "codes") != "codes") else None
     if not trajectories and value_mode not in (None, "codes"):
         from oaicohort.cohort.variables import apply_value_mode
@@ -267,6 +312,25 @@ def cohort_command(
         path = out.with_name(f"{out.stem}.dictionary{out.suffix or '.csv'}")
         _write_frame(dictionary_frame, fmt if fmt != "table" else "csv", path)
         err_console.print(f"data dictionary ({len(dictionary_frame)} codes) written to {path}")
+
+
+def _study_outputs(
+    db: Any,
+    cohort: Any,
+    study: Any,
+    frame: pd.DataFrame,
+    options: dict[str, Any],
+    filters: dict[str, Any],
+    variables: dict[str, Any],
+    *,
+    show: bool,
+) -> dict[str, Any]:
+    from oaicli.cohort_study import write_outputs
+
+    # a matched cohort's flow starts from the query's knees before matching
+    query = cohort.knees(**options) if "matching" in frame.attrs and study.flow is not None else frame
+    described = {**filters, **{k: v for k, v in variables.items() if v is not ...}}
+    return write_outputs(db, study, frame, query=query, filters=described, show=show)
 
 
 def _trajectory_values(frame: pd.DataFrame, values: str) -> pd.DataFrame:
@@ -322,6 +386,10 @@ def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | N
             for r in frame.itertuples(index=False):
                 table.add_row(str(r.subject_id), r.side, str(r.label), r.why)
             out_console.print(table)
+    if check.matching:  # a matched cohort: its balance and unmatched cases as saved
+        from oaicli.cohort_study import render_matching
+
+        render_matching(check.matching)
     if check.changed_files:
         out_console.print(f"files changed since the save: {', '.join(check.changed_files)}")
     for note in check.notes:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -85,9 +84,22 @@ RESUME_HINTS: dict[str, str] = {
 """What an interrupted command tells the user to do next (by command name)."""
 
 
-def interrupted_message() -> str:
-    ctx = click.get_current_context(silent=True)
-    hint = RESUME_HINTS.get(ctx.info_name or "") if ctx is not None else None
+@dataclass
+class _Invoked:
+    command: str | None = None
+
+
+INVOKED = _Invoked()
+"""Set by the root callback for this process: the command it runs (``ctx.invoked_subcommand``).
+
+Typer's own API, not a click context lookup: typer 0.29 vendors its own click, so a separately
+installed click sees no context at all, and a lookup through it left every interruption
+without its hint."""
+
+
+def interrupted_message(command: str | None) -> str:
+    """What an interruption of ``command`` prints: ``interrupted``, and how to go on when known."""
+    hint = RESUME_HINTS.get(command or "")
     return f"interrupted: {hint}" if hint else "interrupted"
 
 
@@ -125,7 +137,7 @@ def handles_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
             what = "terminated (SIGTERM)" if terminated else "interrupted"
-            hint = interrupted_message().removeprefix("interrupted")
+            hint = interrupted_message(INVOKED.command).removeprefix("interrupted")
             err_console.print(
                 f"[bold red]{what}[/]{escape(hint) or ': stopped; nothing of an unfinished write was committed'}",
                 highlight=False,

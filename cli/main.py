@@ -11,7 +11,7 @@ import typer
 import typer.core
 
 from oaicli.cohort import cohort_command
-from oaicli.common import QUIET, CliState, configure_logging, out_console
+from oaicli.common import INVOKED, QUIET, CliState, configure_logging, out_console
 from oaicli.db import db_app
 from oaicli.demo import demo_command
 from oaicli.errors import DEBUG_ENV
@@ -83,6 +83,7 @@ def root(
     ctx.obj = CliState(db=db, verbose=verbose, quiet=quiet)
     ctx.call_on_close(ctx.obj.close)
     QUIET.active = quiet
+    INVOKED.command = ctx.invoked_subcommand  # whose resume hint Ctrl-C prints
     configure_logging(verbose, quiet)
     tighten_umask()  # nothing the toolkit writes is world-writable
     install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C: rollback, workers stopped

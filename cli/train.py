@@ -155,7 +155,9 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on CUDA, fp32 on CPU)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of weight initialisation, sampling and augmentations (each fold derives its own)."
+    ),
     split: int | None = typer.Option(None, "--split", help="Split id (default: the newest of the definition)."),
     definition: str = typer.Option(DEFAULT_DEFINITION, "--definition", help="Label definition name."),
     loader: str = typer.Option("auto", "--loader", help="resident (whole store in device memory), workers, or auto."),

@@ -15,6 +15,11 @@ CLASSES: Final[tuple[Label, ...]] = get_args(Label)
 PROGRESSION_CLASSES: Final[tuple[Label, ...]] = ("fast", "slow")
 """The classes that make up the binary target "progressor"."""
 
+EventType = Literal["progression", "knee_replacement"]
+EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
+"""What ended a knee's time under a time-to-event definition (none: censored); a knee replacement
+is a competing event of its own."""
+
 MriView = Literal["sag", "cor", "ax"]
 MRI_VIEWS: Final[tuple[MriView, ...]] = get_args(MriView)
 """DESS reslicing planes, in the order stores, models and reports list them."""

@@ -44,7 +44,14 @@ or from a TOML file of the same fields (:mod:`oaicohort.cohort.definition_files`
   ``count_0_to_1`` applies to whichever reading is graded). A missing reading of it counts as
   ``missing_klg`` says; a replaced knee records no increase for JSN (KLG: 5 - KL0);
 - ``outcome = "incidence"``: an event is the first follow-up at or above ``incidence_grade``;
-  a knee already at or above it at baseline is excluded (``baseline_not_below_incidence_grade``).
+  a knee already at or above it at baseline is excluded (``baseline_not_below_incidence_grade``);
+- ``outcome = "time_to_event"``: the progression rule above decides events, and every knee also
+  gets ``time_months`` (to its first event, or to its last graded reading: censored) and
+  ``event_type`` (``progression``, ``knee_replacement`` - a competing event of its own - or none).
+  A knee followed only part of the way is censored instead of lost to follow-up; only a knee
+  without any graded follow-up reading is excluded (``no_follow_up``). The label is the
+  fixed-window one where the definition decides it, and empty for a knee censored before the
+  definition sees it as a non-progressor (:mod:`oaicohort.cohort.time_to_event`).
 
 Identity: the hash covers every parameter but the name and ``image_store`` (where images live);
 parameters added after the presets were first hashed count only when they differ from their
@@ -65,7 +72,7 @@ from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
 GradedVariable = Literal["klg", "jsn_medial", "jsn_lateral"]
-Outcome = Literal["progression", "incidence"]
+Outcome = Literal["progression", "incidence", "time_to_event"]
 NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
 DuplicatePolicy = Literal["first", "first_graded"]
 
@@ -77,6 +84,8 @@ BASELINE_KLG_MISSING = "baseline_klg_missing"
 # incidence: the graded variable is already at or above the incidence grade at baseline
 BASELINE_NOT_BELOW_INCIDENCE = "baseline_not_below_incidence_grade"
 LOST_TO_FOLLOW_UP = "lost_to_follow_up"
+# time_to_event: no graded follow-up reading and no event (nothing to censor at)
+NO_FOLLOW_UP = "no_follow_up"
 # Cohort exclusions applied after labelling, in the order a definition lists them.
 REPLACED_AT_BASELINE = "replaced_at_baseline"
 BMI_MISSING = "bmi_missing"
@@ -142,7 +151,8 @@ class LabelDefinitionParams:
     graded_variable: GradedVariable = "klg"
     # progression: a follow-up at least this much above baseline (KLG: 1 = any increase)
     min_increase: float = 1
-    # "progression" (an increase) or "incidence" (baseline below incidence_grade, later at or above)
+    # "progression" (an increase), "incidence" (baseline below incidence_grade, later at or above),
+    # or "time_to_event" (the progression rule, with the time to the first event or to censoring)
     outcome: Outcome = "progression"
     incidence_grade: int = 2
     # --- which readings count ---
@@ -235,10 +245,15 @@ class LabelDefinitionParams:
             BASELINE_KLG_MISSING,
             *grades,
             *graded,
-            LOST_TO_FOLLOW_UP,
+            NO_FOLLOW_UP if self.time_to_event else LOST_TO_FOLLOW_UP,
             *self.exclusions,
             *images,
         )
+
+    @property
+    def time_to_event(self) -> bool:
+        """Whether knees get a time to their first event or to censoring (``time_months``)."""
+        return self.outcome == "time_to_event"
 
     @property
     def baseline_graded_missing(self) -> str:

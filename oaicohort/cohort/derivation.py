@@ -21,11 +21,13 @@ from oaicohort.cohort.definitions import (
     LOST_TO_FOLLOW_UP,
     NO_BASELINE_DESS,
     NO_BASELINE_READING,
+    NO_FOLLOW_UP,
     REPLACED_AT_BASELINE,
     SITE_MISSING,
     LabelDefinitionParams,
 )
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
+from oaicohort.vocabulary import EVENT_TYPES
 
 LABEL_COLUMNS = (
     "knee_id",
@@ -36,6 +38,8 @@ LABEL_COLUMNS = (
     "exclusion",
     "progression_month",
     "kl_increase",
+    "time_months",
+    "event_type",
 )
 # Days per month for placing an Outcomes99 replacement given only in days since enrolment.
 DAYS_PER_MONTH = 365.25 / 12
@@ -166,12 +170,15 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     step = np.where(replaced[rows, j], replaced_step, klg[rows, j] - g0)
     step = np.where(has_event, step, np.nan)
 
+    replaced_first = has_event & replaced[rows, j]
     if params.missing_klg == "outcomes99":
         rep_month = _replacement_months(inputs, params, knee_ids)
         earlier = ~np.isnan(rep_month) & (~has_event | (rep_month <= np.nan_to_num(month, nan=np.inf)))
         month = np.where(earlier, rep_month, month)
         step = np.where(earlier, replaced_step, step)
         has_event |= earlier
+        replaced_first |= earlier
+    time_months, event_type = _event_times(months, graded, has_event, month, replaced_first)
 
     if params.non_progressor_requires == "subject_at_last_visit":
         raw_last = inputs.readings[inputs.readings["visit"] == params.last_visit]
@@ -199,7 +206,10 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
         conditions.append((np.isnan(g0), params.baseline_graded_missing))
     if params.outcome == "incidence":
         conditions.append((g0 >= params.incidence_grade, BASELINE_NOT_BELOW_INCIDENCE))
-    conditions.append((~has_event & ~followed, LOST_TO_FOLLOW_UP))
+    if params.time_to_event:  # followed part of the way: censored, not lost
+        conditions.append((~has_event & np.isnan(time_months), NO_FOLLOW_UP))
+    else:
+        conditions.append((~has_event & ~followed, LOST_TO_FOLLOW_UP))
     stage1_excluded = np.logical_or.reduce([c for c, _ in conditions])
     for reason in params.exclusions:
         conditions.append((_cohort_exclusion(reason, inputs, knees), reason))
@@ -222,11 +232,26 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
             "exclusion": exclusion,
             "progression_month": pd.array(np.where(included & has_event, month, np.nan), dtype="Int64"),
             "kl_increase": pd.array(np.where(included & has_event, np.round(step), np.nan), dtype="Int64"),
+            "time_months": np.where(included & params.time_to_event, time_months, np.nan),
+            "event_type": np.where(included & params.time_to_event, event_type, None),  # type: ignore[call-overload]
         }
     )
     stage1 = pd.DataFrame({"knee_id": knee_ids, "subject_id": subject_ids, "label": label})
     stage1 = stage1[~stage1_excluded].reset_index(drop=True)
     return labels, stage1
+
+
+def _event_times(
+    months: np.ndarray, graded: np.ndarray, has_event: np.ndarray, month: np.ndarray, replaced_first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per knee: months to the first event, else to the last examined visit with a graded reading
+    (censored; NaN without any), and the event's type (None: censored)."""
+    m = graded.shape[1]
+    last = m - 1 - graded[:, ::-1].argmax(axis=1)
+    censored_at = np.where(graded.any(axis=1), months[last], np.nan)
+    progression, replacement = EVENT_TYPES
+    kind = np.where(replaced_first, replacement, progression)
+    return np.where(has_event, month, censored_at), np.where(has_event, kind, None).astype(object)  # type: ignore[call-overload]
 
 
 def _cohort_exclusion(reason: str, inputs: LabelInputs, knees: pd.DataFrame) -> np.ndarray:

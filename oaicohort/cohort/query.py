@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 from sqlalchemy import Select, and_, case, literal, null, select
@@ -53,6 +53,12 @@ from oaicohort.db.schema import (
 )
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
+
+if TYPE_CHECKING:
+    from oaicohort.cohort.baseline import BaselineTable
+    from oaicohort.cohort.flow import FlowCounts
+    from oaicohort.cohort.kaplan_meier import KaplanMeier
+    from oaicohort.cohort.matching import MatchResult, MatchSpec
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +368,63 @@ class Cohort:
         if column is not None:
             return tr.reading_trajectories(self.db, knees, key, column, duplicates=duplicates, wide=wide)
         return tr.clinical_trajectories(self.db, knees, variable, wide=wide)
+
+    # ----------------------------------------------------------------------- methods section
+    # Each output lives in a module of its own; these run the query and hand its knees over.
+
+    def flow(self, **query: Any) -> FlowCounts:
+        """Counts of the participant flow diagram: enrolled, each exclusion, included, the query's
+        filters, included per label (:mod:`oaicohort.cohort.flow`; draw with ``write_flow``)."""
+        from oaicohort.cohort.flow import flow_counts
+
+        options = {k: query.pop(k) for k in ("definition", "split") if k in query}
+        if query.pop("include_excluded", False):
+            raise QueryError("a flow diagram shows the excluded knees itself: leave include_excluded out")
+        frame = self.knees(**options, **query)
+        return flow_counts(self.db, int(frame.attrs["definition_id"]), query=frame, filters=query)
+
+    def baseline_table(
+        self, *, by: str = "label", variables: Sequence[str] = (), pval: bool = False, **query: Any
+    ) -> BaselineTable:
+        """Table 1 of the knees ``knees(**query)`` selects, by ``by``, with the built-in variables
+        and ``variables`` (:mod:`oaicohort.cohort.baseline`, computed by tableone)."""
+        from oaicohort.cohort.baseline import baseline_table
+        from oaicohort.cohort.variables import dictionary_of
+
+        frame = self.knees(variables=_with_columns(query.pop("variables", None), variables), **query)
+        with self.db.read() as session:
+            dictionary = dictionary_of(frame, session)
+        return baseline_table(frame, by=by, variables=list(variables), dictionary=dictionary, pval=pval)
+
+    def time_to_event(self, **query: Any) -> pd.DataFrame:
+        """:meth:`knees` of a time-to-event definition with ``time_months``, ``event`` and
+        ``event_type`` (:mod:`oaicohort.cohort.time_to_event`)."""
+        from oaicohort.cohort.time_to_event import time_to_event
+
+        return time_to_event(self, **query)
+
+    def kaplan_meier(self, *, by: str | None = None, **query: Any) -> KaplanMeier:
+        """Kaplan-Meier curves (and figure) of :meth:`time_to_event`, one per value of ``by``."""
+        from oaicohort.cohort.kaplan_meier import kaplan_meier
+
+        return kaplan_meier(self.time_to_event(**query), by=by)
+
+    def match(self, spec: MatchSpec, **query: Any) -> MatchResult:
+        """Match the cases among ``knees(**query)`` to controls under ``spec``
+        (:mod:`oaicohort.cohort.matching`); variables it names are added to the query."""
+        from oaicohort.cohort.matching import match
+
+        wanted = [n for n in (spec.column, *(v.name for v in spec.on)) if n not in KNEE_COLUMNS]
+        frame = self.knees(variables=_with_columns(query.pop("variables", None), wanted), **query)
+        return match(frame, spec)
+
+
+def _with_columns(variables: Mapping[str, Any] | Sequence[str] | None, names: Sequence[str]) -> Any:
+    """A ``variables=`` argument that also brings ``names`` as columns."""
+    if isinstance(variables, Mapping):
+        return {**{n: ... for n in names}, **variables}
+    listed = [variables] if isinstance(variables, str) else list(variables or [])
+    return list(dict.fromkeys([*listed, *names])) or None
 
 
 __all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "QueryError"]

@@ -25,6 +25,9 @@ from sqlalchemy.orm import defer
 
 from oaicohort import __version__
 from oaicohort.cohort.derivation import first_readings
+from oaicohort.cohort.matching import MatchSpec
+from oaicohort.cohort.matching import match as match_knees
+from oaicohort.cohort.query import KNEE_COLUMNS
 from oaicohort.cohort.variables import QueryError
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
@@ -79,9 +82,13 @@ def _columnar(frame: pd.DataFrame) -> dict[str, list[Any]]:
 
 
 def content_hash(knees: pd.DataFrame) -> str:
-    """sha256 of the sorted (subject, side, label) of a cohort: what "the same cohort" means."""
-    rows = sorted(f"{int(s)},{side},{lab}" for s, side, lab in zip(knees["subject_id"], knees["side"], knees["label"]))
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    """sha256 of the sorted (subject, side, label) of a cohort: what "the same cohort" means; of a
+    matched cohort, with each knee's role and matched set too (the same pairs)."""
+    keys = zip(knees["subject_id"], knees["side"], knees["label"])
+    rows = [f"{int(s)},{side},{lab}" for s, side, lab in keys]
+    if "matched_set" in knees.columns:
+        rows = [f"{r},{role},{int(m)}" for r, role, m in zip(rows, knees["match_role"], knees["matched_set"])]
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -126,29 +133,45 @@ def latest_ingest_run(session: Any) -> int | None:
 
 
 def _query(
-    definition: str, split: int | str | None, include_excluded: bool, variables: Any, filters: dict[str, Any]
+    definition: str,
+    split: int | str | None,
+    include_excluded: bool,
+    variables: Any,
+    filters: dict[str, Any],
+    match: MatchSpec | None = None,
 ) -> dict[str, Any]:
     if isinstance(variables, (list, tuple)):
         variables = {name: ... for name in variables}
     elif isinstance(variables, str):
         variables = {variables: ...}
-    return {
+    if match is not None:  # the matching reads these columns
+        wanted = [n for n in (match.column, *(v.name for v in match.on)) if n not in KNEE_COLUMNS]
+        variables = {**{n: ... for n in wanted}, **(variables or {})}
+    query = {
         "definition": definition,
         "split": split,
         "include_excluded": include_excluded,
         "variables": dict(variables or {}),
         "filters": dict(filters),
     }
+    if match is not None:
+        query["match"] = match.to_dict()
+    return query
 
 
 def run_query(cohort: Any, query: dict[str, Any], split: int | str | None) -> pd.DataFrame:
-    return cohort.knees(
+    """The knees of a saved query; of a matched cohort, the matched knees (``attrs["matching"]``:
+    balance and unmatched cases)."""
+    frame = cohort.knees(
         definition=query["definition"],
         split=split,
         include_excluded=query["include_excluded"],
         variables=query["variables"] or None,
         **query["filters"],
     )
+    if query.get("match"):
+        frame = match_knees(frame, MatchSpec.from_dict(query["match"])).cohort
+    return frame
 
 
 def save_cohort(
@@ -160,19 +183,21 @@ def save_cohort(
     include_excluded: bool = False,
     variables: Any = None,
     replace: bool = False,
+    match: MatchSpec | None = None,
     **filters: Any,
 ) -> pd.DataFrame:
     """Run the query and store it, its result and the snapshot under ``name`` (see module doc).
 
     Returns the result (``attrs["saved"]`` holds the name and content hash). A name already
-    used is an error unless ``replace``.
+    used is an error unless ``replace``. With ``match`` the result is the matched cohort, and its
+    balance table and unmatched cases are saved with it (:mod:`oaicohort.cohort.matching`).
     """
     from oaicohort.cohort.query import Cohort
 
     if not name or len(name) > 64:
         raise QueryError("a saved cohort needs a name of 1-64 characters")
     cohort = Cohort(db)
-    query = _query(definition, split, include_excluded, variables, filters)
+    query = _query(definition, split, include_excluded, variables, filters, match)
     frame = run_query(cohort, query, split)
     query["split"] = frame.attrs.get("split_id")  # the split actually used, frozen
     frozen = snapshot(db, cohort, query)
@@ -194,6 +219,7 @@ def save_cohort(
                 knees=_columnar(frame),
                 content_hash=digest,
                 snapshot=_columnar(frozen),
+                matching=frame.attrs.get("matching"),
                 ingest_run_id=latest_ingest_run(session),
                 toolkit_version=__version__,
             )

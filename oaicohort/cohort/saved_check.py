@@ -46,6 +46,9 @@ class SavedCheck:
     current_run: int | None
     changed_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # a matched cohort's matching as saved and as re-run (spec, counts, balance, unmatched)
+    matching: dict[str, Any] | None = None
+    current_matching: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,8 @@ class SavedCheck:
             "current_ingest_run": self.current_run,
             "changed_files": self.changed_files,
             "notes": self.notes,
+            "matching": self.matching,
+            "current_matching": self.current_matching,
         }
 
 
@@ -100,6 +105,7 @@ def check_saved(db: Database, name: str) -> SavedCheck:
         saved = pd.DataFrame(row.knees)
         saved_id = row.id
         saved_hash, saved_run, split_id = row.content_hash, row.ingest_run_id, row.split_id
+        saved_matching = row.matching
         definition = session.execute(
             select(LabelDefinition).where(
                 LabelDefinition.name == row.definition_name, LabelDefinition.params_hash == row.params_hash
@@ -140,6 +146,12 @@ def check_saved(db: Database, name: str) -> SavedCheck:
     else:
         entered["why"] = pd.Series([], dtype=object)
         left["why"] = pd.Series([], dtype=object)
+    if current_hash != saved_hash and not len(entered) and not len(left):
+        notes.append("the same knees and labels, matched into other sets")
+    if saved_matching and current.attrs.get("matching", {}).get("balance") != saved_matching.get("balance"):
+        notes.append(
+            "the balance after matching differs from the saved one (oai cohort --saved NAME --json shows both)"
+        )
     changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
     if saved_run != current_run:
         notes.append(f"saved at ingest run {saved_run}; the latest ingest run is {current_run}")
@@ -156,6 +168,8 @@ def check_saved(db: Database, name: str) -> SavedCheck:
         current_run=current_run,
         changed_files=changed,
         notes=notes,
+        matching=saved_matching,
+        current_matching=current.attrs.get("matching"),
     )
 
 

@@ -149,7 +149,8 @@ def assign_folds(
 
     fold = np.full(len(frame), -1)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    y = frame.loc[train, "label"].astype(str).to_numpy()
+    # a time-to-event definition's knees censored before it could label them are a stratum of their own
+    y = frame.loc[train, "label"].fillna("censored").astype(str).to_numpy()
     groups = frame.loc[train, "subject_id"].to_numpy()
     per_class = pd.Series(y).value_counts()
     if (per_class < folds).all():

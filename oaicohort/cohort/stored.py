@@ -65,6 +65,8 @@ def stored_labels(session: Session, definition_id: int) -> pd.DataFrame:
             KneeLabel.exclusion,
             KneeLabel.progression_month,
             KneeLabel.kl_increase,
+            KneeLabel.time_months,
+            KneeLabel.event_type,
         )
         .join(Knee, Knee.id == KneeLabel.knee_id)
         .where(KneeLabel.definition_id == definition_id)
@@ -73,6 +75,7 @@ def stored_labels(session: Session, definition_id: int) -> pd.DataFrame:
     frame = read_frame(session, stmt, list(LABEL_COLUMNS))
     for col in ("kl_baseline", "progression_month", "kl_increase"):
         frame[col] = frame[col].astype("Int64")
+    frame["time_months"] = frame["time_months"].astype(float)
     return frame
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from oaicohort.vocabulary import CLASSES, INGEST_STATUSES, ROLES, SIDES, VOLUME_STATUSES
+from oaicohort.vocabulary import CLASSES, EVENT_TYPES, INGEST_STATUSES, ROLES, SIDES, VOLUME_STATUSES
 
 # Explicit constraint names let Alembic's batch mode alter tables on SQLite.
 NAMING_CONVENTION = {
@@ -284,6 +284,7 @@ class KneeLabel(Base):
     __table_args__ = (
         UniqueConstraint("definition_id", "knee_id"),
         CheckConstraint(one_of("label", CLASSES, nullable=True), name="label"),
+        CheckConstraint(one_of("event_type", EVENT_TYPES, nullable=True), name="event_type"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -294,6 +295,9 @@ class KneeLabel(Base):
     exclusion: Mapped[str | None] = mapped_column(String(32))
     progression_month: Mapped[int | None] = mapped_column(Integer)
     kl_increase: Mapped[int | None] = mapped_column(Integer)
+    # time-to-event definitions only: months to the first event or to censoring, and the event
+    time_months: Mapped[float | None] = mapped_column(Float)
+    event_type: Mapped[str | None] = mapped_column(String(16))  # progression | knee_replacement | censored: NULL
 
 
 class Split(Base):
@@ -409,6 +413,8 @@ class SavedCohort(Base):
     knees: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(64))
     snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # a matched cohort's matching: its rules, balance before/after and unmatched cases (else NULL)
+    matching: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     ingest_run_id: Mapped[int | None] = mapped_column(Integer)
     toolkit_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
+import typer
+import typer.core
+import typer.main
 from typer.testing import CliRunner
 
-from oaicli.common import interrupted_message
+from oaicli.common import INVOKED, interrupted_message
 from oaicli.main import app, hoist_global_options
 from oaicli.progress import LineProgress
 from oaicohort import __version__
@@ -40,16 +42,16 @@ def test_flags_are_shown_as_flags_and_every_option_has_help(command: str) -> Non
     group = app.registered_commands
     callback = next(c.callback for c in group if c.name == command)
     cmd = typer_command(callback)
-    missing = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.help]
+    missing = [p.name for p in cmd.params if isinstance(p, typer.core.TyperOption) and not p.help]
     assert missing == [], f"options without help: {missing}"
 
 
-def typer_command(callback: object) -> click.Command:
-    import typer.main
-
+def typer_command(callback: object) -> typer.core.TyperCommand:
     probe = typer.Typer()
     probe.command()(callback)  # type: ignore[arg-type]
-    return typer.main.get_command(probe)
+    command = typer.main.get_command(probe)
+    assert isinstance(command, typer.core.TyperCommand)
+    return command
 
 
 @pytest.mark.parametrize(
@@ -82,11 +84,24 @@ def test_db_after_the_command_reaches_the_root(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_says_how_to_continue() -> None:
-    with click.Context(click.Command("train"), info_name="train"):
-        assert "--resume" in interrupted_message()
-    with click.Context(click.Command("ingest"), info_name="ingest"):
-        assert interrupted_message() == "interrupted: nothing was changed; run the command again"
-    assert interrupted_message() == "interrupted"
+    assert "--resume" in interrupted_message("train")
+    assert interrupted_message("ingest") == "interrupted: nothing was changed; run the command again"
+    assert interrupted_message("cohort") == interrupted_message(None) == "interrupted"
+
+
+def test_ctrl_c_in_a_command_prints_that_commands_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint comes from the command the root callback saw invoked (typer's own API), not from
+    a context lookup, so it shows whichever click typer runs on (tests/models: a real process)."""
+    import oaicohort.ingest.run
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(oaicohort.ingest.run, "ingest_release", interrupted)
+    monkeypatch.setattr(INVOKED, "command", None)
+    res = CliRunner().invoke(app, ["--db", str(tmp_path / "x.sqlite"), "ingest", str(tmp_path)])
+    assert res.exit_code == 130
+    assert "interrupted: nothing was changed; run the command again" in res.output
 
 
 class FakeClock:

@@ -201,8 +201,16 @@ def test_bf16_channels_last_and_state_dict_round_trip(name: str, tiny_models: di
         with torch.no_grad():
             reference = model(x)
             assert torch.equal(rebuilt(x), reference)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = model(x)
+            # oneDNN's cached bf16 convolutions on CPUs with AMX (torch 2.14) return NaN at
+            # random from the second call of a shape on: seen here for the multi-view models in
+            # about one run of three. The native kernels test what this test is about: that
+            # every layer runs under bf16 autocast and stays close to fp32.
+            torch.backends.mkldnn.enabled = False  # (its flags() context warns about TF32)
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    low = model(x)
+            finally:
+                torch.backends.mkldnn.enabled = True
             to_channels_last(model)
             cl = model(inputs_channels_last(x))
     finally:

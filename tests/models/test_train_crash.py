@@ -156,3 +156,34 @@ def test_oai_train_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Pa
         assert pd.read_csv(a / rf.VAL_PREDICTIONS).equals(pd.read_csv(b / rf.VAL_PREDICTIONS))
     assert (table_rows(db, LABEL_TABLES), _store_digest(store)) == before  # training only reads
     db.dispose()
+
+
+def test_ctrl_c_stops_oai_train_and_says_how_to_resume(tmp_path: Path) -> None:
+    """SIGINT to the real `oai` (python -m oaicli.main, what the `oai` script runs) during an epoch
+    of a registered model: exit 130, no traceback, and stderr says to resume with --resume."""
+    store, knees = make_toy_cohort(tmp_path, n_subjects=20, folds=2)
+    db = open_database(tmp_path / "cohort.sqlite")
+    populate_db(db, store, knees)
+    db.dispose()
+    out = tmp_path / "run"
+    args = ["train", "--store", str(store), "--model", "3d_shufflenet", "--out", str(out), "--epochs", "50"]
+    args += ["--device", "cpu", "--workers", "0", "--threads", "1", "--db", str(tmp_path / "cohort.sqlite")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oaicli.main", *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while _epochs_logged(out) < 1:  # training is under way: the interrupt lands inside the loop
+        assert proc.poll() is None, f"training ended before it could be interrupted: {proc.stderr.read()}"  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted: run the same `oai train` command with --resume to continue" in " ".join(err.split())
+    assert not rf.is_run_complete(out)
