@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from oaicohort.release.discovery import release_visit, visit_of_dir
+from oaicohort.release.visit_paths import release_visit, visit_of_dir
 
 # [<visit folder>/]<release code>/<participant>/<YYYYMMDD>/<series file> at the end of the path
 _PATH = r"(?:^|/)(?:(?P<dir>[^/]+)/)?(?P<code>\d{1,2}\.[A-Za-z]\.\d{1,2})/(?P<participant>\d+)/(?P<date>\d{8})/[^/]+$"

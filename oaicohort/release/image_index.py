@@ -13,12 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from oaicohort.release.discovery import release_visit
 from oaicohort.release.image03_paths import date_note, path_facts
+from oaicohort.release.image_files import series_key
 from oaicohort.release.table import Table, shown
 from oaicohort.release.text import FileBytes, read_table
 from oaicohort.release.values import dates, subject_ids, text_or_none
-from oaicohort.visits import VISIT_MONTHS
+from oaicohort.release.visit_paths import is_screening_study, release_visit
+from oaicohort.visits import SCREENING_VISIT, VISIT_MONTHS
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,17 @@ def _code_visits(first: pd.Series) -> pd.Series:
     return first.map(cache).astype("float64")
 
 
+def _screening(visit: pd.Series, dir_visit: int | None, f: pd.DataFrame) -> pd.Series:
+    """The screening visit for an index in the screening package (``P001``) or rows of a
+    ``^SCREENING^`` study, whatever their release code says (it is a baseline one)."""
+    if dir_visit == SCREENING_VISIT:
+        return pd.Series(float(SCREENING_VISIT), index=visit.index)
+    if "STUDYDESCRIPTION" in f.columns:
+        studies = {d: is_screening_study(d) for d in f["STUDYDESCRIPTION"].unique().tolist()}
+        return visit.mask(f["STUDYDESCRIPTION"].map(studies).astype(bool), float(SCREENING_VISIT))
+    return visit
+
+
 def _skip_rows(t: Table, keep: np.ndarray, reason: str, warnings: list[str] | None) -> None:
     skipped = np.flatnonzero(~keep)
     if not skipped.size:
@@ -107,7 +119,7 @@ def _skip_rows(t: Table, keep: np.ndarray, reason: str, warnings: list[str] | No
         warnings.append(message)
 
 
-def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
+def read_contents(raw: FileBytes, warnings: list[str] | None = None, listed: set[str] | None = None) -> pd.DataFrame:
     """An image package's ``contents.csv`` (or ``contents.<code>.csv``): one row per series,
     rescans collapsed to the last.
 
@@ -115,8 +127,10 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
     study_description, folder, visit_dir, study_date, barcode, source_file, source_row``.
     The visit comes from the release code that starts ``Folder`` (``0.C.2/...``, every code of
     OAI_DISTRIBUTIONS.md section 3), else from the index's name or visit folder (``00m``,
-    ``OAI_18m``, ``OAIBaselineImages``). Rows whose visit cannot be told are not read: each index
+    ``OAI_18m``, ``OAIBaselineImages``); series of the screening package (``P001``,
+    ``OAIScreeningImages``) or of a ``^SCREENING^`` study are the screening visit ``P01``. Rows whose visit cannot be told are not read: each index
     with such rows adds one message to ``warnings`` (the ingest records and counts them).
+    ``listed`` receives the place of every series the index names, rescans included (``series_key``).
     """
     t = read_table(
         raw,
@@ -136,6 +150,7 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
     dir_visit = raw.source.visit
     if dir_visit is not None:
         visit = visit.fillna(dir_visit)
+    visit = _screening(visit, dir_visit, f)
     known = visit.notna().to_numpy()
     if not known.all():
         codes = sorted(set(first[~known].tolist()))[:3]
@@ -165,6 +180,7 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
         visit_dir=_visit_dir(raw),
         study_date=dates(t, "STUDYDATE", fmt="%Y%m%d"),
         barcode_column=barcode,
+        listed=listed,
     )
 
 
@@ -181,6 +197,7 @@ def _series_frame(
     visit_dir: str,
     study_date: pd.Series,
     barcode_column: str,
+    listed: set[str] | None = None,
 ) -> pd.DataFrame:
     # few distinct descriptions (one per sequence and knee): split each once
     split = {d: split_series_description(d) for d in description.unique().tolist()}
@@ -209,6 +226,8 @@ def _series_frame(
             "source_row": t.lines,
         }
     )
+    if listed is not None:  # rescans too: their folders are listed, not unknown
+        listed.update(series_key(visit_dir, f) for f in frame["folder"])
     # a rescan is listed after the series it replaces
     return frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
 
@@ -278,7 +297,7 @@ def _locate_archives(keys: pd.Series, package: Path | None) -> pd.Series:
     return keys.map(locate)
 
 
-def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
+def read_image03(raw: FileBytes, warnings: list[str] | None = None, listed: set[str] | None = None) -> pd.DataFrame:
     """An NDA package's ``image03.txt`` (tab-delimited, a ``.csv`` export comma-separated; fields
     may be quoted; description row 2): one row per series archive, as ``read_contents`` returns
     them. ``folder`` is the series' ``.tar.gz`` relative to the package folder (``visit_dir``),
@@ -352,6 +371,7 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
         visit_dir=_visit_dir(raw),
         study_date=_study_dates(t, facts["study_date"], warnings),
         barcode_column="ACCESSION_NUMBER",
+        listed=listed,
     )
 
 

@@ -20,6 +20,10 @@
 The data are the same in every form, so ingesting any of them gives the same database (the
 tests compare them); only what a form cannot carry differs: value labels (``1: Male`` -> ``1``),
 and ``.`` versus an empty cell. ``synth_truth.csv`` stays in ``root`` in every form.
+
+``images`` (``oaicohort.synth.image_download``) writes the image packages as an image download
+of today instead of the indexed layout: ``folders`` or ``zip`` per visit, without contents.csv
+(an NDA package then lists the series in ``image03.txt`` but holds no ``.tar.gz`` of them).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import OAIError
-from oaicohort.release.discovery import release_visit
 from oaicohort.release.nda_map import NdaColumn, NdaMap, guess_column
+from oaicohort.release.visit_paths import release_visit
+from oaicohort.synth.image_download import IMAGE_LAYOUTS, write_image_download
 from oaicohort.synth.nda_tables import LEGACY_MAP, write_structures
 from oaicohort.synth.sas_writer import write_sas7bdat
 
@@ -93,15 +98,19 @@ def _ascii_tables(root: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-def convert_release(root: Path, distribution: str, *, legacy_names: bool = False) -> list[str]:
-    """Rewrite the synthetic ASCII release under ``root`` as ``distribution``; returns the files
-    written (relative to ``root``). ``legacy_names``: an NDA package in the first synthetic form."""
+def convert_release(root: Path, distribution: str, *, legacy_names: bool = False, images: str = "indexed") -> list[str]:
+    """Rewrite the synthetic ASCII release under ``root`` as ``distribution`` and its images in the
+    layout ``images`` (``indexed``, ``folders``, ``zip``); returns the files written (relative to
+    ``root``). ``legacy_names``: an NDA package in the first synthetic form."""
     if distribution not in DISTRIBUTIONS:
         raise OAIError(f"unknown distribution {distribution!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    if images not in IMAGE_LAYOUTS:
+        raise OAIError(f"unknown image layout {images!r}; expected one of {', '.join(IMAGE_LAYOUTS)}")
     root = Path(root)
     clear_distributions(root)
     if distribution == "ascii":
-        return sorted(p.relative_to(root).as_posix() for p in (root / ASCII_DIR).glob("*.txt"))
+        tables = sorted(p.relative_to(root).as_posix() for p in (root / ASCII_DIR).glob("*.txt"))
+        return tables + write_image_download(root, images)
     folder = root / ASCII_DIR
     written: list[str] = []
     if distribution == "ascii-categories":
@@ -122,10 +131,13 @@ def convert_release(root: Path, distribution: str, *, legacy_names: bool = False
             written.append(target.relative_to(root).as_posix())
     else:
         written = write_nda_package(root, _ascii_tables(root), legacy_names=legacy_names)
-        if (root / IMAGE_VISIT_DIR).is_dir():
+        if images != "indexed":  # a package without its associated files: the series are downloaded
+            shutil.rmtree(root / PACKAGE / "image03", ignore_errors=True)
+            written = [w for w in written if not w.startswith(f"{PACKAGE}/image03/")]
+        elif (root / IMAGE_VISIT_DIR).is_dir():
             shutil.rmtree(root / IMAGE_VISIT_DIR)  # the package carries the series as archives
     shutil.rmtree(folder)
-    return written
+    return written + write_image_download(root, images)
 
 
 # --------------------------------------------------------------------------- NDA package

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from oaicohort.errors import InputFileError
-from oaicohort.release.discovery import RELEASE_CODES, discover, release_visit
+from oaicohort.release.discovery import discover
 from oaicohort.release.image_index import read_image03, series_side, split_series_description
 from oaicohort.release.nda_map import NdaColumn, NdaMap, guess_column, parse_nda_variable
 from oaicohort.release.text import hash_source, load_source
+from oaicohort.release.visit_paths import RELEASE_CODES, release_visit
 
 
 def test_every_release_code_of_the_distributions_document_has_its_visit() -> None:
