@@ -317,10 +317,10 @@ def test_nda_image03_without_archives_and_the_zipped_download_agree(
     # an accession number that differs between image03 and the header stops it, naming both
     image03 = root / PACKAGE / "image03.txt"
     lines = image03.read_text().splitlines()
-    header = lines[0].split("\t")
+    header = [name.strip('"') for name in lines[0].split("\t")]  # real exports quote every field
     row = next(i for i, line in enumerate(lines[2:], start=2) if "SAG_3D_DESS" in line)
     cells = lines[row].split("\t")
-    cells[header.index("accession_number")] = "016600000001"
+    cells[header.index("accession_number")] = '"016600000001"'
     lines[row] = "\t".join(cells)
     image03.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputFileError, match=rf"image03\.txt, line {row + 1}: .*barcode \(AccessionNumber\)"):
