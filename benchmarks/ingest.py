@@ -1,6 +1,7 @@
 """Benchmark: `oai ingest` of a full-size OAI release against a bare pandas read of the same files.
 
     python benchmarks/ingest.py [--subjects 4796] [--seed 0] [--forms ascii,nda] [--release DIR] [--keep DIR]
+    python benchmarks/ingest.py --scan-images [--series 5000] [--repeat 3]
 
 Targets: ingest within 2x the bare read for the classic ASCII form (issue 10; issue 2 asked
 3x), and under 1 GB peak memory for every form. Other forms (``--forms``, or what ``--release``
@@ -235,7 +236,7 @@ def _bare_read(f: SourceFile) -> None:
         pyreadstat.read_sas7bdat(str(f.path), user_missing=True)  # as oaicohort.release.sas reads it
         return
     if f.kind in (NDA_STRUCTURE, IMAGE03):  # tab-delimited, a description row below the header
-        options: dict[str, object] = {"sep": "\t", "skiprows": [1]}
+        options: dict[str, object] = {"sep": f.delimiter, "skiprows": [1]}  # .csv exports: comma
     else:
         options = {"sep": "," if f.kind == CONTENTS else "|"}
     if f.member is None:
@@ -283,7 +284,16 @@ def main() -> None:
         "--forms", default="ascii,nda", help="distributions to synthesise and time (ascii, nda, zip, sas ...)"
     )
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--scan-images",
+        action="store_true",
+        help="instead: series headers per second of the image scan against a bare pydicom header read",
+    )
+    p.add_argument("--series", type=int, default=5000, help="series folders of the --scan-images download")
     args = p.parse_args()
+    if args.scan_images:
+        measure_scan(args.series, args.repeat)
+        return
 
     if args.child:
         kind, *rest = args.child
@@ -340,6 +350,130 @@ def _measure(args: argparse.Namespace, tmp_path: Path, form: str | None) -> None
         f"peak memory {'OK' if ingest['peak_rss_mb'] < MEMORY_TARGET_MB else 'OVER'} (target < {MEMORY_TARGET_MB} MB)"
     )
     # (CPU time is the steadier figure on a shared machine; wall time includes waiting)
+
+
+# --------------------------------------------------------------------------- image scan (--scan-images)
+
+# a Siemens MR header carries ~10-30 kB of private CSA data in group 0029, after every element an
+# image index needs; half of the series get such a block, so both kinds of header are timed
+CSA_BYTES = 16 << 10
+
+
+def write_download(root: Path, n_series: int, *, slices: int = 3) -> tuple[list[Path], Path]:
+    """An image download without contents.csv: ``n_series`` MR series folders of ``slices`` small
+    DICOM files (``00m/results/0.C.2/<ID>/<date>/<series>/001 ...``), and the same zipped."""
+    import pydicom
+
+    from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+
+    results = root / "folders" / "00m" / "results"
+    headers = []
+    descriptions = ["SAG_3D_DESS", "COR_MPR", "AX_MPR", "SAG_IW_TSE", "COR_IW_TSE", "MP_LOCATOR"]
+    volume = np.zeros((slices, 32, 32), dtype=np.uint16)
+    for i in range(n_series):
+        subject = 9000001 + i // 12
+        side = "RIGHT" if i % 2 == 0 else "LEFT"
+        folder = results / "0.C.2" / str(subject) / "20040315" / f"{10_000_000 + i}"
+        meta = SeriesMeta(
+            patient_id=str(subject),
+            series_description=f"{descriptions[(i // 2) % len(descriptions)]}_{side}",
+            study_description=f"OAI^MR^ENROLLMENT^{side}",
+            accession_number=f"0166{subject:08d}",
+            series_number=i % 12 + 1,
+        )
+        paths = write_series(folder, volume, meta)
+        if i % 2:
+            ds = pydicom.dcmread(paths[0])
+            ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+            ds.add_new(0x00291010, "OB", b"\x01" * CSA_BYTES)
+            ds.save_as(paths[0])
+        headers.append(paths[0])
+    archive = root / "zip" / "00m" / "results" / "00m.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for path in sorted(results.rglob("*")):
+            if path.is_file():
+                out.write(path, path.relative_to(results).as_posix())
+    return headers, archive
+
+
+def _bare_files(headers: list[Path]) -> tuple[float, float]:
+    import pydicom
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    for path in headers:
+        pydicom.dcmread(path, stop_before_pixels=True)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _bare_zip(archive: Path, members: list[str]) -> tuple[float, float]:
+    import pydicom
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with zipfile.ZipFile(archive) as z:
+        for member in members:
+            with z.open(member) as fh:
+                pydicom.dcmread(fh, stop_before_pixels=True)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _scan(root: Path) -> tuple[float, float, float, int]:
+    """Seconds finding the series, seconds reading their headers into rows, CPU seconds of both, rows."""
+    from oaicohort.release.discovery import discover
+    from oaicohort.release.image_scan import scan_series
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    locations = discover(root).image_series
+    t1 = time.perf_counter()
+    frame, report = scan_series(locations)
+    assert report.not_indexed == 0, report.warnings()
+    return t1 - t0, time.perf_counter() - t1, time.process_time() - c0, len(frame)
+
+
+def _ingest(root: Path, db_path: Path) -> float:
+    from oaicohort.db import open_database
+    from oaicohort.ingest.run import ingest_release
+
+    db = open_database(db_path)
+    t0 = time.perf_counter()
+    result = ingest_release(db, root)
+    seconds = time.perf_counter() - t0
+    db.dispose()
+    db_path.unlink()
+    assert result.series_scanned > 0
+    return seconds
+
+
+def measure_scan(n_series: int, repeat: int) -> None:
+    """Series headers per second: the toolkit's scan (finding the series, one bounded header read
+    each, the image_series rows) against bare ``pydicom.dcmread(stop_before_pixels=True)`` of the
+    same header files, measured in this run; then a whole ``oai ingest`` of the download."""
+    with tempfile.TemporaryDirectory(prefix="oai-bench-scan-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        headers, archive = write_download(root, n_series)
+        print(
+            f"image download: {n_series} series ({len(headers) * 3} files) written in {time.perf_counter() - t0:.1f} s"
+        )
+        with zipfile.ZipFile(archive) as z:
+            members = sorted(n for n in z.namelist() if n.endswith("/001"))
+        for path in headers:  # both sides find the files in the page cache
+            path.read_bytes()
+        archive.read_bytes()
+        for form, bare in (("folders", lambda: _bare_files(headers)), ("zip", lambda: _bare_zip(archive, members))):
+            bare_s, bare_cpu = min(bare() for _ in range(repeat))
+            runs = [_scan(root / form) for _ in range(repeat)]
+            find_s, read_s, cpu, rows = min(runs, key=lambda r: r[0] + r[1])
+            ingest_s = min(_ingest(root / form, root / f"{form}.sqlite") for _ in range(repeat))
+            print(
+                f"[{form}] bare pydicom header read: {n_series / bare_s:8.0f} series/s ({bare_s:.2f} s, "
+                f"{bare_cpu:.2f} s CPU)\n"
+                f"[{form}] toolkit scan:             {n_series / (find_s + read_s):8.0f} series/s "
+                f"({find_s:.2f} s finding the series + {read_s:.2f} s reading headers into {rows} rows, "
+                f"{cpu:.2f} s CPU) = {bare_s / (find_s + read_s):.2f}x the bare read ({bare_cpu / cpu:.2f}x in CPU)\n"
+                f"[{form}] oai ingest (images only):  {n_series / ingest_s:8.0f} series/s ({ingest_s:.2f} s, into SQLite)"
+            )
+        # (CPU time is the steadier figure on a shared machine; wall time includes waiting)
 
 
 if __name__ == "__main__":

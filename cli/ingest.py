@@ -1,4 +1,4 @@
-"""``oai ingest ROOT``: read an OAI release (clinical tables, X-ray readings, image indexes)."""
+"""``oai ingest ROOT``: read an OAI release (clinical tables, X-ray readings, image indexes, image folders)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def ingest_command(
         "a column with far fewer values than the database holds (otherwise the ingest stops, naming "
         "them: a truncated or damaged file would delete data).",
     ),
+    scan_images: bool = typer.Option(
+        False,
+        "--scan-images",
+        help="Read one DICOM header of every image series below ROOT, also of those an index (contents.csv, "
+        "image03.txt) lists, and stop if an index and its images disagree (naming both). Without it, only "
+        "series no index lists are indexed from their headers (image downloads without contents.csv).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Ingest the OAI release below ROOT into the cohort database, in one transaction.
@@ -58,7 +65,9 @@ def ingest_command(
     db = state(ctx).open_db()
     try:
         with rich_progress() as progress:
-            result = ingest_release(db, root, variables=names, progress=progress, allow_shrink=allow_shrink)
+            result = ingest_release(
+                db, root, variables=names, progress=progress, allow_shrink=allow_shrink, scan_images=scan_images
+            )
     finally:
         db.dispose()
     if json_out:
@@ -80,7 +89,9 @@ def render_summary(result: IngestResult) -> None:
     note = " (same files as the last successful ingest: nothing changed)" if result.status == "unchanged" else ""
     out_console.print(f"{len(result.files)} files from {result.root} in {result.seconds:.1f} s{note}", highlight=False)
     out_console.print(
-        f"form: {', '.join(result.forms) or '-'}; image indexes read: {result.image_indexes}", highlight=False
+        f"form: {', '.join(result.forms) or '-'}; image indexes read: {result.image_indexes}; "
+        f"series read from their DICOM headers: {result.series_scanned:,}",
+        highlight=False,
     )
     if result.warnings:
         err_console.print(f"{len(result.warnings)} warning(s):", style="yellow")

@@ -66,7 +66,7 @@ def label_command(
     definition_file: Path | None = typer.Option(
         None,
         "--definition-file",
-        help="A study's own definition: a TOML file with the fields of LabelDefinitionParams (see README).",
+        help="A study's own definition: a TOML file with the fields of LabelDefinitionParams (see docs/tutorial.md).",
     ),
     list_all: bool = typer.Option(False, "--list", help="List every definition with its hash and knee counts."),
     json_out: bool = typer.Option(False, "--json", help="Print the cohort table as JSON."),
@@ -95,11 +95,22 @@ def label_command(
     if json_out:
         out: dict[str, Any] = summary.to_dict()
         out["labelled"] = result.labelled
+        out["disagreeing_knees"] = result.disagreeing_knees
+        out["reading_order"] = result.definition.reading_order
         out["seconds"] = round(result.seconds, 3)
         out["notes"] = [note] if note else []
         emit_json(out)
         return
     out_console.print(cohort_table(summary, result.labelled))
+    if result.disagreeing_knees:
+        order = (
+            "project 15, then 37/42, then file order" if result.definition.reading_order == "project" else "file order"
+        )
+        out_console.print(
+            f"{result.disagreeing_knees} knee(s) have readings by different reading projects that disagree; "
+            f"the first by {order} counts (reading_order = {result.definition.reading_order})",
+            highlight=False,
+        )
     if note:
         err_console.print(note, style="yellow", highlight=False)
 

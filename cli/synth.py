@@ -26,14 +26,29 @@ class Distribution(StrEnum):
     nda = "nda"
 
 
-def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) -> tuple[int, int]:
+class ImageLayout(StrEnum):
+    indexed = "indexed"
+    folders = "folders"
+    zip = "zip"
+
+
+# the share of participants whose baseline radiograph an NDA-form release has in the screening package
+NDA_SCREENING_SHARE = 0.2
+
+
+def _write_images(
+    out: Path, size: str, seed: int, workers: int, progress: Any, screening_share: float
+) -> tuple[int, int]:
     try:
         from oaicohort.synth.images import write_images  # heavy (pydicom); only when asked
         from oaicohort.synth.radiograph_release import write_radiographs
     except ImportError as exc:
         raise OAIError(f"--images needs oaicohort.synth.images, which cannot be imported here ({exc})") from None
     series = write_images(out, size=size, seed=seed, workers=workers, progress=progress)
-    return series, write_radiographs(out, size=size, seed=seed, workers=workers, progress=progress)
+    radiographs = write_radiographs(
+        out, size=size, seed=seed, workers=workers, progress=progress, screening_share=screening_share
+    )
+    return series, radiographs
 
 
 @handles_errors
@@ -62,23 +77,51 @@ def synth_command(
         "zip (OAICompleteData_ASCII.zip), sas (.sas7bdat), nda (NDA data package with image03.txt and "
         ".tar.gz series).",
     ),
+    legacy_names: bool = typer.Option(
+        False,
+        "--legacy-names",
+        help="With --distribution nda: the structure and column names of the first synthetic packages "
+        "(guessed before real packages were seen) instead of the real ones, and image03.txt unquoted with a "
+        "visit column.",
+    ),
+    image_layout: ImageLayout | None = typer.Option(
+        None,
+        "--image-layout",
+        help="How --images are held: indexed (visit folders with contents.csv), folders or zip (an image "
+        "download of today: visit packages without contents.csv, extracted or as results/<visit>.zip). "
+        "Default: zip with --distribution nda (which also puts a fifth of the baseline radiographs in the "
+        "screening package P001), indexed otherwise.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Write a synthetic OAI release: clinical tables, X-ray readings, outcomes, the baseline image
     index and synth_truth.csv (the per-knee latent progression factor), optionally DESS images."""
+    if legacy_names and distribution != Distribution.nda:
+        raise typer.BadParameter("--legacy-names needs --distribution nda", param_hint="--legacy-names")
+    nda = distribution == Distribution.nda
+    layout = image_layout or (ImageLayout.zip if nda else ImageLayout.indexed)
+    if image_layout is not None and not images:
+        raise typer.BadParameter("--image-layout needs --images", param_hint="--image-layout")
+    screening = NDA_SCREENING_SHARE if nda else 0.0
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
-        series, radiographs = _write_images(out, image_size.value, seed, workers, progress) if images else (None, None)
+        series, radiographs = (
+            _write_images(out, image_size.value, seed, workers, progress, screening) if images else (None, None)
+        )
         from oaicohort.synth.distributions import convert_release
 
-        converted = convert_release(out, distribution.value)
+        converted = convert_release(
+            out, distribution.value, legacy_names=legacy_names, images=layout.value if images else "indexed"
+        )
     result = {
         **summary.to_dict(),
         "images": series,
         "radiographs": radiographs,
         "image_size": image_size.value if images else None,
+        "image_layout": layout.value if images else None,
         "distribution": distribution.value,
         "distribution_files": converted,
+        "legacy_names": legacy_names,
     }
     if json_out:
         emit_json(result)

@@ -11,8 +11,12 @@ Presets
 REFERENCE.md section 1) exactly, quirks included:
 
 - follow-ups examined 12, 24, 36, 72, 96 months; the 48-month reading is *not* looked at;
-- among reading-project duplicates of a knee at a visit the first row in file order wins,
-  whatever the later rows say;
+- among reading-project duplicates of a knee at a visit the first row wins, whatever the later
+  rows say. "First" is ``reading_order``: by default (``project``) project 15 first, then 37
+  and 42 (42 counted as 37: a knee-visit never has both in the real files; if one did, 37's),
+  then the others, the file order ordering only rows of one project. That is the reference's
+  "first in file order" on the ASCII release (where project 15 always comes first) and gives the
+  same labels whatever the row order of a package (``file``: the file order alone);
 - a follow-up row whose KLG is missing (prosthesis ``.P``, technical failure ``.T``, any missing
   code) counts as progression with an "increase" of 5 - KL0 (the reference's proxy for a knee
   replacement);
@@ -75,6 +79,7 @@ GradedVariable = Literal["klg", "jsn_medial", "jsn_lateral"]
 Outcome = Literal["progression", "incidence", "time_to_event"]
 NonProgressorRule = Literal["subject_at_last_visit", "knee_at_last_visit", "none"]
 DuplicatePolicy = Literal["first", "first_graded"]
+ReadingOrder = Literal["project", "file"]
 
 
 # Exclusions decided by the label algorithm itself, in the order they are checked.
@@ -109,6 +114,7 @@ HASHED_ONLY_WHEN_SET: dict[str, Any] = {
     "min_increase": 1,
     "outcome": "progression",
     "incidence_grade": 2,
+    "reading_order": "project",
 }
 
 
@@ -160,6 +166,9 @@ class LabelDefinitionParams:
     # OAI notes advise treating project 42 like 37: with project_42_as_37, naming 37 includes 42
     read_projects: tuple[int, ...] = ()
     project_42_as_37: bool = True
+    # which of several readings of a knee at a visit comes first: "project" (15, then 37/42, then
+    # the others; file order only between rows of one project) or "file" (file order alone)
+    reading_order: ReadingOrder = "project"
 
     @property
     def used_read_projects(self) -> frozenset[int]:
@@ -197,6 +206,7 @@ class LabelDefinitionParams:
         _check_choice(where, "missing_klg", self.missing_klg, MissingKlgPolicy)
         _check_choice(where, "non_progressor_requires", self.non_progressor_requires, NonProgressorRule)
         _check_choice(where, "duplicates", self.duplicates, DuplicatePolicy)
+        _check_choice(where, "reading_order", self.reading_order, ReadingOrder)
         if not self.baseline_klg_allowed or any(k not in (0, 1, 2, 3, 4) for k in self.baseline_klg_allowed):
             raise LabelDefinitionError(
                 f"{where}: baseline_klg_allowed must be KL grades 0-4, got {list(self.baseline_klg_allowed)}"

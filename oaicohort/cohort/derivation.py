@@ -55,7 +55,9 @@ class LabelInputs:
     """The tables a label definition needs, as plain DataFrames (one SELECT each)."""
 
     knees: pd.DataFrame  # knee_id, subject_id, side
-    readings: pd.DataFrame  # id, knee_id, visit, klg, klg_missing_code, jsn_medial, jsn_lateral, source_row
+    readings: (
+        pd.DataFrame
+    )  # id, knee_id, visit, klg, klg_missing_code, jsn_medial, jsn_lateral, source_row, read_project
     baseline_bmi: pd.DataFrame  # subject_id, bmi (visit 0 rows only)
     baseline_series: pd.DataFrame  # subject_id, side: knees with the baseline DESS series
     replacements: pd.DataFrame  # knee_id, status, at_baseline, visit_after, xray_visit_after, days
@@ -65,14 +67,43 @@ class LabelInputs:
 # --------------------------------------------------------------------------- the algorithm
 
 
-def first_readings(readings: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """One reading per (knee, visit): the first in file order (``first``), or the first graded
-    one, falling back to the first (``first_graded``). ``readings`` needs knee_id, visit, klg,
-    source_row and id; with ``first_graded`` the result has an extra ``_ungraded`` column."""
+# reading_order "project": the rank of a reading project (OAI notes: treat 42 like 37)
+PROJECT_RANKS = {15: 0, 37: 1, 42: 1}
+OTHER_PROJECTS = 2
+
+
+def project_rank(read_project: pd.Series) -> np.ndarray:
+    """0 for project 15, 1 for 37 and 42, 2 for any other (or none)."""
+    return read_project.map(PROJECT_RANKS).fillna(OTHER_PROJECTS).to_numpy(dtype=np.int64)
+
+
+def first_readings(readings: pd.DataFrame, policy: str, reading_order: str = "project") -> pd.DataFrame:
+    """One reading per (knee, visit): the first (``first``), or the first graded one, falling
+    back to the first (``first_graded``). "First" is by reading project (``reading_order=
+    "project"``): 15, then 37 and 42 (``PROJECT_RANKS``), then the others; within a rank the
+    lower project number (a knee-visit read by both 37 and 42, which the real files never have,
+    takes 37's, whatever the row order), and only rows of one project by file order. Or by file
+    order alone (``"file"``). ``readings`` needs knee_id, visit, klg, source_row and id (and
+    read_project for ``project``); the result may carry the helper columns ``_ungraded`` and
+    ``_rank``."""
     keys = ["knee_id", "visit"]
     frame = readings.assign(_ungraded=readings["klg"].isna()) if policy == "first_graded" else readings
-    order = keys + (["_ungraded"] if policy == "first_graded" else []) + ["source_row", "id"]
+    rank = ["_rank", "read_project"] if reading_order == "project" else []
+    if rank:
+        frame = frame.assign(_rank=project_rank(frame["read_project"]))
+    order = keys + (["_ungraded"] if policy == "first_graded" else []) + rank + ["source_row", "id"]
     return frame.sort_values(order, kind="stable").drop_duplicates(keys, keep="first")
+
+
+def disagreeing_knees(readings: pd.DataFrame, column: str = "klg") -> int:
+    """Knees with a visit whose readings by different reading projects (42 counted as 37)
+    disagree on ``column`` (a missing reading disagrees with a grade)."""
+    if readings.empty:
+        return 0
+    frame = readings.assign(_rank=project_rank(readings["read_project"]), _v=readings[column].astype(float).fillna(-1))
+    per = frame.sort_values(["source_row", "id"], kind="stable").drop_duplicates(["knee_id", "visit", "_rank"])
+    spread = per.groupby(["knee_id", "visit"])["_v"].nunique()
+    return int(spread[spread > 1].index.get_level_values("knee_id").nunique())
 
 
 def _replacement_months(inputs: LabelInputs, params: LabelDefinitionParams, knee_ids: np.ndarray) -> np.ndarray:
@@ -116,7 +147,7 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     months = np.array([VISIT_MONTHS[v] for v in visits], dtype=float)
 
     readings = inputs.readings[inputs.readings["visit"].isin((0, *visits))]
-    first = first_readings(readings, params.duplicates)
+    first = first_readings(readings, params.duplicates, params.reading_order)
 
     # baseline
     base = first[first["visit"] == 0]

@@ -29,7 +29,7 @@ from oaicohort.cohort.definitions import (
     preset,
     resolve_definition,
 )
-from oaicohort.cohort.derivation import LABEL_COLUMNS, LabelInputs, compute_labels, first_readings
+from oaicohort.cohort.derivation import LABEL_COLUMNS, LabelInputs, compute_labels, disagreeing_knees, first_readings
 from oaicohort.cohort.stored import (
     labels_fingerprint,
     latest_named,
@@ -72,6 +72,9 @@ class LabelResult:
     # the label algorithm's own output (the reference's labels file) before BMI/DESS/... exclusions
     labelled: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # knees with a visit whose readings by different reading projects disagree on the graded
+    # variable (which one counts is the definition's reading_order)
+    disagreeing_knees: int = 0
 
     def counts(self) -> dict[str, Any]:
         """Included knees per class and excluded knees per reason."""
@@ -220,6 +223,7 @@ def derive_labels(
         inputs = load_label_inputs(session, params)
         report("labels", 1, 3)
         labels, stage1 = compute_labels(inputs, params)
+        disagreeing = disagreeing_knees(inputs.readings, params.graded_variable)
         report("labels", 2, 3)
         row = session.execute(
             select(LabelDefinition).where(
@@ -247,7 +251,7 @@ def derive_labels(
     }
     seconds = time.perf_counter() - started
     log.info("labels %s (%s): %d knees in %.2f s", params.name, params_hash[:12], len(labels), seconds)
-    return LabelResult(definition_id, params, params_hash, labels, labelled, seconds)
+    return LabelResult(definition_id, params, params_hash, labels, labelled, seconds, disagreeing)
 
 
 __all__ = [

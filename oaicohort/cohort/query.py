@@ -350,7 +350,7 @@ class Cohort:
         its own side) or a subject-level ``Vvv`` variable. See :mod:`oaicohort.cohort.trajectories`.
 
         KLG long (default): one row per reading (``duplicates="all"``) or per knee and visit, the
-        first row in file order (``"first"``) or the first graded one (``"first_graded"``).
+        first row (project 15, then 37/42, then file order: ``"first"``) or the first graded one (``"first_graded"``).
         Wide: one row per knee, columns ``klg_00m``, ``klg_12m`` ... (missing = <NA>); other
         variables ``<STEM>_00m`` ...
         """

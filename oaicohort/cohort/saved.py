@@ -111,8 +111,9 @@ def snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
                 XrayReading.jsn_medial,
                 XrayReading.jsn_lateral,
                 XrayReading.source_row,
+                XrayReading.read_project,
             ),
-            ["id", "knee_id", "visit", "klg", "jsn_medial", "jsn_lateral", "source_row"],
+            ["id", "knee_id", "visit", "klg", "jsn_medial", "jsn_lateral", "source_row", "read_project"],
         )
     if not readings.empty:
         first = first_readings(readings, "first")

@@ -4,7 +4,8 @@ Used by :meth:`oaicohort.cohort.query.Cohort.trajectories`, which selects the kn
 
 - **X-ray readings** (``XRKL``, ``XRJSM``, ``XRJSL``, ``XROSFM`` ...) come from
   ``xray_readings``; several reading projects of one knee and visit are reduced by the rule the
-  label definitions use (``first`` row in file order, or ``first_graded``), or all kept.
+  label definitions use by default (``first`` row, or ``first_graded``: project 15, then 37/42,
+  then file order), or all kept.
 - **Clinical variables** are read per visit from the ingested ``Vvv<STEM>`` variables. A
   knee-side pair (``WOMKP``: ``V00WOMKPR``/``V00WOMKPL`` ...) gives each knee its own side's
   value; a subject-level variable the subject's. Coded values keep both their code (``value``)
@@ -91,7 +92,7 @@ def _reduce(readings: pd.DataFrame, duplicates: str) -> pd.DataFrame:
         readings = readings.sort_values(["knee_id", "visit", "source_row", "id"], kind="stable")
     else:  # the rule the label definitions use
         readings = first_readings(readings.assign(klg=readings["klg"].astype(float)), duplicates)
-    return readings.drop(columns=[c for c in ("id", "_ungraded") if c in readings])
+    return readings.drop(columns=[c for c in ("id", "_ungraded", "_rank") if c in readings])
 
 
 def _wide(long: pd.DataFrame, info: pd.DataFrame, value: str, prefix: str, dtype: str | None) -> pd.DataFrame:

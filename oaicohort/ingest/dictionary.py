@@ -27,6 +27,15 @@ Called once per ingest, after the clinical values are written (:func:`record_var
 
   Pairs are re-detected over *all* ingested variables after every ingest (``knee_variable_pairs``
   is rewritten), so a variable ingested later completes a pair.
+
+- **NDA names.** A variable named by its NDA place (``oai_koos_womac01.womac_pain_right@V00``)
+  pairs as the OAI variable the NDA map puts there (``V00WOMKPR``, so the pair is ``WOMKP@V00``
+  whichever way each twin was named). A place the map does not know pairs by its column:
+  ``..._right``/``..._left``, else one R/L letter as above (``ksurgr``/``ksurgl``); the pair is
+  then ``STRUCTURE.STEM@VISIT``.
+- **NDA categories.** A package's text categories (``race`` ``Unknown or not reported``) are
+  stored as codes; their meaning is written to the data dictionary too
+  (:func:`record_categories`).
 """
 
 from __future__ import annotations
@@ -39,10 +48,12 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from oaicohort.db.schema import ClinicalValue, DataDictionaryEntry, KneeVariablePair
+from oaicohort.release.nda_map import NDA_VARIABLE, default_map
 
 log = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^(?P<prefix>[VP]\d\d)?(?P<rest>[A-Z0-9_]+)$")
+_SIDE_SUFFIX = re.compile(r"^(?P<stem>.+)_(?P<side>RIGHT|LEFT)$")
 _CODED = re.compile(r"^\s*(?P<code>[-+]?\d+(?:\.\d+)?|\.[A-Za-z]?)\s*:\s*(?P<label>.*?)\s*$")
 # stems containing these name right/left pairs of other joints, not of knees
 NOT_KNEE_MARKERS: tuple[str, ...] = ("HIP", "HND", "HAND", "ANK", "FOOT")
@@ -63,15 +74,8 @@ def detect_pairs(variables: pd.DataFrame) -> pd.DataFrame:
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for variable, source in zip(variables["variable"], variables["source_file"]):
         name = str(variable).upper()
-        match = _PREFIX.match(name)
-        if match is None:
-            continue
-        prefix, rest = match["prefix"] or "", match["rest"]
-        for i, letter in enumerate(rest):
-            if letter in "RL":
-                stem = rest[:i] + rest[i + 1 :]
-                if stem and not any(marker in stem for marker in NOT_KNEE_MARKERS):
-                    rows.setdefault((prefix, stem + "\0" + str(i), str(source)), {})[letter] = name
+        for prefix, keyed, letter in _side_forms(name):
+            rows.setdefault((prefix, keyed, str(source)), {})[letter] = name
     pairs = []
     for (prefix, keyed, source), sides in sorted(rows.items()):
         if set(sides) != {"R", "L"} or (sides["R"], sides["L"]) in NOT_KNEE_PAIRS:
@@ -93,6 +97,33 @@ def detect_pairs(variables: pd.DataFrame) -> pd.DataFrame:
     )
     # the same pair read from two files (a variable in two releases' layouts): the first file wins
     return frame.drop_duplicates("name", keep="first").reset_index(drop=True)
+
+
+def _side_forms(name: str) -> list[tuple[str, str, str]]:
+    """(prefix, keyed stem, side letter) of every way ``name`` could be one side of a pair."""
+    nda = NDA_VARIABLE.fullmatch(name)
+    if nda is not None:
+        structure, column, visit = nda["structure"].lower(), nda["column"].upper(), (nda["visit"] or "").upper()
+        alias = default_map().variable_at(structure, column, visit or None)
+        if alias is not None:
+            return _side_forms(alias)
+        m = _SIDE_SUFFIX.match(column)
+        if m is not None:
+            if any(marker in m["stem"] for marker in NOT_KNEE_MARKERS):
+                return []
+            return [(visit, f"{structure.upper()}.{m['stem']}\0sfx", m["side"][0])]
+        return [(visit, f"{structure.upper()}.{keyed}", letter) for _, keyed, letter in _side_forms(column)]
+    match = _PREFIX.match(name)
+    if match is None:
+        return []
+    prefix, rest = match["prefix"] or "", match["rest"]
+    out = []
+    for i, letter in enumerate(rest):
+        if letter in "RL":
+            stem = rest[:i] + rest[i + 1 :]
+            if stem and not any(marker in stem for marker in NOT_KNEE_MARKERS):
+                out.append((prefix, stem + "\0" + str(i), letter))
+    return out
 
 
 def dictionary_entries(clinical: pd.DataFrame) -> pd.DataFrame:
@@ -136,4 +167,28 @@ def record_variables(session: Session, clinical: pd.DataFrame) -> dict[str, int]
     return {"data_dictionary": int(len(entries)), "knee_variable_pairs": int(len(pairs))}
 
 
-__all__ = ["NOT_KNEE_MARKERS", "NOT_KNEE_PAIRS", "detect_pairs", "dictionary_entries", "pair_name", "record_variables"]
+def record_categories(session: Session, entries: list[dict[str, str]]) -> int:
+    """Store the data-dictionary entries of NDA categories read (variable, code, label,
+    source_file); an entry replaces an earlier one of the same variable and code."""
+    if not entries:
+        return 0
+    frame = pd.DataFrame(entries).drop_duplicates(["variable", "code"], keep="last")
+    for variable, codes in frame.groupby("variable")["code"]:
+        session.execute(
+            delete(DataDictionaryEntry).where(
+                DataDictionaryEntry.variable == variable, DataDictionaryEntry.code.in_(codes.tolist())
+            )
+        )
+    session.execute(insert(DataDictionaryEntry), frame.to_dict("records"))
+    return int(len(frame))
+
+
+__all__ = [
+    "NOT_KNEE_MARKERS",
+    "NOT_KNEE_PAIRS",
+    "detect_pairs",
+    "dictionary_entries",
+    "pair_name",
+    "record_categories",
+    "record_variables",
+]

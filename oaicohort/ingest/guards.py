@@ -36,6 +36,7 @@ from oaicohort.db.schema import (
 )
 from oaicohort.errors import OAIError
 from oaicohort.release.discovery import ALLCLINICAL, CONTENTS, ENROLLEES, OUTCOMES
+from oaicohort.release.image_files import IMAGE_SCAN
 from oaicohort.release.readers import OUTCOME_FIELDS, allclinical_columns, kxr_columns
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ class ShrinkingReleaseError(OAIError):
 
 def table_key(kind: str, visit: int | None, relative_path: str) -> tuple[str, int | None, str]:
     """The identity of a table across releases: kind and visit (a clinical table may move between
-    the flat and per-category layouts); image indexes, many per visit, by their path."""
-    return (kind, visit, relative_path if kind == CONTENTS else "")
+    the flat and per-category layouts); image indexes and image packages, many per visit, by their path."""
+    return (kind, visit, relative_path if kind in (CONTENTS, IMAGE_SCAN) else "")
 
 
 def previous_row_counts(session: Session) -> tuple[int | None, dict[tuple[str, int | None, str], int]]:

@@ -35,15 +35,19 @@ def last_success(session: Session) -> IngestRun | None:
     ).first()
 
 
-def unchanged_since(session: Session, root: Path, files: dict[str, str], variables: Sequence[str]) -> IngestRun | None:
+def unchanged_since(
+    session: Session, root: Path, files: dict[str, str], variables: Sequence[str], *, scan_images: bool = False
+) -> IngestRun | None:
     """The last successful run, if it read exactly these files (same root, same sha256s) and
-    every variable asked for now; None otherwise."""
+    every variable asked for now (and every image header, when ``scan_images``); None otherwise."""
     last = last_success(session)
     if last is None or last.source_root != str(root):
         return None
     before = {(f.relative_path, f.sha256) for f in last.files}
     had = set((last.summary or {}).get("variables", []))
-    return last if before == set(files.items()) and set(variables) <= had else None
+    scanned = bool((last.summary or {}).get("scan_images", False))
+    same = before == set(files.items()) and set(variables) <= had
+    return last if same and (scanned or not scan_images) else None
 
 
 def add_run(

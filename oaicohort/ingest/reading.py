@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError
+from oaicohort.ingest.image_scanning import image_fingerprints, series_from_images
 from oaicohort.ingest.ranges import clear_impossible_values
 from oaicohort.ingest.variables import locate_variables
 from oaicohort.progress import ProgressCallback, no_progress
@@ -33,6 +34,7 @@ from oaicohort.release.discovery import (
     SourceFile,
     discover,
 )
+from oaicohort.release.image_files import IMAGE_SCAN, SeriesLocation
 from oaicohort.release.image_index import read_contents, read_image03
 from oaicohort.release.nda import read_package
 from oaicohort.release.readers import (
@@ -78,12 +80,16 @@ class ParsedRelease:
     warnings: list[str] = field(default_factory=list)
     forms: list[str] = field(default_factory=list)  # ascii | sas | nda, and zip when archives were read
     image_indexes: int = 0  # contents.csv / image03.txt files read
+    # data-dictionary entries of the NDA text categories read (variable, code, label, source_file)
+    dictionary: list[dict[str, str]] = field(default_factory=list)
+    series_scanned: int = 0  # image series whose DICOM header was read (image_scan packages)
+    listed_series: set[str] = field(default_factory=set)  # places of the series the indexes name (series_key)
 
 
 NO_IMAGE_INDEX = (
-    "no image index found (<visit dir>/contents.csv, contents.<code>.csv, image03.txt): no MR series were "
-    "ingested, so `oai label` will exclude every knee as no_baseline_dess; ingest the image packages' "
-    "indexes too (they may sit beside the clinical data)"
+    "no image index found (<visit dir>/contents.csv, contents.<code>.csv, image03.txt) and no folder of DICOM "
+    "series: no MR series were ingested, so `oai label` will exclude every knee as no_baseline_dess; ingest the "
+    "image packages (or their indexes) too (they may sit beside the clinical data)"
 )
 
 
@@ -91,12 +97,13 @@ def find_release(root: Path | str) -> Discovery:
     """The OAI files below ``root`` (a folder or a zip); finding none is an error (a wrong or empty ROOT)."""
     root_path = Path(root).expanduser()
     found = discover(root_path)
-    if not any(s.kind != ARCHIVE for s in found.sources):
+    if not any(s.kind != ARCHIVE for s in found.sources) and not found.image_series:
         raise InputFileError(
             root_path,
             "no OAI tables found below this folder (looked for Enrollees.txt, AllClinical{vv}.txt, "
             "SubjectChar00.txt, Outcomes99.txt, kXR_SQ_BU{vv}.txt and <visit dir>/contents.csv, their SAS "
-            "copies (.sas7bdat), NDA data structures (oai_enrollee01.txt ..., image03.txt), also inside .zip files)",
+            "copies (.sas7bdat), NDA data structures (oai_enrollee01.txt ..., image03.txt), folders of DICOM "
+            "series (00m/..., P001/...), also inside .zip files)",
         )
     return found
 
@@ -106,13 +113,19 @@ def find_sources(root: Path | str) -> list[SourceFile]:
     return find_release(root).sources
 
 
-def fingerprint(sources: Sequence[SourceFile], progress: ProgressCallback = no_progress) -> dict[str, str]:
-    """sha256 of every source file by relative path (one streaming read each, nothing parsed)."""
+def fingerprint(
+    sources: Sequence[SourceFile],
+    progress: ProgressCallback = no_progress,
+    images: Sequence[SeriesLocation] = (),
+) -> dict[str, str]:
+    """sha256 of every source file by relative path (one streaming read each, nothing parsed), and
+    of every image package of ``images`` (its series folders and header files, none read)."""
     out: dict[str, str] = {}
     progress("checking files", 0, len(sources))
     for i, source in enumerate(sources, start=1):
         out[source.relative_path] = hash_source(source)
         progress("checking files", i, len(sources))
+    out.update(image_fingerprints(images, out))
     return out
 
 
@@ -124,17 +137,22 @@ def read_release(
     sources: Sequence[SourceFile] | None = None,
     expected: dict[str, str] | None = None,
     warnings: Sequence[str] = (),
+    images: Sequence[SeriesLocation] = (),
+    scan_images: bool = False,
 ) -> ParsedRelease:
     """Find, hash and parse every OAI file below ``root`` (no database involved).
 
     ``expected``: sha256 by relative path from an earlier ``fingerprint``; a file whose content
     changed since is an error, so that the provenance recorded is that of the data parsed.
     ``warnings``: what discovery set aside (when ``sources`` are given), recorded with the run.
+    ``images``: the image series folders discovery found (when ``sources`` are given); those no
+    index lists are indexed from their DICOM headers, all of them with ``scan_images``
+    (``oaicohort.ingest.image_scanning``).
     """
     root_path = Path(root).expanduser()
     if sources is None:
         found = find_release(root_path)
-        sources, warnings = found.sources, found.warnings
+        sources, warnings, images = found.sources, found.warnings, found.image_series
     located = locate_variables(sources, variables, root_path)
     wanted: dict[str, list[str]] = {}
     for name, source in located.files.items():
@@ -171,14 +189,31 @@ def read_release(
         package = read_package(structures, located.nda, located.nda_map)
         for table in package.tables:
             _parse_into(release, table, table.variables)
+        release.warnings += list(dict.fromkeys(package.notes.warnings))
+        release.dictionary += package.notes.dictionary
         for path, n_rows in package.n_rows.items():
             records[path] = dataclasses.replace(records[path], n_rows=n_rows)
+    if images:
+        scanned = series_from_images(
+            release.root,
+            release.series,
+            release.listed_series,
+            images,
+            taken=records,
+            scan_all=scan_images,
+            expected=expected,
+            progress=progress,
+        )
+        release.series, release.series_scanned = scanned.series, scanned.read
+        release.warnings.extend(scanned.warnings)
+        for p in scanned.packages:
+            records[p.name] = FileRecord(p.name, IMAGE_SCAN, p.visit, p.sha256, p.size_bytes, p.series)
     release.files = list(records.values())
     release.forms = sorted({s.form for s in sources if s.form in (ASCII, SAS, NDA) and s.kind != ARCHIVE})
     if any(s.member is not None for s in sources):
         release.forms.append("zip")
     release.image_indexes = sum(1 for s in sources if s.kind in (CONTENTS, IMAGE03))
-    if not release.image_indexes:
+    if not release.image_indexes and not release.series_scanned:
         release.warnings.append(NO_IMAGE_INDEX)
     return release
 
@@ -217,7 +252,7 @@ def _parse_into(release: ParsedRelease, raw: TableSource, variables: list[str]) 
     if kind in (CONTENTS, IMAGE03):
         assert isinstance(raw, FileBytes)
         reader = read_contents if kind == CONTENTS else read_image03
-        frame = reader(raw, release.warnings)
+        frame = reader(raw, release.warnings, release.listed_series)
         release.series.append(frame)
         return len(frame)
     raise AssertionError(f"unhandled kind {kind}")  # discovery only yields the above

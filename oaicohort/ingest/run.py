@@ -27,8 +27,8 @@ labels, splits and volumes refer to them):
   readings are replaced.
 - knee_replacements: upsert by knee.
 - image_series: upsert by (subject, visit, side, sequence); a subject's series at a visit that
-  the new ``contents.csv`` files no longer list are removed. Done per subject and visit, not per
-  visit, because image packages split one visit over several folders.
+  the new ``contents.csv`` files (or the scanned image folders) no longer list are removed. Done
+  per subject and visit, not per visit, because image packages split one visit over several folders.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class IngestResult:
     warnings: list[str] = field(default_factory=list)
     forms: list[str] = field(default_factory=list)  # ascii | sas | nda | zip: how the release was held
     image_indexes: int = 0  # image index files read (contents.csv, image03.txt)
+    series_scanned: int = 0  # image series indexed from their DICOM headers
 
     @property
     def tables(self) -> list[str]:
@@ -89,9 +90,15 @@ class IngestResult:
 
 
 def _summary(
-    counts: Counts, variables: Sequence[str], n_files: int, seconds: float, about: dict[str, Any] | None = None
+    counts: Counts,
+    variables: Sequence[str],
+    n_files: int,
+    seconds: float,
+    about: dict[str, Any] | None = None,
+    scan_images: bool = False,
 ) -> dict[str, Any]:
     return {
+        "scan_images": scan_images,
         "rows": counts.rows,
         "inserted": counts.inserted,
         "removed": counts.removed,
@@ -102,8 +109,16 @@ def _summary(
     }
 
 
+_ABOUT: tuple[tuple[str, Any], ...] = (("warnings", []), ("forms", []), ("image_indexes", 0), ("series_scanned", 0))
+
+
 def _about(release: ParsedRelease) -> dict[str, Any]:
-    return {"warnings": list(release.warnings), "forms": list(release.forms), "image_indexes": release.image_indexes}
+    return {
+        "warnings": list(release.warnings),
+        "forms": list(release.forms),
+        "image_indexes": release.image_indexes,
+        "series_scanned": release.series_scanned,
+    }
 
 
 def record_if_unchanged(
@@ -115,16 +130,18 @@ def record_if_unchanged(
     started: dt.datetime | None = None,
     t0: float | None = None,
     run_id: int | None = None,
+    scan_images: bool = False,
 ) -> IngestResult | None:
     """Record an ``unchanged`` run when ``files`` (sha256 by relative path) are what the last
     successful run read; None (and nothing written) otherwise. Nothing is parsed.
 
-    ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row."""
+    ``run_id``: the ``running`` row to complete (see ``ingest_release``); else a new row.
+    ``scan_images``: only a run that read every image header too counts as the same."""
     started = started or utcnow()
     t0 = time.perf_counter() if t0 is None else t0
     counts = Counts()
     with db.write() as session:
-        last = unchanged_since(session, root, files, variables)
+        last = unchanged_since(session, root, files, variables, scan_images=scan_images)
         if last is None:
             return None
         records = [
@@ -133,8 +150,8 @@ def record_if_unchanged(
         ]
         seconds = time.perf_counter() - t0
         # what the last run found still holds: the files are the same
-        about = {k: (last.summary or {}).get(k, d) for k, d in (("warnings", []), ("forms", []), ("image_indexes", 0))}
-        summary = _summary(counts, variables, len(records), seconds, about)
+        about = {k: (last.summary or {}).get(k, d) for k, d in _ABOUT}
+        summary = _summary(counts, variables, len(records), seconds, about, scan_images)
         run = add_run(session, root, records, "unchanged", started, summary, run_id)
         run_id = run.id
     log.info("%s: same files as ingest run %d; nothing to change", root, last.id)
@@ -162,6 +179,7 @@ def write_release(
     t0: float | None = None,
     run_id: int | None = None,
     allow_shrink: bool = False,
+    scan_images: bool = False,
 ) -> IngestResult:
     """Write a parsed release in one transaction (or record it as ``unchanged``).
 
@@ -172,7 +190,7 @@ def write_release(
     counts = Counts()
     with db.write() as session:
         files = {f.relative_path: f.sha256 for f in release.files}
-        if unchanged_since(session, release.root, files, variables) is not None:
+        if unchanged_since(session, release.root, files, variables, scan_images=scan_images) is not None:
             status = "unchanged"
             log.info("%s: same files as the last successful ingest; nothing to change", release.root)
         else:
@@ -180,7 +198,8 @@ def write_release(
             check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             check_no_emptied_columns(session, release, allow_shrink=allow_shrink)
             write_tables(session, release, counts, progress)
-        summary = _summary(counts, variables, len(release.files), time.perf_counter() - t0, _about(release))
+        seconds = time.perf_counter() - t0
+        summary = _summary(counts, variables, len(release.files), seconds, _about(release), scan_images)
         run = add_run(session, release.root, release.files, status, started, summary, run_id)
         run_id = run.id
     return IngestResult(
@@ -204,8 +223,14 @@ def ingest_release(
     variables: Sequence[str] = (),
     progress: ProgressCallback | None = None,
     allow_shrink: bool = False,
+    scan_images: bool = False,
 ) -> IngestResult:
     """Ingest the OAI release below ``root`` into ``db`` (see the module docstring).
+
+    Image series folders (on disk or in zip archives) that no image index lists are indexed from
+    one DICOM header each; ``scan_images`` reads the header of every series found, and an index
+    that disagrees with its images is an ``InputFileError`` naming both
+    (``oaicohort.ingest.image_scanning``).
 
     ``allow_shrink``: accept a file giving none or far fewer rows than the same table gave in the
     last successful ingest, or a column with far fewer values than the database holds (otherwise
@@ -229,13 +254,27 @@ def ingest_release(
             sources = found.sources
             locate_variables(sources, names, root_path)  # an unknown variable fails before any work
             # hashing is cheap next to parsing: a re-ingest of the same files parses nothing
-            files = fingerprint(sources, progress)
+            files = fingerprint(sources, progress, found.image_series)
             result = record_if_unchanged(
-                db, root_path.resolve(), files, variables=names, started=started, t0=t0, run_id=run_id
+                db,
+                root_path.resolve(),
+                files,
+                variables=names,
+                started=started,
+                t0=t0,
+                run_id=run_id,
+                scan_images=scan_images,
             )
             if result is None:
                 release = read_release(
-                    root_path, names, progress, sources=sources, expected=files, warnings=found.warnings
+                    root_path,
+                    names,
+                    progress,
+                    sources=sources,
+                    expected=files,
+                    warnings=found.warnings,
+                    images=found.image_series,
+                    scan_images=scan_images,
                 )
                 result = write_release(
                     db,
@@ -246,6 +285,7 @@ def ingest_release(
                     t0=t0,
                     run_id=run_id,
                     allow_shrink=allow_shrink,
+                    scan_images=scan_images,
                 )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

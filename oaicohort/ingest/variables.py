@@ -9,8 +9,8 @@ from pathlib import Path
 
 from oaicohort.errors import InputFileError, OAIError
 from oaicohort.release.discovery import ALLCLINICAL, ENROLLEES, NDA_STRUCTURE, SUBJECTCHAR, SourceFile
-from oaicohort.release.nda import NDA_VARIABLE, NdaColumn, NdaMap, parse_nda_variable
 from oaicohort.release.nda import locate_variables as locate_nda_variables
+from oaicohort.release.nda_map import NDA_VARIABLE, NdaColumn, NdaMap, parse_nda_variable
 from oaicohort.release.text import read_header
 
 # files searched for --variables, in this order

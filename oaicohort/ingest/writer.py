@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from oaicohort.db.bulk import Columns, chunks, frame_columns, insert_rows, python_values, take, update_rows
 from oaicohort.db.schema import ClinicalValue, ImageSeries, Knee, KneeReplacement, Subject, SubjectVisit, XrayReading
 from oaicohort.db.staleness import mark_stale
-from oaicohort.ingest.dictionary import record_variables
+from oaicohort.ingest.dictionary import record_categories, record_variables
 from oaicohort.ingest.reading import ParsedRelease
 from oaicohort.progress import ProgressCallback
 from oaicohort.release.readers import OUTCOME_FIELDS
@@ -266,4 +266,5 @@ def write_tables(session: Session, release: ParsedRelease, counts: Counts, progr
     _write_series(session, release, counts)
     progress(task, 6, total)
     _write_clinical(session, release, counts)
+    record_categories(session, release.dictionary)  # what an NDA package's text categories mean
     progress(task, 7, total)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.image_files import SeriesLocation, series_in_archive, series_in_folder, visit_dirs_below
+from oaicohort.release.visit_paths import release_visit, visit_of_dirs
 from oaicohort.visits import VISIT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -51,44 +53,11 @@ _FILE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"contents\.csv"), CONTENTS),
     # per-release indexes: contents.0E1.csv, contents.2D2.csv, contents.0.C.2.csv
     (re.compile(r"contents[._-](?P<code>\d{1,2}\.?[a-z]\.?\d{1,2})\.csv"), CONTENTS),
-    (re.compile(r"image03\.txt"), IMAGE03),
-    (re.compile(r"oai_[a-z0-9_]+\.txt"), NDA_STRUCTURE),
+    # NDA structures: tab-delimited .txt as downloadcmd saves them, or comma-separated .csv exports
+    (re.compile(r"image03\.(?:txt|csv)"), IMAGE03),
+    (re.compile(r"oai_(?!nda_map\.csv$)[a-z0-9_]+\.(?:txt|csv)"), NDA_STRUCTURE),
 )
 _SKIPPED_DIRS = {"__macosx"}
-# image visit folders: 00m, OAI_00m, OAI00m; OAIBaselineImages, OAI96MonthImages
-_VISIT_DIR = re.compile(r"(?:oai[_ -]?)?(\d{1,3})m|oai(\d{1,3})monthimages?", re.IGNORECASE)
-_BASELINE_DIR = re.compile(r"oai[_ -]?baselineimages?", re.IGNORECASE)
-
-# Image release codes (OAI_FORMATS.md, OAI_DISTRIBUTIONS.md section 3) -> visit code
-RELEASE_CODES: dict[str, int] = {
-    "0.C.1": 0,
-    "0.C.2": 0,
-    "0.E.1": 0,
-    "0.E.2": 0,
-    "1.C.2": 1,
-    "1.E.1": 1,
-    "2.D.2": 2,
-    "3.C.2": 3,
-    "3.E.1": 3,
-    "4.G.1": 4,
-    "5.C.1": 5,
-    "5.E.1": 5,
-    "6.C.1": 6,
-    "6.E.1": 6,
-    "8.C.1": 8,
-    "8.E.1": 8,
-    "10.C.1": 10,
-    "10.E.1": 10,
-}
-_CODE = re.compile(r"(\d{1,2})\.?([A-Za-z])\.?(\d{1,2})")
-
-
-def release_visit(code: str) -> int | None:
-    """Visit of an image release code (``0.C.2``, ``0E1``, ``2.D.2``), None for an unknown one."""
-    m = _CODE.fullmatch(code.strip())
-    if not m:
-        return None
-    return RELEASE_CODES.get(f"{int(m.group(1))}.{m.group(2).upper()}.{int(m.group(3))}")
 
 
 @dataclass(frozen=True)
@@ -116,13 +85,20 @@ class SourceFile:
         """An NDA structure's name (``oai_kxrsemiquant01``)."""
         return self.name.lower().rsplit(".", 1)[0]
 
+    @property
+    def delimiter(self) -> str:
+        """An NDA file's field separator: comma for a ``.csv`` export, else tab."""
+        return "," if self.name.lower().endswith(".csv") else "\t"
+
 
 @dataclass
 class Discovery:
-    """The sources to read, and what was found but set aside (one message each)."""
+    """The sources to read, the image series folders found (``oaicohort.release.image_files``),
+    and what was found but set aside (one message each)."""
 
     sources: list[SourceFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    image_series: list[SeriesLocation] = field(default_factory=list)
 
 
 def classify(name: str) -> tuple[str, int | None] | None:
@@ -151,26 +127,6 @@ def _classify(name: str) -> tuple[str, int | None, str] | None:
     return None
 
 
-def visit_of_dir(name: str) -> int | None:
-    """Visit code of an image package visit dir: ``00m``, ``96m``, ``OAI_00m``, ``OAIBaselineImages``."""
-    if _BASELINE_DIR.fullmatch(name):
-        return 0
-    m = _VISIT_DIR.fullmatch(name)
-    if not m:
-        return None
-    month = int(m.group(1) or m.group(2))
-    return next((v for v, mo in VISIT_MONTHS.items() if mo == month), None)
-
-
-def _visit_of_dirs(parts: list[str]) -> int | None:
-    """The visit named by the nearest enclosing visit folder (``OAIBaselineImages/results/x``)."""
-    for part in reversed(parts):
-        visit = visit_of_dir(part)
-        if visit is not None:
-            return visit
-    return None
-
-
 def _source(
     path: Path, relative: str, name: str, dir_parts: list[str], member: str | None, found: Discovery
 ) -> SourceFile | None:
@@ -180,7 +136,7 @@ def _source(
     kind, visit, form = classified
     if kind == CONTENTS:
         if visit is None:
-            visit = _visit_of_dirs(dir_parts)
+            visit = visit_of_dirs(dir_parts)
     elif visit is not None and visit not in VISIT_MONTHS:
         found.warnings.append(f"{relative}: visit {visit:02d} is not an OAI visit this toolkit knows; not read")
         return None
@@ -193,6 +149,7 @@ def _archive_members(path: Path, relative: str, dir_parts: list[str], found: Dis
             infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputFileError(path, f"cannot read zip archive: {exc}") from None
+    found.image_series.extend(series_in_archive(path, relative, dir_parts, infos))
     members = []
     for info in sorted(infos, key=lambda i: i.filename):
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
@@ -239,22 +196,29 @@ def discover(root: Path | str) -> Discovery:
     def walk_error(err: OSError) -> None:
         raise InputFileError(err.filename or root_path, f"cannot list directory: {err.strerror}")
 
-    # image packages are often linked in from other disks, so links are followed, once each
-    visited: set[str] = set()
+    visit_dirs = visit_dirs_below(root_path.resolve())
+    # image packages are often linked in from other disks, so links are followed, once each (a
+    # folder is known by its device and inode: one stat, where resolving its path costs one per level)
+    visited: set[tuple[int, int] | None] = set()
     for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
-        visited.add(os.path.realpath(dirpath))
+        visited.add(_identity(dirpath))
         dirnames[:] = sorted(
             d
             for d in dirnames
             if not d.startswith(".")
             and d.lower() not in _SKIPPED_DIRS
-            and os.path.realpath(os.path.join(dirpath, d)) not in visited
+            and _identity(os.path.join(dirpath, d)) not in visited
         )
         for d in dirnames:
             if classify(d) is not None:
                 log.warning("%s: a directory named like an OAI table; not read as one", Path(dirpath) / d)
         dir_parts = list(Path(dirpath).relative_to(root_path).parts)
+        series = series_in_folder(root_path, Path(dirpath), filenames, visit_dirs)
+        if series is not None:
+            found.image_series.append(series)
         for name in sorted(filenames):
+            if not name.lower().endswith(".zip") and _classify(name) is None:
+                continue  # slice files and the like: not even stat-ed (an image tree holds millions)
             path = Path(dirpath) / name
             if not _is_regular_file(path):
                 continue
@@ -266,7 +230,17 @@ def discover(root: Path | str) -> Discovery:
             if source is not None:
                 found.sources.append(source)
     found.sources.sort(key=lambda f: f.relative_path)
+    found.image_series.sort(key=lambda s: s.relative)
     return _one_per_table(found)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """A folder's device and inode (links followed); None when it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _is_regular_file(path: Path) -> bool:

@@ -13,11 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from oaicohort.release.discovery import release_visit
+from oaicohort.release.image03_paths import date_note, path_facts
+from oaicohort.release.image_files import series_key
 from oaicohort.release.table import Table, shown
 from oaicohort.release.text import FileBytes, read_table
 from oaicohort.release.values import dates, subject_ids, text_or_none
-from oaicohort.visits import VISIT_MONTHS
+from oaicohort.release.visit_paths import is_screening_study, release_visit
+from oaicohort.visits import SCREENING_VISIT, VISIT_MONTHS
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,17 @@ def _code_visits(first: pd.Series) -> pd.Series:
     return first.map(cache).astype("float64")
 
 
+def _screening(visit: pd.Series, dir_visit: int | None, f: pd.DataFrame) -> pd.Series:
+    """The screening visit for an index in the screening package (``P001``) or rows of a
+    ``^SCREENING^`` study, whatever their release code says (it is a baseline one)."""
+    if dir_visit == SCREENING_VISIT:
+        return pd.Series(float(SCREENING_VISIT), index=visit.index)
+    if "STUDYDESCRIPTION" in f.columns:
+        studies = {d: is_screening_study(d) for d in f["STUDYDESCRIPTION"].unique().tolist()}
+        return visit.mask(f["STUDYDESCRIPTION"].map(studies).astype(bool), float(SCREENING_VISIT))
+    return visit
+
+
 def _skip_rows(t: Table, keep: np.ndarray, reason: str, warnings: list[str] | None) -> None:
     skipped = np.flatnonzero(~keep)
     if not skipped.size:
@@ -106,7 +119,7 @@ def _skip_rows(t: Table, keep: np.ndarray, reason: str, warnings: list[str] | No
         warnings.append(message)
 
 
-def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
+def read_contents(raw: FileBytes, warnings: list[str] | None = None, listed: set[str] | None = None) -> pd.DataFrame:
     """An image package's ``contents.csv`` (or ``contents.<code>.csv``): one row per series,
     rescans collapsed to the last.
 
@@ -114,8 +127,10 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
     study_description, folder, visit_dir, study_date, barcode, source_file, source_row``.
     The visit comes from the release code that starts ``Folder`` (``0.C.2/...``, every code of
     OAI_DISTRIBUTIONS.md section 3), else from the index's name or visit folder (``00m``,
-    ``OAI_18m``, ``OAIBaselineImages``). Rows whose visit cannot be told are not read: each index
+    ``OAI_18m``, ``OAIBaselineImages``); series of the screening package (``P001``,
+    ``OAIScreeningImages``) or of a ``^SCREENING^`` study are the screening visit ``P01``. Rows whose visit cannot be told are not read: each index
     with such rows adds one message to ``warnings`` (the ingest records and counts them).
+    ``listed`` receives the place of every series the index names, rescans included (``series_key``).
     """
     t = read_table(
         raw,
@@ -135,6 +150,7 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
     dir_visit = raw.source.visit
     if dir_visit is not None:
         visit = visit.fillna(dir_visit)
+    visit = _screening(visit, dir_visit, f)
     known = visit.notna().to_numpy()
     if not known.all():
         codes = sorted(set(first[~known].tolist()))[:3]
@@ -164,6 +180,7 @@ def read_contents(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataF
         visit_dir=_visit_dir(raw),
         study_date=dates(t, "STUDYDATE", fmt="%Y%m%d"),
         barcode_column=barcode,
+        listed=listed,
     )
 
 
@@ -180,6 +197,7 @@ def _series_frame(
     visit_dir: str,
     study_date: pd.Series,
     barcode_column: str,
+    listed: set[str] | None = None,
 ) -> pd.DataFrame:
     # few distinct descriptions (one per sequence and knee): split each once
     split = {d: split_series_description(d) for d in description.unique().tolist()}
@@ -208,6 +226,8 @@ def _series_frame(
             "source_row": t.lines,
         }
     )
+    if listed is not None:  # rescans too: their folders are listed, not unknown
+        listed.update(series_key(visit_dir, f) for f in frame["folder"])
     # a rescan is listed after the series it replaces
     return frame.drop_duplicates(["subject_id", "visit", "side", "sequence"], keep="last")
 
@@ -220,6 +240,16 @@ _SERIES_ARCHIVE = re.compile(r".*\.(tar\.gz|tgz|tar)$", re.IGNORECASE)
 
 
 _URL_PREFIX = r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/]*"
+
+
+def _few(values: pd.Series, pattern: re.Pattern[str]) -> pd.Series:
+    """The first group of ``pattern`` in each value (NaN where none), for a column of few
+    distinct values (each matched once)."""
+    found = {}
+    for value in values.unique().tolist():
+        m = pattern.search(value)
+        found[value] = m.group(1) if m else np.nan
+    return values.map(found)
 
 
 def _archive_keys(image_file: pd.Series) -> pd.Series:
@@ -267,12 +297,15 @@ def _locate_archives(keys: pd.Series, package: Path | None) -> pd.Series:
     return keys.map(locate)
 
 
-def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFrame:
-    """An NDA package's ``image03.txt`` (tab-delimited, description row 2): one row per series
-    archive, as ``read_contents`` returns them. ``folder`` is the series' ``.tar.gz`` relative to
-    the package folder (``visit_dir``), ``study_date`` the ``interview_date``, ``barcode`` the
-    ``accession_number``. The visit comes from ``visit`` (``V00``), else from the release code in
-    ``study`` (``OAI Image Release 0.C.2``); rows with neither are not read (one warning)."""
+def read_image03(raw: FileBytes, warnings: list[str] | None = None, listed: set[str] | None = None) -> pd.DataFrame:
+    """An NDA package's ``image03.txt`` (tab-delimited, a ``.csv`` export comma-separated; fields
+    may be quoted; description row 2): one row per series archive, as ``read_contents`` returns
+    them. ``folder`` is the series' ``.tar.gz`` relative to the package folder (``visit_dir``),
+    ``barcode`` the ``accession_number``. The visit comes from ``visit`` (``V00``), else from
+    ``image_file``'s path (``.../00m/0.C.2/<id>/<date>/...``), else from the release code in
+    ``study`` (``OAI Image Release 0.C.2``); rows with none are not read (one warning). The study
+    date is the path's where it has one (real ``interview_date`` values are a day early; when
+    they differ, one warning says so), else ``interview_date``."""
     t = read_table(
         raw,
         [
@@ -285,25 +318,32 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
             "ACCESSION_NUMBER",
         ],
         required=["SRC_SUBJECT_ID", "IMAGE_DESCRIPTION", "IMAGE_FILE"],
-        sep="\t",
+        sep=raw.source.delimiter,
         description_row=True,
     )
     f = t.frame
+    facts = path_facts(_archive_keys(f["IMAGE_FILE"]))
     visit = pd.Series(np.nan, index=f.index)
     if "VISIT" in f.columns:
-        code = f["VISIT"].str.extract(_NDA_VISIT, expand=False).astype("float64")
+        code = _few(f["VISIT"], _NDA_VISIT).astype("float64")
         visit = code.where(code.isin(list(VISIT_MONTHS)))
+    visit = visit.fillna(facts["visit"])
     if "STUDY" in f.columns:
-        studies = f["STUDY"].str.extract(_STUDY_CODE, expand=False)
+        studies = _few(f["STUDY"], _STUDY_CODE)
         codes = {c: release_visit(c) for c in studies.dropna().unique().tolist()}
         visit = visit.fillna(studies.map(codes).astype("float64"))
     known = visit.notna().to_numpy()
     if not known.all():
         _skip_rows(
-            t, known, "cannot tell the visit: no OAI visit (V00 ...) and no known release code in 'study'", warnings
+            t,
+            known,
+            "cannot tell the visit: no OAI visit (V00 ...), no visit folder or release code in image_file's path "
+            "(.../00m/0.C.2/...) and no known release code in 'study'",
+            warnings,
         )
         t = Table(t.source, f[known].reset_index(drop=True), t.lines[known], t.header, t.column_names)
         f, visit = t.frame, visit[known].reset_index(drop=True)
+        facts = facts[known].reset_index(drop=True)
     description = f["IMAGE_DESCRIPTION"]
     if (description == "").any():
         row = int(np.flatnonzero((description == "").to_numpy())[0])
@@ -312,7 +352,7 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
     if (keys == "").any():
         row = int(np.flatnonzero((keys == "").to_numpy())[0])
         raise t.error("empty image_file", row=row, column="IMAGE_FILE")
-    climbs = keys.str.split("/").map(lambda parts: ".." in parts).to_numpy(dtype=bool)
+    climbs = pc.match_substring_regex(_arrow(keys), r"(^|/)\.\.(/|$)").to_numpy(zero_copy_only=False)
     if climbs.any():
         row = int(np.flatnonzero(climbs)[0])
         raise t.error(
@@ -329,6 +369,18 @@ def read_image03(raw: FileBytes, warnings: list[str] | None = None) -> pd.DataFr
         study_description=pd.Series([None] * len(t), dtype=object),
         folder=_locate_archives(keys, package),
         visit_dir=_visit_dir(raw),
-        study_date=dates(t, "INTERVIEW_DATE"),
+        study_date=_study_dates(t, facts["study_date"], warnings),
         barcode_column="ACCESSION_NUMBER",
+        listed=listed,
     )
+
+
+def _study_dates(t: Table, from_paths: pd.Series, warnings: list[str] | None) -> pd.Series:
+    """The date in each row's ``image_file`` path, else its ``interview_date``."""
+    interview = dates(t, "INTERVIEW_DATE")
+    note = date_note(t.source.relative_path, from_paths, interview)
+    if note is not None:
+        log.warning("%s", note)
+        if warnings is not None:
+            warnings.append(note)
+    return from_paths.where(from_paths.notna(), interview).astype(object)

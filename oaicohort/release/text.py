@@ -167,6 +167,12 @@ def read_header(source: SourceFile, sep: str = "|") -> list[str]:
     return _header_names(source.where, re.split(rb"[\r\n]", first, maxsplit=1)[0], sep)
 
 
+def header_names(raw: FileBytes, sep: str = "|") -> list[str]:
+    """Upper-cased column names of a file already read (its first line)."""
+    first = re.split(rb"[\r\n]", _without_eof_mark(raw.data), maxsplit=1)[0]
+    return _header_names(raw.source.where, first, sep)
+
+
 _OTHER_DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 
 
@@ -231,7 +237,8 @@ def read_table(
     elif b'"' not in data and len(sep) == 1:  # no quoting: every line is one record
         row_lines = _pipe_row_lines(path, data, len(header), sep)
     else:
-        row_lines = _csv_row_lines(path, data.decode(encoding), len(header), sep)
+        quoted = _quoted_row_lines(path, data, len(header), sep) if len(sep) == 1 else None
+        row_lines = quoted if quoted is not None else _csv_row_lines(path, data.decode(encoding), len(header), sep)
     if description_row:
         if not row_lines.size:
             raise InputFileError(path, "no description row below the header (an NDA structure file has one)", line=2)
@@ -284,17 +291,20 @@ def _without_eof_mark(data: bytes) -> bytes:
     return _EOF_MARK.sub(b"", data)
 
 
-def _pipe_row_lines(path: Path, data: bytes, n_columns: int, sep: str = "|") -> np.ndarray:
+def _pipe_row_lines(
+    path: Path, data: bytes, n_columns: int, sep: str = "|", separators: np.ndarray | None = None
+) -> np.ndarray:
     """Line numbers of the data rows of an unquoted delimited file; a ragged row is an error.
 
     Counted over the bytes with numpy (line ends and pipes), not line by line: this runs over
-    every byte of files hundreds of columns wide."""
+    every byte of files hundreds of columns wide. ``separators``: the positions of the field
+    separators, where not every ``sep`` byte is one (quoted fields)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 0x0A)
     if not data.endswith(b"\n"):
         ends = np.append(ends, len(buf))
     starts = np.r_[0, ends[:-1] + 1]
-    pipes = np.flatnonzero(buf == ord(sep))
+    pipes = np.flatnonzero(buf == ord(sep)) if separators is None else separators
     fields = np.searchsorted(pipes, ends) - np.searchsorted(pipes, starts) + 1
     length = ends - starts
     ends_cr = (length > 0) & (buf[np.maximum(ends - 1, 0)] == 0x0D)
@@ -309,6 +319,42 @@ def _pipe_row_lines(path: Path, data: bytes, n_columns: int, sep: str = "|") -> 
             path, f"row has {int(fields[at])} fields but the header has {n_columns}", line=int(numbers[at])
         )
     return numbers[data_rows]
+
+
+def _quoted_row_lines(path: Path, data: bytes, n_columns: int, sep: str) -> np.ndarray | None:
+    """``_pipe_row_lines`` for a file with quote characters, counting only the separators outside
+    quoted fields (real image03 exports quote every field; free text has quotes inside fields,
+    which are literal there). None (parse it record by record) where that cannot be told from
+    the bytes alone: a line with a quoted field and a quote not at a field's edge, or a quoted
+    field running over a line end."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(buf == 0x22)
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    prev = buf[np.maximum(quotes - 1, 0)]
+    follow = buf[np.minimum(quotes + 1, len(buf) - 1)]
+    separator = ord(sep)
+    # a quote may open a field at its start, close one before a separator or line end, or be
+    # one of a doubled pair inside it
+    opens = (quotes == start) | (prev == separator) | (prev == 0x0A) | (prev == 0x0D) | (prev == 0x22)
+    closes = (quotes == len(buf) - 1) | (follow == separator) | (follow == 0x0A) | (follow == 0x0D) | (follow == 0x22)
+    ends = np.flatnonzero(buf == 0x0A)
+    line_of = np.searchsorted(ends, quotes)
+    field_start = opens & (prev != 0x22)
+    if not field_start.any():  # quotes inside fields only (free text): literal, every tab a separator
+        return _pipe_row_lines(path, data, n_columns, sep)
+    has_quoted = np.zeros(len(ends) + 1, dtype=bool)
+    has_quoted[line_of[field_start]] = True
+    quoting = has_quoted[line_of]  # quotes on lines where a field starts with one
+    active = np.zeros(len(buf), dtype=np.uint8)
+    active[quotes[quoting]] = 1
+    inside = np.bitwise_xor.accumulate(active)
+    toggles_in = inside[quotes[quoting]] == 1
+    if not (np.where(toggles_in, opens[quoting], closes[quoting])).all():
+        return None  # a quote inside a field of a line that also has quoted fields
+    if inside[ends].any():  # a quoted field runs over a line end
+        return None
+    separators = np.flatnonzero((buf == separator) & (inside == 0))
+    return _pipe_row_lines(path, data, n_columns, sep, separators)
 
 
 def _csv_row_lines(path: Path, text: str, n_columns: int, sep: str) -> np.ndarray:

@@ -10,11 +10,20 @@
 - ``sas``: ``OAICompleteData_SAS/*.sas7bdat`` (real SAS7BDAT files, ``synth.sas_writer``);
 - ``nda``: an NDA data package ``Package_<n>/``: one tab-delimited file per data structure (with
   the description row), values bare, missing values blank except the special codes (``.P``),
-  ``image03.txt`` listing every series, and each written DESS series as a ``.tar.gz``.
+  ``image03.txt`` listing every series, and each written DESS series as a ``.tar.gz``. The
+  structures and columns carry the names real packages use (``synth.nda_tables``; sex, race and
+  ethnicity as NDA text categories), and ``image03.txt`` is written as real ones are: fields
+  quoted, no ``visit`` column (the visit is in ``image_file``'s path), ``interview_date`` one day
+  before the study date. ``legacy_names=True`` writes the first synthetic form instead (the
+  names guessed before real packages were seen), for the compatibility tests.
 
 The data are the same in every form, so ingesting any of them gives the same database (the
 tests compare them); only what a form cannot carry differs: value labels (``1: Male`` -> ``1``),
 and ``.`` versus an empty cell. ``synth_truth.csv`` stays in ``root`` in every form.
+
+``images`` (``oaicohort.synth.image_download``) writes the image packages as an image download
+of today instead of the indexed layout: ``folders`` or ``zip`` per visit, without contents.csv
+(an NDA package then lists the series in ``image03.txt`` but holds no ``.tar.gz`` of them).
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import OAIError
-from oaicohort.release.discovery import release_visit
-from oaicohort.release.nda import NdaColumn, NdaMap, guess_column
+from oaicohort.release.nda_map import NdaColumn, NdaMap, guess_column
+from oaicohort.release.visit_paths import release_visit
+from oaicohort.synth.image_download import IMAGE_LAYOUTS, write_image_download
+from oaicohort.synth.nda_tables import LEGACY_MAP, write_structures
 from oaicohort.synth.sas_writer import write_sas7bdat
 
 DISTRIBUTIONS = ("ascii", "ascii-categories", "zip", "sas", "nda")
@@ -87,15 +98,19 @@ def _ascii_tables(root: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-def convert_release(root: Path, distribution: str) -> list[str]:
-    """Rewrite the synthetic ASCII release under ``root`` as ``distribution``; returns the files
-    written (relative to ``root``)."""
+def convert_release(root: Path, distribution: str, *, legacy_names: bool = False, images: str = "indexed") -> list[str]:
+    """Rewrite the synthetic ASCII release under ``root`` as ``distribution`` and its images in the
+    layout ``images`` (``indexed``, ``folders``, ``zip``); returns the files written (relative to
+    ``root``). ``legacy_names``: an NDA package in the first synthetic form."""
     if distribution not in DISTRIBUTIONS:
         raise OAIError(f"unknown distribution {distribution!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    if images not in IMAGE_LAYOUTS:
+        raise OAIError(f"unknown image layout {images!r}; expected one of {', '.join(IMAGE_LAYOUTS)}")
     root = Path(root)
     clear_distributions(root)
     if distribution == "ascii":
-        return sorted(p.relative_to(root).as_posix() for p in (root / ASCII_DIR).glob("*.txt"))
+        tables = sorted(p.relative_to(root).as_posix() for p in (root / ASCII_DIR).glob("*.txt"))
+        return tables + write_image_download(root, images)
     folder = root / ASCII_DIR
     written: list[str] = []
     if distribution == "ascii-categories":
@@ -115,11 +130,14 @@ def convert_release(root: Path, distribution: str) -> list[str]:
             write_sas7bdat(target, {c: frame[c].tolist() for c in frame.columns}, Path(name).stem)
             written.append(target.relative_to(root).as_posix())
     else:
-        written = write_nda_package(root, _ascii_tables(root))
-        if (root / IMAGE_VISIT_DIR).is_dir():
+        written = write_nda_package(root, _ascii_tables(root), legacy_names=legacy_names)
+        if images != "indexed":  # a package without its associated files: the series are downloaded
+            shutil.rmtree(root / PACKAGE / "image03", ignore_errors=True)
+            written = [w for w in written if not w.startswith(f"{PACKAGE}/image03/")]
+        elif (root / IMAGE_VISIT_DIR).is_dir():
             shutil.rmtree(root / IMAGE_VISIT_DIR)  # the package carries the series as archives
     shutil.rmtree(folder)
-    return written
+    return written + write_image_download(root, images)
 
 
 # --------------------------------------------------------------------------- NDA package
@@ -225,12 +243,19 @@ def _clinical_structure(mapping: NdaMap, name: str) -> str:
     return mapped if mapped not in _NOT_CLINICAL else _family(name)
 
 
-def write_nda_package(root: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
+def write_nda_package(root: Path, tables: dict[str, pd.DataFrame], *, legacy_names: bool = False) -> list[str]:
     """Write ``tables`` (the ASCII release, by file name) and the image index as an NDA package."""
-    mapping = NdaMap.default()
     package = root / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
     by_lower = {name.lower(): frame for name, frame in tables.items()}
+    if not legacy_names:
+        paths, common = write_structures(package, by_lower, _nda_cell, _subject_key)
+        written = [p.relative_to(root).as_posix() for p in paths]
+        contents = root / IMAGE_VISIT_DIR / "contents.csv"
+        if contents.is_file():
+            written += write_image03(package, contents, common, root, legacy_names=False)
+        return written
+    mapping = NdaMap.from_text(LEGACY_MAP, "legacy map")
     enrollees = by_lower["enrollees.txt"]
     sex = {s: {"1": "M", "2": "F"}.get(_nda_cell(c), "") for s, c in zip(enrollees["ID"], enrollees["P02SEX"])}
     common = {s: {"subjectkey": _subject_key(s), "sex": x} for s, x in sex.items()}
@@ -293,9 +318,13 @@ def _tar_gz(series: Path, target: Path) -> None:
         gz.write(buffer.getvalue())
 
 
-def write_image03(package: Path, contents: Path, common: dict[str, dict[str, str]], root: Path) -> list[str]:
+def write_image03(
+    package: Path, contents: Path, common: dict[str, dict[str, str]], root: Path, *, legacy_names: bool = True
+) -> list[str]:
     """``image03.txt`` from a visit folder's ``contents.csv`` (every row, in order), and each
-    series folder present as ``image03/<s3 key with %2F>.tar.gz``, as ``downloadcmd`` saves them."""
+    series folder present as ``image03/<s3 key with %2F>.tar.gz``, as ``downloadcmd`` saves them.
+    Without ``legacy_names`` as real exports are: quoted fields, no ``visit`` column, and an
+    ``interview_date`` one day before the study date."""
     frame = pd.read_csv(contents, dtype=str, keep_default_na=False, na_filter=False)
     columns = [
         *COMMON,
@@ -308,11 +337,17 @@ def write_image03(package: Path, contents: Path, common: dict[str, dict[str, str
         "study",
         "image_thumbnail_file",
     ]
+    if not legacy_names:
+        columns.remove("visit")
     written = []
     path = package / "image03.txt"
+
+    def line(fields: list[str]) -> str:
+        return "\t".join(fields if legacy_names else [f'"{f}"' for f in fields]) + "\n"
+
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("\t".join(columns) + "\n")
-        fh.write("\t".join(f"Description of {c}" for c in columns) + "\n")
+        fh.write(line(columns))
+        fh.write(line([f"Description of {c}" for c in columns]))
         for rec in frame.to_dict("records"):
             folder = rec["Folder"].strip().strip("/")
             code = folder.split("/", 1)[0]
@@ -325,6 +360,8 @@ def write_image03(package: Path, contents: Path, common: dict[str, dict[str, str
                 written.append(local.relative_to(root).as_posix())
             date = rec.get("StudyDate", "").strip()
             subject = rec["ParticipantID"].strip()
+            if len(date) == 8 and not legacy_names:  # real image03 rows: a day before the study date
+                date = (pd.Timestamp(date) - pd.Timedelta(days=1)).strftime("%Y%m%d")
             row = {
                 **common.get(subject, {}),
                 "src_subject_id": subject,
@@ -338,7 +375,7 @@ def write_image03(package: Path, contents: Path, common: dict[str, dict[str, str
                 "accession_number": rec.get("Barcode", ""),
                 "study": f"OAI Image Release {code}",
             }
-            fh.write("\t".join(row.get(c, "") for c in columns) + "\n")
+            fh.write(line([row.get(c, "") for c in columns]))
     written.append(path.relative_to(root).as_posix())
     return written
 

@@ -78,6 +78,19 @@ def read_latents(path: Path) -> dict[tuple[int, str], float]:
     return latents
 
 
+class SeriesNumbers:
+    """``SeriesNumber`` of each row of an image index: 1, 2, ... per participant in file order, as a
+    scanner numbers the series of a session; a rescan, listed after the series it replaces, gets
+    the larger number, so that the images alone tell which one is the later."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+
+    def next(self, participant: str) -> int:
+        self.count[participant] = self.count.get(participant, 0) + 1
+        return self.count[participant]
+
+
 def _dess_tasks(release_root: Path, visit_dir: str, geometry: ImageGeometry, seed: int) -> list[_SeriesTask]:
     contents = release_root / visit_dir / "contents.csv"
     if not contents.is_file():
@@ -93,8 +106,10 @@ def _dess_tasks(release_root: Path, visit_dir: str, geometry: ImageGeometry, see
             raise InputFileError(contents, f"missing column(s) {sorted(missing)}", line=1)
         # the barcode column is called AccessionNumber in some releases
         barcode_column = next((c for c in ("Barcode", "AccessionNumber") if c in header), None)
+        numbers = SeriesNumbers()
         for line, raw in enumerate(reader, start=2):
             row = _strip_row(raw)
+            series_number = numbers.next(row["ParticipantID"])
             description = row["SeriesDescription"].upper()
             if description not in DESS_DESCRIPTIONS:
                 continue
@@ -118,6 +133,7 @@ def _dess_tasks(release_root: Path, visit_dir: str, geometry: ImageGeometry, see
                 series_uid=synth_uid("series", seed, subject, side, series_key),
                 study_uid=synth_uid("study", seed, subject, row["StudyDate"]),
                 spacing_mm=geometry.spacing_mm,
+                series_number=series_number,
             )
             tasks.append(_SeriesTask(str(folder), latents[(subject, side)], side, entropy, geometry, meta))
     return tasks

@@ -20,10 +20,11 @@ import pandas as pd
 from oaicohort.errors import InputFileError
 from oaicohort.imaging.recipe.mri import preprocess_series
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.series.source import check_within
+from oaicohort.imaging.series.source import check_within, series_folder
 from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
+from oaicohort.visits import SCREENING_VISIT
 from oaicohort.vocabulary import SIDES, XRAY_VIEW
 from oaimodels import run_folder as rf
 from oaimodels.inference.trained_run import TrainedRun
@@ -89,7 +90,8 @@ def series_scan(
 ) -> KneeScan:
     from oaicohort.imaging.series.dicom import read_series
 
-    series = read_series(folder)
+    with series_folder(folder) as files:  # a series in an archive is unpacked while read
+        series = read_series(files)
     knee_side = series.side or side
     if series.side and side and extra.get("expected_side") and series.side != side:
         raise InputFileError(folder, f"series says knee side {series.side} but the release index says {side}")
@@ -176,14 +178,21 @@ def store_scans(
 
 
 def release_index(root: Path) -> pd.DataFrame:
-    """Every series the image package indexes (``contents.csv``) below ``root`` list."""
-    from oaicohort.release.discovery import CONTENTS, discover_release
-    from oaicohort.release.image_index import read_contents
+    """Every image series below ``root``: those its indexes (``contents.csv``, ``image03.txt``)
+    list, and those of an image download without an index, read from their DICOM headers."""
+    from oaicohort.release.discovery import CONTENTS, IMAGE03, discover
+    from oaicohort.release.image_index import read_contents, read_image03
+    from oaicohort.release.image_scan import index_unlisted
     from oaicohort.release.text import load_source
 
-    frames = [read_contents(load_source(s)) for s in discover_release(root) if s.kind == CONTENTS]
+    found = discover(root)
+    listed: set[str] = set()
+    readers = {CONTENTS: read_contents, IMAGE03: read_image03}
+    frames = [readers[s.kind](load_source(s), None, listed) for s in found.sources if s.kind in readers]
+    agreement, _ = index_unlisted(Path(root), frames, listed, found.image_series)
+    frames = [f for f in agreement.series if len(f)]
     if not frames:
-        raise InputFileError(root, "no image package index (contents.csv) below this folder")
+        raise InputFileError(root, "no image series below this folder (no contents.csv, image03.txt or DICOM folders)")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -203,7 +212,8 @@ def radiograph_scans(
     from oaicohort.imaging.recipe.xray_knees import crop_knees
     from oaicohort.imaging.series.radiograph import read_radiograph
 
-    radiograph = read_radiograph(folder)
+    with series_folder(folder) as files:  # a series in an archive is unpacked while read
+        radiograph = read_radiograph(files)
     crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, sides)
     subject = _subject(subject_id if subject_id is not None else radiograph.patient_id)
     scans = []
@@ -232,10 +242,15 @@ def release_radiograph_scans(
     visit: int,
     progress: ProgressCallback,
 ) -> list[KneeScan]:
-    """The knees (all, or ``knees`` in their order) of the release's radiographs at ``visit``."""
+    """The knees (all, or ``knees`` in their order) of the release's radiographs at ``visit``; at
+    baseline a participant without one has the screening radiograph (P01) when the store's
+    parameters say so, as ``oai preprocess --view xray`` takes it."""
     series = release_index(root)
-    series = series[(series["sequence"] == params.xray_sequence.upper()) & (series["visit"] == visit)]
-    series = series.drop_duplicates(["subject_id"], keep="last")  # one bilateral image per visit
+    visits = [visit, SCREENING_VISIT] if visit == 0 and params.xray_baseline_from_screening else [visit]
+    series = series[(series["sequence"] == params.xray_sequence.upper()) & series["visit"].isin(visits)]
+    series = series.assign(_screening=series["visit"] != visit).sort_values(["subject_id", "_screening"], kind="stable")
+    series = series[~series.duplicated(["subject_id", "_screening"], keep="last")]  # one bilateral image per visit
+    series = series.drop_duplicates(["subject_id"], keep="first").drop(columns="_screening")  # the visit's own first
     slots = pd.concat([series.assign(side=side) for side in SIDES]).sort_values(["subject_id", "side"], kind="stable")
     slots = slots.rename(columns={"folder": "series_folder"}).assign(position=range(len(slots)))
     chosen = select_slots(slots, knees, where=f"{root} ({params.xray_sequence}, visit {visit})")

@@ -2,7 +2,8 @@
 
 Trajectories map OAI visit codes (0, 1=12m, 3=24m, 5=36m, 6=48m, 8=72m, 10=96m) to a KLG, a
 missing code (".P", ".T", "." ...) or a list of rows (reading-project duplicates, file order =
-list order unless a ``(value, source_row)`` pair says otherwise).
+list order unless a ``(value, source_row)`` pair says otherwise; every row is reading project 15
+unless a ``(value, source_row, project)`` triple names another).
 """
 
 from __future__ import annotations
@@ -75,14 +76,14 @@ def add_knee(
     s.add(knee)
     s.flush()
     for visit, value in readings.items():
-        for prj, item in enumerate(value if isinstance(value, list) else [value]):
-            grade, row = item if isinstance(item, tuple) else (item, next(_ROWS))
+        for item in value if isinstance(value, list) else [value]:
+            grade, row, project = (*item, 15)[:3] if isinstance(item, tuple) else (item, next(_ROWS), 15)
             s.add(
                 XrayReading(
                     knee_id=knee.id,
                     visit=visit,
                     month=visit_month(visit),
-                    read_project=15 + prj,
+                    read_project=project,
                     klg=grade if isinstance(grade, int) else None,
                     klg_missing_code=None if isinstance(grade, int) else (grade or "."),
                     source_file=f"kXR_SQ_BU{visit:02d}.txt",
@@ -206,6 +207,10 @@ def rules_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Databas
                 10: 2,
             },
         )
+        # project 15's readings come after 37's and 42's in the file: they count all the same
+        k["project_15_last"] = one_knee(
+            s, 9000028, {0: [(2, 1001, 37), (1, 1002, 15)], 1: [(3, 1003, 42), (1, 1004, 15)], 3: 1, 5: 1, 8: 1, 10: 1}
+        )
     yield db, k
     db.dispose()
 
@@ -251,6 +256,8 @@ PANFILOV_EXPECTED: dict[str, tuple] = {
     "tkr_outcomes": ("fast", None, 36, 3),  # missing "." at 36 = proxy
     "tkr_days_only": ("none", None, None, None),  # Outcomes99 not read by the reference
     "duplicate_ungraded_first": ("slow", None, 72, 4),  # first row .T wins: proxy 5 - 1
+    # baseline 1 and 12 months 1 by project 15 (by file order: 2 then 3, fast at 12 months)
+    "project_15_last": ("none", None, None, None),
 }
 
 TKR_EXPECTED: dict[str, tuple] = {
@@ -288,6 +295,21 @@ def test_baseline_kl_is_first_row_and_stored(rules_db: tuple[Database, dict[str,
     assert int(row["kl_baseline"]) == 2
     row = result.labels.set_index("knee_id").loc[knees["klg4"]]
     assert int(row["kl_baseline"]) == 4
+
+
+def test_reading_order_file_takes_the_first_row_of_the_file(db: Database) -> None:
+    with db.write() as s:
+        late = one_knee(s, 9000128, {0: [(2, 1001, 37), (1, 1002, 15)], 1: [(3, 1003, 42), (1, 1004, 15)], 10: 1})
+        same = one_knee(s, 9000129, {0: [(4, 1005), (2, 1006)], 1: 3, 10: 3})  # one project twice
+    by_file = dataclasses.replace(preset("panfilov2022"), name="file_order", reading_order="file")
+    got = labels_by_knee(db, by_file)
+    assert got[late] == ("fast", None, 12, 1) and got[same] == (None, "baseline_klg_4", None, None)
+    result = derive_labels(db)
+    assert result.definition.reading_order == "project"
+    got = labels_by_knee(db)
+    assert got[late] == ("none", None, None, None) and got[same] == (None, "baseline_klg_4", None, None)
+    # knees whose reading projects disagree: only the first (rows of one project do not count)
+    assert result.disagreeing_knees == 1
 
 
 def test_custom_definition_counts_zero_to_one_and_ignores_missing(db: Database) -> None:
@@ -418,6 +440,7 @@ def test_definition_hash_is_canonical_and_ignores_the_name() -> None:
     assert dataclasses.replace(p, followup_visits=(1, 3, 5, 6, 8, 10)).hash() != p.hash()
     assert preset("oai_tkr2024").hash() != p.hash()
     assert dataclasses.replace(p, read_projects=(37,)).hash() != p.hash()
+    assert dataclasses.replace(p, reading_order="file").hash() != p.hash()  # the default is not hashed
 
 
 @pytest.mark.parametrize(
@@ -578,12 +601,37 @@ def _naive_reference(ascii_dir: Any) -> dict[tuple[int, str], tuple]:
     return out
 
 
+def write_in_real_order(ascii_dir: Any) -> int:
+    """Rewrite the kXR files of a synthetic release in the order of the real files: a knee's
+    project 15 reading before its 37/42 one (OAI_DISTRIBUTIONS.md section 5), the file order kept
+    otherwise. Returns how many knee-visits had their rows swapped."""
+    swapped = 0
+    for path in ascii_dir.iterdir():
+        if not path.name.lower().startswith("kxr_sq_bu"):
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = [h.upper() for h in lines[0].split("|")]
+        rows = [line.split("|") for line in lines[1:]]
+        at = {name: header.index(name) for name in ("ID", "SIDE", "READPRJ")}
+
+        def key(row: list[str], at: dict[str, int] = at) -> tuple[str, str, int]:
+            project = int(float(row[at["READPRJ"]]))
+            return row[at["ID"]], row[at["SIDE"]].split(":")[0], 0 if project == 15 else 1
+
+        ordered = sorted(rows, key=key)
+        swapped += sum(a is not b for a, b in zip(rows, ordered)) // 2
+        path.write_text("\n".join([lines[0], *("|".join(r) for r in ordered)]) + "\n", encoding="utf-8")
+    return swapped
+
+
 def test_panfilov2022_matches_a_naive_reference_on_a_synthetic_release(db: Database, tmp_path: Any) -> None:
     from oaicohort.ingest import run as ingest
     from oaicohort.synth import clinical as synth
 
     root = tmp_path / "release"
     synth.write_release(root, subjects=400, seed=7)
+    # the reference takes the first row in file order; in real files that is project 15's
+    assert write_in_real_order(root / "OAICompleteData_ASCII") > 0
     ingest.ingest_release(db, root)
     expected = _naive_reference(root / "OAICompleteData_ASCII")
     # the label algorithm alone: no cohort exclusions
@@ -599,3 +647,9 @@ def test_panfilov2022_matches_a_naive_reference_on_a_synthetic_release(db: Datab
     assert len(expected) > 300
     assert {k: v for k, v in expected.items() if v[0] != "none"} != {}
     assert got == expected
+    # on files in the real order, reading project first and file order alone are the same labels
+    by_file = dataclasses.replace(no_exclusions, name="reference_file_order", reading_order="file")
+    pd.testing.assert_frame_equal(
+        derive_labels(db, by_file).labels.drop(columns="definition_id", errors="ignore"),
+        result.labels.drop(columns="definition_id", errors="ignore"),
+    )

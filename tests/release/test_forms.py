@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from oaicohort.errors import InputFileError
-from oaicohort.release.discovery import RELEASE_CODES, discover, release_visit
+from oaicohort.release.discovery import discover
 from oaicohort.release.image_index import read_image03, series_side, split_series_description
-from oaicohort.release.nda import NdaColumn, NdaMap, guess_column, parse_nda_variable
+from oaicohort.release.nda_map import NdaColumn, NdaMap, guess_column, parse_nda_variable
 from oaicohort.release.text import hash_source, load_source
+from oaicohort.release.visit_paths import RELEASE_CODES, release_visit
 
 
 def test_every_release_code_of_the_distributions_document_has_its_visit() -> None:
@@ -38,8 +39,9 @@ def test_nda_map_patterns_rules_and_direct_names() -> None:
     assert mapping.locate("v99elkrpsn") == NdaColumn("oai_outcome01", "LKRPSN", "V99")
     sex = mapping.locate("P02SEX")
     assert sex is not None and sex.structure == "oai_enrollee01" and sex.visit is None
-    assert dict(sex.values)["F"] == "2"
-    assert mapping.locate("V00WOMKPR") is None  # found by rule, not by the map
+    assert mapping.categories("P02SEX")["f"].code == "2"
+    assert mapping.locate("V00WOMKPR") == NdaColumn("oai_koos_womac01", "WOMAC_PAIN_RIGHT", "V00")
+    assert mapping.locate("V00EDCV") is None  # found by rule, not by the map
     assert guess_column("V00WOMKPR") == ("WOMKPR", "V00")
     assert guess_column("P01FAMKR") == ("P01FAMKR", "V00")
     assert parse_nda_variable("oai_koos_womac01.womkpr@v00") == NdaColumn("oai_koos_womac01", "WOMKPR", "V00")

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oaicohort.errors import InputFileError
-from oaicohort.release.discovery import SourceFile, classify, discover_release, visit_of_dir
+from oaicohort.release.discovery import SourceFile, classify, discover_release
 from oaicohort.release.image_index import read_contents
 from oaicohort.release.readers import (
     clinical_values,
@@ -28,6 +28,7 @@ from oaicohort.release.readers import (
 )
 from oaicohort.release.text import FileBytes, load_source, read_table
 from oaicohort.release.values import parse_coded, parse_value
+from oaicohort.release.visit_paths import visit_of_dir
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -69,6 +69,9 @@ _LEGACY_VALUES: dict[str, Any] = {
     "xray_size": 350,
     "xray_percentiles": [5.0, 99.0],
     "xray_flip_left": True,
+    # stores made before the screening visit existed had no P01 series to take, so they hold what
+    # taking them would have given: the behaviour is the default and stays out of the hash
+    "xray_baseline_from_screening": True,
 }
 
 
@@ -107,6 +110,9 @@ class PreprocessParams:
     xray_size: int = 350
     xray_percentiles: tuple[float, float] = (5.0, 99.0)
     xray_flip_left: bool = True
+    # a participant without a baseline bilateral PA: take the screening visit's (P01), as many
+    # participants' baseline radiographs are in the screening package (OAI_DISTRIBUTIONS.md section 5)
+    xray_baseline_from_screening: bool = True
 
     def __post_init__(self) -> None:
         # tuples, even when built from JSON lists

@@ -10,6 +10,12 @@ ROIs, an ``xray_rois`` row with the box, source pixel size and localiser. A QC m
 the crops (and a CSV naming its tiles) is written per batch beside the store, in
 ``<store>.qc/``.
 
+A participant without a baseline bilateral PA takes the screening visit's (``P01``: many baseline
+radiographs are in the screening package) when ``xray_baseline_from_screening`` (the default; a
+preprocessing parameter, so a store made without it has another hash). The knee's ``volumes`` row
+then stands for the baseline visit, points at the screening series and says
+``notes["source_visit"] = "P01"``; the summary counts such knees (``from_screening``).
+
 ROI file (``--roi-file``), e.g. joint centres from KNEEL or BoneFinder: a CSV with a header and
 the columns ``subject_id, side, row, col`` and optionally ``visit`` (default: the run's visit).
 ``side`` is R or L (or right/left); ``row``/``col`` are the joint centre in pixels of the
@@ -53,9 +59,10 @@ from oaicohort.imaging.runs.writer import (
     writing,
 )
 from oaicohort.imaging.series.radiograph import read_radiograph
-from oaicohort.imaging.series.source import check_within
+from oaicohort.imaging.series.source import check_within, series_folder
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.progress import ProgressCallback, no_progress
+from oaicohort.visits import SCREENING_VISIT, visit_name
 from oaicohort.vocabulary import SIDES, XRAY_VIEW
 
 log = logging.getLogger(__name__)
@@ -69,10 +76,11 @@ Landmarks = dict[tuple[int, str, int], tuple[float, float]]
 class RadiographTask:
     series_id: int
     subject_id: int
-    visit: int
+    visit: int  # the visit the ROIs stand for (the run's)
     folder: Path
     root: Path
     knees: tuple[tuple[str, int], ...]  # (side, knee_id) still to do
+    source_visit: int | None = None  # the visit of the radiograph when another one's (screening for baseline)
 
 
 @dataclass
@@ -97,6 +105,7 @@ class XrayPreprocessSummary:
     visit: int
     localiser: str
     selected: int = 0  # knees of the selected series
+    from_screening: int = 0  # of them, knees whose baseline radiograph is the screening visit's (P01)
     skipped: int = 0
     done: int = 0
     failed: int = 0
@@ -163,7 +172,8 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
     todo = [o for o in outcomes if o.reason is None]
     try:
         check_within(task.folder, task.root)
-        radiograph = read_radiograph(task.folder)
+        with series_folder(task.folder) as folder:  # a series in a zipped package is unpacked while read
+            radiograph = read_radiograph(folder)
         crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, [o.side for o in todo], centres)
     except (InputFileError, ValueError, OSError) as exc:
         for outcome in todo:
@@ -183,33 +193,39 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
 
 def select_xray_tasks(
     db: Database, store: VolumeStore, params: PreprocessParams, visit: int
-) -> tuple[list[RadiographTask], int]:
-    """Bilateral series of ``visit`` with a knee not yet ``ok`` in the store; also the knee count."""
+) -> tuple[list[RadiographTask], int, int]:
+    """Bilateral series of ``visit`` with a knee not yet ``ok`` in the store; also the knee count
+    and how many of them take the screening radiograph (a baseline run with
+    ``xray_baseline_from_screening``, for participants without a baseline one)."""
+    visits = [visit, SCREENING_VISIT] if visit == 0 and params.xray_baseline_from_screening else [visit]
     with db.write() as session:
         series = (
             session.execute(
                 select(ImageSeries)
-                .where(ImageSeries.visit == visit, ImageSeries.sequence == params.xray_sequence.upper())
+                .where(ImageSeries.visit.in_(visits), ImageSeries.sequence == params.xray_sequence.upper())
                 .order_by(ImageSeries.subject_id, ImageSeries.id)
             )
             .scalars()
             .all()
         )
+        # the run's own visit first: the screening radiograph only stands in for a missing one
+        series = sorted(series, key=lambda s: (s.subject_id, s.visit != visit, s.id))
         knees = index_knees(session, ((s.subject_id, side) for s in series for side in SIDES))
         done = {knee_id for knee_id, view in ok_volumes(session, store, visit) if view == XRAY_VIEW}
-        tasks, seen = [], set()
+        tasks, seen, screened = [], set(), 0
         for s in series:
             if s.subject_id in seen:  # one bilateral image per subject and visit
                 continue
             seen.add(s.subject_id)
+            screened += 2 * (s.visit != visit)
             todo = tuple(
                 (side, knees[(s.subject_id, side)]) for side in SIDES if knees[(s.subject_id, side)] not in done
             )
             if todo:
-                tasks.append(
-                    RadiographTask(s.id, s.subject_id, visit, Path(s.visit_dir) / s.folder, Path(s.visit_dir), todo)
-                )
-    return tasks, 2 * len(seen)
+                source = s.visit if s.visit != visit else None
+                folder, root = Path(s.visit_dir) / s.folder, Path(s.visit_dir)
+                tasks.append(RadiographTask(s.id, s.subject_id, visit, folder, root, todo, source))
+    return tasks, 2 * len(seen), screened
 
 
 def _record(db: Database, store: VolumeStore, task: RadiographTask, outcome: KneeOutcome, slots: SlotAllocator) -> None:
@@ -231,6 +247,8 @@ def _record(db: Database, store: VolumeStore, task: RadiographTask, outcome: Kne
         volume.array_path, volume.position = XRAY_VIEW, position
         volume.shape, volume.spacing_mm = list(outcome.image.shape), [0.0, step, step]
         volume.notes = outcome.notes
+        if task.source_visit is not None:  # which radiograph the knee's ROI came from
+            volume.notes = {**outcome.notes, "source_visit": visit_name(task.source_visit)}
         assert outcome.centre and outcome.box and outcome.spacing_mm and outcome.source_shape
         roi = XrayRoi(
             localiser=outcome.localiser,
@@ -288,10 +306,12 @@ def run_xray_preprocess(
     start = time.perf_counter()
     path, params, created = store_target(store_path, params)
     landmarks = read_roi_file(roi_file, visit) if roi_file is not None else None
-    if not has_series(db, visit, params.xray_sequence.upper()):
+    sequence = params.xray_sequence.upper()
+    screening = visit == 0 and params.xray_baseline_from_screening
+    if not has_series(db, visit, sequence) and not (screening and has_series(db, SCREENING_VISIT, sequence)):
         raise DatabaseStateError(
             f"no {params.xray_sequence!r} radiographs of visit {visit} in the database {db.url}; run `oai ingest` "
-            "on a release with its X-ray image packages (contents.csv) first"
+            "on a release with its X-ray image packages (indexed or not) first"
         )
     store = VolumeStore.open_or_create(path, params, views=(XRAY_VIEW,))
     localiser = ROI_FILE_LOCALISER if landmarks is not None else LOCALISER_NAME
@@ -305,7 +325,7 @@ def run_xray_preprocess(
         tiles.clear()
 
     with writing(db, store, created=created):
-        tasks, selected = select_xray_tasks(db, store, params, visit)
+        tasks, selected, summary.from_screening = select_xray_tasks(db, store, params, visit)
         tasks = take_tasks(summary, tasks, selected, limit, size=lambda task: len(task.knees))
         slots = SlotAllocator(db, store, (XRAY_VIEW,))
         slots.reserve(XRAY_VIEW, sum(len(t.knees) for t in tasks))

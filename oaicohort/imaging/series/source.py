@@ -1,6 +1,9 @@
-"""Where a series' slice files are: a folder (classic image packages), or a ``.tar.gz`` holding one
-series (NDA packages, ``image03.txt``), unpacked for the time of reading into a temporary folder
-that is removed afterwards.
+"""Where a series' slice files are: a folder (classic image packages and extracted downloads), a
+``.tar.gz`` holding one series (NDA packages, ``image03.txt``), or a folder inside a zipped visit
+package (``.../00m.zip!0.C.2/<ID>/<date>/<series>``, as the ingest's image scan records it). An
+archived series is unpacked for the time of reading into a temporary folder that is removed
+afterwards; an open zip's directory is kept per process, so that a package of a million members
+is listed once, not once per series.
 
 Unpacking never writes outside that folder: members with absolute paths or ``..``, links,
 devices and other special files are refused (``InputFileError`` naming the archive and member),
@@ -16,6 +19,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -24,6 +30,8 @@ from oaicohort.errors import InputFileError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_UNPACKED_BYTES = 8 << 30  # one MR series is ~50 MB; a bigger archive is not one series
+ZIP_MARK = ".zip!"  # archive.zip!folder/inside: a series folder in a zipped visit package
+_OPEN_ZIPS = 4  # zipped packages kept open per process
 
 
 def is_series_archive(path: Path) -> bool:
@@ -85,11 +93,93 @@ def unpack_series(archive: Path, into: Path) -> Path:
     return _series_folder(into, archive)
 
 
+def split_zip_series(path: Path | str) -> tuple[Path, str] | None:
+    """``(archive, folder inside it)`` of a series in a zipped package, None for any other path."""
+    text = str(path)
+    at = text.find(ZIP_MARK)
+    if at < 0:
+        return None
+    inner = PurePosixPath(text[at + len(ZIP_MARK) :].replace("\\", "/"))
+    parts = [p for p in inner.parts if p not in (".", "/")]
+    if ".." in parts:
+        raise InputFileError(path, "series folder leaves its zip archive ('..'); refused")
+    return Path(text[: at + len(".zip")]), "/".join(parts)
+
+
+class _ZipPackage:
+    """An open zipped visit package and its DICOM members by folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.archive = zipfile.ZipFile(path)
+        self.stamp = _stamp(path)
+        self.folders: dict[str, list[zipfile.ZipInfo]] = {}
+        for info in self.archive.infolist():
+            if not info.is_dir():
+                folder, _, _ = info.filename.replace("\\", "/").rpartition("/")
+                self.folders.setdefault(folder, []).append(info)
+
+
+_zips: OrderedDict[Path, _ZipPackage] = OrderedDict()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _zip_package(path: Path) -> _ZipPackage:
+    package = _zips.get(path)
+    if package is not None and package.stamp == _stamp(path):
+        _zips.move_to_end(path)
+        return package
+    if package is not None:
+        package.archive.close()
+    package = _zips[path] = _ZipPackage(path)
+    while len(_zips) > _OPEN_ZIPS:
+        _zips.popitem(last=False)[1].archive.close()
+    return package
+
+
+def unpack_zip_series(archive: Path, folder: str, into: Path) -> Path:
+    """The files of ``folder`` in the zip ``archive`` written below ``into``; returns their folder.
+
+    Member names that leave ``into`` are refused, and so are more than ``MAX_UNPACKED_BYTES``."""
+    where = Path(f"{archive}!{folder}")
+    try:
+        members = _zip_package(archive).folders.get(folder, [])
+    except FileNotFoundError:
+        raise InputFileError(archive, "zipped image package not found (moved since the ingest?)") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputFileError(archive, f"cannot read zip archive: {exc}") from None
+    if not members:
+        raise InputFileError(where, "no such series folder in the zip archive")
+    if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
+        raise InputFileError(where, f"the series holds more than {MAX_UNPACKED_BYTES:,} bytes; not one series")
+    target = into / "series"
+    target.mkdir()
+    archive_file = _zip_package(archive).archive
+    for member in members:
+        name = PurePosixPath(member.filename.replace("\\", "/")).name
+        if name in ("", ".", ".."):
+            raise InputFileError(where, f"member {member.filename!r} has no file name; refused")
+        try:
+            with archive_file.open(member) as source, open(target / name, "wb") as out:
+                shutil.copyfileobj(source, out)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
+            raise InputFileError(where, f"cannot unpack member {member.filename!r}: {exc}") from None
+    return target
+
+
 @contextmanager
 def series_folder(path: Path) -> Iterator[Path]:
-    """``path`` itself when it is a folder; for a series archive, a temporary folder holding its
-    unpacked slice files, removed when the block ends (also on error)."""
+    """``path`` itself when it is a folder; for a series archive or a folder in a zipped package, a
+    temporary folder holding its unpacked slice files, removed when the block ends (also on error)."""
     path = Path(path)
+    zipped = split_zip_series(path)
+    if zipped is not None:
+        with tempfile.TemporaryDirectory(prefix="oai-series-") as tmp:
+            yield unpack_zip_series(*zipped, Path(tmp))
+        return
     if not is_series_archive(path) or path.is_dir():
         yield path
         return
@@ -112,6 +202,8 @@ def check_within(folder: Path, root: Path) -> None:
     """Refuse a series folder, or a slice file in it, that resolves outside ``root`` (the visit
     folder recorded at ingest) through ``..`` or a symbolic link: the index may have been edited
     or written by an older toolkit, and nothing outside the user's release is ever read."""
+    if split_zip_series(folder) is not None:  # inside a zip: names are checked when unpacked
+        return
     base = _resolved(root)
     real = _resolved(folder)
     if not real.is_relative_to(base):
