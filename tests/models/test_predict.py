@@ -96,7 +96,7 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
 
 def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A series folder goes through the run's own preprocessing, like a store of the same volume."""
-    from oaicohort.imaging.recipe.mri import preprocess_series
+    from oaicohort.imaging.recipe.mri import preprocess_mri
     from oaicohort.synth.dicom_writer import SeriesMeta, write_series
     from oaicohort.synth.mri_anatomy import render_knee_volume
 
@@ -114,7 +114,7 @@ def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFr
     # the same volume fed through a store gives the same probabilities
     from oaicohort.imaging.series.dicom import read_series
 
-    volume = preprocess_series(read_series(folder), params, ("sag",)).volumes["sag"]
+    volume = preprocess_mri(read_series(folder), params, ("sag",)).volumes["sag"]
     store = VolumeStore.create(tmp_path / "s.zarr", params)
     store.write("sag", 0, volume, key=knee_key(9100001, "R"), visit=0)
     with toy_model():
