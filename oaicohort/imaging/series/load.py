@@ -24,12 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.series.consistency import (
     check_description,
     check_given,
@@ -41,6 +40,9 @@ from oaicohort.imaging.series.orientation import to_canonical
 from oaicohort.imaging.series.radiograph import Radiograph, read_radiograph
 from oaicohort.imaging.series.source import check_within, series_folder
 from oaicohort.vocabulary import SIDES
+
+if TYPE_CHECKING:  # the recipe builds on series, not the other way round
+    from oaicohort.imaging.recipe.params import PreprocessParams
 
 # a reader folder -> series (tests pass their own; it must be picklable for the worker processes)
 SeriesReader = Callable[[Path], Any]
