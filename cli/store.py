@@ -24,9 +24,10 @@ def info_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameters, hash, views, shapes, counts, size on disk and compression ratio."""
+    from oaicohort.imaging.store.info import store_info
     from oaicohort.imaging.store.volume_store import VolumeStore
 
-    info = VolumeStore.open(path).info()
+    info = store_info(VolumeStore.open(path))
     if json_out:
         emit_json(info)
         return

@@ -13,10 +13,11 @@ Layout (readable with plain ``zarr.open(path)``)::
 The database is the source of truth for which slots hold finished volumes: a slot is only
 indexed (``volumes`` row, status ok) after its data and keys are completely written. A slot that
 holds data but no row (a run killed in between) is an orphan; it is reused by the next run.
-The index side (listing and verifying a store against its rows) is ``store_index``.
+The index side (listing and verifying a store against its rows) is ``index``; a description of
+what the store holds, ``info``.
 
 Whole-volume reads go straight to the chunk file and the Zstd decoder when the store is a local
-directory with the codecs this module writes (``store_chunks``; several times faster than zarr's
+directory with the codecs this module writes (``chunks``; several times faster than zarr's
 generic path, which is the fallback).
 """
 
@@ -380,38 +381,3 @@ class VolumeStore:
         self._require_writable()
         self._member(f"knee_keys/{view}")[position] = -1
         self._member(f"visits/{view}")[position] = -1
-
-    # ------------------------------------------------------------------ description
-
-    def disk_bytes(self, view: str | None = None) -> int:
-        root = self.path / view if view else self.path
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-    def info(self) -> dict[str, Any]:
-        """Parameters, views, shapes, slot counts, size on disk and compression ratio."""
-        views: dict[str, Any] = {}
-        for view in self.views:
-            keys = self.knee_keys(view)
-            shape = self.volume_shape(view)
-            used = int((keys >= 0).sum())
-            nbytes = self.disk_bytes(view)
-            raw = used * int(np.prod(shape))
-            views[view] = {
-                "volume_shape": list(shape),
-                "crop_shape": list(self.crop_shape(view)),
-                "slots": len(keys),
-                "used": used,
-                "disk_bytes": nbytes,
-                "compression_ratio": round(raw / nbytes, 3) if nbytes and used else None,
-            }
-        return {
-            "path": str(self.path),
-            "format_version": self.attrs.get("format_version"),
-            "store_id": self.attrs.get(STORE_ID),
-            "params_hash": self.params_hash,
-            "params": self.params.to_dict(),
-            "created_at": self.attrs.get("created_at"),
-            "toolkit_version": self.attrs.get("toolkit_version"),
-            "views": views,
-            "disk_bytes": self.disk_bytes(),
-        }
