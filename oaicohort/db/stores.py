@@ -39,17 +39,6 @@ def new_store_id() -> str:
     return str(uuid.uuid4())
 
 
-def read_store_id(root: Path) -> str | None:
-    """The ``store_id`` attribute of the Zarr group at ``root``; None when there is no group there
-    or it was made before identities."""
-    try:
-        meta = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
-        value = meta["attributes"][STORE_ID]
-        return str(uuid.UUID(str(value)))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 @dataclass(frozen=True)
 class StoreRef:
     """A volume store: where it is (canonical) and who it is (its UUID; None before it has one)."""
@@ -59,11 +48,16 @@ class StoreRef:
 
     @classmethod
     def at(cls, store: str | os.PathLike[str] | StoreRef) -> StoreRef:
-        """The store at ``store`` (a path, made canonical), with the id its attributes carry."""
+        """The store at ``store`` (a path, made canonical) with the ``store_id`` its ``zarr.json``
+        attributes carry; None when there is no store there or it was made before identities."""
         if isinstance(store, StoreRef):
             return store
         root = canonical_path(store)
-        return cls(root, read_store_id(root))
+        try:
+            meta = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
+            return cls(root, str(uuid.UUID(str(meta["attributes"][STORE_ID]))))
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(root, None)
 
     def __str__(self) -> str:
         return str(self.path)
