@@ -30,6 +30,7 @@ from oaicohort.imaging.runs.xray import run_xray_preprocess
 from oaicohort.imaging.store.checks import StoreIntegrityError
 from oaicohort.imaging.store.identity import StoreMovedError, relocate_store
 from oaicohort.imaging.store.index import indexed_volumes, verify_store
+from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import StoreError, VolumeStore
 from oaicohort.ingest.run import ingest_release
 from tests.reliability_helpers import table_rows
@@ -80,6 +81,9 @@ def test_a_store_renamed_on_disk_is_found_by_its_uuid_after_relocate(preprocesse
     rows = table_rows(db, ("volumes", "stores"))
 
     assert _positions(db, new) == before  # reading: found by its UUID, wherever it is
+    slots = store_slots(VolumeStore.open(new), "sag", db=db)  # as predict and explain read a store
+    first = (int(slots["subject_id"][0]), str(slots["side"][0]))
+    assert len(slots) == 6 and len(select_slots(slots, [first], where=str(new))) == 1  # not "holds no volume"
     with pytest.raises(StoreMovedError, match=f"oai store relocate {old} {new}"):  # writing waits for the move
         run_preprocess(db, new, SMALL, views=("sag",), workers=1)
     with pytest.raises(StoreIntegrityError, match="indexes 6 volume"):
