@@ -153,7 +153,7 @@ def run_store(
     limit: int | None,
     progress: ProgressCallback,
     replace_missing_store: bool,
-) -> Any:
+) -> RunSummary:
     """One run of ``job_for(store)`` into the store at ``store_path``; returns the job's summary."""
     start = time.perf_counter()
     ref = StoreRef.at(store_path)
