@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
@@ -51,7 +51,7 @@ def _knee(args: tuple[int, str]) -> np.ndarray:
     pixels = render_knee_volume(latent, side, np.random.default_rng(index), size)
     params = PreprocessParams.preset_named(size)
     series = _Series(pixels, IMAGE_SIZES[size].spacing_mm, side)
-    return preprocess_series(series, params, ("sag",)).volumes["sag"]
+    return preprocess_mri(series, params, ("sag",)).volumes["sag"]
 
 
 def train(model: torch.nn.Module, precision: str, data: dict, args: argparse.Namespace) -> dict:

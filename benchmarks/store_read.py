@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
+from oaicohort.imaging.store.info import store_info
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
@@ -46,7 +47,7 @@ def make_volumes(params: PreprocessParams, distinct: int, seed: int) -> list[np.
     for i in range(distinct):
         side = "LR"[i % 2]
         pixels = render_knee_volume(float(rng.normal()), side, np.random.default_rng([seed, i]), params.preset)
-        out.append(preprocess_series(_Series(pixels, geometry.spacing_mm, side), params, ("sag",)).volumes["sag"])
+        out.append(preprocess_mri(_Series(pixels, geometry.spacing_mm, side), params, ("sag",)).volumes["sag"])
     return out
 
 
@@ -127,7 +128,7 @@ def main() -> None:
         fast, fast_cpu = rate(lambda p: reader.read("sag", p), positions)
         out = np.empty(shape, dtype=np.uint8)
         into, into_cpu = rate(lambda p: reader.read_into("sag", p, out), positions)
-        info = reader.info()["views"]["sag"]
+        info = store_info(reader)["views"]["sag"]
         print(
             f"\nVolumeStore (zstd level {reader._array('sag').metadata.codecs[1].level}, ratio {info['compression_ratio']})"
         )

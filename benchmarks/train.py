@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import render_knee_volume
@@ -66,7 +66,7 @@ def make_store(root: Path, params: PreprocessParams, n: int, distinct: int = 4) 
     for i in range(distinct):
         side = "LR"[i % 2]
         pixels = render_knee_volume(float(i) - 1.5, side, np.random.default_rng(i), params.preset)
-        volumes.append(preprocess_series(_Series(pixels, geometry.spacing_mm, side), params, ("sag",)).volumes["sag"])
+        volumes.append(preprocess_mri(_Series(pixels, geometry.spacing_mm, side), params, ("sag",)).volumes["sag"])
     path = root / "bench.zarr"
     store = VolumeStore.create(path, params, views=("sag",))
     for i in range(n):

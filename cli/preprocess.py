@@ -68,7 +68,7 @@ def preprocess_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
     if view == "xray":
-        _preprocess_xray(ctx, store, params, visit, workers, strict, limit, roi_file, json_out)
+        _preprocess_xray(ctx, store, params, visit, workers, strict, limit, roi_file, replace_missing_store, json_out)
         return
     if roi_file is not None:
         raise typer.BadParameter("only applies to --view xray", param_hint="--roi-file")
@@ -95,14 +95,15 @@ def _preprocess_xray(
     strict: bool,
     limit: int | None,
     roi_file: Path | None,
+    replace_missing_store: bool,
     json_out: bool,
 ) -> None:
     from oaicohort.imaging.runs.xray import run_xray_preprocess
 
     def run(db: Database, progress: ProgressCallback) -> XrayPreprocessSummary:
         return run_xray_preprocess(
-            db, store, params, visit=visit, roi_file=roi_file, workers=workers,
-            strict=strict, limit=limit, progress=progress,
+            db, store, params, visit=visit, roi_file=roi_file, workers=workers, strict=strict,
+            limit=limit, progress=progress, replace_missing_store=replace_missing_store,
         )  # fmt: skip
 
     summary = _run_on_database(ctx, run)

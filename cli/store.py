@@ -1,5 +1,5 @@
-"""``oai store info|verify|export|qc``: describe a volume store, check it against the database index,
-export its volumes as NIfTI, draw QC montages."""
+"""``oai store info|verify|export|qc|relocate``: describe a volume store, check it against the database
+index, export its volumes as NIfTI, draw QC montages, record that a store moved."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def info_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameters, hash, views, shapes, counts, size on disk and compression ratio."""
+    from oaicohort.imaging.store.info import store_info
     from oaicohort.imaging.store.volume_store import VolumeStore
 
-    info = VolumeStore.open(path).info()
+    info = store_info(VolumeStore.open(path))
     if json_out:
         emit_json(info)
         return
@@ -151,5 +152,31 @@ def qc_command(
     else:
         out_console.print(
             f"{len(index)} knees drawn in {out.resolve()}: knees/*.png, {index['sheet'].nunique()} contact sheet(s)",
+            highlight=False,
+        )
+
+
+@store_app.command("relocate")
+@handles_errors
+def relocate_command(
+    ctx: typer.Context,
+    old: Path = typer.Argument(..., help="Where the database indexes the store (the path it moved from)."),
+    new: Path = typer.Argument(..., help="Where the store is now."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Record that a store moved (a renamed folder, another mount point); its volumes stay indexed."""
+    from oaicohort.imaging.store.identity import relocate_store
+
+    db = state(ctx).open_db(create=False)
+    try:
+        report = relocate_store(db, old, new)
+    finally:
+        db.dispose()
+    if json_out:
+        emit_json(report)
+    else:
+        out_console.print(
+            f"{report['old']} -> {report['new']}: store {report['store_id']} relocated; "
+            f"its {report['volumes']} indexed volume(s) follow it",
             highlight=False,
         )

@@ -41,6 +41,7 @@ _VOLATILE = {
     "source_file",
     "ingest_run_id",
     "store_path",
+    "store_id",
 }
 
 

@@ -171,7 +171,7 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
         Subject,
         Volume,
     )  # fmt: skip
-    from oaicohort.imaging.store.volume_store import resolve_store_path
+    from oaicohort.db.stores import store_id_at
 
     labels = knees.assign(exclusion=None)
     with db.write() as session:
@@ -191,7 +191,7 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
         )
         session.add(split)
         session.flush()
-        store = str(resolve_store_path(store_path))
+        store = store_id_at(session, store_path)
         for row in knees.itertuples():
             session.add(KneeLabel(definition_id=definition.id, knee_id=int(row.knee_id), label=row.label))
             fold = None if pd.isna(row.fold) else int(row.fold)
@@ -201,7 +201,7 @@ def populate_db(db: Database, store_path: Path, knees: pd.DataFrame, *, test_sit
                     knee_id=int(row.knee_id),
                     visit=0,
                     view="sag",
-                    store_path=store,
+                    store_id=store,
                     params_hash="toy",
                     array_path="sag",
                     position=int(row.position),

@@ -54,6 +54,7 @@ from oaicohort.db.schema import (
     utcnow,
 )
 from oaicohort.db.staleness import LABELS, clear_stale
+from oaicohort.db.stores import canonical_path, find_store, where_is
 from oaicohort.errors import DatabaseStateError
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES, DEFAULT_DEFINITION, MRI_VIEWS
@@ -154,19 +155,19 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     )
     volumes = None
     if params.image_store is not None:
+        store = find_store(session, params.image_store)  # by its UUID: a store that moved is still found
         volumes = read_frame(
             session,
             # the MRI volumes only: the paper's exclusion is about the DESS image (a store may also
             # hold radiograph ROIs, view xray)
             select(Volume.knee_id, Volume.status).where(
-                Volume.store_path == params.image_store, Volume.visit == 0, Volume.view.in_(MRI_VIEWS)
+                Volume.store_id == store.id, Volume.visit == 0, Volume.view.in_(MRI_VIEWS)
             ),
             ["knee_id", "status"],
         )
         if volumes.empty:
             raise DatabaseStateError(
-                f"no volumes of store {params.image_store} are indexed in the database: "
-                f"run `oai preprocess --store {params.image_store}` first"
+                f"no volumes of store {params.image_store} are indexed in the database: {where_is(session, store)}"
             )
     return LabelInputs(knees, readings, bmi, series, replacements, volumes)
 
@@ -214,7 +215,7 @@ def derive_labels(
     report = progress or no_progress
     params = _definition_params(db, definition)
     # where images live is a derivation option, not part of the definition's identity
-    image_store = None if store is None else str(Path(store).expanduser().resolve())
+    image_store = None if store is None else str(canonical_path(store))
     params = dataclasses.replace(params, image_store=image_store)
     params_hash = params.hash()
     report("labels", 0, 3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import select
@@ -17,13 +16,14 @@ from sqlalchemy import select
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Volume
+from oaicohort.db.stores import StoreRef, find_store, where_is
 from oaicohort.errors import DatabaseStateError
 
 log = logging.getLogger(__name__)
 
 
 def with_volumes(
-    db: Database, frame: pd.DataFrame, store: str | os.PathLike[str], view: str, visit: int
+    db: Database, frame: pd.DataFrame, store: str | os.PathLike[str] | StoreRef, view: str, visit: int
 ) -> pd.DataFrame:
     """The knees of ``frame`` with a good (``ok``) ``view`` volume of ``visit`` in ``store``, with
     its ``position`` in the store's array as a column; ``attrs["volumes"]`` counts the knees
@@ -31,20 +31,19 @@ def with_volumes(
     volumes indexed in ``db``."""
     # any view name the store holds (MRI planes, or others such as radiographs): an unknown
     # one finds no volumes and says so below
-    path = str(Path(store).expanduser().resolve())
     with db.read() as session:
+        ref = find_store(session, store)  # by its UUID: a store that moved is still found
         volumes = read_frame(
             session,
             select(Volume.knee_id, Volume.position, Volume.status, Volume.visit)
-            .where(Volume.store_path == path, Volume.view == view)
+            .where(Volume.store_id == ref.id, Volume.view == view)
             .order_by(Volume.knee_id, Volume.visit, Volume.id),
             ["knee_id", "position", "status", "visit"],
         )
+        hint = where_is(session, ref) if volumes.empty else ""
+    path = str(ref.path)
     if volumes.empty:
-        raise DatabaseStateError(
-            f"no {view} volumes of store {path} are indexed in the database; "
-            f"run `oai preprocess --store {path}` with this --db"
-        )
+        raise DatabaseStateError(f"no {view} volumes of store {path} are indexed in the database; {hint}")
     # several parameter sets may have written a knee: the newest row wins
     good = volumes[(volumes["status"] == "ok") & (volumes["visit"] == visit)]
     good = good.drop_duplicates("knee_id", keep="last")[["knee_id", "position"]]

@@ -328,13 +328,26 @@ class SplitAssignment(Base):
 # --------------------------------------------------------------------------- imaging
 
 
+class Store(Base):
+    """A volume store: its identity (the UUID written into its ``zarr.json`` attributes when it was
+    made) and where it is now. ``oai store relocate`` changes ``path``; the id never changes."""
+
+    __tablename__ = "stores"
+    __table_args__ = (UniqueConstraint("path"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID, as in the store's attributes
+    path: Mapped[str] = mapped_column(Text)  # canonical (oaicohort.db.stores.canonical_path)
+    moved_from: Mapped[str | None] = mapped_column(Text)  # the path before the last relocation
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Volume(Base):
     """A preprocessed volume in a Zarr store, indexed only once completely written (or failed)."""
 
     __tablename__ = "volumes"
     __table_args__ = (
-        UniqueConstraint("store_path", "params_hash", "knee_id", "visit", "view"),
-        Index("ix_volumes_store_view", "store_path", "view"),
+        UniqueConstraint("store_id", "params_hash", "knee_id", "visit", "view"),
+        Index("ix_volumes_store_view", "store_id", "view"),
         CheckConstraint(one_of("status", VOLUME_STATUSES), name="status"),
     )
 
@@ -343,7 +356,7 @@ class Volume(Base):
     series_id: Mapped[int | None] = mapped_column(ForeignKey("image_series.id", ondelete="SET NULL"))
     visit: Mapped[int] = mapped_column(Integer)
     view: Mapped[str] = mapped_column(String(8))  # sag | cor | ax
-    store_path: Mapped[str] = mapped_column(Text)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"))
     params_hash: Mapped[str] = mapped_column(String(64))
     array_path: Mapped[str | None] = mapped_column(Text)  # path of the array inside the store
     position: Mapped[int | None] = mapped_column(Integer)  # index along the array's first axis

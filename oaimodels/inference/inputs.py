@@ -2,9 +2,11 @@
 
 An MRI run reads a DESS series folder (one file per slice) or, in a release, the series of its
 sequence at the visit; an X-ray run reads a bilateral PA radiograph (a folder with one DICOM
-file: both knees, or the one of ``side``) or, in a release, the radiographs of the visit, and
-crops each knee around the localiser's joint centre (``oaicohort.imaging.recipe.xray_knees``). Both are
-preprocessed with the run's own store parameters. A store's volumes are used as they are.
+file: both knees, or the one of ``side``) or, in a release, the radiographs of the visit. Each is
+loaded exactly as ``oai preprocess`` loads it (``oaicohort.imaging.series.load``: the same
+sources-agree checks against the release index, or against the run's sequence and ``--side`` for a
+folder, and the same reorientation) and preprocessed by the same recipe (``preprocess_mri``,
+``preprocess_xray``) with the run's own store parameters. A store's volumes are used as they are.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oaicohort.db.stores import StoreRef
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.series.source import check_within, series_folder
+from oaicohort.imaging.recipe.xray_knees import preprocess_xray
+from oaicohort.imaging.series.load import Expected, load_radiograph, load_series
 from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
@@ -76,38 +80,26 @@ def input_kind(path: Path) -> str:
     return "release"
 
 
-@dataclass(frozen=True)
-class _Sided:
-    """A read series with the side preprocessing should assume (``SeriesLike``)."""
-
-    pixels: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    side: str
+def folder_expected(params: PreprocessParams, side: str | None) -> Expected:
+    """What a series folder given on the command line is given as: the run's sequence, ``--side``."""
+    given_by = "the run's sequence" + (f" and --side {side}" if side else "")
+    return Expected(side=side, sequence=params.sequence, given_by=given_by)
 
 
 def series_scan(
-    folder: Path, params: PreprocessParams, view: str, side: str | None, kind: str, **extra: Any
+    folder: Path, params: PreprocessParams, view: str, expected: Expected, kind: str, visit: int | None = None
 ) -> KneeScan:
-    from oaicohort.imaging.series.dicom import read_series
-
-    with series_folder(folder) as files:  # a series in an archive is unpacked while read
-        series = read_series(files)
-    knee_side = series.side or side
-    if series.side and side and extra.get("expected_side") and series.side != side:
-        raise InputFileError(folder, f"series says knee side {series.side} but the release index says {side}")
-    if knee_side not in ("R", "L"):
-        raise InputFileError(
-            folder, f"cannot tell the knee side (series description {series.series_description!r}); pass --side R or L"
-        )
-    result = preprocess_series(_Sided(series.pixels, series.spacing_mm, knee_side), params, (view,))
-    subject = _subject(extra.get("subject_id", getattr(series, "patient_id", "")))
+    """The knee of the MR series in ``folder``: loaded and preprocessed as ``oai preprocess`` does."""
+    series = load_series(folder, params, expected)
+    result = preprocess_mri(series, params, (view,))
+    subject = expected.subject_id if expected.subject_id is not None else getattr(series.source, "patient_id", "")
     notes = ";".join(sorted(k for k in result.notes if k not in ("intensity_range", "source_shape")))
     return KneeScan(
         input=str(folder),
         kind=kind,
-        subject_id=subject,
-        side=knee_side,
-        visit=extra.get("visit"),
+        subject_id=_subject(subject),
+        side=series.side,
+        visit=visit,
         volume=result.volumes[view],
         notes=notes,
     )
@@ -128,20 +120,17 @@ def release_scans(
     chosen = select_slots(slots, knees, where=f"{root} ({params.sequence}, visit {visit})")
     scans = []
     for n, row in enumerate(chosen.itertuples(index=False), start=1):
-        folder = Path(row.visit_dir) / row.series_folder
-        check_within(folder, Path(row.visit_dir))
-        scans.append(
-            series_scan(
-                folder,
-                params,
-                view,
-                row.side,
-                "release",
-                subject_id=int(row.subject_id),
-                visit=int(row.visit),
-                expected_side=True,
-            )
+        expected = Expected(
+            subject_id=int(row.subject_id),
+            side=row.side,
+            sequence=params.sequence,
+            index_folder=row.series_folder,
+            description=row.series_description,
+            root=Path(row.visit_dir),
+            given_by="the release index",
         )
+        folder = Path(row.visit_dir) / row.series_folder
+        scans.append(series_scan(folder, params, view, expected, "release", visit=int(row.visit)))
         progress("reading series", n, len(chosen))
     return scans
 
@@ -154,7 +143,7 @@ def store_scans(
     slots = store_slots(store, run.view, db=db, visit=visit)
     chosen = select_slots(slots, knees, where=f"{store.path} ({run.view}, visit {visit})")
     knee_ids: dict[int, int] = {}
-    if str(store.path) == str(Path(run.store_path).resolve()) and (run.path / rf.KNEES).is_file():
+    if _same_store(store, run.store_path) and (run.path / rf.KNEES).is_file():
         # the run's own store: its knees.csv names the knees of these slots
         table = pd.read_csv(run.path / rf.KNEES)
         knee_ids = dict(zip(table["position"].astype(int), table["knee_id"].astype(int)))
@@ -175,6 +164,12 @@ def store_scans(
             )
         )
     return store, scans
+
+
+def _same_store(store: VolumeStore, recorded: str) -> bool:
+    """Whether ``store`` is the one a run recorded (by path; by its UUID when that path still holds a store)."""
+    there = StoreRef.at(recorded)
+    return there.path == store.path or (there.id is not None and there.id == store.ref.id)
 
 
 def release_index(root: Path) -> pd.DataFrame:
@@ -207,14 +202,11 @@ def radiograph_scans(
     *,
     subject_id: int | None = None,
     visit: int | None = None,
+    root: Path | None = None,
 ) -> list[KneeScan]:
     """The knees ``sides`` of the bilateral radiograph in ``folder``, cropped as the store's ROIs."""
-    from oaicohort.imaging.recipe.xray_knees import crop_knees
-    from oaicohort.imaging.series.radiograph import read_radiograph
-
-    with series_folder(folder) as files:  # a series in an archive is unpacked while read
-        radiograph = read_radiograph(files)
-    crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, sides)
+    radiograph = load_radiograph(folder, Expected(subject_id=subject_id, root=root))
+    crops = preprocess_xray(radiograph, params, sides)
     subject = _subject(subject_id if subject_id is not None else radiograph.patient_id)
     scans = []
     for side in sides:
@@ -260,8 +252,9 @@ def release_radiograph_scans(
     scans: dict[tuple[int, str], KneeScan] = {}
     for n, ((subject, visit_dir, folder), sides) in enumerate(wanted.items(), start=1):
         path = Path(visit_dir) / folder
-        check_within(path, Path(visit_dir))
-        for scan in radiograph_scans(path, params, sides, "release", subject_id=subject, visit=visit):
+        for scan in radiograph_scans(
+            path, params, sides, "release", subject_id=subject, visit=visit, root=Path(visit_dir)
+        ):
             scans[(subject, scan.side)] = scan
         progress("reading radiographs", n, len(wanted))
     return [scans[(int(row.subject_id), row.side)] for row in chosen.itertuples(index=False)]
@@ -297,7 +290,7 @@ def read_inputs(
         elif xray:
             in_memory.extend(radiograph_scans(path, params, [side] if side else list(SIDES), "series"))
         else:
-            in_memory.append(series_scan(path, params, run.view, side, "series"))
+            in_memory.append(series_scan(path, params, run.view, folder_expected(params, side), "series"))
     if in_memory:
         groups.append((in_memory, None))
     return groups

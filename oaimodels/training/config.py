@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from oaicohort.db.stores import canonical_path
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, InputLayout
@@ -154,7 +155,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise TrainingError(str(exc.args[0])) from None
     device = resolve_device(config.device)
     c = dataclasses.replace(config)
-    c.store = str(Path(config.store).expanduser().resolve())
+    c.store = str(canonical_path(config.store))  # the one canonical form of a store path
     c.out = str(Path(config.out).expanduser().resolve())
     c.device = str(device)
     if c.precision == "auto":

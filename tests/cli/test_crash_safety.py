@@ -19,7 +19,7 @@ from sqlalchemy import select
 from oaicohort.cohort.labels import derive_labels, stored_definition, stored_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
-from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Volume
+from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Store, Volume
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.index import verify_store
@@ -165,7 +165,8 @@ def _volumes(db: Database, store: Path) -> dict[tuple[int, str, str], str]:
         rows = s.execute(
             select(Knee.subject_id, Knee.side, Volume.view, Volume.checksum, Volume.status)
             .join(Knee, Knee.id == Volume.knee_id)
-            .where(Volume.store_path == str(store.resolve()))
+            .join(Store, Store.id == Volume.store_id)
+            .where(Store.path == str(store.resolve()))
         ).all()
     assert {r.status for r in rows} <= {"ok"}
     return {(r.subject_id, r.side, r.view): r.checksum for r in rows}

@@ -55,11 +55,15 @@ def test_oai_label_with_and_without_store_is_one_definition(tmp_path: Path) -> N
         add_subject(s, 9300001)
         knee = add_knee(s, 9300001, "R", {0: 1, 10: 1})
         s.execute(
+            text("INSERT INTO stores (id, path, created_at) VALUES ('store-1', :p, :t)"),
+            {"p": str(store.resolve()), "t": dt.datetime(2026, 1, 1)},
+        )
+        s.execute(
             text(
-                "INSERT INTO volumes (knee_id, visit, view, store_path, params_hash, status, created_at) "
-                "VALUES (:k, 0, 'sag', :p, 'h', 'ok', :t)"
+                "INSERT INTO volumes (knee_id, visit, view, store_id, params_hash, status, created_at) "
+                "VALUES (:k, 0, 'sag', 'store-1', 'h', 'ok', :t)"
             ),
-            {"k": knee, "p": str(store.resolve()), "t": dt.datetime(2026, 1, 1)},
+            {"k": knee, "t": dt.datetime(2026, 1, 1)},
         )
     db.engine.dispose()
     runner = CliRunner()

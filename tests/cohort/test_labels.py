@@ -40,6 +40,7 @@ from oaicohort.db.schema import (
     Volume,
     XrayReading,
 )
+from oaicohort.db.stores import store_id_at
 from oaicohort.errors import DatabaseStateError
 from oaicohort.visits import visit_month
 
@@ -349,7 +350,7 @@ def test_image_store_exclusions(db: Database, tmp_path: Any) -> None:
         for knee, status in ((good, "ok"), (failed, "failed")):
             s.add(
                 Volume(
-                    knee_id=knee, visit=0, view="sag", store_path=str(store.resolve()), params_hash="h", status=status
+                    knee_id=knee, visit=0, view="sag", store_id=store_id_at(s, store), params_hash="h", status=status
                 )
             )
     result = derive_labels(db, "panfilov2022", store=store)

@@ -23,6 +23,7 @@ from oaicohort.cohort.saved_check import check_saved
 from oaicohort.cohort.variables import VariableError, apply_value_mode, load_dictionary
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import KneeVariablePair, Volume
+from oaicohort.db.stores import store_id_at
 from oaicohort.errors import InputFileError
 from oaicohort.ingest.dictionary import detect_pairs
 from oaicohort.ingest.run import ingest_release
@@ -436,7 +437,7 @@ def test_knees_with_a_volume_in_a_store(study: tuple[Database, Path], tmp_path: 
                     knee_id=ids[(sid, side)],
                     visit=0,
                     view="sag",
-                    store_path=str(store),
+                    store_id=store_id_at(s, store),
                     params_hash="p",
                     position=position,
                     status=status,

@@ -25,6 +25,7 @@ _VOLATILE = {
     "worker_cpu_seconds",
     "worker_peak_rss_mb",
     "store_path",
+    "store_id",
     "started_at",
     "finished_at",
     "writer",

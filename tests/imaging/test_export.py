@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.export import ExportError, export_nifti
 from oaicohort.imaging.store.geometry import GEOMETRY_NOTE, LPS_TO_RAS, stored_affine
@@ -68,7 +68,7 @@ def test_affine_maps_a_blob_back_to_its_scanner_position(side: str, view: str) -
         blob = ((k - centre[0]) / 4) ** 2 + ((r - centre[1]) / 7) ** 2 + ((c - centre[2]) / 6) ** 2 <= 1
         pixels = np.where(blob, 1600, 0).astype(np.uint16)
         series = _Series(pixels, (1.4, 0.73, 0.71), side, _oblique(12.0), (31.0, -80.5, 44.25))
-        result = preprocess_series(series, params, (view,))
+        result = preprocess_mri(series, params, (view,))
         stored = result.volumes[view].astype(np.float64)
         notes = {**result.notes, GEOMETRY_NOTE: {
             "orientation": list(series.orientation), "origin_mm": list(series.origin_mm),

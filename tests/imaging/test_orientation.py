@@ -103,8 +103,8 @@ def test_run_stores_reoriented_series_identically_and_excludes_too_small(db: Dat
     assert store.params.to_dict()["too_small"] == "exclude" and store.params.canonical_orientation
     with db.read() as session:
         knees = {k.id: (k.subject_id, k.side) for k in session.execute(select(Knee)).scalars()}
-        rows = session.execute(select(Volume).where(Volume.store_path == str(store.path))).scalars().all()
-        ref_rows = session.execute(select(Volume).where(Volume.store_path == str(reference.path))).scalars().all()
+        rows = session.execute(select(Volume).where(Volume.store_id == store.ref.id)).scalars().all()
+        ref_rows = session.execute(select(Volume).where(Volume.store_id == reference.ref.id)).scalars().all()
     ref_pos = {(knees[r.knee_id], r.view): r.position for r in ref_rows}
     failed = [r for r in rows if r.status == "failed"]
     assert {(knees[r.knee_id], r.view) for r in failed} == {((9000030, "L"), "sag"), ((9000030, "L"), "cor")}

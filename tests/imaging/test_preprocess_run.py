@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.runs.writer import PreprocessFailure
@@ -111,11 +111,11 @@ def test_run_writes_store_and_index(db: Database, release, tmp_path: Path) -> No
         knees = {k.id: (k.subject_id, k.side) for k in session.execute(select(Knee)).scalars()}
     for row in rows:
         subject, side = knees[row.knee_id]
-        assert row.store_path == str(store_path.resolve()) and row.params_hash == SMALL.hash()
+        assert row.store_id == store.ref.id and row.params_hash == SMALL.hash()
         assert row.array_path == row.view and row.shape == list(SMALL.stored_shape(row.view))
         assert store.knee_keys(row.view)[row.position] == knee_key(subject, side)
         # the stored volume is exactly what preprocessing makes of the series
-        expected = preprocess_series(read_series_for_tests(release[(subject, side)]), SMALL, (row.view,))
+        expected = preprocess_mri(read_series_for_tests(release[(subject, side)]), SMALL, (row.view,))
         np.testing.assert_array_equal(store.read(row.view, row.position), expected.volumes[row.view])
     sag = [r for r in rows if r.view == "sag"]
     assert sag[0].spacing_mm == pytest.approx([5.6, 2.92, 2.92])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oaicohort.imaging.recipe.intensity import intensity_range, map_intensity, percentile_of_counts
-from oaicohort.imaging.recipe.mri import block_mean, centre_fit, fit_region, orient_left, preprocess_series
+from oaicohort.imaging.recipe.mri import block_mean, centre_fit, fit_region, orient_left, preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.series.size import ImageTooSmall, minimum_source_shape
 from oaicohort.vocabulary import MRI_VIEWS
@@ -198,11 +198,11 @@ def test_downsample_matches_float_mean_on_random_data() -> None:
 # --------------------------------------------------------------------------- whole series
 
 
-def test_preprocess_series_shapes_voxel_counts_and_spacing() -> None:
+def test_preprocess_mri_shapes_voxel_counts_and_spacing() -> None:
     params = tiny_params()
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 1600, (4, 12, 12), dtype=np.uint16)
-    out = preprocess_series(FakeSeries(pixels), params)
+    out = preprocess_mri(FakeSeries(pixels), params)
     assert set(out.volumes) == set(MRI_VIEWS)
     for view in MRI_VIEWS:
         assert out.volumes[view].shape == params.stored_shape(view)
@@ -222,7 +222,7 @@ def test_reprojections_are_block_means_of_transposed_region() -> None:
     pixels = np.zeros((4, 12, 12), dtype=np.uint16)
     # one bright voxel at slice 1, row 3, col 6 of the region (rows/cols offset by the margin)
     pixels[1, 3 + 2, 6 + 2] = 8 * 255
-    out = preprocess_series(FakeSeries(pixels), params)
+    out = preprocess_mri(FakeSeries(pixels), params)
     cor, ax, sag = out.volumes["cor"], out.volumes["ax"], out.volumes["sag"]
     # cor = (cols/4, rows/2, slices): 255/8 rounded = 32
     assert np.argwhere(cor).tolist() == [[6 // 4, 3 // 2, 1]] and cor.max() == 32
@@ -234,8 +234,8 @@ def test_preprocess_flips_right_knee_and_records_notes() -> None:
     params = tiny_params()
     pixels = np.zeros((4, 12, 12), dtype=np.uint16)
     pixels[0] = 1000  # first slice bright
-    left = preprocess_series(FakeSeries(pixels, side="L"), params, views=("sag",))
-    right = preprocess_series(FakeSeries(pixels, side="R"), params, views=("sag",))
+    left = preprocess_mri(FakeSeries(pixels, side="L"), params, views=("sag",))
+    right = preprocess_mri(FakeSeries(pixels, side="R"), params, views=("sag",))
     assert left.volumes["sag"][0].max() > 0 and left.volumes["sag"][1].max() == 0
     np.testing.assert_array_equal(right.volumes["sag"], left.volumes["sag"][::-1])
     assert right.notes["flipped"] is True and "flipped" not in left.notes
@@ -245,7 +245,7 @@ def test_preprocess_flips_right_knee_and_records_notes() -> None:
 def test_preprocess_short_narrow_series_notes() -> None:
     params = tiny_params(too_small="pad")  # the pre-reference behaviour, kept as an option
     pixels = np.full((3, 12, 10), 800, dtype=np.uint16)
-    out = preprocess_series(FakeSeries(pixels), params)
+    out = preprocess_mri(FakeSeries(pixels), params)
     assert out.notes["slices_padded"] == {"from": 3, "to": 4}
     assert out.notes["cols_padded"] == {"from": 6, "to": 8}
     assert out.notes["source_shape"] == [3, 12, 10]
@@ -255,10 +255,10 @@ def test_preprocess_excludes_series_smaller_than_the_crop_by_default() -> None:
     params = tiny_params()
     assert params.too_small == "exclude" and minimum_source_shape(params) == (4, 8, 8)
     with pytest.raises(ImageTooSmall, match=r"^image_too_small: series is 3x12x10 .* at least 4x8x8"):
-        preprocess_series(FakeSeries(np.full((3, 12, 10), 800, dtype=np.uint16)), params)
+        preprocess_mri(FakeSeries(np.full((3, 12, 10), 800, dtype=np.uint16)), params)
     with pytest.raises(ImageTooSmall, match="image_too_small: series is 4x12x7"):
-        preprocess_series(FakeSeries(np.full((4, 12, 7), 800, dtype=np.uint16)), params)
-    assert preprocess_series(FakeSeries(np.full((4, 8, 8), 800, dtype=np.uint16)), params).volumes
+        preprocess_mri(FakeSeries(np.full((4, 12, 7), 800, dtype=np.uint16)), params)
+    assert preprocess_mri(FakeSeries(np.full((4, 8, 8), 800, dtype=np.uint16)), params).volumes
 
 
 def test_preprocess_params_record_fidelity_switches_and_keep_legacy_hashes() -> None:
@@ -275,4 +275,4 @@ def test_preprocess_params_record_fidelity_switches_and_keep_legacy_hashes() -> 
 
 def test_preprocess_rejects_too_small_series() -> None:
     with pytest.raises(ValueError, match="too small"):
-        preprocess_series(FakeSeries(np.zeros((4, 4, 4), dtype=np.uint16)), tiny_params(too_small="pad"))
+        preprocess_mri(FakeSeries(np.zeros((4, 4, 4), dtype=np.uint16)), tiny_params(too_small="pad"))

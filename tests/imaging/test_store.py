@@ -146,8 +146,10 @@ def test_info_reports_counts_and_compression(store: VolumeStore) -> None:
     store.write("sag", 0, zeros, key=1, visit=0)
     store.write("sag", 1, zeros, key=2, visit=0)
     store.grow("sag", 3)
-    info = store.info()
-    assert info["params_hash"] == SMALL.hash()
+    from oaicohort.imaging.store.info import store_info
+
+    info = store_info(store)
+    assert info["params_hash"] == SMALL.hash() and info["store_id"] == store.ref.id
     sag = info["views"]["sag"]
     assert sag["slots"] == 3 and sag["used"] == 2 and sag["volume_shape"] == [20, 44, 44]
     assert sag["compression_ratio"] > 50  # zeros compress to almost nothing

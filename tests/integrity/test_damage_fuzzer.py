@@ -31,7 +31,8 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import open_database
-from oaicohort.db.schema import ImageSeries, Volume
+from oaicohort.db.schema import ImageSeries, Store, Volume
+from oaicohort.db.stores import canonical_path
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.index import verify_store
@@ -295,6 +296,8 @@ def run_dicom_seed(seed: int, baseline: Baseline, tmp_path: Path) -> None:
     store = tmp_path / "store.zarr"
     shutil.copytree(baseline.store, store)
     db = open_database(db_path)
+    with db.write() as s:  # the database and its store copied together: the copy is the one it indexes
+        s.execute(update(Store).values(path=str(canonical_path(store))))
     try:
         with db.read() as s:
             series = rng.choice(

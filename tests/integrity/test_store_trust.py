@@ -1,11 +1,13 @@
 """Class 4: the store is trusted only after it is checked.
 
 A damaged or missing chunk stops training/evaluation reads with knee, view and store path named
-(never zeros); a missing store path never drops index rows nor becomes a silent replacement;
-creating a store is race-free (the second creator gets exit 3)."""
+(never zeros); a missing store path never drops index rows nor becomes a silent replacement,
+whatever the kind of run (MRI or X-ray); creating a store is race-free (the second creator gets
+exit 3)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +26,7 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import Volume
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
+from oaicohort.imaging.runs.xray import run_xray_preprocess
 from oaicohort.imaging.store.checks import StoreIntegrityError
 from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore
@@ -38,10 +41,12 @@ SMALL = PreprocessParams.preset_named("small")
 def imaging(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from oaicohort.synth import write_release
     from oaicohort.synth.images import write_images
+    from oaicohort.synth.radiograph_release import write_radiographs
 
     base = tmp_path_factory.mktemp("trust")
     write_release(base / "release", subjects=3, seed=5)
     write_images(base / "release", size="small", seed=5)
+    write_radiographs(base / "release", size="small", seed=5)
     return base / "release"
 
 
@@ -122,6 +127,30 @@ def test_a_missing_store_path_never_drops_index_rows_nor_creates_a_store(preproc
     assert table_rows(db, ("volumes",)) == before
     summary = run_preprocess(db, store, SMALL, views=("sag",), workers=1, replace_missing_store=True)
     assert summary.done == 6  # said explicitly: a new store, the old rows replaced
+
+
+def test_an_xray_run_on_a_missing_store_path_refuses_and_drops_no_row(preprocessed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The X-ray run had no missing-store guard: on an unmounted store it created a new store at the
+    path and forgot every volume row of that path, the MRI rows included."""
+    db, store = preprocessed
+    before = table_rows(db, ("volumes", "xray_rois"))
+    assert len(before["volumes"]) == 6  # the MRI volumes of the store
+    shutil.move(store, tmp_path / "elsewhere.zarr")  # the disk is unmounted
+    with pytest.raises(StoreIntegrityError, match="indexes 6 volume") as err:
+        run_xray_preprocess(db, store, SMALL, workers=1)
+    assert "does not exist" in str(err.value) and "--replace-missing-store" in str(err.value)
+    assert not store.exists() and table_rows(db, ("volumes", "xray_rois")) == before
+    args = ("preprocess", "--view", "xray", "--store", str(store), "--workers", "1", "--preset", "small")
+    done = run_oai(db.url, *args)
+    assert done.returncode == 1 and "indexes 6 volume(s)" in " ".join(done.stderr.split()), done.stderr
+    assert not store.exists() and table_rows(db, ("volumes", "xray_rois")) == before
+    # --replace-missing-store is heard for --view xray too: a new store, the old rows replaced
+    replaced = run_oai(db.url, *args, "--replace-missing-store", "--json")
+    assert replaced.returncode == 0, replaced.stderr
+    with db.read() as s:
+        views = sorted(s.scalars(select(Volume.view).where(Volume.status == "ok")))
+    assert views and views == ["xray"] * json.loads(replaced.stdout)["done"]  # the MRI rows are gone, by request
+    assert VolumeStore.open(store).views == ("xray",)
 
 
 SLOW_CREATE = textwrap.dedent(

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from oaicohort.imaging.recipe.mri import fit_region, orient_left, preprocess_series, views_of_region
+from oaicohort.imaging.recipe.mri import fit_region, orient_left, preprocess_mri, views_of_region
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import knee_anatomy, render_anatomy
@@ -87,7 +87,7 @@ def make_planted_cohort(
             latent = float(rng.uniform(1.0, 3.0) if progressor else rng.uniform(-3.0, -1.0))
             knee_seed = 1000 * seed + position
             pixels = _render(knee_seed, latent, side, noise=True)
-            volume = preprocess_series(_Series(pixels, side), params, ("sag",)).volumes["sag"]
+            volume = preprocess_mri(_Series(pixels, side), params, ("sag",)).volumes["sag"]
             store.write("sag", position, volume, key=knee_key(subject_id, side), visit=0)
             if role == "test":
                 regions[position] = stored_region(planted_region(knee_seed, latent, side), side, params)

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from oaicli.main import app
-from oaicohort.imaging.recipe.mri import preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import render_knee_volume
@@ -134,7 +134,7 @@ def synthetic_knee_store(root: Path, n_subjects: int, *, seed: int = 0) -> tuple
             progresses = rng.random() < 1 - np.exp(-0.12 * np.exp(1.6 * latent))
             label = str(rng.choice(["fast", "slow"])) if progresses else "none"
             pixels = render_knee_volume(latent, side, np.random.default_rng([seed, s, side == "R"]), params.preset)
-            knee = preprocess_series(_Series(pixels, geometry.spacing_mm, side), params, ("sag",))
+            knee = preprocess_mri(_Series(pixels, geometry.spacing_mm, side), params, ("sag",))
             position = len(rows)
             store.write("sag", position, knee.volumes["sag"], key=knee_key(9000000 + s, side), visit=0)
             fold = None if role == "test" else s % 2

@@ -96,7 +96,7 @@ def test_unknown_knee_and_bad_inputs_are_explained(toy_run: tuple[Path, Path, pd
 
 def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     """A series folder goes through the run's own preprocessing, like a store of the same volume."""
-    from oaicohort.imaging.recipe.mri import preprocess_series
+    from oaicohort.imaging.recipe.mri import preprocess_mri
     from oaicohort.synth.dicom_writer import SeriesMeta, write_series
     from oaicohort.synth.mri_anatomy import render_knee_volume
 
@@ -114,7 +114,7 @@ def test_predict_from_a_dicom_series_folder(toy_run: tuple[Path, Path, pd.DataFr
     # the same volume fed through a store gives the same probabilities
     from oaicohort.imaging.series.dicom import read_series
 
-    volume = preprocess_series(read_series(folder), params, ("sag",)).volumes["sag"]
+    volume = preprocess_mri(read_series(folder), params, ("sag",)).volumes["sag"]
     store = VolumeStore.create(tmp_path / "s.zarr", params)
     store.write("sag", 0, volume, key=knee_key(9100001, "R"), visit=0)
     with toy_model():
@@ -235,3 +235,116 @@ def test_predict_takes_the_knees_of_a_saved_cohort(
         both = CliRunner().invoke(app, [*base, "--cohort", "my_study", "--knees", "9000001R"])
     assert unknown.exit_code == 1 and "no saved cohort 'other'; saved cohorts: my_study" in unknown.output
     assert both.exit_code == 2 and "--knees and --cohort both choose knees" in " ".join(both.output.split())
+
+
+# ImageOrientationPatient, and how a canonical (sagittal DESS as acquired) volume is stored under it
+STORED_ORIENTATIONS = {
+    "rows_and_slices_reversed": ((0.0, 1.0, 0.0, 0.0, 0.0, 1.0), lambda v: v[::-1, ::-1, :]),
+    "rotated_180": ((0.0, -1.0, 0.0, 0.0, 0.0, 1.0), lambda v: v[:, ::-1, ::-1]),
+    "transposed_slices_reversed": ((0.0, 0.0, -1.0, 0.0, 1.0, 0.0), lambda v: v[::-1].transpose(0, 2, 1)),
+}
+PROBS = ["p_none", "p_fast", "p_slow", "score"]
+
+
+def _write_dess(folder: Path, subject: int, description: str, variant: str | None = None, seed: int = 5) -> np.ndarray:
+    """A small synthetic DESS series (canonical, or stored under ``variant``); returns the canonical pixels."""
+    from oaicohort.synth.dicom_writer import SeriesMeta, write_series
+    from oaicohort.synth.mri_anatomy import render_knee_volume
+
+    side = "L" if description.endswith("LEFT") else "R"
+    canonical = render_knee_volume(1.0, side, np.random.default_rng(seed), "small")  # 40 x 96 x 96
+    slice_mm, row_mm, col_mm = 2.8, 1.3, 1.46  # rows and columns differ: a transposition shows
+    meta = SeriesMeta(str(subject), description, spacing_mm=(slice_mm, row_mm, col_mm))
+    pixels = canonical
+    if variant is not None:
+        orientation, store_as = STORED_ORIENTATIONS[variant]
+        pixels = np.ascontiguousarray(store_as(canonical))
+        spacing = (slice_mm, col_mm, row_mm) if "transposed" in variant else (slice_mm, row_mm, col_mm)
+        meta = dataclasses.replace(meta, spacing_mm=spacing, orientation=orientation)
+    write_series(folder, pixels, meta)
+    return canonical
+
+
+@pytest.mark.parametrize("variant", sorted(STORED_ORIENTATIONS))
+def test_a_series_stored_in_another_orientation_predicts_exactly_as_its_stored_volume(
+    toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path, variant: str
+) -> None:
+    """`oai predict` on a series folder loads it as `oai preprocess` does: reoriented to the
+    canonical order, so it reaches the model as the store holds it (not rotated or mirrored)."""
+    from oaicohort.imaging.recipe.mri import preprocess_mri
+    from oaicohort.imaging.runs.mri_worker import SeriesTask, preprocess_task
+    from oaicohort.imaging.series.dicom import read_series
+    from oaicohort.imaging.series.load import LoadedSeries
+
+    run, _, _ = toy_run
+    params = TrainedRun.open(run).params()
+    assert params.canonical_orientation
+    _write_dess(tmp_path / "canonical", 9100001, "SAG_3D_DESS_RIGHT")
+    _write_dess(tmp_path / "stored", 9100001, "SAG_3D_DESS_RIGHT", variant)
+
+    def preprocessed(folder: Path) -> np.ndarray:  # what `oai preprocess`'s worker stores for the series
+        task = SeriesTask(series_id=1, knee_id=1, subject_id=9100001, side="R", visit=0, folder=folder, views=("sag",))
+        outcome = preprocess_task(task, params, None)
+        assert outcome.reason is None, outcome.reason
+        return outcome.volumes["sag"]
+
+    volume = preprocessed(tmp_path / "stored")
+    np.testing.assert_array_equal(volume, preprocessed(tmp_path / "canonical"))
+    store = VolumeStore.create(tmp_path / "s.zarr", params)
+    store.write("sag", 0, volume, key=knee_key(9100001, "R"), visit=0)
+    with toy_model():
+        from_store = predict(run, [store.path], device="cpu")
+        from_series = predict(run, [tmp_path / "stored"], device="cpu")
+    assert from_series[["subject_id", "side"]].values.tolist() == [[9100001, "R"]]
+    np.testing.assert_array_equal(from_series[PROBS].to_numpy(), from_store[PROBS].to_numpy())
+    # the orientation mattered: the series as stored on disk, not reoriented, is another volume
+    raw = read_series(tmp_path / "stored")
+    as_read = preprocess_mri(LoadedSeries(raw.pixels, raw.spacing_mm, "R", raw), params, ("sag",)).volumes["sag"]
+    assert not np.array_equal(as_read, volume)
+
+
+def test_predict_refuses_a_series_that_is_not_what_it_was_given_as(
+    toy_run: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24, item 3: predict applies preprocess's sources-agree rules to every series it scores."""
+    import pydicom
+    from typer.testing import CliRunner
+
+    from oaicli.main import app
+    from oaicohort.errors import InputFileError
+
+    run, _, _ = toy_run
+    folder = tmp_path / "tse"
+    _write_dess(folder, 9100001, "COR_IW_TSE_RIGHT")  # a DESS volume, but its header names another series
+    with toy_model(), pytest.raises(InputFileError) as err:
+        predict(run, [folder], side="L", device="cpu")
+    message = str(err.value)
+    assert message.startswith(str(folder)) and "'COR_IW_TSE_RIGHT'" in message, message
+    assert "COR_IW_TSE series of the right knee" in message and "given as a left SAG_3D_DESS knee" in message
+    with toy_model(), pytest.raises(InputFileError, match="is a COR_IW_TSE series.*given as a SAG_3D_DESS knee"):
+        predict(run, [folder], device="cpu")  # without --side: the sequence alone is refused
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OAI_DB", raising=False)
+    with toy_model():
+        result = CliRunner().invoke(app, ["predict", str(run), str(folder), "--side", "L", "--device", "cpu"])
+    assert result.exit_code == 1 and not (tmp_path / "predictions.csv").exists()
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error:") and "'COR_IW_TSE_RIGHT'" in line and "left SAG_3D_DESS" in line
+    # a right knee given as a left one, by the command line ...
+    right = tmp_path / "right"
+    _write_dess(right, 9100001, "SAG_3D_DESS_RIGHT")
+    with toy_model(), pytest.raises(InputFileError, match="series of the right knee, but it was given as a left"):
+        predict(run, [right], side="L", device="cpu")
+    # ... or by a release's index: the index row and the DICOM header disagree
+    release = _small_release(tmp_path / "OAI")
+    victim = release / "00m" / "0.C.2/9100002/20040101/10000002"
+    for path in sorted(victim.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = "COR_IW_TSE_RIGHT"
+        ds.save_as(path)
+    with toy_model(), pytest.raises(InputFileError) as err:
+        predict(run, [release], knees=[(9100002, "L")], device="cpu")
+    assert str(victim) in str(err.value)
+    assert "DICOM SeriesDescription is 'COR_IW_TSE_RIGHT' but the index says 'SAG_3D_DESS_LEFT'" in str(err.value)
+    with toy_model():  # the other knees of the release are what the index says: scored
+        assert predict(run, [release], knees=[(9100001, "L")], device="cpu")["knee"].tolist() == ["9100001L"]

@@ -2,8 +2,10 @@
 
 Right knees are flipped to look like left ones, a margin is cut and the series is centre-padded
 or cropped to the full-resolution region, and each view's stored volume is a block mean of that
-region (``views_of_region``). ``preprocess_series`` runs intensity mapping (``intensity``) and
-these steps on one read series, touching only the voxels it keeps. Pure numpy, no I/O.
+region (``views_of_region``). ``preprocess_mri``, the recipe's entry point for ``oai preprocess``
+and ``oai predict`` alike, runs intensity mapping (``intensity``) and these steps on one series
+loaded by ``oaicohort.imaging.series.load`` (checked, in canonical order, its side decided),
+touching only the voxels it keeps. Pure numpy, no I/O.
 """
 
 from __future__ import annotations
@@ -19,18 +21,14 @@ from oaicohort.imaging.series.size import check_source_size
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
 
-class ReadSeries(Protocol):
-    """What a series reader returns: pixels and spacing (a side, orientation... when it has them)."""
+class SeriesLike(Protocol):
+    """What preprocessing needs of a series (``oaicohort.imaging.series.load.LoadedSeries``)."""
 
     @property
     def pixels(self) -> np.ndarray: ...  # (slices, rows, cols) uint16
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]: ...  # (slice, row, col)
-
-
-class SeriesLike(ReadSeries, Protocol):
-    """What preprocessing needs from a read series (``oaicohort.imaging.series.dicom.DicomVolume``)."""
 
     @property
     def side(self) -> str: ...  # "R" | "L"
@@ -159,10 +157,10 @@ class PreprocessedKnee:
     notes: dict[str, Any]
 
 
-def preprocess_series(
+def preprocess_mri(
     series: SeriesLike, params: PreprocessParams, views: tuple[str, ...] = MRI_VIEWS
 ) -> PreprocessedKnee:
-    """Intensity, orientation, region and views of one read series (``preprocessing``'s recipe)."""
+    """Intensity, side, region and views of one loaded series: the MRI recipe."""
     pixels = np.asarray(series.pixels)
     if pixels.ndim != 3:
         raise ValueError(f"expected a (slices, rows, cols) volume, got shape {pixels.shape}")

@@ -39,8 +39,9 @@ Every array is stored in (D, H, W) order, D being the view's slice axis:
 ``ax`` = (rows, cols, left-right); for OAI sagittal DESS rows run superior-inferior and columns
 anterior-posterior.
 
-The steps live in ``intensity`` (1) and ``volume_transforms`` (2-5, and ``preprocess_series``,
-which runs them all on one read series); this module holds the parameters they take.
+The steps live in ``intensity`` (1) and ``mri`` (2-5, and ``preprocess_mri``, the recipe's entry
+point, which runs them all on one loaded series); radiographs take ``xray`` and ``xray_knees``
+(``preprocess_xray``). This module holds the parameters they take.
 """
 
 from __future__ import annotations

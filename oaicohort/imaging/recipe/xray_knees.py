@@ -1,13 +1,16 @@
 """The knees of one bilateral radiograph: joint centres (localiser or given) -> stored ROIs.
 
-Shared by ``oai preprocess --view xray`` (``xray_run``) and ``oai predict`` on radiographs, so a
-knee scored straight from a DICOM file is cropped exactly as the run's store was.
+``preprocess_xray`` is the radiograph recipe's entry point, shared by ``oai preprocess --view
+xray`` (``runs.xray``) and ``oai predict`` on radiographs (both load the image with
+``oaicohort.imaging.series.load.load_radiograph``), so a knee scored straight from a DICOM file is
+cropped exactly as the run's store was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -28,15 +31,25 @@ class KneeCrop:
     score: float | None  # None for a centre given by the caller (an ROI file)
 
 
-def crop_knees(
-    image: np.ndarray,
-    spacing_mm: float,
+class RadiographLike(Protocol):
+    """What the recipe needs of a radiograph (``oaicohort.imaging.series.radiograph.Radiograph``)."""
+
+    @property
+    def pixels(self) -> np.ndarray: ...  # (rows, cols) uint16, bone bright
+
+    @property
+    def spacing_mm(self) -> float: ...
+
+
+def preprocess_xray(
+    radiograph: RadiographLike,
     params: PreprocessParams,
     sides: Iterable[str] = ("R", "L"),
     centres: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, KneeCrop | str]:
     """Each of ``sides`` cropped around its joint centre: the localiser's, or ``centres`` (row,
     col source pixels; every side must be there). A knee that cannot be cropped maps to the reason."""
+    image, spacing_mm = radiograph.pixels, radiograph.spacing_mm
     found = localise_knees(image, spacing_mm) if centres is None else {}
     out: dict[str, KneeCrop | str] = {}
     for side in sides:

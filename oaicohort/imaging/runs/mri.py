@@ -1,13 +1,14 @@
 """``oai preprocess``: every indexed DESS series of a visit -> volumes in a store, indexed in the DB.
 
-Workers (processes) read and preprocess series, which is where the time goes (DICOM decoding);
-the parent is the only writer of the store and the database. Per series it writes all requested
-views' data and keys first and then, in one transaction, inserts their ``volumes`` rows, so a
-row always describes complete data. A run killed in between leaves orphan slots (data without a
-row) that the next run reuses; the index never points at incomplete data.
+Workers (processes) load and preprocess series (``mri_worker``), which is where the time goes
+(DICOM decoding); the parent is the only writer of the store and the database. Per series it
+writes all requested views' data and keys first and then, in one transaction, inserts their
+``volumes`` rows, so a row always describes complete data. A run killed in between leaves orphan
+slots (data without a row) that the next run reuses; the index never points at incomplete data.
 
-The worker's side is ``series_worker``; the writer's side, shared with the radiograph run
-(``xray_run``), is ``store_writer``.
+What every run does (the store's identity, the missing-store guard, the writer lock, slots,
+counts) is the store-run template's (``runs.template``); this module is the MRI job: which series,
+the worker, and how an outcome is written.
 
 Re-runs do only what is missing: (knee, visit, view) triples with an ``ok`` row for this store
 and parameter set are skipped, ``failed`` ones are retried.
@@ -15,69 +16,47 @@ and parameter set are skipped, ``failed`` ones are retried.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, Volume
-from oaicohort.errors import DatabaseStateError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.runs.mri_worker import SeriesOutcome, SeriesReader, SeriesTask, preprocess_task
+from oaicohort.imaging.runs.mri_worker import SeriesOutcome, SeriesTask, preprocess_task
+from oaicohort.imaging.runs.template import Outcome, RunKind, RunSummary, run_store
 from oaicohort.imaging.runs.writer import (
     SlotAllocator,
-    count_outcome,
-    has_series,
     index_knees,
     ok_volumes,
     replace_rows,
-    store_target,
-    take_tasks,
     volume_row,
-    write_results,
-    writing,
 )
-from oaicohort.imaging.store.checks import check_store_present
+from oaicohort.imaging.series.load import SeriesReader
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import MRI_VIEWS, SIDES
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
-class PreprocessSummary:
+class PreprocessSummary(RunSummary):
     """Counts of a run (in series) and the failures with their reasons."""
 
-    store_path: str
-    params_hash: str
-    views: tuple[str, ...]
-    visit: int
-    selected: int = 0  # series of the visit with a knee side
-    skipped: int = 0  # every requested view already ok
-    done: int = 0
-    failed: int = 0
-    remaining: int = 0  # left for a later run by --limit
+    views: tuple[str, ...] = ()
     volumes_written: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
     worker_seconds: float = 0.0  # summed read + preprocess time inside the workers
     worker_cpu_seconds: float = 0.0
     worker_peak_rss_mb: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = super().to_dict()
         out["views"] = list(self.views)
         return out
-
-
-# --------------------------------------------------------------------------- selection
 
 
 def select_tasks(
@@ -122,9 +101,6 @@ def select_tasks(
     return tasks, len(series_rows)
 
 
-# --------------------------------------------------------------------------- the run
-
-
 def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: SlotAllocator) -> int:
     """Write an outcome's volumes, then index them (or the failure) in one transaction."""
     task = outcome.task
@@ -162,6 +138,45 @@ def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: Slo
     return len(rows) if outcome.reason is None else 0
 
 
+@dataclass
+class MriJob:
+    """The MRI part of a store run (``runs.template.StoreJob``)."""
+
+    db: Database
+    store: VolumeStore
+    params: PreprocessParams
+    views: tuple[str, ...]
+    reader: SeriesReader | None
+    summary: PreprocessSummary
+    label: str = "preprocess"
+    ordered: bool = False
+
+    def select(self) -> tuple[list[SeriesTask], int]:
+        return select_tasks(self.db, self.store, self.params, self.views, self.summary.visit)
+
+    def units(self, task: SeriesTask) -> int:
+        return 1
+
+    def slots(self, task: SeriesTask) -> Sequence[str]:
+        return task.views
+
+    def work(self) -> tuple[Callable[..., SeriesOutcome], tuple[Any, ...]]:
+        return preprocess_task, (self.params, self.reader)
+
+    def record(self, slots: SlotAllocator, task: SeriesTask, outcome: SeriesOutcome) -> Iterator[Outcome]:
+        summary = self.summary
+        summary.volumes_written += _record(self.db, self.store, outcome, slots)
+        summary.worker_seconds += outcome.seconds
+        summary.worker_cpu_seconds += outcome.cpu_seconds
+        summary.worker_peak_rss_mb = max(summary.worker_peak_rss_mb, round(outcome.peak_rss_mb, 1))
+        where = {"series_id": task.series_id, "subject_id": task.subject_id, "side": task.side}
+        yield Outcome(outcome.reason, {**where, "folder": str(task.folder)})
+
+    def finish(self) -> None:
+        self.summary.worker_seconds = round(self.summary.worker_seconds, 3)
+        self.summary.worker_cpu_seconds = round(self.summary.worker_cpu_seconds, 3)
+
+
 @no_world_write()  # the store's files and folders, whatever the caller's umask
 def run_preprocess(
     db: Database,
@@ -185,57 +200,18 @@ def run_preprocess(
     ``params`` defaults to the store's own parameters when it exists, else the full preset.
     ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
     """
-    start = time.perf_counter()
     unknown = [v for v in views if v not in MRI_VIEWS]
     if unknown or not views:
         raise ValueError(f"unknown views {unknown}; choose from {MRI_VIEWS}")
-    path, params, created = store_target(store_path, params)
-    if not has_series(db, visit, params.sequence):
-        raise DatabaseStateError(
-            f"no {params.sequence} series of visit {visit} in the database {db.url}; "
-            "run `oai ingest` on a release with its image packages (contents.csv) first"
-        )
-    if created and not replace_missing_store:
-        with db.read() as session:
-            indexed_here = session.execute(
-                select(func.count()).select_from(Volume).where(Volume.store_path == str(path))
-            ).scalar_one()
-        check_store_present(indexed_here, path)
-    store = VolumeStore.open_or_create(path, params, views=views)
-    summary = PreprocessSummary(str(store.path), store.params_hash, tuple(views), visit)
-    with writing(db, store, created=created):
-        tasks, selected = select_tasks(db, store, params, tuple(views), visit)
-        tasks = take_tasks(summary, tasks, selected, limit)
-        log.info(
-            "%s: %d series selected, %d already done, %d to process",
-            store.path,
-            summary.selected,
-            summary.skipped,
-            len(tasks),
-        )
-        slots = SlotAllocator(db, store, tuple(views))
-        for view in views:
-            slots.reserve(view, sum(view in t.views for t in tasks))
+    kind = RunKind(tuple(views), lambda p: p.sequence, "series", "image packages")
 
-        def write(task: SeriesTask, outcome: SeriesOutcome) -> None:
-            summary.volumes_written += _record(db, store, outcome, slots)
-            summary.worker_seconds += outcome.seconds
-            summary.worker_cpu_seconds += outcome.cpu_seconds
-            summary.worker_peak_rss_mb = max(summary.worker_peak_rss_mb, round(outcome.peak_rss_mb, 1))
-            count_outcome(
-                summary,
-                outcome.reason,
-                strict=strict,
-                series_id=task.series_id,
-                subject_id=task.subject_id,
-                side=task.side,
-                folder=str(task.folder),
-            )
+    def job_for(store: VolumeStore) -> MriJob:
+        summary = PreprocessSummary(str(store.path), str(store.ref.id), store.params_hash, visit, views=tuple(views))
+        return MriJob(db, store, store.params, tuple(views), reader, summary)
 
-        write_results(
-            preprocess_task, tasks, (params, reader), write, workers=workers, progress=progress, label="preprocess"
-        )
-    summary.seconds = round(time.perf_counter() - start, 3)
-    summary.worker_seconds = round(summary.worker_seconds, 3)
-    summary.worker_cpu_seconds = round(summary.worker_cpu_seconds, 3)
+    summary = run_store(
+        db, store_path, params, kind, job_for, visit=visit, workers=workers, strict=strict, limit=limit,
+        progress=progress, replace_missing_store=replace_missing_store,
+    )  # fmt: skip
+    assert isinstance(summary, PreprocessSummary)
     return summary

@@ -1,9 +1,9 @@
-"""One MR series read and preprocessed, in a worker process of ``oai preprocess`` (``preprocess_run``).
+"""One MR series read and preprocessed, in a worker process of ``oai preprocess`` (``runs.mri``).
 
-The worker checks what it reads against the index (the folder stays inside its visit folder,
-participant, description, orientation and side agree), reorients the series to the canonical
-order, and returns the stored volumes of every requested view, or the reason there are none.
-It never raises: one bad series must not stop the others.
+The worker loads the series as ``oai predict`` does (``oaicohort.imaging.series.load``: inside its
+visit folder, checked against the index, in canonical order) and runs the MRI recipe on it
+(``preprocess_mri``), returning the stored volumes of every requested view, or the reason there
+are none. It never raises: one bad series must not stop the others.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,18 @@ from typing import Any
 import numpy as np
 
 from oaicohort.errors import InputFileError
-from oaicohort.imaging.recipe.mri import ReadSeries, SeriesLike, preprocess_series
+from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.series.consistency import check_series
-from oaicohort.imaging.series.orientation import to_canonical
+from oaicohort.imaging.series.load import Expected, SeriesReader, load_series
 from oaicohort.imaging.series.size import ImageTooSmall
-from oaicohort.imaging.series.source import check_within, series_folder
 from oaicohort.imaging.store.geometry import GEOMETRY_NOTE, series_geometry
-from oaicohort.vocabulary import SIDES
 
 log = logging.getLogger(__name__)
-
-SeriesReader = Callable[[Path], ReadSeries]
 
 
 @dataclass(frozen=True)
 class SeriesTask:
-    """One series to preprocess and the views it still lacks."""
+    """One series to preprocess, the views it still lacks, and what the index says of it."""
 
     series_id: int
     knee_id: int
@@ -45,7 +39,7 @@ class SeriesTask:
     folder: Path
     views: tuple[str, ...]
     root: Path | None = None  # the visit folder recorded at ingest; nothing outside it is read
-    index_folder: str | None = None  # contents.csv Folder and SeriesDescription (imaging.consistency)
+    index_folder: str | None = None  # contents.csv Folder and SeriesDescription (series.consistency)
     description: str | None = None
 
 
@@ -63,39 +57,29 @@ class SeriesOutcome:
     peak_rss_mb: float = 0.0  # of the process that did the work, for the memory budget
 
 
-def default_reader(folder: Path) -> ReadSeries:
-    from oaicohort.imaging.series.dicom import read_series
-
-    return read_series(folder)
+def expected_of(task: SeriesTask, params: PreprocessParams) -> Expected:
+    """What the index says of the task's series."""
+    return Expected(
+        subject_id=task.subject_id,
+        side=task.side,
+        sequence=params.sequence,
+        index_folder=task.index_folder,
+        description=task.description,
+        root=task.root,
+    )
 
 
 def preprocess_task(task: SeriesTask, params: PreprocessParams, reader: SeriesReader | None) -> SeriesOutcome:
-    """Read and preprocess one series (runs in a worker process; never raises)."""
+    """Load and preprocess one series (runs in a worker process; never raises)."""
     start, cpu = time.perf_counter(), time.process_time()
     outcome = SeriesOutcome(task=task)
     try:
-        if task.root is not None:
-            check_within(task.folder, task.root)
-        with series_folder(task.folder) as folder:  # a .tar.gz series (NDA) is unpacked while read
-            series = (reader or default_reader)(folder)
-        check_series(
-            series,
-            folder=task.folder,
-            subject_id=task.subject_id,
-            index_folder=task.index_folder,
-            index_description=task.description,
-        )
-        side = getattr(series, "side", None)
-        if side in SIDES and side != task.side:
-            raise InputFileError(task.folder, f"series says knee side {side} but the index says {task.side}")
-        if params.canonical_orientation and hasattr(series, "orientation"):
-            # readers returning plain arrays (tests) give them in canonical order themselves
-            series = to_canonical(series)
-        result = preprocess_series(_with_side(series, task.side), params, task.views)
+        series = load_series(task.folder, params, expected_of(task, params), reader=reader)
+        result = preprocess_mri(series, params, task.views)
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
         outcome.notes = result.notes
-        geometry = series_geometry(series)  # for the NIfTI affine (oaicohort.imaging.store.geometry)
+        geometry = series_geometry(series.source)  # for the NIfTI affine (oaicohort.imaging.store.geometry)
         if geometry is not None:
             outcome.notes[GEOMETRY_NOTE] = geometry
     except InputFileError as exc:
@@ -111,17 +95,3 @@ def preprocess_task(task: SeriesTask, params: PreprocessParams, reader: SeriesRe
     outcome.cpu_seconds = time.process_time() - cpu
     outcome.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return outcome
-
-
-@dataclass(frozen=True)
-class _Sided:
-    pixels: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    side: str
-
-
-def _with_side(series: ReadSeries, side: str) -> SeriesLike:
-    # the index (contents.csv) decides the side when the series itself does not say (a side it
-    # does say was checked against the index already)
-    slice_mm, row_mm, col_mm = series.spacing_mm
-    return _Sided(series.pixels, (slice_mm, row_mm, col_mm), side)

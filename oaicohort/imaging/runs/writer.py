@@ -1,33 +1,30 @@
-"""The parent's side of both ``oai preprocess`` runs (MRI ``preprocess_run``, radiographs
-``xray_run``): the single writer of the store and of its ``volumes`` index.
+"""The single writer of a store and of its ``volumes`` index: the pieces the store-run template
+(``oaicohort.imaging.runs.template``) puts together for every kind of run.
 
-A run resolves its store and parameters (``store_target``), locks the store against a second
-writer (``writing``), selects what is not yet ``ok`` (``index_knees``, ``ok_volumes``), takes its
-share under ``--limit`` (``take_tasks``), hands out slots (``SlotAllocator``) and writes each
-worker's result as it arrives (``write_results``): volume data and keys first, then, in one
-transaction, the rows that describe them (``replace_rows``), so a row always describes complete
-data. Failures are counted with their reasons; ``--strict`` stops at the first.
+The store is locked against a second writer (``writer_lock``); what is not yet ``ok`` is selected
+(``index_knees``, ``ok_volumes``), a run takes its share under ``--limit`` (``take_tasks``), slots
+are handed out (``SlotAllocator``) and each worker's result is written as it arrives
+(``write_results``): volume data and keys first, then, in one transaction, the rows that describe
+them (``replace_rows``), so a row always describes complete data. Failures are counted with their
+reasons (``count_outcome``); ``--strict`` stops at the first. Rows name their store by its id.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from oaicohort.db import Database
-from oaicohort.db.schema import ImageSeries, Knee, Volume
+from oaicohort.db.schema import Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, OAIError
-from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.worker_pool import worker_results
-from oaicohort.imaging.store.volume_store import VolumeStore, resolve_store_path
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -51,29 +48,6 @@ class RunCounts(Protocol):
     failures: list[dict[str, Any]]
 
 
-def store_target(
-    store_path: str | os.PathLike[str], params: PreprocessParams | None
-) -> tuple[Path, PreprocessParams, bool]:
-    """The store's resolved path, the run's parameters (``params``, else the existing store's own,
-    else the full preset) and whether the store is new (missing or empty)."""
-    path = resolve_store_path(store_path)
-    created = not path.exists() or not any(path.iterdir())
-    if params is None:
-        params = VolumeStore.open(path).params if not created else PreprocessParams.full()
-    return path, params, created
-
-
-def has_series(db: Database, visit: int, sequence: str) -> bool:
-    """Whether the database indexes any series of ``sequence`` at ``visit``."""
-    with db.read() as session:
-        count = session.execute(
-            select(func.count())
-            .select_from(ImageSeries)
-            .where(ImageSeries.visit == visit, ImageSeries.sequence == sequence)
-        ).scalar_one()
-    return bool(count)
-
-
 # --------------------------------------------------------------------------- the writer's hold on the store
 
 
@@ -91,24 +65,6 @@ def writer_lock(store: VolumeStore) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def forget_stale_rows(db: Database, store: VolumeStore) -> None:
-    """A freshly created store has no volumes: rows left by a deleted store at the path are stale."""
-    with db.write() as session:
-        # a DML statement returns a CursorResult (with rowcount); the stubs type every execute as Result
-        result = cast(CursorResult[Any], session.execute(delete(Volume).where(Volume.store_path == str(store.path))))
-    if result.rowcount:
-        log.warning("%s: removed %d index rows of an earlier store at this path", store.path, result.rowcount)
-
-
-@contextmanager
-def writing(db: Database, store: VolumeStore, *, created: bool) -> Iterator[None]:
-    """The store locked for this run; a new store's stale index rows are removed first."""
-    with writer_lock(store):
-        if created:
-            forget_stale_rows(db, store)
-        yield
 
 
 # --------------------------------------------------------------------------- selection
@@ -131,7 +87,7 @@ def ok_volumes(session: Session, store: VolumeStore, visit: int) -> set[tuple[in
     """(knee_id, view) of the ``ok`` volumes of ``visit`` in this store and parameter set."""
     rows = session.execute(
         select(Volume.knee_id, Volume.view).where(
-            Volume.store_path == str(store.path),
+            Volume.store_id == store.ref.id,
             Volume.params_hash == store.params_hash,
             Volume.visit == visit,
             Volume.status == "ok",
@@ -171,7 +127,7 @@ class SlotAllocator:
                 used = set(
                     session.execute(
                         select(Volume.position).where(
-                            Volume.store_path == str(store.path),
+                            Volume.store_id == store.ref.id,
                             Volume.params_hash == store.params_hash,
                             Volume.view == view,
                             Volume.status == "ok",
@@ -204,7 +160,7 @@ def volume_row(
         series_id=series_id,
         visit=visit,
         view=view,
-        store_path=str(store.path),
+        store_id=store.ref.id,
         params_hash=store.params_hash,
         status="failed" if reason else "ok",
         reason=reason,
@@ -218,7 +174,7 @@ def replace_rows(
     """The knee's rows of these views in this store and parameter set become ``rows``."""
     session.execute(
         delete(Volume).where(
-            Volume.store_path == str(store.path),
+            Volume.store_id == store.ref.id,
             Volume.params_hash == store.params_hash,
             Volume.knee_id == knee_id,
             Volume.visit == visit,

@@ -1,20 +1,15 @@
 """``oai preprocess --view xray``: baseline bilateral PA radiographs -> knee ROIs in the store.
 
 Every indexed series of the visit whose sequence is ``params.xray_sequence`` (the contents.csv
-description ``Bilateral PA Fixed Flexion Knee``) is read (``xray_reader``), split into its two
-knees (screen-left = right knee), each joint centre is found by the classical localiser
-(``xray_localiser``) or taken from a landmark file (``--roi-file``), and the ROI is cropped,
-resampled and normalised (``xray_preprocessing``) into the store's ``xray`` array. Per knee the
+description ``Bilateral PA Fixed Flexion Knee``) is loaded (``series.load.load_radiograph``, as
+``oai predict`` does), split into its two knees (screen-left = right knee), each joint centre is
+found by the classical localiser (``recipe.xray_localiser``) or taken from a landmark file
+(``--roi-file``), and the ROI is cropped, resampled and normalised (``recipe.xray_knees.
+preprocess_xray``) into the store's ``xray`` array. Per knee the
 database gets a ``volumes`` row (view ``xray``; failures with their reason) and, for stored
 ROIs, an ``xray_rois`` row with the box, source pixel size and localiser. A QC montage PNG of
 the crops (and a CSV naming its tiles) is written per batch beside the store, in
 ``<store>.qc/``.
-
-A participant without a baseline bilateral PA takes the screening visit's (``P01``: many baseline
-radiographs are in the screening package) when ``xray_baseline_from_screening`` (the default; a
-preprocessing parameter, so a store made without it has another hash). The knee's ``volumes`` row
-then stands for the baseline visit, points at the screening series and says
-``notes["source_visit"] = "P01"``; the summary counts such knees (``from_screening``).
 
 ROI file (``--roi-file``), e.g. joint centres from KNEEL or BoneFinder: a CSV with a header and
 the columns ``subject_id, side, row, col`` and optionally ``visit`` (default: the run's visit).
@@ -22,7 +17,16 @@ the columns ``subject_id, side, row, col`` and optionally ``visit`` (default: th
 bilateral image as stored in its DICOM file (0-based, row down, column right; fractions
 allowed). A knee missing from the file is a recorded failure, never localised silently.
 
-Resumable like the MRI run: knees with an ``ok`` xray row for this store are skipped.
+Resumable like the MRI run: knees with an ``ok`` xray row for this store are skipped. What every
+run does (the store's identity, the missing-store guard and ``--replace-missing-store``, the
+writer lock, slots, counts) is the store-run template's (``runs.template``); this module is the
+radiograph job.
+
+A participant without a baseline bilateral PA takes the screening visit's (``P01``: many baseline
+radiographs are in the screening package) when ``xray_baseline_from_screening`` (the default; a
+preprocessing parameter, so a store made without it has another hash). The knee's ``volumes`` row
+then stands for the baseline visit, points at the screening series and says
+``notes["source_visit"] = "P01"``; the summary counts such knees (``from_screening``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +44,14 @@ from sqlalchemy import select
 
 from oaicohort.db import Database
 from oaicohort.db.schema import ImageSeries, XrayRoi
-from oaicohort.errors import DatabaseStateError, InputFileError
+from oaicohort.errors import InputFileError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.recipe.xray_knees import crop_knees
+from oaicohort.imaging.recipe.xray_knees import preprocess_xray
 from oaicohort.imaging.recipe.xray_localiser import LOCALISER_NAME
-from oaicohort.imaging.runs.writer import (
-    SlotAllocator,
-    count_outcome,
-    has_series,
-    index_knees,
-    ok_volumes,
-    replace_rows,
-    store_target,
-    take_tasks,
-    volume_row,
-    write_results,
-    writing,
-)
-from oaicohort.imaging.series.radiograph import read_radiograph
-from oaicohort.imaging.series.source import check_within, series_folder
+from oaicohort.imaging.runs.template import Outcome, RunKind, RunSummary, run_store
+from oaicohort.imaging.runs.writer import SlotAllocator, index_knees, ok_volumes, replace_rows, volume_row
+from oaicohort.imaging.series.load import Expected, load_radiograph
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.visits import SCREENING_VISIT, visit_name
@@ -99,23 +91,12 @@ class KneeOutcome:
 
 
 @dataclass
-class XrayPreprocessSummary:
-    store_path: str
-    params_hash: str
-    visit: int
-    localiser: str
-    selected: int = 0  # knees of the selected series
-    from_screening: int = 0  # of them, knees whose baseline radiograph is the screening visit's (P01)
-    skipped: int = 0
-    done: int = 0
-    failed: int = 0
-    remaining: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    qc_montages: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+class XrayPreprocessSummary(RunSummary):
+    """Counts of a run (in knees), the failures with their reasons, and the QC montages written."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    localiser: str = LOCALISER_NAME
+    from_screening: int = 0  # of the selected knees, those whose baseline radiograph is the screening visit's (P01)
+    qc_montages: list[str] = field(default_factory=list)
 
 
 def read_roi_file(path: Path | str, visit: int) -> Landmarks:
@@ -171,10 +152,8 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
                 centres[outcome.side] = centre
     todo = [o for o in outcomes if o.reason is None]
     try:
-        check_within(task.folder, task.root)
-        with series_folder(task.folder) as folder:  # a series in a zipped package is unpacked while read
-            radiograph = read_radiograph(folder)
-        crops = crop_knees(radiograph.pixels, radiograph.spacing_mm, params, [o.side for o in todo], centres)
+        radiograph = load_radiograph(task.folder, Expected(root=task.root))
+        crops = preprocess_xray(radiograph, params, [o.side for o in todo], centres)
     except (InputFileError, ValueError, OSError) as exc:
         for outcome in todo:
             outcome.reason = str(exc)
@@ -191,13 +170,18 @@ def _work(task: RadiographTask, params: PreprocessParams, landmarks: Landmarks |
     return outcomes
 
 
+def radiograph_visits(params: PreprocessParams, visit: int) -> tuple[int, ...]:
+    """The visits whose radiographs a run of ``visit`` reads: a baseline run also the screening
+    visit's, for participants without a baseline one (``xray_baseline_from_screening``)."""
+    return (visit, SCREENING_VISIT) if visit == 0 and params.xray_baseline_from_screening else (visit,)
+
+
 def select_xray_tasks(
     db: Database, store: VolumeStore, params: PreprocessParams, visit: int
 ) -> tuple[list[RadiographTask], int, int]:
     """Bilateral series of ``visit`` with a knee not yet ``ok`` in the store; also the knee count
-    and how many of them take the screening radiograph (a baseline run with
-    ``xray_baseline_from_screening``, for participants without a baseline one)."""
-    visits = [visit, SCREENING_VISIT] if visit == 0 and params.xray_baseline_from_screening else [visit]
+    and how many of them take the screening radiograph (``radiograph_visits``)."""
+    visits = radiograph_visits(params, visit)
     with db.write() as session:
         series = (
             session.execute(
@@ -289,6 +273,54 @@ def write_montage(path: Path, tiles: list[tuple[str, np.ndarray]]) -> Path:
     return path
 
 
+@dataclass
+class XrayJob:
+    """The radiograph part of a store run (``runs.template.StoreJob``)."""
+
+    db: Database
+    store: VolumeStore
+    landmarks: Landmarks | None
+    summary: XrayPreprocessSummary
+    label: str = "preprocess xray"
+    ordered: bool = True  # in task order: the QC montages follow the subjects
+    tiles: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    def select(self) -> tuple[list[RadiographTask], int]:
+        tasks, selected, self.summary.from_screening = select_xray_tasks(
+            self.db, self.store, self.store.params, self.summary.visit
+        )
+        return tasks, selected
+
+    def units(self, task: RadiographTask) -> int:
+        return len(task.knees)
+
+    def slots(self, task: RadiographTask) -> Sequence[str]:
+        return [XRAY_VIEW] * len(task.knees)
+
+    def work(self) -> tuple[Callable[..., list[KneeOutcome]], tuple[Any, ...]]:
+        return _work, (self.store.params, self.landmarks)
+
+    def record(self, slots: SlotAllocator, task: RadiographTask, outcomes: list[KneeOutcome]) -> Iterator[Outcome]:
+        for outcome in outcomes:
+            _record(self.db, self.store, task, outcome, slots)
+            if outcome.reason is None and outcome.image is not None:
+                self.tiles.append((f"{task.subject_id}{outcome.side}", outcome.image))
+            yield Outcome(outcome.reason, {"subject_id": task.subject_id, "side": outcome.side})
+        if len(self.tiles) >= QC_BATCH:
+            self.write_qc_montage()
+
+    def finish(self) -> None:
+        if self.tiles:
+            self.write_qc_montage()
+
+    def write_qc_montage(self) -> None:
+        """A montage of the crops so far, beside the store in ``<store>.qc/``."""
+        name = f"xray_visit{self.summary.visit:02d}_{self.tiles[0][0]}-{self.tiles[-1][0]}.png"
+        qc_dir = self.store.path.parent / f"{self.store.path.name}.qc"
+        self.summary.qc_montages.append(str(write_montage(qc_dir / name, self.tiles)))
+        self.tiles.clear()
+
+
 @no_world_write()
 def run_xray_preprocess(
     db: Database,
@@ -301,56 +333,27 @@ def run_xray_preprocess(
     strict: bool = False,
     limit: int | None = None,
     progress: ProgressCallback = no_progress,
+    replace_missing_store: bool = False,
 ) -> XrayPreprocessSummary:
-    """Preprocess the visit's bilateral PA radiographs into the store's ``xray`` array."""
-    start = time.perf_counter()
-    path, params, created = store_target(store_path, params)
+    """Preprocess the visit's bilateral PA radiographs into the store's ``xray`` array.
+
+    The store path is guarded as for MRI (``runs.template``): a missing or empty one where the
+    database indexes a store is an error unless ``replace_missing_store``."""
     landmarks = read_roi_file(roi_file, visit) if roi_file is not None else None
-    sequence = params.xray_sequence.upper()
-    screening = visit == 0 and params.xray_baseline_from_screening
-    if not has_series(db, visit, sequence) and not (screening and has_series(db, SCREENING_VISIT, sequence)):
-        raise DatabaseStateError(
-            f"no {params.xray_sequence!r} radiographs of visit {visit} in the database {db.url}; run `oai ingest` "
-            "on a release with its X-ray image packages (indexed or not) first"
-        )
-    store = VolumeStore.open_or_create(path, params, views=(XRAY_VIEW,))
     localiser = ROI_FILE_LOCALISER if landmarks is not None else LOCALISER_NAME
-    summary = XrayPreprocessSummary(str(store.path), store.params_hash, visit, localiser)
-    qc_dir = store.path.parent / f"{store.path.name}.qc"
-    tiles: list[tuple[str, np.ndarray]] = []
+    kind = RunKind(
+        (XRAY_VIEW,), lambda p: p.xray_sequence.upper(), "radiographs", "X-ray image packages", radiograph_visits
+    )
 
-    def write_qc_montage() -> None:
-        name = f"xray_visit{visit:02d}_{tiles[0][0]}-{tiles[-1][0]}.png"
-        summary.qc_montages.append(str(write_montage(qc_dir / name, tiles)))
-        tiles.clear()
-
-    with writing(db, store, created=created):
-        tasks, selected, summary.from_screening = select_xray_tasks(db, store, params, visit)
-        tasks = take_tasks(summary, tasks, selected, limit, size=lambda task: len(task.knees))
-        slots = SlotAllocator(db, store, (XRAY_VIEW,))
-        slots.reserve(XRAY_VIEW, sum(len(t.knees) for t in tasks))
-
-        def write(task: RadiographTask, outcomes: list[KneeOutcome]) -> None:
-            for outcome in outcomes:
-                _record(db, store, task, outcome, slots)
-                if outcome.reason is None and outcome.image is not None:
-                    tiles.append((f"{task.subject_id}{outcome.side}", outcome.image))
-                count_outcome(summary, outcome.reason, strict=strict, subject_id=task.subject_id, side=outcome.side)
-            if len(tiles) >= QC_BATCH:
-                write_qc_montage()
-
-        # in task order: the QC montages follow the subjects
-        write_results(
-            _work,
-            tasks,
-            (params, landmarks),
-            write,
-            workers=workers,
-            progress=progress,
-            label="preprocess xray",
-            ordered=True,
+    def job_for(store: VolumeStore) -> XrayJob:
+        summary = XrayPreprocessSummary(
+            str(store.path), str(store.ref.id), store.params_hash, visit, localiser=localiser
         )
-        if tiles:
-            write_qc_montage()
-    summary.seconds = round(time.perf_counter() - start, 3)
+        return XrayJob(db, store, landmarks, summary)
+
+    summary = run_store(
+        db, store_path, params, kind, job_for, visit=visit, workers=workers, strict=strict, limit=limit,
+        progress=progress, replace_missing_store=replace_missing_store,
+    )  # fmt: skip
+    assert isinstance(summary, XrayPreprocessSummary)
     return summary

@@ -1,14 +1,17 @@
-"""Sources must agree before an image series is stored.
+"""Sources must agree before an image series is stored or scored.
 
 Three sources describe each series: the image index (``contents.csv``: its ``Folder`` path, its
-``ParticipantID`` and ``SeriesDescription``, as ingested), and the DICOM headers of the series
+``ParticipantID`` and ``SeriesDescription``, as ingested) or, for a folder given to ``oai predict``,
+what it was given as (the run's sequence, ``--side``), and the DICOM headers of the series
 (``PatientID``, ``SeriesDescription``, ``ImageOrientationPatient``, ``PixelSpacing``, the pixel
-depth). A series where they disagree is not guessed at: it becomes a recorded failure naming
-both values, and nothing of it reaches the store. Checked here:
+depth). A series where they disagree is not guessed at: it becomes a recorded failure (or a
+refusal) naming both values, and nothing of it reaches the store or the model. Checked here (all
+together by ``oaicohort.imaging.series.load``):
 
 - the participant: every participant-like folder name (seven digits, OAI ids are 9xxxxxx) in the
   index ``Folder`` path, the ingested ``ParticipantID`` and the DICOM ``PatientID``;
-- the sequence and knee side: the index ``SeriesDescription`` and the DICOM one;
+- the sequence and knee side: the index ``SeriesDescription`` and the DICOM one; a DICOM one named
+  the OAI way (sequence + ``_RIGHT``/``_LEFT``) and the sequence and side it was given as;
 - the slice orientation and the view the sequence is stored as (``SAG_...`` slices are sagittal:
   their normal runs left-right; ``COR_`` anterior-posterior; ``AX_`` head-foot);
 - the geometry: pixel and slice spacing positive and finite;
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.image_index import split_series_description  # the one home of this rule
 
 _PARTICIPANT_DIR = re.compile(r"9\d{6}")
 # the patient axis (x left-right, y anterior-posterior, z head-foot) a plane's normal runs along
@@ -34,6 +38,7 @@ _AXIS_PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}
 # a normal within ~35 degrees of its axis (cos 35 deg ~ 0.82): oblique planning is fine, a swap is not
 _PLANE_COSINE = 0.8
 SUPPORTED_BITS_ALLOCATED = (8, 16)
+_SIDE_WORDS = {"R": "right", "L": "left"}
 
 
 class SeriesDisagreement(InputFileError):
@@ -45,8 +50,11 @@ def folder_participants(folder: str | Path) -> set[int]:
     return {int(part) for part in Path(folder).parts if _PARTICIPANT_DIR.fullmatch(part)}
 
 
-def check_participant(path: Path, index_folder: str | None, participant_id: int, patient_id: str | None) -> None:
-    """The index Folder path, the ingested ParticipantID and the DICOM PatientID name one participant."""
+def check_participant(path: Path, index_folder: str | None, participant_id: int | None, patient_id: str | None) -> None:
+    """The index Folder path, the ingested ParticipantID and the DICOM PatientID name one participant
+    (a series given without an index names whoever its PatientID says)."""
+    if participant_id is None:
+        return
     if index_folder is not None:
         named = folder_participants(index_folder)
         if named and named != {participant_id}:
@@ -71,6 +79,27 @@ def check_description(path: Path, index_description: str | None, dicom_descripti
             path,
             f"DICOM SeriesDescription is {dicom_description.strip()!r} but the index says {index_description.strip()!r}",
         )
+
+
+def check_given(
+    path: Path, dicom_description: str | None, *, sequence: str | None, side: str | None, given_by: str
+) -> None:
+    """A DICOM description named the OAI way (``SAG_3D_DESS_LEFT``) names the sequence and knee the
+    series was given as (``given_by`` says by whom); a description without a side suffix says
+    neither, and is not guessed at."""
+    if not dicom_description or (sequence is None and side is None):
+        return
+    found_sequence, found_side = split_series_description(dicom_description)
+    if not found_side:
+        return
+    if (sequence is None or found_sequence == sequence.upper()) and (side is None or found_side == side):
+        return
+    given = " ".join(word for word in (_SIDE_WORDS.get(side or ""), sequence) if word)
+    raise SeriesDisagreement(
+        path,
+        f"DICOM SeriesDescription {dicom_description.strip()!r} is a {found_sequence} series of the "
+        f"{_SIDE_WORDS[found_side]} knee, but it was given as a {given} knee ({given_by})",
+    )
 
 
 def normal_axis(orientation: Any) -> tuple[int, float]:
@@ -127,14 +156,3 @@ def check_value_range(path: Path, image: np.ndarray) -> None:
         raise SeriesDisagreement(
             path, f"pixel value {int(image.max())} does not fit 16 bits; unsupported pixel depth ({image.dtype})"
         )
-
-
-def check_series(
-    series: Any, *, folder: Path, subject_id: int, index_folder: str | None, index_description: str | None
-) -> None:
-    """Every agreement above for one read series (attributes a test reader lacks are skipped)."""
-    check_participant(folder, index_folder, subject_id, getattr(series, "patient_id", None))
-    dicom_description = getattr(series, "series_description", None)
-    check_description(folder, index_description, dicom_description)
-    check_orientation(folder, index_description or dicom_description, getattr(series, "orientation", None))
-    check_spacing(folder, series.spacing_mm)

@@ -11,7 +11,7 @@
   (exit 3).
 - A store path that is missing (an unmounted disk, a moved folder) while the database indexes
   volumes there is an error: no command drops those index rows or silently creates an empty
-  replacement.
+  replacement (``identity.claim_store``, for every kind of run).
 """
 
 from __future__ import annotations
@@ -145,14 +145,3 @@ def create_atomically(root: Path, build: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_store_present(indexed_rows: int, root: Path) -> None:
-    """A missing or empty store path that the database indexes volumes in is never replaced silently."""
-    if indexed_rows:
-        where = "does not exist" if not root.exists() else "is empty"
-        raise StoreIntegrityError(
-            f"{root}: the database indexes {indexed_rows} volume(s) in a store at this path, but the path {where} "
-            "(an unmounted disk or a moved folder?); nothing was changed. Mount or restore the store; to start "
-            "a new store here instead, give --replace-missing-store"
-        )

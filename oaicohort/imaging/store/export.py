@@ -68,7 +68,7 @@ def export_nifti(
             "to export as NIfTI; `oai store qc` draws them as PNGs"
         )
     nib = _nibabel()
-    rows = indexed_volumes(db, store.path)
+    rows = indexed_volumes(db, store)
     rows = rows[(rows["status"] == "ok") & (rows["params_hash"] == store.params_hash) & rows["view"].isin(views)]
     if visit is not None:
         rows = rows[rows["visit"] == visit]

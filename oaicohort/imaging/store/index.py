@@ -1,7 +1,9 @@
 """A volume store's index in the ``volumes`` table: listing a store's rows, and verifying the
 store against them (checksums, knee keys, slots claimed twice, orphans).
 
-The layout and the rules the index relies on (data before its row) are in ``store``.
+The layout and the rules the index relies on (data before its row) are in ``volume_store``. A
+store's rows are found by its identity (``oaicohort.db.stores``): the UUID in its attributes,
+wherever the store is now.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from sqlalchemy import select
 from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Knee, Volume
-from oaicohort.imaging.store.volume_store import VolumeStore, knee_key, resolve_store_path, volume_checksum
+from oaicohort.db.stores import StoreRef, find_store
+from oaicohort.imaging.store.volume_store import VolumeStore, knee_key, volume_checksum
 
 
-def indexed_volumes(db: Database, store_path: str | os.PathLike[str], view: str | None = None) -> pd.DataFrame:
+def indexed_volumes(
+    db: Database, store: str | os.PathLike[str] | StoreRef | VolumeStore, view: str | None = None
+) -> pd.DataFrame:
     """The ``volumes`` rows of one store (all parameter sets), one per (knee, visit, view).
 
     Columns: ``knee_id, subject_id, side, visit, view, position, status, reason`` plus
     ``series_id, params_hash, checksum, shape, spacing_mm, notes, array_path``.
     """
-    path = str(resolve_store_path(store_path))
+    with db.read() as session:
+        ref = find_store(session, store.ref if isinstance(store, VolumeStore) else store)
     query = (
         select(
             Volume.knee_id,
@@ -45,7 +51,7 @@ def indexed_volumes(db: Database, store_path: str | os.PathLike[str], view: str 
             Volume.array_path,
         )
         .join(Knee, Knee.id == Volume.knee_id)
-        .where(Volume.store_path == path)
+        .where(Volume.store_id == ref.id)
         .order_by(Volume.view, Volume.knee_id, Volume.visit)
     )
     if view is not None:
@@ -74,8 +80,8 @@ def verify_store(
     errors; orphans (data with a key but no row: an interrupted run) are only reported.
     """
     store = VolumeStore.open(store_path)
-    path = str(store.path)
     with db.read() as session:
+        ref = find_store(session, store.ref)
         rows = session.execute(
             select(
                 Volume.view,
@@ -88,13 +94,14 @@ def verify_store(
                 Knee.side,
             )
             .join(Knee, Knee.id == Volume.knee_id)
-            .where(Volume.store_path == path)
+            .where(Volume.store_id == ref.id)
             .order_by(Volume.view, Volume.position)
         ).all()
     current = [r for r in rows if r.params_hash == store.params_hash]
     ok_rows = [r for r in current if r.status == "ok"]
     report: dict[str, Any] = {
-        "store_path": path,
+        "store_path": str(store.path),
+        "store_id": ref.id,
         "params_hash": store.params_hash,
         "checked": 0,
         "ok": 0,

@@ -94,7 +94,7 @@ def store_slots(
     if db is not None:
         from oaicohort.imaging.store.index import indexed_volumes
 
-        rows = indexed_volumes(db, store.path, view)
+        rows = indexed_volumes(db, store, view)
         rows = rows[(rows["status"] == "ok") & (rows["params_hash"] == store.params_hash)]
         frame = rows[["knee_id", "subject_id", "side", "visit", "position"]].copy()
         frame["position"] = frame["position"].astype(np.int64)

@@ -3,8 +3,8 @@
 Layout (readable with plain ``zarr.open(path)``)::
 
     store.zarr/
-      zarr.json          group attrs: format_version, params, params_hash, created_at,
-                         toolkit_version
+      zarr.json          group attrs: format_version, params, params_hash, store_id (its UUID,
+                         ``oaicohort.db.stores``), created_at, toolkit_version
       sag, cor, ax       uint8 (N, D, H, W), chunks (1, D, H, W): one volume per chunk, Zstd
       xray               uint8 (N, 1, 350, 350): knee ROIs of the bilateral PA radiograph
       knee_keys/<view>   int64 (N,): subject_id*10 + 1 (R) / 2 (L); -1 for an unused slot
@@ -13,10 +13,11 @@ Layout (readable with plain ``zarr.open(path)``)::
 The database is the source of truth for which slots hold finished volumes: a slot is only
 indexed (``volumes`` row, status ok) after its data and keys are completely written. A slot that
 holds data but no row (a run killed in between) is an orphan; it is reused by the next run.
-The index side (listing and verifying a store against its rows) is ``store_index``.
+The index side (listing and verifying a store against its rows) is ``index``; a description of
+what the store holds, ``info``.
 
 Whole-volume reads go straight to the chunk file and the Zstd decoder when the store is a local
-directory with the codecs this module writes (``store_chunks``; several times faster than zarr's
+directory with the codecs this module writes (``chunks``; several times faster than zarr's
 generic path, which is the fallback).
 """
 
@@ -35,6 +36,7 @@ import zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from oaicohort import __version__
+from oaicohort.db.stores import STORE_ID, StoreRef, canonical_path, new_store_id
 from oaicohort.errors import OAIError
 from oaicohort.files import no_world_write
 from oaicohort.imaging.recipe.params import PreprocessParams
@@ -82,10 +84,6 @@ def volume_checksum(volume: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(volume, dtype=np.uint8).data).hexdigest()
 
 
-def resolve_store_path(path: str | os.PathLike[str]) -> Path:
-    return Path(path).expanduser().resolve()
-
-
 class VolumeStore:
     """A preprocessed-volume store bound to one :class:`PreprocessParams`.
 
@@ -104,10 +102,15 @@ class VolumeStore:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mode: OpenMode = "r") -> VolumeStore:
         """Open an existing store (``mode="r"`` read-only, ``"r+"`` to add volumes)."""
-        root = resolve_store_path(path)
+        root = canonical_path(path)
+        if not root.exists():
+            raise StoreError(
+                f"{root}: not a volume store: the path does not exist (an unmounted disk, or a store that "
+                "moved? give the path where it is now)"
+            )
         if not (root / "zarr.json").is_file():
             raise StoreError(
-                f"{root}: not a volume store (no zarr.json); create one with `oai preprocess --store {root}`"
+                f"{root}: not a volume store (no zarr.json); make one with `oai preprocess --store {root}`"
             )
         try:
             group = zarr.open_group(root, mode=mode, zarr_format=3)
@@ -128,7 +131,7 @@ class VolumeStore:
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
     ) -> VolumeStore:
         """Create a new, empty store for ``params`` with an array per view."""
-        root = resolve_store_path(path)
+        root = canonical_path(path)
         if root.exists() and any(root.iterdir()):
             raise StoreError(f"{root}: already exists and is not empty; choose a new store path")
 
@@ -139,6 +142,7 @@ class VolumeStore:
                     "format_version": FORMAT_VERSION,
                     "params": params.to_dict(),
                     "params_hash": params.hash(),
+                    STORE_ID: new_store_id(),
                     "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "toolkit_version": __version__,
                 }
@@ -160,7 +164,7 @@ class VolumeStore:
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
     ) -> VolumeStore:
         """Open ``path`` for writing if it holds a store of exactly ``params``, else create it."""
-        root = resolve_store_path(path)
+        root = canonical_path(path)
         if not root.exists() or not any(root.iterdir()):
             return cls.create(root, params, views=views, zstd_level=zstd_level)
         store = cls.open(root, mode="r+")
@@ -175,6 +179,20 @@ class VolumeStore:
             if view not in store.views:
                 store._create_view(view, zstd_level)
         return store
+
+    @property
+    def ref(self) -> StoreRef:
+        """The store's identity (its id is None for a store made before identities, until assigned)."""
+        value = self.attrs.get(STORE_ID)
+        return StoreRef(self.path, str(value) if value else None)
+
+    def assign_id(self, store_id: str) -> None:
+        """Give a store made before identities its UUID (``oaicohort.imaging.store.identity``)."""
+        self._require_writable()
+        if self.attrs.get(STORE_ID) not in (None, store_id):
+            raise StoreError(f"{self.path}: the store already has the id {self.attrs[STORE_ID]}")
+        self.group.attrs[STORE_ID] = store_id
+        self.attrs[STORE_ID] = store_id
 
     def _load_attrs(self, group: zarr.Group) -> None:
         attrs = dict(group.attrs)
@@ -363,37 +381,3 @@ class VolumeStore:
         self._require_writable()
         self._member(f"knee_keys/{view}")[position] = -1
         self._member(f"visits/{view}")[position] = -1
-
-    # ------------------------------------------------------------------ description
-
-    def disk_bytes(self, view: str | None = None) -> int:
-        root = self.path / view if view else self.path
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-    def info(self) -> dict[str, Any]:
-        """Parameters, views, shapes, slot counts, size on disk and compression ratio."""
-        views: dict[str, Any] = {}
-        for view in self.views:
-            keys = self.knee_keys(view)
-            shape = self.volume_shape(view)
-            used = int((keys >= 0).sum())
-            nbytes = self.disk_bytes(view)
-            raw = used * int(np.prod(shape))
-            views[view] = {
-                "volume_shape": list(shape),
-                "crop_shape": list(self.crop_shape(view)),
-                "slots": len(keys),
-                "used": used,
-                "disk_bytes": nbytes,
-                "compression_ratio": round(raw / nbytes, 3) if nbytes and used else None,
-            }
-        return {
-            "path": str(self.path),
-            "format_version": self.attrs.get("format_version"),
-            "params_hash": self.params_hash,
-            "params": self.params.to_dict(),
-            "created_at": self.attrs.get("created_at"),
-            "toolkit_version": self.attrs.get("toolkit_version"),
-            "views": views,
-            "disk_bytes": self.disk_bytes(),
-        }
