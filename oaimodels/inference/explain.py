@@ -42,9 +42,7 @@ from oaimodels.data import centre_offsets
 from oaimodels.inference.attribution import explain_volumes
 from oaimodels.inference.trained_run import TrainedRun
 from oaimodels.plotting import pyplot
-
-# Names of the training layer, imported in this one place (their module may move).
-from oaimodels.training import resolve_device
+from oaimodels.training.config import resolve_device
 
 TOP_SLICES = 3
 

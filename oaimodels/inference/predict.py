@@ -37,13 +37,12 @@ from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import BatchPreparer, make_source, resident_fits, to_device
-
-# Names of the training/evaluation layer, imported in this one place (their modules may move).
 from oaimodels.evaluation.held_out import ensemble_probabilities
 from oaimodels.inference.inputs import KneeScan, read_inputs
 from oaimodels.inference.trained_run import TrainedRun
+from oaimodels.logits import predict_logits, softmax
 from oaimodels.metrics import progression_score
-from oaimodels.training import predict_logits, resolve_device, softmax
+from oaimodels.training.config import resolve_device
 
 log = logging.getLogger(__name__)
 

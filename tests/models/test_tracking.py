@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from oaimodels import run_folder as rf
-from oaimodels.training import TrainConfig, tracking, train_run
+from oaimodels.training import tracking
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 SCALAR_KEYS = {"loss/train": "train_loss", "loss/val": "val_loss", "val/ap": "val_ap", "val/roc_auc": "val_roc_auc"}
@@ -206,7 +208,7 @@ def test_run_titles() -> None:
 def test_track_mlflow_without_mlflow_stops_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oaimodels.training import TrainingError, resolve_config
+    from oaimodels.training.config import TrainingError, resolve_config
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(

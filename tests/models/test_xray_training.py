@@ -20,7 +20,8 @@ from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
 from oaimodels.data.store_models import table1_models
-from oaimodels.training import TrainConfig, TrainingError, lr_at, resolve_config
+from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
+from oaimodels.training.recipe import lr_at
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tupl
 @pytest.mark.slow
 def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
     from oaimodels.evaluation.held_out import evaluate_runs
-    from oaimodels.training import train_run
+    from oaimodels.training.run import train_run
 
     store_path, db_path = xray_study
     db: Database = open_database(db_path)
