@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.cohort.splits import check_leakage
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.errors import OAIError
 from oaicohort.imaging.store.volume_store import StoreError
 from oaicohort.vocabulary import STORE_VIEWS, XRAY_VIEW

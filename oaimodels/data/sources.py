@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.imaging.store.volume_store import VolumeStore
 
 from .augment import derive_seed

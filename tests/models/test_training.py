@@ -19,21 +19,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from oaicohort.cohort.splits import LeakageError
 from oaimodels import run_folder as rf
-from oaimodels.data import LeakageError
-from oaimodels.training import (
-    TrainConfig,
-    TrainingError,
-    load_checkpoint,
-    load_fold_model,
-    lr_at,
-    make_optimizer,
-    make_scheduler,
-    resolve_config,
-    train_all,
-    train_run,
-)
+from oaimodels.training.checkpoint import load_checkpoint, load_fold_model
+from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.losses import focal_loss
+from oaimodels.training.recipe import lr_at, make_optimizer, make_scheduler
+from oaimodels.training.run import train_all, train_run
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +82,7 @@ def test_warmup_then_constant_learning_rate() -> None:
 
 
 def test_paper_defaults_resolve_per_model() -> None:
-    from oaimodels.training import resolve_config
+    from oaimodels.training.config import resolve_config
 
     c = resolve_config(TrainConfig(store="s", out="o", model="2d_trf", device="cpu"))
     assert (c.batch_size, c.init, c.precision, c.view, c.epochs, c.lr) == (32, "imagenet", "fp32", "sag", 100, 1e-4)
@@ -229,7 +221,8 @@ import sys
 import pandas as pd
 from tests.training_fixtures import register_toy_model
 register_toy_model()  # at import: spawned DDP workers re-import this file
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 
 if __name__ == "__main__":
     store, out, knees_csv, epochs, nproc = sys.argv[1:6]
