@@ -36,7 +36,7 @@ Two ways to feed batches (:func:`make_source`):
 from __future__ import annotations
 
 from .augment import AugmentParams, cpu_generator, derive_seed
-from .knees import KNEE_COLUMNS, knee_table, validate_knees
+from .knees import KNEE_COLUMNS, KneeQuery, KneeTable, knee_table, validate_knees
 from .layout import DataError, InputLayout, Shape3, StoreShapes, model_views, resolve_layout
 from .pipeline import BatchPreparer, ModelInputs, inference_transforms, recipe_transforms
 from .rotation import rotate_in_slice, rotate_sagittal, rotation_grid, sagittal_extent_ratio, to_device
@@ -79,6 +79,8 @@ __all__ = [
     "DataError",
     "GammaDraw",
     "InputLayout",
+    "KneeQuery",
+    "KneeTable",
     "ModelInputs",
     "Normalise",
     "RandomGamma",

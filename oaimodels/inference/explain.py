@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oaicohort.db import Database
 from oaicohort.errors import OAIError
 from oaicohort.files import staged_folder
 from oaicohort.imaging.store.selection import knee_name, select_slots, store_slots
@@ -75,7 +76,7 @@ def explain_run(
     *,
     knees: list[tuple[int, str]] | None = None,
     store: Path | str | None = None,
-    db: Any = None,
+    db: Database | None = None,
     visit: int = 0,
     device: str = "auto",
     steps: int = 16,

@@ -44,8 +44,8 @@ def xray_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_recipe_is_the_reference_xray_recipe_unless_overridden(tmp_path: Path) -> None:
     config = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50"))
     assert (config.batch_size, config.lr, config.warmup_epochs, config.lr_milestones) == (64, 1e-3, 0, [20, 40])
-    assert lr_at(0, config) == pytest.approx(1e-3) and lr_at(20, config) == pytest.approx(1e-4)
-    assert lr_at(45, config) == pytest.approx(1e-5)
+    assert lr_at(0, config.schedule()) == pytest.approx(1e-3) and lr_at(20, config.schedule()) == pytest.approx(1e-4)
+    assert lr_at(45, config.schedule()) == pytest.approx(1e-5)
     own = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=5e-4))
     assert own.lr == 5e-4
     mri = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="3d_shufflenet"))
@@ -59,13 +59,13 @@ def test_a_value_given_for_the_xray_model_is_used_even_when_it_is_the_papers(tmp
     )
     config = resolve_config(given)
     assert (config.lr, config.warmup_epochs, config.lr_milestones, config.lr_gamma) == (1e-4, 5, [], 0.1)
-    assert [lr_at(e, config) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
+    assert [lr_at(e, config.schedule()) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
     assert resolve_config(config).hash() == config.hash()  # a resolved config resolves to itself
 
 
 def test_an_unresolved_schedule_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="resolve_config"):
-        lr_at(0, TrainConfig(store=str(tmp_path), out=str(tmp_path / "r")))
+        TrainConfig(store=str(tmp_path), out=str(tmp_path / "r")).schedule()
 
 
 def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> None:
