@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from oaicohort.errors import OAIError
+from oaicohort.field_checks import unknown_fields
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, InputLayout
@@ -117,10 +118,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise TrainingError(f"unknown training option(s) {sorted(unknown)}")
+            raise TrainingError(f"unknown training option(s) {unknown}")
         data = dict(data)
         if isinstance(data.get("augment"), dict):
             data["augment"] = AugmentParams(**data["augment"])
