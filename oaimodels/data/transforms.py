@@ -15,7 +15,7 @@ or not it is applied, keeps the random stream independent of earlier outcomes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,9 +134,20 @@ class ScaleToUnit:
 
 
 @dataclass(frozen=True)
-class RotationDraw:
-    rotate: torch.Tensor  # (B,) bool
-    angles_deg: torch.Tensor  # (B,) float32, 0 where not rotated
+class ChanceDraw:
+    """A random step's draw: whether it applies to each volume, and its value for each."""
+
+    apply: torch.Tensor  # (B,) bool
+    value: torch.Tensor  # (B,) float32; the step's neutral value where it does not apply
+
+
+def _chance(
+    batch: int, generator: torch.Generator, p: float, value: Callable[[torch.Tensor], torch.Tensor], neutral: float
+) -> ChanceDraw:
+    """Draw, for every volume, whether it applies (probability ``p``) and a value from ``U[0, 1)``."""
+    apply = torch.rand(batch, generator=generator) < p
+    drawn = value(torch.rand(batch, generator=generator))
+    return ChanceDraw(apply, torch.where(apply, drawn, torch.full_like(drawn, neutral)))
 
 
 @dataclass(frozen=True)
@@ -149,28 +160,20 @@ class RandomRotation:
     view: str
     spacing_ratio: float = 1.0  # stored D spacing / H spacing (oaimodels.data.layout.InputLayout)
 
-    def draw(self, batch: int, generator: torch.Generator | None) -> RotationDraw:
-        g = _needs(generator, self)
-        rotate = torch.rand(batch, generator=g) < self.p
-        angles = (torch.rand(batch, generator=g) * 2 - 1) * self.max_deg
-        return RotationDraw(rotate, torch.where(rotate, angles, torch.zeros_like(angles)))
+    def draw(self, batch: int, generator: torch.Generator | None) -> ChanceDraw:
+        """Angles in degrees, 0 where not rotated."""
+        return _chance(batch, _needs(generator, self), self.p, lambda u: (u * 2 - 1) * self.max_deg, 0.0)
 
-    def __call__(self, x: torch.Tensor, d: RotationDraw) -> torch.Tensor:
-        if not bool(d.rotate.any()):
+    def __call__(self, x: torch.Tensor, d: ChanceDraw) -> torch.Tensor:
+        if not bool(d.apply.any()):
             return x
-        idx = torch.nonzero(d.rotate).flatten()
+        idx = torch.nonzero(d.apply).flatten()
         idx_dev = to_device(idx, x.device)
-        rotated = rotate_sagittal(x[idx_dev], d.angles_deg[idx], self.view, self.spacing_ratio)
+        rotated = rotate_sagittal(x[idx_dev], d.value[idx], self.view, self.spacing_ratio)
         return x.index_copy(0, idx_dev, rotated)
 
     def inference(self) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class GammaDraw:
-    apply: torch.Tensor  # (B,) bool
-    gamma: torch.Tensor  # (B,) float32, 1 where not applied
 
 
 @dataclass(frozen=True)
@@ -181,14 +184,12 @@ class RandomGamma:
     low: float
     high: float
 
-    def draw(self, batch: int, generator: torch.Generator | None) -> GammaDraw:
-        g = _needs(generator, self)
-        apply = torch.rand(batch, generator=g) < self.p
-        gamma = self.low + torch.rand(batch, generator=g) * (self.high - self.low)
-        return GammaDraw(apply, torch.where(apply, gamma, torch.ones_like(gamma)))
+    def draw(self, batch: int, generator: torch.Generator | None) -> ChanceDraw:
+        """Gammas, 1 where not applied."""
+        return _chance(batch, _needs(generator, self), self.p, lambda u: self.low + u * (self.high - self.low), 1.0)
 
-    def __call__(self, x: torch.Tensor, d: GammaDraw) -> torch.Tensor:
-        return apply_gamma(x, d.gamma) if bool(d.apply.any()) else x
+    def __call__(self, x: torch.Tensor, d: ChanceDraw) -> torch.Tensor:
+        return apply_gamma(x, d.value) if bool(d.apply.any()) else x
 
     def inference(self) -> None:
         return None

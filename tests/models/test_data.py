@@ -104,20 +104,20 @@ def test_centre_crop_without_augmentation() -> None:
     gen = torch.Generator().manual_seed(0)
     offsets, _scale, rotation, gamma, _norm = _recipe((20, 44, 44), (16, 40, 40), D.AugmentParams.none()).draw(3, gen)
     assert offsets.tolist() == [[2, 2, 2]] * 3
-    assert not rotation.rotate.any() and torch.all(gamma.gamma == 1)
+    assert not rotation.apply.any() and torch.all(gamma.value == 1)
 
 
 def test_rotation_and_gamma_probabilities_and_ranges() -> None:
     gen = torch.Generator().manual_seed(1)
     _crop, _scale, rotation, gamma, _norm = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams()).draw(4000, gen)
-    assert 0.45 < rotation.rotate.float().mean() < 0.55
+    assert 0.45 < rotation.apply.float().mean() < 0.55
     assert 0.45 < gamma.apply.float().mean() < 0.55
-    rotated = rotation.angles_deg[rotation.rotate]
+    rotated = rotation.value[rotation.apply]
     assert rotated.abs().max() <= 15 and rotated.abs().max() > 14
-    assert torch.all(rotation.angles_deg[~rotation.rotate] == 0)
-    g = gamma.gamma[gamma.apply]
+    assert torch.all(rotation.value[~rotation.apply] == 0)
+    g = gamma.value[gamma.apply]
     assert g.min() >= 0.5 and g.max() <= 2.0 and g.min() < 0.55 and g.max() > 1.95
-    assert torch.all(gamma.gamma[~gamma.apply] == 1)
+    assert torch.all(gamma.value[~gamma.apply] == 1)
 
 
 def test_draws_do_not_depend_on_earlier_outcomes() -> None:
@@ -127,8 +127,8 @@ def test_draws_do_not_depend_on_earlier_outcomes() -> None:
     still = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams(rotate_p=0.0)).draw(
         50, torch.Generator().manual_seed(4)
     )
-    assert torch.equal(rotating[0], still[0]) and torch.equal(rotating[3].gamma, still[3].gamma)
-    assert rotating[2].rotate.any() and not still[2].rotate.any()
+    assert torch.equal(rotating[0], still[0]) and torch.equal(rotating[3].value, still[3].value)
+    assert rotating[2].apply.any() and not still[2].apply.any()
 
 
 def test_inference_form_is_the_recipe_without_its_random_steps() -> None:
