@@ -124,12 +124,7 @@ class VolumeSource(Protocol):
     def close(self) -> None: ...
 
 
-StoreLike = VolumeStore | str | os.PathLike[str]
 Progress = Callable[[str, float, float | None], None]
-
-
-def _opened(store: StoreLike) -> VolumeStore:
-    return store if isinstance(store, VolumeStore) else VolumeStore.open(store)
 
 
 class ResidentSource:
@@ -144,14 +139,13 @@ class ResidentSource:
     @classmethod
     def from_store(
         cls,
-        store: StoreLike,
+        store: VolumeStore,
         view: str,
         positions: Sequence[int],
         device: torch.device,
         *,
         progress: Progress | None = None,
     ) -> ResidentSource:
-        store = _opened(store)
         slots = np.asarray(positions, dtype=np.int64)
         shape = store.volume_shape(view)
         data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
@@ -190,11 +184,11 @@ class StreamingSource:
     """A DataLoader over :class:`StoreVolumes` (``workers`` processes), copied to ``device``."""
 
     def __init__(
-        self, store: StoreLike, view: str, positions: Sequence[int], device: torch.device, *, workers: int
+        self, store: VolumeStore, view: str, positions: Sequence[int], device: torch.device, *, workers: int
     ) -> None:
         self.device = device
         # each worker process opens the store itself, by its path
-        self.dataset = StoreVolumes(str(store.path if isinstance(store, VolumeStore) else store), view, positions)
+        self.dataset = StoreVolumes(str(store.path), view, positions)
         self._batches = _EpochBatches()
         self.loader = DataLoader(
             self.dataset,
@@ -248,7 +242,7 @@ def choose_loader(loader: str, n_volumes: int, shape: Sequence[int], device: tor
 
 def make_source(
     loader: str,
-    store: StoreLike,
+    store: VolumeStore,
     view: str,
     positions: Sequence[int],
     device: torch.device,
@@ -258,7 +252,6 @@ def make_source(
 ) -> VolumeSource:
     """A source of the ``view`` volumes at ``positions`` of ``store`` (item i = positions[i]):
     ``resident``, ``workers``, or ``auto`` (:func:`choose_loader`)."""
-    store = _opened(store)
     mode = choose_loader(loader, len(positions), store.volume_shape(view), device)
     log.info("loader: %s (%d %s volumes of %s)", mode, len(positions), view, store.volume_shape(view))
     if mode == "resident":

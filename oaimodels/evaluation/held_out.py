@@ -38,6 +38,7 @@ import torch
 from oaicohort.db import Database
 from oaicohort.db.staleness import StaleResultError
 from oaicohort.errors import OAIError
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
@@ -232,7 +233,8 @@ def _evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     test, db_match = _test_knees(run_dir, db, config.store, layout.source_view, config.knee_query())
-    source = make_source(loader, config.store, layout.source_view, test["position"].to_numpy(), dev, workers=0)
+    store = VolumeStore.open(config.store)
+    source = make_source(loader, store, layout.source_view, test["position"].to_numpy(), dev, workers=0)
     preparer = BatchPreparer(layout, channels_last=bool(config.channels_last) and dev.type == "cuda")
     batch = config.eval_batch_size or 2 * (config.batch_size or 8)
     precision = config.precision if dev.type == "cuda" else "fp32"  # CPU bf16 is slow and not what was timed

@@ -278,7 +278,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
 def test_sources_yield_the_stored_bytes(toy: tuple[Path, pd.DataFrame], mode: str, workers: int) -> None:
     store_path, knees = toy
     positions = knees["position"].to_numpy()[::-1].copy()  # any order
-    source = D.make_source(mode, str(store_path), "sag", positions, torch.device("cpu"), workers=workers)
+    source = D.make_source(mode, VolumeStore.open(store_path), "sag", positions, torch.device("cpu"), workers=workers)
     store = VolumeStore.open(store_path)
     batches = D.batches_of(np.arange(len(positions)), 4)
     try:

@@ -47,7 +47,7 @@ def test_bf16_autocast_training_step(toy: tuple[Path, pd.DataFrame]) -> None:
     torch.manual_seed(0)
     model = build_model(layout, "scratch").to(device)
     optimizer = make_optimizer(model, lr=config.schedule().lr, weight_decay=config.weight_decay)
-    source = make_source("resident", str(store), "sag", knees["position"].to_numpy(), device)
+    source = make_source("resident", VolumeStore.open(store), "sag", knees["position"].to_numpy(), device)
     preparer = BatchPreparer(layout, AugmentParams())
     y = torch.as_tensor(knees["label"].map({"none": 0, "fast": 1, "slow": 2}).to_numpy()[:8], device=device)
     (volumes,) = source.iterate([np.arange(8)])
@@ -70,7 +70,7 @@ def test_bf16_autocast_training_step(toy: tuple[Path, pd.DataFrame]) -> None:
 def test_resident_store_loading_on_the_gpu(toy: tuple[Path, pd.DataFrame]) -> None:
     store, knees = toy
     positions = knees["position"].to_numpy()[::-1].copy()  # any order of store slots
-    source = make_source("resident", str(store), "sag", positions, torch.device("cuda"))
+    source = make_source("resident", VolumeStore.open(store), "sag", positions, torch.device("cuda"))
     batches = [np.array([0, 3, 5]), np.array([len(positions) - 1])]
     got = list(source.iterate(batches))
     volumes = VolumeStore.open(store)
