@@ -51,6 +51,7 @@ from oaicohort.db.schema import (
     ClinicalValue,
     Knee,
     KneeLabel,
+    LabelDefinition,
     Split,
     SplitAssignment,
     Subject,
@@ -149,8 +150,6 @@ class Cohort:
 
     def definitions(self) -> pd.DataFrame:
         """Stored label definitions: id, name, params_hash, created_at."""
-        from oaicohort.db.schema import LabelDefinition
-
         with self.db.read() as session:
             rows = session.execute(
                 select(
@@ -181,12 +180,10 @@ class Cohort:
     ) -> KneeSelection:
         """Knees matching every filter with the definition and split they came from.
 
-        Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable.
-
-        ``store`` (a volume store path): only knees with a good (``ok``) ``view`` volume at
-        ``volume_visit`` in that store, with its ``position`` in the store's array as a column;
-        ``volumes`` counts the matching knees before and without a volume (``labelled_knees``,
-        ``knees_without_volume``).
+        Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable. ``store`` (a
+        volume store path): only knees with a good (``ok``) ``view`` volume at ``volume_visit``
+        in that store, with its ``position`` in the store's array as a column; ``volumes``
+        counts the knees before and without a volume (``labelled_knees``, ``knees_without_volume``).
 
         Filtering by ``role`` or ``fold`` refuses stale labels or a stale split
         (:class:`~oaicohort.db.staleness.StaleResultError`, naming the subjects that changed).
@@ -394,13 +391,4 @@ class Cohort:
         return tr.clinical_trajectories(self.db, knees, variable, wide=wide)
 
 
-__all__ = [
-    "FILTERS",
-    "KNEE_COLUMNS",
-    "OPTIONS",
-    "TRAJECTORY_COLUMNS",
-    "Cohort",
-    "KneeSelection",
-    "QueryError",
-    "QueryProvenance",
-]
+__all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "KneeSelection", "QueryError"]
