@@ -32,9 +32,10 @@ from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.synth.mri_anatomy import render_knee_volume
 from oaicohort.synth.raster import IMAGE_SIZES
 from oaimodels.data import BatchPreparer, resolve_layout
+from oaimodels.logits import amp_context
 from oaimodels.networks import to_channels_last
-from oaimodels.training import amp_context, build_model
 from oaimodels.training.losses import focal_loss
+from oaimodels.training.recipe import build_model
 
 
 @dataclass(frozen=True)

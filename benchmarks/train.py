@@ -123,7 +123,7 @@ def bench_loading(store: Path, device: torch.device, mode: str, workers: int, ar
     layout = resolve_layout("3d_shufflenet", None, vs)
     n = vs.capacity("sag")
     t0 = time.perf_counter()
-    source = make_source(mode, str(store), "sag", np.arange(n), device, workers=workers)
+    source = make_source(mode, VolumeStore.open(store), "sag", np.arange(n), device, workers=workers)
     setup = time.perf_counter() - t0
     preparer = BatchPreparer(layout)
     gen = torch.Generator().manual_seed(0)

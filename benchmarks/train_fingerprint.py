@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oaimodels import run_folder as rf
 from oaimodels.evaluation.held_out import evaluate_run
-from oaimodels.training import TrainConfig, load_checkpoint, train_run
+from oaimodels.training.checkpoint import load_checkpoint
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 TIMING = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}

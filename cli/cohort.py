@@ -288,10 +288,6 @@ def cohort_command(
 
         assert dictionary_frame is not None
         frame = apply_value_mode(frame, value_mode, dictionary_frame)
-    if role is not None:  # a stale split may hold knees in the wrong role
-        from oaicohort.db.staleness import check_frame_not_stale
-
-        check_frame_not_stale(db, frame)
 
     if fmt == "table":
         out_console.print(render_table(frame, max_rows, what))

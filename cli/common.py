@@ -164,6 +164,21 @@ class ModelsExtraMissingError(OAIError):
     """A torch-needing command runs in an install without the ``models`` extra."""
 
 
+def needs_models_extra(command: str) -> Callable[[F], F]:
+    """Wrap a command that needs torch: without the ``models`` extra it says how to install it
+    (one line, exit 1) before doing anything. ``oaicli.main.MODELS_EXTRA_COMMANDS`` applies it."""
+
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            require_models_extra(command)
+            return func(*args, **kwargs)
+
+        return handles_errors(guarded)  # type: ignore[return-value]
+
+    return wrap
+
+
 def require_models_extra(command: str) -> None:
     """Stop with one line saying how to install torch when ``command`` needs it and it is missing.
 

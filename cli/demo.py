@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, require_models_extra, rich_progress
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 
@@ -40,7 +40,6 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
 ) -> None:
     """Synthesise -> ingest -> preprocess -> label -> split -> train -> evaluate, then report."""
-    require_models_extra("demo")
     from oaicli.label import cohort_table
     from oaicohort.cohort.labels import cohort_summary
     from oaicohort.db import open_database

@@ -13,7 +13,6 @@ from oaicli.common import (
     err_console,
     handles_errors,
     out_console,
-    require_models_extra,
     rich_progress,
     state,
 )
@@ -41,7 +40,6 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
-    require_models_extra("eval")
     from oaimodels.evaluation.held_out import evaluate_runs
 
     db = state(ctx).open_db_if_configured()

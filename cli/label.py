@@ -14,6 +14,7 @@ from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     from oaicohort.cohort.summary import CohortSummary
+    from oaicohort.db import Database
 
 
 def _mean_sd(mean: float | None, sd: float | None) -> str:
@@ -115,7 +116,7 @@ def label_command(
         err_console.print(note, style="yellow", highlight=False)
 
 
-def _list_definitions(db: Any, json_out: bool) -> None:
+def _list_definitions(db: Database, json_out: bool) -> None:
     from oaicohort.cohort.stored import list_definitions
 
     frame = list_definitions(db)

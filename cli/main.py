@@ -11,7 +11,7 @@ import typer
 import typer.core
 
 from oaicli.cohort import cohort_command
-from oaicli.common import INVOKED, QUIET, CliState, configure_logging, out_console
+from oaicli.common import INVOKED, QUIET, CliState, configure_logging, needs_models_extra, out_console
 from oaicli.db import db_app
 from oaicli.demo import demo_command
 from oaicli.errors import DEBUG_ENV
@@ -89,22 +89,31 @@ def root(
     install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C: rollback, workers stopped
 
 
+MODELS_EXTRA_COMMANDS = frozenset({"models", "train", "eval", "predict", "explain", "demo"})
+"""Every command that needs torch (the ``models`` extra), in this one place: without torch each
+says how to install it and exits 1 (tests/test_packaging.py runs every one of them so)."""
+
+
+def _command(name: str, func: Any) -> None:
+    app.command(name)(needs_models_extra(name)(func) if name in MODELS_EXTRA_COMMANDS else func)
+
+
 app.add_typer(db_app, name="db")
 
 # One module per command, in data-flow order.
-app.command("synth")(synth_command)
-app.command("ingest")(ingest_command)
-app.command("label")(label_command)
-app.command("split")(split_command)
-app.command("cohort")(cohort_command)
-app.command("preprocess")(preprocess_command)
+_command("synth", synth_command)
+_command("ingest", ingest_command)
+_command("label", label_command)
+_command("split", split_command)
+_command("cohort", cohort_command)
+_command("preprocess", preprocess_command)
 app.add_typer(store_app, name="store")
-app.command("models")(models_command)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("predict")(predict_command)
-app.command("explain")(explain_command)
-app.command("demo")(demo_command)
+_command("models", models_command)
+_command("train", train_command)
+_command("eval", eval_command)
+_command("predict", predict_command)
+_command("explain", explain_command)
+_command("demo", demo_command)
 
 
 GLOBAL_VALUE_OPTIONS = ("--db",)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, require_models_extra, rich_progress
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
 
 if TYPE_CHECKING:  # torch is imported only when the command runs, so `oai --help` stays fast
     from oaimodels.networks.complexity import EfficiencyRow
@@ -74,7 +74,6 @@ def models_command(
     repeats: int = typer.Option(10, "--repeats", min=1, help="Timed passes for --latency."),
 ) -> None:
     """Parameters, MACs of one sample and (with --latency) inference time of every model."""
-    require_models_extra("models")
     _check_options(device, names)
     if precision not in ("fp32", "bf16"):
         raise typer.BadParameter(f"{precision!r}; choose fp32 or bf16", param_hint="--precision")

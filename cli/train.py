@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, require_models_extra, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 
@@ -191,7 +191,6 @@ def train_command(
 
     Every recipe value has a flag; --config reads them from a TOML or JSON file, and flags override it.
     """
-    require_models_extra("train")
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training.config_file import merge_config, read_config_file
     from oaimodels.training.run import train_all, train_run

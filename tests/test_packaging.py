@@ -3,6 +3,7 @@ say how to install it, and the explicit package list in pyproject.toml names eve
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pkgutil
@@ -92,17 +93,45 @@ def test_cohort_commands_run_without_torch(torch_free_env: dict[str, str], tmp_p
     assert (store / "zarr.json").is_file()
 
 
-@pytest.mark.parametrize(
-    "command", [["train", "--model", "toy3d", "--store", "x.zarr", "--out", "r"], ["eval", "r"], ["models"], ["demo"]]
-)
-def test_torch_commands_say_how_to_install_torch(
-    torch_free_env: dict[str, str], tmp_path: Path, command: list[str]
-) -> None:
-    result = _oai(torch_free_env, tmp_path / "cohort.sqlite", *command)
+# The least each torch command needs to get past argument parsing (to where it checks for torch).
+TORCH_COMMAND_ARGS = {
+    "models": [],
+    "train": ["--model", "toy3d", "--store", "x.zarr", "--out", "r"],
+    "eval": ["r"],
+    "predict": ["r", "series"],
+    "explain": ["r", "--out", "o"],
+    "demo": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_COMMAND_ARGS))
+def test_torch_commands_say_how_to_install_torch(torch_free_env: dict[str, str], tmp_path: Path, name: str) -> None:
+    result = _oai(torch_free_env, tmp_path / "cohort.sqlite", name, *TORCH_COMMAND_ARGS[name])
     assert result.returncode == 1, result.stderr
     message = " ".join(result.stderr.split())
-    assert f"`oai {command[0]}` needs torch" in message and 'pip install "oai-toolkit[models]"' in message
+    assert f"`oai {name}` needs torch" in message and 'pip install "oai-toolkit[models]"' in message
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+
+
+def _source_of(callback: object) -> str:
+    while hasattr(callback, "__wrapped__"):  # handles_errors, needs_models_extra
+        callback = callback.__wrapped__
+    return inspect.getsource(sys.modules[callback.__module__])  # type: ignore[attr-defined]
+
+
+def test_every_command_that_needs_torch_is_in_the_one_registry() -> None:
+    from oaicli.main import MODELS_EXTRA_COMMANDS, app
+
+    assert set(TORCH_COMMAND_ARGS) == MODELS_EXTRA_COMMANDS  # each is run without torch above
+    needs_torch = {
+        command.name
+        for command in app.registered_commands
+        if any(word in _source_of(command.callback) for word in ("oaimodels", "import torch"))
+    }
+    assert needs_torch == MODELS_EXTRA_COMMANDS
+    for group in app.registered_groups:  # oai db ..., oai store ...: the cohort layer only
+        for command in group.typer_instance.registered_commands:
+            assert "oaimodels" not in _source_of(command.callback), f"oai {group.name} {command.name}"
 
 
 def test_importing_every_oaicohort_module_never_imports_torch() -> None:

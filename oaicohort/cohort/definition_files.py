@@ -23,56 +23,23 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 from oaicohort.cohort.definitions import PRESETS, LabelDefinitionError, LabelDefinitionParams, preset
 from oaicohort.errors import InputFileError
+from oaicohort.field_checks import describe, field_hints, fits
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 NOT_IN_FILES = ("image_store",)
 
 
-def _expected(field: dataclasses.Field[Any]) -> tuple[str, Any]:
-    """(description, checker) of a dataclass field's type."""
-    hints = typing.get_type_hints(LabelDefinitionParams)
-    hint = hints[field.name]
-    origin = get_origin(hint)
-    if origin is tuple:
-        inner = get_args(hint)[0]
-        return f"a list of {'integers' if inner is int else 'strings'}", ("list", inner)
-    if origin is typing.Literal:
-        return f"one of {list(get_args(hint))}", ("literal", get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return "a string", ("scalar", str)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint], ("scalar", hint)
-
-
-def _check_type(path: Path, name: str, value: Any, field: dataclasses.Field[Any]) -> Any:
-    what, (kind, arg) = _expected(field)
-    bad = InputFileError(path, f"field {name!r} must be {what}, got {value!r}")
-    if kind == "list":
-        if not isinstance(value, list) or not all(isinstance(v, arg) and not isinstance(v, bool) for v in value):
-            raise bad
-        return tuple(value)
-    if kind == "literal":
-        if value not in arg:
-            raise bad
-        return value
-    if arg is bool:
-        if not isinstance(value, bool):
-            raise bad
-    elif arg is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-    elif arg is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-    elif not isinstance(value, arg):
-        raise bad
-    return value
+def _check_type(path: Path, name: str, value: Any, hint: Any) -> Any:
+    # ints stay ints in a float field: the definition's hash sees the value as written
+    ok, converted = fits(value, hint, int_as_float=False)
+    if not ok:
+        raise InputFileError(path, f"field {name!r} must be {describe(hint)}, got {value!r}")
+    return converted
 
 
 def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinitionParams:
@@ -85,7 +52,7 @@ def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinition
     base_name = data.pop("base", DEFAULT_DEFINITION)
     if base_name not in PRESETS:
         raise InputFileError(path, f"field 'base' must be one of {sorted(PRESETS)}, got {base_name!r}")
-    fields = {f.name: f for f in dataclasses.fields(LabelDefinitionParams)}
+    fields = field_hints(LabelDefinitionParams)
     for name in data:
         if name in NOT_IN_FILES:
             raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label --store PATH`")

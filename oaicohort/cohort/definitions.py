@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from oaicohort.errors import OAIError
+from oaicohort.field_checks import unknown_fields
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -298,10 +299,10 @@ class LabelDefinitionParams:
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> LabelDefinitionParams:
         """Rebuild from :meth:`to_dict` output (e.g. the JSON stored in the database)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
+        unknown = unknown_fields(cls, params)
         if unknown:
-            raise LabelDefinitionError(f"unknown label-definition parameters {unknown}; known: {sorted(names)}")
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise LabelDefinitionError(f"unknown label-definition parameters {unknown}; known: {known}")
         return cls(**params)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ class LabelResult:
 # --------------------------------------------------------------------------- database I/O
 
 
+READING_COLUMNS = (
+    "id", "knee_id", "visit", "klg", "klg_missing_code", "jsn_medial", "jsn_lateral", "source_row", "read_project",
+)  # fmt: skip
+
+
+def xray_readings(session: Session, visits: Sequence[int] | None = None) -> pd.DataFrame:
+    """The central X-ray readings (:data:`READING_COLUMNS`, as stored), of ``visits`` or all."""
+    stmt = select(*(getattr(XrayReading, c) for c in READING_COLUMNS))
+    if visits is not None:
+        stmt = stmt.where(XrayReading.visit.in_(visits))
+    return read_frame(session, stmt, list(READING_COLUMNS))
+
+
 def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelInputs:
     """Read what ``params`` needs from the database (a handful of SELECTs)."""
     # the last visit (non-progressor rule) is the last examined one, so it is among these
@@ -100,31 +114,7 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
         select(Knee.id, Knee.subject_id, Knee.side, Subject.site).join(Subject, Subject.id == Knee.subject_id),
         ["knee_id", "subject_id", "side", "site"],
     )
-    readings = read_frame(
-        session,
-        select(
-            XrayReading.id,
-            XrayReading.knee_id,
-            XrayReading.visit,
-            XrayReading.klg,
-            XrayReading.klg_missing_code,
-            XrayReading.jsn_medial,
-            XrayReading.jsn_lateral,
-            XrayReading.source_row,
-            XrayReading.read_project,
-        ).where(XrayReading.visit.in_(visits)),
-        [
-            "id",
-            "knee_id",
-            "visit",
-            "klg",
-            "klg_missing_code",
-            "jsn_medial",
-            "jsn_lateral",
-            "source_row",
-            "read_project",
-        ],
-    )
+    readings = xray_readings(session, visits)
     if params.read_projects:  # only these reading projects' readings count
         readings = readings[readings["read_project"].isin(params.used_read_projects)].reset_index(drop=True)
     for column in ("klg", "jsn_medial", "jsn_lateral"):

@@ -16,6 +16,11 @@ bound parameter.
 Rows are knees with a label row under ``definition`` (the latest derived labels of that name by
 default), only included knees unless ``include_excluded=True``; ``role``/``fold`` come from
 ``split`` (default: the newest split made from the current labels; ``None``: no split columns).
+A query that filters by ``role`` or ``fold`` refuses labels or a split that a re-ingest made
+stale (:class:`~oaicohort.db.staleness.StaleResultError`): the knees might sit in the wrong fold.
+
+:meth:`Cohort.select` returns the knees with what they came from (:class:`KneeSelection`);
+:meth:`Cohort.knees` returns the knees alone.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ from oaicohort.db.schema import (
     ClinicalValue,
     Knee,
     KneeLabel,
+    LabelDefinition,
     Split,
     SplitAssignment,
     Subject,
     SubjectVisit,
 )
+from oaicohort.db.staleness import check_not_stale
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -103,12 +110,24 @@ FILTERS = (*_COLUMNS, *SPECIAL_FILTERS)
 
 
 @dataclass(frozen=True)
-class _Resolved:
+class QueryProvenance:
+    """The label definition (name, id, params hash) and split (id, params) a query used."""
+
     definition_id: int
     definition: str
     params_hash: str
     split_id: int | None
     split_params: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class KneeSelection:
+    """The knees of a query, what they came from, and (``store=`` given) the volume counts:
+    ``{store, view, labelled_knees, knees_without_volume}``."""
+
+    frame: pd.DataFrame
+    provenance: QueryProvenance
+    volumes: dict[str, Any] | None = None
 
 
 class Cohort:
@@ -137,8 +156,6 @@ class Cohort:
 
     def definitions(self) -> pd.DataFrame:
         """Stored label definitions: id, name, params_hash, created_at."""
-        from oaicohort.db.schema import LabelDefinition
-
         with self.db.read() as session:
             rows = session.execute(
                 select(
@@ -149,7 +166,13 @@ class Cohort:
 
     # ----------------------------------------------------------------------- knees
 
-    def knees(
+    def knees(self, **query: Any) -> pd.DataFrame:
+        """Knees matching every filter, one row each, sorted by subject and side (the arguments of
+        :meth:`select`). ``df.attrs`` holds the definition (name, id, params hash) and split
+        (id, params) used, and with ``store`` the volume counts (``attrs["volumes"]``)."""
+        return self.select(**query).frame
+
+    def select(
         self,
         *,
         definition: str | int | LabelDefinitionParams = DEFAULT_DEFINITION,
@@ -160,25 +183,27 @@ class Cohort:
         view: str = "sag",
         volume_visit: int = 0,
         **filters: Any,
-    ) -> pd.DataFrame:
-        """Knees matching every filter, one row each, sorted by subject and side.
+    ) -> KneeSelection:
+        """Knees matching every filter with the definition and split they came from.
 
-        Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable. ``df.attrs``
-        holds the definition (name, id, params hash) and split (id, params) used.
+        Columns: :data:`KNEE_COLUMNS` plus one per requested clinical variable. ``store`` (a
+        volume store path): only knees with a good (``ok``) ``view`` volume at ``volume_visit``
+        in that store, with its ``position`` in the store's array as a column; ``volumes``
+        counts the knees before and without a volume (``labelled_knees``, ``knees_without_volume``).
 
-        ``store`` (a volume store path): only knees with a good (``ok``) ``view`` volume at
-        ``volume_visit`` in that store, with its ``position`` in the store's array as a column;
-        ``df.attrs["volumes"]`` counts the matching knees before and without a volume
-        (``labelled_knees``, ``knees_without_volume``).
+        Filtering by ``role`` or ``fold`` refuses stale labels or a stale split
+        (:class:`~oaicohort.db.staleness.StaleResultError`, naming the subjects that changed).
         """
         var_filters = self._variable_filters(variables, filters)
         with self.db.read() as session:
             resolved = self._resolve(session, definition, split)
-            if resolved.split_id is None and ({"role", "fold"} & set(filters)):
-                raise DatabaseStateError(
-                    f"filters role/fold need a split of definition {resolved.definition!r}: "
-                    f"run `oai split --definition {resolved.definition}` first"
-                )
+            if {"role", "fold"} & set(filters):
+                if resolved.split_id is None:
+                    raise DatabaseStateError(
+                        f"filters role/fold need a split of definition {resolved.definition!r}: "
+                        f"run `oai split --definition {resolved.definition}` first"
+                    )
+                check_not_stale(session, resolved.definition_id, resolved.split_id)
             stmt = self._knee_select(resolved, include_excluded, filters, var_filters)
             columns = [*KNEE_COLUMNS, *[f"_var{i}_{part}" for i in range(len(var_filters)) for part in ("num", "text")]]
             frame = read_frame(session, stmt, columns)
@@ -191,8 +216,10 @@ class Cohort:
             frame[ref.name] = variable_column(num, text)  # numbers, text, or both (a mixed column)
         # which OAI variable each variable column read, per side (for labels and dictionaries)
         frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
+        volumes = None
         if store is not None:
             frame = with_volumes(self.db, frame, store, view, volume_visit)
+            volumes = dict(frame.attrs["volumes"])
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,
@@ -200,7 +227,7 @@ class Cohort:
             split_id=resolved.split_id,
             split_params=resolved.split_params,
         )
-        return frame
+        return KneeSelection(frame, resolved, volumes)
 
     def _variable_filters(
         self, variables: Mapping[str, Any] | Sequence[str] | None, filters: dict[str, Any]
@@ -239,7 +266,7 @@ class Cohort:
 
     def _resolve(
         self, session: Any, definition: str | int | LabelDefinitionParams, split: int | str | None
-    ) -> _Resolved:
+    ) -> QueryProvenance:
         row = stored_definition(session, definition)
         split_row: Split | None = None
         if split == "latest":
@@ -263,7 +290,7 @@ class Cohort:
                     f"split {split} was made from labels of {row.name!r} that have since been "
                     f"re-derived differently: run `oai split --definition {row.name}` again"
                 )
-        return _Resolved(
+        return QueryProvenance(
             row.id,
             row.name,
             row.params_hash,
@@ -273,7 +300,7 @@ class Cohort:
 
     def _knee_select(
         self,
-        resolved: _Resolved,
+        resolved: QueryProvenance,
         include_excluded: bool,
         filters: dict[str, Any],
         var_filters: list[tuple[VariableRef, Any]],
@@ -427,4 +454,4 @@ def _with_columns(variables: Mapping[str, Any] | Sequence[str] | None, names: Se
     return list(dict.fromkeys([*listed, *names])) or None
 
 
-__all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "QueryError"]
+__all__ = ["FILTERS", "KNEE_COLUMNS", "OPTIONS", "TRAJECTORY_COLUMNS", "Cohort", "KneeSelection", "QueryError"]

@@ -25,13 +25,13 @@ from sqlalchemy.orm import defer
 
 from oaicohort import __version__
 from oaicohort.cohort.derivation import first_readings
+from oaicohort.cohort.labels import xray_readings
 from oaicohort.cohort.matching import MatchSpec
 from oaicohort.cohort.matching import match as match_knees
 from oaicohort.cohort.query import KNEE_COLUMNS
 from oaicohort.cohort.variables import QueryError
 from oaicohort.db import Database
-from oaicohort.db.frames import read_frame
-from oaicohort.db.schema import IngestFile, IngestRun, SavedCohort, XrayReading
+from oaicohort.db.schema import IngestFile, IngestRun, SavedCohort
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -101,20 +101,7 @@ def snapshot(db: Database, cohort: Any, query: dict[str, Any]) -> pd.DataFrame:
     keep = [c for c in all_knees.columns if c in (*KEY, *_SNAPSHOT_FIELDS) or c in (variables or [])]
     snap = all_knees[keep].copy()
     with db.read() as session:
-        readings = read_frame(
-            session,
-            select(
-                XrayReading.id,
-                XrayReading.knee_id,
-                XrayReading.visit,
-                XrayReading.klg,
-                XrayReading.jsn_medial,
-                XrayReading.jsn_lateral,
-                XrayReading.source_row,
-                XrayReading.read_project,
-            ),
-            ["id", "knee_id", "visit", "klg", "jsn_medial", "jsn_lateral", "source_row", "read_project"],
-        )
+        readings = xray_readings(session)
     if not readings.empty:
         first = first_readings(readings, "first")
         for column, short in _READING_FIELDS.items():

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.derivation import LABEL_COLUMNS
+from oaicohort.db import Database
 from oaicohort.db.frames import read_frame
 from oaicohort.db.schema import Knee, KneeLabel, LabelDefinition
 from oaicohort.errors import DatabaseStateError
@@ -88,7 +89,7 @@ def labels_fingerprint(labels: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def list_definitions(db: Any) -> pd.DataFrame:
+def list_definitions(db: Database) -> pd.DataFrame:
     """Every label definition: those stored (with their knee counts) and the presets not yet
     derived. Columns: id, name, params_hash, created_at, knees (included), labelled (all rows),
     derived, preset."""

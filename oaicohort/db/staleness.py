@@ -2,9 +2,9 @@
 
 The held-out-site split puts a subject in the test set or a training fold by its site; the cohort
 table counts by sex. When a newer release changes either for a subject, every stored label
-definition and every split holding that subject is marked stale (``stale_results``). ``oai
-train``, ``oai eval`` and ``oai cohort --role`` refuse stale ones, naming the subjects that
-changed and what to re-run; ``oai label`` clears the marks of the labels it re-derives and
+definition and every split holding that subject is marked stale (``stale_results``). A knee
+query by role or fold (``Cohort.knees(role=...)``, hence ``oai train``, ``oai eval`` and ``oai
+cohort --role``) refuses stale ones, naming the subjects that changed and what to re-run; ``oai label`` clears the marks of the labels it re-derives and
 ``oai split`` those of the split it makes (or finds valid again).
 """
 
@@ -134,12 +134,6 @@ def check_not_stale(session: Session, definition_id: int | None, split_id: int |
             "; ".join(problems) + ": a re-ingest changed their site or sex, so they may sit in the wrong fold. "
             "Re-run `oai label` and then `oai split` (nothing was used)"
         )
-
-
-def check_frame_not_stale(db: Any, frame: pd.DataFrame) -> None:
-    """``check_not_stale`` for a ``Cohort.knees`` result (its attrs name the definition and split)."""
-    with db.read() as session:
-        check_not_stale(session, frame.attrs.get("definition_id"), frame.attrs.get("split_id"))
 
 
 def drop_if_stale(session: Session, split_id: int) -> bool:

@@ -1,15 +1,17 @@
 """Training and evaluation data: knees + labels + split over the volume store, and the batched
 augmentations of the paper's recipe, run as torch ops on the model's device.
 
-Pipeline of one batch (REFERENCE.md sections 3 and 5)::
+Pipeline of one batch (REFERENCE.md sections 3 and 5), the steps of ``transforms`` composed once
+in ``pipeline.recipe_transforms``; evaluation, prediction and explanation apply its inference
+form (the random steps left out, the crop at the centre)::
 
     uint8 stored volumes (B, D, H, W)          from a DataLoader over the store, or resident
-      -> crop (B, d, h, w)                     random offsets in training, centre in evaluation
-      -> float, each volume scaled to [0, 1]   (x - min) / (max - min), per volume
-      -> in-slice rotation                     p=0.5, one angle in [-15, 15] deg per volume
-      -> gamma x ** (1 / g)                    p=0.5, g ~ U(0.5, 2), per volume
-      -> (x - 0.257) / 0.235
-      -> model input dict                      {view: (B, 1, d, h, w)}
+      -> Crop (B, d, h, w)                     random offsets in training, centre in evaluation
+      -> ScaleToUnit                           float, (x - min) / (max - min), per volume
+      -> RandomRotation                        p=0.5, one angle in [-15, 15] deg per volume
+      -> RandomGamma x ** (1 / g)              p=0.5, g ~ U(0.5, 2), per volume
+      -> Normalise                             (x - 0.257) / 0.235
+      -> ModelInputs                           {view: (B, 1, d, h, w)}
 
 The store keeps volumes already downsampled x2 (``oaicohort.imaging.recipe.params``), so a crop at any
 offset of a stored volume is the reference's crop at even full-resolution offsets followed by
@@ -33,25 +35,10 @@ Two ways to feed batches (:func:`make_source`):
 
 from __future__ import annotations
 
-from oaicohort.cohort.splits import LeakageError, check_leakage  # the one leakage check, re-exported
-
-from .augment import (
-    NORM_MEAN,
-    NORM_STD,
-    AugmentDraw,
-    AugmentParams,
-    BatchPreparer,
-    apply_gamma,
-    centre_offsets,
-    cpu_generator,
-    crop_volumes,
-    derive_seed,
-    draw_augment,
-    normalise,
-    scale_to_unit,
-)
-from .knees import KNEE_COLUMNS, knee_table, validate_knees
+from .augment import AugmentParams, cpu_generator, derive_seed
+from .knees import KNEE_COLUMNS, KneeQuery, KneeTable, knee_table, validate_knees
 from .layout import DataError, InputLayout, Shape3, StoreShapes, model_views, resolve_layout
+from .pipeline import BatchPreparer, ModelInputs, inference_transforms, recipe_transforms
 from .rotation import rotate_in_slice, rotate_sagittal, rotation_grid, sagittal_extent_ratio, to_device
 from .sources import (
     ResidentSource,
@@ -63,19 +50,44 @@ from .sources import (
     make_source,
     resident_fits,
 )
+from .transforms import (
+    NORM_MEAN,
+    NORM_STD,
+    ChanceDraw,
+    Compose,
+    Crop,
+    Normalise,
+    RandomGamma,
+    RandomRotation,
+    ScaleToUnit,
+    Step,
+    apply_gamma,
+    centre_offsets,
+    crop_volumes,
+    scale_to_unit,
+)
 
 __all__ = [
     "KNEE_COLUMNS",
     "NORM_MEAN",
     "NORM_STD",
-    "AugmentDraw",
     "AugmentParams",
     "BatchPreparer",
+    "ChanceDraw",
+    "Compose",
+    "Crop",
     "DataError",
     "InputLayout",
-    "LeakageError",
+    "KneeQuery",
+    "KneeTable",
+    "ModelInputs",
+    "Normalise",
+    "RandomGamma",
+    "RandomRotation",
     "ResidentSource",
+    "ScaleToUnit",
     "Shape3",
+    "Step",
     "StoreShapes",
     "StoreVolumes",
     "StreamingSource",
@@ -84,15 +96,14 @@ __all__ = [
     "apply_gamma",
     "batches_of",
     "centre_offsets",
-    "check_leakage",
     "cpu_generator",
     "crop_volumes",
     "derive_seed",
-    "draw_augment",
+    "inference_transforms",
     "knee_table",
     "make_source",
     "model_views",
-    "normalise",
+    "recipe_transforms",
     "resident_fits",
     "resolve_layout",
     "rotate_in_slice",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
+from oaicohort.cohort.query import Cohort, QueryProvenance
 from oaicohort.cohort.splits import check_leakage
+from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data.layout import DataError
@@ -41,37 +44,64 @@ def validate_knees(knees: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class KneeQuery:
+    """Which labelled, split knees a run uses: the label definition, the split (None: the newest
+    of the definition) and the visit of the volumes."""
+
+    definition: str = DEFAULT_DEFINITION
+    split: int | None = None
+    visit: int = 0
+
+
+@dataclass(frozen=True)
+class KneeTable:
+    """A run's knees (:data:`KNEE_COLUMNS`, ``site``, class index ``y``), where they came from,
+    and how many labelled knees had no volume."""
+
+    knees: pd.DataFrame
+    provenance: QueryProvenance
+    labelled_knees: int
+    knees_without_volume: int
+
+    def labels_info(self) -> dict[str, Any]:
+        """What a run folder's ``labels.json`` records of it."""
+        p = self.provenance
+        return {
+            "definition": {"name": p.definition, "id": p.definition_id, "params_hash": p.params_hash},
+            "split": {"id": p.split_id, "params": p.split_params},
+            "labelled_knees": self.labelled_knees,
+            "knees_without_volume": self.knees_without_volume,
+        }
+
+
 def knee_table(
-    db: Any,
-    store_path: str,
-    view: str,
-    *,
-    definition: str = DEFAULT_DEFINITION,
-    split: int | None = None,
-    visit: int = 0,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+    db: Database, store_path: str | os.PathLike[str], view: str, query: KneeQuery = KneeQuery()
+) -> KneeTable:
     """Labelled, split knees with their store position for ``view``, and what was left out.
 
-    ``oaicohort.cohort.query.Cohort(db).knees(..., store=store_path, view=view)``: included, split
-    knees with a good volume at ``visit``; knees without one are counted in the returned info.
+    ``Cohort(db).select(..., role=["train", "test"], store=store_path, view=view)``: included,
+    split knees with a good volume at ``query.visit`` (stale labels or splits are refused there);
+    knees without one are counted.
     """
-    from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
-    from oaicohort.db.staleness import check_frame_not_stale
-
     cohort = Cohort(db)
-    split_arg = "latest" if split is None else split
-    labelled = cohort.knees(definition=definition, split=split_arg)
-    check_frame_not_stale(db, labelled)
-    if labelled.empty:
+    split = "latest" if query.split is None else query.split
+    labelled = cohort.select(definition=query.definition, split=split)
+    if labelled.frame.empty:
         raise DatabaseStateError(
-            f"no labelled knees for definition {definition!r}; run `oai label` and `oai split` first"
+            f"no labelled knees for definition {query.definition!r}; run `oai label` and `oai split` first"
         )
-    if labelled.attrs.get("split_id") is None:
-        raise DatabaseStateError(f"no split for definition {definition!r}; run `oai split` first")
-    merged = cohort.knees(definition=definition, split=split_arg, role=["train", "test"], store=store_path,
-                          view=view, volume_visit=visit)  # fmt: skip
-    info = {k: merged.attrs["volumes"][k] for k in ("labelled_knees", "knees_without_volume")}
-    columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.columns]
-    table = validate_knees(merged[columns])
-    table.attrs.update({k: v for k, v in merged.attrs.items() if k != "volumes"})  # definition, split
-    return table, info
+    if labelled.provenance.split_id is None:
+        raise DatabaseStateError(f"no split for definition {query.definition!r}; run `oai split` first")
+    merged = cohort.select(
+        definition=query.definition, split=split, role=["train", "test"], store=store_path, view=view,
+        volume_visit=query.visit,
+    )  # fmt: skip
+    assert merged.volumes is not None  # store given
+    columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.frame.columns]
+    return KneeTable(
+        validate_knees(merged.frame[columns]),
+        merged.provenance,
+        int(merged.volumes["labelled_knees"]),
+        int(merged.volumes["knees_without_volume"]),
+    )

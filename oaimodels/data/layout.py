@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.errors import OAIError
 from oaicohort.imaging.store.volume_store import StoreError
 from oaicohort.vocabulary import STORE_VIEWS, XRAY_VIEW
@@ -132,13 +131,10 @@ def resolve_layout(
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
         raise DataError(f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)")
-    return InputLayout(model, source, stored, crop, views, _spacing_ratio(store, source))  # type: ignore[arg-type]
-
-
-def _spacing_ratio(store: StoreShapes, view: str) -> float:
-    """Stored D spacing over H spacing of ``view`` (cor/ax: through-plane block / in-plane block)."""
+    # stored D spacing over H spacing (cor/ax: through-plane block / in-plane block)
     params = getattr(store, "params", None)
-    if view not in ("cor", "ax") or params is None:
-        return 1.0
-    through, inplane, _lr = params.reprojection_blocks
-    return through / inplane
+    ratio = 1.0
+    if source in ("cor", "ax") and params is not None:
+        through, inplane, _lr = params.reprojection_blocks
+        ratio = through / inplane
+    return InputLayout(model, source, stored, crop, views, ratio)  # type: ignore[arg-type]

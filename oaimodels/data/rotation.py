@@ -7,8 +7,6 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
-
 log = logging.getLogger(__name__)
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.imaging.store.volume_store import VolumeStore
 
 from .augment import derive_seed
@@ -125,23 +124,31 @@ class VolumeSource(Protocol):
     def close(self) -> None: ...
 
 
-class ResidentSource:
-    """Every needed volume held as one uint8 tensor on ``device``; batches are index selects."""
+Progress = Callable[[str, float, float | None], None]
 
-    def __init__(
-        self,
-        store_path: str,
+
+class ResidentSource:
+    """Volumes held as one uint8 tensor ``(N, D, H, W)`` on its device; batches are index
+    selects. Loaded from a store (:meth:`from_store`) or from volumes in memory (:meth:`from_arrays`:
+    series that ``oai predict`` preprocessed itself)."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+        self.device = data.device
+
+    @classmethod
+    def from_store(
+        cls,
+        store: VolumeStore,
         view: str,
         positions: Sequence[int],
         device: torch.device,
         *,
-        progress: Callable[[str, float, float | None], None] | None = None,
-    ) -> None:
-        self.device = device
-        store = VolumeStore.open(store_path)
+        progress: Progress | None = None,
+    ) -> ResidentSource:
         slots = np.asarray(positions, dtype=np.int64)
         shape = store.volume_shape(view)
-        self.data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
+        data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
         # Read in blocks through pinned host memory so a 12 GB store never needs 2x host RAM.
         block = max(1, min(slots.size, 64))
         staging = torch.empty((block, *shape), dtype=torch.uint8)
@@ -152,9 +159,14 @@ class ResidentSource:
             host = staging[: stop - start]
             for j, position in enumerate(slots[start:stop]):
                 store.read_into(view, int(position), host[j].numpy())
-            self.data[start:stop].copy_(host, non_blocking=False)
+            data[start:stop].copy_(host, non_blocking=False)
             if progress is not None:
                 progress(f"loading {view} volumes", stop, slots.size)
+        return cls(data)
+
+    @classmethod
+    def from_arrays(cls, volumes: Sequence[np.ndarray], device: torch.device) -> ResidentSource:
+        return cls(torch.from_numpy(np.stack(volumes)).to(device))
 
     @property
     def nbytes(self) -> int:
@@ -172,10 +184,11 @@ class StreamingSource:
     """A DataLoader over :class:`StoreVolumes` (``workers`` processes), copied to ``device``."""
 
     def __init__(
-        self, store_path: str, view: str, positions: Sequence[int], device: torch.device, *, workers: int
+        self, store: VolumeStore, view: str, positions: Sequence[int], device: torch.device, *, workers: int
     ) -> None:
         self.device = device
-        self.dataset = StoreVolumes(store_path, view, positions)
+        # each worker process opens the store itself, by its path
+        self.dataset = StoreVolumes(str(store.path), view, positions)
         self._batches = _EpochBatches()
         self.loader = DataLoader(
             self.dataset,
@@ -214,19 +227,33 @@ def resident_fits(n_volumes: int, shape: Sequence[int], device: torch.device) ->
     return nbytes < 0.4 * available
 
 
+LOADERS = ("auto", "resident", "workers")
+
+
+def choose_loader(loader: str, n_volumes: int, shape: Sequence[int], device: torch.device) -> str:
+    """``loader``, with ``auto`` made ``resident`` when the volumes fit the device (:func:`resident_fits`),
+    else ``workers``: the one rule training, evaluation and prediction follow."""
+    if loader not in LOADERS:
+        raise DataError(f"loader must be auto, resident or workers, not {loader!r}")
+    if loader != "auto":
+        return loader
+    return "resident" if resident_fits(n_volumes, shape, device) else "workers"
+
+
 def make_source(
-    mode: str,
-    store_path: str,
+    loader: str,
+    store: VolumeStore,
     view: str,
     positions: Sequence[int],
     device: torch.device,
     *,
     workers: int = 0,
-    progress: Callable[[str, float, float | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> VolumeSource:
-    """``resident`` or ``workers`` source of the given store positions (item i = positions[i])."""
+    """A source of the ``view`` volumes at ``positions`` of ``store`` (item i = positions[i]):
+    ``resident``, ``workers``, or ``auto`` (:func:`choose_loader`)."""
+    mode = choose_loader(loader, len(positions), store.volume_shape(view), device)
+    log.info("loader: %s (%d %s volumes of %s)", mode, len(positions), view, store.volume_shape(view))
     if mode == "resident":
-        return ResidentSource(store_path, view, positions, device, progress=progress)
-    if mode == "workers":
-        return StreamingSource(store_path, view, positions, device, workers=workers)
-    raise ValueError(f"loader must be 'resident' or 'workers', not {mode!r}")
+        return ResidentSource.from_store(store, view, positions, device, progress=progress)
+    return StreamingSource(store, view, positions, device, workers=workers)

@@ -35,12 +35,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oaicohort.db import Database
 from oaicohort.db.staleness import StaleResultError
 from oaicohort.errors import OAIError
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
-from oaimodels.data import BatchPreparer, InputLayout, make_source, resident_fits
+from oaimodels.data import BatchPreparer, InputLayout, KneeQuery, knee_table, make_source
 from oaimodels.evaluation import calibration
 from oaimodels.evaluation.plots import overlay_plots, write_plots
 from oaimodels.evaluation.report import TABLE1_HEADER, comparison_report, run_report, table1_row
@@ -107,24 +109,17 @@ def _run_config(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
         raise EvaluationError(f"{path}: damaged run config ({exc}); train the run again") from None
 
 
-def _test_knees(run_dir: Path, db: Any, config: TrainConfig, layout: InputLayout) -> tuple[pd.DataFrame, bool | None]:
+def _test_knees(
+    run_dir: Path, db: Database | None, store: str, view: str, query: KneeQuery
+) -> tuple[pd.DataFrame, bool | None]:
     knees = pd.read_csv(run_dir / rf.KNEES)
     test = knees[knees["role"] == "test"].reset_index(drop=True)
     if test.empty:
         raise EvaluationError(f"{run_dir / rf.KNEES}: the run's split has no test knees")
     matches: bool | None = None
     if db is not None:
-        from oaimodels.data import knee_table
-
         try:
-            current, _ = knee_table(
-                db,
-                config.store,
-                layout.source_view,
-                definition=config.definition,
-                split=config.split,
-                visit=config.visit,
-            )
+            current = knee_table(db, store, view, query).knees
         except StaleResultError:
             raise  # the database says the run's labels or split may put knees in the wrong fold
         except OAIError as exc:
@@ -173,7 +168,7 @@ def _efficiency(
 
 def evaluate_run(
     run_dir: Path | str,
-    db: Any = None,
+    db: Database | None = None,
     *,
     out_dir: Path | str | None = None,
     device: str = "auto",
@@ -209,7 +204,7 @@ def evaluate_run(
 
 def _evaluate_run(
     run_dir: Path,
-    db: Any,
+    db: Database | None,
     *,
     out_dir: Path | str | None,
     device: str,
@@ -237,14 +232,9 @@ def _evaluate_run(
     out = Path(out_dir) if out_dir is not None else run_dir / rf.EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    test, db_match = _test_knees(run_dir, db, config, layout)
-    positions = test["position"].to_numpy()
-    mode = (
-        loader
-        if loader != "auto"
-        else ("resident" if resident_fits(len(test), layout.stored_shape, dev) else "workers")
-    )
-    source = make_source(mode, config.store, layout.source_view, positions, dev, workers=0)
+    test, db_match = _test_knees(run_dir, db, config.store, layout.source_view, config.knee_query())
+    store = VolumeStore.open(config.store)
+    source = make_source(loader, store, layout.source_view, test["position"].to_numpy(), dev, workers=0)
     preparer = BatchPreparer(layout, channels_last=bool(config.channels_last) and dev.type == "cuda")
     batch = config.eval_batch_size or 2 * (config.batch_size or 8)
     precision = config.precision if dev.type == "cuda" else "fp32"  # CPU bf16 is slow and not what was timed
@@ -320,7 +310,7 @@ def _evaluate_run(
 
 def evaluate_runs(
     run_dirs: Sequence[Path | str],
-    db: Any = None,
+    db: Database | None = None,
     out_dir: Path | str | None = None,
     *,
     device: str = "auto",

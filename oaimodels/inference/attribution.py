@@ -27,31 +27,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from oaimodels.data import (
-    NORM_MEAN,
-    NORM_STD,
-    BatchPreparer,
-    InputLayout,
-    centre_offsets,
-    crop_volumes,
-    normalise,
-    scale_to_unit,
-)
+from oaimodels.data import NORM_MEAN, NORM_STD, InputLayout, ModelInputs, inference_transforms
 from oaimodels.networks.slice_transformer import SelfAttention, SliceTransformer
 
 # --------------------------------------------------------------------------- model input
 
 
 def model_inputs(x: torch.Tensor, layout: InputLayout) -> dict[str, torch.Tensor]:
-    """The model's input dict from a normalised crop ``x`` (B, 1, d, h, w): ``BatchPreparer``'s own."""
-    return BatchPreparer(layout).to_inputs(x[:, 0])
+    """The model's input dict from a normalised crop ``x`` (B, 1, d, h, w), as training builds it."""
+    return ModelInputs(layout)(x[:, 0])
 
 
 def normalised_crops(volumes: torch.Tensor, layout: InputLayout) -> torch.Tensor:
-    """Centre crop, [0, 1] scaling and normalisation of uint8 stored volumes: (B, 1, d, h, w)."""
-    offsets = torch.tensor(centre_offsets(layout.stored_shape, layout.crop_shape))
-    x = crop_volumes(volumes, offsets.expand(volumes.shape[0], 3), layout.crop_shape)
-    return normalise(scale_to_unit(x.float())).unsqueeze(1)
+    """Uint8 stored volumes through the recipe's inference pipeline (centre crop, [0, 1]
+    scaling, normalisation): (B, 1, d, h, w)."""
+    return inference_transforms(layout)(volumes).unsqueeze(1)
 
 
 def progression_of(logits: torch.Tensor) -> torch.Tensor:

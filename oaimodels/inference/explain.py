@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oaicohort.db import Database
 from oaicohort.errors import OAIError
 from oaicohort.files import staged_folder
 from oaicohort.imaging.store.selection import knee_name, select_slots, store_slots
@@ -42,9 +43,7 @@ from oaimodels.data import centre_offsets
 from oaimodels.inference.attribution import explain_volumes
 from oaimodels.inference.trained_run import TrainedRun
 from oaimodels.plotting import pyplot
-
-# Names of the training layer, imported in this one place (their module may move).
-from oaimodels.training import resolve_device
+from oaimodels.training.config import resolve_device
 
 TOP_SLICES = 3
 
@@ -77,7 +76,7 @@ def explain_run(
     *,
     knees: list[tuple[int, str]] | None = None,
     store: Path | str | None = None,
-    db: Any = None,
+    db: Database | None = None,
     visit: int = 0,
     device: str = "auto",
     steps: int = 16,

@@ -22,28 +22,27 @@ version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from oaicohort import __version__
+from oaicohort.db import Database
 from oaicohort.errors import OAIError
 from oaicohort.imaging.store.selection import SelectionError, knee_name
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
-from oaimodels.data import BatchPreparer, make_source, resident_fits, to_device
-
-# Names of the training/evaluation layer, imported in this one place (their modules may move).
+from oaimodels.data import BatchPreparer, ResidentSource, VolumeSource, make_source
 from oaimodels.evaluation.held_out import ensemble_probabilities
 from oaimodels.inference.inputs import KneeScan, read_inputs
 from oaimodels.inference.trained_run import TrainedRun
+from oaimodels.logits import predict_logits, softmax
 from oaimodels.metrics import progression_score
-from oaimodels.training import predict_logits, resolve_device, softmax
+from oaimodels.training.config import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +51,11 @@ class PredictError(OAIError):
     """Nothing to predict (no input given)."""
 
 
-class ArraySource:
-    """Preprocessed volumes held in memory as one uint8 tensor (a ``VolumeSource``)."""
-
-    def __init__(self, volumes: Sequence[np.ndarray], device: torch.device) -> None:
-        self.device = device
-        self.data = torch.from_numpy(np.stack(volumes)).to(device)
-
-    def iterate(self, batches: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
-        for batch in batches:
-            yield self.data.index_select(0, to_device(torch.as_tensor(batch), self.device))
-
-    def close(self) -> None:
-        self.data = torch.empty(0, dtype=torch.uint8)
-
-
 # --------------------------------------------------------------------------- prediction
 
 
 def _fold_logits(
-    run: TrainedRun, models: list[torch.nn.Module], source: Any, n: int, device: torch.device, batch_size: int
+    run: TrainedRun, models: list[torch.nn.Module], source: VolumeSource, n: int, device: torch.device, batch_size: int
 ) -> list[np.ndarray]:
     preparer = BatchPreparer(run.layout, channels_last=bool(run.config.channels_last) and device.type == "cuda")
     return [
@@ -87,7 +71,7 @@ def predict(
     knees: list[tuple[int, str]] | None = None,
     visit: int = 0,
     side: str | None = None,
-    db: Any = None,
+    db: Database | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     loader: str = "auto",
@@ -112,13 +96,9 @@ def predict(
     frames = []
     for g, (scans, scans_store) in enumerate(groups, start=1):
         if scans_store is not None:
-            positions = [s.slot() for s in scans]
-            mode = loader if loader != "auto" else (
-                "resident" if resident_fits(len(scans), run.layout.stored_shape, dev) else "workers"
-            )  # fmt: skip
-            source = make_source(mode, str(scans_store.path), run.view, positions, dev, workers=0)
+            source = make_source(loader, scans_store, run.view, [s.slot() for s in scans], dev, workers=0)
         else:
-            source = ArraySource([s.preprocessed() for s in scans], dev)
+            source = ResidentSource.from_arrays([s.preprocessed() for s in scans], dev)
         try:
             logits = _fold_logits(run, models, source, len(scans), dev, batch)
         finally:

@@ -21,9 +21,8 @@ from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
-
-# Names of the training layer, imported in this one place (their module may move).
-from oaimodels.training import TrainConfig, load_fold_model
+from oaimodels.training.checkpoint import load_fold_model
+from oaimodels.training.config import TrainConfig
 
 
 class RunError(OAIError):

@@ -26,10 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
-from oaimodels.training.config import PreparedRun, TrainingError
+from oaimodels.training.config import TrainingError
 from oaimodels.training.recipe import build_model
 
 
@@ -37,18 +36,15 @@ class CheckpointError(TrainingError):
     """A checkpoint file cannot be loaded (not a plain state dict, or not a checkpoint at all)."""
 
 
-def checkpoint_meta(p: PreparedRun, fold: int, epoch: int, history: list, best: dict) -> dict[str, Any]:
-    """The JSON-able bookkeeping stored with every checkpoint of ``fold``."""
+def checkpoint_meta(run: dict[str, Any], fold: int, epoch: int, history: list, best: dict) -> dict[str, Any]:
+    """The JSON-able bookkeeping stored with every checkpoint of ``fold``; ``run`` holds the run's
+    model, view, init, layout, classes, epochs and config hash (``FoldPlan.checkpoint_meta``)."""
     return {
-        "model": p.config.model,
-        "view": p.config.view,
-        "init": p.config.init,
-        "layout": p.layout.to_dict(),
-        "classes": list(CLASSES),
+        **{k: run[k] for k in ("model", "view", "init", "layout", "classes")},
         "fold": fold,
         "epoch": epoch,
-        "epochs": p.config.epochs,
-        "config_hash": p.config.hash(),
+        "epochs": run["epochs"],
+        "config_hash": run["config_hash"],
         "history": history,
         "best": best,
     }

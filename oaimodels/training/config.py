@@ -20,10 +20,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from oaicohort.db.stores import canonical_path
 from oaicohort.errors import OAIError
+from oaicohort.field_checks import unknown_fields
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, InputLayout
+from oaimodels.data.knees import KneeQuery
 from oaimodels.networks import get_spec
 
 # Options that change how a run executes but not what it computes: a resumed run may differ.
@@ -116,14 +118,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise TrainingError(f"unknown training option(s) {sorted(unknown)}")
+            raise TrainingError(f"unknown training option(s) {unknown}")
         data = dict(data)
         if isinstance(data.get("augment"), dict):
             data["augment"] = AugmentParams(**data["augment"])
         return cls(**data)
+
+    def knee_query(self) -> KneeQuery:
+        """Which labelled, split knees the run uses (``oaimodels.data.knees.knee_table``)."""
+        return KneeQuery(self.definition, self.split, self.visit)
 
     def essential(self) -> dict[str, Any]:
         """The options that define what is computed (compared when resuming)."""
@@ -148,14 +153,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """A copy with every ``auto``/``None`` default that does not depend on the data filled in."""
+    """A copy with every ``auto``/``None`` default that does not depend on the data filled in.
+
+    The store path is made canonical where the store is opened (``prepare_run``), by the store."""
     try:
         spec = get_spec(config.model)
     except KeyError as exc:
         raise TrainingError(str(exc.args[0])) from None
     device = resolve_device(config.device)
     c = dataclasses.replace(config)
-    c.store = str(canonical_path(config.store))  # the one canonical form of a store path
     c.out = str(Path(config.out).expanduser().resolve())
     c.device = str(device)
     if c.precision == "auto":
@@ -192,15 +198,16 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 @dataclass
 class PreparedRun:
-    """What every process of a run needs: resolved config, layout, knees, folds, run folder."""
+    """A run ready to start: resolved config, the opened store, layout, knees, folds, run folder
+    (``oaimodels.training.plan.run_plan`` takes from it what the processes need)."""
 
     config: TrainConfig
+    store: VolumeStore
     layout: InputLayout
     knees: pd.DataFrame
     folds: list[int]
     run_dir: Path
     labels_info: dict[str, Any]
-    store_params_hash: str
 
 
 def check_recipe(c: TrainConfig) -> None:

@@ -24,16 +24,14 @@ override the file (:func:`merge_config`); keys neither gives take the dataclass 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import tomllib
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 from oaicohort.errors import InputFileError
+from oaicohort.field_checks import describe, field_hints, fits, kind_of
 from oaimodels.data import AugmentParams
 from oaimodels.training.config import TrainConfig, TrainingError
 
@@ -79,7 +77,7 @@ def check_values(data: dict[str, Any], path: Path | str = "<options>") -> dict[s
     """``data`` checked key by key against :class:`TrainConfig` (and ``augment`` against
     :class:`AugmentParams`); returns a copy with ``augment`` as a dict of checked values."""
     out: dict[str, Any] = {}
-    hints = _hints(TrainConfig)
+    hints = field_hints(TrainConfig)
     for key, value in data.items():
         if key not in hints:
             raise InputFileError(path, _unknown(key, hints), column=None)
@@ -117,11 +115,6 @@ def merge_config(*layers: dict[str, Any] | None) -> TrainConfig:
 # --------------------------------------------------------------------------- type checks
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
-
-
 def _unknown(key: str, hints: dict[str, Any], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, list(hints), n=1)
     hint = f"; did you mean {prefix + close[0]!r}?" if close else f" (known keys: {', '.join(sorted(hints))})"
@@ -130,8 +123,8 @@ def _unknown(key: str, hints: dict[str, Any], prefix: str = "") -> str:
 
 def _check_augment(value: Any, path: Path | str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InputFileError(path, f"key 'augment': expected a table of augmentation options, got {_kind(value)}")
-    hints = _hints(AugmentParams)
+        raise InputFileError(path, f"key 'augment': expected a table of augmentation options, got {kind_of(value)}")
+    hints = field_hints(AugmentParams)
     out = {}
     for key, item in value.items():
         if key not in hints:
@@ -140,61 +133,9 @@ def _check_augment(value: Any, path: Path | str) -> dict[str, Any]:
     return out
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
-
-
 def _check(key: str, value: Any, hint: Any, path: Path | str) -> Any:
     """``value`` if it fits the annotation ``hint`` (ints are accepted for floats, not bools)."""
-    ok, converted = _fits(value, hint)
+    ok, converted = fits(value, hint)
     if not ok:
-        raise InputFileError(path, f"key {key!r}: expected {_describe(hint)}, got {_kind(value)}")
+        raise InputFileError(path, f"key {key!r}: expected {describe(hint)}, got {kind_of(value)}")
     return converted
-
-
-def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            ok, converted = _fits(value, arm)
-            if ok:
-                return True, converted
-        return False, None
-    if hint is type(None):
-        return value is None, None
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
-    if hint is str:
-        return isinstance(value, str), value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            return False, None
-        checked = [_fits(v, item) for v in value]
-        return all(ok for ok, _ in checked), [v for _, v in checked]
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        if not isinstance(value, dict):
-            return False, None
-        checked_items = {k: _fits(v, item) for k, v in value.items()}
-        return all(ok for ok, _ in checked_items.values()), {k: v for k, (_, v) in checked_items.items()}
-    raise TypeError(f"no check for the annotation {hint!r}")  # a new field type: teach _fits
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    if hint in names:
-        return names[hint]
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
-    if origin is dict:
-        return "a table of strings"
-    return str(hint)

@@ -50,9 +50,11 @@ from oaimodels.training.checkpoint import (
     save_checkpoint,
     write_fold_files,
 )
-from oaimodels.training.config import PreparedRun, TrainingError
+from oaimodels.training.config import TrainingError
 from oaimodels.training.distributed import Dist, barrier, gather_rows, reduce_epoch, wrap_ddp
-from oaimodels.training.recipe import build_model, loss_fn, make_optimizer, make_scheduler
+from oaimodels.training.losses import focal_loss
+from oaimodels.training.plan import FoldPlan
+from oaimodels.training.recipe import build_model, make_optimizer, make_scheduler
 from oaimodels.training.rng import rng_state, seed_everything, set_rng_state
 from oaimodels.training.sampling import make_sampler
 from oaimodels.training.tracking import open_fold_tracker
@@ -83,13 +85,14 @@ class _FoldState:
     start_epoch: int = 0
 
 
-def _fold_data(p: PreparedRun, fold: int, train_frame: pd.DataFrame, device: torch.device) -> _FoldData:
+def _fold_data(
+    train_frame: pd.DataFrame, fold: int, device: torch.device, *, limit: int | None, seed: int
+) -> _FoldData:
     in_fold = (train_frame["fold"] == fold).to_numpy()
     train_items = np.flatnonzero(~in_fold)
     val_items = np.flatnonzero(in_fold)
-    limit = p.config.limit_train
     if limit is not None and limit < train_items.size:
-        rng = np.random.default_rng(derive_seed(p.config.seed, fold, 0x11))
+        rng = np.random.default_rng(derive_seed(seed, fold, 0x11))
         train_items = np.sort(rng.choice(train_items, size=limit, replace=False))
     if val_items.size == 0:
         raise TrainingError(f"fold {fold} has no validation knees")
@@ -98,30 +101,29 @@ def _fold_data(p: PreparedRun, fold: int, train_frame: pd.DataFrame, device: tor
 
 
 def _new_fold_state(
-    p: PreparedRun, fold: int, fd: _FoldData, train_frame: pd.DataFrame, d: Dist, device: torch.device
+    plan: FoldPlan, fold: int, fd: _FoldData, train_frame: pd.DataFrame, d: Dist, device: torch.device
 ) -> _FoldState:
-    c = p.config
-    seed_everything(derive_seed(c.seed, fold, 0x1717))  # model init: the same on every rank
-    model = build_model(p.layout, c.init).to(device)
-    if c.channels_last:
+    seed_everything(derive_seed(plan.seed, fold, 0x1717))  # model init: the same on every rank
+    model = build_model(plan.layout, plan.init).to(device)
+    if plan.channels_last:
         to_channels_last(model)
-    optimizer = make_optimizer(model, c)
+    optimizer = make_optimizer(model, lr=plan.schedule.lr, weight_decay=plan.weight_decay)
     sampler = make_sampler(
-        c.sampler,
+        plan.sampler,
         train_frame["y"].to_numpy()[fd.train_items],
-        seed=derive_seed(c.seed, fold),
+        seed=derive_seed(plan.seed, fold),
         rank=d.rank,
         world_size=d.world,
     )
     best = {"epoch": None, "val_ap": None, "predictions": None}
-    return _FoldState(model, optimizer, make_scheduler(optimizer, c), sampler, [], best)
+    return _FoldState(model, optimizer, make_scheduler(optimizer, plan.schedule), sampler, [], best)
 
 
-def _resume(s: _FoldState, p: PreparedRun, fold: int, last_path: Path, d: Dist) -> None:
+def _resume(s: _FoldState, plan: FoldPlan, fold: int, last_path: Path, d: Dist) -> None:
     """Continue ``s`` from ``last.pt``: weights, optimiser, schedule, RNG states and history."""
     ckpt = load_checkpoint(last_path)
     meta = ckpt["meta"]
-    if meta["config_hash"] != p.config.hash():
+    if meta["config_hash"] != plan.config_hash:
         raise TrainingError(f"{last_path} was written by a different configuration; cannot resume")
     s.model.load_state_dict(ckpt["model"])
     s.history, s.best = list(meta["history"]), dict(meta["best"])
@@ -130,7 +132,7 @@ def _resume(s: _FoldState, p: PreparedRun, fold: int, last_path: Path, d: Dist) 
         s.optimizer.load_state_dict(ckpt["optimizer"])
         s.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
-    elif s.start_epoch < p.config.epochs:  # a finished fold's last.pt keeps its final weights only
+    elif s.start_epoch < plan.epochs:  # a finished fold's last.pt keeps its final weights only
         raise TrainingError(f"{last_path} holds no optimiser state (a finished fold's); cannot resume from it")
     if d.main:
         fold_path = last_path.parent
@@ -142,7 +144,7 @@ def _resume(s: _FoldState, p: PreparedRun, fold: int, last_path: Path, d: Dist) 
 def _train_epoch(
     s: _FoldState,
     train_model: nn.Module,
-    p: PreparedRun,
+    plan: FoldPlan,
     fold: int,
     epoch: int,
     fd: _FoldData,
@@ -152,13 +154,12 @@ def _train_epoch(
     progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """One pass over the epoch's weighted draws; returns lr, loss and timings (summed over ranks)."""
-    c = p.config
     device = source.device
     t_epoch = time.perf_counter()
-    seed_everything(derive_seed(c.seed, fold, epoch, d.rank, 0xD0))
-    generator = cpu_generator(c.seed, fold, epoch, d.rank, 0xA6)
+    seed_everything(derive_seed(plan.seed, fold, epoch, d.rank, 0xD0))
+    generator = cpu_generator(plan.seed, fold, epoch, d.rank, 0xA6)
     lr = s.optimizer.param_groups[0]["lr"]
-    batches = batches_of(s.sampler.indices(epoch), max(1, (c.batch_size or 1) // d.world))
+    batches = batches_of(s.sampler.indices(epoch), max(1, plan.batch_size // d.world))
     train_model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     n_seen = 0
@@ -168,16 +169,16 @@ def _train_epoch(
         data_wait += time.perf_counter() - t_wait
         y = fd.train_y[to_device(torch.as_tensor(batches[step]), device)]
         inputs = preparer.train_inputs(volumes, generator)
-        with amp_context(device, c.precision):
+        with amp_context(device, plan.precision):
             logits = train_model(inputs)
-        loss = loss_fn(logits, y, c)
+        loss = focal_loss(logits, y, gamma=plan.focal_gamma)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()
         loss_sum += loss.detach().double() * y.numel()
         n_seen += int(y.numel())
         if progress is not None and d.main:
-            progress(f"fold {fold}", epoch + (step + 1) / len(batches), c.epochs)
+            progress(f"fold {fold}", epoch + (step + 1) / len(batches), plan.epochs)
         t_wait = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -197,27 +198,21 @@ def _train_epoch(
 
 def _validate(
     s: _FoldState,
-    p: PreparedRun,
+    plan: FoldPlan,
     fd: _FoldData,
     source: VolumeSource,
     preparer: BatchPreparer,
     d: Dist,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Validation-fold loss, binary AP and ROC AUC (every rank predicts its shard), and the probabilities."""
-    c = p.config
     val_shard = fd.val_items[d.rank :: d.world]
     logits_shard = predict_logits(
-        s.model,
-        source,
-        val_shard,
-        preparer,
-        batch_size=c.eval_batch_size or 2 * (c.batch_size or 1),
-        precision=c.precision,
+        s.model, source, val_shard, preparer, batch_size=plan.eval_batch_size, precision=plan.precision
     )
     _, val_logits = gather_rows(d, val_shard, logits_shard)
     probs = softmax(val_logits)
     val_y = np.array(fd.val_rows["y"], dtype=np.int64)
-    val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(val_y), c))
+    val_loss = float(focal_loss(torch.from_numpy(val_logits), torch.from_numpy(val_y), gamma=plan.focal_gamma))
     y_bin = binary_target(val_y)
     score = progression_score(probs)
     metrics = {
@@ -246,9 +241,9 @@ def _keep_best(s: _FoldState, epoch: int, val: dict[str, Any], fd: _FoldData, pr
     return improved
 
 
-def _save_epoch(s: _FoldState, p: PreparedRun, fold: int, epoch: int, improved: bool, fold_path: Path) -> None:
+def _save_epoch(s: _FoldState, plan: FoldPlan, fold: int, epoch: int, improved: bool, fold_path: Path) -> None:
     """Rank 0's files after an epoch: pending best, ``last.pt``, then the best's rename and the log."""
-    meta = checkpoint_meta(p, fold, epoch, s.history, s.best)
+    meta = checkpoint_meta(plan.checkpoint_meta, fold, epoch, s.history, s.best)
     if improved:
         save_checkpoint(
             {
@@ -259,7 +254,7 @@ def _save_epoch(s: _FoldState, p: PreparedRun, fold: int, epoch: int, improved: 
             fold_path / rf.BEST_PENDING,
         )
     last: dict[str, Any] = {"model": s.model.state_dict(), "meta": meta}
-    if epoch + 1 < p.config.epochs:  # the resume point; nothing resumes a finished fold (weights only)
+    if epoch + 1 < plan.epochs:  # the resume point; nothing resumes a finished fold (weights only)
         last |= {
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
@@ -282,7 +277,7 @@ def _val_predictions(rows: pd.DataFrame, probs: np.ndarray) -> dict[str, list]:
 
 
 def train_fold(
-    p: PreparedRun,
+    plan: FoldPlan,
     fold: int,
     source: VolumeSource,
     train_frame: pd.DataFrame,
@@ -293,25 +288,24 @@ def train_fold(
     on_epoch: EpochHook | None = None,
 ) -> dict[str, Any]:
     """Train one fold; returns its summary (best epoch and validation AP)."""
-    c = p.config
-    fold_path = rf.fold_dir(p.run_dir, fold)
+    fold_path = rf.fold_dir(plan.run_dir, fold)
     if d.main:
         fold_path.mkdir(parents=True, exist_ok=True)
     barrier(d)
-    fd = _fold_data(p, fold, train_frame, source.device)
-    s = _new_fold_state(p, fold, fd, train_frame, d, source.device)
+    fd = _fold_data(train_frame, fold, source.device, limit=plan.limit_train, seed=plan.seed)
+    s = _new_fold_state(plan, fold, fd, train_frame, d, source.device)
     if resume and (fold_path / rf.LAST).is_file():
-        _resume(s, p, fold, fold_path / rf.LAST, d)
+        _resume(s, plan, fold, fold_path / rf.LAST, d)
 
     train_model = wrap_ddp(s.model, d, source.device)
-    if c.compile:
+    if plan.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
-    preparer = BatchPreparer(p.layout, c.augment, channels_last=bool(c.channels_last))
-    tracker = open_fold_tracker(p, fold, s.start_epoch, main=d.main)
+    preparer = BatchPreparer(plan.layout, plan.augment, channels_last=plan.channels_last)
+    tracker = open_fold_tracker(plan.tracking, fold, s.start_epoch, main=d.main)
 
-    for epoch in range(s.start_epoch, c.epochs):
-        train = _train_epoch(s, train_model, p, fold, epoch, fd, source, preparer, d, progress)
-        val, probs = _validate(s, p, fd, source, preparer, d)
+    for epoch in range(s.start_epoch, plan.epochs):
+        train = _train_epoch(s, train_model, plan, fold, epoch, fd, source, preparer, d, progress)
+        val, probs = _validate(s, plan, fd, source, preparer, d)
         s.scheduler.step()
         seconds = time.perf_counter() - train["t_epoch"]
         record = {
@@ -331,7 +325,7 @@ def train_fold(
         s.history.append(record)
         improved = _keep_best(s, epoch, val, fd, probs)
         if d.main:
-            _save_epoch(s, p, fold, epoch, improved, fold_path)
+            _save_epoch(s, plan, fold, epoch, improved, fold_path)
         tracker.epoch(record)
         if on_epoch is not None and d.main:
             on_epoch({"fold": fold, **record, "best_epoch": s.best["epoch"]})
@@ -339,7 +333,7 @@ def train_fold(
 
     summary = {
         "fold": fold,
-        "epochs": c.epochs,
+        "epochs": plan.epochs,
         "best_epoch": s.best["epoch"],
         "best_val_ap": s.best["val_ap"],
         "best_val_roc_auc": s.best.get("val_roc_auc"),
@@ -348,6 +342,6 @@ def train_fold(
     }
     if d.main:
         rf.write_json(fold_path / rf.SUMMARY, summary)
-    tracker.finish(summary, p.run_dir)
+    tracker.finish(summary, plan.run_dir)
     barrier(d)
     return summary

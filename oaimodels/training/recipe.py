@@ -2,8 +2,9 @@
 
 Adam (lr 1e-4, weight decay 1e-4); the learning rate rises linearly from 1e-5 over the first
 5 epochs (stepped once per epoch), then stays constant; focal loss with gamma 2 and no class
-weights. The values are ``RECIPE_DEFAULTS`` and :class:`~oaimodels.training.config.TrainConfig`
-defaults; a model's registry recipe replaces them (the X-ray prior art).
+weights (``losses.focal_loss``). The values are ``RECIPE_DEFAULTS`` and
+:class:`~oaimodels.training.config.TrainConfig` defaults; a model's registry recipe replaces them
+(the X-ray prior art). Each function takes the values it uses, not the config.
 """
 
 from __future__ import annotations
@@ -15,33 +16,25 @@ from torch import nn
 
 from oaimodels.data import InputLayout
 from oaimodels.networks import get_model, get_spec
-from oaimodels.training.config import TrainConfig, TrainingError
-from oaimodels.training.losses import focal_loss
+from oaimodels.training.config import Schedule, TrainingError
 
 
-def lr_at(epoch: int, config: TrainConfig) -> float:
+def lr_at(epoch: int, s: Schedule) -> float:
     """Learning rate of ``epoch`` (0-based): linear from warmup_start_lr to lr over warmup_epochs,
-    times lr_gamma for every milestone reached."""
-    s = config.schedule()
+    times gamma for every milestone reached."""
     decay = s.gamma ** sum(epoch >= m for m in s.milestones)
     if s.warmup_epochs <= 0 or epoch >= s.warmup_epochs:
         return s.lr * decay
     return (s.warmup_start_lr + (s.lr - s.warmup_start_lr) * epoch / s.warmup_epochs) * decay
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch warm-up then constant (stepped once after every epoch)."""
-    base = config.schedule().lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, config) / base)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e, schedule) / schedule.lr)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=config.schedule().lr, weight_decay=config.weight_decay)
-
-
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """The recipe's loss: focal loss with the config's gamma, no class weights."""
-    return focal_loss(logits, y, gamma=config.focal_gamma)
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def build_model(layout: InputLayout, init: str) -> nn.Module:

@@ -3,9 +3,10 @@
 Entry points: :func:`train_run` (one model, all requested folds) and :func:`train_all` (every
 MRI model of Table 1, one run folder each). Both take a :class:`~oaimodels.training.config.TrainConfig`.
 
-:func:`prepare_run` resolves the config, reads the knees (from the database, or a table the
-caller holds), checks leakage and creates the run folder, or, when resuming, checks that the
-folder's ``config.json`` and ``knees.csv`` describe the same computation.
+:func:`prepare_run` resolves the config, opens the store (once), reads the knees (from the
+database, or a table the caller holds), checks leakage and creates the run folder, or, when
+resuming, checks that the folder's ``config.json`` and ``knees.csv`` describe the same
+computation. The processes then get the run's plan (``oaimodels.training.plan``), not the config.
 
 Distributed training: under ``torchrun`` every rank calls :func:`train_run`; with
 ``nproc > 1`` it spawns the processes itself (``oaimodels.training.distributed``). The batch
@@ -26,16 +27,18 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from oaicohort.db import Database
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
-from oaimodels.data import knee_table, make_source, resident_fits, resolve_layout, validate_knees
+from oaimodels.data import knee_table, make_source, resolve_layout, validate_knees
 from oaimodels.data.store_models import table1_models
 from oaimodels.networks import get_spec, list_models
 from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
 from oaimodels.training.distributed import Dist, barrier, env_dist, free_port
 from oaimodels.training.loop import EpochHook, train_fold
+from oaimodels.training.plan import RunPlan, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _labels_summary(knees: pd.DataFrame) -> dict[str, Any]:
 
 def prepare_run(
     config: TrainConfig,
-    db: Any = None,
+    db: Database | None = None,
     *,
     knees: pd.DataFrame | None = None,
     labels_info: dict[str, Any] | None = None,
@@ -76,29 +79,15 @@ def prepare_run(
     """
     config = resolve_config(config)
     store = VolumeStore.open(config.store)
+    config.store = str(store.path)  # canonical, as the store names itself (part of the config hash)
     layout = resolve_layout(config.model, config.view, store, config.crop_shape)
     info = dict(labels_info or {})
     if knees is None:
         if db is None:
             raise TrainingError("train_run needs a database (labels, split) or a knee table")
-        knees, volume_info = knee_table(
-            db,
-            config.store,
-            layout.source_view,
-            definition=config.definition,
-            split=config.split,
-            visit=config.visit,
-        )
-        attrs = dict(knees.attrs)
-        info.update(
-            definition={
-                "name": attrs.get("definition"),
-                "id": attrs.get("definition_id"),
-                "params_hash": attrs.get("params_hash"),
-            },
-            split={"id": attrs.get("split_id"), "params": attrs.get("split_params")},
-            **volume_info,
-        )
+        table = knee_table(db, store.path, layout.source_view, config.knee_query())
+        knees = table.knees
+        info.update(table.labels_info())
     knees = validate_knees(knees)  # the leakage check runs here, whatever the table's source
     keep = [
         c
@@ -117,7 +106,7 @@ def prepare_run(
     config.folds = folds
     info["counts"] = _labels_summary(knees)
     run_dir = Path(config.out)
-    prepared = PreparedRun(config, layout, knees, folds, run_dir, info, store.params_hash)
+    prepared = PreparedRun(config, store, layout, knees, folds, run_dir, info)
     if write:
         _init_run_folder(prepared, resume=resume)
     return prepared
@@ -161,7 +150,7 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
             "config_hash": p.config.hash(),
             "folds": p.folds,
             "layout": p.layout.to_dict(),
-            "store": {"path": p.config.store, "params_hash": p.store_params_hash},
+            "store": {"path": str(p.store.path), "params_hash": p.store.params_hash},
             "classes": list(CLASSES),
         },
     )
@@ -174,7 +163,7 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
 
 
 @contextmanager
-def _torch_settings(c: TrainConfig, d: Dist) -> Iterator[torch.device]:
+def _torch_settings(device_name: str, d: Dist, *, threads: int | None, deterministic: bool) -> Iterator[torch.device]:
     """Threads, determinism and CUDA flags of a run, restored afterwards (library callers keep theirs)."""
     saved = (
         torch.get_num_threads(),
@@ -183,92 +172,75 @@ def _torch_settings(c: TrainConfig, d: Dist) -> Iterator[torch.device]:
         torch.backends.cudnn.benchmark,
         torch.backends.cuda.matmul.allow_tf32,
     )
-    device = torch.device(c.device)
+    device = torch.device(device_name)
     if device.type == "cuda":
         if d.active or device.index is None:
             device = torch.device("cuda", d.local_rank if d.active else torch.cuda.current_device())
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = not c.deterministic
+        torch.backends.cudnn.benchmark = not deterministic
         # TF32 matmuls for fp32 training unless bit-reproducibility was asked for
-        torch.backends.cuda.matmul.allow_tf32 = not c.deterministic
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    if c.deterministic:
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield device
     finally:
-        threads, det, warn_only, benchmark, tf32 = saved
-        torch.set_num_threads(threads)
+        threads_before, det, warn_only, benchmark, tf32 = saved
+        torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(det, warn_only=warn_only)
         torch.backends.cudnn.benchmark = benchmark
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _choose_loader(c: TrainConfig, n_volumes: int, shape: Sequence[int], device: torch.device) -> str:
-    if c.loader != "auto":
-        return c.loader
-    return "resident" if resident_fits(n_volumes, shape, device) else "workers"
-
-
-def _train_prepared(
-    p: PreparedRun,
+def _train(
+    plan: RunPlan,
     d: Dist,
     *,
     resume: bool,
     progress: ProgressCallback | None,
     on_epoch: EpochHook | None,
 ) -> list[dict[str, Any]]:
-    with _torch_settings(p.config, d) as device:
-        return _train_folds(p, d, device, resume=resume, progress=progress, on_epoch=on_epoch)
-
-
-def _train_folds(
-    p: PreparedRun,
-    d: Dist,
-    device: torch.device,
-    *,
-    resume: bool,
-    progress: ProgressCallback | None,
-    on_epoch: EpochHook | None,
-) -> list[dict[str, Any]]:
-    c = p.config
-    train_frame = p.knees[p.knees["role"] == "train"].reset_index(drop=True)
-    todo = [k for k in p.folds if not rf.is_fold_complete(p.run_dir, k)]
-    summaries = [rf.read_json(rf.fold_dir(p.run_dir, k) / rf.SUMMARY) for k in p.folds if k not in todo]
+    """This process's share of every fold not finished yet; the summaries of all the run's folds."""
+    run_dir = plan.fold.run_dir
+    todo = [k for k in plan.folds if not rf.is_fold_complete(run_dir, k)]
+    summaries = [rf.read_json(rf.fold_dir(run_dir, k) / rf.SUMMARY) for k in plan.folds if k not in todo]
     if not todo:
         return summaries
-    mode = _choose_loader(c, len(train_frame), p.layout.stored_shape, device)
-    log.info("loader: %s (%d training-role volumes of %s)", mode, len(train_frame), p.layout.stored_shape)
-    source = make_source(
-        mode,
-        c.store,
-        p.layout.source_view,
-        train_frame["position"].to_numpy(),
-        device,
-        workers=c.workers,
-        progress=progress if d.main else None,
-    )
-    try:
-        for fold in todo:
-            summaries.append(
-                train_fold(p, fold, source, train_frame, d=d, resume=resume, progress=progress, on_epoch=on_epoch)
-            )
-    finally:
-        source.close()
+    train_frame = plan.knees[plan.knees["role"] == "train"].reset_index(drop=True)
+    with _torch_settings(plan.device, d, threads=plan.threads, deterministic=plan.deterministic) as device:
+        source = make_source(
+            plan.loader,
+            plan.store,
+            plan.fold.layout.source_view,
+            train_frame["position"].to_numpy(),
+            device,
+            workers=plan.workers,
+            progress=progress if d.main else None,
+        )
+        try:
+            for fold in todo:
+                summaries.append(
+                    train_fold(
+                        plan.fold, fold, source, train_frame, d=d, resume=resume, progress=progress, on_epoch=on_epoch
+                    )
+                )
+        finally:
+            source.close()
     return sorted(summaries, key=lambda s: s["fold"])
 
 
-def _spawned_worker(rank: int, world: int, port: int, p: PreparedRun, resume: bool) -> None:
-    device = torch.device(p.config.device)
+def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, resume: bool) -> None:
+    device = torch.device(plan.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cpu" and not p.config.threads:
+    if device.type == "cpu" and not plan.threads:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        _train_prepared(
-            p,
+        _train(
+            plan,
             Dist(rank, world, rank),
             resume=resume,
             progress=None,
@@ -280,7 +252,7 @@ def _spawned_worker(rank: int, world: int, port: int, p: PreparedRun, resume: bo
 
 def train_run(
     config: TrainConfig,
-    db: Any = None,
+    db: Database | None = None,
     progress: ProgressCallback | None = None,
     *,
     resume: bool = False,
@@ -306,27 +278,28 @@ def train_run(
             if d.main:
                 _init_run_folder(p, resume=resume)
             barrier(d)
-            _train_prepared(p, d, resume=resume, progress=progress, on_epoch=on_epoch)
+            _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
         finally:
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
     p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume)
-    if p.config.nproc > 1:
+    plan = run_plan(p)
+    if plan.nproc > 1:
         import torch.multiprocessing as mp
 
-        world = p.config.nproc
-        if torch.device(p.config.device).type == "cuda" and torch.cuda.device_count() < world:
+        world = plan.nproc
+        if torch.device(plan.device).type == "cuda" and torch.cuda.device_count() < world:
             raise TrainingError(f"--nproc {world} needs {world} GPUs, found {torch.cuda.device_count()}")
         mp.start_processes(
             _spawned_worker,
-            args=(world, free_port(), p, resume),
+            args=(world, free_port(), plan, resume),
             nprocs=world,
             join=True,
             start_method="spawn",
         )
         return p.run_dir
-    _train_prepared(p, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
+    _train(plan, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
     return p.run_dir
 
 
@@ -336,7 +309,7 @@ def run_name(model: str, view: str | None, init: str) -> str:
 
 def train_all(
     config: TrainConfig,
-    db: Any = None,
+    db: Database | None = None,
     progress: ProgressCallback | None = None,
     *,
     models: Sequence[str] | None = None,

@@ -90,6 +90,44 @@ def tags_text(tags: dict[str, str] | None) -> str:
     return " (tags: " + ", ".join(f"{k}={v}" if v else k for k, v in tags.items()) + ")"
 
 
+@dataclass(frozen=True)
+class TrackingOptions:
+    """What the trackers of a run need, taken from its config once (:func:`tracking_options`)."""
+
+    run_dir: Path
+    tensorboard: bool
+    mlflow: bool
+    tracking_uri: str | None
+    experiment: str
+    title: str
+    tags: dict[str, str]  # the run's tags, with its model, view, init and folder
+    params: dict[str, str]  # the recipe values (MLflow params)
+    config_text: str  # the config as JSON (TensorBoard's text)
+
+
+def tracking_options(config: Any, run_dir: Path) -> TrackingOptions:
+    """The tracking options of a resolved :class:`~oaimodels.training.config.TrainConfig`."""
+    c = config
+    tags = {
+        **{str(k): str(v) for k, v in (c.tags or {}).items()},
+        "model": c.model,
+        "view": str(c.view),
+        "init": c.init,
+        "oai.run_dir": str(run_dir),
+    }
+    return TrackingOptions(
+        run_dir=Path(run_dir),
+        tensorboard=bool(c.tensorboard),
+        mlflow=c.track == "mlflow",
+        tracking_uri=c.tracking_uri,
+        experiment=c.experiment,
+        title=c.name or describe_run(c.model, c.view, c.init),
+        tags=tags,
+        params=mlflow_params(c.essential()),
+        config_text="```\n" + json.dumps(c.to_dict(), indent=2) + "\n```",
+    )
+
+
 class _Sink(Protocol):
     def epoch(self, record: dict[str, Any]) -> None: ...
     def finish(self, summary: dict[str, Any], run_complete: bool) -> None: ...
@@ -113,18 +151,19 @@ class FoldTracker:
             sink.finish(summary, complete)
 
 
-def open_fold_tracker(p: Any, fold: int, start_epoch: int, *, main: bool) -> FoldTracker:
-    """The trackers ``p.config`` asks for, for ``fold`` of the prepared run ``p``."""
+def open_fold_tracker(options: TrackingOptions, fold: int, start_epoch: int, *, main: bool) -> FoldTracker:
+    """The trackers ``options`` asks for, for ``fold`` of its run."""
     if not main:
         return FoldTracker()
-    c = p.config
     sinks: list[_Sink] = []
-    if c.tensorboard:
+    if options.tensorboard:
         writer_class = tensorboard_writer_class()
         if writer_class is not None:
-            sinks.append(_TensorBoard(writer_class, rf.fold_dir(p.run_dir, fold), start_epoch, c))
-    if c.track == "mlflow":
-        sinks.append(_MLflow(p, fold))
+            sinks.append(
+                _TensorBoard(writer_class, rf.fold_dir(options.run_dir, fold), start_epoch, options.config_text)
+            )
+    if options.mlflow:
+        sinks.append(_MLflow(options, fold))
     return FoldTracker(sinks)
 
 
@@ -149,10 +188,10 @@ def tensorboard_writer_class() -> Any:
 
 
 class _TensorBoard:
-    def __init__(self, writer_class: Any, fold_path: Path, start_epoch: int, config: Any) -> None:
+    def __init__(self, writer_class: Any, fold_path: Path, start_epoch: int, config_text: str) -> None:
         self.writer = writer_class(log_dir=str(fold_path), purge_step=start_epoch if start_epoch > 0 else None)
         if start_epoch == 0:
-            self.writer.add_text("config", "```\n" + json.dumps(config.to_dict(), indent=2) + "\n```", 0)
+            self.writer.add_text("config", config_text, 0)
 
     def epoch(self, record: dict[str, Any]) -> None:
         for key, tag in SCALARS.items():
@@ -192,10 +231,10 @@ def _mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def mlflow_params(config: Any) -> dict[str, str]:
-    """The config's recipe values as MLflow params (augmentations as ``augment.<key>``)."""
+def mlflow_params(essential: dict[str, Any]) -> dict[str, str]:
+    """A config's recipe values (``TrainConfig.essential()``) as MLflow params (augmentations as ``augment.<key>``)."""
     out: dict[str, str] = {}
-    for key, value in config.essential().items():
+    for key, value in essential.items():
         if key == "augment":
             out.update({f"augment.{k}": str(v) for k, v in value.items()})
         elif key not in ("store", "out"):
@@ -204,29 +243,20 @@ def mlflow_params(config: Any) -> dict[str, str]:
 
 
 class _MLflow:
-    def __init__(self, p: Any, fold: int) -> None:
-        c = p.config
+    def __init__(self, options: TrackingOptions, fold: int) -> None:
         self.fold = fold
-        uri = resolve_tracking_uri(c.tracking_uri)
+        uri = resolve_tracking_uri(options.tracking_uri)
         self.client = _mlflow_client(uri)
-        record_path = Path(p.run_dir) / MLFLOW_RUN
+        record_path = options.run_dir / MLFLOW_RUN
         saved = rf.read_json(record_path) if record_path.is_file() else {}
         if saved.get("tracking_uri") == uri and saved.get("run_id"):
             self.run_id = saved["run_id"]
             return
-        experiment = self.client.get_experiment_by_name(c.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(c.experiment)
-        tags = {
-            **{str(k): str(v) for k, v in (c.tags or {}).items()},
-            "model": c.model,
-            "view": str(c.view),
-            "init": c.init,
-            "oai.run_dir": str(p.run_dir),
-        }
-        title = c.name or describe_run(c.model, c.view, c.init)
-        run = self.client.create_run(experiment_id, run_name=title, tags=tags)
+        experiment = self.client.get_experiment_by_name(options.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(options.experiment)
+        run = self.client.create_run(experiment_id, run_name=options.title, tags=dict(options.tags))
         self.run_id = run.info.run_id
-        for key, value in mlflow_params(c).items():
+        for key, value in options.params.items():
             self.client.log_param(self.run_id, key, value)
         rf.write_json(record_path, {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": self.run_id})
 

@@ -19,6 +19,7 @@ from oaicohort.cohort.query import KNEE_COLUMNS, Cohort, QueryError
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ClinicalValue, Knee, SplitAssignment, Subject
+from oaicohort.db.staleness import StaleResultError, mark_stale
 from oaicohort.errors import DatabaseStateError
 from tests.cohort.test_labels import add_knee, add_subject
 from tests.conftest import BACKENDS, fresh_database_url
@@ -381,6 +382,27 @@ def test_label_split_query_on_each_backend(any_db: Database) -> None:
     assert keys(cohort.knees(V00WOMKPR=(2, 4), sex="f")) == {(S1, "R"), (S1, "L")}
     assert cohort.knees(site="A'; DROP TABLE knees; --").empty
     assert len(cohort.knees(include_excluded=True)) == len(EXPECTED)
+
+
+def test_a_query_by_role_or_fold_refuses_a_stale_split(any_db: Database) -> None:
+    build_cohort(any_db)
+    derive_labels(any_db)
+    split = make_split(any_db, test_sites=("D",), folds=2, seed=0)
+    with any_db.write() as s:  # what a re-ingest records when S1 moves to the held-out site
+        assert mark_stale(s, pd.DataFrame({"subject_id": [S1], "site": ["D"], "sex": ["F"]})) == 1
+    cohort = Cohort(any_db)
+    for filters in ({"role": "train"}, {"fold": 0}, {"role": ["train", "test"], "split": split.split_id}):
+        with pytest.raises(
+            StaleResultError, match=rf"split {split.split_id} predates changes of subject\(s\) {S1} \(site A -> D\)"
+        ):
+            cohort.knees(**filters)
+    with pytest.raises(StaleResultError, match="Re-run `oai label` and then `oai split`"):
+        cohort.trajectories(role="test")
+    # nothing depends on the split without a role or fold filter; what was used is explicit
+    selection = cohort.select()
+    assert keys(selection.frame) == INCLUDED
+    assert (selection.provenance.definition, selection.provenance.split_id) == ("panfilov2022", split.split_id)
+    assert selection.volumes is None
 
 
 def test_trajectories_first_graded_skips_a_missing_first_reading(tmp_path: Path) -> None:

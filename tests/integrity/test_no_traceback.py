@@ -267,7 +267,7 @@ class _Evil:
 
 
 def test_checkpoint_errors_are_one_line(tmp_path: Path) -> None:
-    from oaimodels.training import load_checkpoint
+    from oaimodels.training.checkpoint import load_checkpoint
 
     good = tmp_path / "good.pt"
     torch.save({"model": {"w": torch.zeros(3)}}, good)

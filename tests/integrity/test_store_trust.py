@@ -77,7 +77,9 @@ def test_a_damaged_chunk_stops_training_reads_naming_knee_view_store(preprocesse
     volume[5, 5, 5] ^= 0xFF  # one voxel changed, re-compressed: a valid chunk with the wrong content
     _chunk(store, int(victim.position)).write_bytes(numcodecs.Zstd().encode(np.ascontiguousarray(volume)))
     with pytest.raises(StoreIntegrityError) as err:  # resident: while loading; workers: while iterating
-        source = make_source(mode, str(store), "sag", rows["position"].to_numpy(), torch.device("cpu"), workers=0)
+        source = make_source(
+            mode, VolumeStore.open(store), "sag", rows["position"].to_numpy(), torch.device("cpu"), workers=0
+        )
         for _ in source.iterate([np.arange(len(rows))]):
             pass
     message = str(err.value)

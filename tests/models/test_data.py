@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from oaicohort.cohort.splits import LeakageError
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels import data as D
 from tests.training_fixtures import make_toy_cohort
@@ -82,10 +83,17 @@ def test_layout_errors_name_the_problem() -> None:
 # --------------------------------------------------------------------------- augmentation
 
 
+def _layout(stored=(20, 20, 20), crop=(16, 16, 16), model="3d_shufflenet") -> D.InputLayout:
+    return D.resolve_layout(model, None, FakeStore({"sag": stored}, {"sag": crop}), crop_shape=crop)
+
+
+def _recipe(stored: tuple[int, int, int], crop: tuple[int, int, int], augment: D.AugmentParams) -> D.Compose:
+    return D.recipe_transforms(_layout(stored, crop), augment)
+
+
 def test_crop_offsets_cover_every_offset_within_bounds() -> None:
     gen = torch.Generator().manual_seed(0)
-    draw = D.draw_augment(4000, (20, 44, 44), (16, 40, 40), D.AugmentParams(), gen)
-    off = draw.offsets.numpy()
+    off = D.Crop((20, 44, 44), (16, 40, 40), random=True).draw(4000, gen).numpy()
     assert off.min() == 0
     for axis, top in enumerate((4, 4, 4)):
         assert off[:, axis].max() == top  # stored - crop, inclusive
@@ -94,22 +102,44 @@ def test_crop_offsets_cover_every_offset_within_bounds() -> None:
 
 def test_centre_crop_without_augmentation() -> None:
     gen = torch.Generator().manual_seed(0)
-    draw = D.draw_augment(3, (20, 44, 44), (16, 40, 40), D.AugmentParams.none(), gen)
-    assert draw.offsets.tolist() == [[2, 2, 2]] * 3
-    assert not draw.rotate.any() and torch.all(draw.gamma == 1)
+    offsets, _scale, rotation, gamma, _norm = _recipe((20, 44, 44), (16, 40, 40), D.AugmentParams.none()).draw(3, gen)
+    assert offsets.tolist() == [[2, 2, 2]] * 3
+    assert not rotation.apply.any() and torch.all(gamma.value == 1)
 
 
 def test_rotation_and_gamma_probabilities_and_ranges() -> None:
     gen = torch.Generator().manual_seed(1)
-    draw = D.draw_augment(4000, (20, 20, 20), (16, 16, 16), D.AugmentParams(), gen)
-    assert 0.45 < draw.rotate.float().mean() < 0.55
-    assert 0.45 < draw.apply_gamma.float().mean() < 0.55
-    rotated = draw.angles_deg[draw.rotate]
+    _crop, _scale, rotation, gamma, _norm = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams()).draw(4000, gen)
+    assert 0.45 < rotation.apply.float().mean() < 0.55
+    assert 0.45 < gamma.apply.float().mean() < 0.55
+    rotated = rotation.value[rotation.apply]
     assert rotated.abs().max() <= 15 and rotated.abs().max() > 14
-    assert torch.all(draw.angles_deg[~draw.rotate] == 0)
-    g = draw.gamma[draw.apply_gamma]
+    assert torch.all(rotation.value[~rotation.apply] == 0)
+    g = gamma.value[gamma.apply]
     assert g.min() >= 0.5 and g.max() <= 2.0 and g.min() < 0.55 and g.max() > 1.95
-    assert torch.all(draw.gamma[~draw.apply_gamma] == 1)
+    assert torch.all(gamma.value[~gamma.apply] == 1)
+
+
+def test_draws_do_not_depend_on_earlier_outcomes() -> None:
+    # every parameter of every volume is drawn whether or not it is applied: turning the
+    # rotation off changes neither the number of random values taken nor the gammas drawn after
+    rotating = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams()).draw(50, torch.Generator().manual_seed(4))
+    still = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams(rotate_p=0.0)).draw(
+        50, torch.Generator().manual_seed(4)
+    )
+    assert torch.equal(rotating[0], still[0]) and torch.equal(rotating[3].value, still[3].value)
+    assert rotating[2].apply.any() and not still[2].apply.any()
+
+
+def test_inference_form_is_the_recipe_without_its_random_steps() -> None:
+    recipe = _recipe((20, 20, 20), (16, 16, 16), D.AugmentParams())
+    inference = recipe.inference()
+    assert [type(s) for s in inference.steps] == [D.Crop, D.ScaleToUnit, D.Normalise]
+    assert inference.find(D.Crop).random is False and recipe.find(D.Crop).random is True
+    vols = torch.randint(0, 256, (2, 20, 20, 20), dtype=torch.uint8)
+    assert torch.equal(inference(vols), D.inference_transforms(_layout())(vols))  # no generator needed
+    with pytest.raises(ValueError, match="RandomRotation is random"):
+        D.RandomRotation(0.5, 15.0, "sag").draw(2, None)
 
 
 def test_rotation_keeps_shape_and_uses_one_angle_per_volume() -> None:
@@ -145,10 +175,6 @@ def test_gamma_and_scaling() -> None:
     assert torch.allclose(D.scale_to_unit(v), torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]))
 
 
-def _layout(stored=(20, 20, 20), crop=(16, 16, 16), model="3d_shufflenet") -> D.InputLayout:
-    return D.resolve_layout(model, None, FakeStore({"sag": stored}, {"sag": crop}), crop_shape=crop)
-
-
 def test_eval_inputs_are_the_normalised_centre_crop() -> None:
     vols = torch.randint(0, 256, (2, 20, 20, 20), dtype=torch.uint8)
     inputs = D.BatchPreparer(_layout()).eval_inputs(vols)
@@ -166,7 +192,7 @@ def test_train_inputs_crop_at_the_drawn_offsets() -> None:
     prep = D.BatchPreparer(_layout(), D.AugmentParams(rotate_p=0.0, gamma_p=0.0))
     draw = prep.draw(3, torch.Generator().manual_seed(3))
     x = prep.apply(vols, draw)["sag"]
-    for b, (od, oh, ow) in enumerate(draw.offsets.tolist()):
+    for b, (od, oh, ow) in enumerate(draw[0].tolist()):
         crop = vols[b, od : od + 16, oh : oh + 16, ow : ow + 16].float()
         crop = (crop - crop.min()) / (crop.max() - crop.min())
         assert torch.allclose(x[b, 0], (crop - D.NORM_MEAN) / D.NORM_STD, atol=1e-5)
@@ -252,7 +278,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
 def test_sources_yield_the_stored_bytes(toy: tuple[Path, pd.DataFrame], mode: str, workers: int) -> None:
     store_path, knees = toy
     positions = knees["position"].to_numpy()[::-1].copy()  # any order
-    source = D.make_source(mode, str(store_path), "sag", positions, torch.device("cpu"), workers=workers)
+    source = D.make_source(mode, VolumeStore.open(store_path), "sag", positions, torch.device("cpu"), workers=workers)
     store = VolumeStore.open(store_path)
     batches = D.batches_of(np.arange(len(positions)), 4)
     try:
@@ -299,14 +325,14 @@ def test_leakage_check_refuses_a_test_subject_in_training() -> None:
     knees = _knees()
     knees.loc[5, "subject_id"] = 10  # a test knee of a training subject
     knees.loc[5, "role"] = "test"
-    with pytest.raises(D.LeakageError, match=r"1 test-set subject\(s\) also appear.*subject 10"):
+    with pytest.raises(LeakageError, match=r"1 test-set subject\(s\) also appear.*subject 10"):
         D.validate_knees(knees)
 
 
 def test_leakage_check_refuses_a_subject_in_two_folds() -> None:
     knees = _knees()
     knees.loc[1, "fold"] = 1
-    with pytest.raises(D.LeakageError, match="more than one cross-validation fold.*subject 10"):
+    with pytest.raises(LeakageError, match="more than one cross-validation fold.*subject 10"):
         D.validate_knees(knees)
 
 

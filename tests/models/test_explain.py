@@ -25,7 +25,8 @@ from oaimodels.inference.attribution import (
 from oaimodels.inference.explain import explain_run
 from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.models.planted_fixtures import (
     PLANTED_MODEL,
     TinySliceTransformer,

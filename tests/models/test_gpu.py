@@ -21,7 +21,8 @@ from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels.data import AugmentParams, BatchPreparer, make_source, resolve_layout
 from oaimodels.logits import amp_context
 from oaimodels.training.config import TrainConfig, TrainingError, resolve_config, resolve_device
-from oaimodels.training.recipe import build_model, loss_fn, make_optimizer
+from oaimodels.training.losses import focal_loss
+from oaimodels.training.recipe import build_model, make_optimizer
 from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 
@@ -45,8 +46,8 @@ def test_bf16_autocast_training_step(toy: tuple[Path, pd.DataFrame]) -> None:
     layout = resolve_layout("toy3d", None, VolumeStore.open(store), None)
     torch.manual_seed(0)
     model = build_model(layout, "scratch").to(device)
-    optimizer = make_optimizer(model, config)
-    source = make_source("resident", str(store), "sag", knees["position"].to_numpy(), device)
+    optimizer = make_optimizer(model, lr=config.schedule().lr, weight_decay=config.weight_decay)
+    source = make_source("resident", VolumeStore.open(store), "sag", knees["position"].to_numpy(), device)
     preparer = BatchPreparer(layout, AugmentParams())
     y = torch.as_tensor(knees["label"].map({"none": 0, "fast": 1, "slow": 2}).to_numpy()[:8], device=device)
     (volumes,) = source.iterate([np.arange(8)])
@@ -54,7 +55,7 @@ def test_bf16_autocast_training_step(toy: tuple[Path, pd.DataFrame]) -> None:
     with amp_context(device, "bf16"):
         logits = model(preparer.train_inputs(volumes, torch.Generator().manual_seed(0)))
     assert logits.dtype == torch.bfloat16  # autocast ran the model in bf16
-    loss = loss_fn(logits, y, config)
+    loss = focal_loss(logits, y, gamma=config.focal_gamma)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -69,7 +70,7 @@ def test_bf16_autocast_training_step(toy: tuple[Path, pd.DataFrame]) -> None:
 def test_resident_store_loading_on_the_gpu(toy: tuple[Path, pd.DataFrame]) -> None:
     store, knees = toy
     positions = knees["position"].to_numpy()[::-1].copy()  # any order of store slots
-    source = make_source("resident", str(store), "sag", positions, torch.device("cuda"))
+    source = make_source("resident", VolumeStore.open(store), "sag", positions, torch.device("cuda"))
     batches = [np.array([0, 3, 5]), np.array([len(positions) - 1])]
     got = list(source.iterate(batches))
     volumes = VolumeStore.open(store)

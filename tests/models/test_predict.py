@@ -16,7 +16,8 @@ from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaimodels.evaluation.held_out import evaluate_runs
 from oaimodels.inference.predict import predict, write_predictions
 from oaimodels.inference.trained_run import RunError, TrainedRun
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 PROB_COLUMNS = ["p_none", "p_fast", "p_slow", "score", "score_fold0", "score_fold1"]

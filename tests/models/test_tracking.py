@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from oaimodels import run_folder as rf
-from oaimodels.training import TrainConfig, tracking, train_run
+from oaimodels.training import tracking
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 from tests.training_fixtures import make_toy_cohort, toy_model
 
 SCALAR_KEYS = {"loss/train": "train_loss", "loss/val": "val_loss", "val/ap": "val_ap", "val/roc_auc": "val_roc_auc"}
@@ -167,8 +169,8 @@ def test_mlflow_tracker_against_a_stand_in_module(tmp_path: Path, monkeypatch: p
         store="s", out=str(run_dir), model="3d_shufflenet", init="scratch", track="mlflow", lr=1e-4,
         tracking_uri="http://tracking.example:5000", tensorboard=False, tags={"site": "D"},
     )  # fmt: skip
-    p = SimpleNamespace(config=config, run_dir=run_dir)
-    tracker = tracking.open_fold_tracker(p, 0, 0, main=True)
+    options = tracking.tracking_options(config, run_dir)
+    tracker = tracking.open_fold_tracker(options, 0, 0, main=True)
     tracker.epoch({"epoch": 0, "train_loss": 0.5, "val_ap": 0.25, "val_roc_auc": float("nan"), "lr": 1e-4})
     (run_dir / "fold_0").mkdir()
     rf.write_json(run_dir / "fold_0" / rf.SUMMARY, {"fold": 0})
@@ -187,9 +189,9 @@ def test_mlflow_tracker_against_a_stand_in_module(tmp_path: Path, monkeypatch: p
     assert calls[-1] == ("terminated", "run-1", "FINISHED")
     # a resumed run continues the same MLflow run
     _FakeClient.calls = []
-    tracking.open_fold_tracker(p, 0, 1, main=True)
+    tracking.open_fold_tracker(options, 0, 1, main=True)
     assert not any(c[0] in ("create_run", "create_experiment") for c in _FakeClient.calls)
-    assert not tracking.open_fold_tracker(p, 0, 0, main=False).sinks
+    assert not tracking.open_fold_tracker(options, 0, 0, main=False).sinks
 
 
 def test_run_titles() -> None:
@@ -206,7 +208,7 @@ def test_run_titles() -> None:
 def test_track_mlflow_without_mlflow_stops_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oaimodels.training import TrainingError, resolve_config
+    from oaimodels.training.config import TrainingError, resolve_config
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(

@@ -17,8 +17,7 @@ from oaicohort.errors import InputFileError
 from oaimodels import run_folder as rf
 from oaimodels.data import AugmentParams
 from oaimodels.demo import DEMO_LR, DemoConfig, demo_size
-from oaimodels.training import TrainConfig, TrainingError, resolve_config
-from oaimodels.training.config import RECIPE_DEFAULTS
+from oaimodels.training.config import RECIPE_DEFAULTS, TrainConfig, TrainingError, resolve_config
 from oaimodels.training.config_file import merge_config, read_config_file
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 

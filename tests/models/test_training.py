@@ -19,21 +19,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from oaicohort.cohort.query import QueryProvenance
+from oaicohort.cohort.splits import LeakageError
 from oaimodels import run_folder as rf
-from oaimodels.data import LeakageError
-from oaimodels.training import (
-    TrainConfig,
-    TrainingError,
-    load_checkpoint,
-    load_fold_model,
-    lr_at,
-    make_optimizer,
-    make_scheduler,
-    resolve_config,
-    train_all,
-    train_run,
-)
+from oaimodels.data import KneeTable
+from oaimodels.training.checkpoint import load_checkpoint, load_fold_model
+from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.losses import focal_loss
+from oaimodels.training.recipe import lr_at, make_optimizer, make_scheduler
+from oaimodels.training.run import train_all, train_run
 from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,10 +70,10 @@ def test_focal_loss_by_hand_and_gamma_zero_is_cross_entropy() -> None:
 def test_warmup_then_constant_learning_rate() -> None:
     config = resolve_config(TrainConfig(store="s", out="o", device="cpu"))
     expected = [1e-5, 2.8e-5, 4.6e-5, 6.4e-5, 8.2e-5, 1e-4, 1e-4, 1e-4]
-    assert [lr_at(e, config) for e in range(8)] == pytest.approx(expected)
+    assert [lr_at(e, config.schedule()) for e in range(8)] == pytest.approx(expected)
     model = torch.nn.Linear(2, 3)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
+    optimizer = make_optimizer(model, lr=config.schedule().lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.schedule())
     seen = []
     for _ in range(8):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -90,7 +84,7 @@ def test_warmup_then_constant_learning_rate() -> None:
 
 
 def test_paper_defaults_resolve_per_model() -> None:
-    from oaimodels.training import resolve_config
+    from oaimodels.training.config import resolve_config
 
     c = resolve_config(TrainConfig(store="s", out="o", model="2d_trf", device="cpu"))
     assert (c.batch_size, c.init, c.precision, c.view, c.epochs, c.lr) == (32, "imagenet", "fp32", "sag", 100, 1e-4)
@@ -207,7 +201,8 @@ def test_train_all_makes_one_run_per_model_and_skips_finished_ones(
         # train_all reads labels from the database; hand it the toy knees instead
         import oaimodels.training.run as T
 
-        mp.setattr(T, "knee_table", lambda *a, **k: (knees, {}))
+        table = KneeTable(knees, QueryProvenance(1, "toy", "h", 1, None), len(knees), 0)
+        mp.setattr(T, "knee_table", lambda *a, **k: table)
         runs = train_all(config, db=object(), models=["toy3d"])
         assert [r.name for r in runs] == ["toy3d_scratch"]
         stamp = (runs[0] / "fold_0" / "summary.json").stat().st_mtime_ns
@@ -229,7 +224,8 @@ import sys
 import pandas as pd
 from tests.training_fixtures import register_toy_model
 register_toy_model()  # at import: spawned DDP workers re-import this file
-from oaimodels.training import TrainConfig, train_run
+from oaimodels.training.config import TrainConfig
+from oaimodels.training.run import train_run
 
 if __name__ == "__main__":
     store, out, knees_csv, epochs, nproc = sys.argv[1:6]

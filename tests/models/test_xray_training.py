@@ -20,7 +20,8 @@ from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
 from oaimodels.data.store_models import table1_models
-from oaimodels.training import TrainConfig, TrainingError, lr_at, resolve_config
+from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
+from oaimodels.training.recipe import lr_at
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def xray_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_recipe_is_the_reference_xray_recipe_unless_overridden(tmp_path: Path) -> None:
     config = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50"))
     assert (config.batch_size, config.lr, config.warmup_epochs, config.lr_milestones) == (64, 1e-3, 0, [20, 40])
-    assert lr_at(0, config) == pytest.approx(1e-3) and lr_at(20, config) == pytest.approx(1e-4)
-    assert lr_at(45, config) == pytest.approx(1e-5)
+    assert lr_at(0, config.schedule()) == pytest.approx(1e-3) and lr_at(20, config.schedule()) == pytest.approx(1e-4)
+    assert lr_at(45, config.schedule()) == pytest.approx(1e-5)
     own = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=5e-4))
     assert own.lr == 5e-4
     mri = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="3d_shufflenet"))
@@ -58,13 +59,13 @@ def test_a_value_given_for_the_xray_model_is_used_even_when_it_is_the_papers(tmp
     )
     config = resolve_config(given)
     assert (config.lr, config.warmup_epochs, config.lr_milestones, config.lr_gamma) == (1e-4, 5, [], 0.1)
-    assert [lr_at(e, config) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
+    assert [lr_at(e, config.schedule()) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
     assert resolve_config(config).hash() == config.hash()  # a resolved config resolves to itself
 
 
 def test_an_unresolved_schedule_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="resolve_config"):
-        lr_at(0, TrainConfig(store=str(tmp_path), out=str(tmp_path / "r")))
+        TrainConfig(store=str(tmp_path), out=str(tmp_path / "r")).schedule()
 
 
 def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> None:
@@ -104,7 +105,7 @@ def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tupl
 @pytest.mark.slow
 def test_xray_model_trains_and_evaluates_end_to_end(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
     from oaimodels.evaluation.held_out import evaluate_runs
-    from oaimodels.training import train_run
+    from oaimodels.training.run import train_run
 
     store_path, db_path = xray_study
     db: Database = open_database(db_path)

@@ -52,6 +52,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from oaicohort.field_checks import unknown_fields
 from oaicohort.vocabulary import MRI_VIEWS, XRAY_VIEW
 
 IntensityMode = Literal["reference", "rescale"]
@@ -180,10 +181,9 @@ class PreprocessParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise ValueError(f"unknown preprocessing parameters: {sorted(unknown)}")
+            raise ValueError(f"unknown preprocessing parameters: {unknown}")
         return cls(**{**_legacy_values(str(data.get("preset", "full"))), **data})
 
     def hash(self) -> str:
