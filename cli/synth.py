@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, rich_progress
 from oaicohort.errors import OAIError
 from oaicohort.synth import OAI_SIZE, write_release
 
@@ -38,6 +38,7 @@ def _write_images(out: Path, size: str, seed: int, workers: int, progress: Any) 
 
 @handles_errors
 def synth_command(
+    ctx: typer.Context,
     out: Path = typer.Argument(
         ..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."
     ),
@@ -66,6 +67,9 @@ def synth_command(
 ) -> None:
     """Write a synthetic OAI release: clinical tables, X-ray readings, outcomes, the baseline image
     index and synth_truth.csv (the per-knee latent progression factor), optionally DESS images."""
+    from oaicohort.outputs import RELEASE
+
+    guard_output(ctx, out, "OUT", allow=RELEASE)  # a synthetic release is rewritten in place
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
         series, radiographs = _write_images(out, image_size.value, seed, workers, progress) if images else (None, None)

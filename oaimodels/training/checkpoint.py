@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from oaicohort.files import atomic_path
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
-from oaimodels.training.config import PreparedRun, TrainingError
+from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError
 from oaimodels.training.recipe import build_model
 
 
@@ -55,10 +57,20 @@ def checkpoint_meta(p: PreparedRun, fold: int, epoch: int, history: list, best: 
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file, and
+    a failed write (a full disk) leaves no temporary and says which file it was writing."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:  # torch's writer reports a failed write (ENOSPC ...) as a RuntimeError
+        text = str(exc)
+        if "inline_container" not in text and "PytorchStreamWriter" not in text and "file write failed" not in text:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(
+            f"{path}: the checkpoint could not be written ({_reason(exc)}; {free / 1e6:,.0f} MB free on its disk); "
+            "free some space and continue with `oai train ... --resume`"
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -114,3 +126,31 @@ def finalise_pending_best(fold_path: Path, best: dict) -> None:
         os.replace(pending, fold_path / rf.BEST)
     else:
         pending.unlink()
+
+
+def check_run_config(config_path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """A run's ``config.json`` still gives the config hash it recorded (it was not edited)."""
+    recorded = saved.get("config_hash")
+    if recorded is not None and config.hash() != recorded:
+        raise CheckpointError(
+            f"{config_path}: edited since the run was trained (its options give config hash {config.hash()[:12]}, "
+            f"the run recorded {str(recorded)[:12]}; model {config.model!r}); it no longer describes the run's "
+            "weights: restore the run's config.json or train again"
+        )
+
+
+def check_matches_run(meta: dict[str, Any], saved: dict[str, Any], checkpoint: Path, config_path: Path) -> None:
+    """A fold checkpoint was trained with the run's ``config.json`` (model, layout, config hash)."""
+    theirs = {"model": meta.get("model"), "layout": meta.get("layout"), "config_hash": meta.get("config_hash")}
+    mine = {
+        "model": (saved.get("config") or {}).get("model"),
+        "layout": saved.get("layout"),
+        "config_hash": saved.get("config_hash"),
+    }
+    differ = [k for k in mine if theirs[k] is not None and mine[k] != theirs[k]]
+    if differ:
+        shown = ", ".join(f"{k} {mine[k]!r} vs {theirs[k]!r}" if k != "layout" else "the input layout" for k in differ)
+        raise CheckpointError(
+            f"{config_path}: does not match the weights of {checkpoint} ({shown}); the run folder was edited "
+            "or mixed with another run's files: restore the run's config.json or train again"
+        )
