@@ -131,8 +131,13 @@ def check_known_volumes(
         for s, d, c in zip(run_knees["subject_id"], run_knees["side"], run_knees[rf.CHECKSUM], strict=True)
         if isinstance(c, str) and c
     }
-    same_visit = chosen["visit"].astype(int) == visit if "visit" in chosen.columns else pd.Series(True, chosen.index)
-    mine = chosen[same_visit & [(int(s), str(d)) in recorded for s, d in zip(chosen["subject_id"], chosen["side"])]]
+    known = pd.Series(
+        [(int(s), str(d)) in recorded for s, d in zip(chosen["subject_id"], chosen["side"], strict=True)],
+        index=chosen.index,
+    )
+    if "visit" in chosen.columns:
+        known &= chosen["visit"].astype(int) == visit
+    mine = chosen[known]
     if mine.empty:
         return VolumeCheck(0, 0, 0)
     current = slot_checksums(store, view, [int(p) for p in mine["position"]])

@@ -51,7 +51,7 @@ from oaimodels.logits import predict_logits, softmax
 from oaimodels.metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from oaimodels.networks import get_spec, to_channels_last
 from oaimodels.run_volumes import locate_run_volumes
-from oaimodels.training.checkpoint import check_matches_run, check_run_config, load_fold_model
+from oaimodels.training.checkpoint import check_matches_run, checkpoint_meta_of, load_fold_model
 from oaimodels.training.config import TrainConfig, resolve_device
 from oaimodels.training.tracking import evaluation_titles
 
@@ -102,9 +102,7 @@ def _run_config(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
     try:
         get_spec(str(saved["layout"].get("model")))
         InputLayout.from_dict(saved["layout"])
-        config = TrainConfig.from_dict(saved["config"])
-        check_run_config(path, saved, config)  # an edited config.json no longer describes the weights
-        return saved, config
+        return saved, TrainConfig.from_dict(saved["config"])
     except KeyError as exc:
         known = str(exc).strip("'\"")
         why = known if known.startswith("unknown model") else f"no {known}"
@@ -235,6 +233,9 @@ def _evaluate_run(
             f"{run_dir}: fold(s) {missing} have no best.pt (training not finished); "
             f"continue with `oai train ... --out {run_dir} --resume`"
         )
+    for fold in folds:  # an edited config.json or another run's weights: refused before any work
+        checkpoint = rf.fold_dir(run_dir, fold) / rf.BEST
+        check_matches_run(checkpoint_meta_of(checkpoint), saved, checkpoint, run_dir / rf.CONFIG)
     unfinished = [k for k in folds if not rf.is_fold_complete(run_dir, k)]
     if unfinished:
         log.warning(

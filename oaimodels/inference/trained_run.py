@@ -25,7 +25,7 @@ from oaimodels.data import InputLayout
 
 # Names of the training layer, imported in this one place (their module may move).
 from oaimodels.training import TrainConfig, load_fold_model
-from oaimodels.training.checkpoint import check_matches_run, check_run_config
+from oaimodels.training.checkpoint import check_matches_run, checkpoint_meta_of
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,10 @@ class TrainedRun:
             )
         if unfinished:
             log.warning("%s: fold(s) %s unfinished; using their best snapshot so far", path.name, unfinished)
+        for fold in folds:  # an edited config.json or another run's weights: refused before any work
+            checkpoint = rf.fold_dir(path, fold) / rf.BEST
+            check_matches_run(checkpoint_meta_of(checkpoint), saved, checkpoint, config_path)
         config = TrainConfig.from_dict(saved["config"])
-        check_run_config(config_path, saved, config)
         store = saved.get("store") or {}
         return cls(
             path=path,

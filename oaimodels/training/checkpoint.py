@@ -128,28 +128,34 @@ def finalise_pending_best(fold_path: Path, best: dict) -> None:
         pending.unlink()
 
 
-def check_run_config(config_path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """A run's ``config.json`` still gives the config hash it recorded (it was not edited)."""
-    recorded = saved.get("config_hash")
-    if recorded is not None and config.hash() != recorded:
-        raise CheckpointError(
-            f"{config_path}: edited since the run was trained (its options give config hash {config.hash()[:12]}, "
-            f"the run recorded {str(recorded)[:12]}; model {config.model!r}); it no longer describes the run's "
-            "weights: restore the run's config.json or train again"
-        )
+def checkpoint_meta_of(path: Path | str) -> dict[str, Any]:
+    """The metadata of a checkpoint, read without loading its tensors into memory (mmap)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        return load_checkpoint(path).get("meta") or {}  # the full load names what is wrong
+    return (ckpt.get("meta") or {}) if isinstance(ckpt, dict) else {}
 
 
 def check_matches_run(meta: dict[str, Any], saved: dict[str, Any], checkpoint: Path, config_path: Path) -> None:
-    """A fold checkpoint was trained with the run's ``config.json`` (model, layout, config hash)."""
-    theirs = {"model": meta.get("model"), "layout": meta.get("layout"), "config_hash": meta.get("config_hash")}
+    """A fold checkpoint was trained with the run's ``config.json``: the same model, view,
+    initialisation, input layout and config hash (an edited config.json, or weights of another
+    run, are refused before anything is scored)."""
+    config = saved.get("config") or {}
     mine = {
-        "model": (saved.get("config") or {}).get("model"),
+        "model": config.get("model"),
+        "view": config.get("view"),
+        "init": config.get("init"),
         "layout": saved.get("layout"),
         "config_hash": saved.get("config_hash"),
     }
-    differ = [k for k in mine if theirs[k] is not None and mine[k] != theirs[k]]
+    differ = [k for k in mine if meta.get(k) is not None and mine[k] != meta.get(k)]
     if differ:
-        shown = ", ".join(f"{k} {mine[k]!r} vs {theirs[k]!r}" if k != "layout" else "the input layout" for k in differ)
+        shown = ", ".join(
+            f"{k} {mine[k]!r} in config.json, {meta.get(k)!r} in the weights" if k != "layout" else "the input layout"
+            for k in differ
+        )
         raise CheckpointError(
             f"{config_path}: does not match the weights of {checkpoint} ({shown}); the run folder was edited "
             "or mixed with another run's files: restore the run's config.json or train again"

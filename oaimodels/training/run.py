@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from oaicohort.files import folder_lock
+from oaicohort.files import clean_leftovers, folder_lock
 from oaicohort.imaging.store.slot_checksums import slot_checksums
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.outputs import RUN, check_output
@@ -128,9 +128,16 @@ def prepare_run(
     return prepared
 
 
-def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None) -> None:
+def _check_out(p: PreparedRun, db: Any) -> None:
+    """The run folder may be a run (to resume), never the store, the database or inside either."""
     check_output(p.run_dir, option="--out", inputs=[p.config.store], database=db, protected=[rf.run_file_role],
                  allow=RUN)  # fmt: skip
+
+
+def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None) -> None:
+    _check_out(p, db)
+    for folder in (p.run_dir, *rf.fold_dirs(p.run_dir).values()):
+        clean_leftovers(folder)  # what a killed run was writing (.last.pt.tmpPID ...)
     config_path = p.run_dir / rf.CONFIG
     if config_path.is_file():
         if not resume:
@@ -312,6 +319,8 @@ def train_run(
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
             p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+            if d.main:
+                _check_out(p, db)
             with run_lock(p.run_dir) if d.main else nullcontext():
                 if d.main:
                     _init_run_folder(p, resume=resume, db=db)
@@ -322,6 +331,7 @@ def train_run(
                 dist.destroy_process_group()
         return p.run_dir
     p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+    _check_out(p, db)
     with run_lock(p.run_dir):
         _init_run_folder(p, resume=resume, db=db)
         _train_locked(p, resume=resume, progress=progress, on_epoch=on_epoch)
