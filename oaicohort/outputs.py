@@ -129,20 +129,38 @@ def _input_of(path: Path, inputs: Iterable[Path]) -> Found | None:
     return None
 
 
-def _known_to(database: Any) -> tuple[list[Path], list[Path]]:
-    """Release roots the database ingested and stores it indexes (nothing without a database)."""
-    if database is None or not hasattr(database, "read"):
+def _exists(url: str) -> bool:
+    """Whether the database of ``url`` may hold rows: a server, or a SQLite file that exists."""
+    if not url.startswith("sqlite"):
+        return "://" in url
+    path = database_file(url)
+    return path is not None and path.is_file()
+
+
+_KNOWN = "SELECT DISTINCT source_root FROM ingest_runs", "SELECT DISTINCT store_path FROM volumes"
+
+
+def _known_to(database: Any, url: str | None) -> tuple[list[Path], list[Path]]:
+    """Release roots the database ingested and stores it indexes: from the open ``database``, else
+    from the one of ``url`` when it exists (read only, never created nor migrated)."""
+    from sqlalchemy import text
+
+    if database is not None and hasattr(database, "read"):
+        engine, owned = database.engine, False
+    elif url and _exists(url):
+        from oaicohort.db.engine import make_engine
+
+        engine, owned = make_engine(url), True
+    else:
         return [], []
-    from sqlalchemy import select
-
-    from oaicohort.db.schema import IngestRun, Volume
-
     try:
-        with database.read() as session:
-            roots = session.scalars(select(IngestRun.source_root).distinct()).all()
-            stores = session.scalars(select(Volume.store_path).distinct()).all()
-    except Exception:  # a database too old or damaged to say: the structural checks still apply
+        with engine.connect() as conn:
+            roots, stores = (conn.execute(text(query)).scalars().all() for query in _KNOWN)
+    except Exception:  # no such database yet, or too old or damaged to say: the other checks still apply
         return [], []
+    finally:
+        if owned:
+            engine.dispose()
     return [_resolve(r) for r in roots if r], [_resolve(s) for s in stores if s]
 
 
@@ -157,7 +175,7 @@ def find_protected(
     """What ``path`` is among the things no output may overwrite, or None."""
     target = _resolve(path)
     url = database_url or getattr(database, "url", None)
-    roots, stores = _known_to(database)
+    roots, stores = _known_to(database, url)
     checks: list[Callable[[], Found | None]] = [
         lambda: _database_of(target, url),
         lambda: _input_of(target, [_resolve(i) for i in inputs]),
@@ -186,7 +204,9 @@ def check_output(
     resolved. ``allow``: the kind the command writes on purpose, accepted at ``path`` itself."""
     target = _resolve(path)
     found = find_protected(target, inputs=inputs, database=database, database_url=database_url, protected=protected)
-    if found is not None and not (found.kind == allow and found.at == target):
+    # the kind a command writes on purpose, at the path itself, and never over a file
+    allowed = found is not None and found.kind == allow and found.at == target and not target.is_file()
+    if found is not None and not allowed:
         raise OutputPathError(f"{option} {target}: {found.what}; an output never overwrites it (choose another path)")
     parent = target if target.is_dir() else target.parent
     if parent.is_dir() and os.access(parent, os.W_OK):

@@ -31,7 +31,7 @@ from oaicohort.files import atomic_path
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
-from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError
+from oaimodels.training.config import PreparedRun, TrainingError
 from oaimodels.training.recipe import build_model
 
 
