@@ -131,6 +131,9 @@ def test_eval_store_and_train_outputs_inside_inputs_are_refused(run_copy: ToyRun
         "--db", str(tmp_path / "x.sqlite"), "store", "export", str(run_copy.store), "--nifti", str(run_copy.run)
     )
     assert code == 2 and "is the run folder" in out, out
+    before = _digest(run_copy.store)
+    code, out = _oai("demo", "--out", str(run_copy.store), "--fresh")  # --fresh would delete OUT
+    assert code == 2 and "is the volume store" in out and _digest(run_copy.store) == before, out
     code, out = _oai("synth", str(run_copy.store / "release"), "-n", "5")
     assert code == 2 and "is inside the volume store" in out and not (run_copy.store / "release").exists(), out
     with toy_model(), pytest.raises(OutputPathError, match="is inside the input"):
