@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, output_path, state
+from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, output_path, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
@@ -246,6 +246,11 @@ def cohort_command(
     from oaicohort.cohort.query import Cohort  # pandas: keep `oai --help` fast
 
     db = state(ctx).open_db(create=False)
+    for option, path in (("--out", out), ("--flow", study.flow), ("--table1", study.table1), ("--km", study.km)):
+        if path is not None:
+            guard_output(ctx, path, option, database=db)
+    if dictionary and out is not None:
+        guard_output(ctx, _dictionary_path(out), "--dictionary", database=db)
     cohort = Cohort(db)
     options: dict[str, Any] = {
         "definition": definition,
@@ -293,7 +298,7 @@ def cohort_command(
         out_console.print(render_table(frame, max_rows, what))
     elif fmt == "parquet":
         assert out is not None
-        frame.to_parquet(out, index=False)
+        _write_frame(frame, "parquet", out)
     elif fmt in ("csv", "tsv"):
         from oaicohort.cohort.export import to_delimited
 
@@ -305,7 +310,7 @@ def cohort_command(
         err_console.print(f"{len(frame)} {what} written to {out}")
     if dictionary:
         assert out is not None and dictionary_frame is not None
-        path = out.with_name(f"{out.stem}.dictionary{out.suffix or '.csv'}")
+        path = _dictionary_path(out)
         _write_frame(dictionary_frame, fmt if fmt != "table" else "csv", path)
         err_console.print(f"data dictionary ({len(dictionary_frame)} codes) written to {path}")
 
@@ -344,13 +349,20 @@ def _dictionary(cohort: Any, frame: pd.DataFrame) -> pd.DataFrame:
         return dictionary_of(frame, session)
 
 
+def _dictionary_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.dictionary{out.suffix or '.csv'}")
+
+
 def _write_frame(frame: pd.DataFrame, fmt: str, path: Path) -> None:
+    from oaicohort.files import atomic_path, atomic_write_text
+
     if fmt == "parquet":
-        frame.to_parquet(path, index=False)
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
     elif fmt == "json":
-        path.write_text(_records_json(frame) + "\n", encoding="utf-8")
+        atomic_write_text(path, _records_json(frame) + "\n")
     else:
-        path.write_text(frame.to_csv(index=False), encoding="utf-8")
+        atomic_write_text(path, frame.to_csv(index=False))
 
 
 def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | None, json_out: bool) -> None:
@@ -359,6 +371,8 @@ def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | N
 
     db = state(ctx).open_db()
     if export:
+        if out is not None:
+            guard_output(ctx, out, "--out", database=db)
         header, frame = export_saved(db, name)
         text = "".join(f"# {line}\n" for line in header) + frame.to_csv(index=False)
         _write_text(text, out)
@@ -397,7 +411,9 @@ def _write_text(text: str, out: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        out.write_text(text, encoding="utf-8")
+        from oaicohort.files import atomic_write_text
+
+        atomic_write_text(out, text)
 
 
 __all__ = ["cohort_command", "parse_sequence", "parse_var"]

@@ -225,6 +225,32 @@ def rich_progress(enabled: bool = True, step_tasks: Iterable[str] = ()) -> Itera
 STDOUT = "-"
 
 
+def guard_output(
+    ctx: typer.Context,
+    path: Path | str,
+    option: str,
+    *,
+    inputs: Iterable[Path | str] = (),
+    database: Database | None = None,
+    allow: str | None = None,
+) -> Path:
+    """``path`` resolved, unless writing it would overwrite the database of ``--db``, a store, a run's
+    own files, a release or one of ``inputs`` (``oaicohort.outputs``: a one-line error, exit 2)."""
+    from oaicohort.db import resolve_url
+    from oaicohort.outputs import check_output
+    from oaimodels.run_folder import run_file_role
+
+    return check_output(
+        path,
+        option=option,
+        inputs=list(inputs),
+        database=database,
+        database_url=resolve_url(state(ctx).db),
+        protected=[run_file_role],
+        allow=allow,
+    )
+
+
 def output_path(out: Path | None) -> Path | None:
     """An ``--out`` option's file; None for ``--out -``, which means standard output (as for
     ``oai cohort --out -``), so that commands write there instead of a file named ``-``."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, rich_progress
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 
@@ -20,6 +20,7 @@ def _parse_folds(text: str) -> list[int]:
 
 @handles_errors
 def demo_command(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("oai-demo"), "--out", help="Folder for the release, database, store and run."),
     model: str = typer.Option("3d_shufflenet", "--model", help="Registered model to train (see `oai models`)."),
     subjects: int | None = typer.Option(
@@ -40,6 +41,7 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
 ) -> None:
     """Synthesise -> ingest -> preprocess -> label -> split -> train -> evaluate, then report."""
+    guard_output(ctx, out, "--out")  # --fresh deletes OUT: never a store, a run, a release or a database
     from oaicli.label import cohort_table
     from oaicohort.cohort.labels import cohort_summary
     from oaicohort.db import open_database

@@ -136,6 +136,10 @@ def translate(exc: BaseException) -> Failure:
         return Failure(f"text that is not valid UTF-8: {exc}")
     if isinstance(exc, KeyError) and str(exc).strip("'\"").startswith("unknown model"):
         return Failure(str(exc).strip("'\""))
-    if isinstance(exc, MemoryError):
-        return Failure("out of memory; try fewer workers or a smaller batch")
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+        return Failure(
+            f"out of memory ({first}); try fewer --workers, a smaller --batch-size or --loader workers "
+            "(run with --debug for where it happened)"
+        )
     return Failure(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug or OAI_DEBUG=1 for the traceback)")

@@ -11,6 +11,7 @@ from rich.table import Table
 from oaicli.common import (
     emit_json,
     err_console,
+    guard_output,
     handles_errors,
     out_console,
     rich_progress,
@@ -44,6 +45,8 @@ def eval_command(
 
     db = state(ctx).open_db_if_configured()
     try:
+        if out is not None:
+            guard_output(ctx, out, "--out", database=db)
         with rich_progress(enabled=not json_out) as progress:
             result = evaluate_runs(
                 run_dirs, db, out, device=device, n_resamples=resamples, seed=seed, latency=latency,
@@ -55,11 +58,32 @@ def eval_command(
     if json_out:
         emit_json(result)
         return
-    table = Table(
-        "run", "AP", "ROC AUC", "bal. acc.", "GMACs", "params M", "ms", "knees",
-        title="Test site (± bootstrap SD over subjects)", title_justify="left",
-    )  # fmt: skip
+    groups = result.get("groups") or [{"runs": [m["name"] for m in result["runs"]], "described": ""}]
+    for group in groups:
+        runs = [m for m in result["runs"] if m["name"] in group["runs"]]
+        title = "Test site (± bootstrap SD over subjects)"
+        if len(groups) > 1:  # runs tested on other knees are never ranked in one table
+            title = f"{group['described']} (± bootstrap SD over subjects)"
+        out_console.print(_table(runs, title))
+    if len(groups) > 1:
+        err_console.print(
+            f"[yellow]warning:[/] the runs were not tested on the same knees: {len(groups)} separate tables",
+            highlight=False,
+        )
     for m in result["runs"]:
+        if m.get("incomplete_folds"):
+            err_console.print(
+                f"[yellow]warning:[/] {m['name']}: fold(s) {m['incomplete_folds']} unfinished (best snapshot so far)",
+                highlight=False,
+            )
+    err_console.print(f"report: {result['report']}", highlight=False)
+
+
+def _table(runs: list[dict[str, Any]], title: str) -> Table:
+    table = Table(
+        "run", "AP", "ROC AUC", "bal. acc.", "GMACs", "params M", "ms", "knees", title=title, title_justify="left"
+    )
+    for m in runs:
         eff = m.get("efficiency") or {}
         table.add_row(
             f"{m['name']}\n[dim]{m['model']} {','.join(m['views'])} {m['init']}[/]",
@@ -69,5 +93,4 @@ def eval_command(
             "n/a" if eff.get("latency_ms") is None else f"{eff['latency_ms']:.1f}",
             f"{m['n_knees']} ({m['prevalence']:.0%} prog.)",
         )  # fmt: skip
-    out_console.print(table)
-    err_console.print(f"report: {result['report']}", highlight=False)
+    return table

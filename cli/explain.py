@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import chosen_knees, emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import chosen_knees, emit_json, err_console, guard_output, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -28,6 +28,9 @@ def explain_command(
     top: int = typer.Option(3, "--top", min=0, help="Slices per knee drawn with their saliency overlay."),
     batch_size: int = typer.Option(2, "--batch-size", min=1, help="Knees per attribution pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete", help="Use a run whose training stopped early (each fold's best snapshot so far)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the per-knee table as JSON."),
 ) -> None:
     """Integrated gradients (every model) and attention rollout (slice transformers), per knee and on average."""
@@ -35,11 +38,13 @@ def explain_command(
 
     db = state(ctx).open_db(create=False) if cohort else state(ctx).open_db_if_configured() if knees else None
     try:
+        guard_output(ctx, out, "--out", inputs=[store] if store is not None else [], database=db)
         chosen = chosen_knees(knees, cohort, db)
         with rich_progress(enabled=not json_out) as progress:
             table = explain_run(
                 run_dir, out, knees=chosen, store=store, db=db, visit=visit, device=device,
-                steps=steps, top=top, batch_size=batch_size, progress=progress,
+                steps=steps, top=top, batch_size=batch_size, allow_incomplete=allow_incomplete,
+                progress=progress,
             )  # fmt: skip
     finally:
         if db is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from oaicli.common import chosen_knees, emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import chosen_knees, emit_json, err_console, guard_output, handles_errors, rich_progress, state
 
 
 @handles_errors
@@ -28,6 +28,9 @@ def predict_command(
         None, "--side", help="R or L: an MRI series whose description does not name it; a radiograph's one knee."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete", help="Use a run whose training stopped early (each fold's best snapshot so far)."
+    ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Knees per forward pass (default: the run's evaluation batch)."
     ),
@@ -42,11 +45,14 @@ def predict_command(
         raise typer.BadParameter("--json and --out - both write to stdout; choose one", param_hint="--out")
     db = state(ctx).open_db(create=False) if cohort else state(ctx).open_db_if_configured()
     try:
+        if out != "-":
+            guard_output(ctx, out, "--out", inputs=inputs, database=db)
         chosen = chosen_knees(knees, cohort, db)
         with rich_progress(enabled=not json_out) as progress:
             frame = predict(
                 run_dir, inputs, knees=chosen, visit=visit, side=side.upper() if side else None,
-                db=db, device=device, batch_size=batch_size, progress=progress,
+                db=db, device=device, batch_size=batch_size, allow_incomplete=allow_incomplete,
+                progress=progress,
             )  # fmt: skip
     finally:
         if db is not None:

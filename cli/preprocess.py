@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, rich_progress, state
 from oaicohort.vocabulary import MRI_VIEWS
 
 if TYPE_CHECKING:  # annotations only: the imaging modules are imported when the command runs
@@ -117,8 +117,11 @@ def _preprocess_xray(
 
 def _run_on_database(ctx: typer.Context, run: Callable[[Database, ProgressCallback], Summary]) -> Summary:
     """``run`` on the command's database with a progress display; the database is closed after."""
+    from oaicohort.outputs import STORE
+
     db = state(ctx).open_db()
     try:
+        guard_output(ctx, ctx.params["store"], "--store", database=db, allow=STORE)
         with rich_progress(enabled=True) as progress:
             return run(db, progress)
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, guard_output, handles_errors, out_console, rich_progress, state
 
 store_app = typer.Typer(help="Inspect and verify preprocessed volume stores.", no_args_is_help=True)
 
@@ -105,6 +105,7 @@ def export_command(
 
     db = state(ctx).open_db()
     try:
+        guard_output(ctx, nifti, "--nifti", inputs=[path], database=db)
         with rich_progress(enabled=not json_out) as progress:
             index = export_nifti(
                 db, path, nifti, views=views, knees=parse_knees(knees), visit=visit, limit=limit, progress=progress
@@ -139,6 +140,7 @@ def qc_command(
 
     db = state(ctx).open_db_if_configured()  # the index when there is one, else the store's own keys
     try:
+        guard_output(ctx, out, "--out", inputs=[path], database=db)
         with rich_progress(enabled=not json_out) as progress:
             index = write_qc(
                 path, out, db=db, views=views, knees=parse_knees(knees), visit=visit, limit=limit,

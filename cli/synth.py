@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress
+from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, rich_progress
 from oaicohort.errors import OAIError
 from oaicohort.synth import OAI_SIZE, write_release
 
@@ -53,6 +53,7 @@ def _write_images(
 
 @handles_errors
 def synth_command(
+    ctx: typer.Context,
     out: Path = typer.Argument(
         ..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."
     ),
@@ -103,6 +104,10 @@ def synth_command(
     if image_layout is not None and not images:
         raise typer.BadParameter("--image-layout needs --images", param_hint="--image-layout")
     screening = NDA_SCREENING_SHARE if nda else 0.0
+
+    from oaicohort.outputs import RELEASE
+
+    guard_output(ctx, out, "OUT", allow=RELEASE)  # a synthetic release is rewritten in place
     with rich_progress(enabled=not json_out) as progress:
         summary = write_release(out, subjects=subjects, seed=seed, progress=progress)
         series, radiographs = (

@@ -10,7 +10,9 @@ One training run (one model, one view, one initialisation, all its folds) writes
       labels.json            label definition (name, id, params hash) and split (id, params);
                              knee counts per role/fold/class
       knees.csv              the knees the run used: knee_id, subject_id, side, label, role,
-                             fold, position (store slot of the view read), y (class index)
+                             fold, position (store slot of the view read), y (class index),
+                             checksum (sha256 of the volume read: eval, predict and explain
+                             check that a store still holds it, ``oaimodels.run_volumes``)
       fold_{k}/log.jsonl     one JSON object per finished epoch: epoch, lr, train_loss,
                              val_loss, val_ap, val_roc_auc, volumes_per_s, seconds, ...
       fold_{k}/last.pt       checkpoint after the last finished epoch (resume point): model,
@@ -40,8 +42,8 @@ temporary name and renamed into place, so a killed run never leaves a half-writt
 from __future__ import annotations
 
 import json
-import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -51,8 +53,10 @@ from typing import Any
 
 import pandas as pd
 
+from oaicohort import files
 from oaicohort.cohort.export import json_safe
 from oaicohort.errors import InputFileError
+from oaicohort.outputs import RUN, Found
 
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
@@ -94,16 +98,47 @@ def fold_dirs(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
+KNEES_COLUMNS = ("knee_id", "subject_id", "side", "label", "role", "fold", "position", "y")
+"""The columns every ``knees.csv`` has; runs since the volume checksums also have ``checksum``."""
+CHECKSUM = "checksum"
+"""knees.csv's sha256 of the volume each knee was trained or tested on (``oaimodels.run_volumes``)."""
+
+RUN_FILES = (CONFIG, ENVIRONMENT, LABELS, KNEES, MLFLOW_RUN)
+"""The run's own files at its top level (``eval/``, ``comparison/`` and new names are outputs)."""
+_FOLD = re.compile(r"fold_\d+")
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder holding a run: its ``config.json`` and its knee list or a fold folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return (path / CONFIG).is_file() and ((path / KNEES).is_file() or bool(fold_dirs(path)))
+
+
+def run_file_role(path: Path) -> Found | None:
+    """What ``path`` is of a run folder: the folder itself, one of its own files (config.json,
+    knees.csv, ...) or anything in a fold folder (weights, logs); None for anything else, an
+    evaluation's ``eval/`` included (the output-path guard's check, ``oaicohort.outputs``)."""
+    path = Path(path)
+    for folder in (path, *list(path.parents)[:3]):
+        if not is_run_folder(folder):
+            continue
+        if folder == path:
+            return Found(RUN, f"is the run folder {folder}", folder)
+        first = path.relative_to(folder).parts[0]
+        if first in RUN_FILES or _FOLD.fullmatch(first):
+            return Found(RUN, f"is the run's own {path.relative_to(folder)} (run {folder})", path)
+        return None
+    return None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it into place (removed
+    whatever happens; one left by a killed process is removed by the next write there)."""
+    files.atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    files.atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -141,6 +176,23 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+def read_table(path: Path, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A CSV of the run folder (knees.csv, val_predictions.csv, predictions.csv), with ``columns``
+    required; an empty, damaged or incomplete file is an ``InputFileError`` naming it."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputFileError(path, "the file is empty; the run folder is damaged (train the run again)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError(path, f"not a readable CSV ({reason}); the run folder is damaged") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputFileError(path, f"no column(s) {', '.join(missing)}; the run folder is damaged")
+    return frame
 
 
 def git_commit(start: Path | None = None) -> str | None:

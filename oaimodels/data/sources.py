@@ -148,7 +148,16 @@ class ResidentSource:
     ) -> ResidentSource:
         slots = np.asarray(positions, dtype=np.int64)
         shape = store.volume_shape(view)
-        data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
+        try:
+            data = torch.empty((slots.size, *shape), dtype=torch.uint8, device=device)
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not isinstance(exc, MemoryError) and "memory" not in str(exc).lower():
+                raise
+            size = slots.size * int(np.prod(shape)) / 1e9
+            raise DataError(
+                f"{store.path}: not enough memory on {device} to hold {slots.size} {view} volumes ({size:.1f} GB); "
+                "use --loader workers (volumes read per batch)"
+            ) from None
         # Read in blocks through pinned host memory so a 12 GB store never needs 2x host RAM.
         block = max(1, min(slots.size, 64))
         staging = torch.empty((block, *shape), dtype=torch.uint8)

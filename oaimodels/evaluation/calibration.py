@@ -85,7 +85,7 @@ def out_of_fold_predictions(run_dir: Path, folds: list[int]) -> pd.DataFrame | N
         path = rf.fold_dir(run_dir, fold) / rf.VAL_PREDICTIONS
         if not path.is_file():
             return None
-        frames.append(pd.read_csv(path).assign(fold=fold))
+        frames.append(rf.read_table(path).assign(fold=fold))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 

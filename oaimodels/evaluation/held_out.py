@@ -39,17 +39,20 @@ from oaicohort.db import Database
 from oaicohort.db.staleness import StaleResultError
 from oaicohort.errors import OAIError
 from oaicohort.imaging.store.volume_store import VolumeStore
+from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import BatchPreparer, InputLayout, KneeQuery, knee_table, make_source
 from oaimodels.evaluation import calibration
+from oaimodels.evaluation.comparable import comparable_groups
 from oaimodels.evaluation.plots import overlay_plots, write_plots
 from oaimodels.evaluation.report import TABLE1_HEADER, comparison_report, run_report, table1_row
 from oaimodels.logits import predict_logits, softmax
 from oaimodels.metrics import average_precision, binary_target, progression_score, roc_auc, score_predictions
 from oaimodels.networks import get_spec, to_channels_last
-from oaimodels.training.checkpoint import load_fold_model
+from oaimodels.run_volumes import locate_run_volumes
+from oaimodels.training.checkpoint import check_matches_run, checkpoint_meta_of, load_fold_model
 from oaimodels.training.config import TrainConfig, resolve_device
 from oaimodels.training.tracking import evaluation_titles
 
@@ -112,7 +115,7 @@ def _run_config(run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
 def _test_knees(
     run_dir: Path, db: Database | None, store: str, view: str, query: KneeQuery
 ) -> tuple[pd.DataFrame, bool | None]:
-    knees = pd.read_csv(run_dir / rf.KNEES)
+    knees = rf.read_table(run_dir / rf.KNEES, rf.KNEES_COLUMNS)
     test = knees[knees["role"] == "test"].reset_index(drop=True)
     if test.empty:
         raise EvaluationError(f"{run_dir / rf.KNEES}: the run's split has no test knees")
@@ -224,16 +227,25 @@ def _evaluate_run(
             f"{run_dir}: fold(s) {missing} have no best.pt (training not finished); "
             f"continue with `oai train ... --out {run_dir} --resume`"
         )
+    for fold in folds:  # an edited config.json or another run's weights: refused before any work
+        checkpoint = rf.fold_dir(run_dir, fold) / rf.BEST
+        check_matches_run(checkpoint_meta_of(checkpoint), saved, checkpoint, run_dir / rf.CONFIG)
     unfinished = [k for k in folds if not rf.is_fold_complete(run_dir, k)]
     if unfinished:
         log.warning(
-            "%s: fold(s) %s stopped before their last epoch; using their best snapshot so far", run_dir.name, unfinished
+            "%s: fold(s) %s stopped before their last epoch; using their best snapshot so far (stated in %s and %s)",
+            run_dir.name,
+            unfinished,
+            rf.METRICS,
+            rf.REPORT,
         )
     out = Path(out_dir) if out_dir is not None else run_dir / rf.EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     test, db_match = _test_knees(run_dir, db, config.store, layout.source_view, config.knee_query())
     store = VolumeStore.open(config.store)
+    # the volumes the run was tested on, wherever the store now keeps them (or refused)
+    test, volumes = locate_run_volumes(store, layout.source_view, test, visit=config.visit, run=run_dir)
     source = make_source(loader, store, layout.source_view, test["position"].to_numpy(), dev, workers=0)
     preparer = BatchPreparer(layout, channels_last=bool(config.channels_last) and dev.type == "cuda")
     batch = config.eval_batch_size or 2 * (config.batch_size or 8)
@@ -241,7 +253,9 @@ def _evaluate_run(
     fold_logits, efficiency = [], None
     try:
         for i, fold in enumerate(folds):
-            model, _meta = load_fold_model(rf.fold_dir(run_dir, fold) / rf.BEST, dev)
+            checkpoint = rf.fold_dir(run_dir, fold) / rf.BEST
+            model, meta = load_fold_model(checkpoint, dev)
+            check_matches_run(meta, saved, checkpoint, run_dir / rf.CONFIG)
             if preparer.channels_last:
                 to_channels_last(model)
             fold_logits.append(
@@ -287,11 +301,13 @@ def _evaluate_run(
         },
         labels=rf.read_json(run_dir / rf.LABELS) if (run_dir / rf.LABELS).is_file() else {},
         labels_match_database=db_match,
+        incomplete_folds=unfinished,
+        volumes=volumes.to_dict(),
         out_dir=str(out),
     )
     metrics.update(evaluation_titles(config, test, metrics))
     metrics["recalibration"], recalibrated = calibration.recalibrate(
-        run_dir, folds, config.sampler, pd.read_csv(run_dir / rf.KNEES), test, probs
+        run_dir, folds, config.sampler, rf.read_table(run_dir / rf.KNEES), test, probs
     )
     calibration.write_recalibrated(out, recalibrated)
     predictions = test[[c for c in ("knee_id", "subject_id", "side", "label", "y") if c in test.columns]].copy()
@@ -332,6 +348,8 @@ def evaluate_runs(
     dirs = [Path(r).expanduser().resolve() for r in run_dirs]
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
+    if out_dir is not None:
+        out_dir = check_output(out_dir, option="out", database=db, protected=[rf.run_file_role])
 
     def evaluate(run_dir: Path, run_out: Path | str | None) -> dict[str, Any]:
         return evaluate_run(
@@ -352,7 +370,21 @@ def evaluate_runs(
     root = Path(out_dir) if out_dir is not None else dirs[0].parent / rf.COMPARISON_DIR
     runs = [evaluate(d, (root / d.name) if out_dir is not None else None) for d in dirs]
     root.mkdir(parents=True, exist_ok=True)
-    overlay_plots(root, runs)
+    groups = comparable_groups(runs)
+    for number, group in enumerate(groups, start=1):
+        overlay_plots(root, group.runs, f"_{number}" if len(groups) > 1 else "")
+    if len(groups) > 1:
+        log.warning(
+            "the runs were not tested on the same knees (%s): reported in %d separate tables",
+            "; ".join(f"{', '.join(m['name'] for m in g.runs)}: {g.describe()}" for g in groups),
+            len(groups),
+        )
     report = root / rf.REPORT
     rf.atomic_write_text(report, comparison_report(runs, root))
-    return {"runs": runs, "report": str(report), "out_dir": str(root)}
+    return {
+        "runs": runs,
+        "report": str(report),
+        "out_dir": str(root),
+        "comparable": len(groups) == 1,
+        "groups": [g.to_dict() for g in groups],
+    }

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
@@ -72,14 +71,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
-    """ROC and PR curves of several evaluated runs in one figure each (read from their predictions)."""
+def overlay_plots(out: Path, runs: list[dict[str, Any]], suffix: str = "") -> list[Path]:
+    """ROC and PR curves of several evaluated runs in one figure each (read from their predictions);
+    ``suffix`` names a comparison group's files (``roc_2.png``)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     plt = pyplot()
     figs = {"roc": plt.subplots(figsize=(5, 5)), "pr": plt.subplots(figsize=(5, 5))}
     for m in runs:
-        pred = pd.read_csv(Path(m["out_dir"]) / rf.PREDICTIONS)
+        pred = rf.read_table(Path(m["out_dir"]) / rf.PREDICTIONS, ("y", "score"))
         y_bin = binary_target(pred["y"].to_numpy())
         fpr, tpr, _ = roc_curve(y_bin, pred["score"])
         figs["roc"][1].plot(fpr, tpr, label=f"{m.get('title', m['name'])} ({m['roc_auc']:.3f})")
@@ -91,5 +91,6 @@ def overlay_plots(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
     paths = []
     for plot, (fig, ax) in zip((rf.ROC_PLOT, rf.PR_PLOT), figs.values()):
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / plot))
+        stem, dot, ext = plot.rpartition(".")
+        paths.append(_save(fig, out / f"{stem}{suffix}{dot}{ext}"))
     return paths

@@ -14,6 +14,7 @@ import numpy as np
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.evaluation.calibration import calibration_section
+from oaimodels.evaluation.comparable import comparable_groups, why_apart
 from oaimodels.training.tracking import tags_text
 
 
@@ -47,9 +48,9 @@ def table1_row(m: dict[str, Any]) -> str:
     )
 
 
-def _cohort_section(m: dict[str, Any]) -> str:
+def _cohort_section(m: dict[str, Any], title: str = "## Cohort and split") -> str:
     labels = m.get("labels") or {}
-    lines = ["## Cohort and split\n"]
+    lines = [f"{title}\n"]
     definition = labels.get("definition") or {}
     split = labels.get("split") or {}
     if definition:
@@ -68,11 +69,23 @@ def _cohort_section(m: dict[str, Any]) -> str:
     return "".join(lines)
 
 
+def unfinished_note(m: dict[str, Any]) -> str:
+    """A run evaluated with folds that stopped before their last epoch says so (empty otherwise)."""
+    folds = m.get("incomplete_folds") or []
+    if not folds:
+        return ""
+    return (
+        f"**Unfinished run:** fold(s) {', '.join(map(str, folds))} of `{m['name']}` stopped before their last "
+        "epoch; their best snapshot so far is used. Resume the training for the final numbers.\n\n"
+    )
+
+
 def run_report(m: dict[str, Any]) -> str:
     eff = m.get("efficiency") or {}
     cm = np.asarray(m["confusion_matrix"])
     lines = [
         f"# Evaluation of {m.get('title', m['name'])}\n\n",
+        unfinished_note(m),
         f"Run folder `{m['name']}`{tags_text(m.get('tags'))}. ",
         f"Model `{m['model']}` ({', '.join(m['views'])}, init {m['init']}), ensemble of folds "
         f"{m['folds']} on {m['n_knees']} test knees of {m['n_subjects']} subjects "
@@ -112,31 +125,60 @@ def _link(target: Path, root: Path) -> str:
 
 
 def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
-    lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
+    """Table 1 (and Table 2) of the runs; runs with another test set (split, test sites, label
+    definition: ``comparable``) in tables of their own, each saying why."""
+    groups = comparable_groups(runs)
+    lines = ["# Comparison of runs (Table 1)\n\n"]
+    lines.extend(unfinished_note(m) for m in runs)
+    if len(groups) > 1:
+        lines.append(
+            f"These runs were not tested on the same knees: they are reported in {len(groups)} separate tables, "
+            "never ranked against each other.\n\n"
+        )
+    for number, group in enumerate(groups, start=1):
+        suffix = f"_{number}" if len(groups) > 1 else ""
+        if len(groups) > 1:
+            lines.append(f"## Table 1, group {number}: {group.describe()}\n\n")
+            if number > 1:
+                lines.append(f"Apart from group 1: {why_apart(group, groups[0])}.\n\n")
+        lines.extend([TABLE1_HEADER, *(table1_row(m) for m in group.runs), "\n"])
+        lines.append(_table2(group.runs))
+        lines.append(f"![ROC]({plot_name(rf.ROC_PLOT, suffix)}) ![PR]({plot_name(rf.PR_PLOT, suffix)})\n\n")
+        title = f"### Cohort and split of group {number}" if len(groups) > 1 else "## Cohort and split"
+        lines.append(_cohort_section(group.runs[0], title) + "\n")
+    lines.append(
+        "Per-run reports: "
+        + ", ".join(f"[{m['name']}]({_link(Path(m['out_dir']) / rf.REPORT, root or Path.cwd())})" for m in runs)
+        + "\n"
+    )
+    return "".join(lines)
+
+
+def plot_name(name: str, suffix: str) -> str:
+    """``roc.png`` of a comparison, ``roc_2.png`` of its second group."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}{suffix}{dot}{ext}"
+
+
+def _table2(runs: list[dict[str, Any]]) -> str:
     by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for m in runs:
         kind = "imagenet" if m["init"] == "imagenet" else "scratch" if m["init"] == "scratch" else None
         if kind is not None:
             by_model.setdefault((m["model"], ",".join(m["views"])), {})[kind] = m
     pairs = {k: v for k, v in by_model.items() if len(v) == 2}
-    if pairs:
+    if not pairs:
+        return ""
+    lines = [
+        "## ImageNet initialisation vs from scratch (Table 2)\n\n"
+        "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
+        "|---|---|---|---|---|---|\n"
+    ]
+    for (model, views), v in pairs.items():
+        s, i = v["scratch"], v["imagenet"]
         lines.append(
-            "## ImageNet initialisation vs from scratch (Table 2)\n\n"
-            "| model | views | AP scratch | AP ImageNet | ROC AUC scratch | ROC AUC ImageNet |\n"
-            "|---|---|---|---|---|---|\n"
+            f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
+            f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n"
         )
-        for (model, views), v in pairs.items():
-            s, i = v["scratch"], v["imagenet"]
-            lines.append(
-                f"| {model} | {views} | {_pm(s['ap'], s['ap_sd'])} | {_pm(i['ap'], i['ap_sd'])} | "
-                f"{_pm(s['roc_auc'], s['roc_auc_sd'])} | {_pm(i['roc_auc'], i['roc_auc_sd'])} |\n"
-            )
-        lines.append("\n")
-    lines.append(f"![ROC]({rf.ROC_PLOT}) ![PR]({rf.PR_PLOT})\n\n")
-    lines.append(
-        "Per-run reports: "
-        + ", ".join(f"[{m['name']}]({_link(Path(m['out_dir']) / rf.REPORT, root or Path.cwd())})" for m in runs)
-        + "\n\n"
-    )
-    lines.append(_cohort_section(runs[0]))
+    lines.append("\n")
     return "".join(lines)

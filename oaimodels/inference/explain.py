@@ -37,12 +37,14 @@ from oaicohort.errors import OAIError
 from oaicohort.files import staged_folder
 from oaicohort.imaging.store.selection import knee_name, select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
+from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
 from oaimodels import run_folder as rf
 from oaimodels.data import centre_offsets
 from oaimodels.inference.attribution import explain_volumes
 from oaimodels.inference.trained_run import TrainedRun
 from oaimodels.plotting import pyplot
+from oaimodels.run_volumes import check_known_volumes, locate_run_volumes
 from oaimodels.training.config import resolve_device
 
 TOP_SLICES = 3
@@ -83,21 +85,30 @@ def explain_run(
     top: int = TOP_SLICES,
     batch_size: int = 2,
     plots: bool = True,
+    allow_incomplete: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> pd.DataFrame:
-    """Explain the run's ensemble on ``knees`` (default: its test knees); write ``out_dir``."""
-    run = TrainedRun.open(run_dir)
+    """Explain the run's ensemble on ``knees`` (default: its test knees); write ``out_dir``.
+
+    A run with a fold that stopped before its last epoch is refused unless ``allow_incomplete``."""
+    run = TrainedRun.open(run_dir, allow_incomplete=allow_incomplete)
+    out_dir = check_output(out_dir, option="out", inputs=[store or run.store_path], database=db,
+                           protected=[rf.run_file_role])  # fmt: skip
     dev = resolve_device(device)
     vs = VolumeStore.open(store or run.store_path)
     run.check_store(vs)
+    table = rf.read_table(run.path / rf.KNEES, ("subject_id", "side", "role", "position"))
     if knees is None and store is None:
-        table = pd.read_csv(run.path / rf.KNEES)
-        chosen = table[table["role"] == "test"][["subject_id", "side", "position"]].reset_index(drop=True)
+        columns = [c for c in ("subject_id", "side", "position", rf.CHECKSUM) if c in table.columns]
+        chosen = table[table["role"] == "test"][columns].reset_index(drop=True)
         if chosen.empty:
             raise ExplainError(f"{run.path}: the run has no test knees; name knees with --knees")
+        # the volumes the run was tested on, wherever the store now keeps them (or refused)
+        chosen, _ = locate_run_volumes(vs, run.view, chosen, visit=run.config.visit, run=run.path)
     else:
         slots = store_slots(vs, run.view, db=db, visit=visit)
         chosen = select_slots(slots, knees, where=f"{vs.path} ({run.view}, visit {visit})")
+        check_known_volumes(vs, run.view, chosen, table, visit=run.config.visit, run=run.path)
     models = run.load_models(dev)
     for m in models:
         m.eval()

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oaicohort.db.stores import StoreRef
 from oaicohort.errors import InputFileError
 from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.recipe.xray_knees import preprocess_xray
 from oaicohort.imaging.series.load import Expected, load_radiograph, load_series
+from oaicohort.imaging.series.size import ImageTooSmall
 from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
@@ -32,6 +32,7 @@ from oaicohort.visits import SCREENING_VISIT
 from oaicohort.vocabulary import SIDES, XRAY_VIEW
 from oaimodels import run_folder as rf
 from oaimodels.inference.trained_run import TrainedRun
+from oaimodels.run_volumes import check_known_volumes
 
 
 @dataclass
@@ -91,7 +92,10 @@ def series_scan(
 ) -> KneeScan:
     """The knee of the MR series in ``folder``: loaded and preprocessed as ``oai preprocess`` does."""
     series = load_series(folder, params, expected)
-    result = preprocess_mri(series, params, (view,))
+    try:
+        result = preprocess_mri(series, params, (view,))
+    except ImageTooSmall as exc:  # the same rule as `oai preprocess`, said of this folder
+        raise InputFileError(folder, str(exc)) from None
     subject = expected.subject_id if expected.subject_id is not None else getattr(series.source, "patient_id", "")
     notes = ";".join(sorted(k for k in result.notes if k not in ("intensity_range", "source_shape")))
     return KneeScan(
@@ -142,16 +146,21 @@ def store_scans(
     run.check_store(store)
     slots = store_slots(store, run.view, db=db, visit=visit)
     chosen = select_slots(slots, knees, where=f"{store.path} ({run.view}, visit {visit})")
-    knee_ids: dict[int, int] = {}
-    if _same_store(store, run.store_path) and (run.path / rf.KNEES).is_file():
-        # the run's own store: its knees.csv names the knees of these slots
-        table = pd.read_csv(run.path / rf.KNEES)
-        knee_ids = dict(zip(table["position"].astype(int), table["knee_id"].astype(int)))
+    knee_ids: dict[tuple[int, str], int] = {}
+    if (run.path / rf.KNEES).is_file():
+        # a knee of the run: the store must hold the volume the run knew (refused otherwise),
+        # and knees.csv names its knee id (by knee, never by slot: slots move when a store is rebuilt)
+        table = rf.read_table(run.path / rf.KNEES, ("knee_id", "subject_id", "side"))
+        check_known_volumes(store, run.view, chosen, table, visit=run.config.visit, run=run.path)
+        knee_ids = {
+            (int(s), str(d)): int(k)
+            for s, d, k in zip(table["subject_id"], table["side"], table["knee_id"], strict=True)
+        }
     scans = []
     for row in chosen.itertuples(index=False):
         knee_id = getattr(row, "knee_id", None)
         if knee_id is None or pd.isna(knee_id):
-            knee_id = knee_ids.get(int(row.position))
+            knee_id = knee_ids.get((int(row.subject_id), str(row.side))) if int(row.visit) == run.config.visit else None
         scans.append(
             KneeScan(
                 input=str(store.path),
@@ -164,12 +173,6 @@ def store_scans(
             )
         )
     return store, scans
-
-
-def _same_store(store: VolumeStore, recorded: str) -> bool:
-    """Whether ``store`` is the one a run recorded (by path; by its UUID when that path still holds a store)."""
-    there = StoreRef.at(recorded)
-    return there.path == store.path or (there.id is not None and there.id == store.ref.id)
 
 
 def release_index(root: Path) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from oaicohort import __version__
 from oaicohort.db import Database
 from oaicohort.errors import OAIError
 from oaicohort.imaging.store.selection import SelectionError, knee_name
+from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
@@ -75,6 +76,7 @@ def predict(
     device: str = "auto",
     batch_size: int | None = None,
     loader: str = "auto",
+    allow_incomplete: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> pd.DataFrame:
     """Per-knee class probabilities and progression score of the run's fold ensemble.
@@ -83,10 +85,12 @@ def predict(
     ``visit`` the visit of stores and releases; ``side`` the side of series whose description
     does not say it. Columns: ``input, kind, subject_id, side, visit, knee_id, p_none, p_fast,
     p_slow, score, predicted, score_fold{k}..., notes, run, run_hash, model, toolkit_version``.
+    A run with a fold that stopped before its last epoch is refused unless ``allow_incomplete``
+    (then every row's notes say so).
     """
     if not inputs:
         raise PredictError("no input given (DICOM series folders, an OAI release or a volume store)")
-    run = TrainedRun.open(run_dir)
+    run = TrainedRun.open(run_dir, allow_incomplete=allow_incomplete)
     dev = resolve_device(device)
     batch = batch_size or run.batch_size()
     groups = read_inputs(run, inputs, knees=knees, visit=visit, side=side, db=db, progress=progress)
@@ -127,7 +131,8 @@ def _rows(run: TrainedRun, scans: list[KneeScan], fold_logits: list[np.ndarray])
     frame["predicted"] = [CLASSES[i] for i in probs.argmax(axis=1)]
     for fold, logits in zip(run.folds, fold_logits):
         frame[f"score_fold{fold}"] = progression_score(softmax(logits))
-    frame["notes"] = [s.notes for s in scans]
+    unfinished = f"unfinished fold(s) {run.incomplete}" if run.incomplete else ""
+    frame["notes"] = [";".join(n for n in (s.notes, unfinished) if n) for s in scans]
     frame["run"] = str(run.path)
     frame["run_hash"] = run.hash
     frame["model"] = run.config.model
@@ -142,6 +147,7 @@ def write_predictions(frame: pd.DataFrame, out: Path | str) -> None:
 
         frame.to_csv(sys.stdout, index=False)
         return
-    path = Path(out)
+    inputs = [str(i) for i in frame["input"].unique()] if "input" in frame.columns else []
+    path = check_output(out, option="out", inputs=inputs, protected=[rf.run_file_role])
     path.parent.mkdir(parents=True, exist_ok=True)
     rf.write_csv(path, frame)

@@ -9,6 +9,7 @@ with that hash. A store made with other parameters is refused with the differing
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,10 @@ from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
-from oaimodels.training.checkpoint import load_fold_model
+from oaimodels.training.checkpoint import check_matches_run, checkpoint_meta_of, load_fold_model
 from oaimodels.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class RunError(OAIError):
@@ -30,8 +33,9 @@ class RunError(OAIError):
 
 
 def run_hash(run_dir: Path, saved: dict[str, Any], folds: Sequence[int]) -> str:
-    """sha256 over the run's config hash and the bytes of every fold's ``best.pt`` (16 hex digits)."""
-    h = hashlib.sha256(str(saved.get("config_hash", "")).encode())
+    """sha256 over the bytes of the run's ``config.json`` and of every fold's ``best.pt`` (16 hex
+    digits): any change to what the run applies changes it."""
+    h = hashlib.sha256((Path(run_dir) / rf.CONFIG).read_bytes())
     for fold in folds:
         with open(rf.fold_dir(run_dir, fold) / rf.BEST, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -61,13 +65,19 @@ class TrainedRun:
     hash: str
     _params: PreprocessParams | None = field(default=None, repr=False)
 
+    incomplete: list[int] = field(default_factory=list)  # folds used before their last epoch
+
     @classmethod
-    def open(cls, run_dir: Path | str) -> TrainedRun:
+    def open(cls, run_dir: Path | str, *, allow_incomplete: bool = False) -> TrainedRun:
+        """The run in ``run_dir``; a fold that stopped before its last epoch (``best.pt``, no
+        ``summary.json``) is refused unless ``allow_incomplete`` (then listed in ``incomplete``)."""
         path = Path(run_dir).expanduser().resolve()
         config_path = path / rf.CONFIG
         if not config_path.is_file():
             raise RunError(f"{path}: not a run folder (no {rf.CONFIG}); train one with `oai train --out {path}`")
         saved = rf.read_json(config_path)
+        if not isinstance(saved, dict) or any(k not in saved for k in ("config", "layout", "folds")):
+            raise RunError(f"{config_path}: damaged run config (no config, layout or folds); train the run again")
         folds = [int(k) for k in saved["folds"]]
         missing = [k for k in folds if not (rf.fold_dir(path, k) / rf.BEST).is_file()]
         if missing:
@@ -75,16 +85,30 @@ class TrainedRun:
                 f"{path}: fold(s) {missing} have no best.pt (training not finished); "
                 f"continue with `oai train ... --out {path} --resume`"
             )
+        unfinished = [k for k in folds if not rf.is_fold_complete(path, k)]
+        if unfinished and not allow_incomplete:
+            raise RunError(
+                f"{path}: fold(s) {unfinished} stopped before their last epoch (best.pt but no {rf.SUMMARY}); "
+                f"continue with `oai train ... --out {path} --resume`, or pass --allow-incomplete to use "
+                "their best snapshot so far"
+            )
+        if unfinished:
+            log.warning("%s: fold(s) %s unfinished; using their best snapshot so far", path.name, unfinished)
+        for fold in folds:  # an edited config.json or another run's weights: refused before any work
+            checkpoint = rf.fold_dir(path, fold) / rf.BEST
+            check_matches_run(checkpoint_meta_of(checkpoint), saved, checkpoint, config_path)
+        config = TrainConfig.from_dict(saved["config"])
         store = saved.get("store") or {}
         return cls(
             path=path,
             saved=saved,
-            config=TrainConfig.from_dict(saved["config"]),
+            config=config,
             layout=InputLayout.from_dict(saved["layout"]),
             folds=folds,
             store_path=str(store.get("path", saved["config"]["store"])),
             store_params_hash=str(store.get("params_hash", "")),
             hash=run_hash(path, saved, folds),
+            incomplete=unfinished,
         )
 
     @property
@@ -142,7 +166,9 @@ class TrainedRun:
     def load_models(self, device: torch.device) -> list[torch.nn.Module]:
         models = []
         for fold in self.folds:
-            model, _meta = load_fold_model(rf.fold_dir(self.path, fold) / rf.BEST, device)
+            checkpoint = rf.fold_dir(self.path, fold) / rf.BEST
+            model, meta = load_fold_model(checkpoint, device)
+            check_matches_run(meta, self.saved, checkpoint, self.path / rf.CONFIG)
             models.append(model)
         return models
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from oaicohort.files import atomic_path
 from oaimodels import run_folder as rf
 from oaimodels.data import InputLayout
 from oaimodels.training.config import TrainingError
@@ -51,10 +53,20 @@ def checkpoint_meta(run: dict[str, Any], fold: int, epoch: int, history: list, b
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file, and
+    a failed write (a full disk) leaves no temporary and says which file it was writing."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:  # torch's writer reports a failed write (ENOSPC ...) as a RuntimeError
+        text = str(exc)
+        if "inline_container" not in text and "PytorchStreamWriter" not in text and "file write failed" not in text:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(
+            f"{path}: the checkpoint could not be written ({_reason(exc)}; {free / 1e6:,.0f} MB free on its disk); "
+            "free some space and continue with `oai train ... --resume`"
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -110,3 +122,37 @@ def finalise_pending_best(fold_path: Path, best: dict) -> None:
         os.replace(pending, fold_path / rf.BEST)
     else:
         pending.unlink()
+
+
+def checkpoint_meta_of(path: Path | str) -> dict[str, Any]:
+    """The metadata of a checkpoint, read without loading its tensors into memory (mmap)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        return load_checkpoint(path).get("meta") or {}  # the full load names what is wrong
+    return (ckpt.get("meta") or {}) if isinstance(ckpt, dict) else {}
+
+
+def check_matches_run(meta: dict[str, Any], saved: dict[str, Any], checkpoint: Path, config_path: Path) -> None:
+    """A fold checkpoint was trained with the run's ``config.json``: the same model, view,
+    initialisation, input layout and config hash (an edited config.json, or weights of another
+    run, are refused before anything is scored)."""
+    config = saved.get("config") or {}
+    mine = {
+        "model": config.get("model"),
+        "view": config.get("view"),
+        "init": config.get("init"),
+        "layout": saved.get("layout"),
+        "config_hash": saved.get("config_hash"),
+    }
+    differ = [k for k in mine if meta.get(k) is not None and mine[k] != meta.get(k)]
+    if differ:
+        shown = ", ".join(
+            f"{k} {mine[k]!r} in config.json, {meta.get(k)!r} in the weights" if k != "layout" else "the input layout"
+            for k in differ
+        )
+        raise CheckpointError(
+            f"{config_path}: does not match the weights of {checkpoint} ({shown}); the run folder was edited "
+            "or mixed with another run's files: restore the run's config.json or train again"
+        )

@@ -45,6 +45,12 @@ class TrainingError(OAIError):
     """A training run cannot start or continue (bad options, run folder conflicts)."""
 
 
+class DeviceError(OAIError):
+    """``--device`` names no device this toolkit runs on: a usage error (exit 2)."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The learning-rate schedule of a resolved config (see ``oaimodels.training.recipe.lr_at``)."""
@@ -144,11 +150,14 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):  # torch's message lists every backend it was built with
+        raise DeviceError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {name!r}: unsupported device; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda requested but no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        raise TrainingError(f"unsupported device {name!r}; use auto, cpu or cuda")
     return device
 
 

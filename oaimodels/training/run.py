@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ import torch
 import torch.distributed as dist
 
 from oaicohort.db import Database
+from oaicohort.files import clean_leftovers, folder_lock
+from oaicohort.imaging.store.slot_checksums import slot_checksums
 from oaicohort.imaging.store.volume_store import VolumeStore
+from oaicohort.outputs import RUN, check_output
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
@@ -96,6 +99,8 @@ def prepare_run(
     ]
     knees = knees[keep].reset_index(drop=True)
     knees["fold"] = knees["fold"].astype("Int64")
+    # the identity of each volume read: eval, predict and explain check a store still holds it
+    knees[rf.CHECKSUM] = slot_checksums(store, layout.source_view, knees["position"].tolist())
     available = sorted(int(f) for f in knees.loc[knees["role"] == "train", "fold"].dropna().unique())
     folds = list(config.folds) if config.folds is not None else available
     missing = [f for f in folds if f not in available]
@@ -108,11 +113,20 @@ def prepare_run(
     run_dir = Path(config.out)
     prepared = PreparedRun(config, store, layout, knees, folds, run_dir, info)
     if write:
-        _init_run_folder(prepared, resume=resume)
+        _init_run_folder(prepared, resume=resume, db=db)
     return prepared
 
 
-def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
+def _check_out(p: PreparedRun, db: Any) -> None:
+    """The run folder may be a run (to resume), never the store, the database or inside either."""
+    check_output(p.run_dir, option="--out", inputs=[p.config.store], database=db, protected=[rf.run_file_role],
+                 allow=RUN)  # fmt: skip
+
+
+def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None) -> None:
+    _check_out(p, db)
+    for folder in (p.run_dir, *rf.fold_dirs(p.run_dir).values()):
+        clean_leftovers(folder)  # what a killed run was writing (.last.pt.tmpPID ...)
     config_path = p.run_dir / rf.CONFIG
     if config_path.is_file():
         if not resume:
@@ -127,8 +141,10 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
                 f"cannot resume {p.run_dir}: option(s) {differ} differ from the run's config.json "
                 f"(saved: {', '.join(f'{k}={theirs.get(k)!r}' for k in differ)})"
             )
-        saved_knees = pd.read_csv(p.run_dir / rf.KNEES)
+        saved_knees = rf.read_table(p.run_dir / rf.KNEES)
         cols = ["knee_id", "label", "role", "position"]
+        if rf.CHECKSUM in saved_knees.columns:  # the same volumes, not only the same slots
+            cols.append(rf.CHECKSUM)
         same = (
             len(saved_knees) == len(p.knees)
             and all(saved_knees[c].astype(str).tolist() == p.knees[c].astype(str).tolist() for c in cols)
@@ -136,8 +152,8 @@ def _init_run_folder(p: PreparedRun, *, resume: bool) -> None:
         )
         if not same:
             raise TrainingError(
-                f"cannot resume {p.run_dir}: the labels, split or store index changed since the "
-                "run started (knees.csv differs); start a new run"
+                f"cannot resume {p.run_dir}: the labels, split, store index or stored volumes changed "
+                "since the run started (knees.csv differs); start a new run"
             )
         return
     if p.run_dir.exists() and any(p.run_dir.iterdir()):
@@ -276,15 +292,46 @@ def train_run(
         try:
             p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
             if d.main:
-                _init_run_folder(p, resume=resume)
-            barrier(d)
-            _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
+                _check_out(p, db)
+            with run_lock(p.run_dir) if d.main else nullcontext():
+                if d.main:
+                    _init_run_folder(p, resume=resume, db=db)
+                barrier(d)
+                _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
         finally:
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
-    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume)
-    plan = run_plan(p)
+    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+    _check_out(p, db)
+    with run_lock(p.run_dir):
+        _init_run_folder(p, resume=resume, db=db)
+        _train_locked(run_plan(p), resume=resume, progress=progress, on_epoch=on_epoch)
+    return p.run_dir
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One ``oai train`` per run folder at a time: a second one (two ``--resume`` of one run)
+    exits 3 at once. A folder made here for a run that then failed before writing anything is
+    removed again."""
+    created = not run_dir.exists()
+    busy = f"{run_dir}: another `oai train` is training this run folder; wait for it to finish (or stop it) first"
+    try:
+        with folder_lock(run_dir, busy):
+            yield
+    finally:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _train_locked(
+    plan: RunPlan,
+    *,
+    resume: bool,
+    progress: ProgressCallback | None,
+    on_epoch: EpochHook | None,
+) -> None:
     if plan.nproc > 1:
         import torch.multiprocessing as mp
 
@@ -298,9 +345,8 @@ def train_run(
             join=True,
             start_method="spawn",
         )
-        return p.run_dir
+        return
     _train(plan, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
-    return p.run_dir
 
 
 def run_name(model: str, view: str | None, init: str) -> str:

@@ -10,13 +10,21 @@ The invariant, for every seed:
   few lines of output and the database unchanged (compared row by row);
 - DICOM series (``oai preprocess`` of the damaged series): the run goes on; the series is then
   either stored identical to the undamaged one (same checksum) or a recorded failure with
-  nothing of it indexed; every other volume and the store are unchanged (``store verify``).
+  nothing of it indexed; every other volume and the store are unchanged (``store verify``);
+- write paths (``write_*`` seeds): a writing command (cohort, store export/qc, preprocess,
+  synth) aimed at the database, the store or a file in it, a release table, the image index or a
+  folder inside the release or the store exits 2 in a few lines, with the target, the database
+  and the store unchanged and no temporary left;
+- store rebuilds (``rebuild_*`` seeds): the store made again in a random slot order, maybe with
+  one knee's volume changed by one voxel: the knees a run recorded follow their own volumes to
+  their new slots, and the changed one is refused by name (``oaimodels.run_volumes``).
 
 A failing seed reproduces alone: ``pytest tests/integrity/test_damage_fuzzer.py -k "seed_17"``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -31,11 +39,14 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import open_database
-from oaicohort.db.schema import ImageSeries, Store, Volume
+from oaicohort.db.schema import ImageSeries, IngestRun, Store, Volume
 from oaicohort.db.stores import canonical_path
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.index import verify_store
+from oaicohort.imaging.store.selection import store_slots
+from oaicohort.imaging.store.slot_checksums import slot_checksums
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from tests.reliability_helpers import DATA_TABLES, table_rows
 
@@ -344,3 +355,122 @@ def test_damage_never_loses_or_corrupts_data(seed: int, baseline: Baseline, tmp_
         run_dicom_seed(seed, baseline, tmp_path)
     else:
         run_table_seed(seed, baseline, tmp_path)
+
+
+# --------------------------------------------------------------------------- write paths
+
+WRITE_SEEDS = 40
+
+
+def _digest(path: Path) -> str:
+    if path.is_dir():
+        parts = [
+            p.relative_to(path).as_posix().encode() + p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+        ]
+        return hashlib.sha256(b"".join(parts)).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_write_seed(seed: int, baseline: Baseline, tmp_path: Path) -> None:
+    """A writing command aimed at something it must never overwrite: exit 2 in a few lines,
+    the target, the database and the store exactly as they were, no temporary left."""
+    rng = random.Random(seed)
+    root = tmp_path / "release"
+    _linked_copy(baseline.release, root)
+    db_path = tmp_path / "db.sqlite"
+    shutil.copy(baseline.db, db_path)
+    store = tmp_path / "store.zarr"
+    shutil.copytree(baseline.store, store)
+    db = open_database(db_path)
+    with db.write() as s:  # the copies are what this database ingested and indexes
+        s.execute(update(IngestRun).values(source_root=str(root)))
+        s.execute(update(Store).values(path=str(canonical_path(store))))
+    targets = {
+        "the database": db_path,
+        "the volume store": store,
+        "the store's zarr.json": store / "zarr.json",
+        "a store chunk": next(p for p in sorted((store / "sag").rglob("*")) if p.is_file()),
+        "a folder inside the store": store / "out",
+        "a release table": root / rng.choice(sorted(k for k in KEEP if k.startswith(ASCII))),
+        "the image index": root / "00m" / "contents.csv",
+        "a folder inside the release": root / "00m" / "out",
+    }
+    commands = {
+        "cohort": lambda t: ["cohort", "--include-excluded", "--format", "csv", "--out", str(t)],
+        "store export": lambda t: ["store", "export", str(store), "--nifti", str(t)],
+        "store qc": lambda t: ["store", "qc", str(store), "--out", str(t)],
+        "preprocess": lambda t: ["preprocess", "--store", str(t), "--preset", "small", "--workers", "1"],
+        "synth": lambda t: ["synth", str(t), "-n", "3"],
+    }
+    what, target = rng.choice(sorted(targets.items()))
+    command = rng.choice(sorted(k for k in commands if not (k == "preprocess" and target == store)))
+    where = f"seed {seed}: oai {command} into {what} ({target})"
+    before = _digest(target) if target.exists() else None
+    rows, volumes = table_rows(db, DATA_TABLES), table_rows(db, ("volumes",))
+    try:
+        result = CliRunner().invoke(app, ["--db", str(db_path), *commands[command](target)])
+        output = result.output.strip()
+        assert "Traceback" not in output and "unexpected error" not in output, f"{where}: {output}"
+        assert result.exit_code == 2, f"{where}: exit {result.exit_code}: {output[-800:]}"
+        assert "never overwrites it" in output and len(output.splitlines()) <= MAX_OUTPUT_LINES, f"{where}: {output}"
+        assert (_digest(target) if target.exists() else None) == before, f"{where}: the target changed"
+        assert table_rows(db, DATA_TABLES) == rows and table_rows(db, ("volumes",)) == volumes, where
+        assert verify_store(db, store)["mismatches"] == [], where
+        left = [p for p in tmp_path.rglob(".*") if ".tmp" in p.name or ".partial-" in p.name]
+        assert left == [], f"{where}: {left}"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("seed", range(WRITE_SEEDS), ids=[f"write_{s}" for s in range(WRITE_SEEDS)])
+def test_no_output_overwrites_an_input(seed: int, baseline: Baseline, tmp_path: Path) -> None:
+    run_write_seed(seed, baseline, tmp_path)
+
+
+# --------------------------------------------------------------------------- store rebuilds
+
+REBUILD_SEEDS = 20
+
+
+def run_rebuild_seed(seed: int, baseline: Baseline, tmp_path: Path) -> None:
+    """The store made again in a random slot order, maybe with one knee's volume changed: a run's
+    knees follow their own volumes to their new slots, and a changed one is refused by name."""
+    from oaimodels.run_volumes import VolumeIdentityError, check_known_volumes, locate_run_volumes
+
+    rng = random.Random(seed)
+    store = tmp_path / "store.zarr"
+    shutil.copytree(baseline.store, store)
+    original = VolumeStore.open(store)
+    slots = store_slots(original, "sag")
+    slots["checksum"] = slot_checksums(original, "sag", slots["position"].tolist())  # what a run records
+    volumes = {int(p): original.read("sag", int(p)) for p in slots["position"]}
+    params = original.params
+    changed = rng.randrange(len(slots)) if rng.random() < 0.5 else None
+    order = list(range(len(slots)))
+    rng.shuffle(order)
+    shutil.rmtree(store)
+    rebuilt = VolumeStore.create(store, params, views=("sag",))
+    for slot, i in enumerate(order):
+        row = slots.iloc[i]
+        volume = volumes[int(row.position)].copy()
+        if i == changed:
+            volume[rng.randrange(volume.shape[0]), 0, 0] ^= 1
+        rebuilt.write("sag", slot, volume, key=int(row.subject_id) * 10 + (1 if row.side == "R" else 2), visit=0)
+    rebuilt = VolumeStore.open(store)
+    where = f"seed {seed}: order {order}, changed {changed}"
+    if changed is None:
+        located, check = locate_run_volumes(rebuilt, "sag", slots, visit=0, run=tmp_path / "run")
+        assert slot_checksums(rebuilt, "sag", located["position"].tolist()) == slots["checksum"].tolist(), where
+        assert check.relocated == sum(1 for slot, i in enumerate(order) if int(slots.position[i]) != slot), where
+        check_known_volumes(rebuilt, "sag", store_slots(rebuilt, "sag"), slots, visit=0, run=tmp_path / "run")
+    else:
+        name = f"knee {slots.subject_id[changed]}{slots.side[changed]}"
+        with pytest.raises(VolumeIdentityError, match=name):
+            locate_run_volumes(rebuilt, "sag", slots, visit=0, run=tmp_path / "run")
+        with pytest.raises(VolumeIdentityError, match=name):
+            check_known_volumes(rebuilt, "sag", store_slots(rebuilt, "sag"), slots, visit=0, run=tmp_path / "run")
+
+
+@pytest.mark.parametrize("seed", range(REBUILD_SEEDS), ids=[f"rebuild_{s}" for s in range(REBUILD_SEEDS)])
+def test_a_rebuilt_store_never_gives_a_knee_another_volume(seed: int, baseline: Baseline, tmp_path: Path) -> None:
+    run_rebuild_seed(seed, baseline, tmp_path)

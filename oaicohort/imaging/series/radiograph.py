@@ -66,9 +66,9 @@ def read_radiograph(folder: Path | str) -> Radiograph:
         raise SeriesError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
     if pixels.ndim != 2:
         raise SeriesError(path, f"pixel data has shape {pixels.shape}; expected one 2D image")
-    pixels = np.clip(pixels, 0, None).astype(np.uint16)
+    pixels, bits = exact_uint16(path, pixels, int(ds.get("BitsStored", pixels.dtype.itemsize * 8) or 16), notes)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        top = np.uint16((1 << int(ds.get("BitsStored", 16))) - 1)
+        top = np.uint16((1 << bits) - 1)
         pixels = top - np.minimum(pixels, top)
         notes.append("MONOCHROME1 inverted")
     return Radiograph(
@@ -79,3 +79,36 @@ def read_radiograph(folder: Path | str) -> Radiograph:
         path=path,
         notes=notes,
     )
+
+
+def exact_uint16(path: Path, pixels: np.ndarray, bits_stored: int, notes: list[str]) -> tuple[np.ndarray, int]:
+    """The decoded pixels as uint16, never clipped nor wrapped, and their bit depth after it.
+
+    Values that fit 0..65535 are kept exactly. Signed pixels with values below 0 are offset by
+    ``2**(BitsStored-1)`` (two's complement onto unsigned: order and differences kept); values
+    above 16 bits (32-bit data) are divided by the smallest power of two that fits them. Either
+    rule is recorded in ``notes`` (stored with the ROIs). Floating-point data is refused.
+    """
+    if pixels.dtype.kind == "f":
+        raise SeriesError(path, f"floating-point pixel data ({pixels.dtype}) is not supported")
+    if pixels.dtype.kind not in "iu":
+        raise SeriesError(path, f"pixel data of type {pixels.dtype} is not a grayscale integer image")
+    bits = max(1, min(int(bits_stored), pixels.dtype.itemsize * 8))
+    if pixels.size == 0 or (pixels.dtype.itemsize <= 2 and pixels.dtype.kind == "u"):
+        return pixels.astype(np.uint16), min(bits, 16)
+    values = pixels.astype(np.int64)
+    low = int(values.min())
+    if low < 0:
+        offset = 1 << (bits - 1)
+        if low < -offset:
+            raise SeriesError(path, f"pixel value {low} is outside the signed {bits}-bit range (BitsStored {bits})")
+        below = float(np.mean(values < 0))
+        values += offset
+        notes.append(f"signed pixels offset by +{offset} ({below:.0%} were below 0; BitsStored {bits})")
+    high = int(values.max())
+    if high > np.iinfo(np.uint16).max:
+        shift = high.bit_length() - 16
+        values >>= shift
+        notes.append(f"{bits}-bit pixel values (max {high}) divided by {1 << shift} to fit 16 bits")
+        bits -= shift
+    return values.astype(np.uint16), max(1, min(bits, 16))

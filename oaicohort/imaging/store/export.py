@@ -4,7 +4,8 @@ One ``{subject}{side}_v{visit:02d}_{view}.nii.gz`` per selected volume: the stor
 (axes i, j, k = the view's D, H, W) with the affine of :mod:`oaicohort.imaging.store.geometry`
 (scanner RAS+, mm; qform and sform both set), so it overlays the original DESS series. The
 affine needs the series geometry that ``oai preprocess`` records in the volume's index row, so
-export reads the database; ``index.csv`` lists what was written. nibabel is an optional
+export reads the database; ``index.csv`` lists every NIfTI file of the folder (several exports
+into one folder add up). nibabel is an optional
 dependency (``pip install "oai-toolkit[export]"``).
 """
 
@@ -20,15 +21,18 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import OAIError
-from oaicohort.files import no_world_write
+from oaicohort.files import atomic_path, atomic_write_text, no_world_write
 from oaicohort.imaging.store.geometry import GeometryMissing, stored_affine
 from oaicohort.imaging.store.index import indexed_volumes
 from oaicohort.imaging.store.selection import knee_name, select_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
+from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import XRAY_VIEW
 
 log = logging.getLogger(__name__)
+
+INDEX = "index.csv"
 
 
 class ExportError(OAIError):
@@ -59,8 +63,10 @@ def export_nifti(
     limit: int | None = None,
     progress: ProgressCallback = no_progress,
 ) -> pd.DataFrame:
-    """Write the selected volumes of the store as NIfTI; returns the rows of ``index.csv``."""
+    """Write the selected volumes of the store as NIfTI; returns their rows (``index.csv`` lists
+    these and an earlier export's files still in the folder)."""
     store = VolumeStore.open(store_path)
+    out = check_output(out_dir, option="out", inputs=[store.path], database=db)
     views = tuple(views or store.views)
     if XRAY_VIEW in views:
         raise ExportError(
@@ -82,7 +88,6 @@ def export_nifti(
     if not selected:
         raise ExportError(f"{store.path}: no indexed {'/'.join(views)} volume in the database {db.url} to export")
     chosen = pd.concat(selected, ignore_index=True)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for n, row in enumerate(chosen.itertuples(index=False), start=1):
@@ -97,9 +102,8 @@ def export_nifti(
         image.set_qform(affine, code=1)  # scanner coordinates
         image.set_sform(affine, code=1)
         path = out / nifti_name(row.subject_id, row.side, row.visit, row.view)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.nii.gz")
-        nib.save(image, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".nii.gz") as tmp:
+            nib.save(image, tmp)
         written.append(
             {
                 "file": path.name,
@@ -116,6 +120,26 @@ def export_nifti(
         )
         progress("export", n, len(chosen))
     index = pd.DataFrame(written)
-    index.to_csv(out / "index.csv", index=False)
+    atomic_write_text(out / INDEX, _merged_index(out, index).to_csv(index=False))
     log.info("%d volumes exported to %s", len(index), out)
     return index
+
+
+def _merged_index(out: Path, written: pd.DataFrame) -> pd.DataFrame:
+    """``index.csv`` listing every NIfTI file of the folder: an earlier export's rows are kept
+    (those of files it still holds and this export did not rewrite), this export's added."""
+    path = out / INDEX
+    if not path.is_file():
+        return written
+    try:
+        earlier = pd.read_csv(path, dtype={"file": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        log.warning("%s: unreadable (%s); written anew with this export's files", path, exc)
+        return written
+    if "file" not in earlier.columns:
+        log.warning("%s: no file column; written anew with this export's files", path)
+        return written
+    keep = earlier[
+        ~earlier["file"].isin(set(written["file"])) & earlier["file"].map(lambda f: (out / str(f)).is_file())
+    ]
+    return pd.concat([keep, written], ignore_index=True).sort_values("file", kind="stable").reset_index(drop=True)

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import OAIError
-from oaicohort.files import no_world_write
+from oaicohort.files import atomic_path, atomic_write_text, no_world_write
 from oaicohort.imaging.store.selection import knee_name, select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
+from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,8 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     """8-bit greyscale PNG, value for value (Pillow, which matplotlib depends on)."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(tmp, format="PNG")
 
 
 @no_world_write()
@@ -85,6 +85,7 @@ def write_qc(
     A knee is drawn when it has a volume in every requested view (default: the store's views).
     """
     store = VolumeStore.open(store_path)
+    out_dir = check_output(out_dir, option="out", inputs=[store.path], database=db)
     views = tuple(views or store.views)
     missing = [v for v in views if v not in store.views]
     if missing:
@@ -128,6 +129,6 @@ def write_qc(
             sheet[...] = 0
         progress("qc", n + 1, len(chosen))
     index = pd.DataFrame(records)
-    index.to_csv(out / "index.csv", index=False)
+    atomic_write_text(out / "index.csv", index.to_csv(index=False))
     log.info("%d knee montages written to %s", len(index), out)
     return index
