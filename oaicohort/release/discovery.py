@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.archive import archive_members
 from oaicohort.visits import VISIT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -188,15 +189,12 @@ def _source(
 
 
 def _archive_members(path: Path, relative: str, dir_parts: list[str], found: Discovery) -> list[SourceFile]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise InputFileError(path, f"cannot read zip archive: {exc}") from None
+    infos, warnings = archive_members(path, relative)  # refuses a member leaving the archive; names nested zips
+    found.warnings += warnings
     members = []
-    for info in sorted(infos, key=lambda i: i.filename):
+    for info in infos:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        if info.is_dir() or not parts or any(p.lower() in _SKIPPED_DIRS or p.startswith(".") for p in parts):
+        if not parts or any(p.lower() in _SKIPPED_DIRS or p.startswith(".") for p in parts):
             continue
         source = _source(
             path, f"{relative}!{info.filename}", parts[-1], dir_parts + list(parts[:-1]), info.filename, found
