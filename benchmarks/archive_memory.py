@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def write_bomb(path: Path, megabytes: int, *, text: bool) -> None:
     block = (b"9000001|1|2|3\n" * (1 << 17))[: 1 << 20] if text else bytes(1 << 20)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("OAICompleteData_ASCII/AllClinical00.txt", "w", force_zip64=True) as member:
-            for _ in range(megabytes):
-                member.write(block)
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("OAICompleteData_ASCII/AllClinical00.txt", "w", force_zip64=True) as member,
+    ):
+        for _ in range(megabytes):
+            member.write(block)
 
 
 def main() -> None:

@@ -62,10 +62,12 @@ def test_a_member_leaving_the_archive_is_refused_by_name(
 
 
 def _bomb(path: Path, megabytes: int) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open(f"{ASCII}/AllClinical00.txt", "w") as member:
-            for _ in range(megabytes):
-                member.write(bytes(1 << 20))
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open(f"{ASCII}/AllClinical00.txt", "w") as member,
+    ):
+        for _ in range(megabytes):
+            member.write(bytes(1 << 20))
     return path
 
 
