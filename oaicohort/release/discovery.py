@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from oaicohort.errors import InputFileError
 from oaicohort.release.archive import archive_members
+from oaicohort.release.walk import walk
 from oaicohort.visits import VISIT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def discover(root: Path | str) -> Discovery:
 
     # image packages are often linked in from other disks, so links are followed, once each
     visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
+    for dirpath, dirnames, filenames in walk(root_path, onerror=walk_error):  # any depth
         visited.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(
             d
