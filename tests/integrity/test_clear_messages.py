@@ -39,14 +39,22 @@ def _oai(*args: str) -> tuple[int, str]:
 
 
 def test_a_1100_level_folder_tree_is_walked(pristine_release: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "release"
+    top = tmp_path / "release"
+    levels = [top]
     for _ in range(1100):  # os.walk recursed once per level: RecursionError past about 1,000
-        folder = folder / "d"
-        folder.mkdir(parents=folder.parent == tmp_path / "release")
-    shutil.copy(pristine_release / ASCII / "Enrollees.txt", folder / "Enrollees.txt")
-    code, out = _oai("--db", str(tmp_path / "db.sqlite"), "ingest", str(tmp_path / "release"), "--json")
-    assert code == 0, out
-    assert '"subjects": 30' in out
+        levels.append(levels[-1] / "d")
+    try:
+        for folder in levels:
+            folder.mkdir()
+        shutil.copy(pristine_release / ASCII / "Enrollees.txt", levels[-1] / "Enrollees.txt")
+        code, out = _oai("--db", str(tmp_path / "db.sqlite"), "ingest", str(top), "--json")
+        assert code == 0, out
+        assert '"subjects": 30' in out
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up too) recurses once per level
+        (levels[-1] / "Enrollees.txt").unlink(missing_ok=True)
+        for folder in reversed(levels):
+            if folder.is_dir():
+                folder.rmdir()
 
 
 # --------------------------------------------------------------------------- damaged stores
