@@ -22,11 +22,9 @@ from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import QueryError
 from oaicohort.cohort.saved import save_cohort
 from oaicohort.db import Database
-from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.ingest.run import ingest_release
 from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import run_oai, small_imaging_release
+from tests.reliability_helpers import run_oai
 
 
 def _oai(*args: str) -> tuple[int, str]:
@@ -58,19 +56,6 @@ def test_a_1100_level_folder_tree_is_walked(pristine_release: Path, tmp_path: Pa
 
 
 # --------------------------------------------------------------------------- damaged stores
-
-
-@pytest.fixture(scope="module")
-def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A database and its store of DESS volumes (3 subjects): tests damage copies of both."""
-    from oaicohort.db import open_database
-
-    base = tmp_path_factory.mktemp("store")
-    _, db_path = small_imaging_release(base, subjects=3)
-    db = open_database(db_path)
-    run_preprocess(db, base / "store.zarr", PreprocessParams.preset_named("small"), views=("sag",), workers=1)
-    db.dispose()
-    return db_path, base / "store.zarr"
 
 
 GROUP = '{"zarr_format": 3, "node_type": "group", "attributes": {}}'
@@ -211,3 +196,20 @@ def test_bad_option_values_exit_2(
     args = [a.replace("STORE", str(store)).replace("OUT", str(tmp_path / "out")) for a in args]
     code, out = _oai("--db", str(db), *args)
     assert code == 2 and message in out, out
+
+
+# --------------------------------------------------------------------------- the suite's own guard
+
+
+@pytest.mark.shows_unexpected_error
+def test_the_suite_notices_an_unexpected_error_shown_to_a_user(
+    no_unexpected_error: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def unforeseen(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("nobody foresaw this")
+
+    monkeypatch.setattr("oaicli.synth.write_release", unforeseen)
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--subjects", "2"])
+    assert result.exit_code == 1
+    # without the marker, the conftest fails this test with the line below
+    assert no_unexpected_error[0].startswith("error: unexpected error: ZeroDivisionError: nobody foresaw this")

@@ -54,7 +54,10 @@ def queried(
         ({"age": (70, 50)}, "filter age=(70, 50): an empty range"),
         ({"WOMKP@V00": (5, 1)}, "filter WOMKP@V00=(5, 1): an empty range"),
         ({"WOMKP@V00": "abc"}, "filter WOMKP@V00='abc': expected a number"),
-        ({"INJ@P01": "Maybe"}, "filter INJ@P01='Maybe': not a code or label of P01INJR/P01INJL; its codes: 0 (No), 1 (Yes)"),
+        (
+            {"INJ@P01": "Maybe"},
+            "filter INJ@P01='Maybe': not a code or label of P01INJR/P01INJL; its codes: 0 (No), 1 (Yes)",
+        ),
         ({"exclusion": "bmi\x00"}, "contains a NUL character"),
     ],
 )
@@ -74,9 +77,10 @@ def test_a_label_where_codes_are_stored_is_read_as_its_code(queried: Database) -
     for label in ("Yes", "yes", " YES "):
         by_label = cohort.knees(**{"INJ@P01": label})
         assert by_label["knee_id"].tolist() == by_code["knee_id"].tolist()
-    assert cohort.knees(**{"INJ@P01": ["No", "Yes"]})["knee_id"].tolist() == cohort.knees(
-        **{"INJ@P01": [0, 1]}
-    )["knee_id"].tolist()
+    assert (
+        cohort.knees(**{"INJ@P01": ["No", "Yes"]})["knee_id"].tolist()
+        == cohort.knees(**{"INJ@P01": [0, 1]})["knee_id"].tolist()
+    )
 
 
 def test_an_empty_result_says_which_filter_removed_the_last_knees(queried: Database) -> None:
@@ -86,7 +90,9 @@ def test_an_empty_result_says_which_filter_removed_the_last_knees(queried: Datab
     frame = cohort.knees(site="A", kl_baseline=4, sex="F")
     assert frame.empty
     reason = frame.attrs["empty_reason"]
-    assert reason.startswith(f"0 knees: definition 'panfilov2022' has {total} included knees; site='A' leaves {on_site}")
+    assert reason.startswith(
+        f"0 knees: definition 'panfilov2022' has {total} included knees; site='A' leaves {on_site}"
+    )
     assert "kl_baseline=4 leaves 0 (this filter removed the last ones)" in reason
     assert "sex" not in reason  # the filters after the one that emptied it are not named
     assert "empty_reason" not in cohort.knees(site="A").attrs
