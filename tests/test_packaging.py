@@ -15,6 +15,7 @@ import pytest
 
 import oaicohort
 import oaicohort.db.migrations as migrations
+from tests.reliability_helpers import message_lines
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_LAYER = ("torch", "torchvision", "oaimodels")
@@ -102,7 +103,7 @@ def test_torch_commands_say_how_to_install_torch(
     assert result.returncode == 1, result.stderr
     message = " ".join(result.stderr.split())
     assert f"`oai {command[0]}` needs torch" in message and 'pip install "oai-toolkit[models]"' in message
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+    assert "Traceback" not in result.stderr and len(message_lines(result.stderr)) <= 3
 
 
 def test_importing_every_oaicohort_module_never_imports_torch() -> None:

@@ -21,7 +21,7 @@ from oaicohort.release import archive as archive_module
 from oaicohort.release.discovery import discover
 from oaicohort.release.text import read_header
 from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import DATA_TABLES, run_oai, table_rows
+from tests.reliability_helpers import DATA_TABLES, message_lines, run_oai, table_rows
 
 
 def _zip_of(release: Path, path: Path, *, prefix: str = "") -> Path:
@@ -120,5 +120,5 @@ def test_cli_refuses_a_bomb_with_one_line(tmp_path: Path) -> None:
     bomb = _bomb(tmp_path / "release.zip", 24)
     done = run_oai(f"sqlite:///{tmp_path / 'db.sqlite'}", "ingest", str(bomb))
     assert done.returncode == 1 and "refused as a zip bomb" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+    assert "Traceback" not in done.stderr and len(message_lines(done.stderr)) <= 3
     assert done.stdout == ""
