@@ -199,7 +199,8 @@ def check_no_dropped_series(session: Session, release: ParsedRelease, *, allow_s
         for series_id, n in session.execute(
             select(Volume.series_id, func.count()).where(Volume.series_id.in_(chunk)).group_by(Volume.series_id)
         ):
-            used[int(series_id)] = int(n)
+            if series_id is not None:
+                used[int(series_id)] = int(n)
         rois += session.execute(select(func.count()).where(XrayRoi.volume_id.in_(made))).scalar_one()
     if not used:
         return

@@ -244,7 +244,8 @@ def superseded_series(session: Session, release: ParsedRelease) -> SupersededSer
     listed = set(zip(*(frame[c].tolist() for c in _SERIES_KEY)))
     covered = set(zip(frame["subject_id"].tolist(), frame["visit"].tolist()))
     visits = sorted(int(v) for v in frame["visit"].unique())
-    dropped, kept = {}, {}
+    dropped: dict[int, tuple[Any, ...]] = {}
+    kept: dict[int, tuple[Any, ...]] = {}
     for i, *key, source in session.execute(
         select(
             ImageSeries.id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -110,7 +110,7 @@ def check_member_size(source: SourceFile, info: zipfile.ZipInfo) -> None:
         )
 
 
-def _blocks(source: SourceFile) -> Iterator[bytes]:
+def _blocks(source: SourceFile) -> Generator[bytes, None, None]:
     """The member's bytes in blocks, counted against the size its directory entry declares."""
     archive, info = _open(source)
     seen = 0

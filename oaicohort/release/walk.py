@@ -28,7 +28,8 @@ def walk(
             if onerror is not None:
                 onerror(exc)
             continue
-        dirs, files = [], []
+        dirs: list[str] = []
+        files: list[str] = []
         for entry in entries:
             try:
                 is_dir = entry.is_dir()  # follows links, as followlinks=True
