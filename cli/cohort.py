@@ -277,6 +277,8 @@ def cohort_command(
     else:
         frame = cohort.knees(**options)
         what = "knees"
+    if frame.attrs.get("empty_reason"):  # which filter removed the last knees
+        err_console.print(f"note: {frame.attrs['empty_reason']}", highlight=False, markup=False, soft_wrap=True)
     if not trajectories:  # a time-to-event definition's columns
         from oaicohort.cohort.time_to_event import with_event_times
 

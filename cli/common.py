@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,6 +120,15 @@ def configure_logging(verbose: int, quiet: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any
+) -> None:
+    """A Python warning (from zarr, pandas ...) as one log line: its text, never the library's
+    source path and line that ``warnings`` prints by default."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
 
 
 def _is_cli_exit(exc: BaseException) -> bool:
@@ -194,13 +204,28 @@ def require_models_extra(command: str) -> None:
         ) from None
 
 
+def parse_knees_option(knees: list[str] | None) -> list[tuple[int, str]] | None:
+    """The knees of ``--knees`` (names, or files of names); a bad name on the command line is a
+    usage error (exit 2), a bad line of a file an input error naming the file and line (exit 1)."""
+    from oaicohort.errors import InputFileError
+    from oaicohort.imaging.store.selection import SelectionError, parse_knees
+
+    try:
+        return parse_knees(knees)
+    except InputFileError as exc:
+        if str(exc.path) != "--knees":
+            raise
+        raise typer.BadParameter(exc.reason, param_hint="--knees") from None
+    except SelectionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--knees") from None
+
+
 def chosen_knees(knees: list[str] | None, cohort: str | None, db: Database | None) -> list[tuple[int, str]] | None:
     """The knees of ``--knees`` or of ``--cohort NAME`` (a saved cohort of ``db``); None: all."""
     from oaicohort.cohort.saved import saved_knees
-    from oaicohort.imaging.store.selection import parse_knees
 
     if cohort is None:
-        return parse_knees(knees)
+        return parse_knees_option(knees)
     if knees:
         raise typer.BadParameter("--knees and --cohort both choose knees; give one", param_hint="--cohort")
     assert db is not None, "--cohort needs the database: open it before choosing knees"
@@ -238,15 +263,21 @@ def guard_output(
     own files, a release or one of ``inputs`` (``oaicohort.outputs``: a one-line error, exit 2)."""
     from oaicohort.db import resolve_url
     from oaicohort.outputs import check_output
-    from oaimodels.run_folder import run_file_role
 
+    protected = []
+    try:  # run folders are the model layer's; an install without it (no torch) has made none
+        from oaimodels.run_folder import run_file_role
+
+        protected.append(run_file_role)
+    except ImportError:
+        pass
     return check_output(
         path,
         option=option,
         inputs=list(inputs),
         database=database,
         database_url=resolve_url(state(ctx).db),
-        protected=[run_file_role],
+        protected=protected,
         allow=allow,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,14 @@ MIN_GAP_S = 2.0
 """Step and unit lines closer than this to the previous line are skipped..."""
 FEW_UNITS = 12
 """...except whole units of a total this small (the demo's steps, a run's epochs): each gets its line."""
+PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d [^:\n]+: [-+.\deE]+(?:/[-+.\deE]+ \(\d+%\))?, \d+ s$")
+"""A line :class:`LineProgress` writes (``12:03:04 reading files: 3/9 (33%), 3 s``): how many there
+are depends on how fast the machine is, so output checks count the other lines (``is_progress_line``)."""
+
+
+def is_progress_line(line: str) -> bool:
+    """Whether ``line`` is a plain progress line (see :data:`PROGRESS_LINE`), not a message."""
+    return PROGRESS_LINE.match(line.strip()) is not None
 
 
 @dataclass

@@ -8,13 +8,25 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from oaicli.common import emit_json, guard_output, handles_errors, out_console, rich_progress, state
+from oaicli.common import emit_json, guard_output, handles_errors, out_console, parse_knees_option, rich_progress, state
+from oaicohort.visits import VISIT_MONTHS
+from oaicohort.vocabulary import STORE_VIEWS
 
 store_app = typer.Typer(help="Inspect and verify preprocessed volume stores.", no_args_is_help=True)
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
+
+
+def _checked(views: list[str] | None, visit: int) -> list[str] | None:
+    """``--view`` and ``--visit`` values that name something a store can hold (usage errors, exit 2)."""
+    for view in views or []:
+        if view not in STORE_VIEWS:
+            raise typer.BadParameter(f"{view!r}: expected one of {', '.join(STORE_VIEWS)}", param_hint="--view")
+    if visit not in VISIT_MONTHS:
+        raise typer.BadParameter(f"{visit}: not an OAI visit code {sorted(VISIT_MONTHS)}", param_hint="--visit")
+    return views
 
 
 @store_app.command("info")
@@ -101,14 +113,14 @@ def export_command(
 ) -> None:
     """Write stored volumes as NIfTI with their scanner affine (needs the database the store was made with)."""
     from oaicohort.imaging.store.export import export_nifti
-    from oaicohort.imaging.store.selection import parse_knees
 
-    db = state(ctx).open_db()
+    views, chosen = _checked(views, visit), parse_knees_option(knees)
+    guard_output(ctx, nifti, "--nifti", inputs=[path])  # a usage error before the database is needed
+    db = state(ctx).open_db(create=False)  # the database the store was made with: never a new one
     try:
-        guard_output(ctx, nifti, "--nifti", inputs=[path], database=db)
         with rich_progress(enabled=not json_out) as progress:
             index = export_nifti(
-                db, path, nifti, views=views, knees=parse_knees(knees), visit=visit, limit=limit, progress=progress
+                db, path, nifti, views=views, knees=chosen, visit=visit, limit=limit, progress=progress
             )
     finally:
         db.dispose()
@@ -136,14 +148,14 @@ def qc_command(
 ) -> None:
     """PNG montages of the mid-slice of each view per knee, and contact sheets of many knees."""
     from oaicohort.imaging.store.qc import write_qc
-    from oaicohort.imaging.store.selection import parse_knees
 
+    views, chosen = _checked(views, visit), parse_knees_option(knees)
     db = state(ctx).open_db_if_configured()  # the index when there is one, else the store's own keys
     try:
         guard_output(ctx, out, "--out", inputs=[path], database=db)
         with rich_progress(enabled=not json_out) as progress:
             index = write_qc(
-                path, out, db=db, views=views, knees=parse_knees(knees), visit=visit, limit=limit,
+                path, out, db=db, views=views, knees=chosen, visit=visit, limit=limit,
                 columns=columns, rows=rows, progress=progress,
             )  # fmt: skip
     finally:

@@ -11,6 +11,7 @@ import typer
 from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, rich_progress
 from oaicohort.errors import OAIError
 from oaicohort.synth import OAI_SIZE, write_release
+from oaicohort.synth.clinical import MAX_SUBJECTS
 
 
 class ImageSize(StrEnum):
@@ -57,7 +58,9 @@ def synth_command(
     out: Path = typer.Argument(
         ..., help="Folder to write the release into (new, empty, or an earlier synthetic release)."
     ),
-    subjects: int = typer.Option(OAI_SIZE, "--subjects", "-n", help="Number of participants (the OAI enrolled 4,796)."),
+    subjects: int = typer.Option(
+        OAI_SIZE, "--subjects", "-n", min=1, max=MAX_SUBJECTS, help="Number of participants (the OAI enrolled 4,796)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     images: bool = typer.Option(
         False,

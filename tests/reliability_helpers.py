@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from oaicli.progress import is_progress_line
 from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,13 @@ _VOLATILE = {
     "store_path",
     "store_id",
 }
+
+
+def message_lines(output: str) -> list[str]:
+    """The lines of a command's output a user reads as its result or error: blank lines and the
+    plain progress lines a slow step writes (how many depends on the machine's load) left out.
+    Tests that count output lines count these."""
+    return [line for line in output.strip().splitlines() if line.strip() and not is_progress_line(line)]
 
 
 def oai_command(db_url: str, *args: str) -> list[str]:

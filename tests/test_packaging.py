@@ -16,6 +16,7 @@ import pytest
 
 import oaicohort
 import oaicohort.db.migrations as migrations
+from tests.reliability_helpers import message_lines
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_LAYER = ("torch", "torchvision", "oaimodels")
@@ -110,7 +111,7 @@ def test_torch_commands_say_how_to_install_torch(torch_free_env: dict[str, str],
     assert result.returncode == 1, result.stderr
     message = " ".join(result.stderr.split())
     assert f"`oai {name}` needs torch" in message and 'pip install "oai-toolkit[models]"' in message
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+    assert "Traceback" not in result.stderr and len(message_lines(result.stderr)) <= 3
 
 
 def _source_of(callback: object) -> str:

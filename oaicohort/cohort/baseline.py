@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from oaicohort.cohort import study_extra
-from oaicohort.cohort.variables import QueryError, apply_value_mode
+from oaicohort.cohort.variables import QueryError, QueryStateError, apply_value_mode
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import CLASSES
 
@@ -209,7 +209,7 @@ def baseline_table(
     if unknown:
         raise QueryError(f"baseline table: no column {', '.join(unknown)} in the cohort (ask for it with --var)")
     if knees.empty:
-        raise QueryError("baseline table: the cohort has no knees")
+        raise QueryStateError("baseline table: the cohort has no knees")
     continuous, categorical = _variable_kinds(knees, columns, dictionary)
     data = _prepared(knees, by, categorical, dictionary)
     skewed = list(nonnormal) if nonnormal is not None else _non_normal(data, continuous)

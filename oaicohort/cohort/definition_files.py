@@ -84,7 +84,7 @@ def load_definition_file(path: str | Path) -> LabelDefinitionParams:
     """Read a TOML label definition (see the module docstring)."""
     file = Path(path).expanduser()
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a BOM, as Windows editors write
     except OSError as exc:
         raise InputFileError(file, f"cannot read definition file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -70,6 +70,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from oaicohort.db.schema import ImageSeries, LabelDefinition
+from oaicohort.db.text import text_problem
 from oaicohort.errors import OAIError
 from oaicohort.field_checks import unknown_fields
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
@@ -121,6 +123,12 @@ HASHED_ONLY_WHEN_SET: dict[str, Any] = {
 
 class LabelDefinitionError(OAIError):
     """A label definition's parameters are inconsistent, or its name is unknown."""
+
+
+class UnknownDefinitionError(LabelDefinitionError):
+    """A definition name that is neither a preset nor stored: a usage error (exit code 2)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,11 @@ class LabelDefinitionParams:
         where = f"label definition {self.name!r}"
         if not self.name or not isinstance(self.name, str):
             raise LabelDefinitionError("a label definition needs a non-empty name")
+        # checked here, so that SQLite refuses what PostgreSQL would (a NUL, a name too long)
+        for field_name, column in (("name", LabelDefinition.name), ("dess_sequence", ImageSeries.sequence)):
+            problem = text_problem(str(getattr(self, field_name)), column)
+            if problem is not None:
+                raise LabelDefinitionError(f"label definition {field_name} {getattr(self, field_name)!r}: {problem}")
         visits = self.followup_visits
         if not visits:
             raise LabelDefinitionError(f"{where}: followup_visits is empty")
@@ -335,7 +348,7 @@ def preset(name: str) -> LabelDefinitionParams:
     try:
         return PRESETS[name]
     except KeyError:
-        raise LabelDefinitionError(f"unknown label definition {name!r}; presets: {sorted(PRESETS)}") from None
+        raise UnknownDefinitionError(f"unknown label definition {name!r}; presets: {sorted(PRESETS)}") from None
 
 
 def resolve_definition(definition: str | LabelDefinitionParams) -> LabelDefinitionParams:

@@ -14,8 +14,17 @@ from sqlalchemy import ColumnElement, and_, exists, false, or_
 
 from oaicohort.cohort.variables import QueryError
 from oaicohort.db.schema import ImageSeries, Knee
+from oaicohort.db.text import text_problem
 from oaicohort.visits import VISIT_MONTHS
 from oaicohort.vocabulary import CLASSES, ROLES
+
+
+def check_storable(name: str, value: str) -> None:
+    """A text filter value holding what no database can compare (a NUL) is refused here, the
+    same on SQLite and PostgreSQL (PostgreSQL's driver would refuse it with its own error)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise QueryError(f"filter {name}={value!r}: {problem}")
 
 
 def is_range(value: Any) -> bool:
@@ -51,6 +60,7 @@ def check_value(name: str, kind: str, value: Any) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise bad
+    check_storable(name, value)
     if kind == "sex":
         norm = {"f": "F", "female": "F", "m": "M", "male": "M"}.get(value.strip().lower())
         if norm is None:
@@ -70,10 +80,19 @@ def check_value(name: str, kind: str, value: Any) -> Any:
     return value
 
 
+def range_ends(name: str, value: tuple[Any, Any]) -> tuple[float | None, float | None]:
+    """The checked ends of a ``(lo, hi)`` range; one with ``lo > hi`` holds nothing and is refused
+    (it would match no knee without a word)."""
+    lo, hi = (check_value(name, "number", v) for v in value)
+    if lo is not None and hi is not None and lo > hi:
+        raise QueryError(f"filter {name}=({lo:g}, {hi:g}): an empty range (the low end is above the high end)")
+    return lo, hi
+
+
 def condition(name: str, column: Any, kind: str, value: Any) -> ColumnElement[bool]:
     """The WHERE clause of one filter: scalar, list (any of), (lo, hi) range or None."""
     if is_range(value) and kind in ("int", "number", "klg"):
-        lo, hi = (check_value(name, "number", v) for v in value)
+        lo, hi = range_ends(name, value)
         parts = [
             c
             for c in (column >= lo if lo is not None else None, column <= hi if hi is not None else None)
@@ -93,10 +112,11 @@ def condition(name: str, column: Any, kind: str, value: Any) -> ColumnElement[bo
     return column.is_(None) if checked is None else column == checked
 
 
-def sequence_condition(value: Any) -> ColumnElement[bool]:
-    """``has_sequence``: "SEQ" (baseline), ("SEQ", visit), or a list of those (any of)."""
+def sequence_items(value: Any) -> list[tuple[str, int]]:
+    """``has_sequence`` as (sequence, visit) pairs: "SEQ" (baseline), ("SEQ", visit), or a list
+    of those (any of)."""
     items = value if isinstance(value, list) else [value]
-    parts = []
+    out = []
     for item in items:
         if isinstance(item, str):
             sequence, visit = item, 0
@@ -109,18 +129,26 @@ def sequence_condition(value: Any) -> ColumnElement[bool]:
             )
         if isinstance(visit, bool) or not isinstance(visit, int) or visit not in VISIT_MONTHS:
             raise QueryError(f"filter has_sequence: visit {visit!r} is not an OAI visit code {sorted(VISIT_MONTHS)}")
-        parts.append(
-            exists().where(
-                ImageSeries.subject_id == Knee.subject_id,
-                ImageSeries.side == Knee.side,
-                ImageSeries.sequence == sequence.strip(),
-                ImageSeries.visit == visit,
-            )
+        check_storable("has_sequence", sequence)
+        out.append((sequence.strip(), visit))
+    return out
+
+
+def sequence_condition(value: Any) -> ColumnElement[bool]:
+    """``has_sequence``: "SEQ" (baseline), ("SEQ", visit), or a list of those (any of)."""
+    parts = [
+        exists().where(
+            ImageSeries.subject_id == Knee.subject_id,
+            ImageSeries.side == Knee.side,
+            ImageSeries.sequence == sequence,
+            ImageSeries.visit == visit,
         )
+        for sequence, visit in sequence_items(value)
+    ]
     return or_(*parts) if parts else false()
 
 
-__all__ = ["check_value", "condition", "is_range", "sequence_condition"]
+__all__ = ["check_value", "condition", "is_range", "range_ends", "sequence_condition", "sequence_items"]
 
 
 def variable_condition(name: str, cv: Any, value: Any) -> ColumnElement[bool]:
@@ -139,6 +167,7 @@ def variable_condition(name: str, cv: Any, value: Any) -> ColumnElement[bool]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             parts.append(cv.value_num == float(v))
         elif isinstance(v, str):
+            check_storable(name, v)
             parts.append(cv.value_text == v)
         else:
             raise QueryError(f"filter {name}={value!r}: expected numbers, strings, a (lo, hi) range or None")

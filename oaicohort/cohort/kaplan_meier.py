@@ -26,7 +26,7 @@ import pandas as pd
 
 from oaicohort.cohort import study_extra
 from oaicohort.cohort.baseline import SEX_LABELS
-from oaicohort.cohort.variables import QueryError
+from oaicohort.cohort.variables import QueryError, QueryStateError
 from oaicohort.errors import OAIError
 from oaicohort.vocabulary import CLASSES, EVENT_TYPES
 
@@ -104,7 +104,7 @@ def kaplan_meier(
         raise QueryError("Kaplan-Meier curves need time_months: query a time-to-event definition")
     data = frame[frame["time_months"].notna()]
     if data.empty:
-        raise QueryError("Kaplan-Meier curves: no knee has a time to event")
+        raise QueryStateError("Kaplan-Meier curves: no knee has a time to event")
     time = data["time_months"].to_numpy(dtype=float)
     event = data["event_type"].isin(list(event_types)).to_numpy()
     groups = _groups(data, by)

@@ -35,7 +35,7 @@ import pandas as pd
 from oaicohort.cohort.balance import smd_categorical, smd_continuous, stratum_key
 from oaicohort.cohort.baseline import CATEGORICAL_BUILT_IN
 from oaicohort.cohort.export import json_safe
-from oaicohort.cohort.variables import QueryError
+from oaicohort.cohort.variables import QueryError, QueryStateError
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def match(knees: pd.DataFrame, spec: MatchSpec) -> MatchResult:
     cases = np.flatnonzero(is_case.to_numpy())
     controls = np.flatnonzero((~is_case & has_value).to_numpy())
     if len(cases) == 0:
-        raise QueryError(f"--match {spec.column}={'|'.join(spec.values)}: no knee of the cohort is a case")
+        raise QueryStateError(f"--match {spec.column}={'|'.join(spec.values)}: no knee of the cohort is a case")
     exact = [v.name for v in spec.on if v.caliper is None]
     caliper = [v for v in spec.on if v.caliper is not None]
     widths = np.array([v.caliper for v in caliper], dtype=float)

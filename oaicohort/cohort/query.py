@@ -37,6 +37,7 @@ from sqlalchemy.orm import aliased
 
 from oaicohort.cohort.definitions import LabelDefinitionParams
 from oaicohort.cohort.export import variable_column
+from oaicohort.cohort.filter_checks import check_against_database, check_variable_values, why_empty
 from oaicohort.cohort.filters import condition as _condition
 from oaicohort.cohort.filters import sequence_condition as _sequence_condition
 from oaicohort.cohort.filters import variable_condition
@@ -193,8 +194,19 @@ class Cohort:
 
         Filtering by ``role`` or ``fold`` refuses stale labels or a stale split
         (:class:`~oaicohort.db.staleness.StaleResultError`, naming the subjects that changed).
+        An empty result says why in ``df.attrs["empty_reason"]``: which filter removed the last
+        knees. A filter value nothing in the database has (an unknown site, fold or sequence; a
+        text value for a numeric variable; a label no code of the variable has) raises
+        :class:`QueryError`, as does an empty range (``(5, 1)``); a label of a coded variable
+        (``INJ@P01="Yes"``) is read as its code.
+
+        ``store`` (a volume store path): only knees with a good (``ok``) ``view`` volume at
+        ``volume_visit`` in that store, with its ``position`` in the store's array as a column;
+        ``df.attrs["volumes"]`` counts the matching knees before and without a volume
+        (``labelled_knees``, ``knees_without_volume``).
         """
         var_filters = self._variable_filters(variables, filters)
+        empty_reason = ""
         with self.db.read() as session:
             resolved = self._resolve(session, definition, split)
             if {"role", "fold"} & set(filters):
@@ -204,9 +216,17 @@ class Cohort:
                         f"run `oai split --definition {resolved.definition}` first"
                     )
                 check_not_stale(session, resolved.definition_id, resolved.split_id)
+            check_against_database(session, filters, resolved.split_id)  # an unknown site, fold, sequence
+            var_filters = check_variable_values(session, var_filters)  # labels -> codes; text for numbers
             stmt = self._knee_select(resolved, include_excluded, filters, var_filters)
             columns = [*KNEE_COLUMNS, *[f"_var{i}_{part}" for i in range(len(var_filters)) for part in ("num", "text")]]
             frame = read_frame(session, stmt, columns)
+            if frame.empty:  # say which filter removed the last knees
+
+                def build(f: dict[str, Any], v: list[tuple[VariableRef, Any]]) -> Select[Any]:
+                    return self._knee_select(resolved, include_excluded, f, v)
+
+                empty_reason = why_empty(session, build, filters, var_filters, resolved.definition, include_excluded)
         for col in INT_COLUMNS:
             frame[col] = frame[col].astype("Int64")
         for col in ("age", "bmi"):
@@ -218,8 +238,14 @@ class Cohort:
         frame.attrs["variables"] = {ref.name: {"R": ref.right, "L": ref.left} for ref, _ in var_filters}
         volumes = None
         if store is not None:
+            had = len(frame)
             frame = with_volumes(self.db, frame, store, view, volume_visit)
             volumes = dict(frame.attrs["volumes"])
+            if had and frame.empty:
+                empty_reason = f"0 knees: none of the {had} matching knees has a good {view} volume in {store}"
+        if frame.empty:
+            frame.attrs["empty_reason"] = empty_reason
+            log.info("%s", empty_reason)
         frame.attrs.update(
             definition=resolved.definition,
             definition_id=resolved.definition_id,

@@ -29,9 +29,10 @@ from oaicohort.cohort.labels import xray_readings
 from oaicohort.cohort.matching import MatchSpec
 from oaicohort.cohort.matching import match as match_knees
 from oaicohort.cohort.query import KNEE_COLUMNS
-from oaicohort.cohort.variables import QueryError
+from oaicohort.cohort.variables import QueryError, QueryStateError
 from oaicohort.db import Database
 from oaicohort.db.schema import IngestFile, IngestRun, SavedCohort
+from oaicohort.db.text import text_problem
 from oaicohort.errors import DatabaseStateError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
@@ -182,8 +183,9 @@ def save_cohort(
     """
     from oaicohort.cohort.query import Cohort
 
-    if not name or len(name) > 64:
-        raise QueryError("a saved cohort needs a name of 1-64 characters")
+    problem = "empty" if not name else text_problem(name, SavedCohort.name)
+    if problem is not None:
+        raise QueryError(f"saved cohort name {name!r}: {problem}; give a name of 1-64 characters")
     cohort = Cohort(db)
     query = _query(definition, split, include_excluded, variables, filters, match)
     frame = run_query(cohort, query, split)
@@ -194,7 +196,7 @@ def save_cohort(
         existing = session.execute(select(SavedCohort).where(SavedCohort.name == name)).scalar_one_or_none()
         if existing is not None:
             if not replace:
-                raise QueryError(f"a cohort named {name!r} is already saved; choose another name or replace it")
+                raise QueryStateError(f"a cohort named {name!r} is already saved; choose another name or replace it")
             session.delete(existing)
             session.flush()
         session.add(

@@ -32,7 +32,17 @@ VALUE_MODES = ("codes", "labels", "both")
 
 
 class QueryError(OAIError):
-    """A cohort query names an unknown filter or gives a filter a value it cannot take."""
+    """A cohort query names an unknown filter or gives a filter a value it cannot take: a usage
+    error (exit code 2, as the CLI's own option checks)."""
+
+    exit_code = 2
+
+
+class QueryStateError(QueryError):
+    """A well-formed query whose result cannot give what was asked (no knee is a case, a saved
+    name is taken): a failure, not a usage error (exit code 1)."""
+
+    exit_code = 1
 
 
 class VariableError(QueryError):
@@ -220,6 +230,7 @@ def dictionary_of(frame: pd.DataFrame, session: Session) -> pd.DataFrame:
 __all__ = [
     "VALUE_MODES",
     "QueryError",
+    "QueryStateError",
     "VariableCatalogue",
     "VariableError",
     "VariableRef",

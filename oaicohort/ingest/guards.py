@@ -8,6 +8,12 @@ each file's row count is compared with what the last successful ingest read from
 rows stops the ingest (exit 1, naming the file and both counts) unless the user says, with
 ``oai ingest --allow-shrink``, that the smaller release is what they mean.
 
+An image series that the index files read again no longer list is removed, but one that
+preprocessed volumes (or X-ray ROIs) were made from stops the ingest the same way
+(``check_no_dropped_series``): removing it would leave those rows pointing at nothing. Series
+listed by an index file that is not in the root at all are kept (``ingest.writer``), as when the
+root holds no image index.
+
 The same holds for the columns a table may lack (JSN and osteophyte grades, follow-up age and
 BMI, sex, replacement dates, series dates...): a file re-exported without one, or with it blanked,
 has all its rows, but writing it would empty the values the database holds. Each such column's
@@ -24,6 +30,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from oaicohort.db.bulk import chunks
 from oaicohort.db.schema import (
     ImageSeries,
     IngestFile,
@@ -32,7 +39,9 @@ from oaicohort.db.schema import (
     KneeReplacement,
     Subject,
     SubjectVisit,
+    Volume,
     XrayReading,
+    XrayRoi,
 )
 from oaicohort.errors import OAIError
 from oaicohort.release.discovery import ALLCLINICAL, CONTENTS, ENROLLEES, OUTCOMES
@@ -168,3 +177,42 @@ def check_no_emptied_columns(session: Session, release: ParsedRelease, *, allow_
             "the column is missing or blank (a damaged file, or a release form without it), so nothing was "
             "changed. To write the file as it is and empty those values, run the ingest again with --allow-shrink",
         )
+
+
+# --------------------------------------------------------------------------- image series in use
+
+
+def check_no_dropped_series(session: Session, release: ParsedRelease, *, allow_shrink: bool = False) -> None:
+    """Raise ``ShrinkingReleaseError`` when image series that preprocessed volumes were made from
+    are no longer listed by the index files read; nothing when ``allow_shrink`` (the writer then
+    removes those volumes with their series)."""
+    if allow_shrink:
+        return
+    from oaicohort.ingest.writer import superseded_series
+
+    dropped = superseded_series(session, release).dropped
+    if not dropped:
+        return
+    used: dict[int, int] = {}
+    rois = 0
+    for chunk in chunks(sorted(dropped)):
+        made = select(Volume.id).where(Volume.series_id.in_(chunk))
+        for series_id, n in session.execute(
+            select(Volume.series_id, func.count()).where(Volume.series_id.in_(chunk)).group_by(Volume.series_id)
+        ):
+            if series_id is not None:
+                used[int(series_id)] = int(n)
+        rois += session.execute(select(func.count()).where(XrayRoi.volume_id.in_(made))).scalar_one()
+    if not used:
+        return
+    files = sorted({dropped[i][-1] for i in used})
+    subject, visit, side, sequence, _ = dropped[min(used)]
+    with_rois = f", {rois:,} of them X-ray ROIs" if rois else ""
+    raise ShrinkingReleaseError(
+        f"{', '.join(files[:3])} no longer list{'s' if len(files) == 1 else ''} {len(used):,} image series that {sum(used.values()):,} "
+        f"preprocessed volumes were made from{with_rois} (e.g. subject {subject}, visit {visit}, "
+        f"{sequence} {side}".rstrip()
+        + "): a truncated or partial index would leave those volumes without their series, so nothing was "
+        "changed. If the series are gone from the release, run the ingest again with --allow-shrink "
+        "(their volumes are then removed from the index too)"
+    )

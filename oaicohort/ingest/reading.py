@@ -93,6 +93,15 @@ NO_IMAGE_INDEX = (
 )
 
 
+def no_image_index_kept(held: int) -> str:
+    """The no-index warning of a re-ingest: the series indexed before are kept, so no knee loses
+    its baseline DESS series (``oai label`` excludes none for that)."""
+    return (
+        "no image index found (<visit dir>/contents.csv, contents.<code>.csv, image03.txt): the "
+        f"{held:,} image series indexed by earlier ingests are kept as they are"
+    )
+
+
 def find_release(root: Path | str) -> Discovery:
     """The OAI files below ``root`` (a folder or a zip); finding none is an error (a wrong or empty ROOT)."""
     root_path = Path(root).expanduser()

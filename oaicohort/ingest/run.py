@@ -27,8 +27,11 @@ labels, splits and volumes refer to them):
   readings are replaced.
 - knee_replacements: upsert by knee.
 - image_series: upsert by (subject, visit, side, sequence); a subject's series at a visit that
-  the new ``contents.csv`` files (or the scanned image folders) no longer list are removed. Done
-  per subject and visit, not per visit, because image packages split one visit over several folders.
+  the index files read again (or the scanned image folders) no longer list are removed. Done per subject and visit, not per
+  visit, because image packages split one visit over several folders; series listed by an index
+  file that is not in the root are kept (a root without one image package, like a root without
+  any index, removes nothing), and a series that volumes were made from is removed only with
+  ``--allow-shrink``, with those volumes (``ingest.guards``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 
 from oaicohort.db import Database
 from oaicohort.db.schema import utcnow
-from oaicohort.ingest.guards import check_no_emptied_columns, check_no_shrink
+from oaicohort.ingest.guards import check_no_dropped_series, check_no_emptied_columns, check_no_shrink
 from oaicohort.ingest.provenance import (
     add_run,
     record_failure,
@@ -197,6 +200,7 @@ def write_release(
             status = "succeeded"
             check_no_shrink(session, release.files, allow_shrink=allow_shrink)
             check_no_emptied_columns(session, release, allow_shrink=allow_shrink)
+            check_no_dropped_series(session, release, allow_shrink=allow_shrink)
             write_tables(session, release, counts, progress)
         seconds = time.perf_counter() - t0
         summary = _summary(counts, variables, len(release.files), seconds, _about(release), scan_images)

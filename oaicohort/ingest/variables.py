@@ -44,7 +44,7 @@ def read_variables_file(path: Path | str) -> list[str]:
     """Variable names from a text file: separated by commas or white space, ``#`` starts a comment."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # a BOM, as Windows editors write
     except OSError as exc:
         raise InputFileError(path, f"cannot read variables file: {exc.strerror or exc}") from None
     names: list[str] = []

@@ -13,15 +13,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from oaicohort.db.bulk import Columns, chunks, frame_columns, insert_rows, python_values, take, update_rows
-from oaicohort.db.schema import ClinicalValue, ImageSeries, Knee, KneeReplacement, Subject, SubjectVisit, XrayReading
+from oaicohort.db.schema import (
+    ClinicalValue,
+    ImageSeries,
+    Knee,
+    KneeReplacement,
+    Subject,
+    SubjectVisit,
+    Volume,
+    XrayReading,
+    XrayRoi,
+)
 from oaicohort.db.staleness import mark_stale
 from oaicohort.ingest.dictionary import record_categories, record_variables
-from oaicohort.ingest.reading import ParsedRelease
+from oaicohort.ingest.reading import NO_IMAGE_INDEX, ParsedRelease, no_image_index_kept
 from oaicohort.progress import ProgressCallback
+from oaicohort.release.discovery import CONTENTS, IMAGE03
 from oaicohort.release.readers import OUTCOME_FIELDS
 from oaicohort.visits import visit_month
 
@@ -204,11 +215,59 @@ _SERIES_FIELDS = (
 _SERIES_KEY = ("subject_id", "visit", "side", "sequence")
 
 
-def _write_series(session: Session, release: ParsedRelease, counts: Counts) -> None:
+@dataclass(frozen=True)
+class SupersededSeries:
+    """Index rows a release would replace: those its index files no longer list (``dropped``),
+    and those listed by an index file that is not in this root (``kept``: never removed, as when
+    the root holds no index at all)."""
+
+    dropped: dict[int, tuple[Any, ...]]  # id -> (subject, visit, side, sequence, source_file)
+    kept: dict[int, tuple[Any, ...]]
+
+
+def release_series(release: ParsedRelease) -> pd.DataFrame | None:
+    """The release's image series, one row per (subject, visit, side, sequence): several packages
+    of one visit may list the same series, and the later file wins, as a rescan."""
     if not release.series:
+        return None
+    return pd.concat(release.series, ignore_index=True).drop_duplicates(list(_SERIES_KEY), keep="last")
+
+
+def superseded_series(session: Session, release: ParsedRelease) -> SupersededSeries:
+    """The stored series of the subjects and visits the release indexes that it no longer lists
+    (see :class:`SupersededSeries`). Per subject and visit, not per visit, because image packages
+    split one visit over several folders; only rows whose index file was read again are dropped."""
+    frame = release_series(release)
+    if frame is None:
+        return SupersededSeries({}, {})
+    read = set(frame["source_file"]) | {f.relative_path for f in release.files if f.kind in (CONTENTS, IMAGE03)}
+    listed = set(zip(*(frame[c].tolist() for c in _SERIES_KEY)))
+    covered = set(zip(frame["subject_id"].tolist(), frame["visit"].tolist()))
+    visits = sorted(int(v) for v in frame["visit"].unique())
+    dropped: dict[int, tuple[Any, ...]] = {}
+    kept: dict[int, tuple[Any, ...]] = {}
+    for i, *key, source in session.execute(
+        select(
+            ImageSeries.id,
+            ImageSeries.subject_id,
+            ImageSeries.visit,
+            ImageSeries.side,
+            ImageSeries.sequence,
+            ImageSeries.source_file,
+        ).where(ImageSeries.visit.in_(visits))
+    ):
+        if tuple(key[:2]) in covered and tuple(key) not in listed:
+            (dropped if source in read else kept)[i] = (*key, source)
+    return SupersededSeries(dropped, kept)
+
+
+def _write_series(session: Session, release: ParsedRelease, counts: Counts) -> None:
+    frame = release_series(release)
+    if frame is None:
+        held = session.execute(select(func.count(ImageSeries.id))).scalar_one()
+        if held and NO_IMAGE_INDEX in release.warnings:  # the warning would not be true: nothing is removed
+            release.warnings[release.warnings.index(NO_IMAGE_INDEX)] = no_image_index_kept(held)
         return
-    # several packages of one visit may list the same series: the later file wins, as a rescan
-    frame = pd.concat(release.series, ignore_index=True).drop_duplicates(list(_SERIES_KEY), keep="last")
     visits = sorted(int(v) for v in frame["visit"].unique())
     existing: dict[tuple[Any, ...], int] = {}
     for i, s, v, side, seq in session.execute(
@@ -220,10 +279,26 @@ def _write_series(session: Session, release: ParsedRelease, counts: Counts) -> N
     cols = frame_columns(frame, _SERIES_FIELDS)
     months = {v: visit_month(v) for v in visits}
     cols["month"] = [months[v] for v in cols["visit"]]
-    if existing:
-        listed = set(zip(*(cols[c] for c in _SERIES_KEY)))
-        covered = set(zip(cols["subject_id"], cols["visit"]))
-        stale = [i for key, i in existing.items() if key[:2] in covered and key not in listed]
+    superseded = superseded_series(session, release)
+    if superseded.kept:
+        files = sorted({row[-1] for row in superseded.kept.values()})
+        release.warnings.append(
+            f"{', '.join(files[:3])}: not in this root (an image package left out?), so the {len(superseded.kept)} "
+            "image series it listed for the subjects and visits indexed here are kept"
+        )
+    stale = sorted(superseded.dropped)
+    if stale:
+        # only with --allow-shrink (ingest.guards): the volumes made from them go with them,
+        # the same on every back-end (never a dangling or NULL series id)
+        made = select(Volume.id).where(Volume.series_id.in_(stale))
+        session.execute(delete(XrayRoi).where(XrayRoi.volume_id.in_(made)))
+        gone = session.execute(delete(Volume).where(Volume.series_id.in_(stale)))
+        removed_volumes = max(getattr(gone, "rowcount", 0) or 0, 0)
+        if removed_volumes:
+            release.warnings.append(
+                f"{len(stale)} image series no longer listed were removed, with the {removed_volumes} "
+                "preprocessed volumes made from them (--allow-shrink)"
+            )
         for chunk in chunks(stale):
             session.execute(delete(ImageSeries).where(ImageSeries.id.in_(chunk)))
         counts.removed["image_series"] += len(stale)

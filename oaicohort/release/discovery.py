@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from oaicohort.errors import InputFileError
+from oaicohort.release.archive import archive_members
 from oaicohort.release.image_files import SeriesLocation, series_in_archive, series_in_folder, visit_dirs_below
 from oaicohort.release.visit_paths import release_visit, visit_of_dirs
+from oaicohort.release.walk import walk
 from oaicohort.visits import VISIT_MONTHS
 
 log = logging.getLogger(__name__)
@@ -144,16 +146,13 @@ def _source(
 
 
 def _archive_members(path: Path, relative: str, dir_parts: list[str], found: Discovery) -> list[SourceFile]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise InputFileError(path, f"cannot read zip archive: {exc}") from None
+    infos, warnings = archive_members(path, relative)  # refuses a member leaving the archive; names nested zips
+    found.warnings += warnings
     found.image_series.extend(series_in_archive(path, relative, dir_parts, infos))
     members = []
-    for info in sorted(infos, key=lambda i: i.filename):
+    for info in infos:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        if info.is_dir() or not parts or any(p.lower() in _SKIPPED_DIRS or p.startswith(".") for p in parts):
+        if not parts or any(p.lower() in _SKIPPED_DIRS or p.startswith(".") for p in parts):
             continue
         source = _source(
             path, f"{relative}!{info.filename}", parts[-1], dir_parts + list(parts[:-1]), info.filename, found
@@ -200,7 +199,7 @@ def discover(root: Path | str) -> Discovery:
     # image packages are often linked in from other disks, so links are followed, once each (a
     # folder is known by its device and inode: one stat, where resolving its path costs one per level)
     visited: set[tuple[int, int] | None] = set()
-    for dirpath, dirnames, filenames in os.walk(root_path, onerror=walk_error, followlinks=True):
+    for dirpath, dirnames, filenames in walk(root_path, onerror=walk_error):  # any depth
         visited.add(_identity(dirpath))
         dirnames[:] = sorted(
             d

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError
-from oaicohort.release.archive import member_sha256, read_member
+from oaicohort.release.archive import member_sha256, read_member, read_member_head
 from oaicohort.release.discovery import SAS, SourceFile
 from oaicohort.release.encodings import check_one_encoding
 from oaicohort.release.table import Table
@@ -153,7 +153,7 @@ def read_header(source: SourceFile, sep: str = "|") -> list[str]:
         return read_sas_header(source)
     try:
         if source.member is not None:
-            first = read_member(source)
+            first = read_member_head(source)  # never the whole member for its header
         else:
             with open_regular(source.path) as fh:  # the first line, ended by any line end
                 first = b""

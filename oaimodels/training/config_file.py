@@ -43,7 +43,7 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     """The checked option values of a TOML or JSON config file (not yet merged with defaults)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write
     except OSError as exc:
         raise InputFileError(path, f"cannot read the config file ({exc.strerror or exc})") from None
     suffix = path.suffix.lower()

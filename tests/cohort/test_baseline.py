@@ -169,10 +169,10 @@ def test_cli_table1_and_errors(synthetic_db: Database, tmp_path: Path) -> None:
     assert out.read_text() == api.to_markdown()
     assert res.stdout == ""  # no knee listing unless --out/--format asks for one
     res = runner.invoke(app, ["--db", synthetic_db.url, "cohort", "--table1", str(tmp_path / "t.csv"), "--by", "nope"])
-    assert res.exit_code == 1 and "--by nope: not a column of the cohort" in res.stderr
+    assert res.exit_code == 2 and "--by nope: not a column of the cohort" in res.stderr
     res = runner.invoke(app, ["--db", synthetic_db.url, "cohort", "--table1", str(tmp_path / "t.xlsx")])
     assert res.exit_code == 2
     res = runner.invoke(app, ["--db", synthetic_db.url, "cohort", "--by", "sex"])
     assert res.exit_code == 2 and "--by groups --table1 or --km" in res.stderr
     with pytest.raises(QueryError, match="no knees"):
-        baseline_table(Cohort(synthetic_db).knees(site="Z"))
+        baseline_table(Cohort(synthetic_db).knees(kl_baseline=4, site="A", sex="F", age=(18, 19)))

@@ -526,7 +526,7 @@ def test_cli_label_errors(tmp_path: Any) -> None:
     assert res.exit_code == 1
     assert "oai ingest" in res.stderr
     res = runner.invoke(app, ["--db", url, "label", "--definition", "nope"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a usage error
     assert "unknown label definition 'nope'" in res.stderr
 
 

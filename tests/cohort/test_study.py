@@ -420,7 +420,7 @@ def test_cli_knee_side_var_trajectories_values_and_dictionary(study: tuple[Datab
     dictionary = pd.read_csv(tmp_path / "pain.dictionary.csv")
     assert set(dictionary["variable"]) == {"V00WOMKPR", "V01WOMKPR", "V01WOMKPL", "V03WOMKPR", "V03WOMKPL"}
     res = runner.invoke(app, ["--db", db.url, "cohort", "--var", "WOMKP"])
-    assert res.exit_code == 1 and "ambiguous" in res.stderr
+    assert res.exit_code == 2 and "ambiguous" in res.stderr
 
 
 # --------------------------------------------------------------------------- volumes

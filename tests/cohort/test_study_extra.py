@@ -13,6 +13,7 @@ from oaicli.main import app
 from oaicohort.cohort import study_extra
 from oaicohort.cohort.study_extra import StudyExtraMissingError
 from oaicohort.db import Database
+from tests.reliability_helpers import message_lines
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def test_a_missing_library_says_how_to_install_it(
     message = " ".join(res.stderr.split())
     assert f"needs the Python package {package}" in message
     assert 'install the study extra with: pip install "oai-toolkit[study]"' in message
-    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) <= 3
+    assert "Traceback" not in res.output and len(message_lines(res.stderr)) <= 3
     assert not (tmp_path / f"out.{suffix}").exists()
 
 

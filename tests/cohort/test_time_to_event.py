@@ -220,7 +220,7 @@ def test_cli_km_and_its_errors(synthetic_db: Database, tmp_path: Path) -> None:
     assert set(km["groups"]) == {"Female", "Male"} and km["by"] == "sex"
     assert (tmp_path / "km.svg").read_text().lstrip().startswith("<?xml")
     res = runner.invoke(app, ["--db", synthetic_db.url, "cohort", "--km", str(tmp_path / "km.png")])
-    assert res.exit_code == 1 and "has no times to event" in res.stderr and "Traceback" not in res.output
+    assert res.exit_code == 2 and "has no times to event" in res.stderr and "Traceback" not in res.output
     res = runner.invoke(app, ["--db", synthetic_db.url, "cohort", "--km", str(tmp_path / "km.txt")])
     assert res.exit_code == 2 and "km.txt" in res.output
     with pytest.raises(QueryError, match="has no times to event"):

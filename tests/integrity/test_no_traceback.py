@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from oaicli.errors import translate
 from oaicli.main import app
 from oaicohort.db import Database, open_database
-from tests.reliability_helpers import REPO, run_oai
+from tests.reliability_helpers import REPO, message_lines, run_oai
 
 
 def _oai(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -295,7 +295,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     junk.write_bytes(b"not a database" * 500)
     quiet = run_oai(str(junk), "db", "runs")
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
-    assert len(quiet.stderr.strip().splitlines()) <= 3
+    assert len(message_lines(quiet.stderr)) <= 3
     loud = run_oai(str(junk), "--debug", "db", "runs")
     assert loud.returncode == 1 and "Traceback" in loud.stderr
     env = run_oai(str(junk), "db", "runs", env={"OAI_DEBUG": "1"})

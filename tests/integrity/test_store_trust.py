@@ -32,7 +32,7 @@ from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaimodels.data import make_source
-from tests.reliability_helpers import REPO, run_oai, spawn_oai, table_rows
+from tests.reliability_helpers import REPO, message_lines, run_oai, spawn_oai, table_rows
 
 SMALL = PreprocessParams.preset_named("small")
 
@@ -215,7 +215,7 @@ def test_two_preprocess_runs_on_one_new_store(imaging: Path, tmp_path: Path) -> 
     assert set(codes) <= {0, 3} and 0 in codes, outs
     for code, (_, err) in zip(codes, outs, strict=True):
         if code == 3:
-            assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+            assert "Traceback" not in err and len(message_lines(err)) <= 3
     db = open_database(db_url)
     report = verify_store(db, store)
     assert report["ok"] == 6 and report["mismatches"] == []

@@ -165,7 +165,8 @@ def run_store(
     if not any(has_series(db, v, sequence) for v in kind.visits(params, visit)):
         raise DatabaseStateError(
             f"no {sequence} {kind.series} of visit {visit} in the database {db.url}; "
-            f"run `oai ingest` on a release with its {kind.packages} (indexed or not) first"
+            f"run `oai ingest` on a release with its {kind.packages} first (indexed by contents.csv or "
+            "image03.txt, or the downloaded image folders themselves)"
         )
     claim_store(db, ref, replace_missing_store=replace_missing_store)
     store = VolumeStore.open_or_create(ref.path, params, views=kind.views)

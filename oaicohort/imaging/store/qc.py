@@ -6,6 +6,10 @@ by ``GAP`` black pixels and bottom-padded to the tallest view; grey levels are t
 values. Contact sheets ``sheets/sheet_{n:04d}.png`` tile ``columns x rows`` knee montages in the
 order of ``index.csv`` (which names each knee's sheet, row and column). PNGs are 8-bit greyscale
 written value for value, so a PNG's size is exactly the montage's size.
+
+A sheet has only the columns and rows its knees need (two knees on a 200x200 grid are one row of
+two), and is at most ``MAX_SHEET_PIXELS`` (32 megapixels; a 4x8 sheet of full-preset MRI
+montages is about 3): larger ``columns x rows`` are refused before anything is drawn.
 """
 
 from __future__ import annotations
@@ -29,10 +33,33 @@ from oaicohort.progress import ProgressCallback, no_progress
 log = logging.getLogger(__name__)
 
 GAP = 2
+MAX_SHEET_PIXELS = 32_000_000
 
 
 class QCError(OAIError):
     """Nothing to draw (no such view, no selected knee)."""
+
+
+class SheetTooLargeError(QCError):
+    """``columns x rows`` montages would make a contact sheet over ``MAX_SHEET_PIXELS``: a usage error."""
+
+    exit_code = 2
+
+
+def sheet_grid(knees: int, columns: int, rows: int, montage: tuple[int, int]) -> tuple[int, int]:
+    """The (columns, rows) a contact sheet uses for ``knees`` montages of ``montage`` (height,
+    width) pixels; ``SheetTooLargeError`` when it would exceed ``MAX_SHEET_PIXELS``."""
+    used_columns = max(1, min(columns, knees))
+    used_rows = max(1, min(rows, -(-knees // used_columns)))
+    height, width = montage
+    pixels = (used_rows * (height + GAP) - GAP) * (used_columns * (width + GAP) - GAP)
+    if pixels > MAX_SHEET_PIXELS:
+        raise SheetTooLargeError(
+            f"--columns {columns} x --rows {rows}: a contact sheet of {used_columns} x {used_rows} montages of "
+            f"{width}x{height} pixels would be {pixels / 1e6:,.0f} megapixels, over the "
+            f"{MAX_SHEET_PIXELS / 1e6:,.0f} a sheet may have; use fewer columns or rows"
+        )
+    return used_columns, used_rows
 
 
 def mid_slice(volume: np.ndarray) -> np.ndarray:
@@ -98,10 +125,11 @@ def write_qc(
         slots = of_view if slots is None else slots.merge(of_view, on=["subject_id", "side", "visit"])
     assert slots is not None
     chosen = select_slots(slots, knees, where=f"{store.path} ({'+'.join(views)}, visit {visit})", limit=limit)
+    height, width = montage_shape(store, views)
+    columns, rows = sheet_grid(len(chosen), columns, rows, (height, width))  # checked before drawing
     out = Path(out_dir)
     (out / "knees").mkdir(parents=True, exist_ok=True)
     (out / "sheets").mkdir(parents=True, exist_ok=True)
-    height, width = montage_shape(store, views)
     per_sheet = columns * rows
     sheet = np.zeros((rows * (height + GAP) - GAP, columns * (width + GAP) - GAP), dtype=np.uint8)
     records = []

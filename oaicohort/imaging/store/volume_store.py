@@ -48,6 +48,7 @@ from oaicohort.imaging.store.checks import (
     record_digest,
 )
 from oaicohort.imaging.store.chunks import ChunkFiles
+from oaicohort.imaging.store.metadata import check_metadata
 from oaicohort.vocabulary import MRI_VIEWS, SIDES, STORE_VIEWS
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class VolumeStore:
             raise StoreError(
                 f"{root}: not a volume store (no zarr.json); make one with `oai preprocess --store {root}`"
             )
+        check_metadata(root)  # a damaged zarr.json: one line naming it
         try:
             group = zarr.open_group(root, mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises several types for a malformed store
