@@ -22,6 +22,7 @@ from oaicli.label import label_command
 from oaicli.models import models_command
 from oaicli.predict import predict_command
 from oaicli.preprocess import preprocess_command
+from oaicli.runs import runs_app
 from oaicli.split import split_command
 from oaicli.store import store_app
 from oaicli.synth import synth_command
@@ -101,6 +102,7 @@ app.command("preprocess")(preprocess_command)
 app.add_typer(store_app, name="store")
 app.command("models")(models_command)
 app.command("train")(train_command)
+app.add_typer(runs_app, name="runs")
 app.command("eval")(eval_command)
 app.command("predict")(predict_command)
 app.command("explain")(explain_command)

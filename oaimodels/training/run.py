@@ -287,13 +287,15 @@ def train_run(
     knees: pd.DataFrame | None = None,
     labels_info: dict[str, Any] | None = None,
     on_epoch: EpochHook | None = None,
+    folds: Sequence[int] | None = None,
 ) -> Path:
     """Train ``config.model`` on every requested fold into the run folder ``config.out``.
 
     ``db`` supplies labels, split and the store index (``knees`` may replace it); ``progress``
     gets one task per fold (completed in epochs); ``on_epoch`` gets each epoch's log record.
     Returns the run folder. Under ``torchrun`` every rank calls this; with ``config.nproc > 1``
-    it spawns the processes itself.
+    it spawns the processes itself. ``folds`` trains only these of the run's folds (a cluster
+    job trains one; ``oaimodels.training.jobs``).
     """
     d = env_dist()
     if d.active:  # under torchrun: this process is one rank
@@ -302,7 +304,9 @@ def train_run(
             device = resolve_device(config.device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+            p = _only_folds(
+                prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds
+            )
             if d.main:
                 _init_run_folder(p, resume=resume)
             barrier(d)
@@ -311,7 +315,7 @@ def train_run(
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
-    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume)
+    p = _only_folds(prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume), folds)
     if p.config.nproc > 1:
         import torch.multiprocessing as mp
 
@@ -328,6 +332,15 @@ def train_run(
         return p.run_dir
     _train_prepared(p, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
     return p.run_dir
+
+
+def _only_folds(p: PreparedRun, folds: Sequence[int] | None) -> PreparedRun:
+    if folds is None:
+        return p
+    unknown = sorted(set(folds) - set(p.folds))
+    if unknown:
+        raise TrainingError(f"fold(s) {unknown} are not folds of the run {p.run_dir} (folds: {p.folds})")
+    return dataclasses.replace(p, folds=sorted(set(folds)))
 
 
 def run_name(model: str, view: str | None, init: str) -> str:
@@ -350,8 +363,21 @@ def train_all(
     another ``init`` into the same folder adds only the runs it lacks (Table 2: volumetric models
     have no ImageNet encoder and are shared). An unfinished run needs ``resume=True``.
     """
-    root = Path(config.out)
     done = []
+    for sub in study_configs(config, models):
+        run_dir = Path(sub.out)
+        if rf.is_run_complete(run_dir):
+            log.info("%s: complete, skipped", run_dir.name)
+            done.append(run_dir)
+            continue
+        done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
+    return done
+
+
+def study_configs(config: TrainConfig, models: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The config of each run of a study (:func:`train_all`; cluster jobs take the same list)."""
+    root = Path(config.out)
+    out = []
     for model in models or table1_models(config.store):
         spec = get_spec(model)
         views: Sequence[str | None] = (
@@ -364,10 +390,5 @@ def train_all(
             elif init == "imagenet" and not spec.imagenet_encoder:
                 init = "scratch"  # volumetric models have no ImageNet encoder
             run_dir = root / run_name(model, view, init)
-            if rf.is_run_complete(run_dir):
-                log.info("%s: complete, skipped", run_dir.name)
-                done.append(run_dir)
-                continue
-            sub = dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir))
-            done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
-    return done
+            out.append(dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir)))
+    return out
