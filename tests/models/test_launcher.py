@@ -212,9 +212,17 @@ def test_a_killed_job_rerun_and_a_preempted_job_requeued_end_like_an_uninterrupt
         pre_cfg = config(store, tmp_path / "preempted", **single)
         (_,), (job3,) = submit_study(pre_cfg, LauncherOptions("local"), db, setup=SETUP)
         _wait_epochs(tmp_path / "preempted" / "fold_0" / rf.LOG, 2, job3)
-        job3._interrupt()
+        first = _task_pid(int(job3.job_id))
+        # SLURM signals the job's task before its time limit or on preemption (LocalJob._interrupt
+        # signals the controller instead, which has no handler for it in submitit 1.5)
+        os.kill(first, signal.SIGUSR2)
+        seen = {first}
+        while not job3.done():  # the controller starts a second task: the requeued job
+            children = Path(f"/proc/{job3.job_id}/task/{job3.job_id}/children")
+            seen.update(int(p) for p in (children.read_text().split() if children.exists() else []))
+            time.sleep(0.05)
         job3.result()
-        assert "requeu" in (job3.stderr() or "").lower() + (job3.stdout() or "").lower()
+        assert len(seen) == 2, "the preempted job was not requeued"
         assert_same_fold(rf.fold_dir(full, 0), tmp_path / "preempted" / "fold_0")
     finally:
         db.dispose()
