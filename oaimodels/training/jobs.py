@@ -157,7 +157,10 @@ def job_state(record: JobRecord) -> str:
     """queued, running, failed (ended without finishing its fold) or unknown (no scheduler to ask)."""
     if record.launcher == "local":
         return "running" if _local_alive(int(record.job_id)) else "failed"
-    return slurm_state(record.job_id)
+    state = slurm_state(record.job_id)
+    if state == "unknown" and (Path(record.folder) / f"{record.job_id}_0_result.pkl").is_file():
+        return "failed"  # ended (submitit wrote its result) without finishing the fold; no sacct to ask
+    return state
 
 
 def _local_alive(pid: int) -> bool:

@@ -122,6 +122,15 @@ def require_submitit() -> Any:
     return submitit
 
 
+def check_launcher(options: LauncherOptions) -> Any:
+    """submitit, once the options are valid and (for SLURM) ``sbatch`` is on the PATH."""
+    options.check()
+    submitit = require_submitit()
+    if options.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise TrainingError("--launcher slurm: sbatch not found; submit from a SLURM login node (or --launcher local)")
+    return submitit
+
+
 # --------------------------------------------------------------------------- submitting
 
 
@@ -160,9 +169,7 @@ def _preparation_config(config: TrainConfig, device: str) -> TrainConfig:
 
 
 def make_executor(options: LauncherOptions, folder: Path, name: str) -> Any:
-    submitit = require_submitit()
-    if options.launcher == "slurm" and shutil.which("sbatch") is None:
-        raise TrainingError("--launcher slurm: sbatch not found; submit from a SLURM login node (or --launcher local)")
+    submitit = check_launcher(options)
     params: dict[str, Any] = dict(gpus_per_node=options.gpus_per_job, signal_delay_s=options.signal_delay_s)
     if options.launcher == "slurm":
         executor = submitit.SlurmExecutor(folder=str(folder / "%j"))
@@ -198,8 +205,7 @@ def submit_study(
     """
     from oaimodels.training.run import prepare_run, study_configs
 
-    options.check()
-    require_submitit()
+    check_launcher(options)  # before any run folder is written
     configs = study_configs(config, models) if study else [config]
     device = job_device(config, options)
     operational = {k: getattr(config, k) for k in _JOB_OPERATIONAL} | {"device": device}

@@ -194,7 +194,7 @@ def test_a_killed_job_rerun_and_a_preempted_job_requeued_end_like_an_uninterrupt
         full = train_all(config(store, tmp_path / "full", **single), db, models=["toy3d"])[0]
         # SIGKILL mid-fold: the job fails (nothing can checkpoint), rerunning the fold resumes it
         killed_cfg = config(store, tmp_path / "killed", **single)
-        (sub,), (job,) = submit_study(killed_cfg, LauncherOptions("local"), db, study=False, setup=SETUP)
+        (_sub,), (job,) = submit_study(killed_cfg, LauncherOptions("local"), db, study=False, setup=SETUP)
         fold_log = tmp_path / "killed" / "fold_0" / rf.LOG
         _wait_epochs(fold_log, 2, job)
         os.kill(_task_pid(int(job.job_id)), signal.SIGKILL)
@@ -203,7 +203,7 @@ def test_a_killed_job_rerun_and_a_preempted_job_requeued_end_like_an_uninterrupt
         assert [s.state for s in fold_statuses(tmp_path / "killed")] == ["failed"]
         before = len(rf.read_log(fold_log))
         assert 2 <= before < 5
-        (sub2,), (job2,) = submit_study(killed_cfg, LauncherOptions("local"), db, resume=True, setup=SETUP)
+        (_sub2,), (job2,) = submit_study(killed_cfg, LauncherOptions("local"), db, resume=True, setup=SETUP)
         job2.result()
         assert read_jobs(tmp_path / "killed")[0].job_id == job2.job_id != job.job_id
         assert_same_fold(rf.fold_dir(full, 0), tmp_path / "killed" / "fold_0")
@@ -231,7 +231,7 @@ def test_a_killed_job_rerun_and_a_preempted_job_requeued_end_like_an_uninterrupt
 def test_submitting_twice_skips_finished_and_running_folds(
     cohort: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, db_path, knees = cohort
+    store, db_path, _knees = cohort
     import oaimodels.training.launcher as L
 
     submitted_jobs: list[Any] = []
@@ -269,3 +269,75 @@ def test_submitting_twice_skips_finished_and_running_folds(
     assert rf.is_fold_complete(tmp_path / "run", 0) and not rf.is_fold_complete(tmp_path / "run", 1)
     statuses = fold_statuses(tmp_path / "run")
     assert [(s.fold, s.state, s.job_id) for s in statuses] == [(0, "finished", "4001"), (1, "queued", "4002")]
+
+
+def test_eval_of_a_launched_run_names_the_unfinished_folds(
+    cohort: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oaicli.main import app
+    from oaimodels.training.jobs import JobRecord, record_jobs
+
+    store, db_path, knees = cohort
+    with toy_model():
+        from oaimodels.training import train_run
+
+        run = train_run(config(store, tmp_path / "run", model="toy3d", epochs=1, folds=[0, 1]), knees=knees)
+    (rf.fold_dir(run, 1) / rf.SUMMARY).unlink()  # fold 1 still training
+    record_jobs(run, [JobRecord(1, "local", "999999", "o", "e", "now", "f")])
+    result = CliRunner().invoke(app, ["--db", str(db_path), "eval", str(run), "--no-latency"])
+    assert result.exit_code != 0
+    assert f"fold(s) [1] not finished; see `oai runs status {run}`" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["runs", "status", str(run), "--json"])
+    states = [(f["fold"], f["state"], f["job_id"]) for f in json.loads(result.stdout)["folds"]]
+    assert states == [(0, "finished", None), (1, "failed", "999999")]  # no such process: failed
+
+
+def test_launcher_options_from_the_config_file_and_the_command_line(tmp_path: Path) -> None:
+    from oaicli.launch import launcher_options
+    from oaicohort.errors import InputFileError
+    from oaimodels.training.launcher import parse_time
+
+    path = tmp_path / "train.toml"
+    path.write_text(
+        'epochs = 3\n[launcher]\nlauncher = "slurm"\npartition = "gpu"\ngpus_per_job = 1\n'
+        'time = "1-02:30:00"\naccount = "oai"\narray_parallelism = 8\n'
+    )
+    from oaimodels.training.config_file import read_config_file
+
+    assert read_config_file(path)["epochs"] == 3  # the table is not a training option
+    options = launcher_options({"launcher": None, "partition": "long", "time": None}, path)
+    assert (options.launcher, options.partition, options.gpus_per_job, options.time_min) == ("slurm", "long", 1, 1590)
+    assert (options.account, options.array_parallelism) == ("oai", 8)
+    assert launcher_options({"launcher": "local", "time": "90"}, path).time_min == 90
+    assert parse_time("2:00:01") == 121
+    path.write_text("[launcher]\ngpus = 2\n")
+    with pytest.raises(InputFileError, match="unknown key 'launcher.gpus'"):
+        launcher_options({"launcher": "local"}, path)
+    path.write_text('[launcher]\ntime = "soon"\n')
+    with pytest.raises(InputFileError, match="launcher.time"):
+        launcher_options({"launcher": "local"}, path)
+
+
+def test_cli_launcher_errors(
+    cohort: tuple[Path, Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oaicli.main import app
+
+    store, db_path, _ = cohort
+    base = ["--db", str(db_path), "train", "--store", str(store), "--model", "toy3d", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*base, "--launcher", "pbs"])
+    assert result.exit_code != 0 and "choose slurm or local" in result.output
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    with toy_model():
+        result = CliRunner().invoke(app, [*base, "--launcher", "slurm", "--folds", "0-1"])
+    assert result.exit_code != 0 and "sbatch not found" in result.output
+    assert not (tmp_path / "r").exists()  # refused before the run folder was written
+    monkeypatch.setitem(__import__("sys").modules, "submitit", None)  # the [cluster] extra absent
+    result = CliRunner().invoke(app, [*base, "--launcher", "local"])
+    assert result.exit_code != 0 and 'pip install "oai-toolkit[cluster]"' in result.output
+
+
+def test_fold_ranges() -> None:
+    from oaicli.train import parse_folds
+
+    assert parse_folds("0-4") == [0, 1, 2, 3, 4] and parse_folds("0,2-3") == [0, 2, 3] and parse_folds("all") is None
