@@ -209,6 +209,8 @@ def submit_study(
     configs = study_configs(config, models) if study else [config]
     device = job_device(config, options)
     operational = {k: getattr(config, k) for k in _JOB_OPERATIONAL} | {"device": device}
+    if device.startswith("cuda") and options.gpus_per_job > 1 and config.nproc == 1:
+        operational["nproc"] = options.gpus_per_job  # DDP over the job's GPUs, one process each
     setup = tuple(setup) + setup_from_env()
     todo: list[tuple[Path, int]] = []
     results: dict[Path, Submitted] = {}

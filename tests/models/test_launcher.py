@@ -341,3 +341,14 @@ def test_fold_ranges() -> None:
     from oaicli.train import parse_folds
 
     assert parse_folds("0-4") == [0, 1, 2, 3, 4] and parse_folds("0,2-3") == [0, 2, 3] and parse_folds("all") is None
+
+
+def test_a_gpu_job_is_prepared_for_its_gpu_on_a_login_node_without_one(tmp_path: Path) -> None:
+    import oaimodels.training.launcher as L
+
+    cfg = TrainConfig(store="s", out=str(tmp_path / "o"), device="auto")
+    assert L.job_device(cfg, LauncherOptions("slurm", gpus_per_job=4)) == "cuda"
+    assert L.job_device(cfg, LauncherOptions("slurm")) == "cpu"
+    prep = L._preparation_config(cfg, "cuda")  # precision and memory layout of the GPU it will train on
+    if not torch.cuda.is_available():
+        assert (prep.device, prep.precision, prep.channels_last) == ("cpu", "bf16", True)
