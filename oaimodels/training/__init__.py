@@ -15,6 +15,8 @@ Modules, in the order a run uses them:
 - :mod:`.checkpoint`   ``last.pt``/``best.pt`` save and load (plain state dicts only)
 - :mod:`.loop`         one fold: ``_train_epoch`` / ``_validate`` / ``_keep_best``
 - :mod:`.run`          ``prepare_run``, torch settings, process spawning, ``train_run``, ``train_all``
+- :mod:`.launcher`     ``submit_study``: one SLURM/local job per (model, fold) through submitit
+- :mod:`.jobs`         ``FoldJob`` (a fold as a requeueable job), ``jobs.json``, fold states
 
 Prediction (``predict_logits``, the autocast context) lives in :mod:`oaimodels.logits`, so
 evaluation loads checkpoints without importing the loop. The names below are re-exported
