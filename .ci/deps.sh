@@ -12,20 +12,21 @@
 #     with torch blocked), nibabel (oaicohort.imaging.store.export) and the [study] extra
 #     (oaicohort.cohort.study_extra);
 #  3. the model layer (`pip install -e ".[models]"`): base + models; mlflow is guarded
-#     (oaimodels.tracking), tensorboard is loaded by torch, never imported by name.
+#     (oaimodels.tracking), and so is submitit (oaimodels.training.launcher, the [cluster] extra);
+#     tensorboard is loaded by torch, never imported by name.
 #  4. the tests (`pip install -e ".[dev]"`): every import is declared somewhere (base, an extra
 #     or dev), so the README's test command works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # In passes 2 and 3 deptry reports a package of an extra that the layer's install lacks as
 # "DEP004 ... declared as a dev dependency": that is how it is told which extras count as absent.
-not_models=dev,postgres,tracking,mlflow,export,study
+not_models=dev,postgres,tracking,mlflow,export,study,cluster
 echo "deps: every import declared, every declaration used" >&2
 deptry .
 echo "deps: the cohort layer and the CLI need the base install only" >&2
 deptry oaicohort migrations cli --optional-dependencies-dev-groups "models,$not_models" --ignore DEP002 \
     --per-rule-ignores "DEP004=torch|torchvision|nibabel|graphviz|tableone|tabulate|sksurv"
 echo "deps: the model layer needs the base install and [models] only" >&2
-deptry oaimodels --optional-dependencies-dev-groups "$not_models" --ignore DEP002 --per-rule-ignores "DEP004=mlflow"
+deptry oaimodels --optional-dependencies-dev-groups "$not_models" --ignore DEP002 --per-rule-ignores "DEP004=mlflow|submitit"
 echo "deps: the tests need [dev] only" >&2
 deptry tests --exclude venv --known-first-party tests --ignore DEP002,DEP004  # --exclude: not the default 'tests'

@@ -22,6 +22,7 @@ from oaicli.label import label_command
 from oaicli.models import models_command
 from oaicli.predict import predict_command
 from oaicli.preprocess import preprocess_command
+from oaicli.runs import runs_app
 from oaicli.split import split_command
 from oaicli.store import store_app
 from oaicli.synth import synth_command
@@ -89,13 +90,22 @@ def root(
     install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C: rollback, workers stopped
 
 
-MODELS_EXTRA_COMMANDS = frozenset({"models", "train", "eval", "predict", "explain", "demo"})
+MODELS_EXTRA_COMMANDS = frozenset({"models", "train", "runs", "eval", "predict", "explain", "demo"})
 """Every command that needs torch (the ``models`` extra), in this one place: without torch each
 says how to install it and exits 1 (tests/test_packaging.py runs every one of them so)."""
 
 
 def _command(name: str, func: Any) -> None:
     app.command(name)(needs_models_extra(name)(func) if name in MODELS_EXTRA_COMMANDS else func)
+
+
+def _group(name: str, group: typer.Typer) -> None:
+    """A command group; one named in :data:`MODELS_EXTRA_COMMANDS` has each command guarded."""
+    if name in MODELS_EXTRA_COMMANDS:
+        for command in group.registered_commands:
+            if command.callback is not None:
+                command.callback = needs_models_extra(name)(command.callback)
+    app.add_typer(group, name=name)
 
 
 app.add_typer(db_app, name="db")
@@ -110,6 +120,7 @@ _command("preprocess", preprocess_command)
 app.add_typer(store_app, name="store")
 _command("models", models_command)
 _command("train", train_command)
+_group("runs", runs_app)
 _command("eval", eval_command)
 _command("predict", predict_command)
 _command("explain", explain_command)

@@ -11,20 +11,26 @@ from typing import Any
 import typer
 
 from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.launch import LAUNCH_PARAMS, launch, launcher_options
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
 
 def parse_folds(text: str) -> list[int] | None:
-    """``all`` -> None (every fold of the split); ``0,2`` -> [0, 2]."""
+    """``all`` -> None (every fold of the split); ``0,2`` -> [0, 2]; ``0-4`` -> [0, 1, 2, 3, 4]."""
     if text.strip().lower() == "all":
         return None
     try:
-        folds = sorted({int(part) for part in text.split(",") if part.strip()})
+        folds = sorted({k for part in text.split(",") if part.strip() for k in _fold_range(part)})
     except ValueError:
         raise typer.BadParameter(f"{text!r}: expected 'all' or fold numbers like 0,2", param_hint="--folds") from None
     if not folds or folds[0] < 0:
         raise typer.BadParameter(f"{text!r}: fold numbers are 0 or more", param_hint="--folds")
     return folds
+
+
+def _fold_range(part: str) -> range:
+    first, dash, last = part.strip().partition("-")
+    return range(int(first), int(last) + 1) if dash else range(int(first), int(first) + 1)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -52,7 +58,7 @@ _KEYS = {
     "max_rotation": "augment.max_rotation_deg", "gamma_p": "augment.gamma_p", "gamma_low": "augment.gamma_low",
     "gamma_high": "augment.gamma_high", "tag": "tags",
 }  # fmt: skip
-_NOT_CONFIG = {"ctx", "config_file", "resume", "json_out", "no_augment"}
+_NOT_CONFIG = {"ctx", "config_file", "resume", "json_out", "no_augment", *LAUNCH_PARAMS}
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
@@ -94,6 +100,12 @@ def config_layers(ctx: typer.Context, params: dict[str, Any]) -> tuple[dict[str,
 
         given["augment"] = {**dataclasses.asdict(AugmentParams.none()), **given.get("augment", {})}
     return defaults, given
+
+
+def _has_launcher_table(path: Path) -> bool:
+    from oaimodels.training.launcher import read_launcher_table
+
+    return bool(read_launcher_table(path).get("launcher"))
 
 
 @handles_errors
@@ -185,6 +197,18 @@ def train_command(
     experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment name (default oai)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run(s) in --out from their last checkpoints."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (one per GPU) for DistributedDataParallel."),
+    launcher: str | None = typer.Option(
+        None, "--launcher", help="slurm or local: one job per (model, fold) through submitit (the [cluster] extra)."
+    ),
+    partition: str | None = typer.Option(None, "--partition", help="SLURM partition of the jobs."),
+    account: str | None = typer.Option(None, "--account", help="SLURM account of the jobs."),
+    gpus_per_job: int | None = typer.Option(None, "--gpus-per-job", min=0, help="GPUs per job (default 0)."),
+    cpus_per_job: int | None = typer.Option(None, "--cpus-per-job", min=1, help="CPUs per job."),
+    time: str | None = typer.Option(None, "--time", help="Time limit per job: minutes or H:MM:SS (default 24:00:00)."),
+    array_parallelism: int | None = typer.Option(
+        None, "--array-parallelism", min=1, help="At most N jobs of the array run at once (default 64)."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="With --launcher: wait for every job to end."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold).
@@ -208,6 +232,13 @@ def train_command(
     if train_everything:
         config.model = "2d_trf"
     db = state(ctx).open_db(create=False)
+    if launcher is not None or (config_file is not None and _has_launcher_table(config_file)):
+        options = launcher_options(dict(ctx.params), config_file)
+        try:
+            launch(config, db, options, study=train_everything, resume=resume, wait=wait, json_out=json_out)
+        finally:
+            db.dispose()
+        return
 
     def on_epoch(record: dict[str, Any]) -> None:
         if not json_out:

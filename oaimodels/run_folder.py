@@ -25,6 +25,9 @@ One training run (one model, one view, one initialisation, all its folds) writes
       fold_{k}/summary.json  written when the fold has trained all its epochs (best epoch, AP)
       fold_{k}/events.out.tfevents.*  TensorBoard scalars of each epoch (``--no-tensorboard``: none)
       mlflow.json            with ``--track mlflow``: the MLflow run this training run logs to
+      jobs.json              with ``oai train --launcher slurm|local``: each fold's job (launcher,
+                             job id, stdout/stderr log paths, submission time); see
+                             ``oaimodels.training.jobs``
 
 Evaluation (``oai eval``) adds ``RUN_DIR/eval/`` (or ``--out``): predictions.csv, metrics.json,
 recalibrated.csv (probabilities recalibrated on the validation folds, never the test set), the
@@ -80,6 +83,7 @@ CALIBRATION_PLOT = "calibration.png"
 PLOTS = (ROC_PLOT, PR_PLOT, CONFUSION_PLOT, CALIBRATION_PLOT)
 RECALIBRATED = "recalibrated.csv"
 MLFLOW_RUN = "mlflow.json"
+JOBS = "jobs.json"
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "oai-toolkit")
 

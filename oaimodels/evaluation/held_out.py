@@ -221,6 +221,9 @@ def _evaluate_run(
     saved, config = _run_config(run_dir)
     layout = InputLayout.from_dict(saved["layout"])
     folds = list(saved["folds"])
+    unfinished_jobs = [k for k in folds if not rf.is_fold_complete(run_dir, k)]
+    if unfinished_jobs and (run_dir / rf.JOBS).is_file():  # cluster jobs: every fold, or none
+        raise EvaluationError(f"{run_dir}: fold(s) {unfinished_jobs} not finished; see `oai runs status {run_dir}`")
     missing = [k for k in folds if not (rf.fold_dir(run_dir, k) / rf.BEST).is_file()]
     if missing:
         raise EvaluationError(

@@ -19,6 +19,8 @@ Modules, in the order a run uses them (import names from them; this package re-e
 - :mod:`.checkpoint`   ``last.pt``/``best.pt`` save and load (plain state dicts only)
 - :mod:`.loop`         one fold: ``_train_epoch`` / ``_validate`` / ``_keep_best``
 - :mod:`.tracking`     TensorBoard and MLflow
+- :mod:`.launcher`     ``submit_study``: one SLURM/local job per (model, fold) through submitit
+- :mod:`.jobs`         ``FoldJob`` (a fold as a requeueable job), ``jobs.json``, fold states
 
 Prediction (``predict_logits``, the autocast context) lives in :mod:`oaimodels.logits`, so
 evaluation loads checkpoints without importing the loop.

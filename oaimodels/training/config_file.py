@@ -66,6 +66,8 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
         if extra:
             raise InputFileError(path, f"unknown key {extra[0]!r} beside 'config' (a run's config.json has none)")
         data = data["config"]
+    # job resources, not a training option: read by oaimodels.training.launcher.read_launcher_table
+    data = {k: v for k, v in data.items() if k != "launcher"}
     values = check_values(data, path)
     for key in ("store", "out"):  # relative to the file, as a reader of the file would take them
         if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,12 @@ def _check_out(p: PreparedRun, db: Any) -> None:
                  allow=RUN)  # fmt: skip
 
 
-def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None) -> None:
+def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None, whole_run: bool = True) -> None:
     _check_out(p, db)
-    for folder in (p.run_dir, *rf.fold_dirs(p.run_dir).values()):
-        clean_leftovers(folder)  # what a killed run was writing (.last.pt.tmpPID ...)
+    # what a killed run was writing (.last.pt.tmpPID ...); a job of some folds cleans only its own
+    own = [p.run_dir, *rf.fold_dirs(p.run_dir).values()] if whole_run else [rf.fold_dir(p.run_dir, k) for k in p.folds]
+    for folder in own:
+        clean_leftovers(folder)
     config_path = p.run_dir / rf.CONFIG
     if config_path.is_file():
         if not resume:
@@ -275,13 +277,15 @@ def train_run(
     knees: pd.DataFrame | None = None,
     labels_info: dict[str, Any] | None = None,
     on_epoch: EpochHook | None = None,
+    folds: Sequence[int] | None = None,
 ) -> Path:
     """Train ``config.model`` on every requested fold into the run folder ``config.out``.
 
     ``db`` supplies labels, split and the store index (``knees`` may replace it); ``progress``
     gets one task per fold (completed in epochs); ``on_epoch`` gets each epoch's log record.
     Returns the run folder. Under ``torchrun`` every rank calls this; with ``config.nproc > 1``
-    it spawns the processes itself.
+    it spawns the processes itself. ``folds`` trains only these of the run's folds (a cluster
+    job trains one; ``oaimodels.training.jobs``).
     """
     d = env_dist()
     if d.active:  # under torchrun: this process is one rank
@@ -290,39 +294,50 @@ def train_run(
             device = resolve_device(config.device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+            p = _only_folds(
+                prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds
+            )
             if d.main:
                 _check_out(p, db)
-            with run_lock(p.run_dir) if d.main else nullcontext():
+            with run_lock(p.run_dir, folds) if d.main else nullcontext():
                 if d.main:
-                    _init_run_folder(p, resume=resume, db=db)
+                    _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
                 barrier(d)
                 _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
         finally:
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
-    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False)
+    p = _only_folds(prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds)
     _check_out(p, db)
-    with run_lock(p.run_dir):
-        _init_run_folder(p, resume=resume, db=db)
+    with run_lock(p.run_dir, folds):
+        _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
         _train_locked(run_plan(p), resume=resume, progress=progress, on_epoch=on_epoch)
     return p.run_dir
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, folds: Sequence[int] | None = None) -> Iterator[None]:
     """One ``oai train`` per run folder at a time: a second one (two ``--resume`` of one run)
-    exits 3 at once. A folder made here for a run that then failed before writing anything is
-    removed again."""
-    created = not run_dir.exists()
-    busy = f"{run_dir}: another `oai train` is training this run folder; wait for it to finish (or stop it) first"
+    exits 3 at once. A job training only ``folds`` of a prepared run (a cluster job,
+    ``oaimodels.training.jobs``) locks only their fold folders, so the run's other folds train
+    beside it. A folder made here for a run that then failed before writing anything is removed
+    again."""
+    held = [run_dir] if folds is None else [rf.fold_dir(run_dir, k) for k in sorted(set(folds))]
+    created = [folder for folder in (run_dir, *held) if not folder.exists()]
+    what = "run folder" if folds is None else "fold"
     try:
-        with folder_lock(run_dir, busy):
+        with ExitStack() as stack:
+            for folder in held:
+                busy = (
+                    f"{folder}: another `oai train` is training this {what}; wait for it to finish (or stop it) first"
+                )
+                stack.enter_context(folder_lock(folder, busy))
             yield
     finally:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        for folder in reversed(created):  # the fold folders before the run folder
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _train_locked(
@@ -349,6 +364,15 @@ def _train_locked(
     _train(plan, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
 
 
+def _only_folds(p: PreparedRun, folds: Sequence[int] | None) -> PreparedRun:
+    if folds is None:
+        return p
+    unknown = sorted(set(folds) - set(p.folds))
+    if unknown:
+        raise TrainingError(f"fold(s) {unknown} are not folds of the run {p.run_dir} (folds: {p.folds})")
+    return dataclasses.replace(p, folds=sorted(set(folds)))
+
+
 def run_name(model: str, view: str | None, init: str) -> str:
     return "_".join(x for x in (model, view, init) if x)
 
@@ -369,8 +393,21 @@ def train_all(
     another ``init`` into the same folder adds only the runs it lacks (Table 2: volumetric models
     have no ImageNet encoder and are shared). An unfinished run needs ``resume=True``.
     """
-    root = Path(config.out)
     done = []
+    for sub in study_configs(config, models):
+        run_dir = Path(sub.out)
+        if rf.is_run_complete(run_dir):
+            log.info("%s: complete, skipped", run_dir.name)
+            done.append(run_dir)
+            continue
+        done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
+    return done
+
+
+def study_configs(config: TrainConfig, models: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The config of each run of a study (:func:`train_all`; cluster jobs take the same list)."""
+    root = Path(config.out)
+    out = []
     for model in models or table1_models(config.store):
         spec = get_spec(model)
         views: Sequence[str | None] = (
@@ -383,10 +420,5 @@ def train_all(
             elif init == "imagenet" and not spec.imagenet_encoder:
                 init = "scratch"  # volumetric models have no ImageNet encoder
             run_dir = root / run_name(model, view, init)
-            if rf.is_run_complete(run_dir):
-                log.info("%s: complete, skipped", run_dir.name)
-                done.append(run_dir)
-                continue
-            sub = dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir))
-            done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
-    return done
+            out.append(dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir)))
+    return out
