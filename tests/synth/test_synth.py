@@ -406,7 +406,7 @@ def test_cli_json(tmp_path: Path) -> None:
 
 def test_cli_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "rel"), "--subjects", "0"])
-    assert result.exit_code == 1 and "subjects must be between 1" in result.output
+    assert result.exit_code == 2 and "--subjects" in result.output  # a bad option value is a usage error
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "rel"), "--image-size", "huge"])
     assert result.exit_code == 2
     monkeypatch.setitem(sys.modules, "oaicohort.synth.images", None)  # as if not installed
