@@ -38,7 +38,7 @@ from oaicohort.cohort.definitions import PRESETS, LabelDefinitionError, LabelDef
 from oaicohort.errors import InputFileError
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
-NOT_IN_FILES = ("image_store",)
+NOT_IN_FILES = ("image_store", "required_views")
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinition
     fields = {f.name: f for f in dataclasses.fields(LabelDefinitionParams)}
     for name in data:
         if name in NOT_IN_FILES:
-            raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label --store PATH`")
+            how = "--store PATH" if name == "image_store" else "--store PATH --require VIEWS"
+            raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label {how}`")
         if name not in fields:
             known = sorted(["base", *(f for f in fields if f not in NOT_IN_FILES)])
             raise InputFileError(path, f"unknown field {name!r}; known fields: {', '.join(known)}")
