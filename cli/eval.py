@@ -38,6 +38,11 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time single-sample inference."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    allow_different_test_knees: bool = typer.Option(
+        False,
+        "--allow-different-test-knees",
+        help="Compare runs tested on different knees anyway; the report flags it (default: refused).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
@@ -49,7 +54,7 @@ def eval_command(
         with rich_progress(enabled=not json_out) as progress:
             result = evaluate_runs(
                 run_dirs, db, out, device=device, n_resamples=resamples, seed=seed, latency=latency,
-                threads=threads, progress=progress,
+                threads=threads, progress=progress, allow_different_test_knees=allow_different_test_knees,
             )  # fmt: skip
     finally:
         if db is not None:
@@ -72,4 +77,12 @@ def eval_command(
             f"{m['n_knees']} ({m['prevalence']:.0%} prog.)",
         )  # fmt: skip
     out_console.print(table)
+    test_sets = result.get("test_sets")
+    if test_sets and not test_sets["same"]:
+        err_console.print(
+            f"WARNING: the runs were tested on different knees ({test_sets['shared_knees']} common to all); "
+            "their rows are not comparable: see the report",
+            style="bold red",
+            highlight=False,
+        )
     err_console.print(f"report: {result['report']}", highlight=False)

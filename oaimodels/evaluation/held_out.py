@@ -42,6 +42,7 @@ from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import BatchPreparer, InputLayout, make_source, resident_fits
 from oaimodels.evaluation import calibration
+from oaimodels.evaluation.held_out_sets import compare_test_sets
 from oaimodels.evaluation.plots import overlay_plots, write_plots
 from oaimodels.evaluation.report import TABLE1_HEADER, comparison_report, run_report, table1_row
 from oaimodels.logits import predict_logits, softmax
@@ -329,19 +330,35 @@ def evaluate_runs(
     latency: bool = True,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    allow_different_test_knees: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one or several run folders; returns ``{"runs": [metrics...], "report": path, ...}``.
 
     One run: its files go to ``out_dir`` (default ``RUN_DIR/eval``) and its metrics are also
     merged into the top level of the result. Several: each run's files go to ``out_dir/<name>``
     (default ``RUN_DIR/eval``), and the comparison report to ``out_dir`` (default
-    ``comparison/`` beside the first run).
+    ``comparison/`` beside the first run). Runs compared must have been tested on the same knees
+    (``held_out_sets``); with ``allow_different_test_knees`` they are evaluated anyway and the
+    report says, at its top, which differ and by how many knees (``test_sets`` in the result).
     """
     if not run_dirs:
         raise EvaluationError("no run folder given")
     dirs = [Path(r).expanduser().resolve() for r in run_dirs]
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
+    check = None
+    if len(dirs) > 1:
+        for d in dirs:  # a folder that is not a run is explained before its test knees are read
+            _run_config(d)
+        check = compare_test_sets(dirs)
+        if not check.same and not allow_different_test_knees:
+            raise EvaluationError(
+                f"cannot compare: {check.summary()}. Table 1 compares models on one test set: derive the "
+                "labels with `oai label --store S --require sag,xray` and train every run from them, or "
+                "pass --allow-different-test-knees to evaluate anyway (the report then flags it)"
+            )
+        if not check.same:
+            log.warning("%s", check.summary())
 
     def evaluate(run_dir: Path, run_out: Path | str | None) -> dict[str, Any]:
         return evaluate_run(
@@ -364,5 +381,10 @@ def evaluate_runs(
     root.mkdir(parents=True, exist_ok=True)
     overlay_plots(root, runs)
     report = root / rf.REPORT
-    rf.atomic_write_text(report, comparison_report(runs, root))
-    return {"runs": runs, "report": str(report), "out_dir": str(root)}
+    rf.atomic_write_text(report, comparison_report(runs, root, check))
+    return {
+        "runs": runs,
+        "report": str(report),
+        "out_dir": str(root),
+        "test_sets": check.to_dict() if check is not None else None,
+    }

@@ -14,6 +14,7 @@ import numpy as np
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.evaluation.calibration import calibration_section
+from oaimodels.evaluation.held_out_sets import SharedTestCheck
 from oaimodels.training.tracking import tags_text
 
 
@@ -111,8 +112,41 @@ def _link(target: Path, root: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(root).resolve())).as_posix()
 
 
-def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
-    lines = ["# Comparison of runs (Table 1)\n\n", TABLE1_HEADER, *(table1_row(m) for m in runs), "\n"]
+def _test_set_lines(runs: list[dict[str, Any]], check: SharedTestCheck | None) -> list[str]:
+    """What Table 1 was measured on: one shared test set, or a loud warning naming the runs."""
+    if check is None:
+        counts = sorted({int(m["n_knees"]) for m in runs if m.get("n_knees") is not None})
+        if len(counts) == 1:
+            return [f"Measured on {counts[0]} test knees.\n\n"]
+        return []
+    if check.same:
+        first = check.runs[0]
+        return [f"Measured on one shared test set: {first.knees} knees of {first.subjects} subjects.\n\n"]
+    rows = "".join(
+        f"| {r.name} | {r.knees} | {r.not_in_first} | {r.missing_from_first} |\n" for r in check.runs
+    )
+    return [
+        "> **WARNING: these runs were tested on different knees; their rows are not comparable.** "
+        f"{check.shared_knees} knees of {check.shared_subjects} subjects are common to all; "
+        f"{len(check.differing)} run(s) differ from {check.runs[0].name}'s test set. Derive the labels with "
+        "`oai label --store S --require sag,xray` and train every run from them.\n\n",
+        f"| run | test knees | not in {check.runs[0].name}'s | of {check.runs[0].name}'s missing |\n"
+        "|---|---|---|---|\n",
+        rows,
+        "\n",
+    ]
+
+
+def comparison_report(
+    runs: list[dict[str, Any]], root: Path | None = None, test_sets: SharedTestCheck | None = None
+) -> str:
+    lines = [
+        "# Comparison of runs (Table 1)\n\n",
+        *_test_set_lines(runs, test_sets),
+        TABLE1_HEADER,
+        *(table1_row(m) for m in runs),
+        "\n",
+    ]
     by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for m in runs:
         kind = "imagenet" if m["init"] == "imagenet" else "scratch" if m["init"] == "scratch" else None
