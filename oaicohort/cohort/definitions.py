@@ -92,6 +92,7 @@ def image_reasons(view: str) -> tuple[str, str]:
     """(failed, missing) exclusion reasons of a required ``view`` of the image store."""
     return f"{IMAGE_FAILED}_{view}", f"{IMAGE_MISSING}_{view}"
 
+
 # a knee whose subject has no site (blank V00SITE, or a participant missing from Enrollees) is
 # excluded: the held-out-site split could put it in a training fold although it may belong to
 # the held-out site

@@ -4,7 +4,8 @@ augmentations of the paper's recipe, run as torch ops on the model's device.
 Pipeline of one batch (REFERENCE.md sections 3 and 5)::
 
     uint8 stored volumes (B, D, H, W)          from a DataLoader over the store, or resident
-      -> crop (B, d, h, w)                     random offsets in training, centre in evaluation
+      -> crop (B, d, h, w)                     random offsets inside each volume's real data in
+                                               training (``crops``), centre in evaluation
       -> float, each volume scaled to [0, 1]   (x - min) / (max - min), per volume
       -> in-slice rotation                     p=0.5, one angle in [-15, 15] deg per volume
       -> gamma x ** (1 / g)                    p=0.5, g ~ U(0.5, 2), per volume
@@ -50,6 +51,7 @@ from .augment import (
     normalise,
     scale_to_unit,
 )
+from .crops import EXTENT_COLUMNS, offset_bounds
 from .knees import KNEE_COLUMNS, knee_table, validate_knees
 from .layout import DataError, InputLayout, Shape3, StoreShapes, model_views, resolve_layout
 from .rotation import rotate_in_slice, rotate_sagittal, rotation_grid, sagittal_extent_ratio, to_device
@@ -65,6 +67,7 @@ from .sources import (
 )
 
 __all__ = [
+    "EXTENT_COLUMNS",
     "KNEE_COLUMNS",
     "NORM_MEAN",
     "NORM_STD",
@@ -93,6 +96,7 @@ __all__ = [
     "make_source",
     "model_views",
     "normalise",
+    "offset_bounds",
     "resident_fits",
     "resolve_layout",
     "rotate_in_slice",

@@ -74,16 +74,24 @@ def draw_augment(
     crop: Sequence[int],
     params: AugmentParams,
     generator: torch.Generator,
+    bounds: torch.Tensor | None = None,
 ) -> AugmentDraw:
     """Draw crop offsets, rotation angles and gammas for ``batch`` volumes.
 
-    Every parameter is drawn for every volume whether or not it is applied, so the stream of
-    random numbers does not depend on earlier outcomes.
+    Random crop offsets are uniform over ``bounds`` (B, 3, 2): each volume's lowest and highest
+    offset per axis that keeps the crop inside its real data (``oaimodels.data.crops``); None:
+    anywhere in the stored volume. Every parameter is drawn for every volume whether or not it is
+    applied, so the stream of random numbers does not depend on earlier outcomes.
     """
     if params.random_crop:
-        high = torch.tensor([s - c + 1 for s, c in zip(stored, crop)], dtype=torch.float64)
+        if bounds is None:
+            low = torch.zeros(3, dtype=torch.long)
+            count = torch.tensor([s - c + 1 for s, c in zip(stored, crop)], dtype=torch.long)
+        else:
+            low = bounds[:, :, 0].long()
+            count = bounds[:, :, 1].long() - low + 1
         u = torch.rand(batch, 3, generator=generator, dtype=torch.float64)
-        offsets = (u * high).floor().long().clamp_max(high.long() - 1)
+        offsets = low + (u * count.double()).floor().long().clamp_max(count - 1)
     else:
         offsets = torch.tensor(centre_offsets(stored, crop)).expand(batch, 3).clone()
     rotate = torch.rand(batch, generator=generator) < params.rotate_p
@@ -141,12 +149,15 @@ class BatchPreparer:
         self.augment = augment or AugmentParams()
         self.channels_last = channels_last
 
-    def draw(self, batch: int, generator: torch.Generator) -> AugmentDraw:
-        return draw_augment(batch, self.layout.stored_shape, self.layout.crop_shape, self.augment, generator)
+    def draw(self, batch: int, generator: torch.Generator, bounds: torch.Tensor | None = None) -> AugmentDraw:
+        return draw_augment(batch, self.layout.stored_shape, self.layout.crop_shape, self.augment, generator, bounds)
 
-    def train_inputs(self, volumes: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Augmented inputs: random crop, [0, 1] scaling, rotation, gamma, normalisation."""
-        return self.apply(volumes, self.draw(volumes.shape[0], generator))
+    def train_inputs(
+        self, volumes: torch.Tensor, generator: torch.Generator, bounds: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Augmented inputs: random crop (inside ``bounds``, see :func:`draw_augment`), [0, 1]
+        scaling, rotation, gamma, normalisation."""
+        return self.apply(volumes, self.draw(volumes.shape[0], generator, bounds))
 
     def apply(self, volumes: torch.Tensor, draw: AugmentDraw) -> dict[str, torch.Tensor]:
         self._check(volumes)

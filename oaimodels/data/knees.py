@@ -11,7 +11,9 @@ import pandas as pd
 from oaicohort.cohort.splits import LeakageError as LeakageError  # the one leakage check, re-exported
 from oaicohort.cohort.splits import check_leakage
 from oaicohort.errors import DatabaseStateError
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION
+from oaimodels.data.crops import knee_extents
 from oaimodels.data.layout import DataError
 from oaimodels.metrics import class_indices
 
@@ -54,6 +56,8 @@ def knee_table(
 
     ``oaicohort.cohort.query.Cohort(db).knees(..., store=store_path, view=view)``: included, split
     knees with a good volume at ``visit``; knees without one are counted in the returned info.
+    The valid extent of each volume (where it holds real data, ``oaimodels.data.crops``) is in
+    the ``extent_*`` columns.
     """
     from oaicohort.cohort.query import Cohort  # imported here: only this entry point needs the database
     from oaicohort.db.staleness import check_frame_not_stale
@@ -72,6 +76,7 @@ def knee_table(
                           view=view, volume_visit=visit)  # fmt: skip
     info = {k: merged.attrs["volumes"][k] for k in ("labelled_knees", "knees_without_volume")}
     columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.columns]
-    table = validate_knees(merged[columns])
+    params = VolumeStore.open(store_path).params
+    table = validate_knees(knee_extents(db, store_path, params, view, merged[columns], visit))
     table.attrs.update({k: v for k, v in merged.attrs.items() if k != "volumes"})  # definition, split
     return table, info

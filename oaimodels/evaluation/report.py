@@ -122,9 +122,7 @@ def _test_set_lines(runs: list[dict[str, Any]], check: SharedTestCheck | None) -
     if check.same:
         first = check.runs[0]
         return [f"Measured on one shared test set: {first.knees} knees of {first.subjects} subjects.\n\n"]
-    rows = "".join(
-        f"| {r.name} | {r.knees} | {r.not_in_first} | {r.missing_from_first} |\n" for r in check.runs
-    )
+    rows = "".join(f"| {r.name} | {r.knees} | {r.not_in_first} | {r.missing_from_first} |\n" for r in check.runs)
     return [
         "> **WARNING: these runs were tested on different knees; their rows are not comparable.** "
         f"{check.shared_knees} knees of {check.shared_subjects} subjects are common to all; "

@@ -38,6 +38,7 @@ from oaimodels.data import (
     batches_of,
     cpu_generator,
     derive_seed,
+    offset_bounds,
     to_device,
 )
 from oaimodels.logits import amp_context, predict_logits, softmax
@@ -68,6 +69,7 @@ class _FoldData:
     val_items: np.ndarray
     train_y: torch.Tensor  # class index per train item (on device)
     val_rows: pd.DataFrame
+    crop_bounds: torch.Tensor  # (items of the source, 3, 2): where each volume's random crop may start
 
 
 @dataclass
@@ -94,7 +96,9 @@ def _fold_data(p: PreparedRun, fold: int, train_frame: pd.DataFrame, device: tor
     if val_items.size == 0:
         raise TrainingError(f"fold {fold} has no validation knees")
     y = torch.as_tensor(train_frame["y"].to_numpy()[train_items], dtype=torch.long, device=device)
-    return _FoldData(train_items, val_items, y, train_frame.iloc[val_items].reset_index(drop=True))
+    # random crops stay inside each volume's real data (padding of a small series is never seen)
+    bounds = torch.from_numpy(offset_bounds(train_frame, p.layout.stored_shape, p.layout.crop_shape))
+    return _FoldData(train_items, val_items, y, train_frame.iloc[val_items].reset_index(drop=True), bounds)
 
 
 def _new_fold_state(
@@ -167,7 +171,8 @@ def _train_epoch(
     for step, volumes in enumerate(source.iterate([fd.train_items[b] for b in batches])):
         data_wait += time.perf_counter() - t_wait
         y = fd.train_y[to_device(torch.as_tensor(batches[step]), device)]
-        inputs = preparer.train_inputs(volumes, generator)
+        bounds = fd.crop_bounds[torch.as_tensor(fd.train_items[batches[step]])]
+        inputs = preparer.train_inputs(volumes, generator, bounds)
         with amp_context(device, c.precision):
             logits = train_model(inputs)
         loss = loss_fn(logits, y, c)

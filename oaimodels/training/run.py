@@ -30,7 +30,7 @@ from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
-from oaimodels.data import knee_table, make_source, resident_fits, resolve_layout, validate_knees
+from oaimodels.data import EXTENT_COLUMNS, knee_table, make_source, resident_fits, resolve_layout, validate_knees
 from oaimodels.data.store_models import table1_models
 from oaimodels.networks import get_spec, list_models
 from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
@@ -102,7 +102,7 @@ def prepare_run(
     knees = validate_knees(knees)  # the leakage check runs here, whatever the table's source
     keep = [
         c
-        for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y")
+        for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y", *EXTENT_COLUMNS)
         if c in knees.columns
     ]
     knees = knees[keep].reset_index(drop=True)

@@ -187,9 +187,10 @@ def test_runs_tested_on_different_knees_are_refused_or_flagged(
         same = evaluate_runs([first, second], out_dir=tmp_path / "same", n_resamples=20, latency=False)
     assert same["test_sets"]["same"] is True
     subjects = knees.loc[knees["role"] == "test", "subject_id"].nunique()
-    assert f"Measured on one shared test set: {n_test} knees of {subjects} subjects." in (
-        tmp_path / "same" / "report.md"
-    ).read_text()
+    assert (
+        f"Measured on one shared test set: {n_test} knees of {subjects} subjects."
+        in (tmp_path / "same" / "report.md").read_text()
+    )
 
 
 @pytest.mark.slow

@@ -165,6 +165,31 @@ def test_loss_decreases_on_a_learnable_toy(toy: tuple[Path, pd.DataFrame], tmp_p
     assert max(r["val_ap"] for r in log) > prevalence + 0.2
 
 
+def test_training_crops_stay_inside_each_volumes_valid_extent(
+    toy: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The knee table's valid extents (padded series, oaimodels.data.crops) reach every draw."""
+    import oaimodels.data.augment as augment
+    from oaimodels.data import EXTENT_COLUMNS
+
+    store, knees = toy
+    # stored (20, 36, 36), crop (16, 32, 32): a box that leaves room for one offset per axis
+    boxed = knees.assign(**dict(zip(EXTENT_COLUMNS, (1, 17, 2, 34, 3, 35))))
+    offsets: list[list[int]] = []
+    original = augment.draw_augment
+
+    def recording(*args: object, **kw: object) -> augment.AugmentDraw:
+        draw = original(*args, **kw)  # type: ignore[arg-type]
+        offsets.extend(draw.offsets.tolist())
+        return draw
+
+    monkeypatch.setattr(augment, "draw_augment", recording)
+    run = train_run(toy_config(store, tmp_path / "r", epochs=1, folds=[0]), knees=boxed)
+    assert offsets and {tuple(o) for o in offsets} == {(1, 2, 3)}
+    saved = pd.read_csv(run / "knees.csv")
+    assert saved[list(EXTENT_COLUMNS)].drop_duplicates().values.tolist() == [[1, 17, 2, 34, 3, 35]]
+
+
 # --------------------------------------------------------------------------- refusals
 
 

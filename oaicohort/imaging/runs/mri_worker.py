@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.recipe.extent import extent_notes
 from oaicohort.imaging.recipe.mri import ReadSeries, SeriesLike, preprocess_series
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.series.consistency import check_series
@@ -95,6 +96,8 @@ def preprocess_task(task: SeriesTask, params: PreprocessParams, reader: SeriesRe
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
         outcome.notes = result.notes
+        # where a padded series' volumes hold real data: random crops are drawn inside it
+        outcome.notes.update(extent_notes(result.notes["source_shape"], params, task.views))
         geometry = series_geometry(series)  # for the NIfTI affine (oaicohort.imaging.store.geometry)
         if geometry is not None:
             outcome.notes[GEOMETRY_NOTE] = geometry
