@@ -9,7 +9,7 @@ Pipeline of one batch (REFERENCE.md sections 3 and 5)::
       -> float, each volume scaled to [0, 1]   (x - min) / (max - min), per volume
       -> in-slice rotation                     p=0.5, one angle in [-15, 15] deg per volume
       -> gamma x ** (1 / g)                    p=0.5, g ~ U(0.5, 2), per volume
-      -> (x - 0.257) / 0.235
+      -> (x - mean) / std                      0.257 / 0.235 for MRI, 0.543 / 0.296 for radiographs
       -> model input dict                      {view: (B, 1, d, h, w)}
 
 The store keeps volumes already downsampled x2 (``oaicohort.imaging.recipe.params``), so a crop at any

@@ -16,15 +16,15 @@ from oaicohort.vocabulary import XRAY_VIEW
 
 from ..networks.multiview import views_from_volume
 from .layout import InputLayout
+from .normalisation import MRI_NORMALISATION
 from .rotation import rotate_sagittal, to_device
 
 log = logging.getLogger(__name__)
 
 
-NORM_MEAN = 0.257
-
-NORM_STD = 0.235
-"""Intensity normalisation of the reference (after per-volume scaling to [0, 1])."""
+NORM_MEAN, NORM_STD = MRI_NORMALISATION
+"""Intensity normalisation of the reference's MRI inputs (after per-volume scaling to [0, 1]);
+radiographs have their own (``normalisation``), and a layout carries the one its run uses."""
 
 
 def derive_seed(*keys: int) -> int:
@@ -131,8 +131,9 @@ def apply_gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(0).pow(exponent)
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - NORM_MEAN) / NORM_STD
+def normalise(x: torch.Tensor, normalisation: tuple[float, float] = MRI_NORMALISATION) -> torch.Tensor:
+    mean, std = normalisation
+    return (x - mean) / std
 
 
 class BatchPreparer:
@@ -173,14 +174,14 @@ class BatchPreparer:
             x = x.index_copy(0, idx_dev, rotated)
         if bool(draw.apply_gamma.any()):
             x = apply_gamma(x, draw.gamma)
-        return self.to_inputs(normalise(x))
+        return self.to_inputs(normalise(x, self.layout.normalisation))
 
     def eval_inputs(self, volumes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Centre crop, [0, 1] scaling and normalisation, no augmentation."""
         self._check(volumes)
         offsets = torch.tensor(centre_offsets(self.layout.stored_shape, self.layout.crop_shape))
         x = crop_volumes(volumes, offsets.expand(volumes.shape[0], 3), self.layout.crop_shape)
-        return self.to_inputs(normalise(scale_to_unit(x.float())))
+        return self.to_inputs(normalise(scale_to_unit(x.float()), self.layout.normalisation))
 
     def _check(self, volumes: torch.Tensor) -> None:
         if volumes.dim() != 4 or tuple(volumes.shape[1:]) != self.layout.stored_shape:

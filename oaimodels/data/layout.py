@@ -14,6 +14,8 @@ from oaicohort.vocabulary import STORE_VIEWS, XRAY_VIEW
 
 from ..networks import get_spec
 from ..networks.multiview import view_shapes_from_volume
+from .normalisation import LEGACY as LEGACY_NORMALISATION
+from .normalisation import MRI_NORMALISATION, normalisation_for
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class InputLayout:
     crop_shape: Shape3
     model_views: tuple[str, ...]
     spacing_ratio: float = 1.0  # stored D spacing / H spacing (cor/ax: through-plane / in-plane block)
+    # (mean, std) subtracted/divided after [0, 1] scaling: the reference's per modality (normalisation)
+    normalisation: tuple[float, float] = MRI_NORMALISATION
 
     @property
     def derived_views(self) -> bool:
@@ -62,12 +66,15 @@ class InputLayout:
             "crop_shape": list(self.crop_shape),
             "model_views": list(self.model_views),
             "spacing_ratio": self.spacing_ratio,
+            "normalisation": list(self.normalisation),
             "input_shapes": {k: list(v) for k, v in self.input_shapes().items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputLayout:
-        """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata)."""
+        """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata); a layout saved
+        before it recorded its normalisation was trained with the MRI pair (X-ray runs too)."""
+        mean, std = data.get("normalisation", LEGACY_NORMALISATION)
         return cls(
             data["model"],
             data["source_view"],
@@ -75,6 +82,7 @@ class InputLayout:
             tuple(data["crop_shape"]),
             tuple(data["model_views"]),
             float(data.get("spacing_ratio", 1.0)),
+            (float(mean), float(std)),
         )
 
 
@@ -132,7 +140,15 @@ def resolve_layout(
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
         raise DataError(f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)")
-    return InputLayout(model, source, stored, crop, views, _spacing_ratio(store, source))  # type: ignore[arg-type]
+    return InputLayout(
+        model,
+        source,
+        stored,  # type: ignore[arg-type]
+        crop,
+        views,
+        _spacing_ratio(store, source),
+        normalisation_for(source),
+    )
 
 
 def _spacing_ratio(store: StoreShapes, view: str) -> float:

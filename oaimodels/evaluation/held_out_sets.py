@@ -56,8 +56,7 @@ class SharedTestCheck:
     def summary(self) -> str:
         """One line: the shared test set, or which runs differ and by how many knees."""
         if self.same:
-            first = self.runs[0]
-            return f"one shared test set: {first.knees} knees of {first.subjects} subjects"
+            return f"one shared test set: {self.runs[0].knees} knees of {self.runs[0].subjects} subjects"
         first = self.runs[0].name
         parts = [
             f"{r.name}: {r.differs} knees differ ({r.not_in_first} not in {first}'s, "

@@ -28,8 +28,6 @@ import torch
 from torch import nn
 
 from oaimodels.data import (
-    NORM_MEAN,
-    NORM_STD,
     BatchPreparer,
     InputLayout,
     centre_offsets,
@@ -51,7 +49,7 @@ def normalised_crops(volumes: torch.Tensor, layout: InputLayout) -> torch.Tensor
     """Centre crop, [0, 1] scaling and normalisation of uint8 stored volumes: (B, 1, d, h, w)."""
     offsets = torch.tensor(centre_offsets(layout.stored_shape, layout.crop_shape))
     x = crop_volumes(volumes, offsets.expand(volumes.shape[0], 3), layout.crop_shape)
-    return normalise(scale_to_unit(x.float())).unsqueeze(1)
+    return normalise(scale_to_unit(x.float()), layout.normalisation).unsqueeze(1)
 
 
 def progression_of(logits: torch.Tensor) -> torch.Tensor:
@@ -88,9 +86,10 @@ def integrated_gradients(
     return delta * total / steps
 
 
-def black_baseline(x: torch.Tensor) -> torch.Tensor:
+def black_baseline(x: torch.Tensor, layout: InputLayout) -> torch.Tensor:
     """The normalised all-zero volume (what [0, 1]-scaled black becomes)."""
-    return torch.full_like(x, (0.0 - NORM_MEAN) / NORM_STD)
+    mean, std = layout.normalisation
+    return torch.full_like(x, (0.0 - mean) / std)
 
 
 def _attention_probs(module: SelfAttention, tokens: torch.Tensor) -> torch.Tensor:
@@ -171,12 +170,13 @@ def explain_volumes(
     f = ensemble_score(models, layout)
     with torch.no_grad():
         scores = f(x).cpu().numpy()
-    attribution = integrated_gradients(f, x, black_baseline(x), steps=steps)
+    attribution = integrated_gradients(f, x, black_baseline(x, layout), steps=steps)
     saliency = attribution.abs().sum(dim=1).detach().cpu().numpy().astype(np.float64)  # (B, d, h, w)
     saliency /= np.maximum(saliency.sum(axis=(1, 2, 3), keepdims=True), 1e-30)
     rollouts = [r for m in models if (r := attention_rollout(m, model_inputs(x, layout))) is not None]
     rollout = source_view_tokens(np.mean(rollouts, axis=0), layout) if len(rollouts) == len(models) else None
-    crops = (x[:, 0] * NORM_STD + NORM_MEAN).detach().cpu().numpy()
+    mean, std = layout.normalisation
+    crops = (x[:, 0] * std + mean).detach().cpu().numpy()
     out = []
     for i in range(x.shape[0]):
         gradient = saliency[i].sum(axis=(1, 2))
