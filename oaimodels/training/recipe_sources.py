@@ -50,7 +50,6 @@ XRAY: dict[str, str] = {
     "lr_milestones": f"{_RUNNER}:197 (mstep_milestones:[20,40]) + the 5 warm-up epochs ({_OPTIM}:35 adds "
     "epochs_warmup to each milestone): absolute epochs 25 and 45",
     "lr_gamma": f"{_OPTIM}:32 (mstep_factor 0.1)",
-    "batch_size": f"{_RUNNER}:187 (xr_cnn: BATCH_SIZE=64)",
     "augment": f"{_DATA}:250-257 (xr_pa: RandomCrop 700, PTRotate2D +-15 deg p 0.5, PTGammaCorrection 0.5-2 "
     "p 0.5), applied here to the stored 350-pixel ROI, after its x0.5 downscale (the reference rotates "
     "at 700 pixels, then downscales)",
@@ -60,6 +59,11 @@ XRAY: dict[str, str] = {
     "xray_roi_mm": f"{_RUNNER}:195 (700 pixels) x 0.195 mm = 136.5 mm",
     "xray_size": f"{_RUNNER}:195 (700 pixels, downscale 0.5)",
 }
+# the BATCH_SIZE line of each model's block of the runner
+BATCH_LINES: dict[str, int] = {
+    "2d_fc": 44, "2d_lstm": 58, "2d_trf": 72, "2dind_trf": 110, "2dsh_trf": 124, "2p1d": 138,
+    "3d_resnext50": 150, "3d_shufflenet": 162, "xr_resnext50": 187,
+}  # fmt: skip
 MRI_EXTRA: dict[str, str] = {
     "crop": f"{_RUNNER}:53 (input_size [[320,320,128]], downscale [[0.5,0.5,0.5]]): a stored x2-downsampled crop",
 }
@@ -91,7 +95,7 @@ def _reference(model: str) -> dict[str, Any]:
     return values
 
 
-def _source(name: str, value: Any, reference: dict[str, Any], own: dict[str, str]) -> str:
+def _source(name: str, value: Any, reference: dict[str, Any], own: dict[str, str], model: str) -> str:
     if name in reference and value != reference[name]:
         return f"given (a flag or config file; the reference's: {reference[name]!r})"
     if name in own:
@@ -99,7 +103,8 @@ def _source(name: str, value: Any, reference: dict[str, Any], own: dict[str, str
     if name in PAPER:
         return PAPER[name]
     if name == "batch_size":
-        return f"{_RUNNER} (BATCH_SIZE of the model's block; REFERENCE.md section 5)"
+        line = BATCH_LINES.get(model)
+        return f"{_RUNNER}:{line} (BATCH_SIZE={value})" if line else "ours: a model the reference does not train"
     return "ours"
 
 
@@ -123,7 +128,7 @@ def recipe_sources(
         "sampler": config.sampler,
         "augment": asdict(config.augment),
     }
-    lines = [RecipeLine(k, v, _source(k, v, reference, own)) for k, v in values.items()]
+    lines = [RecipeLine(k, v, _source(k, v, reference, own, config.model)) for k, v in values.items()]
     spec = get_spec(config.model)
     if config.init == "scratch" and not spec.imagenet_encoder:
         init_source = "ours: the model has no ImageNet encoder (3D convolutions from scratch, as the reference)"
@@ -132,6 +137,13 @@ def recipe_sources(
     else:
         init_source = f"{_RUNNER} (FE_PRETRAIN true and false loops: Table 2 compares both)"
     lines.append(RecipeLine("init", config.init, init_source))
+    precision_source = (
+        "the reference's: it trained in fp32 (REFERENCE.md section 5)"
+        if config.precision == "fp32"
+        else "ours: bf16 autocast on CUDA for speed (the reference trained in fp32); --precision fp32 for its "
+        "arithmetic"
+    )
+    lines.append(RecipeLine("precision", config.precision, precision_source))
     if layout is not None:
         lines.append(RecipeLine("crop", list(layout.crop_shape), own.get("crop", "ours")))
         view = layout.source_view
