@@ -38,6 +38,11 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Time single-sample inference."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    allow_different_test_knees: bool = typer.Option(
+        False,
+        "--allow-different-test-knees",
+        help="Compare runs tested on different knees anyway; the report flags it (default: refused).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (only JSON on stdout)."),
 ) -> None:
     """Apply every fold model to the test site, average probabilities once, score with bootstrap CIs."""
@@ -50,7 +55,7 @@ def eval_command(
         with rich_progress(enabled=not json_out) as progress:
             result = evaluate_runs(
                 run_dirs, db, out, device=device, n_resamples=resamples, seed=seed, latency=latency,
-                threads=threads, progress=progress,
+                threads=threads, progress=progress, allow_different_test_knees=allow_different_test_knees,
             )  # fmt: skip
     finally:
         if db is not None:
@@ -70,6 +75,13 @@ def eval_command(
             f"[yellow]warning:[/] the runs were not tested on the same knees: {len(groups)} separate tables",
             highlight=False,
         )
+    for test_set in result.get("test_sets") or []:
+        if not test_set["same"]:  # --allow-different-test-knees
+            err_console.print(
+                f"[bold red]WARNING:[/] runs {', '.join(r['name'] for r in test_set['runs'])} were tested on different "
+                f"knees ({test_set['shared_knees']} common to all); their rows are not comparable: see the report",
+                highlight=False,
+            )
     for m in result["runs"]:
         if m.get("incomplete_folds"):
             err_console.print(

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 from oaicohort.cohort.definitions import PRESET_DESCRIPTIONS
-from oaicohort.vocabulary import DEFAULT_DEFINITION
+from oaicohort.vocabulary import DEFAULT_DEFINITION, STORE_VIEWS
 
 if TYPE_CHECKING:
     from oaicohort.cohort.summary import CohortSummary
@@ -64,6 +64,12 @@ def label_command(
     store: Path | None = typer.Option(
         None, "--store", help="Also exclude knees without a good baseline volume in this volume store."
     ),
+    require: str | None = typer.Option(
+        None,
+        "--require",
+        help="With --store: views every knee needs a good volume of, e.g. sag,xray (one test set for "
+        "MRI and X-ray runs); the exclusion names the missing one. Default: any MRI view.",
+    ),
     definition_file: Path | None = typer.Option(
         None,
         "--definition-file",
@@ -76,6 +82,7 @@ def label_command(
     from oaicohort.cohort.labels import derive_labels  # pandas: keep `oai --help` fast
     from oaicohort.cohort.summary import cohort_summary
 
+    required = _required_views(require, store)
     db = state(ctx).open_db()
     if list_all:
         _list_definitions(db, json_out)
@@ -88,7 +95,7 @@ def label_command(
             raise typer.BadParameter("give --definition or --definition-file, not both", param_hint="--definition")
         chosen = load_definition_file(definition_file)
     with rich_progress(not json_out) as progress:
-        result = derive_labels(db, chosen, store=store, progress=progress)
+        result = derive_labels(db, chosen, store=store, require=required, progress=progress)
     summary = cohort_summary(db, result.definition_id)
     from oaicohort.ingest.provenance import image_index_note
 
@@ -114,6 +121,22 @@ def label_command(
         )
     if note:
         err_console.print(note, style="yellow", highlight=False)
+
+
+def _required_views(text: str | None, store: Path | None) -> tuple[str, ...]:
+    """``--require sag,xray`` -> ("sag", "xray"), checked against the store views."""
+    if text is None:
+        return ()
+    views = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    unknown = [v for v in views if v not in STORE_VIEWS]
+    if not views or unknown:
+        raise typer.BadParameter(
+            f"{text!r}: expected views of a volume store, comma-separated ({', '.join(STORE_VIEWS)})",
+            param_hint="--require",
+        )
+    if store is None:
+        raise typer.BadParameter("needs --store (the store whose volumes are required)", param_hint="--require")
+    return views
 
 
 def _list_definitions(db: Database, json_out: bool) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
-from oaicli.common import emit_json, err_console, handles_errors, rich_progress, state
+from oaicli.common import emit_json, err_console, handles_errors, out_console, rich_progress, state
 from oaicli.launch import LAUNCH_PARAMS, launch, launcher_options
 from oaicohort.vocabulary import DEFAULT_DEFINITION, MRI_VIEWS
 
@@ -58,7 +59,7 @@ _KEYS = {
     "max_rotation": "augment.max_rotation_deg", "gamma_p": "augment.gamma_p", "gamma_low": "augment.gamma_low",
     "gamma_high": "augment.gamma_high", "tag": "tags",
 }  # fmt: skip
-_NOT_CONFIG = {"ctx", "config_file", "resume", "json_out", "no_augment", *LAUNCH_PARAMS}
+_NOT_CONFIG = {"ctx", "config_file", "resume", "json_out", "no_augment", "dry_run", *LAUNCH_PARAMS}
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
@@ -135,10 +136,12 @@ def train_command(
         None,
         "--warmup-epochs",
         min=0,
-        help="Epochs of linear warm-up, 0 for none (default 5); xr_resnext50's recipe: 0.",
+        help="Epochs of linear warm-up, 0 for none (default 5); xr_resnext50's recipe: 5 too.",
     ),
     warmup_start_lr: float | None = typer.Option(
-        None, "--warmup-start-lr", help="Learning rate of the first warm-up epoch (default 1e-5)."
+        None,
+        "--warmup-start-lr",
+        help="Learning rate of the first warm-up epoch (default 1e-5); xr_resnext50's recipe: 1e-4.",
     ),
     focal_gamma: float | None = typer.Option(
         None, "--focal-gamma", min=0.0, help="Focal-loss gamma, 0 for cross-entropy (default 2.0)."
@@ -209,11 +212,15 @@ def train_command(
         None, "--array-parallelism", min=1, help="At most N jobs of the array run at once (default 64)."
     ),
     wait: bool = typer.Option(False, "--wait", help="With --launcher: wait for every job to end."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved recipe, each value with its source, and train nothing."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (only JSON on stdout)."),
 ) -> None:
     """Train with the paper's recipe (focal loss, weighted sampling, Adam + warm-up, best-AP snapshot per fold).
 
     Every recipe value has a flag; --config reads them from a TOML or JSON file, and flags override it.
+    --dry-run shows where each value comes from (the reference's file and line, or ours and why).
     """
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training.config_file import merge_config, read_config_file
@@ -228,6 +235,9 @@ def train_command(
             f"{file_values['view']!r} in {config_file}; choose from sag, cor, ax", param_hint="view"
         )
     config = merge_config(defaults, file_values, given)
+    if dry_run:
+        _dry_run(config, json_out)
+        return
     train_everything = config.model == "all"
     if train_everything:
         config.model = "2d_trf"
@@ -267,3 +277,18 @@ def train_command(
         )
         err_console.print(f"[bold]{run['run_dir']}[/]: {best}", highlight=False)
     err_console.print(f"evaluate with: oai eval {' '.join(r['run_dir'] for r in summary)}", highlight=False)
+
+
+def _dry_run(config: Any, json_out: bool) -> None:
+    from oaimodels.training.recipe_sources import describe_recipe
+
+    if config.model == "all":
+        raise typer.BadParameter("--dry-run shows one model's recipe: give --model NAME", param_hint="--dry-run")
+    described = describe_recipe(config)
+    if json_out:
+        emit_json(described)
+        return
+    table = Table("option", "value", "source", title=f"Recipe of {config.model} (resolved)", title_justify="left")
+    for line in described["recipe_sources"]:
+        table.add_row(line["name"], str(line["value"]), line["source"])
+    out_console.print(table)

@@ -17,11 +17,17 @@ radiographic OA (KLG >= 2) within 48 months::
 Every problem is an error naming the file and the field. ``image_store`` is not a definition
 field here: where images live is given to ``oai label --store``. A file may not reuse a preset's
 name with other parameters (the name would then mean two things).
+
+A file that follows another reading than KLG (``graded_variable``) should say what a missing
+reading of it means (``missing_klg``): inherited from ``panfilov2022``, a missing medial JSN
+reading (a ``.T`` technical failure too) counts as progression. Left out, it is a warning that
+names the consequence (:func:`inherited_missing_warning`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,16 @@ from oaicohort.errors import InputFileError
 from oaicohort.field_checks import describe, field_hints, fits
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
-NOT_IN_FILES = ("image_store",)
+NOT_IN_FILES = ("image_store", "required_views")
+
+log = logging.getLogger(__name__)
+
+# what a follow-up row without a reading of the graded variable becomes, per missing_klg policy
+_MISSING_MEANS = {
+    "progression_proxy": "counts as progression (the reference's knee-replacement proxy)",
+    "outcomes99": "counts as progression only where Outcomes99 or a .P code says the knee was replaced",
+    "ignore": "is skipped like an absent row",
+}
 
 
 def _check_type(path: Path, name: str, value: Any, hint: Any) -> Any:
@@ -55,7 +70,8 @@ def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinition
     fields = field_hints(LabelDefinitionParams)
     for name in data:
         if name in NOT_IN_FILES:
-            raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label --store PATH`")
+            how = "--store PATH" if name == "image_store" else "--store PATH --require VIEWS"
+            raise InputFileError(path, f"field {name!r} is not part of a definition: give `oai label {how}`")
         if name not in fields:
             known = sorted(["base", *(f for f in fields if f not in NOT_IN_FILES)])
             raise InputFileError(path, f"unknown field {name!r}; known fields: {', '.join(known)}")
@@ -77,7 +93,24 @@ def definition_from_mapping(data: dict[str, Any], path: Path) -> LabelDefinition
             f"field 'name': {params.name!r} is a preset, and this file changes its {', '.join(differ)}; "
             "choose another name",
         )
+    warning = inherited_missing_warning(params, set(values), base_name, path)
+    if warning:
+        log.warning("%s", warning)
     return params
+
+
+def inherited_missing_warning(
+    params: LabelDefinitionParams, given: set[str], base_name: str, path: Path | str
+) -> str | None:
+    """One line when a file follows another reading than KLG without saying what a missing reading
+    of it means (``missing_klg`` inherited from its base), else None."""
+    if params.graded_variable == "klg" or "missing_klg" in given:
+        return None
+    return (
+        f"{path}: graded_variable = {params.graded_variable!r} inherits missing_klg = {params.missing_klg!r} "
+        f"from {base_name}: a follow-up without a {params.graded_variable} reading (.T technical failures "
+        f"included) {_MISSING_MEANS[params.missing_klg]}; set missing_klg in the file to choose"
+    )
 
 
 def load_definition_file(path: str | Path) -> LabelDefinitionParams:
@@ -94,4 +127,4 @@ def load_definition_file(path: str | Path) -> LabelDefinitionParams:
     return definition_from_mapping(data, file)
 
 
-__all__ = ["definition_from_mapping", "load_definition_file"]
+__all__ = ["definition_from_mapping", "inherited_missing_warning", "load_definition_file"]

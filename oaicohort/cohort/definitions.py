@@ -57,7 +57,8 @@ or from a TOML file of the same fields (:mod:`oaicohort.cohort.definition_files`
   fixed-window one where the definition decides it, and empty for a knee censored before the
   definition sees it as a non-progressor (:mod:`oaicohort.cohort.time_to_event`).
 
-Identity: the hash covers every parameter but the name and ``image_store`` (where images live);
+Identity: the hash covers every parameter but the name, ``image_store`` (where images live) and
+``required_views`` (which of its views a knee needs);
 parameters added after the presets were first hashed count only when they differ from their
 default (:data:`HASHED_ONLY_WHEN_SET`), so stored hashes stay valid.
 """
@@ -75,7 +76,7 @@ from oaicohort.db.text import text_problem
 from oaicohort.errors import OAIError
 from oaicohort.field_checks import unknown_fields
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
-from oaicohort.vocabulary import DEFAULT_DEFINITION
+from oaicohort.vocabulary import DEFAULT_DEFINITION, STORE_VIEWS
 
 MissingKlgPolicy = Literal["progression_proxy", "outcomes99", "ignore"]
 GradedVariable = Literal["klg", "jsn_medial", "jsn_lateral"]
@@ -98,9 +99,17 @@ NO_FOLLOW_UP = "no_follow_up"
 REPLACED_AT_BASELINE = "replaced_at_baseline"
 BMI_MISSING = "bmi_missing"
 NO_BASELINE_DESS = "no_baseline_dess"
-# Applied last, only when the labels are derived for an image store.
+# Applied last, only when the labels are derived for an image store. With required views
+# (``oai label --store S --require sag,xray``) the reason names the view: image_missing_xray.
 IMAGE_FAILED = "image_failed"
 IMAGE_MISSING = "image_missing"
+
+
+def image_reasons(view: str) -> tuple[str, str]:
+    """(failed, missing) exclusion reasons of a required ``view`` of the image store."""
+    return f"{IMAGE_FAILED}_{view}", f"{IMAGE_MISSING}_{view}"
+
+
 # a knee whose subject has no site (blank V00SITE, or a participant missing from Enrollees) is
 # excluded: the held-out-site split could put it in a training fold although it may belong to
 # the held-out site
@@ -161,6 +170,11 @@ class LabelDefinitionParams:
     # absolute path of a volume store: knees without a good baseline volume there are excluded
     # (recorded with the labels; not part of the definition's identity, see canonical_json)
     image_store: str | None = field(default=None)
+    # views of ``image_store`` every included knee must have a good baseline volume of, in the
+    # order checked (``oai label --require sag,xray``: one test set for every row of Table 1, as
+    # the reference keeps only knees with clinical data, DESS and radiograph). Empty: any MRI view.
+    # A derivation option like image_store: recorded, not part of the identity.
+    required_views: tuple[str, ...] = ()
     # --- what is graded and what counts as an event (issue 15) ---
     # the reading followed over time: KLG, or medial/lateral joint-space narrowing (XRJSM/XRJSL)
     graded_variable: GradedVariable = "klg"
@@ -186,7 +200,7 @@ class LabelDefinitionParams:
         return frozenset(self.read_projects) | extra
 
     def __post_init__(self) -> None:
-        for name in ("followup_visits", "baseline_klg_allowed", "exclusions", "read_projects"):
+        for name in ("followup_visits", "baseline_klg_allowed", "exclusions", "read_projects", "required_views"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise LabelDefinitionError(f"label definition {self.name!r}: {name} must be a sequence")
@@ -236,6 +250,14 @@ class LabelDefinitionParams:
             raise LabelDefinitionError(
                 f"{where}: incidence_grade must be a grade 1-{top} of {self.graded_variable}, got {self.incidence_grade!r}"
             )
+        bad_views = [v for v in self.required_views if v not in STORE_VIEWS]
+        if bad_views or len(set(self.required_views)) != len(self.required_views):
+            raise LabelDefinitionError(
+                f"{where}: required views must be distinct views of a volume store "
+                f"({', '.join(STORE_VIEWS)}), got {list(self.required_views)}"
+            )
+        if self.required_views and self.image_store is None:
+            raise LabelDefinitionError(f"{where}: required views {list(self.required_views)} need an image store")
         unknown = [e for e in self.exclusions if e not in COHORT_EXCLUSIONS]
         if unknown or len(set(self.exclusions)) != len(self.exclusions):
             raise LabelDefinitionError(
@@ -263,7 +285,11 @@ class LabelDefinitionParams:
             graded += (self.baseline_graded_missing,)
         if self.outcome == "incidence":
             graded += (BASELINE_NOT_BELOW_INCIDENCE,)
-        images = (IMAGE_FAILED, IMAGE_MISSING) if self.image_store else ()
+        images: tuple[str, ...] = ()
+        if self.required_views:
+            images = tuple(r for v in self.required_views for r in image_reasons(v))
+        elif self.image_store:
+            images = (IMAGE_FAILED, IMAGE_MISSING)
         return (
             NO_BASELINE_READING,
             BASELINE_KLG_MISSING,
@@ -293,13 +319,15 @@ class LabelDefinitionParams:
 
         Where images live is not part of a definition's identity: ``image_store`` is hashed as
         null whatever it holds (``oai label --store X`` and ``oai label`` derive the labels of one
-        definition; the hashes of definitions stored before this rule stay the same). Parameters
+        definition; the hashes of definitions stored before this rule stay the same), and
+        ``required_views`` is left out. Parameters
         added after the presets were first hashed are left out while they hold their default, so
         that old hashes stay valid too.
         """
         params = self.to_dict()
         params.pop("name")
         params["image_store"] = None
+        params.pop("required_views")  # where images live and which of them: not the identity
         for name, default in HASHED_ONLY_WHEN_SET.items():
             if params.get(name) == (list(default) if isinstance(default, tuple) else default):
                 params.pop(name, None)

@@ -25,9 +25,10 @@ from oaicohort.cohort.definitions import (
     REPLACED_AT_BASELINE,
     SITE_MISSING,
     LabelDefinitionParams,
+    image_reasons,
 )
 from oaicohort.visits import VISIT_MONTHS, XRAY_VISITS
-from oaicohort.vocabulary import EVENT_TYPES
+from oaicohort.vocabulary import EVENT_TYPES, MRI_VIEWS
 
 LABEL_COLUMNS = (
     "knee_id",
@@ -61,7 +62,7 @@ class LabelInputs:
     baseline_bmi: pd.DataFrame  # subject_id, bmi (visit 0 rows only)
     baseline_series: pd.DataFrame  # subject_id, side: knees with the baseline DESS series
     replacements: pd.DataFrame  # knee_id, status, at_baseline, visit_after, xray_visit_after, days
-    volumes: pd.DataFrame | None = None  # knee_id, status (baseline volumes in the store)
+    volumes: pd.DataFrame | None = None  # knee_id, status, view (baseline volumes in the store)
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -247,8 +248,12 @@ def compute_labels(inputs: LabelInputs, params: LabelDefinitionParams) -> tuple[
     if "site" in knees.columns:  # no site: the held-out-site split cannot place the knee
         conditions.append((knees["site"].isna().to_numpy(), SITE_MISSING))
     if params.image_store is not None:
-        failed, missing_volume = _image_exclusions(inputs, knee_ids)
-        conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
+        for view in params.required_views:  # each required input, named in the reason
+            failed, missing_volume = _image_exclusions(inputs, knee_ids, (view,))
+            conditions += list(zip((failed, missing_volume), image_reasons(view)))
+        if not params.required_views:
+            failed, missing_volume = _image_exclusions(inputs, knee_ids, MRI_VIEWS)
+            conditions += [(failed, IMAGE_FAILED), (missing_volume, IMAGE_MISSING)]
     exclusion = np.select([c for c, _ in conditions], [r for _, r in conditions], default="")
     exclusion = np.where(exclusion == "", None, exclusion).astype(object)  # type: ignore[call-overload]
     included = pd.isna(exclusion)
@@ -299,8 +304,13 @@ def _cohort_exclusion(reason: str, inputs: LabelInputs, knees: pd.DataFrame) -> 
     raise AssertionError(reason)  # LabelDefinitionParams validates the names
 
 
-def _image_exclusions(inputs: LabelInputs, knee_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vols = inputs.volumes if inputs.volumes is not None else pd.DataFrame(columns=["knee_id", "status"])
+def _image_exclusions(
+    inputs: LabelInputs, knee_ids: np.ndarray, views: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(failed, no good volume) per knee, over the store's volumes of ``views``."""
+    vols = inputs.volumes if inputs.volumes is not None else pd.DataFrame(columns=["knee_id", "status", "view"])
+    if "view" in vols.columns:
+        vols = vols[vols["view"].isin(views)]
     failed = np.isin(knee_ids, vols.loc[vols["status"] != "ok", "knee_id"])
     good = np.isin(knee_ids, vols.loc[vols["status"] == "ok", "knee_id"])
     return failed, ~good

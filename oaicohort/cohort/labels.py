@@ -146,14 +146,15 @@ def load_label_inputs(session: Session, params: LabelDefinitionParams) -> LabelI
     volumes = None
     if params.image_store is not None:
         store = find_store(session, params.image_store)  # by its UUID: a store that moved is still found
+        # the MRI volumes unless views are required: the paper's exclusion is about the DESS
+        # image (a store may also hold radiograph ROIs, view xray)
+        views = params.required_views or MRI_VIEWS
         volumes = read_frame(
             session,
-            # the MRI volumes only: the paper's exclusion is about the DESS image (a store may also
-            # hold radiograph ROIs, view xray)
-            select(Volume.knee_id, Volume.status).where(
-                Volume.store_id == store.id, Volume.visit == 0, Volume.view.in_(MRI_VIEWS)
+            select(Volume.knee_id, Volume.status, Volume.view).where(
+                Volume.store_id == store.id, Volume.visit == 0, Volume.view.in_(views)
             ),
-            ["knee_id", "status"],
+            ["knee_id", "status", "view"],
         )
         if volumes.empty:
             raise DatabaseStateError(
@@ -191,22 +192,28 @@ def derive_labels(
     definition: str | LabelDefinitionParams = DEFAULT_DEFINITION,
     *,
     store: str | Path | None = None,
+    require: Sequence[str] = (),
     progress: ProgressCallback | None = None,
 ) -> LabelResult:
     """Derive and store the labels of every knee under ``definition``: a preset name, params, or
     the name of a definition stored earlier (its stored parameters are used again).
 
     With ``store`` (a volume store path) knees without a good baseline volume in that store are
-    excluded too (``image_failed`` / ``image_missing``). The store is recorded with the labels but
-    is not part of the definition's identity: with or without it, the labels are those of one
-    definition, replaced by each derivation (in one transaction).
+    excluded too (``image_failed`` / ``image_missing``). ``require`` (views of the store, e.g.
+    ``("sag", "xray")``) asks for a good volume of every one of them instead, and the reason
+    names the view that is missing (``image_missing_xray``): runs of every input then share one
+    test set. The store and the required views are recorded with the labels but are not part of
+    the definition's identity: the labels are those of one definition, replaced by each
+    derivation (in one transaction).
     """
     started = time.perf_counter()
     report = progress or no_progress
     params = _definition_params(db, definition)
     # where images live is a derivation option, not part of the definition's identity
     image_store = None if store is None else str(canonical_path(store))
-    params = dataclasses.replace(params, image_store=image_store)
+    if require and image_store is None:
+        raise LabelDefinitionError(f"required views {list(require)} need an image store: give --store too")
+    params = dataclasses.replace(params, image_store=image_store, required_views=tuple(require))
     params_hash = params.hash()
     report("labels", 0, 3)
     with db.write() as session:

@@ -6,11 +6,12 @@ in ``pipeline.recipe_transforms``; evaluation, prediction and explanation apply 
 form (the random steps left out, the crop at the centre)::
 
     uint8 stored volumes (B, D, H, W)          from a DataLoader over the store, or resident
-      -> Crop (B, d, h, w)                     random offsets in training, centre in evaluation
+      -> Crop (B, d, h, w)                     random offsets inside each volume's real data in
+                                               training (``crops``), centre in evaluation
       -> ScaleToUnit                           float, (x - min) / (max - min), per volume
       -> RandomRotation                        p=0.5, one angle in [-15, 15] deg per volume
       -> RandomGamma x ** (1 / g)              p=0.5, g ~ U(0.5, 2), per volume
-      -> Normalise                             (x - 0.257) / 0.235
+      -> Normalise (x - mean) / std            0.257 / 0.235 for MRI, 0.543 / 0.296 for radiographs
       -> ModelInputs                           {view: (B, 1, d, h, w)}
 
 The store keeps volumes already downsampled x2 (``oaicohort.imaging.recipe.params``), so a crop at any
@@ -36,6 +37,7 @@ Two ways to feed batches (:func:`make_source`):
 from __future__ import annotations
 
 from .augment import AugmentParams, cpu_generator, derive_seed
+from .crops import EXTENT_COLUMNS, offset_bounds
 from .knees import KNEE_COLUMNS, KneeQuery, KneeTable, knee_table, validate_knees
 from .layout import DataError, InputLayout, Shape3, StoreShapes, model_views, resolve_layout
 from .pipeline import BatchPreparer, ModelInputs, inference_transforms, recipe_transforms
@@ -68,6 +70,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "EXTENT_COLUMNS",
     "KNEE_COLUMNS",
     "NORM_MEAN",
     "NORM_STD",
@@ -103,6 +106,7 @@ __all__ = [
     "knee_table",
     "make_source",
     "model_views",
+    "offset_bounds",
     "recipe_transforms",
     "resident_fits",
     "resolve_layout",

@@ -14,7 +14,9 @@ from oaicohort.cohort.query import Cohort, QueryProvenance
 from oaicohort.cohort.splits import check_leakage
 from oaicohort.db import Database
 from oaicohort.errors import DatabaseStateError
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import DEFAULT_DEFINITION
+from oaimodels.data.crops import knee_extents
 from oaimodels.data.layout import DataError
 from oaimodels.metrics import class_indices
 
@@ -83,6 +85,8 @@ def knee_table(
     ``Cohort(db).select(..., role=["train", "test"], store=store_path, view=view)``: included,
     split knees with a good volume at ``query.visit`` (stale labels or splits are refused there);
     knees without one are counted.
+    The valid extent of each volume (where it holds real data, ``oaimodels.data.crops``) is in
+    the ``extent_*`` columns.
     """
     cohort = Cohort(db)
     split = "latest" if query.split is None else query.split
@@ -99,8 +103,9 @@ def knee_table(
     )  # fmt: skip
     assert merged.volumes is not None  # store given
     columns = [c for c in (*KNEE_COLUMNS, "site") if c in merged.frame.columns]
+    params = VolumeStore.open(store_path).params
     return KneeTable(
-        validate_knees(merged.frame[columns]),
+        validate_knees(knee_extents(db, store_path, params, view, merged.frame[columns], query.visit)),
         merged.provenance,
         int(merged.volumes["labelled_knees"]),
         int(merged.volumes["knees_without_volume"]),

@@ -13,6 +13,8 @@ from oaicohort.vocabulary import STORE_VIEWS, XRAY_VIEW
 
 from ..networks import get_spec
 from ..networks.multiview import view_shapes_from_volume
+from .normalisation import LEGACY as LEGACY_NORMALISATION
+from .normalisation import MRI_NORMALISATION, normalisation_for
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class InputLayout:
     crop_shape: Shape3
     model_views: tuple[str, ...]
     spacing_ratio: float = 1.0  # stored D spacing / H spacing (cor/ax: through-plane / in-plane block)
+    # (mean, std) subtracted/divided after [0, 1] scaling: the reference's per modality (normalisation)
+    normalisation: tuple[float, float] = MRI_NORMALISATION
 
     @property
     def derived_views(self) -> bool:
@@ -61,12 +65,15 @@ class InputLayout:
             "crop_shape": list(self.crop_shape),
             "model_views": list(self.model_views),
             "spacing_ratio": self.spacing_ratio,
+            "normalisation": list(self.normalisation),
             "input_shapes": {k: list(v) for k, v in self.input_shapes().items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputLayout:
-        """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata)."""
+        """The layout saved by :meth:`to_dict` (config.json, checkpoint metadata); a layout saved
+        before it recorded its normalisation was trained with the MRI pair (X-ray runs too)."""
+        mean, std = data.get("normalisation", LEGACY_NORMALISATION)
         return cls(
             data["model"],
             data["source_view"],
@@ -74,6 +81,7 @@ class InputLayout:
             tuple(data["crop_shape"]),
             tuple(data["model_views"]),
             float(data.get("spacing_ratio", 1.0)),
+            (float(mean), float(std)),
         )
 
 
@@ -137,4 +145,4 @@ def resolve_layout(
     if source in ("cor", "ax") and params is not None:
         through, inplane, _lr = params.reprojection_blocks
         ratio = through / inplane
-    return InputLayout(model, source, stored, crop, views, ratio)  # type: ignore[arg-type]
+    return InputLayout(model, source, stored, crop, views, ratio, normalisation_for(source))  # type: ignore[arg-type]

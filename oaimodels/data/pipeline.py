@@ -29,7 +29,7 @@ def recipe_transforms(layout: InputLayout, augment: AugmentParams) -> Compose:
             ScaleToUnit(),
             RandomRotation(augment.rotate_p, augment.max_rotation_deg, layout.source_view, layout.spacing_ratio),
             RandomGamma(augment.gamma_p, augment.gamma_low, augment.gamma_high),
-            Normalise(),
+            Normalise(*layout.normalisation),
         )
     )
 
@@ -75,16 +75,20 @@ class BatchPreparer:
     def channels_last(self) -> bool:
         return self.to_inputs.channels_last
 
-    def draw(self, batch: int, generator: torch.Generator) -> tuple[Any, ...]:
-        """The random parameters of one batch (one entry per step; CPU tensors, one value per volume)."""
-        return self.training.draw(batch, generator)
+    def draw(self, batch: int, generator: torch.Generator, bounds: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """The random parameters of one batch (one entry per step; CPU tensors, one value per
+        volume); random crops inside ``bounds`` (B, 3, 2) when given (``oaimodels.data.crops``)."""
+        return self.training.draw(batch, generator, crop_bounds=bounds)
 
     def apply(self, volumes: torch.Tensor, draws: tuple[Any, ...]) -> dict[str, torch.Tensor]:
         return self.to_inputs(self.training.apply(volumes, draws))
 
-    def train_inputs(self, volumes: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Augmented inputs: random crop, [0, 1] scaling, rotation, gamma, normalisation."""
-        return self.apply(volumes, self.draw(volumes.shape[0], generator))
+    def train_inputs(
+        self, volumes: torch.Tensor, generator: torch.Generator, bounds: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Augmented inputs: random crop (inside ``bounds``), [0, 1] scaling, rotation, gamma,
+        normalisation."""
+        return self.apply(volumes, self.draw(volumes.shape[0], generator, bounds))
 
     def eval_inputs(self, volumes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Centre crop, [0, 1] scaling and normalisation, no augmentation."""

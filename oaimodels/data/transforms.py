@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 import torch
 
+from .normalisation import MRI_NORMALISATION
 from .rotation import rotate_sagittal, to_device
 
-NORM_MEAN = 0.257
-
-NORM_STD = 0.235
-"""Intensity normalisation of the reference (after per-volume scaling to [0, 1])."""
+NORM_MEAN, NORM_STD = MRI_NORMALISATION
+"""Intensity normalisation of the reference's MRI inputs (after per-volume scaling to [0, 1]);
+radiographs have their own (``normalisation``), and a layout carries the one its run uses."""
 
 Shape3 = tuple[int, int, int]
 
@@ -92,7 +92,8 @@ def _needs(generator: torch.Generator | None, step: object) -> torch.Generator:
 @dataclass(frozen=True)
 class Crop:
     """Crop stored ``(B, *stored)`` uint8 volumes to ``size``: at random offsets (every offset
-    equally likely, odd ones too) or at the centre."""
+    equally likely, odd ones too; inside each volume's real data when given its ``bounds``,
+    ``oaimodels.data.crops``) or at the centre."""
 
     stored: Shape3
     size: Shape3
@@ -102,13 +103,20 @@ class Crop:
     def centre(self) -> Shape3:
         return centre_offsets(self.stored, self.size)
 
-    def draw(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
-        """(B, 3) int64 offsets (d, h, w) into the stored volume."""
+    def draw(self, batch: int, generator: torch.Generator | None, bounds: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3) int64 offsets (d, h, w) into the stored volume; random ones uniform over
+        ``bounds`` (B, 3, 2): each volume's lowest and highest offset per axis that keeps the crop
+        inside its real data (None: anywhere in the stored volume)."""
         if not self.random:
             return torch.tensor(self.centre).expand(batch, 3).clone()
-        high = torch.tensor([s - c + 1 for s, c in zip(self.stored, self.size)], dtype=torch.float64)
+        if bounds is None:
+            low = torch.zeros(3, dtype=torch.long)
+            count = torch.tensor([s - c + 1 for s, c in zip(self.stored, self.size)], dtype=torch.long)
+        else:
+            low = bounds[:, :, 0].long()
+            count = bounds[:, :, 1].long() - low + 1
         u = torch.rand(batch, 3, generator=_needs(generator, self), dtype=torch.float64)
-        return (u * high).floor().long().clamp_max(high.long() - 1)
+        return low + (u * count.double()).floor().long().clamp_max(count - 1)
 
     def __call__(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.stored):
@@ -197,7 +205,8 @@ class RandomGamma:
 
 @dataclass(frozen=True)
 class Normalise:
-    """``(x - mean) / std``, the reference's intensity normalisation."""
+    """``(x - mean) / std``, the reference's intensity normalisation (the layout's pair:
+    ``oaimodels.data.normalisation``)."""
 
     mean: float = NORM_MEAN
     std: float = NORM_STD
@@ -221,8 +230,15 @@ class Compose:
 
     steps: tuple[Step, ...]
 
-    def draw(self, batch: int, generator: torch.Generator | None = None) -> tuple[Any, ...]:
-        return tuple(step.draw(batch, generator) for step in self.steps)
+    def draw(
+        self, batch: int, generator: torch.Generator | None = None, *, crop_bounds: torch.Tensor | None = None
+    ) -> tuple[Any, ...]:
+        """Every step's random parameters, in order; ``crop_bounds`` (B, 3, 2) keep a random
+        :class:`Crop` inside each volume's real data."""
+        return tuple(
+            step.draw(batch, generator, crop_bounds) if isinstance(step, Crop) else step.draw(batch, generator)
+            for step in self.steps
+        )
 
     def apply(self, x: torch.Tensor, draws: Sequence[Any]) -> torch.Tensor:
         if len(draws) != len(self.steps):

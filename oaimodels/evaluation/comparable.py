@@ -11,8 +11,12 @@ grouped by what they do record.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from oaimodels import run_folder as rf
 
 
 @dataclass
@@ -70,6 +74,16 @@ def comparable_groups(runs: list[dict[str, Any]]) -> list[RunGroup]:
         labels = m.get("labels") or {}
         group = groups.setdefault(_key(m), RunGroup(labels.get("definition") or {}, labels.get("split") or {}))
         group.runs.append(m)
+    return list(groups.values())
+
+
+def run_folder_groups(run_dirs: Sequence[Path]) -> list[list[Path]]:
+    """The run folders in the groups :func:`comparable_groups` will make of their metrics, read
+    from each run's ``labels.json`` before anything is evaluated."""
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for run_dir in run_dirs:
+        labels = rf.read_json(run_dir / rf.LABELS) if (run_dir / rf.LABELS).is_file() else {}
+        groups.setdefault(_key({"labels": labels}), []).append(run_dir)
     return list(groups.values())
 
 

@@ -45,7 +45,8 @@ from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import BatchPreparer, InputLayout, KneeQuery, knee_table, make_source
 from oaimodels.evaluation import calibration
-from oaimodels.evaluation.comparable import comparable_groups
+from oaimodels.evaluation.comparable import comparable_groups, run_folder_groups
+from oaimodels.evaluation.held_out_sets import SharedTestCheck, compare_test_sets
 from oaimodels.evaluation.plots import overlay_plots, write_plots
 from oaimodels.evaluation.report import TABLE1_HEADER, comparison_report, run_report, table1_row
 from oaimodels.logits import predict_logits, softmax
@@ -338,13 +339,16 @@ def evaluate_runs(
     latency: bool = True,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    allow_different_test_knees: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one or several run folders; returns ``{"runs": [metrics...], "report": path, ...}``.
 
     One run: its files go to ``out_dir`` (default ``RUN_DIR/eval``) and its metrics are also
     merged into the top level of the result. Several: each run's files go to ``out_dir/<name>``
     (default ``RUN_DIR/eval``), and the comparison report to ``out_dir`` (default
-    ``comparison/`` beside the first run).
+    ``comparison/`` beside the first run). Runs compared must have been tested on the same knees
+    (``held_out_sets``); with ``allow_different_test_knees`` they are evaluated anyway and the
+    report says, at its top, which differ and by how many knees (``test_sets`` in the result).
     """
     if not run_dirs:
         raise EvaluationError("no run folder given")
@@ -353,6 +357,20 @@ def evaluate_runs(
         raise EvaluationError("run folders to compare must have distinct names")
     if out_dir is not None:
         out_dir = check_output(out_dir, option="out", database=db, protected=[rf.run_file_role])
+    checks: list[SharedTestCheck] = []  # one per group of comparable runs (``comparable``) of 2 or more
+    if len(dirs) > 1:
+        for d in dirs:  # a folder that is not a run is explained before its test knees are read
+            _run_config(d)
+        checks = [compare_test_sets(group) for group in run_folder_groups(dirs) if len(group) > 1]
+        differing = [c for c in checks if not c.same]
+        if differing and not allow_different_test_knees:
+            raise EvaluationError(
+                f"cannot compare: {differing[0].summary()}. Table 1 compares models on one test set: derive the "
+                "labels with `oai label --store S --require sag,xray` and train every run from them, or "
+                "pass --allow-different-test-knees to evaluate anyway (the report then flags it)"
+            )
+        for check in differing:
+            log.warning("%s", check.summary())
 
     def evaluate(run_dir: Path, run_out: Path | str | None) -> dict[str, Any]:
         return evaluate_run(
@@ -383,11 +401,12 @@ def evaluate_runs(
             len(groups),
         )
     report = root / rf.REPORT
-    rf.atomic_write_text(report, comparison_report(runs, root))
+    rf.atomic_write_text(report, comparison_report(runs, root, checks))
     return {
         "runs": runs,
         "report": str(report),
         "out_dir": str(root),
         "comparable": len(groups) == 1,
         "groups": [g.to_dict() for g in groups],
+        "test_sets": [c.to_dict() for c in checks],
     }

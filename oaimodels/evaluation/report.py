@@ -6,6 +6,7 @@ Table 2 where a model was trained both from scratch and from ImageNet weights).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.evaluation.calibration import calibration_section
 from oaimodels.evaluation.comparable import comparable_groups, why_apart
+from oaimodels.evaluation.held_out_sets import SharedTestCheck
 from oaimodels.training.tracking import tags_text
 
 
@@ -124,10 +126,38 @@ def _link(target: Path, root: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(root).resolve())).as_posix()
 
 
-def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> str:
+def _test_set_lines(runs: list[dict[str, Any]], check: SharedTestCheck | None) -> list[str]:
+    """What Table 1 was measured on: one shared test set, or a loud warning naming the runs."""
+    if check is None:
+        counts = sorted({int(m["n_knees"]) for m in runs if m.get("n_knees") is not None})
+        if len(counts) == 1:
+            return [f"Measured on {counts[0]} test knees.\n\n"]
+        return []
+    if check.same:
+        first = check.runs[0]
+        return [f"Measured on one shared test set: {first.knees} knees of {first.subjects} subjects.\n\n"]
+    rows = "".join(f"| {r.name} | {r.knees} | {r.not_in_first} | {r.missing_from_first} |\n" for r in check.runs)
+    return [
+        "> **WARNING: these runs were tested on different knees; their rows are not comparable.** "
+        f"{check.shared_knees} knees of {check.shared_subjects} subjects are common to all; "
+        f"{len(check.differing)} run(s) differ from {check.runs[0].name}'s test set. Derive the labels with "
+        "`oai label --store S --require sag,xray` and train every run from them.\n\n",
+        f"| run | test knees | not in {check.runs[0].name}'s | of {check.runs[0].name}'s missing |\n"
+        "|---|---|---|---|\n",
+        rows,
+        "\n",
+    ]
+
+
+def comparison_report(
+    runs: list[dict[str, Any]], root: Path | None = None, test_sets: Sequence[SharedTestCheck] = ()
+) -> str:
     """Table 1 (and Table 2) of the runs; runs with another test set (split, test sites, label
-    definition: ``comparable``) in tables of their own, each saying why."""
+    definition: ``comparable``) in tables of their own, each saying why; each table states the
+    knees it was measured on, loudly when its runs were tested on different knees (``test_sets``:
+    the check of each group, ``held_out_sets``)."""
     groups = comparable_groups(runs)
+    checks = {tuple(r.name for r in c.runs): c for c in test_sets}
     lines = ["# Comparison of runs (Table 1)\n\n"]
     lines.extend(unfinished_note(m) for m in runs)
     if len(groups) > 1:
@@ -141,7 +171,8 @@ def comparison_report(runs: list[dict[str, Any]], root: Path | None = None) -> s
             lines.append(f"## Table 1, group {number}: {group.describe()}\n\n")
             if number > 1:
                 lines.append(f"Apart from group 1: {why_apart(group, groups[0])}.\n\n")
-        lines.extend([TABLE1_HEADER, *(table1_row(m) for m in group.runs), "\n"])
+        check = checks.get(tuple(m["name"] for m in group.runs))
+        lines.extend([*_test_set_lines(group.runs, check), TABLE1_HEADER, *(table1_row(m) for m in group.runs), "\n"])
         lines.append(_table2(group.runs))
         lines.append(f"![ROC]({plot_name(rf.ROC_PLOT, suffix)}) ![PR]({plot_name(rf.PR_PLOT, suffix)})\n\n")
         title = f"### Cohort and split of group {number}" if len(groups) > 1 else "## Cohort and split"

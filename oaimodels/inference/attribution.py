@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oaimodels.data import NORM_MEAN, NORM_STD, InputLayout, ModelInputs, inference_transforms
+from oaimodels.data import InputLayout, ModelInputs, inference_transforms
 from oaimodels.networks.slice_transformer import SelfAttention, SliceTransformer
 
 # --------------------------------------------------------------------------- model input
@@ -78,9 +78,10 @@ def integrated_gradients(
     return delta * total / steps
 
 
-def black_baseline(x: torch.Tensor) -> torch.Tensor:
+def black_baseline(x: torch.Tensor, layout: InputLayout) -> torch.Tensor:
     """The normalised all-zero volume (what [0, 1]-scaled black becomes)."""
-    return torch.full_like(x, (0.0 - NORM_MEAN) / NORM_STD)
+    mean, std = layout.normalisation
+    return torch.full_like(x, (0.0 - mean) / std)
 
 
 def _attention_probs(module: SelfAttention, tokens: torch.Tensor) -> torch.Tensor:
@@ -161,12 +162,13 @@ def explain_volumes(
     f = ensemble_score(models, layout)
     with torch.no_grad():
         scores = f(x).cpu().numpy()
-    attribution = integrated_gradients(f, x, black_baseline(x), steps=steps)
+    attribution = integrated_gradients(f, x, black_baseline(x, layout), steps=steps)
     saliency = attribution.abs().sum(dim=1).detach().cpu().numpy().astype(np.float64)  # (B, d, h, w)
     saliency /= np.maximum(saliency.sum(axis=(1, 2, 3), keepdims=True), 1e-30)
     rollouts = [r for m in models if (r := attention_rollout(m, model_inputs(x, layout))) is not None]
     rollout = source_view_tokens(np.mean(rollouts, axis=0), layout) if len(rollouts) == len(models) else None
-    crops = (x[:, 0] * NORM_STD + NORM_MEAN).detach().cpu().numpy()
+    mean, std = layout.normalisation
+    crops = (x[:, 0] * std + mean).detach().cpu().numpy()
     out = []
     for i in range(x.shape[0]):
         gradient = saliency[i].sum(axis=(1, 2))

@@ -37,8 +37,15 @@ DESCRIPTIVE = ("name", "tags", "tensorboard", "track", "tracking_uri", "experime
 _HASHED_UNLESS_DEFAULT: dict[str, Any] = {"sampler": "weighted", "lr_milestones": None, "lr_gamma": 0.1}
 SAMPLERS = ("weighted", "shuffle")
 # The paper's schedule; a model's registry ``recipe`` replaces any of these (the X-ray prior art:
-# lr 1e-3, no warm-up, multistep decay). lr_milestones None after resolving: no decay.
-RECIPE_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "warmup_epochs": 5, "lr_milestones": None, "lr_gamma": 0.1}
+# lr 1e-3, warm-up from 1e-4 over 5 epochs, x0.1 at epochs 25 and 45). lr_milestones None after
+# resolving: no decay. Where each value comes from: oaimodels.training.recipe_sources.
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,
+    "warmup_epochs": 5,
+    "warmup_start_lr": 1e-5,
+    "lr_milestones": None,
+    "lr_gamma": 0.1,
+}
 
 
 class TrainingError(OAIError):
@@ -92,8 +99,9 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     warmup_epochs: int | None = None
-    warmup_start_lr: float = 1e-5
-    # multistep decay by lr_gamma at these epochs; None: the model's recipe, [] or none: no decay
+    warmup_start_lr: float | None = None  # None: the model's recipe (the reference: 0.1 x lr)
+    # multistep decay by lr_gamma at these epochs (absolute, counted from epoch 0, warm-up
+    # included); None: the model's recipe, [] or none: no decay
     lr_milestones: list[int] | None = None
     lr_gamma: float | None = None
     focal_gamma: float = 2.0
@@ -111,7 +119,7 @@ class TrainConfig:
 
     def schedule(self) -> Schedule:
         """The learning-rate schedule; the config must be resolved (:func:`resolve_config`)."""
-        if self.lr is None or self.warmup_epochs is None or self.lr_gamma is None:
+        if self.lr is None or self.warmup_epochs is None or self.lr_gamma is None or self.warmup_start_lr is None:
             raise TrainingError("the learning-rate schedule is not resolved yet: call resolve_config first")
         return Schedule(
             self.lr, self.warmup_epochs, self.warmup_start_lr, tuple(self.lr_milestones or ()), self.lr_gamma
@@ -224,8 +232,8 @@ def check_recipe(c: TrainConfig) -> None:
     schedule = c.schedule()
     if not (schedule.lr > 0 and math.isfinite(schedule.lr)):
         raise TrainingError(f"lr must be a positive number, got {schedule.lr}")
-    if c.warmup_start_lr <= 0:
-        raise TrainingError(f"warmup_start_lr must be positive, got {c.warmup_start_lr}")
+    if schedule.warmup_start_lr <= 0:
+        raise TrainingError(f"warmup_start_lr must be positive, got {schedule.warmup_start_lr}")
     if c.weight_decay < 0 or c.focal_gamma < 0:
         raise TrainingError("weight_decay and focal_gamma must not be negative")
     if c.sampler not in SAMPLERS:

@@ -15,8 +15,8 @@ augmentations in an ``augment`` table::
     max_rotation_deg = 10.0
 
 A run's own ``config.json`` is a valid config file too: its ``config`` object is read and the
-other keys it holds (hash, layout, store, folds, classes) are ignored. Relative ``store`` and
-``out`` paths are taken relative to the file's folder. Every key is checked
+other keys it holds (hash, layout, store, folds, classes, recipe sources) are ignored. Relative
+``store`` and ``out`` paths are taken relative to the file's folder. Every key is checked
 against the dataclass: an unknown key or a value of the wrong type is an
 :class:`~oaicohort.errors.InputFileError` naming the file and the key. Command-line flags
 override the file (:func:`merge_config`); keys neither gives take the dataclass defaults.
@@ -36,7 +36,7 @@ from oaimodels.data import AugmentParams
 from oaimodels.training.config import TrainConfig, TrainingError
 
 # The keys of a run's config.json beside its "config" object (written by training.run).
-RUN_CONFIG_KEYS = frozenset({"config", "config_hash", "folds", "layout", "store", "classes"})
+RUN_CONFIG_KEYS = frozenset({"config", "config_hash", "folds", "layout", "store", "classes", "recipe_sources"})
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:

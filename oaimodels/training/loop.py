@@ -33,11 +33,13 @@ from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import (
     BatchPreparer,
+    InputLayout,
     VolumeSource,
     WeightedEpochSampler,
     batches_of,
     cpu_generator,
     derive_seed,
+    offset_bounds,
     to_device,
 )
 from oaimodels.logits import amp_context, predict_logits, softmax
@@ -70,6 +72,7 @@ class _FoldData:
     val_items: np.ndarray
     train_y: torch.Tensor  # class index per train item (on device)
     val_rows: pd.DataFrame
+    crop_bounds: torch.Tensor  # (items of the source, 3, 2): where each volume's random crop may start
 
 
 @dataclass
@@ -86,7 +89,7 @@ class _FoldState:
 
 
 def _fold_data(
-    train_frame: pd.DataFrame, fold: int, device: torch.device, *, limit: int | None, seed: int
+    train_frame: pd.DataFrame, fold: int, device: torch.device, layout: InputLayout, *, limit: int | None, seed: int
 ) -> _FoldData:
     in_fold = (train_frame["fold"] == fold).to_numpy()
     train_items = np.flatnonzero(~in_fold)
@@ -97,7 +100,9 @@ def _fold_data(
     if val_items.size == 0:
         raise TrainingError(f"fold {fold} has no validation knees")
     y = torch.as_tensor(train_frame["y"].to_numpy()[train_items], dtype=torch.long, device=device)
-    return _FoldData(train_items, val_items, y, train_frame.iloc[val_items].reset_index(drop=True))
+    # random crops stay inside each volume's real data (padding of a small series is never seen)
+    bounds = torch.from_numpy(offset_bounds(train_frame, layout.stored_shape, layout.crop_shape))
+    return _FoldData(train_items, val_items, y, train_frame.iloc[val_items].reset_index(drop=True), bounds)
 
 
 def _new_fold_state(
@@ -168,7 +173,8 @@ def _train_epoch(
     for step, volumes in enumerate(source.iterate([fd.train_items[b] for b in batches])):
         data_wait += time.perf_counter() - t_wait
         y = fd.train_y[to_device(torch.as_tensor(batches[step]), device)]
-        inputs = preparer.train_inputs(volumes, generator)
+        bounds = fd.crop_bounds[torch.as_tensor(fd.train_items[batches[step]])]
+        inputs = preparer.train_inputs(volumes, generator, bounds)
         with amp_context(device, plan.precision):
             logits = train_model(inputs)
         loss = focal_loss(logits, y, gamma=plan.focal_gamma)
@@ -292,7 +298,7 @@ def train_fold(
     if d.main:
         fold_path.mkdir(parents=True, exist_ok=True)
     barrier(d)
-    fd = _fold_data(train_frame, fold, source.device, limit=plan.limit_train, seed=plan.seed)
+    fd = _fold_data(train_frame, fold, source.device, plan.layout, limit=plan.limit_train, seed=plan.seed)
     s = _new_fold_state(plan, fold, fd, train_frame, d, source.device)
     if resume and (fold_path / rf.LAST).is_file():
         _resume(s, plan, fold, fold_path / rf.LAST, d)

@@ -35,13 +35,14 @@ from oaicohort.outputs import RUN, check_output
 from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
-from oaimodels.data import knee_table, make_source, resolve_layout, validate_knees
+from oaimodels.data import EXTENT_COLUMNS, InputLayout, knee_table, make_source, resolve_layout, validate_knees
 from oaimodels.data.store_models import table1_models
 from oaimodels.networks import get_spec, list_models
 from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
 from oaimodels.training.distributed import Dist, barrier, env_dist, free_port
 from oaimodels.training.loop import EpochHook, train_fold
 from oaimodels.training.plan import RunPlan, run_plan
+from oaimodels.training.recipe_sources import recipe_sources
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def prepare_run(
     knees = validate_knees(knees)  # the leakage check runs here, whatever the table's source
     keep = [
         c
-        for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y")
+        for c in ("knee_id", "subject_id", "side", "site", "label", "role", "fold", "position", "y", *EXTENT_COLUMNS)
         if c in knees.columns
     ]
     knees = knees[keep].reset_index(drop=True)
@@ -135,13 +136,20 @@ def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None, whole_run:
             raise TrainingError(
                 f"{p.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
             )
-        saved = TrainConfig.from_dict(rf.read_json(config_path)["config"])
+        saved_json = rf.read_json(config_path)
+        saved = TrainConfig.from_dict(saved_json["config"])
         mine, theirs = p.config.essential(), saved.essential()
         differ = sorted(k for k in mine if mine[k] != theirs.get(k))
         if differ:
             raise TrainingError(
                 f"cannot resume {p.run_dir}: option(s) {differ} differ from the run's config.json "
                 f"(saved: {', '.join(f'{k}={theirs.get(k)!r}' for k in differ)})"
+            )
+        saved_layout = InputLayout.from_dict(saved_json["layout"])
+        if saved_layout != p.layout:  # e.g. an X-ray run normalised with the MRI constants before issue 21
+            raise TrainingError(
+                f"cannot resume {p.run_dir}: its input layout differs from what this toolkit builds "
+                f"(saved {saved_layout}, now {p.layout}); start a new run"
             )
         saved_knees = rf.read_table(p.run_dir / rf.KNEES)
         cols = ["knee_id", "label", "role", "position"]
@@ -170,6 +178,8 @@ def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None, whole_run:
             "layout": p.layout.to_dict(),
             "store": {"path": str(p.store.path), "params_hash": p.store.params_hash},
             "classes": list(CLASSES),
+            # where each recipe value comes from (the reference's file and line, or ours and why)
+            "recipe_sources": [line.to_dict() for line in recipe_sources(p.config, p.layout, p.store.params)],
         },
     )
     rf.write_json(p.run_dir / rf.ENVIRONMENT, rf.environment(p.config.device))

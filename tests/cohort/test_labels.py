@@ -368,6 +368,62 @@ def test_image_store_exclusions(db: Database, tmp_path: Any) -> None:
     assert [(name, params["image_store"]) for name, params in rows] == [("panfilov2022", None)]
 
 
+def test_required_views_name_the_missing_input(db: Database, tmp_path: Any) -> None:
+    store = tmp_path / "vol.zarr"
+    with db.write() as s:
+        both = one_knee(s, 9200021, {0: 1, 10: 1})
+        no_xray = one_knee(s, 9200022, {0: 1, 10: 1})
+        xray_failed = one_knee(s, 9200023, {0: 1, 10: 1})
+        no_sag = one_knee(s, 9200024, {0: 1, 10: 1})
+        cor_only = one_knee(s, 9200025, {0: 1, 10: 1})
+        volumes = [
+            (both, "sag", "ok"), (both, "xray", "ok"), (no_xray, "sag", "ok"), (xray_failed, "sag", "ok"),
+            (xray_failed, "xray", "failed"), (no_sag, "xray", "ok"), (cor_only, "cor", "ok"),
+        ]  # fmt: skip
+        for knee, view, status in volumes:
+            s.add(
+                Volume(knee_id=knee, visit=0, view=view, store_id=store_id_at(s, store), params_hash="h", status=status)
+            )
+    result = derive_labels(db, "panfilov2022", store=store, require=("sag", "xray"))
+    by = {k: _str(v) for k, v in result.labels.set_index("knee_id")["exclusion"].items()}
+    assert by == {
+        both: None,
+        no_xray: "image_missing_xray",
+        xray_failed: "image_failed_xray",
+        no_sag: "image_missing_sag",  # sag is checked first: the order given
+        cor_only: "image_missing_sag",
+    }
+    assert result.definition.required_views == ("sag", "xray")
+    assert list(result.definition.exclusion_reasons[-4:]) == [
+        "image_failed_sag", "image_missing_sag", "image_failed_xray", "image_missing_xray",
+    ]  # fmt: skip
+    # which views are required is not the definition's identity: one definition, re-derived
+    plain = derive_labels(db, "panfilov2022", store=store)
+    assert plain.params_hash == result.params_hash == preset("panfilov2022").hash()
+    by = {k: _str(v) for k, v in plain.labels.set_index("knee_id")["exclusion"].items()}
+    assert by == {both: None, no_xray: None, xray_failed: None, no_sag: "image_missing", cor_only: None}
+    with pytest.raises(LabelDefinitionError, match="need an image store"):
+        derive_labels(db, "panfilov2022", require=("xray",))
+    with pytest.raises(LabelDefinitionError, match="required views must be distinct views"):
+        derive_labels(db, "panfilov2022", store=store, require=("sag", "dess"))
+
+
+def test_cli_label_require(db: Database, tmp_path: Any) -> None:
+    store = tmp_path / "vol.zarr"
+    with db.write() as s:
+        knee = one_knee(s, 9200031, {0: 1, 10: 1})
+        s.add(Volume(knee_id=knee, visit=0, view="sag", store_id=store_id_at(s, store), params_hash="h", status="ok"))
+    runner = CliRunner()
+    args = ["--db", db.url, "label", "--store", str(store), "--json"]
+    res = runner.invoke(app, [*args, "--require", "sag,xray"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["excluded"]["image_missing_xray"] == 1
+    res = runner.invoke(app, [*args, "--require", "sag,mri"])
+    assert res.exit_code == 2 and "--require" in res.output and "sag, cor, ax, xray" in res.output
+    res = runner.invoke(app, ["--db", db.url, "label", "--require", "xray"])
+    assert res.exit_code == 2 and "needs --store" in res.output
+
+
 def test_image_store_without_volumes_is_a_state_error(db: Database, tmp_path: Any) -> None:
     with db.write() as s:
         one_knee(s, 9200011, {0: 1, 10: 1})

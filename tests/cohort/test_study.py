@@ -282,6 +282,31 @@ def test_kl2_incidence_definition(study: tuple[Database, Path], tmp_path: Path) 
     assert _labels(derive_labels(study[0], params)) == INCIDENT_KL2
 
 
+def test_a_graded_variable_other_than_klg_warns_when_missing_klg_is_inherited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inherited = JSN_TOML.replace('missing_klg = "ignore"\n', "")
+    with caplog.at_level("WARNING", logger="oaicohort.cohort.definition_files"):
+        params = load_definition_file(_toml(tmp_path, inherited))
+    assert params.missing_klg == "progression_proxy"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "study.toml" in line
+    assert "inherits missing_klg = 'progression_proxy' from panfilov2022" in line
+    assert "without a jsn_medial reading (.T technical failures included) counts as progression" in line
+    # the oai_tkr2024 base: the consequence of its own policy
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="oaicohort.cohort.definition_files"):
+        load_definition_file(_toml(tmp_path, 'base = "oai_tkr2024"\n' + inherited, "tkr.toml"))
+    assert "only where Outcomes99 or a .P code says the knee was replaced" in caplog.records[0].getMessage()
+    # said explicitly (any value, the inherited one too), or a KLG definition: no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="oaicohort.cohort.definition_files"):
+        load_definition_file(_toml(tmp_path, JSN_TOML))
+        load_definition_file(_toml(tmp_path, inherited + 'missing_klg = "progression_proxy"\n', "same.toml"))
+        load_definition_file(_toml(tmp_path, 'name = "klg_48"\nhorizon_month = 48\n', "klg.toml"))
+    assert caplog.records == []
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

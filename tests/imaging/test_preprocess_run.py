@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ImageSeries, Knee, Subject, Volume
+from oaicohort.imaging.recipe.extent import extent_notes
 from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
@@ -365,3 +366,42 @@ def test_a_series_dropped_from_the_index_meanwhile_is_a_failure_not_a_crash(
     report = verify_store(db, tmp_path / "vol.zarr")
     assert report["mismatches"] == [] and report["ok"] == 5
     assert len(report["orphans"]["sag"]) == 1  # its data, unindexed, is reused by the next run
+
+
+def test_a_padded_series_records_where_its_volumes_hold_real_data(
+    db: Database, release: dict[tuple[int, str], Path], tmp_path: Path
+) -> None:
+    """A series one slice above the minimum (and two columns above it) is padded; each view's
+    stored volume records the box of voxels whose blocks are all real data (issue 21)."""
+    from oaicohort.imaging.recipe.extent import extent_of
+    from oaicohort.imaging.series.size import minimum_source_shape
+
+    need = minimum_source_shape(SMALL)  # (32, 88, 88)
+    assert need == (32, 88, 88)
+
+    def one_above_minimum(folder: Path) -> DicomVolume:
+        series = read_series(folder)
+        series.pixels = series.pixels[: need[0] + 1, :, : need[2] + 2]
+        return series
+
+    summary = run_preprocess(db, tmp_path / "vol.zarr", SMALL, views=("sag", "cor", "ax"), reader=one_above_minimum)
+    assert summary.failed == 0 and summary.done == 6
+    rows = volume_rows(db)
+    # 33 slices centred in 40: real slices 3..35; 90 - 2*4 = 82 columns centred in 88: 3..84
+    expected = {
+        "sag": [[2, 18], [0, 44], [2, 42]],
+        "cor": [[1, 21], [0, 44], [3, 36]],
+        "ax": [[0, 22], [2, 42], [3, 36]],
+    }
+    for row in rows:
+        assert row.notes["slices_padded"] == {"from": 33, "to": 40}
+        assert row.notes["valid_extent"][row.view] == expected[row.view]
+        # the recorded box is the one derived from the series shape (stores made before it was recorded)
+        legacy = {k: v for k, v in row.notes.items() if k != "valid_extent"}
+        assert extent_of(legacy, SMALL, row.view) == tuple(tuple(a) for a in expected[row.view])
+        # and it is at least the crop: random crops can stay inside it
+        crop = SMALL.crop_shape(row.view)
+        assert all(b - a >= c for (a, b), c in zip(expected[row.view], crop))
+    # an unpadded series records nothing (its notes, and the store fingerprint, are unchanged)
+    unpadded = read_series(next(iter(release.values()))).pixels.shape
+    assert extent_notes(unpadded, SMALL, ("sag", "cor", "ax")) == {}

@@ -273,6 +273,26 @@ def test_preprocess_params_record_fidelity_switches_and_keep_legacy_hashes() -> 
         PreprocessParams(too_small="crop")  # type: ignore[arg-type]
 
 
+def test_xray_pixel_size_is_the_references_and_old_stores_keep_their_hash() -> None:
+    """New stores: 700 pixels of 0.195 mm (136.5 mm); a store made before issue 21 (140 mm at
+    0.2 mm, recorded in its params) keeps the hash it was made with."""
+    import dataclasses
+
+    params = PreprocessParams()
+    assert (params.xray_resample_mm, params.xray_roi_mm) == (0.195, 136.5)
+    assert round(params.xray_roi_mm / params.xray_resample_mm) == 700
+    # the hashes of the full and small presets before the change (commit fa8a18c)
+    before = {
+        "full": "97b38072c3142f80c2fc5193a11c38450373dbccebad71a6e6d79024d531c1de",
+        "small": "6e11ea51e5b5aa4741b2bd064af9c9cdf4d369a128d09b6f33e67b4cac20b484",
+    }
+    for name, digest in before.items():
+        old = dataclasses.replace(PreprocessParams.preset_named(name), xray_roi_mm=140.0, xray_resample_mm=0.2)
+        assert old.hash() == digest
+        assert PreprocessParams.from_dict(old.to_dict()).hash() == digest  # as a store records it
+        assert PreprocessParams.preset_named(name).hash() != digest  # a new store is another identity
+
+
 def test_preprocess_rejects_too_small_series() -> None:
     with pytest.raises(ValueError, match="too small"):
         preprocess_mri(FakeSeries(np.zeros((4, 4, 4), dtype=np.uint16)), tiny_params(too_small="pad"))

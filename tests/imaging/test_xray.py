@@ -84,7 +84,9 @@ def test_crop_flips_left_knees_and_normalises_to_percentiles() -> None:
     np.testing.assert_array_equal(left.image, right.image[:, :, ::-1])
     assert right.image.min() == 0 and right.image.max() == 255 and left.notes["flipped"] is True
     r0, c0, r1, c1 = right.box
-    assert (r1 - r0) * 0.15 == pytest.approx(140.0) and (c0 + c1) / 2 == pytest.approx(500.0)
+    # the reference's ROI: 700 pixels of 0.195 mm (issue 21; stores before it: 140 mm at 0.2 mm)
+    assert (params.xray_roi_mm, params.xray_resample_mm) == (136.5, 0.195)
+    assert (r1 - r0) * 0.15 == pytest.approx(136.5) and (c0 + c1) / 2 == pytest.approx(500.0)
 
 
 def test_run_stores_knee_rois_with_boxes_localiser_and_montage(ingested: tuple[Database, Path], tmp_path: Path) -> None:
@@ -107,7 +109,7 @@ def test_run_stores_knee_rois_with_boxes_localiser_and_montage(ingested: tuple[D
         t = truth[(subject, side)]
         spacing = float(t["spacing_mm"])
         assert roi.localiser == "profile-v1" and roi.source_spacing_mm == pytest.approx(spacing)
-        assert (roi.box[2] - roi.box[0]) * spacing == pytest.approx(140.0, abs=0.01)
+        assert (roi.box[2] - roi.box[0]) * spacing == pytest.approx(136.5, abs=0.01)
         true_centre = (float(t["centre_row"]), float(t["centre_col"]))
         assert roi_iou((roi.centre_row, roi.centre_col), true_centre, 140.0 / spacing) >= 0.8
         assert volume.view == "xray" and volume.status == "ok" and volume.shape == [1, 70, 70]

@@ -100,6 +100,59 @@ def test_crop_offsets_cover_every_offset_within_bounds() -> None:
         assert set(np.unique(off[:, axis])) == set(range(top + 1))  # odd offsets too
 
 
+def test_a_thousand_random_crops_of_a_padded_volume_never_see_padding() -> None:
+    """A series one slice (and two columns) above the minimum is centre-padded; random crops drawn
+    inside its recorded valid extent never contain a padded voxel, in every view (issue 21)."""
+    from dataclasses import dataclass
+
+    from oaicohort.imaging.recipe.extent import extent_notes, extent_of
+    from oaicohort.imaging.recipe.mri import preprocess_mri
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.series.size import minimum_source_shape
+
+    @dataclass
+    class Series:
+        pixels: np.ndarray
+        spacing_mm: tuple[float, float, float] = (0.7, 0.365, 0.365)
+        side: str = "R"
+
+    params = PreprocessParams.small()
+    slices, rows, cols = minimum_source_shape(params)
+    # real data is 125..250 after >> 3 (no clipping needed), padding is 0: a stored voxel below
+    # 125 averages some padding
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(1000, 2001, size=(slices + 1, rows + 4, cols + 2), dtype=np.uint16)
+    knee = preprocess_mri(Series(pixels), params)
+    notes = {**knee.notes, **extent_notes(knee.notes["source_shape"], params, tuple(knee.volumes))}
+    assert {"slices_padded", "cols_padded", "valid_extent"} <= set(notes)
+    gen = torch.Generator().manual_seed(0)
+    for view, volume in knee.volumes.items():
+        stored, crop = volume.shape, params.crop_shape(view)
+        assert volume.min() == 0  # there is padding to avoid
+        extent = extent_of(notes, params, view)
+        knees = pd.DataFrame([[a for axis in extent for a in axis]] * 1000, columns=list(D.EXTENT_COLUMNS))
+        bounds = torch.from_numpy(D.offset_bounds(knees, stored, crop))
+        volumes = torch.from_numpy(volume).expand(1000, *stored)
+        step = D.Crop(stored, crop, random=True)
+        offsets = step.draw(1000, gen, bounds)
+        crops = step(volumes, offsets)
+        assert int(crops.flatten(1).amin(dim=1).min()) >= 125, view
+        # the offsets still vary wherever the data leaves room
+        room = [b - a - c for (a, b), c in zip(extent, crop)]
+        assert [len(np.unique(offsets[:, i])) for i in range(3)] == [r + 1 for r in room]
+        # without the extent, random crops of the same volume do reach the padding
+        free = step.draw(1000, gen)
+        assert int(step(volumes, free).flatten(1).amin(dim=1).min()) < 125
+
+
+def test_crop_bounds_centre_a_crop_larger_than_the_data() -> None:
+    # a store made with too_small="pad": 10 real slices of 20, crop 16 -> the crop is centred on them
+    knees = pd.DataFrame([[5, 15, 0, 44, 2, 44]], columns=list(D.EXTENT_COLUMNS))
+    assert D.offset_bounds(knees, (20, 44, 44), (16, 40, 40)).tolist() == [[[2, 2], [0, 4], [2, 4]]]
+    # no extent columns: anywhere in the stored volume
+    assert D.offset_bounds(pd.DataFrame(index=[0]), (20, 44, 44), (16, 40, 40)).tolist() == [[[0, 4]] * 3]
+
+
 def test_centre_crop_without_augmentation() -> None:
     gen = torch.Generator().manual_seed(0)
     offsets, _scale, rotation, gamma, _norm = _recipe((20, 44, 44), (16, 40, 40), D.AugmentParams.none()).draw(3, gen)

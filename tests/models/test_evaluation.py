@@ -153,3 +153,83 @@ def test_unfinished_or_missing_runs_are_explained(two_runs: tuple[list[Path], pd
         (broken / name).write_bytes((run / name).read_bytes())
     with pytest.raises(EvaluationError, match=r"fold\(s\) \[0, 1\] have no best.pt.*--resume"):
         evaluate_runs([broken])
+
+
+def test_runs_tested_on_different_knees_are_refused_or_flagged(
+    two_runs: tuple[list[Path], pd.DataFrame], tmp_path: Path
+) -> None:
+    import shutil
+
+    (first, second), knees = two_runs
+    other = tmp_path / "fewer_test_knees"
+    shutil.copytree(second, other, ignore=shutil.ignore_patterns("eval"))
+    table = pd.read_csv(other / "knees.csv")
+    dropped = table.index[table["role"] == "test"][:3]
+    table.drop(index=dropped).to_csv(other / "knees.csv", index=False)
+    n_test = int((knees["role"] == "test").sum())
+    with toy_model(), pytest.raises(EvaluationError) as info:
+        evaluate_runs([first, other], out_dir=tmp_path / "cmp", n_resamples=20, latency=False)
+    message = str(info.value)
+    assert "fewer_test_knees: 3 knees differ (0 not in toy_seed0's, 3 of toy_seed0's missing)" in message
+    assert "--require sag,xray" in message and "--allow-different-test-knees" in message
+    assert not (tmp_path / "cmp").exists()  # refused before anything was evaluated
+    with toy_model():
+        result = evaluate_runs(
+            [first, other], out_dir=tmp_path / "cmp", n_resamples=20, latency=False, allow_different_test_knees=True
+        )
+    assert result["test_sets"][0]["same"] is False and result["test_sets"][0]["differing"] == ["fewer_test_knees"]
+    assert result["test_sets"][0]["shared_knees"] == n_test - 3
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert report.split("\n")[2].startswith("> **WARNING: these runs were tested on different knees")
+    assert f"| fewer_test_knees | {n_test - 3} | 0 | 3 |" in report
+    # runs on one test set: the report says so, with its knee count
+    with toy_model():
+        same = evaluate_runs([first, second], out_dir=tmp_path / "same", n_resamples=20, latency=False)
+    assert same["test_sets"][0]["same"] is True
+    subjects = knees.loc[knees["role"] == "test", "subject_id"].nunique()
+    assert (
+        f"Measured on one shared test set: {n_test} knees of {subjects} subjects."
+        in (tmp_path / "same" / "report.md").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_mri_and_xray_runs_of_a_require_definition_share_one_test_set(tmp_path: Path) -> None:
+    from oaicohort.cohort.labels import derive_labels
+    from oaicohort.cohort.splits import make_split
+    from oaicohort.db import open_database
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.runs.mri import run_preprocess
+    from oaicohort.imaging.runs.xray import run_xray_preprocess
+    from oaicohort.ingest.run import ingest_release
+    from oaicohort.synth.clinical import write_release
+    from oaicohort.synth.images import write_images
+    from oaicohort.synth.radiograph_release import write_radiographs
+
+    release, store = tmp_path / "release", tmp_path / "store.zarr"
+    write_release(release, subjects=40, seed=3)
+    write_images(release, size="small", seed=3)
+    write_radiographs(release, size="small", seed=3)
+    db = open_database(tmp_path / "oai.sqlite")
+    try:
+        ingest_release(db, release)
+        run_preprocess(db, store, PreprocessParams.small(), views=("sag",))
+        run_xray_preprocess(db, store, PreprocessParams.small())
+        labels = derive_labels(db, store=store, require=("sag", "xray"))
+        make_split(db, test_sites=("D",), folds=2, seed=0)
+        common = dict(store=str(store), folds=[0], epochs=1, batch_size=4, init="scratch", limit_train=8,
+                      device="cpu", loader="resident", workers=0, warmup_epochs=0, tensorboard=False)  # fmt: skip
+        runs = [
+            train_run(TrainConfig(out=str(tmp_path / name), model=name, **common), db)  # type: ignore[arg-type]
+            for name in ("3d_shufflenet", "xr_resnext50")
+        ]
+        result = evaluate_runs(runs, db, n_resamples=20, latency=False)
+    finally:
+        db.dispose()
+    included = labels.labels[labels.labels["exclusion"].isna()]
+    test_knees = [m["n_knees"] for m in result["runs"]]
+    assert result["test_sets"][0]["same"] is True and test_knees[0] == test_knees[1] > 0
+    assert result["test_sets"][0]["shared_knees"] == test_knees[0] <= len(included)
+    report = Path(result["report"]).read_text()
+    assert f"Measured on one shared test set: {test_knees[0]} knees of" in report
+    assert "| 3d_shufflenet | sag |" in report and "| xr_resnext50 | xray |" in report

@@ -261,7 +261,7 @@ def test_help_states_the_dataclass_defaults() -> None:
     config, augment = TrainConfig(store="s", out="o"), AugmentParams()
     expected = {
         "epochs": config.epochs, "lr": RECIPE_DEFAULTS["lr"], "weight_decay": config.weight_decay,
-        "warmup_epochs": RECIPE_DEFAULTS["warmup_epochs"], "warmup_start_lr": config.warmup_start_lr,
+        "warmup_epochs": RECIPE_DEFAULTS["warmup_epochs"], "warmup_start_lr": RECIPE_DEFAULTS["warmup_start_lr"],
         "focal_gamma": config.focal_gamma, "rotate_p": augment.rotate_p, "max_rotation": augment.max_rotation_deg,
         "gamma_p": augment.gamma_p, "gamma_low": augment.gamma_low, "gamma_high": augment.gamma_high,
     }  # fmt: skip

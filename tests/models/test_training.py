@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,6 +158,32 @@ def test_loss_decreases_on_a_learnable_toy(toy: tuple[Path, pd.DataFrame], tmp_p
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     prevalence = float((knees.loc[knees["fold"] == 0, "label"] != "none").mean())
     assert max(r["val_ap"] for r in log) > prevalence + 0.2
+
+
+def test_training_crops_stay_inside_each_volumes_valid_extent(
+    toy: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The knee table's valid extents (padded series, oaimodels.data.crops) reach every draw."""
+    from oaimodels.data import EXTENT_COLUMNS
+    from oaimodels.data.transforms import Crop
+
+    store, knees = toy
+    # stored (20, 36, 36), crop (16, 32, 32): a box that leaves room for one offset per axis
+    boxed = knees.assign(**dict(zip(EXTENT_COLUMNS, (1, 17, 2, 34, 3, 35))))
+    offsets: list[list[int]] = []
+    original = Crop.draw
+
+    def recording(self: Crop, *args: Any, **kw: Any) -> torch.Tensor:
+        drawn = original(self, *args, **kw)
+        if self.random:  # the training draws (validation crops at the centre)
+            offsets.extend(drawn.tolist())
+        return drawn
+
+    monkeypatch.setattr(Crop, "draw", recording)
+    run = train_run(toy_config(store, tmp_path / "r", epochs=1, folds=[0]), knees=boxed)
+    assert offsets and {tuple(o) for o in offsets} == {(1, 2, 3)}
+    saved = pd.read_csv(run / "knees.csv")
+    assert saved[list(EXTENT_COLUMNS)].drop_duplicates().values.tolist() == [[1, 17, 2, 34, 3, 35]]
 
 
 # --------------------------------------------------------------------------- refusals

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from oaicohort.synth.radiograph_release import write_radiographs
 from oaicohort.vocabulary import DEFAULT_DEFINITION
-from oaimodels.data import AugmentParams, BatchPreparer, resolve_layout
+from oaimodels.data import AugmentParams, BatchPreparer, InputLayout, resolve_layout
 from oaimodels.data.store_models import table1_models
 from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.recipe import lr_at
@@ -41,26 +42,105 @@ def xray_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "store.zarr", root / "oai.sqlite"
 
 
+def _reference_xray_lr(epoch: int) -> float:
+    """The reference runner's X-ray schedule, from its facts: lr_init 1e-3, CustomWarmupMultiStepLR
+    (linear from 0.1 x lr while epoch <= 5, then x0.1 per milestone 20, 40 offset by the 5 warm-up
+    epochs), stepped once per epoch."""
+    if epoch <= 5:
+        return 1e-3 * (0.1 + 0.9 * epoch / 5)
+    return 1e-3 * 0.1 ** sum(epoch >= 5 + m for m in (20, 40))
+
+
 def test_recipe_is_the_reference_xray_recipe_unless_overridden(tmp_path: Path) -> None:
     config = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50"))
-    assert (config.batch_size, config.lr, config.warmup_epochs, config.lr_milestones) == (64, 1e-3, 0, [20, 40])
-    assert lr_at(0, config.schedule()) == pytest.approx(1e-3) and lr_at(20, config.schedule()) == pytest.approx(1e-4)
-    assert lr_at(45, config.schedule()) == pytest.approx(1e-5)
+    assert (config.batch_size, config.lr, config.warmup_epochs, config.warmup_start_lr, config.lr_milestones) == (
+        64, 1e-3, 5, 1e-4, [25, 45],
+    )  # fmt: skip
+    # every epoch of the 100 as the reference runs it: warm-up 1e-4 -> 1e-3, drops at 25 and 45
+    assert [lr_at(e, config.schedule()) for e in range(100)] == pytest.approx(
+        [_reference_xray_lr(e) for e in range(100)]
+    )
+    assert [lr_at(e, config.schedule()) for e in (0, 5, 24, 25, 44, 45)] == pytest.approx(
+        [1e-4, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5]
+    )
     own = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=5e-4))
     assert own.lr == 5e-4
     mri = resolve_config(TrainConfig(store=str(tmp_path), out=str(tmp_path / "r"), model="3d_shufflenet"))
-    assert (mri.lr, mri.warmup_epochs, mri.lr_milestones) == (1e-4, 5, None)
+    assert (mri.lr, mri.warmup_epochs, mri.warmup_start_lr, mri.lr_milestones) == (1e-4, 5, 1e-5, None)
 
 
 def test_a_value_given_for_the_xray_model_is_used_even_when_it_is_the_papers(tmp_path: Path) -> None:
     # the paper's lr/warm-up given explicitly must not be mistaken for "not given" and replaced
     given = TrainConfig(
-        store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=1e-4, warmup_epochs=5, lr_milestones=[]
-    )
+        store=str(tmp_path), out=str(tmp_path / "r"), model="xr_resnext50", lr=1e-4, warmup_epochs=5,
+        warmup_start_lr=1e-5, lr_milestones=[],
+    )  # fmt: skip
     config = resolve_config(given)
     assert (config.lr, config.warmup_epochs, config.lr_milestones, config.lr_gamma) == (1e-4, 5, [], 0.1)
     assert [lr_at(e, config.schedule()) for e in (0, 5, 45)] == pytest.approx([1e-5, 1e-4, 1e-4])
     assert resolve_config(config).hash() == config.hash()  # a resolved config resolves to itself
+    # the warm-up start not given: the model's own (absolute, 1e-4)
+    flat = resolve_config(dataclasses.replace(given, warmup_start_lr=None))
+    assert flat.warmup_start_lr == 1e-4 and lr_at(0, flat.schedule()) == pytest.approx(1e-4)
+
+
+def test_radiographs_are_normalised_with_the_reference_xray_constants(xray_study: tuple[Path, Path]) -> None:
+    store_path, _ = xray_study
+    store = VolumeStore.open(store_path)
+    layout = resolve_layout("xr_resnext50", None, store)
+    assert layout.normalisation == (0.543, 0.296) and layout.to_dict()["normalisation"] == [0.543, 0.296]
+    volumes = torch.from_numpy(store.read_many("xray", [0, 1]))
+    x = BatchPreparer(layout).eval_inputs(volumes)["xray"]
+    unit = volumes.float()
+    lo, hi = unit.flatten(1).amin(1).view(-1, 1, 1, 1), unit.flatten(1).amax(1).view(-1, 1, 1, 1)
+    assert torch.allclose(x, ((unit - lo) / (hi - lo) - 0.543) / 0.296, atol=1e-5)
+    # a run recorded before the layout held its normalisation was trained with the MRI pair
+    legacy = {k: v for k, v in layout.to_dict().items() if k != "normalisation"}
+    assert InputLayout.from_dict(legacy).normalisation == (0.257, 0.235)
+    # MRI layouts keep theirs
+    assert resolve_layout("3d_shufflenet", None, FakeSag()).normalisation == (0.257, 0.235)
+
+
+class FakeSag:
+    def volume_shape(self, view: str) -> tuple[int, int, int]:
+        return (20, 44, 44)
+
+    def crop_shape(self, view: str) -> tuple[int, int, int]:
+        return (16, 40, 40)
+
+
+def test_dry_run_shows_the_xray_recipe_with_its_sources(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from oaicli.main import app
+
+    store_path, _ = xray_study
+    args = ["train", "--store", str(store_path), "--model", "xr_resnext50", "--out", str(tmp_path / "r"), "--dry-run"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    described = json.loads(res.stdout)
+    lines = {line["name"]: line for line in described["recipe_sources"]}
+    assert lines["warmup_epochs"]["value"] == 5 and "runner.sh:197" in lines["warmup_epochs"]["source"]
+    assert (
+        lines["lr_milestones"]["value"] == [25, 45] and "absolute epochs 25 and 45" in lines["lr_milestones"]["source"]
+    )
+    assert lines["lr"]["value"] == 1e-3 and "runner.sh:196" in lines["lr"]["source"]
+    assert lines["normalisation"]["value"] == [0.543, 0.296]
+    assert "_data_provider.py:264-266" in lines["normalisation"]["source"]
+    # the demo-size store (small preset): 0.195 mm pixels from the reference, 70-pixel ROI ours
+    assert lines["store.xray_resample_mm"]["value"] == 0.195
+    assert "prepare_data_xr_mipt.py:28-29" in lines["store.xray_resample_mm"]["source"]
+    assert lines["store.xray_size"]["source"].startswith("ours: the small preset")
+    assert all(line["source"] for line in described["recipe_sources"])  # every value has a source
+    assert not (tmp_path / "r").exists()  # nothing trained or written
+    # a value given is marked as given, with the reference's value beside it
+    res = CliRunner().invoke(app, [*args, "--json", "--lr", "1e-4"])
+    lines = {line["name"]: line for line in json.loads(res.stdout)["recipe_sources"]}
+    assert lines["lr"]["source"] == "given (a flag or config file; the reference's: 0.001)"
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "runner.sh:197" in res.stdout
 
 
 def test_an_unresolved_schedule_is_refused(tmp_path: Path) -> None:

@@ -61,7 +61,10 @@ TooSmall = Literal["exclude", "pad"]
 # parameter at its legacy value is left out of the hash (old stores keep their identity) and a
 # stored parameter set without it reads as the legacy value.
 # The X-ray parameters only shape the ``xray`` array, which older stores never had: at their
-# defaults they stay out of the hash too.
+# first defaults they stay out of the hash too. The ROI's pixel size and width changed later to the
+# reference's 0.195 mm x 700 (issue 21): a store at the first values (140 mm, 0.2 mm) keeps its
+# hash, and a new store, whose values differ from them, hashes them (so it is another identity,
+# MRI-only stores included: their volumes are the same, their hash is not).
 _LEGACY_VALUES: dict[str, Any] = {
     "canonical_orientation": False,
     "too_small": "pad",
@@ -105,10 +108,12 @@ class PreprocessParams:
     # reference fidelity (oaicohort.imaging.series.orientation, oaicohort.imaging.series.size)
     canonical_orientation: bool = True
     too_small: TooSmall = "exclude"
-    # knee radiographs (oaicohort.imaging.recipe.xray): 140 mm ROI at 0.2 mm -> 350x350
+    # knee radiographs (oaicohort.imaging.recipe.xray): the reference's ROI of 700 pixels of
+    # 0.195 mm (136.5 mm) -> 350x350. Stores made before issue 21 used 140 mm at 0.2 mm (still
+    # 700 pixels); they keep those values and their hash (_LEGACY_VALUES)
     xray_sequence: str = "BILATERAL PA FIXED FLEXION KNEE"
-    xray_roi_mm: float = 140.0
-    xray_resample_mm: float = 0.2
+    xray_roi_mm: float = 136.5
+    xray_resample_mm: float = 0.195
     xray_size: int = 350
     xray_percentiles: tuple[float, float] = (5.0, 99.0)
     xray_flip_left: bool = True

@@ -3,9 +3,11 @@
 As the Oulu pipeline of the reference (OAI_DISTRIBUTIONS.md section 4), with the parameters of
 ``PreprocessParams`` (``xray_*``, recorded in the store):
 
-1. a square ROI of ``xray_roi_mm`` (140 mm) centred on the joint centre, resampled (bilinear) to
-   ``xray_resample_mm`` (0.2 mm: 700 x 700 pixels); parts outside the image are padded with the
-   image's 1st percentile (air);
+1. a square ROI of ``xray_roi_mm`` (136.5 mm) centred on the joint centre, resampled (bilinear)
+   to ``xray_resample_mm`` (0.195 mm: 700 x 700 pixels, the reference's
+   ``prepare_data_xr_mipt.py`` pixel spacing and ``runner.sh`` input size); parts outside the
+   image are padded with the image's 1st percentile (air). Stores made before issue 21 used
+   140 mm at 0.2 mm and record it;
 2. downscaled x0.5 by 2x2 means to ``xray_size`` (350 x 350);
 3. left knees flipped left-right so every knee looks like a right one (``xray_flip_left``);
 4. intensities clipped to the ROI's [5th, 99th] percentiles and mapped onto 0..255 (uint8).

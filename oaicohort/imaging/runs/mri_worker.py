@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from oaicohort.errors import InputFileError
+from oaicohort.imaging.recipe.extent import extent_notes
 from oaicohort.imaging.recipe.mri import preprocess_mri
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.series.load import Expected, SeriesReader, load_series
@@ -79,6 +80,8 @@ def preprocess_task(task: SeriesTask, params: PreprocessParams, reader: SeriesRe
         outcome.volumes = result.volumes
         outcome.spacing_mm = result.spacing_mm
         outcome.notes = result.notes
+        # where a padded series' volumes hold real data: random crops are drawn inside it
+        outcome.notes.update(extent_notes(result.notes["source_shape"], params, task.views))
         geometry = series_geometry(series.source)  # for the NIfTI affine (oaicohort.imaging.store.geometry)
         if geometry is not None:
             outcome.notes[GEOMETRY_NOTE] = geometry

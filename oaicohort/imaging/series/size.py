@@ -19,10 +19,15 @@ class ImageTooSmall(ValueError):
 
 
 def minimum_source_shape(params: Any) -> tuple[int, int, int]:
-    """(slices, rows, cols) a series needs so the training crop never reaches padding.
+    """(slices, rows, cols) a series needs so that a training crop can avoid padding.
 
     Slices: the sagittal crop depth at full resolution (64 x 2 = 128 for the full preset). Rows
     and columns: the in-plane crop at full resolution plus both margins (160 x 2 + 2 x 16 = 352).
+    A series of at least this size, centre-padded to the full region, keeps a box of real data
+    at least as large as the crop of every view; the centre crop lies inside it, and random crops
+    are drawn inside it too (the volume's valid extent, ``oaicohort.imaging.recipe.extent``,
+    used by ``oaimodels.data.crops``), so no crop reaches padding. With ``too_small="pad"`` a
+    smaller series is kept; its crops are then centred on its data and do include padding.
     """
     f = params.downsample
     depth, rows, cols = params.sag_crop

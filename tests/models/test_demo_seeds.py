@@ -1,0 +1,55 @@
+"""benchmarks/demo_seeds.py: the demo on fresh seeds, held-out AP and ROC AUC as mean ± SD."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_seeds.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo_seeds"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeds_used_for_choices_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script()
+    with pytest.raises(SystemExit) as info:
+        script.main(["--model", "3d_shufflenet", "--seeds", "2", "--first-seed", "0"])
+    assert info.value.code == 2
+    assert "seeds below 100 were used for choices" in capsys.readouterr().err
+    assert script.mean_sd([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(math.sqrt(0.02)))
+    assert script.mean_sd([0.5, math.nan]) == (0.5, None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_tiny_run_on_two_fresh_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script()
+    out = tmp_path / "seeds.json"
+    args = ["--model", "3d_shufflenet", "--seeds", "2", "--subjects", "60", "--epochs", "1", "--folds", "0",
+            "--bootstrap", "20", "--workers", "1", "--threads", "1", "--out", str(tmp_path / "work"),
+            "--json", str(out)]  # fmt: skip
+    assert script.main(args) == 0
+    result = json.loads(out.read_text())
+    assert [r["seed"] for r in result["rows"]] == [100, 101]
+    for row in result["rows"]:
+        assert 0 <= row["ap"] <= 1 and 0 <= row["roc_auc"] <= 1 and 0 < row["prevalence"] < 1
+        assert row["subjects"] == 60 and row["epochs"] == 1 and row["test_knees"] > 0
+    aps = [r["ap"] for r in result["rows"]]
+    assert result["summary"]["ap"]["mean"] == pytest.approx(sum(aps) / 2)
+    assert result["summary"]["ap"]["sd"] == pytest.approx(abs(aps[0] - aps[1]) / math.sqrt(2))
+    printed = capsys.readouterr().out
+    assert "seed 100: AP" in printed and "held-out AP" in printed and "prevalence" in printed
+    assert not (tmp_path / "work" / "seed100").exists()  # each demo folder is removed after its seed
