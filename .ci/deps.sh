@@ -9,10 +9,10 @@
 #     importing one of its packages fails. Exempt are the imports that are guarded, i.e. that turn
 #     a missing package into "install the X extra": torch and torchvision (the CLI's models
 #     commands, after require_models_extra; tests/test_packaging.py runs the cohort commands
-#     with torch blocked), nibabel (oaicohort.imaging.store.export) and the [study] extra
-#     (oaicohort.cohort.study_extra);
+#     with torch blocked), nibabel (oaicohort.imaging.store.export), the [study] extra
+#     (oaicohort.cohort.study_extra) and submitit (oaicohort.cluster, the [cluster] extra);
 #  3. the model layer (`pip install -e ".[models]"`): base + models; mlflow is guarded
-#     (oaimodels.tracking), and so is submitit (oaimodels.training.launcher, the [cluster] extra);
+#     (oaimodels.tracking), and so is submitit (oaicohort.cluster, the [cluster] extra);
 #     tensorboard is loaded by torch, never imported by name.
 #  4. the tests (`pip install -e ".[dev]"`): every import is declared somewhere (base, an extra
 #     or dev), so the README's test command works on a fresh machine.
@@ -25,7 +25,7 @@ echo "deps: every import declared, every declaration used" >&2
 deptry .
 echo "deps: the cohort layer and the CLI need the base install only" >&2
 deptry oaicohort migrations cli --optional-dependencies-dev-groups "models,$not_models" --ignore DEP002 \
-    --per-rule-ignores "DEP004=torch|torchvision|nibabel|graphviz|tableone|tabulate|sksurv"
+    --per-rule-ignores "DEP004=torch|torchvision|nibabel|graphviz|tableone|tabulate|sksurv|submitit"
 echo "deps: the model layer needs the base install and [models] only" >&2
 deptry oaimodels --optional-dependencies-dev-groups "$not_models" --ignore DEP002 --per-rule-ignores "DEP004=mlflow|submitit"
 echo "deps: the tests need [dev] only" >&2

@@ -53,10 +53,27 @@ def preprocess_command(
         help="--view xray: joint centres from a landmark tool instead of the built-in localiser; CSV with "
         "subject_id, side (R/L), row, col (pixels of the bilateral image, 0-based) and optional visit.",
     ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="K/N: write only shard K of N (1..N) of the series, while the other shards run at the same time "
+        "(PostgreSQL only; see the cluster page).",
+    ),
+    launcher: str | None = typer.Option(
+        None, "--launcher", help="slurm or local: submit --shards N jobs, one per shard (the [cluster] extra)."
+    ),
+    shards: int | None = typer.Option(None, "--shards", min=1, help="With --launcher: how many shards (jobs)."),
+    partition: str | None = typer.Option(None, "--partition", help="With --launcher slurm: the SLURM partition."),
+    account: str | None = typer.Option(None, "--account", help="With --launcher slurm: the SLURM account."),
+    time: str | None = typer.Option(None, "--time", help="With --launcher: each job's time limit (H:MM:SS)."),
+    wait: bool = typer.Option(False, "--wait", help="With --launcher: wait for the jobs and report failures."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Preprocess the indexed SAG_3D_DESS series (or, with --view xray, the bilateral PA
     radiographs) of a visit into a volume store (resumable)."""
+    from oaicli.preprocess_shards import check_shard_options, launch_shards
+
+    the_shard = check_shard_options(ctx, view=view)
     from oaicohort.imaging.recipe.params import PreprocessParams
     from oaicohort.imaging.runs.mri import run_preprocess
 
@@ -73,10 +90,14 @@ def preprocess_command(
     if roi_file is not None:
         raise typer.BadParameter("only applies to --view xray", param_hint="--roi-file")
 
+    if launcher is not None:
+        launch_shards(ctx, params, views, json_out=json_out)
+        return
+
     def run(db: Database, progress: ProgressCallback) -> PreprocessSummary:
         return run_preprocess(
-            db, store, params, views=views, visit=visit, workers=workers,
-            strict=strict, limit=limit, progress=progress, replace_missing_store=replace_missing_store,
+            db, store, params, views=views, visit=visit, workers=workers, strict=strict, limit=limit,
+            progress=progress, replace_missing_store=replace_missing_store, shard=the_shard,
         )  # fmt: skip
 
     summary = _run_on_database(ctx, run)

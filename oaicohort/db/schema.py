@@ -369,6 +369,25 @@ class Volume(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class SlotClaim(Base):
+    """A store slot a running ``oai preprocess`` has reserved but not yet indexed.
+
+    Shards of one store (``--shard K/N``, on PostgreSQL) take their slots through these rows, in
+    the database's serialised write transaction, so two shards never write one slot
+    (``oaicohort.imaging.runs.slots``). ``owner`` names the run: ``K/N`` for a shard, ``all`` for
+    an unsharded run. A run deletes its claims when it ends; a killed run's claims are taken back
+    by the next run of the same owner (or by an unsharded run, which has the store alone), so its
+    reserved slots become reusable orphans."""
+
+    __tablename__ = "slot_claims"
+
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True)
+    view: Mapped[str] = mapped_column(String(8), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 # --------------------------------------------------------------------------- variables and saved cohorts
 
 

@@ -7,7 +7,8 @@ that has not finished, and records the jobs in each run folder's ``jobs.json``. 
 jobs of one submission form one job array (``--array-parallelism`` caps how many run at once).
 
 Resources come from :class:`LauncherOptions`: command-line options or a ``[launcher]`` table of
-the training config file (:func:`launcher_table`). ``submitit`` is the ``[cluster]`` extra.
+the training config file (:func:`launcher_table`); the options and the executor are shared with
+``oai preprocess --launcher`` (``oaicohort.cluster``). ``submitit`` is the ``[cluster]`` extra.
 """
 
 from __future__ import annotations
@@ -16,69 +17,35 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import re
-import shutil
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oaicohort.cluster import (  # re-exported: the launcher's options and executor live in the cohort layer
+    LauncherOptions,
+    check_launcher,
+    make_executor,
+    parse_time,
+)
 from oaicohort.errors import InputFileError
 from oaimodels import run_folder as rf
-from oaimodels.training.config import TrainConfig, TrainingError
+from oaimodels.training.config import TrainConfig
 from oaimodels.training.jobs import FoldJob, JobRecord, job_state, read_jobs, record_jobs, setup_from_env
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("slurm", "local")
-INSTALL_HINT = 'pip install "oai-toolkit[cluster]"'
 LAUNCHER_TABLE = "launcher"  # the config file's table of job resources
 LOGS_DIR = "submitit"  # beside the run folders: submitit's pickles, scripts and logs, by job id
 # Options of a job that change how it executes, not what it computes (TrainConfig.OPERATIONAL)
 _JOB_OPERATIONAL = ("device", "nproc", "loader", "workers", "threads", "compile")
 
 
-@dataclass
-class LauncherOptions:
-    """Where and with what resources the jobs run."""
-
-    launcher: str = "slurm"  # slurm | local
-    partition: str | None = None
-    account: str | None = None
-    gpus_per_job: int = 0
-    cpus_per_job: int | None = None
-    mem_gb: float | None = None
-    time_min: int = 24 * 60
-    array_parallelism: int = 64
-    signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: the job requeues itself
-
-    def check(self) -> None:
-        if self.launcher not in LAUNCHERS:
-            raise TrainingError(f"--launcher {self.launcher!r}: choose slurm or local")
-        for name in ("gpus_per_job", "time_min", "array_parallelism", "signal_delay_s"):
-            if getattr(self, name) < (0 if name == "gpus_per_job" else 1):
-                raise TrainingError(f"launcher option {name} must be positive, got {getattr(self, name)}")
-
-
 _TABLE_KEYS = {
     "partition": str, "account": str, "gpus_per_job": int, "cpus_per_job": int, "mem_gb": float,
     "time": str, "array_parallelism": int, "signal_delay_s": int, "launcher": str,
 }  # fmt: skip
-
-
-def parse_time(text: str | int) -> int:
-    """A time limit in minutes: ``90``, ``"90"``, ``"H:MM:SS"`` or ``"D-HH:MM:SS"`` (as sbatch writes it)."""
-    if isinstance(text, int):
-        return text
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", text)
-    if not m:
-        raise ValueError(f"{text!r}: expected minutes, H:MM:SS or D-HH:MM:SS")
-    days, hours, minutes, seconds = (int(x) if x else 0 for x in m.groups())
-    return days * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
 
 
 def read_launcher_table(path: Path | str) -> dict[str, Any]:
@@ -112,23 +79,6 @@ def launcher_table(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
             raise InputFileError(path, f"key 'launcher.{key}': expected {kind.__name__}, got {value!r}")
         out[key] = value
     return out
-
-
-def require_submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise TrainingError(f"--launcher needs submitit; install it with: {INSTALL_HINT}") from None
-    return submitit
-
-
-def check_launcher(options: LauncherOptions) -> Any:
-    """submitit, once the options are valid and (for SLURM) ``sbatch`` is on the PATH."""
-    options.check()
-    submitit = require_submitit()
-    if options.launcher == "slurm" and shutil.which("sbatch") is None:
-        raise TrainingError("--launcher slurm: sbatch not found; submit from a SLURM login node (or --launcher local)")
-    return submitit
 
 
 # --------------------------------------------------------------------------- submitting
@@ -166,25 +116,6 @@ def _preparation_config(config: TrainConfig, device: str) -> TrainConfig:
             channels_last=True if config.channels_last is None else config.channels_last,
         )
     return dataclasses.replace(config, device=device)
-
-
-def make_executor(options: LauncherOptions, folder: Path, name: str) -> Any:
-    submitit = check_launcher(options)
-    params: dict[str, Any] = dict(gpus_per_node=options.gpus_per_job, signal_delay_s=options.signal_delay_s)
-    if options.launcher == "slurm":
-        executor = submitit.SlurmExecutor(folder=str(folder / "%j"))
-        params.update(
-            job_name=name, time=options.time_min, nodes=1, ntasks_per_node=1,
-            array_parallelism=options.array_parallelism,
-            partition=options.partition, account=options.account, cpus_per_task=options.cpus_per_job,
-            mem=f"{options.mem_gb:g}GB" if options.mem_gb else None,
-        )  # fmt: skip
-        params = {k: v for k, v in params.items() if v is not None}
-    else:
-        executor = submitit.LocalExecutor(folder=str(folder / "%j"))
-        params.update(timeout_min=options.time_min, tasks_per_node=1)
-    executor.update_parameters(**params)
-    return executor
 
 
 def submit_study(

@@ -29,9 +29,9 @@ from oaicohort.db.schema import ImageSeries, Volume
 from oaicohort.files import no_world_write
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri_worker import SeriesOutcome, SeriesTask, preprocess_task
+from oaicohort.imaging.runs.slots import Shard, SlotAllocator
 from oaicohort.imaging.runs.template import Outcome, RunKind, RunSummary, run_store
 from oaicohort.imaging.runs.writer import (
-    SlotAllocator,
     index_knees,
     ok_volumes,
     replace_rows,
@@ -60,9 +60,15 @@ class PreprocessSummary(RunSummary):
 
 
 def select_tasks(
-    db: Database, store: VolumeStore, params: PreprocessParams, views: tuple[str, ...], visit: int
+    db: Database,
+    store: VolumeStore,
+    params: PreprocessParams,
+    views: tuple[str, ...],
+    visit: int,
+    shard: Shard | None = None,
 ) -> tuple[list[SeriesTask], int]:
-    """Series of ``visit`` whose requested views are not yet ``ok``; also the number selected."""
+    """Series of ``visit`` (of ``shard``'s subjects) whose requested views are not yet ``ok``; also
+    the number selected."""
     with db.write() as session:
         series_rows = (
             session.execute(
@@ -77,6 +83,8 @@ def select_tasks(
             .scalars()
             .all()
         )
+        if shard is not None:
+            series_rows = [s for s in series_rows if shard.owns(s.subject_id)]
         knees = index_knees(session, ((s.subject_id, s.side) for s in series_rows))
         done = ok_volumes(session, store, visit)
         tasks = []
@@ -106,12 +114,14 @@ def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: Slo
     task = outcome.task
     where = {"knee_id": task.knee_id, "series_id": task.series_id, "visit": task.visit}
     rows: list[Volume] = []
+    written: list[tuple[str, int, str]] = []  # (view, position, checksum): data first, keys under the lock
     if outcome.reason is None:
         key = knee_key(task.subject_id, task.side)
         for view in task.views:
             volume = outcome.volumes[view]
             position = slots.take(view)
-            checksum = store.write(view, position, volume, key=key, visit=task.visit)
+            checksum = store.write_data(view, position, volume)
+            written.append((view, position, checksum))
             rows.append(
                 volume_row(
                     store,
@@ -129,6 +139,10 @@ def _record(db: Database, store: VolumeStore, outcome: SeriesOutcome, slots: Slo
     else:
         rows = [volume_row(store, **where, view=view, reason=outcome.reason) for view in task.views]
     with db.write() as session:
+        # the keys' chunks are shared by many slots (read-modify-write): written under the
+        # database's write lock, so concurrent shards of the store never lose each other's keys
+        for view, position, checksum in written:
+            store.write_keys(view, position, checksum, key=key, visit=task.visit)
         if session.get(ImageSeries, task.series_id) is None:
             # a concurrent ingest of a newer release dropped the series from the index: its data
             # stays an orphan slot (reused later) and nothing points at a series that is gone
@@ -148,11 +162,12 @@ class MriJob:
     views: tuple[str, ...]
     reader: SeriesReader | None
     summary: PreprocessSummary
+    shard: Shard | None = None
     label: str = "preprocess"
     ordered: bool = False
 
     def select(self) -> tuple[list[SeriesTask], int]:
-        return select_tasks(self.db, self.store, self.params, self.views, self.summary.visit)
+        return select_tasks(self.db, self.store, self.params, self.views, self.summary.visit, self.shard)
 
     def units(self, task: SeriesTask) -> int:
         return 1
@@ -191,6 +206,7 @@ def run_preprocess(
     reader: SeriesReader | None = None,
     progress: ProgressCallback = no_progress,
     replace_missing_store: bool = False,
+    shard: Shard | None = None,
 ) -> PreprocessSummary:
     """Preprocess the visit's DESS series into the store at ``store_path``; see the module doc.
 
@@ -199,6 +215,8 @@ def run_preprocess(
 
     ``params`` defaults to the store's own parameters when it exists, else the full preset.
     ``reader`` (a picklable function folder -> series) replaces the DICOM reader in tests.
+    ``shard``: write only this shard's series (``runs.slots.Shard``; PostgreSQL), while the other
+    shards of the store run at the same time, on this machine or others.
     """
     unknown = [v for v in views if v not in MRI_VIEWS]
     if unknown or not views:
@@ -207,11 +225,11 @@ def run_preprocess(
 
     def job_for(store: VolumeStore) -> MriJob:
         summary = PreprocessSummary(str(store.path), str(store.ref.id), store.params_hash, visit, views=tuple(views))
-        return MriJob(db, store, store.params, tuple(views), reader, summary)
+        return MriJob(db, store, store.params, tuple(views), reader, summary, shard)
 
     summary = run_store(
         db, store_path, params, kind, job_for, visit=visit, workers=workers, strict=strict, limit=limit,
-        progress=progress, replace_missing_store=replace_missing_store,
+        progress=progress, replace_missing_store=replace_missing_store, shard=shard,
     )  # fmt: skip
     assert isinstance(summary, PreprocessSummary)
     return summary

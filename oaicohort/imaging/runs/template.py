@@ -8,10 +8,11 @@
 3. the missing-store guard (``identity.claim_store``): a missing or empty path where the database
    indexes a store, a store that moved without ``oai store relocate``, or another store in the
    place of the indexed one is refused, and nothing is changed;
-4. the store opened or created, locked against a second writer (``writer_lock``) and recorded in
-   the database (``identity.record_store``);
-5. the job's selection of what is not yet ``ok``, its share under ``--limit``, the slots it needs
-   reserved at once, the workers' results written and counted as they arrive (``--strict`` stops
+4. the store opened or created, locked against a second writer (``writer_lock``; shards of one
+   store, ``--shard K/N`` on PostgreSQL, share it and each holds its own shard: ``slots.run_locks``)
+   and recorded in the database (``identity.record_store``);
+5. the job's selection of what is not yet ``ok`` (of its shard), its share under ``--limit``, the
+   slots it needs claimed at once in the database (``slots.SlotAllocator``), the workers' results written and counted as they arrive (``--strict`` stops
    at the first failure), then the job's last step.
 
 What differs between kinds (which series, the work a worker does, how a result is written) is the
@@ -24,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -34,13 +36,8 @@ from oaicohort.db.schema import ImageSeries
 from oaicohort.db.stores import StoreRef
 from oaicohort.errors import DatabaseStateError
 from oaicohort.imaging.recipe.params import PreprocessParams
-from oaicohort.imaging.runs.writer import (
-    SlotAllocator,
-    count_outcome,
-    take_tasks,
-    write_results,
-    writer_lock,
-)
+from oaicohort.imaging.runs.slots import Shard, SlotAllocator, check_shard, owner_of, run_locks, take_back
+from oaicohort.imaging.runs.writer import count_outcome, take_tasks, write_results, writer_lock
 from oaicohort.imaging.store.identity import claim_store, is_present, record_store
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
@@ -155,9 +152,13 @@ def run_store(
     limit: int | None,
     progress: ProgressCallback,
     replace_missing_store: bool,
+    shard: Shard | None = None,
 ) -> RunSummary:
-    """One run of ``job_for(store)`` into the store at ``store_path``; returns the job's summary."""
+    """One run of ``job_for(store)`` into the store at ``store_path``; returns the job's summary.
+
+    ``shard``: this run is one shard of the store (``runs.slots``; the job selects its tasks)."""
     start = time.perf_counter()
+    check_shard(db, shard)
     ref = StoreRef.at(store_path)
     if params is None:
         params = VolumeStore.open(ref.path).params if is_present(ref.path) else PreprocessParams.full()
@@ -169,28 +170,62 @@ def run_store(
             "image03.txt, or the downloaded image folders themselves)"
         )
     claim_store(db, ref, replace_missing_store=replace_missing_store)
-    store = VolumeStore.open_or_create(ref.path, params, views=kind.views)
-    with writer_lock(store):
+    if shard is None:
+        store = VolumeStore.open_or_create(ref.path, params, views=kind.views)
+    else:
+        with db.write():  # the database's lock: shards starting together make the store (and its arrays) once
+            store = VolumeStore.open_or_create(ref.path, params, views=kind.views)
+    with writer_lock(store) if shard is None else nullcontext():  # shards share the store
         record_store(db, store, replace_missing_store=replace_missing_store)
-        job = job_for(store)
-        summary = job.summary
-        tasks, selected = job.select()
-        tasks = take_tasks(summary, tasks, selected, limit, job.units)
-        log.info(
-            "%s: %d selected, %d already done, %d to do", store.path, summary.selected, summary.skipped, len(tasks)
-        )
-        slots = SlotAllocator(db, store, kind.views)
-        for view in kind.views:
-            slots.reserve(view, sum(list(job.slots(task)).count(view) for task in tasks))
-
-        def write(task: Any, result: Any) -> None:
-            for outcome in job.record(slots, task, result):
-                count_outcome(summary, outcome.reason, strict=strict, **outcome.where)
-
-        function, args = job.work()
-        write_results(
-            function, tasks, args, write, workers=workers, progress=progress, label=job.label, ordered=job.ordered
-        )
-        job.finish()
+        with run_locks(db, store, shard):
+            take_back(db, store, shard)
+            job = job_for(store)
+            summary = job.summary
+            tasks, selected = job.select()
+            tasks = take_tasks(summary, tasks, selected, limit, job.units)
+            log.info(
+                "%s%s: %d selected, %d already done, %d to do",
+                store.path, f" shard {shard.label}" if shard else "", summary.selected, summary.skipped, len(tasks),
+            )  # fmt: skip
+            slots = SlotAllocator(db, store, kind.views, owner_of(shard))
+            try:
+                _write(job, tasks, slots, kind, workers=workers, strict=strict, progress=progress)
+            finally:
+                _release(slots)
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _write(
+    job: StoreJob[Any, Any],
+    tasks: list[Any],
+    slots: SlotAllocator,
+    kind: RunKind,
+    *,
+    workers: int,
+    strict: bool,
+    progress: ProgressCallback,
+) -> None:
+    """Reserve the slots ``tasks`` need at once, then run the workers and write their results."""
+    summary = job.summary
+    for view in kind.views:
+        slots.reserve(view, sum(list(job.slots(task)).count(view) for task in tasks))
+
+    def write(task: Any, result: Any) -> None:
+        for outcome in job.record(slots, task, result):
+            count_outcome(summary, outcome.reason, strict=strict, **outcome.where)
+
+    function, args = job.work()
+    write_results(
+        function, tasks, args, write, workers=workers, progress=progress, label=job.label, ordered=job.ordered
+    )
+    job.finish()
+
+
+def _release(slots: SlotAllocator) -> None:
+    try:
+        slots.release()
+    except Exception as exc:  # the run's own outcome matters more; the next run takes the claims back
+        log.warning(
+            "%s: could not release the run's slot claims (%s); the next run takes them back", slots.store.path, exc
+        )

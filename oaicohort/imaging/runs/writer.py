@@ -3,7 +3,7 @@
 
 The store is locked against a second writer (``writer_lock``); what is not yet ``ok`` is selected
 (``index_knees``, ``ok_volumes``), a run takes its share under ``--limit`` (``take_tasks``), slots
-are handed out (``SlotAllocator``) and each worker's result is written as it arrives
+are handed out (``slots.SlotAllocator``, through the database) and each worker's result is written as it arrives
 (``write_results``): volume data and keys first, then, in one transaction, the rows that describe
 them (``replace_rows``), so a row always describes complete data. Failures are counted with their
 reasons (``count_outcome``); ``--strict`` stops at the first. Rows name their store by its id.
@@ -20,7 +20,6 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from oaicohort.db import Database
 from oaicohort.db.schema import Knee, Volume
 from oaicohort.errors import ConcurrentWriteError, OAIError
 from oaicohort.imaging.runs.worker_pool import worker_results
@@ -114,41 +113,6 @@ def take_tasks(
 
 
 # --------------------------------------------------------------------------- writing
-
-
-class SlotAllocator:
-    """Hands out store positions not referenced by an ``ok`` row: empty or orphan slots first."""
-
-    def __init__(self, db: Database, store: VolumeStore, views: tuple[str, ...]) -> None:
-        self.store = store
-        self.free: dict[str, list[int]] = {}
-        with db.read() as session:
-            for view in views:
-                used = set(
-                    session.execute(
-                        select(Volume.position).where(
-                            Volume.store_id == store.ref.id,
-                            Volume.params_hash == store.params_hash,
-                            Volume.view == view,
-                            Volume.status == "ok",
-                        )
-                    ).scalars()
-                )
-                capacity = store.capacity(view)
-                self.free[view] = sorted(set(range(capacity)) - used, reverse=True)
-
-    def reserve(self, view: str, count: int) -> None:
-        """Grow the array once so ``count`` more volumes fit (no resize per volume)."""
-        missing = count - len(self.free[view])
-        if missing > 0:
-            start = self.store.capacity(view)
-            self.store.grow(view, start + missing)
-            self.free[view] = list(range(start + missing - 1, start - 1, -1)) + self.free[view]
-
-    def take(self, view: str) -> int:
-        if not self.free[view]:
-            self.reserve(view, 1)
-        return self.free[view].pop()
 
 
 def volume_row(

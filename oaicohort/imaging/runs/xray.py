@@ -49,8 +49,9 @@ from oaicohort.files import no_world_write
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.recipe.xray_knees import preprocess_xray
 from oaicohort.imaging.recipe.xray_localiser import LOCALISER_NAME
+from oaicohort.imaging.runs.slots import SlotAllocator
 from oaicohort.imaging.runs.template import Outcome, RunKind, RunSummary, run_store
-from oaicohort.imaging.runs.writer import SlotAllocator, index_knees, ok_volumes, replace_rows, volume_row
+from oaicohort.imaging.runs.writer import index_knees, ok_volumes, replace_rows, volume_row
 from oaicohort.imaging.series.load import Expected, load_radiograph
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.progress import ProgressCallback, no_progress

@@ -348,9 +348,19 @@ class VolumeStore:
         if not self.writable:
             raise StoreError(f"{self.path}: opened read-only")
 
+    def reload(self, view: str) -> None:
+        """Forget the cached shape of ``view``: the next access re-reads it (another writer of the
+        store may have grown the array)."""
+        self._arrays.pop(view, None)
+
     def grow(self, view: str, capacity: int) -> None:
-        """Make room for ``capacity`` slots (new slots are empty, keys -1)."""
+        """Make room for ``capacity`` slots (new slots are empty, keys -1); never shrinks. The shape
+        is re-read first, so growing never undoes another writer's growth (shards grow under the
+        database's write lock: ``runs.slots``)."""
         self._require_writable()
+        if capacity <= self.capacity(view):
+            return
+        self.reload(view)
         arr = self._array(view)
         if capacity <= arr.shape[0]:
             return
@@ -364,19 +374,30 @@ class VolumeStore:
 
         Volume data first, keys after: a slot whose key is set holds complete data.
         """
+        checksum = self.write_data(view, position, volume)
+        self.write_keys(view, position, checksum, key=key, visit=visit)
+        return checksum
+
+    def write_data(self, view: str, position: int, volume: np.ndarray) -> str:
+        """The first half of :meth:`write`: the volume's own chunk (no other slot shares it, so
+        shards write it concurrently); returns its checksum."""
         self._require_writable()
         shape = self.volume_shape(view)
         if volume.shape != shape or volume.dtype != np.uint8:
             raise ValueError(f"{view} volume must be uint8 {shape}, got {volume.dtype} {volume.shape}")
         self.grow(view, position + 1)
         self._array(view)[position] = volume
-        checksum = volume_checksum(volume)
+        return volume_checksum(volume)
+
+    def write_keys(self, view: str, position: int, checksum: str, *, key: int, visit: int) -> None:
+        """The second half of :meth:`write`: the slot's digest and keys. Their chunks hold many
+        slots (a read-modify-write), so concurrent writers of a store call this under one lock."""
+        self._require_writable()
         record_digest(self.group, view, position, checksum)
         self._member(f"knee_keys/{view}")[position] = key
         self._member(f"visits/{view}")[position] = visit
         if self._checker is not None:
             self._checker = None  # digests and keys changed: re-read them when next verifying
-        return checksum
 
     def release(self, view: str, position: int) -> None:
         """Mark a slot unused (keys -1); its data is left to be overwritten."""
