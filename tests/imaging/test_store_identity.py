@@ -33,7 +33,7 @@ from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import StoreError, VolumeStore
 from oaicohort.ingest.run import ingest_release
-from tests.reliability_helpers import table_rows
+from tests.helpers.reliability import table_rows
 
 SMALL = PreprocessParams.preset_named("small")
 

@@ -33,7 +33,7 @@ from oaicohort.imaging.store.index import verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
-from tests.reliability_helpers import DATA_TABLES, small_imaging_release, table_rows
+from tests.helpers.reliability import DATA_TABLES, small_imaging_release, table_rows
 
 ASCII = "OAICompleteData_ASCII"
 ANY = object()  # line or column not checked (e.g. where random bytes decide it)

@@ -34,7 +34,7 @@ from oaicohort.release.image_index import read_image03
 from oaicohort.release.text import load_source
 from oaicohort.synth import write_release
 from oaicohort.synth.distributions import PACKAGE, convert_release
-from tests.ingest.test_distributions import COMPARED, dump
+from tests.helpers.distributions import COMPARED, dump
 
 SUBJECTS, SEED = 30, 5
 # the names of issue 20 (V00WOMKPR, P01KSURGR, V00KOOSKPR ...), and two that share a column with

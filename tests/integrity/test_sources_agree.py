@@ -22,7 +22,7 @@ from oaicohort.imaging.series.consistency import folder_participants, normal_axi
 from oaicohort.imaging.series.dicom import read_series
 from oaicohort.imaging.store.index import verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
-from tests.reliability_helpers import small_imaging_release
+from tests.helpers.reliability import small_imaging_release
 
 SMALL = PreprocessParams.preset_named("small")
 

@@ -32,7 +32,7 @@ from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaimodels.data import make_source
-from tests.reliability_helpers import REPO, message_lines, run_oai, spawn_oai, table_rows
+from tests.helpers.reliability import REPO, message_lines, run_oai, spawn_oai, table_rows
 
 SMALL = PreprocessParams.preset_named("small")
 

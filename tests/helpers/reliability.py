@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from oaicli.progress import is_progress_line
 from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_TABLES = (
     "subjects",
     "subject_visits",
