@@ -21,6 +21,7 @@ import pytest
 from hypothesis import settings
 
 from oaicohort.db import Database, open_database
+from tests.helpers import releases
 from tests.helpers.databases import (
     BACKENDS,
     IN_CI,
@@ -116,3 +117,37 @@ def sqlite_db(
 def db(any_db: Database) -> Database:
     """An open, migrated database, once per back-end (SQLite, PostgreSQL)."""
     return any_db
+
+
+# --------------------------------------------------------------------------- shared releases
+# Written once per test process, read-only: a test that changes a release or its database works
+# on a copy (tests.helpers.releases.copy_release, a file copy of the database).
+
+
+@pytest.fixture(scope="session")
+def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clinical tables of 30 synthetic participants (seed 3)."""
+    return releases.clinical_release(tmp_path_factory.mktemp("pristine") / "release", subjects=30, seed=3)
+
+
+@pytest.fixture(scope="session")
+def ascii_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clinical tables of 30 synthetic participants (seed 5): what the distribution tests
+    convert into each form (on copies)."""
+    return releases.clinical_release(tmp_path_factory.mktemp("ascii") / "release", subjects=30, seed=5)
+
+
+@pytest.fixture(scope="session")
+def imaging_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """3 synthetic participants (seed 5) with small DESS series, and a SQLite database with the
+    release ingested (a template: copy it before writing)."""
+    base = tmp_path_factory.mktemp("imaging")
+    release = releases.imaging_release(base / "release", subjects=3, seed=5)
+    return release, releases.ingested(release, base / "template.sqlite")
+
+
+@pytest.fixture(scope="session")
+def xray_imaging_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 synthetic participants (seed 5) with small DESS series and small radiographs."""
+    root = tmp_path_factory.mktemp("xray_imaging") / "release"
+    return releases.imaging_release(root, subjects=3, seed=5, radiographs=True)

@@ -38,20 +38,20 @@ from oaicohort.synth import write_release
 from oaicohort.synth.distributions import DISTRIBUTIONS, PACKAGE, convert_release
 from oaicohort.synth.sas_writer import write_sas7bdat
 from tests.helpers.distributions import COMPARED, dump
+from tests.helpers.releases import copy_release
 
-SUBJECTS, SEED = 30, 5
+SUBJECTS = 30  # in the shared ascii_release (tests/conftest.py, seed 5)
 VARIABLES = ["V00WOMKPR", "P01BMI", "V03WOMKPL", "P02RACE", "V00EDCV", "P01SVDATE"]
 
 
 @pytest.fixture(scope="module")
-def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def forms(ascii_release: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same synthetic release in every distribution (the NDA package with the names of the
     first synthetic packages: the real names are tested in test_nda_packages.py)."""
     base = tmp_path_factory.mktemp("forms")
     out = {}
     for distribution in DISTRIBUTIONS:
-        root = base / distribution
-        write_release(root, subjects=SUBJECTS, seed=SEED)
+        root = copy_release(ascii_release, base / distribution)
         convert_release(root, distribution, legacy_names=distribution == "nda")
         out[distribution] = root
     return out

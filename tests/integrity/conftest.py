@@ -11,17 +11,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from oaicohort.synth import write_release
 from tests.helpers.toy_run import ToyRun, train_toy_run
 
 UNEXPECTED = "unexpected error"
-
-
-@pytest.fixture(scope="session")
-def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("integrity") / "release"
-    write_release(root, subjects=30, seed=3)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +26,16 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
 
 
 @pytest.fixture(scope="session")
-def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def small_store(tmp_path_factory: pytest.TempPathFactory, imaging_release: tuple[Path, Path]) -> tuple[Path, Path]:
     """A database (3 subjects, ingested) and its store of small sagittal DESS volumes."""
+    import shutil
+
     from oaicohort.db import open_database
     from oaicohort.imaging.recipe.params import PreprocessParams
     from oaicohort.imaging.runs.mri import run_preprocess
-    from tests.helpers.reliability import small_imaging_release
 
     base = tmp_path_factory.mktemp("store")
-    _, db_path = small_imaging_release(base, subjects=3)
+    db_path = Path(shutil.copyfile(imaging_release[1], base / "template.sqlite"))
     db = open_database(db_path)
     run_preprocess(db, base / "store.zarr", PreprocessParams.preset_named("small"), views=("sag",), workers=1)
     db.dispose()
