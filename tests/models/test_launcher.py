@@ -22,7 +22,7 @@ from oaimodels.training.checkpoint import load_checkpoint
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.jobs import fold_statuses, read_jobs
 from oaimodels.training.launcher import LauncherOptions, submit_study
-from oaimodels.training.run import train_all
+from oaimodels.training.study import train_all
 from tests.helpers.launcher import MODELS, SETUP, launch_cohort, register_models
 from tests.helpers.training import toy_model
 

@@ -27,7 +27,8 @@ from oaimodels.training.checkpoint import load_checkpoint, load_fold_model
 from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.losses import focal_loss
 from oaimodels.training.recipe import lr_at, make_optimizer, make_scheduler
-from oaimodels.training.run import train_all, train_run
+from oaimodels.training.run import train_run
+from oaimodels.training.study import train_all
 from tests.helpers.training import make_toy_cohort, populate_db, toy_model
 
 REPO = Path(__file__).resolve().parents[2]
