@@ -16,7 +16,6 @@ size is the global one (split across processes); only rank 0 writes the run fold
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -68,11 +67,14 @@ def prepare_run(
     labels_info: dict[str, Any] | None = None,
     resume: bool = False,
     write: bool = True,
+    only_folds: Sequence[int] | None = None,
 ) -> PreparedRun:
     """Resolve the config, load knees, check leakage, and create (or check) the run folder.
 
     ``knees`` (columns of ``oaimodels.data.KNEE_COLUMNS``) replaces the database query, for
     callers that hold their own table; otherwise ``db`` gives the labels, split and store index.
+    ``only_folds``: the prepared run trains only these of its folds (a cluster job trains one;
+    ``oaimodels.training.jobs``); the config keeps every fold of the run.
     """
     config = resolve_config(config)
     store = VolumeStore.open(config.store)
@@ -105,6 +107,11 @@ def prepare_run(
     config.folds = folds
     info["counts"] = _labels_summary(knees)
     run_dir = Path(config.out)
+    if only_folds is not None:
+        unknown = sorted(set(only_folds) - set(folds))
+        if unknown:
+            raise TrainingError(f"fold(s) {unknown} are not folds of the run {run_dir} (folds: {folds})")
+        folds = sorted(set(only_folds))
     prepared = PreparedRun(config, store, layout, knees, folds, run_dir, info)
     if write:
         _init_run_folder(prepared, resume=resume, db=db)
@@ -209,6 +216,7 @@ def _torch_settings(device_name: str, d: Dist, *, threads: int | None, determini
 
 def _train(
     plan: RunPlan,
+    store: VolumeStore,
     d: Dist,
     *,
     resume: bool,
@@ -225,7 +233,7 @@ def _train(
     with _torch_settings(plan.device, d, threads=plan.threads, deterministic=plan.deterministic) as device:
         source = make_source(
             plan.loader,
-            plan.store,
+            store,
             plan.fold.layout.source_view,
             train_frame["position"].to_numpy(),
             device,
@@ -244,7 +252,7 @@ def _train(
     return sorted(summaries, key=lambda s: s["fold"])
 
 
-def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, resume: bool) -> None:
+def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, store: VolumeStore, resume: bool) -> None:
     device = torch.device(plan.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cpu" and not plan.threads:
@@ -253,6 +261,7 @@ def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, resume: boo
     try:
         _train(
             plan,
+            store,
             Dist(rank, world, rank),
             resume=resume,
             progress=None,
@@ -288,8 +297,8 @@ def train_run(
             device = resolve_device(config.device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            p = _only_folds(
-                prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds
+            p = prepare_run(
+                config, db, knees=knees, labels_info=labels_info, resume=resume, write=False, only_folds=folds
             )
             if d.main:
                 _check_out(p, db)
@@ -297,20 +306,20 @@ def train_run(
                 if d.main:
                     _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
                 barrier(d)
-                _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
+                _train(run_plan(p), p.store, d, resume=resume, progress=progress, on_epoch=on_epoch)
         finally:
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
-    p = _only_folds(prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds)
+    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False, only_folds=folds)
     _check_out(p, db)
     with run_lock(p.run_dir, folds):
         _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
         plan = run_plan(p)
         if plan.nproc > 1:
-            _spawn_ranks(plan, resume=resume)
+            _spawn_ranks(plan, p.store, resume=resume)
         else:
-            _train(plan, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
+            _train(plan, p.store, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
     return p.run_dir
 
 
@@ -338,7 +347,7 @@ def run_lock(run_dir: Path, folds: Sequence[int] | None = None) -> Iterator[None
                 folder.rmdir()
 
 
-def _spawn_ranks(plan: RunPlan, *, resume: bool) -> None:
+def _spawn_ranks(plan: RunPlan, store: VolumeStore, *, resume: bool) -> None:
     """``plan.nproc`` processes on this node, one rank each (``--nproc``), trained to the end."""
     import torch.multiprocessing as mp
 
@@ -347,17 +356,8 @@ def _spawn_ranks(plan: RunPlan, *, resume: bool) -> None:
         raise TrainingError(f"--nproc {world} needs {world} GPUs, found {torch.cuda.device_count()}")
     mp.start_processes(
         _spawned_worker,
-        args=(world, free_port(), plan, resume),
+        args=(world, free_port(), plan, store, resume),
         nprocs=world,
         join=True,
         start_method="spawn",
     )
-
-
-def _only_folds(p: PreparedRun, folds: Sequence[int] | None) -> PreparedRun:
-    if folds is None:
-        return p
-    unknown = sorted(set(folds) - set(p.folds))
-    if unknown:
-        raise TrainingError(f"fold(s) {unknown} are not folds of the run {p.run_dir} (folds: {p.folds})")
-    return dataclasses.replace(p, folds=sorted(set(folds)))
