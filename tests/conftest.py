@@ -141,9 +141,7 @@ def ascii_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def imaging_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """3 synthetic participants (seed 5) with small DESS series, and a SQLite database with the
     release ingested (a template: copy it before writing)."""
-    base = tmp_path_factory.mktemp("imaging")
-    release = releases.imaging_release(base / "release", subjects=3, seed=5)
-    return release, releases.ingested(release, base / "template.sqlite")
+    return releases.small_imaging_release(tmp_path_factory.mktemp("imaging"), subjects=3, seed=5)
 
 
 @pytest.fixture(scope="session")

@@ -43,3 +43,10 @@ def copy_release(release: Path, where: Path) -> Path:
     """A copy of ``release`` at ``where``, for a test that changes it."""
     shutil.copytree(release, where)
     return where
+
+
+def small_imaging_release(base: Path, *, subjects: int = 3, seed: int = 5) -> tuple[Path, Path]:
+    """A synthetic release with small DESS series under ``base``, and its ingested database (a
+    template to copy: tests damage copies of both)."""
+    release = imaging_release(base / "release", subjects=subjects, seed=seed)
+    return release, ingested(release, base / "template.sqlite")

@@ -186,7 +186,7 @@ def test_two_nifti_exports_into_one_folder_list_both(tmp_path: Path) -> None:
     from oaicohort.imaging.runs.mri import run_preprocess
     from oaicohort.imaging.store.selection import store_slots
     from oaicohort.imaging.store.volume_store import VolumeStore
-    from tests.helpers.reliability import small_imaging_release
+    from tests.helpers.releases import small_imaging_release
 
     pytest.importorskip("nibabel")
     _, template = small_imaging_release(tmp_path, subjects=2)
