@@ -21,7 +21,6 @@ import pytest
 from hypothesis import settings
 
 from oaicohort.db import Database, open_database
-from tests.helpers import releases
 from tests.helpers.databases import (
     BACKENDS,
     IN_CI,
@@ -121,12 +120,16 @@ def db(any_db: Database) -> Database:
 
 # --------------------------------------------------------------------------- shared releases
 # Written once per test process, read-only: a test that changes a release or its database works
-# on a copy (tests.helpers.releases.copy_release, a file copy of the database).
+# on a copy (tests.helpers.releases.copy_release, a file copy of the database). Exception: the
+# `victim` fixtures of test_bad_inputs and test_sources_agree damage one series folder of
+# imaging_release in place (its database rows name that folder) and restore it in their teardown.
 
 
 @pytest.fixture(scope="session")
 def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The clinical tables of 30 synthetic participants (seed 3)."""
+    from tests.helpers import releases  # the synthetic writers: only where a release is asked for
+
     return releases.clinical_release(tmp_path_factory.mktemp("pristine") / "release", subjects=30, seed=3)
 
 
@@ -134,6 +137,8 @@ def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ascii_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The clinical tables of 30 synthetic participants (seed 5): what the distribution tests
     convert into each form (on copies)."""
+    from tests.helpers import releases
+
     return releases.clinical_release(tmp_path_factory.mktemp("ascii") / "release", subjects=30, seed=5)
 
 
@@ -141,11 +146,15 @@ def ascii_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def imaging_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """3 synthetic participants (seed 5) with small DESS series, and a SQLite database with the
     release ingested (a template: copy it before writing)."""
+    from tests.helpers import releases
+
     return releases.small_imaging_release(tmp_path_factory.mktemp("imaging"), subjects=3, seed=5)
 
 
 @pytest.fixture(scope="session")
 def xray_imaging_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 synthetic participants (seed 5) with small DESS series and small radiographs."""
+    from tests.helpers import releases
+
     root = tmp_path_factory.mktemp("xray_imaging") / "release"
     return releases.imaging_release(root, subjects=3, seed=5, radiographs=True)
