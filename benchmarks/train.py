@@ -44,7 +44,7 @@ from oaimodels.logits import amp_context
 from oaimodels.networks import get_spec, to_channels_last
 from oaimodels.training.losses import focal_loss
 from oaimodels.training.recipe import build_model
-from oaimodels.training.run import mri_models
+from oaimodels.training.study import mri_models
 
 PRESET = {"small": "small", "paper": "full"}
 

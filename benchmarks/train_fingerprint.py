@@ -3,7 +3,7 @@
     python benchmarks/train_fingerprint.py OUT.json            # write the fingerprint
     python benchmarks/train_fingerprint.py OUT.json --compare BEFORE.json
 
-Trains the test toy model (``tests/training_fixtures.py``: 3D CNN on 20x36x36 volumes) on two
+Trains the test toy model (``tests/helpers/training.py``: 3D CNN on 20x36x36 volumes) on two
 folds for four epochs on CPU with deterministic settings, evaluates the run (fold ensemble on
 the held-out knees), and records SHA-256 digests of every number that matters: each epoch's
 log record (timings removed), the best/last weights, the validation and test predictions and
@@ -29,7 +29,7 @@ from oaimodels.evaluation.held_out import evaluate_run
 from oaimodels.training.checkpoint import load_checkpoint
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 TIMING = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +9,14 @@ import typer
 from rich import box
 from rich.table import Table
 
+from oaicli.cohort_saved import saved_command, write_text
 from oaicli.common import emit_json, err_console, guard_output, handles_errors, out_console, output_path, state
 from oaicohort.vocabulary import DEFAULT_DEFINITION
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from oaicohort.db import Database
 
 FORMATS = ("table", "csv", "tsv", "json", "parquet")
 
@@ -190,7 +191,7 @@ def cohort_command(
                 "--saved re-runs the saved query as it was: give no filters, --save or --trajectories with it",
                 param_hint="--saved",
             )
-        _saved_command(ctx, saved, export=export, out=out, json_out=json_out or fmt == "json")
+        saved_command(ctx, saved, export=export, out=out, json_out=json_out or fmt == "json")
         return
     if export:
         raise typer.BadParameter("--export needs --saved NAME", param_hint="--export")
@@ -305,9 +306,9 @@ def cohort_command(
         from oaicohort.cohort.export import to_delimited
 
         # text cells starting with = + - @ are written '= ... so spreadsheets do not run them
-        _write_text(to_delimited(frame, sep="," if fmt == "csv" else "\t", neutralise=not raw_cells), out)
+        write_text(to_delimited(frame, sep="," if fmt == "csv" else "\t", neutralise=not raw_cells), out)
     else:
-        _write_text(_records_json(frame) + "\n", out)
+        write_text(_records_json(frame) + "\n", out)
     if out is not None:
         err_console.print(f"{len(frame)} {what} written to {out}")
     if dictionary:
@@ -318,7 +319,7 @@ def cohort_command(
 
 
 def _study_outputs(
-    db: Any,
+    db: Database,
     cohort: Any,
     study: Any,
     frame: pd.DataFrame,
@@ -365,57 +366,6 @@ def _write_frame(frame: pd.DataFrame, fmt: str, path: Path) -> None:
         atomic_write_text(path, _records_json(frame) + "\n")
     else:
         atomic_write_text(path, frame.to_csv(index=False))
-
-
-def _saved_command(ctx: typer.Context, name: str, *, export: bool, out: Path | None, json_out: bool) -> None:
-    from oaicohort.cohort.saved import export_saved
-    from oaicohort.cohort.saved_check import check_saved
-
-    db = state(ctx).open_db()
-    if export:
-        if out is not None:
-            guard_output(ctx, out, "--out", database=db)
-        header, frame = export_saved(db, name)
-        text = "".join(f"# {line}\n" for line in header) + frame.to_csv(index=False)
-        _write_text(text, out)
-        if out is not None:
-            err_console.print(f"saved cohort {name!r}: {len(frame)} knees written to {out}")
-        return
-    check = check_saved(db, name)
-    if json_out:
-        sys.stdout.write(json.dumps(check.to_dict(), indent=2, default=str) + "\n")
-        return
-    verdict = "[green]the same[/]" if check.same else "[red]changed[/]"
-    out_console.print(
-        f"saved cohort {name!r}: {verdict} ({check.saved_knees} knees saved, {check.current_knees} now; "
-        f"content {check.saved_hash[:12]} -> {check.current_hash[:12]})"
-    )
-    for what, frame in (("entered", check.entered), ("left", check.left)):
-        if len(frame):
-            table = Table(title=f"{len(frame)} knee(s) {what}", title_justify="left", box=box.SIMPLE_HEAD)
-            for col in ("subject", "side", "label", "why"):
-                table.add_column(col)
-            for r in frame.itertuples(index=False):
-                table.add_row(str(r.subject_id), r.side, str(r.label), r.why)
-            out_console.print(table)
-    if check.matching:  # a matched cohort: its balance and unmatched cases as saved
-        from oaicli.cohort_study import render_matching
-
-        render_matching(check.matching)
-    if check.changed_files:
-        out_console.print(f"files changed since the save: {', '.join(check.changed_files)}")
-    for note in check.notes:
-        err_console.print(f"note: {note}")
-
-
-def _write_text(text: str, out: Path | None) -> None:
-    if out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        from oaicohort.files import atomic_write_text
-
-        atomic_write_text(out, text)
 
 
 __all__ = ["cohort_command", "parse_sequence", "parse_var"]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from oaicli.common import emit_json, err_console
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
+    from oaimodels.training.config import TrainConfig
+    from oaimodels.training.launcher import LauncherOptions
 
 # CLI parameters of train_command that describe jobs, not the training (kept out of TrainConfig)
 LAUNCH_PARAMS = (
@@ -15,7 +20,7 @@ LAUNCH_PARAMS = (
 )  # fmt: skip
 
 
-def launcher_options(params: dict[str, Any], config_file: Path | None) -> Any:
+def launcher_options(params: dict[str, Any], config_file: Path | None) -> LauncherOptions:
     """:class:`LauncherOptions` from the config file's ``[launcher]`` table, then the options given."""
     from oaimodels.training.launcher import LauncherOptions, parse_time, read_launcher_table
 
@@ -34,7 +39,16 @@ def launcher_options(params: dict[str, Any], config_file: Path | None) -> Any:
     return options
 
 
-def launch(config: Any, db: Any, options: Any, *, study: bool, resume: bool, wait: bool, json_out: bool) -> None:
+def launch(
+    config: TrainConfig,
+    db: Database,
+    options: LauncherOptions,
+    *,
+    study: bool,
+    resume: bool,
+    wait: bool,
+    json_out: bool,
+) -> None:
     from oaimodels.training.launcher import submit_study
 
     submitted, jobs = submit_study(config, options, db, study=study, resume=resume)

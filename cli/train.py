@@ -224,7 +224,8 @@ def train_command(
     """
     from oaimodels.run_folder import SUMMARY, fold_dirs, read_json
     from oaimodels.training.config_file import merge_config, read_config_file
-    from oaimodels.training.run import train_all, train_run
+    from oaimodels.training.run import train_run
+    from oaimodels.training.study import train_all
 
     if view is not None and view not in MRI_VIEWS:
         raise typer.BadParameter(f"{view!r}; choose from sag, cor, ax", param_hint="--view")

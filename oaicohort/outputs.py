@@ -26,10 +26,13 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oaicohort.errors import OAIError
 from oaicohort.files import clean_leftovers
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
@@ -156,7 +159,7 @@ def _first_answer(engine: Any, queries: Iterable[str]) -> list[Any]:
     return []
 
 
-def _known_to(database: Any, url: str | None) -> tuple[list[Path], list[Path]]:
+def _known_to(database: Database | None, url: str | None) -> tuple[list[Path], list[Path]]:
     """Release roots the database ingested and stores it indexes: from the open ``database``, else
     from the one of ``url`` when it exists (read only, never created nor migrated)."""
     if database is not None and hasattr(database, "read"):
@@ -179,7 +182,7 @@ def find_protected(
     path: str | os.PathLike[str],
     *,
     inputs: Sequence[Path | str] = (),
-    database: Any = None,
+    database: Database | None = None,
     database_url: str | None = None,
     protected: Sequence[Protected] = (),
 ) -> Found | None:
@@ -206,7 +209,7 @@ def check_output(
     *,
     option: str,
     inputs: Sequence[Path | str] = (),
-    database: Any = None,
+    database: Database | None = None,
     database_url: str | None = None,
     protected: Sequence[Protected] = (),
     allow: str | None = None,

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from oaicohort.db import Database, open_database
-
-POSTGRES_ENV = "OAI_TEST_POSTGRES_URL"
-BACKENDS = ["sqlite", "postgresql"]
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from tests.helpers.databases import (
+    BACKENDS,
+    IN_CI,
+    drop_postgres_database,
+    fresh_database_url,
+    migrated_copy,
+    sqlite_template,
+)
 
 # CI runs every property test on the same examples (a failure there reproduces locally with
 # HYPOTHESIS_PROFILE=ci); elsewhere Hypothesis keeps exploring new ones.
@@ -65,53 +66,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
-def postgres_server_url() -> str:
-    """The test server's URL, or a skip (locally) / failure (in CI) saying why there is none."""
-    url = os.environ.get(POSTGRES_ENV)
-    if url:
-        return url
-    reason = f"no PostgreSQL test server: set {POSTGRES_ENV} (`source .ci/postgres.sh start` starts a throw-away one)"
-    if IN_CI:
-        pytest.fail(f"CI must run the PostgreSQL tests but {reason}")
-    pytest.skip(reason)
-
-
-def _postgres_statement(sql: str) -> None:
-    admin = create_engine(postgres_server_url(), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(sql))
-    finally:
-        admin.dispose()
-
-
-def _postgres_database(template: str | None = None, prefix: str = "oai_test") -> str:
-    """Create a PostgreSQL database (empty, or a copy of ``template``) and return its name."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    _postgres_statement(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
-    return name
-
-
-def _postgres_url(name: str) -> str:
-    return make_url(postgres_server_url()).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_postgres_database(name: str) -> None:
-    _postgres_statement(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def fresh_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """Yield the URL of a new, empty database of ``backend``; drop it afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cohort.sqlite'}"
-        return
-    name = _postgres_database()
-    try:
-        yield _postgres_url(name)
-    finally:
-        _drop_postgres_database(name)
-
-
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database URL, once per back-end (SQLite, PostgreSQL)."""
@@ -125,36 +79,7 @@ def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     templates: dict[str, str] = {}
     yield templates
     if "postgresql" in templates:
-        _drop_postgres_database(templates["postgresql"])
-
-
-def _sqlite_template(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if "sqlite" not in templates:
-        path = tmp_path_factory.mktemp("template") / "migrated.sqlite"
-        open_database(path).dispose()
-        templates["sqlite"] = str(path)
-    return Path(templates["sqlite"])
-
-
-def migrated_copy(
-    backend: str, tmp_path: Path, templates: dict[str, str], factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Yield the URL of a new, migrated database of ``backend`` (a copy of the session's template);
-    drop it afterwards."""
-    if backend == "sqlite":
-        target = tmp_path / "cohort.sqlite"
-        shutil.copyfile(_sqlite_template(templates, factory), target)
-        yield f"sqlite:///{target}"
-        return
-    if "postgresql" not in templates:
-        template = _postgres_database(prefix="oai_template")
-        open_database(_postgres_url(template)).dispose()
-        templates["postgresql"] = template
-    name = _postgres_database(template=templates["postgresql"])
-    try:
-        yield _postgres_url(name)
-    finally:
-        _drop_postgres_database(name)
+        drop_postgres_database(templates["postgresql"])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -181,7 +106,7 @@ def sqlite_db(
     db_path: Path, migrated_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Database]:
     """An open, migrated SQLite database at ``db_path`` (for what only SQLite has: pragmas, files)."""
-    shutil.copyfile(_sqlite_template(migrated_templates, tmp_path_factory), db_path)
+    shutil.copyfile(sqlite_template(migrated_templates, tmp_path_factory), db_path)
     database = open_database(db_path)
     yield database
     database.dispose()
@@ -191,3 +116,45 @@ def sqlite_db(
 def db(any_db: Database) -> Database:
     """An open, migrated database, once per back-end (SQLite, PostgreSQL)."""
     return any_db
+
+
+# --------------------------------------------------------------------------- shared releases
+# Written once per test process, read-only: a test that changes a release or its database works
+# on a copy (tests.helpers.releases.copy_release, a file copy of the database). Exception: the
+# `victim` fixtures of test_bad_inputs and test_sources_agree damage one series folder of
+# imaging_release in place (its database rows name that folder) and restore it in their teardown.
+
+
+@pytest.fixture(scope="session")
+def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clinical tables of 30 synthetic participants (seed 3)."""
+    from tests.helpers import releases  # the synthetic writers: only where a release is asked for
+
+    return releases.clinical_release(tmp_path_factory.mktemp("pristine") / "release", subjects=30, seed=3)
+
+
+@pytest.fixture(scope="session")
+def ascii_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clinical tables of 30 synthetic participants (seed 5): what the distribution tests
+    convert into each form (on copies)."""
+    from tests.helpers import releases
+
+    return releases.clinical_release(tmp_path_factory.mktemp("ascii") / "release", subjects=30, seed=5)
+
+
+@pytest.fixture(scope="session")
+def imaging_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """3 synthetic participants (seed 5) with small DESS series, and a SQLite database with the
+    release ingested (a template: copy it before writing)."""
+    from tests.helpers import releases
+
+    return releases.small_imaging_release(tmp_path_factory.mktemp("imaging"), subjects=3, seed=5)
+
+
+@pytest.fixture(scope="session")
+def xray_imaging_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 synthetic participants (seed 5) with small DESS series and small radiographs."""
+    from tests.helpers import releases
+
+    root = tmp_path_factory.mktemp("xray_imaging") / "release"
+    return releases.imaging_release(root, subjects=3, seed=5, radiographs=True)

@@ -74,3 +74,39 @@ def test_the_private_name_check_finds_private_imports(tmp_path: Path) -> None:
     )
     hits = _private_imports(sample, root=tmp_path)
     assert [h.split(": ", 1)[1] for h in hits] == ["_python_rows", "_hidden"]
+
+
+def _test_imports(path: Path, root: Path = REPO) -> list[str]:
+    """The modules of the test suite that ``path`` imports, other than tests.helpers."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            names = ["." * node.level + (node.module or "")]
+        found += [
+            f"{path.relative_to(root)}: {name}"
+            for name in names
+            if name.startswith(".") or (name.split(".")[0] == "tests" and not name.startswith("tests.helpers"))
+        ]
+    return found
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    # What tests share lives in tests/helpers; a test module or conftest imported as a library
+    # runs its module-level code (and its fixtures) wherever it is imported.
+    offenders = [hit for path in sorted((REPO / "tests").rglob("*.py")) for hit in _test_imports(path)]
+    assert offenders == []
+
+
+def test_the_test_import_check_finds_test_imports(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    module = tmp_path / "tests" / "test_x.py"
+    module.write_text("import tests.cohort.test_labels\nfrom tests.integrity.conftest import ToyRun\n"
+                      "from .conftest import A\nfrom tests.helpers.training import toy_model\n")  # fmt: skip
+    assert _test_imports(module, tmp_path) == [
+        "tests/test_x.py: tests.cohort.test_labels",
+        "tests/test_x.py: tests.integrity.conftest",
+        "tests/test_x.py: .conftest",
+    ]

@@ -16,7 +16,7 @@ import pytest
 
 import oaicohort
 import oaicohort.db.migrations as migrations
-from tests.reliability_helpers import message_lines
+from tests.helpers.reliability import message_lines
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_LAYER = ("torch", "torchvision", "oaimodels")

@@ -21,6 +21,10 @@ stale (:class:`~oaicohort.db.staleness.StaleResultError`): the knees might sit i
 
 :meth:`Cohort.select` returns the knees with what they came from (:class:`KneeSelection`);
 :meth:`Cohort.knees` returns the knees alone.
+
+One module over 400 lines on purpose: ``Cohort`` is the one entry point of queries, and its
+filter checks, label/split resolution and SQL are one query read top to bottom; every output it
+hands knees to (flow, baseline, time to event, matching) lives in a module of its own.
 """
 
 from __future__ import annotations
@@ -239,8 +243,8 @@ class Cohort:
         volumes = None
         if store is not None:
             had = len(frame)
-            frame = with_volumes(self.db, frame, store, view, volume_visit)
-            volumes = dict(frame.attrs["volumes"])
+            frame, volumes = with_volumes(self.db, frame, store, view, volume_visit)
+            frame.attrs["volumes"] = dict(volumes)  # the DataFrame of knees() carries them too
             if had and frame.empty:
                 empty_reason = f"0 knees: none of the {had} matching knees has a good {view} volume in {store}"
         if frame.empty:
@@ -433,8 +437,8 @@ class Cohort:
         options = {k: query.pop(k) for k in ("definition", "split") if k in query}
         if query.pop("include_excluded", False):
             raise QueryError("a flow diagram shows the excluded knees itself: leave include_excluded out")
-        frame = self.knees(**options, **query)
-        return flow_counts(self.db, int(frame.attrs["definition_id"]), query=frame, filters=query)
+        selection = self.select(**options, **query)
+        return flow_counts(self.db, selection.provenance.definition_id, query=selection.frame, filters=query)
 
     def baseline_table(
         self, *, by: str = "label", variables: Sequence[str] = (), pval: bool = False, **query: Any

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
@@ -24,10 +25,10 @@ log = logging.getLogger(__name__)
 
 def with_volumes(
     db: Database, frame: pd.DataFrame, store: str | os.PathLike[str] | StoreRef, view: str, visit: int
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The knees of ``frame`` with a good (``ok``) ``view`` volume of ``visit`` in ``store``, with
-    its ``position`` in the store's array as a column; ``attrs["volumes"]`` counts the knees
-    before and without a volume. Raises ``DatabaseStateError`` when the store has no such
+    its ``position`` in the store's array as a column, and the counts of the knees before and
+    without a volume (``{store, view, labelled_knees, knees_without_volume}``). Raises ``DatabaseStateError`` when the store has no such
     volumes indexed in ``db``."""
     # any view name the store holds (MRI planes, or others such as radiographs): an unknown
     # one finds no volumes and says so below
@@ -53,10 +54,10 @@ def with_volumes(
         log.warning("%d knee(s) have no usable %s volume in %s and are left out", int(no_volume.sum()), view, path)
     out = merged[~no_volume].reset_index(drop=True)
     out["position"] = out["position"].astype("int64")
-    out.attrs["volumes"] = {
+    counts = {
         "store": path,
         "view": view,
         "labelled_knees": int(len(merged)),
         "knees_without_volume": int(no_volume.sum()),
     }
-    return out
+    return out, counts

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from oaicohort.vocabulary import SIDES, XRAY_VIEW
 from oaimodels import run_folder as rf
 from oaimodels.inference.trained_run import TrainedRun
 from oaimodels.run_volumes import check_known_volumes
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 
 @dataclass
@@ -140,7 +143,7 @@ def release_scans(
 
 
 def store_scans(
-    run: TrainedRun, path: Path, knees: list[tuple[int, str]] | None, visit: int, db: Any
+    run: TrainedRun, path: Path, knees: list[tuple[int, str]] | None, visit: int, db: Database | None
 ) -> tuple[VolumeStore, list[KneeScan]]:
     store = VolumeStore.open(path)
     run.check_store(store)
@@ -273,7 +276,7 @@ def read_inputs(
     knees: list[tuple[int, str]] | None,
     visit: int,
     side: str | None,
-    db: Any,
+    db: Database | None,
     progress: ProgressCallback,
 ) -> list[tuple[list[KneeScan], VolumeStore | None]]:
     """The knees to score, grouped by where their volumes are: a store, or memory (None)."""

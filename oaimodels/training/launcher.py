@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oaicohort.cluster import (  # re-exported: the launcher's options and executor live in the cohort layer
     LauncherOptions,
@@ -33,6 +33,9 @@ from oaicohort.errors import InputFileError
 from oaimodels import run_folder as rf
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.jobs import FoldJob, JobRecord, job_state, read_jobs, record_jobs, setup_from_env
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def _preparation_config(config: TrainConfig, device: str) -> TrainConfig:
 def submit_study(
     config: TrainConfig,
     options: LauncherOptions,
-    db: Any = None,
+    db: Database | None = None,
     *,
     models: Sequence[str] | None = None,
     study: bool = False,
@@ -131,10 +134,11 @@ def submit_study(
     """Prepare the run folder(s) and submit one job per unfinished fold.
 
     ``study``: ``config.out`` is a folder of run folders, one per model (``oai train --model all``;
-    ``models`` limits them), as :func:`~oaimodels.training.run.train_all` names them. Returns what
+    ``models`` limits them), as :func:`~oaimodels.training.study.train_all` names them. Returns what
     was submitted per run folder and the submitit jobs (to wait on).
     """
-    from oaimodels.training.run import prepare_run, study_configs
+    from oaimodels.training.run import prepare_run
+    from oaimodels.training.study import study_configs
 
     check_launcher(options)  # before any run folder is written
     configs = study_configs(config, models) if study else [config]

@@ -3,7 +3,8 @@
 :func:`run_plan` is where a :class:`~oaimodels.training.config.TrainConfig` ends: after it, the
 processes (:mod:`.run`), the fold loop (:mod:`.loop`), the recipe (:mod:`.recipe`), the
 checkpoints and the trackers each receive the few values they use, never the config itself. A
-plan is plain data, so spawned processes get it pickled (the store reopens itself by path).
+plan is plain data, so spawned processes get it pickled; the opened store travels beside it (and
+reopens itself by path in a spawned process).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.vocabulary import CLASSES
 from oaimodels.data import AugmentParams, InputLayout
 from oaimodels.training.config import PreparedRun, Schedule
@@ -51,13 +51,13 @@ class FoldPlan:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What every process of a run needs: the fold plan, the knees and folds, the store and how
-    to feed it, and the torch settings of the process."""
+    """What every process of a run needs besides the opened store (handed to each process beside
+    the plan): the fold plan, the knees and folds, how to feed the volumes, and the torch
+    settings of the process."""
 
     fold: FoldPlan
     knees: pd.DataFrame
     folds: list[int]
-    store: VolumeStore
     loader: str  # auto | resident | workers
     workers: int
     device: str
@@ -98,4 +98,4 @@ def run_plan(p: PreparedRun) -> RunPlan:
         checkpoint_meta=meta,
         tracking=tracking_options(c, p.run_dir),
     )
-    return RunPlan(fold, p.knees, p.folds, p.store, c.loader, c.workers, c.device, c.threads, c.deterministic, c.nproc)
+    return RunPlan(fold, p.knees, p.folds, c.loader, c.workers, c.device, c.threads, c.deterministic, c.nproc)

@@ -1,7 +1,8 @@
-"""Runs and studies: prepare a run (config, knees, run folder), set up torch, spawn processes, train folds.
+"""A run: prepare it (config, knees, run folder), set up torch, spawn processes, train folds.
 
-Entry points: :func:`train_run` (one model, all requested folds) and :func:`train_all` (every
-MRI model of Table 1, one run folder each). Both take a :class:`~oaimodels.training.config.TrainConfig`.
+Entry point: :func:`train_run` (one model, all requested folds), taking a
+:class:`~oaimodels.training.config.TrainConfig`; a study of several models is
+:mod:`oaimodels.training.study`.
 
 :func:`prepare_run` resolves the config, opens the store (once), reads the knees (from the
 database, or a table the caller holds), checks leakage and creates the run folder, or, when
@@ -15,7 +16,6 @@ size is the global one (split across processes); only rank 0 writes the run fold
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -36,8 +36,6 @@ from oaicohort.progress import ProgressCallback
 from oaicohort.vocabulary import CLASSES
 from oaimodels import run_folder as rf
 from oaimodels.data import EXTENT_COLUMNS, InputLayout, knee_table, make_source, resolve_layout, validate_knees
-from oaimodels.data.store_models import table1_models
-from oaimodels.networks import get_spec, list_models
 from oaimodels.training.config import PreparedRun, TrainConfig, TrainingError, resolve_config, resolve_device
 from oaimodels.training.distributed import Dist, barrier, env_dist, free_port
 from oaimodels.training.loop import EpochHook, train_fold
@@ -45,11 +43,6 @@ from oaimodels.training.plan import RunPlan, run_plan
 from oaimodels.training.recipe_sources import recipe_sources
 
 log = logging.getLogger(__name__)
-
-
-def mri_models() -> list[str]:
-    """Registered models that read MRI volumes (every row of Table 1 but the X-ray prior art)."""
-    return [m for m in list_models() if set(get_spec(m).views) <= {"sag", "cor", "ax"}]
 
 
 # --------------------------------------------------------------------------- the prepared run
@@ -75,11 +68,14 @@ def prepare_run(
     labels_info: dict[str, Any] | None = None,
     resume: bool = False,
     write: bool = True,
+    only_folds: Sequence[int] | None = None,
 ) -> PreparedRun:
     """Resolve the config, load knees, check leakage, and create (or check) the run folder.
 
     ``knees`` (columns of ``oaimodels.data.KNEE_COLUMNS``) replaces the database query, for
     callers that hold their own table; otherwise ``db`` gives the labels, split and store index.
+    ``only_folds``: the prepared run trains only these of its folds (a cluster job trains one;
+    ``oaimodels.training.jobs``); the config keeps every fold of the run.
     """
     config = resolve_config(config)
     store = VolumeStore.open(config.store)
@@ -112,19 +108,24 @@ def prepare_run(
     config.folds = folds
     info["counts"] = _labels_summary(knees)
     run_dir = Path(config.out)
+    if only_folds is not None:
+        unknown = sorted(set(only_folds) - set(folds))
+        if unknown:
+            raise TrainingError(f"fold(s) {unknown} are not folds of the run {run_dir} (folds: {folds})")
+        folds = sorted(set(only_folds))
     prepared = PreparedRun(config, store, layout, knees, folds, run_dir, info)
     if write:
         _init_run_folder(prepared, resume=resume, db=db)
     return prepared
 
 
-def _check_out(p: PreparedRun, db: Any) -> None:
+def _check_out(p: PreparedRun, db: Database | None) -> None:
     """The run folder may be a run (to resume), never the store, the database or inside either."""
     check_output(p.run_dir, option="--out", inputs=[p.config.store], database=db, protected=[rf.run_file_role],
                  allow=RUN)  # fmt: skip
 
 
-def _init_run_folder(p: PreparedRun, *, resume: bool, db: Any = None, whole_run: bool = True) -> None:
+def _init_run_folder(p: PreparedRun, *, resume: bool, db: Database | None = None, whole_run: bool = True) -> None:
     _check_out(p, db)
     # what a killed run was writing (.last.pt.tmpPID ...); a job of some folds cleans only its own
     own = [p.run_dir, *rf.fold_dirs(p.run_dir).values()] if whole_run else [rf.fold_dir(p.run_dir, k) for k in p.folds]
@@ -225,6 +226,7 @@ def _torch_settings(device_name: str, d: Dist, *, threads: int | None, determini
 
 def _train(
     plan: RunPlan,
+    store: VolumeStore,
     d: Dist,
     *,
     resume: bool,
@@ -241,7 +243,7 @@ def _train(
     with _torch_settings(plan.device, d, threads=plan.threads, deterministic=plan.deterministic) as device:
         source = make_source(
             plan.loader,
-            plan.store,
+            store,
             plan.fold.layout.source_view,
             train_frame["position"].to_numpy(),
             device,
@@ -260,7 +262,7 @@ def _train(
     return sorted(summaries, key=lambda s: s["fold"])
 
 
-def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, resume: bool) -> None:
+def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, store: VolumeStore, resume: bool) -> None:
     device = torch.device(plan.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cpu" and not plan.threads:
@@ -269,6 +271,7 @@ def _spawned_worker(rank: int, world: int, port: int, plan: RunPlan, resume: boo
     try:
         _train(
             plan,
+            store,
             Dist(rank, world, rank),
             resume=resume,
             progress=None,
@@ -304,8 +307,8 @@ def train_run(
             device = resolve_device(config.device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            p = _only_folds(
-                prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds
+            p = prepare_run(
+                config, db, knees=knees, labels_info=labels_info, resume=resume, write=False, only_folds=folds
             )
             if d.main:
                 _check_out(p, db)
@@ -313,16 +316,20 @@ def train_run(
                 if d.main:
                     _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
                 barrier(d)
-                _train(run_plan(p), d, resume=resume, progress=progress, on_epoch=on_epoch)
+                _train(run_plan(p), p.store, d, resume=resume, progress=progress, on_epoch=on_epoch)
         finally:
             if owns_group:
                 dist.destroy_process_group()
         return p.run_dir
-    p = _only_folds(prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False), folds)
+    p = prepare_run(config, db, knees=knees, labels_info=labels_info, resume=resume, write=False, only_folds=folds)
     _check_out(p, db)
     with run_lock(p.run_dir, folds):
         _init_run_folder(p, resume=resume, db=db, whole_run=folds is None)
-        _train_locked(run_plan(p), resume=resume, progress=progress, on_epoch=on_epoch)
+        plan = run_plan(p)
+        if plan.nproc > 1:
+            _spawn_ranks(plan, p.store, resume=resume)
+        else:
+            _train(plan, p.store, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
     return p.run_dir
 
 
@@ -350,85 +357,17 @@ def run_lock(run_dir: Path, folds: Sequence[int] | None = None) -> Iterator[None
                 folder.rmdir()
 
 
-def _train_locked(
-    plan: RunPlan,
-    *,
-    resume: bool,
-    progress: ProgressCallback | None,
-    on_epoch: EpochHook | None,
-) -> None:
-    if plan.nproc > 1:
-        import torch.multiprocessing as mp
+def _spawn_ranks(plan: RunPlan, store: VolumeStore, *, resume: bool) -> None:
+    """``plan.nproc`` processes on this node, one rank each (``--nproc``), trained to the end."""
+    import torch.multiprocessing as mp
 
-        world = plan.nproc
-        if torch.device(plan.device).type == "cuda" and torch.cuda.device_count() < world:
-            raise TrainingError(f"--nproc {world} needs {world} GPUs, found {torch.cuda.device_count()}")
-        mp.start_processes(
-            _spawned_worker,
-            args=(world, free_port(), plan, resume),
-            nprocs=world,
-            join=True,
-            start_method="spawn",
-        )
-        return
-    _train(plan, Dist(), resume=resume, progress=progress, on_epoch=on_epoch)
-
-
-def _only_folds(p: PreparedRun, folds: Sequence[int] | None) -> PreparedRun:
-    if folds is None:
-        return p
-    unknown = sorted(set(folds) - set(p.folds))
-    if unknown:
-        raise TrainingError(f"fold(s) {unknown} are not folds of the run {p.run_dir} (folds: {p.folds})")
-    return dataclasses.replace(p, folds=sorted(set(folds)))
-
-
-def run_name(model: str, view: str | None, init: str) -> str:
-    return "_".join(x for x in (model, view, init) if x)
-
-
-def train_all(
-    config: TrainConfig,
-    db: Database | None = None,
-    progress: ProgressCallback | None = None,
-    *,
-    models: Sequence[str] | None = None,
-    resume: bool = False,
-    on_epoch: EpochHook | None = None,
-) -> list[Path]:
-    """Train every MRI model of Table 1 (every view of 2D+TRF), one run folder each under
-    ``config.out`` named ``{model}[_{view}]_{init}``.
-
-    Finished runs are skipped, so the same command continues a study, and a second study with
-    another ``init`` into the same folder adds only the runs it lacks (Table 2: volumetric models
-    have no ImageNet encoder and are shared). An unfinished run needs ``resume=True``.
-    """
-    done = []
-    for sub in study_configs(config, models):
-        run_dir = Path(sub.out)
-        if rf.is_run_complete(run_dir):
-            log.info("%s: complete, skipped", run_dir.name)
-            done.append(run_dir)
-            continue
-        done.append(train_run(sub, db, progress, resume=resume, on_epoch=on_epoch))
-    return done
-
-
-def study_configs(config: TrainConfig, models: Sequence[str] | None = None) -> list[TrainConfig]:
-    """The config of each run of a study (:func:`train_all`; cluster jobs take the same list)."""
-    root = Path(config.out)
-    out = []
-    for model in models or table1_models(config.store):
-        spec = get_spec(model)
-        views: Sequence[str | None] = (
-            ([config.view] if config.view else list(spec.view_choices) or [None]) if spec.view_choices else [None]
-        )
-        for view in views:
-            init = config.init
-            if init == "auto":
-                init = "imagenet" if spec.imagenet_encoder else "scratch"
-            elif init == "imagenet" and not spec.imagenet_encoder:
-                init = "scratch"  # volumetric models have no ImageNet encoder
-            run_dir = root / run_name(model, view, init)
-            out.append(dataclasses.replace(config, model=model, view=view, init=init, out=str(run_dir)))
-    return out
+    world = plan.nproc
+    if torch.device(plan.device).type == "cuda" and torch.cuda.device_count() < world:
+        raise TrainingError(f"--nproc {world} needs {world} GPUs, found {torch.cuda.device_count()}")
+    mp.start_processes(
+        _spawned_worker,
+        args=(world, free_port(), plan, store, resume),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )

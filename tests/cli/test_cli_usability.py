@@ -20,7 +20,7 @@ from oaicli.main import app, hoist_global_options
 from oaicli.progress import LineProgress
 from oaicohort import __version__
 from oaimodels.demo import DemoConfig, _release_identity, _release_matches, disk_usage
-from tests.reliability_helpers import REPO
+from tests.helpers.reliability import REPO
 
 runner = CliRunner()
 

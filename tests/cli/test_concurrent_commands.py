@@ -29,7 +29,7 @@ from oaicohort.db.schema import IngestRun, Subject
 from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
-from tests.reliability_helpers import DATA_TABLES, REPO, counts, spawn_oai, table_rows
+from tests.helpers.reliability import DATA_TABLES, REPO, counts, spawn_oai, table_rows
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.provenance import list_runs
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
-from tests.reliability_helpers import (
+from tests.helpers.reliability import (
     DATA_TABLES,
     counts,
     kill_when,

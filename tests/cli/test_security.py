@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import open_database
 from oaicohort.db.schema import Knee, KneeLabel, Subject
-from tests.reliability_helpers import REPO
+from tests.helpers.reliability import REPO
 
 ATTACKS = ["A' OR '1'='1", "A'; DROP TABLE knees; --", '" OR 1=1 --', "A\\'); DELETE FROM subjects; --"]
 

@@ -3,23 +3,17 @@ time-to-event twins (the same rules, ``outcome = "time_to_event"``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import pytest
 
-from oaicohort.cohort.definitions import LabelDefinitionParams, preset
 from oaicohort.cohort.labels import derive_labels
 from oaicohort.db import Database, open_database
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
+from tests.helpers.study_release import time_to_event_twin
 
 SYNTH_SUBJECTS = 800
-
-
-def time_to_event_twin(name: str) -> LabelDefinitionParams:
-    """The preset ``name`` with every rule kept, as a time-to-event definition."""
-    return dataclasses.replace(preset(name), name=f"{name}_tte", outcome="time_to_event")
 
 
 @pytest.fixture(scope="session")

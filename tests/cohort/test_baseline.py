@@ -18,7 +18,7 @@ from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import Cohort, QueryError
 from oaicohort.db import Database
 from oaicohort.ingest.run import ingest_release
-from tests.cohort.study_release import VARIABLES, write_study_release
+from tests.helpers.study_release import VARIABLES, write_study_release
 
 TITLES = {"age": "Age (years)", "bmi": "BMI (kg/m²)", "sex": "Sex", "site": "Site", "kl_baseline": "Baseline KLG"}
 

@@ -17,7 +17,7 @@ from oaicli.main import app
 from oaicohort.cohort.definitions import preset
 from oaicohort.db import Database, open_database
 from oaicohort.db.migrate import downgrade, upgrade
-from tests.cohort.test_labels import add_knee, add_subject
+from tests.helpers.cohort_rows import add_knee, add_subject
 
 OLD_PANFILOV = {  # as revision 0004's toolkit stored panfilov2022 (hash included image_store)
     "name": "panfilov2022",

@@ -18,7 +18,7 @@ from oaicohort.cohort.labels import derive_labels
 from oaicohort.cohort.query import Cohort, QueryError
 from oaicohort.db import Database
 from oaicohort.ingest.run import ingest_release
-from tests.cohort.study_release import write_study_release
+from tests.helpers.study_release import write_study_release
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -30,86 +29,17 @@ from oaicohort.cohort.definitions import (
 from oaicohort.cohort.labels import cohort_summary, derive_labels
 from oaicohort.db import Database, open_database
 from oaicohort.db.schema import (
-    ImageSeries,
-    Knee,
     KneeLabel,
-    KneeReplacement,
     LabelDefinition,
-    Subject,
-    SubjectVisit,
     Volume,
-    XrayReading,
 )
 from oaicohort.db.stores import store_id_at
 from oaicohort.errors import DatabaseStateError
-from oaicohort.visits import visit_month
+from tests.helpers.cohort_rows import add_knee, add_subject
 
 # --------------------------------------------------------------------------- cohort builder
 
-_ROWS = itertools.count(1)
 FULL = {0: 1, 1: 1, 3: 1, 5: 1, 6: 1, 8: 1, 10: 1}  # a stable KLG-1 knee seen at every visit
-
-
-def add_subject(
-    s: Any,
-    sid: int,
-    *,
-    site: str = "A",
-    sex: str = "F",
-    age: float | None = 60.0,
-    bmi: float | None = 28.0,
-) -> None:
-    s.add(Subject(id=sid, site=site, sex=sex))
-    s.add(SubjectVisit(subject_id=sid, visit=0, month=0, age=age, bmi=bmi))
-
-
-def add_knee(
-    s: Any,
-    sid: int,
-    side: str,
-    readings: dict[int, Any],
-    *,
-    dess: bool = True,
-    replacement: dict[str, Any] | None = None,
-    sequences: tuple[tuple[str, int], ...] = (),
-) -> int:
-    knee = Knee(subject_id=sid, side=side)
-    s.add(knee)
-    s.flush()
-    for visit, value in readings.items():
-        for item in value if isinstance(value, list) else [value]:
-            grade, row, project = (*item, 15)[:3] if isinstance(item, tuple) else (item, next(_ROWS), 15)
-            s.add(
-                XrayReading(
-                    knee_id=knee.id,
-                    visit=visit,
-                    month=visit_month(visit),
-                    read_project=project,
-                    klg=grade if isinstance(grade, int) else None,
-                    klg_missing_code=None if isinstance(grade, int) else (grade or "."),
-                    source_file=f"kXR_SQ_BU{visit:02d}.txt",
-                    source_row=row,
-                )
-            )
-    series = ((("SAG_3D_DESS", 0),) if dess else ()) + sequences
-    for seq, visit in series:
-        s.add(
-            ImageSeries(
-                subject_id=sid,
-                visit=visit,
-                month=visit_month(visit),
-                side=side,
-                sequence=seq,
-                series_description=f"{seq}_{'RIGHT' if side == 'R' else 'LEFT'}",
-                folder=f"f/{sid}{side}{seq}",
-                visit_dir="/data/00m",
-                source_file="00m/contents.csv",
-                source_row=next(_ROWS),
-            )
-        )
-    if replacement is not None:
-        s.add(KneeReplacement(knee_id=knee.id, **replacement))
-    return knee.id
 
 
 def one_knee(s: Any, sid: int, readings: dict[int, Any], **kw: Any) -> int:

@@ -190,7 +190,7 @@ def test_cli_match_save_and_saved(synthetic_db: Database, tmp_path: Path) -> Non
 def test_saved_matched_cohort_on_each_backend(db: Database, tmp_path: Path) -> None:
     from oaicohort.cohort.labels import derive_labels
     from oaicohort.ingest.run import ingest_release
-    from tests.cohort.study_release import S1, S2, S3, S4, S6, write_study_release
+    from tests.helpers.study_release import S1, S2, S3, S4, S6, write_study_release
 
     ingest_release(db, write_study_release(tmp_path / "release"))
     derive_labels(db)
@@ -212,7 +212,7 @@ def test_cli_matches_on_a_variable_given_with_var(tmp_path: Path) -> None:
     from oaicohort.cohort.labels import derive_labels
     from oaicohort.db import open_database
     from oaicohort.ingest.run import ingest_release
-    from tests.cohort.study_release import VARIABLES, write_study_release
+    from tests.helpers.study_release import VARIABLES, write_study_release
 
     db = open_database(tmp_path / "study.sqlite")
     ingest_release(db, write_study_release(tmp_path / "release"), variables=VARIABLES)

@@ -21,8 +21,8 @@ from oaicohort.db import Database, open_database
 from oaicohort.db.schema import ClinicalValue, Knee, SplitAssignment, Subject
 from oaicohort.db.staleness import StaleResultError, mark_stale
 from oaicohort.errors import DatabaseStateError
-from tests.cohort.test_labels import add_knee, add_subject
-from tests.conftest import BACKENDS, fresh_database_url
+from tests.helpers.cohort_rows import add_knee, add_subject
+from tests.helpers.databases import BACKENDS, fresh_database_url
 
 # subject -> (site, sex, age, BMI); knees -> label or exclusion (hand-derived, panfilov2022)
 S1, S2, S3, S4, S5, S6 = 9000001, 9000002, 9000003, 9000004, 9000005, 9000006

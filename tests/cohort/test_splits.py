@@ -26,7 +26,7 @@ from oaicohort.cohort.splits import (
 from oaicohort.db import Database
 from oaicohort.db.schema import Split, SplitAssignment, XrayReading
 from oaicohort.errors import DatabaseStateError
-from tests.cohort.test_labels import add_knee, add_subject
+from tests.helpers.cohort_rows import add_knee, add_subject
 
 CLASSES = ("none", "fast", "slow")
 

@@ -1,5 +1,5 @@
 """New studies (issue 15): knee-side variables, any variable over time, definitions from TOML
-files, saved cohorts. Every expected value is written by hand from tests/cohort/study_release.py."""
+files, saved cohorts. Every expected value is written by hand from tests/helpers/study_release.py."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from oaicohort.db.stores import store_id_at
 from oaicohort.errors import InputFileError
 from oaicohort.ingest.dictionary import detect_pairs
 from oaicohort.ingest.run import ingest_release
-from tests.cohort.study_release import READINGS, S1, S2, S3, S4, S5, S6, VARIABLES, write_study_release
+from tests.helpers.study_release import READINGS, S1, S2, S3, S4, S5, S6, VARIABLES, write_study_release
 
 PANFILOV = {  # (subject, side) -> (label, exclusion, month, increase)
     (S1, "R"): ("none", None, None, None),

@@ -13,7 +13,7 @@ from oaicli.main import app
 from oaicohort.cohort import study_extra
 from oaicohort.cohort.study_extra import StudyExtraMissingError
 from oaicohort.db import Database
-from tests.reliability_helpers import message_lines
+from tests.helpers.reliability import message_lines
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,7 @@ from oaicohort.cohort.query import Cohort, QueryError
 from oaicohort.cohort.stored import stored_labels
 from oaicohort.db import Database
 from oaicohort.ingest.run import ingest_release
-from tests.cohort.conftest import time_to_event_twin
-from tests.cohort.study_release import READINGS, S1, S2, S3, S4, S5, S6, write_study_release
+from tests.helpers.study_release import READINGS, S1, S2, S3, S4, S5, S6, time_to_event_twin, write_study_release
 
 # (subject, side) -> (label, exclusion, time_months, event_type); hand-derived from study_release
 # under panfilov2022's rules as a time-to-event definition (examined: 12, 24, 36, 72, 96 months)

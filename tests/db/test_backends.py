@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.db import Database
 from oaicohort.db.schema import Subject
-from tests.conftest import fresh_database_url
+from tests.helpers.databases import fresh_database_url
 
 # differ between any two runs, whatever the back-end
 _VOLATILE = {

@@ -22,7 +22,7 @@ from oaicohort.imaging.store.geometry import GEOMETRY_NOTE, LPS_TO_RAS, stored_a
 from oaicohort.imaging.store.index import indexed_volumes
 from oaicohort.imaging.store.qc import GAP, write_qc
 from oaicohort.imaging.store.volume_store import VolumeStore
-from tests.imaging.test_preprocess_run import SMALL, SUBJECTS, make_release, read_series_for_tests
+from tests.helpers.mri_release import SMALL, SUBJECTS, make_release, read_series_for_tests
 
 nib = pytest.importorskip("nibabel", reason="nibabel is the [export] extra")
 

@@ -17,7 +17,7 @@ from oaicohort.imaging.series.orientation import CANONICAL_ORIENTATION, reorient
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaicohort.synth.mri_anatomy import render_knee_volume
-from tests.imaging.test_preprocess_run import GEOMETRY, SMALL, make_release
+from tests.helpers.mri_release import GEOMETRY, SMALL, make_release
 
 # name -> (ImageOrientationPatient, how the canonical volume is stored under it): every variant
 # reverses the slice axis, a row or column axis, or swaps rows and columns

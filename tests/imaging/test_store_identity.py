@@ -33,27 +33,14 @@ from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import StoreError, VolumeStore
 from oaicohort.ingest.run import ingest_release
-from tests.reliability_helpers import table_rows
+from tests.helpers.reliability import table_rows
 
 SMALL = PreprocessParams.preset_named("small")
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from oaicohort.synth import write_release
-    from oaicohort.synth.images import write_images
-    from oaicohort.synth.radiograph_release import write_radiographs
-
-    root = tmp_path_factory.mktemp("identity") / "release"
-    write_release(root, subjects=3, seed=5)
-    write_images(root, size="small", seed=5)
-    write_radiographs(root, size="small", seed=5)
-    return root
-
-
 @pytest.fixture
-def preprocessed(any_db: Database, release: Path, tmp_path: Path) -> tuple[Database, Path]:
-    ingest_release(any_db, release)
+def preprocessed(any_db: Database, xray_imaging_release: Path, tmp_path: Path) -> tuple[Database, Path]:
+    ingest_release(any_db, xray_imaging_release)
     store = tmp_path / "a.zarr"
     assert run_preprocess(any_db, store, SMALL, views=("sag",), workers=1).done == 6
     return any_db, store

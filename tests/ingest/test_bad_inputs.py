@@ -32,8 +32,8 @@ from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.index import verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.ingest.run import ingest_release
-from oaicohort.synth import write_release
-from tests.reliability_helpers import DATA_TABLES, small_imaging_release, table_rows
+from tests.helpers.releases import ingested
+from tests.helpers.reliability import DATA_TABLES, table_rows
 
 ASCII = "OAICompleteData_ASCII"
 ANY = object()  # line or column not checked (e.g. where random bytes decide it)
@@ -249,14 +249,10 @@ CLINICAL: dict[str, tuple[Callable[[Path], object], Expect]] = {
 
 
 @pytest.fixture(scope="module")
-def clinical(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A good release of 30 participants and a database with it ingested."""
-    base = tmp_path_factory.mktemp("bad_inputs")
-    write_release(base / "good", subjects=30, seed=3)
-    db = open_database(base / "good.sqlite")
-    ingest_release(db, base / "good")
-    db.dispose()
-    return base / "good", base / "good.sqlite"
+def clinical(pristine_release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A good release of 30 participants (read-only: cases damage copies) and a database with it
+    ingested."""
+    return pristine_release, ingested(pristine_release, tmp_path_factory.mktemp("bad_inputs") / "good.sqlite")
 
 
 def _copy_db(template: Path, target: Path) -> Database:
@@ -486,16 +482,10 @@ DICOM: dict[str, Callable[[Path], Expect]] = {
 SMALL = PreprocessParams.preset_named("small")
 
 
-@pytest.fixture(scope="module")
-def imaging(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A good release of 3 participants with small DESS series, and its ingested database."""
-    return small_imaging_release(tmp_path_factory.mktemp("bad_dicom"))
-
-
 @pytest.fixture
-def victim(imaging: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Database, ImageSeries, Path]]:
+def victim(imaging_release: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Database, ImageSeries, Path]]:
     """A fresh copy of the database and the DESS series folder a case damages (restored after)."""
-    _, template = imaging
+    _, template = imaging_release
     db = _copy_db(template, tmp_path / "db.sqlite")
     with db.read() as s:
         series = s.scalars(

@@ -37,49 +37,21 @@ from oaicohort.release.text import load_source
 from oaicohort.synth import write_release
 from oaicohort.synth.distributions import DISTRIBUTIONS, PACKAGE, convert_release
 from oaicohort.synth.sas_writer import write_sas7bdat
+from tests.helpers.distributions import COMPARED, dump
+from tests.helpers.releases import copy_release
 
-SUBJECTS, SEED = 30, 5
+SUBJECTS = 30  # in the shared ascii_release (tests/conftest.py, seed 5)
 VARIABLES = ["V00WOMKPR", "P01BMI", "V03WOMKPL", "P02RACE", "V00EDCV", "P01SVDATE"]
-# each table without ids, paths and line numbers; missing codes "" and "." made one
-COMPARED = {
-    "subjects": "id, site, sex, race, cohort",
-    "knees": "subject_id, side",
-    "subject_visits": "subject_id, visit, month, age, bmi, visit_date",
-    "xray_readings": "k.subject_id, k.side, r.visit, r.read_project, r.klg, {code}, r.jsn_medial, r.jsn_lateral, "
-    "r.osteophyte_fm, r.osteophyte_fl, r.osteophyte_tm, r.osteophyte_tl",
-    "knee_replacements": "k.subject_id, k.side, r.status, r.at_baseline, r.days_from_enrolment, r.visit_before, "
-    "r.visit_after, r.xray_visit_before, r.xray_visit_after, r.adjudication, r.total_or_partial",
-    "clinical_values": "subject_id, variable, value_num, {code}",
-    "image_series": "subject_id, visit, month, side, sequence, series_description, study_date, barcode",
-}
-FROM = {
-    "xray_readings": "xray_readings r JOIN knees k ON k.id = r.knee_id",
-    "knee_replacements": "knee_replacements r JOIN knees k ON k.id = r.knee_id",
-}
-CODE = {"xray_readings": "r.klg_missing_code", "clinical_values": "missing_code"}
-
-
-def dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    out = {}
-    with db.read() as s:
-        for table, columns in COMPARED.items():
-            code = CODE.get(table, "NULL")
-            columns = columns.format(code=f"CASE WHEN {code} IN ('', '.') THEN '.' ELSE {code} END")
-            rows = s.execute(text(f"SELECT {columns} FROM {FROM.get(table, table)}")).all()
-            # booleans read back as 0/1 from SQLite and True/False from PostgreSQL
-            out[table] = sorted((tuple(str(int(v) if isinstance(v, bool) else v) for v in r) for r in rows), key=repr)
-    return out
 
 
 @pytest.fixture(scope="module")
-def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def forms(ascii_release: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same synthetic release in every distribution (the NDA package with the names of the
     first synthetic packages: the real names are tested in test_nda_packages.py)."""
     base = tmp_path_factory.mktemp("forms")
     out = {}
     for distribution in DISTRIBUTIONS:
-        root = base / distribution
-        write_release(root, subjects=SUBJECTS, seed=SEED)
+        root = copy_release(ascii_release, base / distribution)
         convert_release(root, distribution, legacy_names=distribution == "nda")
         out[distribution] = root
     return out

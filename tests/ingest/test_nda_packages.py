@@ -34,9 +34,10 @@ from oaicohort.release.image_index import read_image03
 from oaicohort.release.text import load_source
 from oaicohort.synth import write_release
 from oaicohort.synth.distributions import PACKAGE, convert_release
-from tests.ingest.test_distributions import COMPARED, dump
+from tests.helpers.distributions import COMPARED, dump
+from tests.helpers.releases import copy_release
 
-SUBJECTS, SEED = 30, 5
+SUBJECTS = 30  # in the shared ascii_release (tests/conftest.py, seed 5)
 # the names of issue 20 (V00WOMKPR, P01KSURGR, V00KOOSKPR ...), and two that share a column with
 # a mapped one in older packages (V00KSURGR: ksurgr there, v00ksurgr in a real-names package)
 VARIABLES = [
@@ -76,14 +77,13 @@ def _labels(db: Database, definition: Any = "panfilov2022") -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def releases(ascii_release: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same synthetic release as classic ASCII, as a real-names package with shuffled rows,
     and as a package in the first synthetic form."""
     base = tmp_path_factory.mktemp("nda")
     out = {}
     for name, distribution, legacy in (("ascii", "ascii", False), ("real", "nda", False), ("legacy", "nda", True)):
-        root = base / name
-        write_release(root, subjects=SUBJECTS, seed=SEED)
+        root = copy_release(ascii_release, base / name)
         convert_release(root, distribution, legacy_names=legacy)
         out[name] = root
     shuffle_rows(out["real"] / PACKAGE)

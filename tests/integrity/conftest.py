@@ -5,92 +5,37 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from oaicohort.synth import write_release
+from tests.helpers.toy_run import ToyRun, train_toy_run
 
-ASCII = "OAICompleteData_ASCII"
 UNEXPECTED = "unexpected error"
 
 
 @pytest.fixture(scope="session")
-def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("integrity") / "release"
-    write_release(root, subjects=30, seed=3)
-    return root
-
-
-@dataclass(frozen=True)
-class ToyRun:
-    """A trained toy run (2 folds, 2 epochs) and its store: read-only, tests change copies."""
-
-    run: Path
-    store: Path
-    knees: pd.DataFrame
-
-
-TOY_LABELS = {
-    "definition": {"name": "panfilov2022", "id": 1, "params_hash": "toydef"},
-    "split": {"id": 1, "params": {"test_sites": ["D"], "folds": 2, "seed": 0, "labels_hash": "toy"}},
-}
-
-
-def train_toy_run(
-    root: Path, store: Path, knees: pd.DataFrame, *, seed: int = 0, labels: dict | None = None, resume: bool = False
-) -> Path:
-    from oaimodels.training.config import TrainConfig
-    from oaimodels.training.run import train_run
-    from tests.training_fixtures import toy_model
-
-    with toy_model():
-        config = TrainConfig(
-            store=str(store), out=str(root), model="toy3d", epochs=2, batch_size=4,
-            lr=3e-3, warmup_epochs=0, seed=seed, loader="resident", workers=0, device="cpu",
-        )  # fmt: skip
-        return train_run(config, knees=knees, labels_info=labels or TOY_LABELS, resume=resume)
-
-
-@pytest.fixture(scope="session")
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
-    from tests.training_fixtures import make_toy_cohort
+    from tests.helpers.training import make_toy_cohort
 
     root = tmp_path_factory.mktemp("toyrun")
     store, knees = make_toy_cohort(root, n_subjects=12)
     return ToyRun(train_toy_run(root / "run", store, knees), store, knees)
 
 
-def copy_toy_run(toy: ToyRun, where: Path) -> ToyRun:
-    """A copy of the run and its store under ``where``, the copy's config.json pointing at the
-    copied store (edited as a user moving both would: the config hash field is left as it was)."""
-    import json
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory, imaging_release: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A database (3 subjects, ingested) and its store of small sagittal DESS volumes."""
     import shutil
 
-    run, store = where / toy.run.name, where / toy.store.name
-    shutil.copytree(toy.run, run)
-    shutil.copytree(toy.store, store)
-    config = json.loads((run / "config.json").read_text())
-    config["config"]["store"] = config["store"]["path"] = str(store)
-    config["config"]["out"] = str(run)
-    (run / "config.json").write_text(json.dumps(config, indent=2))
-    return ToyRun(run, store, toy.knees)
-
-
-@pytest.fixture(scope="session")
-def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A database (3 subjects, ingested) and its store of small sagittal DESS volumes."""
     from oaicohort.db import open_database
     from oaicohort.imaging.recipe.params import PreprocessParams
     from oaicohort.imaging.runs.mri import run_preprocess
-    from tests.reliability_helpers import small_imaging_release
 
     base = tmp_path_factory.mktemp("store")
-    _, db_path = small_imaging_release(base, subjects=3)
+    db_path = Path(shutil.copyfile(imaging_release[1], base / "template.sqlite"))
     db = open_database(db_path)
     run_preprocess(db, base / "store.zarr", PreprocessParams.preset_named("small"), views=("sag",), workers=1)
     db.dispose()

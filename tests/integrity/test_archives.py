@@ -20,8 +20,8 @@ from oaicohort.ingest.run import ingest_release
 from oaicohort.release import archive as archive_module
 from oaicohort.release.discovery import discover
 from oaicohort.release.text import read_header
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import DATA_TABLES, message_lines, run_oai, table_rows
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import DATA_TABLES, message_lines, run_oai, table_rows
 
 
 def _zip_of(release: Path, path: Path, *, prefix: str = "") -> Path:

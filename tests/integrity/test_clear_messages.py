@@ -18,8 +18,8 @@ from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.synth.dicom_writer import SeriesMeta, write_series
 from oaimodels.data import make_source
 from oaimodels.data.layout import DataError
-from tests.integrity.conftest import ToyRun, copy_toy_run
-from tests.training_fixtures import toy_model
+from tests.helpers.toy_run import ToyRun, copy_toy_run
+from tests.helpers.training import toy_model
 
 
 def _oai(*args: str) -> tuple[int, str]:

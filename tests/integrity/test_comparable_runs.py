@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from oaicli.main import app
 from oaicohort.errors import ConcurrentWriteError
 from oaimodels.evaluation.held_out import evaluate_runs
-from tests.integrity.conftest import TOY_LABELS, ToyRun, copy_toy_run, train_toy_run
-from tests.reliability_helpers import REPO
-from tests.training_fixtures import toy_model
+from tests.helpers.reliability import REPO
+from tests.helpers.toy_run import TOY_LABELS, ToyRun, copy_toy_run, train_toy_run
+from tests.helpers.training import toy_model
 
 
 def _oai(*args: str) -> tuple[int, str]:

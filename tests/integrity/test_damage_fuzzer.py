@@ -52,7 +52,7 @@ from oaicohort.imaging.store.selection import store_slots
 from oaicohort.imaging.store.slot_checksums import slot_checksums
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
-from tests.reliability_helpers import DATA_TABLES, message_lines, table_rows
+from tests.helpers.reliability import DATA_TABLES, message_lines, table_rows
 
 SEEDS = 200
 ASCII = "OAICompleteData_ASCII"

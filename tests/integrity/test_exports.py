@@ -20,8 +20,8 @@ from oaicohort.cohort.labels import derive_labels
 from oaicohort.db import Database
 from oaicohort.errors import InputFileError
 from oaicohort.ingest.run import ingest_release
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import run_oai
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import run_oai
 
 
 def _strict(text: str) -> object:

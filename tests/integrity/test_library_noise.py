@@ -23,8 +23,8 @@ from oaicohort.cohort.query import QueryError
 from oaicohort.cohort.saved import save_cohort
 from oaicohort.db import Database
 from oaicohort.ingest.run import ingest_release
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import run_oai
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import run_oai
 
 
 def _oai(*args: str) -> tuple[int, str]:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from oaicli.errors import translate
 from oaicli.main import app
 from oaicohort.db import Database, open_database
-from tests.reliability_helpers import REPO, message_lines, run_oai
+from tests.helpers.reliability import REPO, message_lines, run_oai
 
 
 def _oai(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -27,9 +27,10 @@ from oaicohort.db import Database
 from oaicohort.files import atomic_path, atomic_write_text, clean_leftovers, staged_folder
 from oaicohort.ingest.run import ingest_release
 from oaicohort.outputs import OutputPathError, check_output
-from tests.integrity.conftest import ASCII, ToyRun, copy_toy_run, train_toy_run
-from tests.reliability_helpers import DATA_TABLES, REPO, table_rows
-from tests.training_fixtures import toy_model
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import DATA_TABLES, REPO, table_rows
+from tests.helpers.toy_run import ToyRun, copy_toy_run, train_toy_run
+from tests.helpers.training import toy_model
 
 LEFTOVER_MARKS = (".tmp", ".partial-", ".creating-")
 
@@ -185,7 +186,7 @@ def test_two_nifti_exports_into_one_folder_list_both(tmp_path: Path) -> None:
     from oaicohort.imaging.runs.mri import run_preprocess
     from oaicohort.imaging.store.selection import store_slots
     from oaicohort.imaging.store.volume_store import VolumeStore
-    from tests.reliability_helpers import small_imaging_release
+    from tests.helpers.releases import small_imaging_release
 
     pytest.importorskip("nibabel")
     _, template = small_imaging_release(tmp_path, subjects=2)

@@ -22,7 +22,7 @@ from oaicohort.cohort.query import Cohort, QueryError
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
 from oaicohort.ingest.run import ingest_release
-from tests.conftest import BACKENDS, fresh_database_url
+from tests.helpers.databases import BACKENDS, fresh_database_url
 
 VARIABLES = ["V00WOMKPR", "V00WOMKPL", "P01INJR", "P01INJL"]
 

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from oaicohort.db import Database, open_database
 from oaicohort.ingest.guards import ShrinkingReleaseError
 from oaicohort.ingest.run import ingest_release
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import DATA_TABLES, message_lines, run_oai, table_rows
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import DATA_TABLES, message_lines, run_oai, table_rows
 
 KXR00 = f"{ASCII}/kXR_SQ_BU00.txt"
 

@@ -23,8 +23,8 @@ from oaicohort.ingest.guards import ShrinkingReleaseError
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from oaicohort.synth.radiograph_release import write_radiographs
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import DATA_TABLES, message_lines, run_oai, table_rows
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import DATA_TABLES, message_lines, run_oai, table_rows
 
 XR_INDEX = "XR/00m/contents.csv"
 # volumes whose series is gone: NULL (PostgreSQL's ON DELETE SET NULL) or dangling (SQLite)

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from oaicli.errors import translate
 from oaicohort.db import Database, open_database
 from oaicohort.ingest.run import ingest_release
-from tests.reliability_helpers import REPO, run_oai, spawn_oai
+from tests.helpers.reliability import REPO, run_oai, spawn_oai
 
 
 def _children(pid: int) -> set[int]:

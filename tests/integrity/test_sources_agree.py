@@ -22,20 +22,16 @@ from oaicohort.imaging.series.consistency import folder_participants, normal_axi
 from oaicohort.imaging.series.dicom import read_series
 from oaicohort.imaging.store.index import verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
-from tests.reliability_helpers import small_imaging_release
 
 SMALL = PreprocessParams.preset_named("small")
 
 
-@pytest.fixture(scope="module")
-def imaging(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return small_imaging_release(tmp_path_factory.mktemp("agree"))
-
-
 @pytest.fixture
-def victim(imaging: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Database, ImageSeries, Path, ImageSeries]]:
+def victim(
+    imaging_release: tuple[Path, Path], tmp_path: Path
+) -> Iterator[tuple[Database, ImageSeries, Path, ImageSeries]]:
     """A database copy, the first DESS series (to damage; restored after) and another participant's."""
-    _, template = imaging
+    _, template = imaging_release
     shutil.copy(template, tmp_path / "db.sqlite")
     db = open_database(tmp_path / "db.sqlite")
     with db.read() as s:

@@ -32,27 +32,14 @@ from oaicohort.imaging.store.index import indexed_volumes, verify_store
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaimodels.data import make_source
-from tests.reliability_helpers import REPO, message_lines, run_oai, spawn_oai, table_rows
+from tests.helpers.reliability import REPO, message_lines, run_oai, spawn_oai, table_rows
 
 SMALL = PreprocessParams.preset_named("small")
 
 
-@pytest.fixture(scope="module")
-def imaging(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from oaicohort.synth import write_release
-    from oaicohort.synth.images import write_images
-    from oaicohort.synth.radiograph_release import write_radiographs
-
-    base = tmp_path_factory.mktemp("trust")
-    write_release(base / "release", subjects=3, seed=5)
-    write_images(base / "release", size="small", seed=5)
-    write_radiographs(base / "release", size="small", seed=5)
-    return base / "release"
-
-
 @pytest.fixture
-def preprocessed(imaging: Path, any_db: Database, tmp_path: Path) -> tuple[Database, Path]:
-    ingest_release(any_db, imaging)
+def preprocessed(xray_imaging_release: Path, any_db: Database, tmp_path: Path) -> tuple[Database, Path]:
+    ingest_release(any_db, xray_imaging_release)
     store = tmp_path / "vol.zarr"
     summary = run_preprocess(any_db, store, SMALL, views=("sag",), workers=1)
     assert summary.done == 6
@@ -204,9 +191,9 @@ def test_two_creators_of_one_store_the_second_gets_exit_3(tmp_path: Path) -> Non
     assert "another process created a store at this path" in loser[0]
 
 
-def test_two_preprocess_runs_on_one_new_store(imaging: Path, tmp_path: Path) -> None:
+def test_two_preprocess_runs_on_one_new_store(xray_imaging_release: Path, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    assert run_oai(db_url, "ingest", str(imaging)).returncode == 0
+    assert run_oai(db_url, "ingest", str(xray_imaging_release)).returncode == 0
     store = tmp_path / "vol.zarr"
     args = ("preprocess", "--store", str(store), "--preset", "small", "--workers", "1")
     procs = [spawn_oai(db_url, *args), spawn_oai(db_url, *args)]

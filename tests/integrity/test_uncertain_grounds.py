@@ -20,8 +20,8 @@ from oaicohort.db import Database
 from oaicohort.db.schema import IngestRun, Subject, SubjectVisit
 from oaicohort.db.staleness import StaleResultError
 from oaicohort.ingest.run import ingest_release
-from tests.integrity.conftest import ASCII
-from tests.reliability_helpers import run_oai
+from tests.helpers.releases import ASCII
+from tests.helpers.reliability import run_oai
 
 
 def _set_cell(path: Path, subject: int, column: str, value: str) -> int:

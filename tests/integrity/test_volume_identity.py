@@ -24,8 +24,8 @@ from oaimodels.inference.predict import predict
 from oaimodels.inference.trained_run import TrainedRun
 from oaimodels.run_volumes import VolumeIdentityError
 from oaimodels.training.checkpoint import CheckpointError
-from tests.integrity.conftest import ToyRun, copy_toy_run, train_toy_run
-from tests.training_fixtures import toy_model
+from tests.helpers.toy_run import ToyRun, copy_toy_run, train_toy_run
+from tests.helpers.training import toy_model
 
 
 def _oai(*args: str) -> tuple[int, str]:

@@ -17,7 +17,7 @@ from oaimodels.evaluation.held_out import evaluate_runs
 from oaimodels.metrics import progression_score
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 
 def test_prior_correction_is_bayes_rule_for_the_sampler_prior() -> None:

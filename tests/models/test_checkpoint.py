@@ -15,7 +15,7 @@ from oaimodels import run_folder as rf
 from oaimodels.training.checkpoint import CheckpointError, load_checkpoint, load_fold_model, save_checkpoint
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import torch
 from oaicohort.cohort.splits import LeakageError
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaimodels import data as D
-from tests.training_fixtures import make_toy_cohort
+from tests.helpers.training import make_toy_cohort
 
 
 class FakeStore:

@@ -22,7 +22,7 @@ from oaimodels.demo import DemoConfig, demo_size, run_demo
 from oaimodels.evaluation.held_out import evaluate_run
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import toy_model
+from tests.helpers.training import toy_model
 
 
 @pytest.mark.slow

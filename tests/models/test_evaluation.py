@@ -18,7 +18,7 @@ from oaimodels.evaluation.held_out import (
 )
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

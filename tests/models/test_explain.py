@@ -27,13 +27,13 @@ from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.models.planted_fixtures import (
+from tests.helpers.planted import (
     PLANTED_MODEL,
     TinySliceTransformer,
     make_planted_cohort,
     register_planted_model,
 )
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

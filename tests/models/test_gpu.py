@@ -24,7 +24,7 @@ from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.losses import focal_loss
 from oaimodels.training.recipe import build_model, make_optimizer
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
+from tests.helpers.training import make_toy_cohort, populate_db, toy_model
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")

@@ -18,62 +18,29 @@ import torch
 from typer.testing import CliRunner
 
 from oaimodels import run_folder as rf
-from oaimodels.networks import registry
 from oaimodels.training.checkpoint import load_checkpoint
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.jobs import fold_statuses, read_jobs
 from oaimodels.training.launcher import LauncherOptions, submit_study
-from oaimodels.training.run import train_all
-from tests.training_fixtures import ToyVolumeNet, make_toy_cohort, populate_db, register_toy_model, toy_model
+from oaimodels.training.study import train_all
+from tests.helpers.launcher import MODELS, SETUP, launch_cohort, register_models
+from tests.helpers.training import toy_model
 
 pytest.importorskip("submitit")
 
 REPO = Path(__file__).resolve().parents[2]
-SETUP = ("tests.models.test_launcher:register_models",)
-MODELS = ["toy3d", "toy3d_narrow"]
 TIMING_KEYS = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}
-
-
-def register_models() -> None:
-    """toy3d and a narrower twin: two models for a study (each job calls this before it trains)."""
-    register_toy_model()
-    if "toy3d_narrow" in registry._REGISTRY:
-        return
-    spec = registry._REGISTRY["toy3d"]
-    registry.register_model(
-        "toy3d_narrow",
-        family="test",
-        summary="narrower tiny 3D CNN for tests",
-        views=spec.views,
-        input_shapes=spec.input_shapes,
-        small_shapes=spec.small_shapes,
-        paper=spec.paper,
-        batch_size=8,
-        imagenet_encoder=False,
-    )(lambda **kw: ToyVolumeNet(width=4))
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, pd.DataFrame]]:
-    root = tmp_path_factory.mktemp("launch")
-    with toy_model():
-        register_models()
-        store, knees = make_toy_cohort(root, n_subjects=20)
-        from oaicohort.db import open_database
-
-        db_path = root / "cohort.sqlite"
-        db = open_database(db_path)
-        populate_db(db, store, knees)
-        db.dispose()
-        try:
-            yield store, db_path, knees
-        finally:
-            registry._REGISTRY.pop("toy3d_narrow", None)
+    with launch_cohort(tmp_path_factory.mktemp("launch")) as made:
+        yield made
 
 
 @pytest.fixture(autouse=True)
 def _job_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # jobs are fresh interpreters: they import this test module (SETUP) and use one thread
+    # jobs are fresh interpreters: they import tests.helpers.launcher (SETUP) and use one thread
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(REPO)

@@ -18,7 +18,7 @@ from oaimodels.inference.predict import predict, write_predictions
 from oaimodels.inference.trained_run import RunError, TrainedRun
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 PROB_COLUMNS = ["p_none", "p_fast", "p_slow", "score", "score_fold0", "score_fold1"]
 

@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from oaimodels import run_folder as rf
-from tests.models.test_launcher import REPO, SETUP, cohort, register_models  # noqa: F401 - fixture
-from tests.training_fixtures import toy_model
+from tests.helpers.launcher import SETUP, launch_cohort, register_models
+from tests.helpers.reliability import REPO
+from tests.helpers.training import toy_model
 
 SLURM_DIR = Path(os.environ.get("OAI_SLURM_DIR", "/tmp/oai-slurm"))
 
 pytest.importorskip("submitit")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, pd.DataFrame]]:
+    with launch_cohort(tmp_path_factory.mktemp("launch")) as made:
+        yield made
 
 
 def _cluster_or_skip() -> None:
@@ -28,7 +37,7 @@ def _cluster_or_skip() -> None:
 
 
 @pytest.mark.slow
-def test_a_study_trains_as_a_slurm_job_array(cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_study_trains_as_a_slurm_job_array(cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _cluster_or_skip()
     from oaicli.main import app
 

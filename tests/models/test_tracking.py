@@ -19,7 +19,7 @@ from oaimodels import run_folder as rf
 from oaimodels.training import tracking
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run
-from tests.training_fixtures import make_toy_cohort, toy_model
+from tests.helpers.training import make_toy_cohort, toy_model
 
 SCALAR_KEYS = {"loss/train": "train_loss", "loss/val": "val_loss", "val/ap": "val_ap", "val/roc_auc": "val_roc_auc"}
 

@@ -19,7 +19,7 @@ from oaimodels.data import AugmentParams
 from oaimodels.demo import DEMO_LR, DemoConfig, demo_size
 from oaimodels.training.config import RECIPE_DEFAULTS, TrainConfig, TrainingError, resolve_config
 from oaimodels.training.config_file import merge_config, read_config_file
-from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
+from tests.helpers.training import make_toy_cohort, populate_db, toy_model
 
 TIMING_KEYS = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}
 OPERATIONAL_FLAGS = ["--device", "cpu", "--workers", "0", "--loader", "resident", "--threads", "1", "--deterministic"]

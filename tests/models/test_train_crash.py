@@ -2,7 +2,7 @@
 every file left in the run folder is whole, the database and the store are untouched (training
 only reads them), and the resumed run ends exactly like an uninterrupted one (CPU, deterministic).
 
-The toy model and cohort of tests/training_fixtures.py keep it to seconds.
+The toy model and cohort of tests/helpers/training.py keep it to seconds.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from oaicli.main import app
 from oaicohort.db import open_database
 from oaimodels import run_folder as rf
 from oaimodels.training.checkpoint import load_checkpoint
-from tests.reliability_helpers import LABEL_TABLES, REPO, table_rows
-from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
+from tests.helpers.reliability import LABEL_TABLES, REPO, table_rows
+from tests.helpers.training import make_toy_cohort, populate_db, toy_model
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 12
 # `oai` itself, with the toy model registered first (as a plugin would register a model)
 OAI_WITH_TOY = (
-    "from tests.training_fixtures import register_toy_model; register_toy_model(); "
+    "from tests.helpers.training import register_toy_model; register_toy_model(); "
     "from oaicli.main import app; app(prog_name='oai')"
 )
 

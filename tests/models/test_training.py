@@ -28,8 +28,9 @@ from oaimodels.training.checkpoint import load_checkpoint, load_fold_model
 from oaimodels.training.config import TrainConfig, TrainingError, resolve_config
 from oaimodels.training.losses import focal_loss
 from oaimodels.training.recipe import lr_at, make_optimizer, make_scheduler
-from oaimodels.training.run import train_all, train_run
-from tests.training_fixtures import make_toy_cohort, populate_db, toy_model
+from oaimodels.training.run import train_run
+from oaimodels.training.study import train_all
+from tests.helpers.training import make_toy_cohort, populate_db, toy_model
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING_KEYS = {"volumes_per_s", "train_seconds", "data_wait_seconds", "seconds"}
@@ -249,7 +250,7 @@ def test_train_all_makes_one_run_per_model_and_skips_finished_ones(
 SCRIPT = """
 import sys
 import pandas as pd
-from tests.training_fixtures import register_toy_model
+from tests.helpers.training import register_toy_model
 register_toy_model()  # at import: spawned DDP workers re-import this file
 from oaimodels.training.config import TrainConfig
 from oaimodels.training.run import train_run

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.vocabulary import XRAY_VIEW
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def nifti_name(subject_id: int, side: str, visit: int, view: str) -> str:
 
 @no_world_write()
 def export_nifti(
-    db: Any,
+    db: Database,
     store_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,

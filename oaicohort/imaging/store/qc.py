@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from oaicohort.imaging.store.selection import knee_name, select_slots, store_slo
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.outputs import check_output
 from oaicohort.progress import ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ def write_qc(
     store_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    db: Any = None,
+    db: Database | None = None,
     views: Sequence[str] | None = None,
     knees: list[tuple[int, str]] | None = None,
     visit: int | None = 0,

@@ -16,13 +16,16 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from oaicohort.errors import InputFileError, OAIError
 from oaicohort.imaging.store.volume_store import VolumeStore, split_knee_key
+
+if TYPE_CHECKING:
+    from oaicohort.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def store_slots(
     store: VolumeStore,
     view: str,
     *,
-    db: Any = None,
+    db: Database | None = None,
     visit: int | None = 0,
 ) -> pd.DataFrame:
     """Used slots of ``view``: ``subject_id, side, visit, position`` (+ ``knee_id`` with a db)."""

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from oaicli.progress import is_progress_line
 from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_TABLES = (
     "subjects",
     "subject_visits",
@@ -163,19 +163,3 @@ def counts(db: Database, tables: tuple[str, ...]) -> dict[str, int]:
 def run_statuses(db: Database) -> list[str]:
     with db.read() as s:
         return list(s.execute(text("SELECT status FROM ingest_runs ORDER BY id")).scalars())
-
-
-def small_imaging_release(base: Path, *, subjects: int = 3, seed: int = 5) -> tuple[Path, Path]:
-    """A good synthetic release with small DESS series under ``base``, and its ingested database
-    (a template to copy: tests damage copies of both)."""
-    from oaicohort.db import open_database
-    from oaicohort.ingest.run import ingest_release
-    from oaicohort.synth import write_release
-    from oaicohort.synth.images import write_images
-
-    write_release(base / "release", subjects=subjects, seed=seed)
-    write_images(base / "release", size="small", seed=seed)
-    db = open_database(base / "template.sqlite")
-    ingest_release(db, base / "release")
-    db.dispose()
-    return base / "release", base / "template.sqlite"

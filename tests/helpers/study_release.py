@@ -1,4 +1,5 @@
-"""A small OAI release in the real ASCII formats for the new-study features (issue 15).
+"""A small OAI release in the real ASCII formats for the new-study features (issue 15), and the
+time-to-event twin of a preset definition.
 
 Every expectation in the tests is derived by hand from the tables below (see the comments).
 Visits: 00 (0 months), 01 (12), 03 (24), 05 (36), 06 (48), 08 (72), 10 (96).
@@ -6,7 +7,10 @@ Visits: 00 (0 months), 01 (12), 03 (24), 05 (36), 06 (48), 08 (72), 10 (96).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+from oaicohort.cohort.definitions import LabelDefinitionParams, preset
 
 S1, S2, S3, S4, S5, S6 = 9100001, 9100002, 9100003, 9100004, 9100005, 9100006
 XR_VISITS = (0, 1, 3, 5, 6, 8, 10)
@@ -129,3 +133,8 @@ def write_study_release(root: Path, readings: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(contents) + "\n", encoding="utf-8")
     return root
+
+
+def time_to_event_twin(name: str) -> LabelDefinitionParams:
+    """The preset ``name`` with every rule kept, as a time-to-event definition."""
+    return dataclasses.replace(preset(name), name=f"{name}_tte", outcome="time_to_event")
