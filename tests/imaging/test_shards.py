@@ -21,7 +21,7 @@ from oaicohort.imaging.runs.slots import Shard, ShardError
 from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
-from tests.conftest import fresh_database_url
+from tests.helpers.databases import fresh_database_url
 from tests.helpers.reliability import kill_when, run_oai, spawn_oai
 
 SUBJECTS = 12
