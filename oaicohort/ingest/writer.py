@@ -33,6 +33,7 @@ from oaicohort.ingest.dictionary import record_categories, record_variables
 from oaicohort.ingest.reading import NO_IMAGE_INDEX, ParsedRelease, no_image_index_kept
 from oaicohort.progress import ProgressCallback
 from oaicohort.release.discovery import CONTENTS, IMAGE03
+from oaicohort.release.image_index import SERIES_COLUMNS
 from oaicohort.release.readers import OUTCOME_FIELDS
 from oaicohort.visits import visit_month
 
@@ -198,20 +199,6 @@ def _write_outcomes(
     _upsert(session, KneeReplacement, "knee_replacements", cols, ["knee_id"], existing, counts, pk="knee_id")
 
 
-_SERIES_FIELDS = (
-    "subject_id",
-    "visit",
-    "side",
-    "sequence",
-    "series_description",
-    "study_description",
-    "folder",
-    "visit_dir",
-    "study_date",
-    "barcode",
-    "source_file",
-    "source_row",
-)
 _SERIES_KEY = ("subject_id", "visit", "side", "sequence")
 
 
@@ -276,7 +263,7 @@ def _write_series(session: Session, release: ParsedRelease, counts: Counts) -> N
         )
     ):
         existing[(s, v, side, seq)] = i
-    cols = frame_columns(frame, _SERIES_FIELDS)
+    cols = frame_columns(frame, SERIES_COLUMNS)
     months = {v: visit_month(v) for v in visits}
     cols["month"] = [months[v] for v in cols["visit"]]
     superseded = superseded_series(session, release)

@@ -23,6 +23,22 @@ from oaicohort.visits import SCREENING_VISIT, VISIT_MONTHS
 
 log = logging.getLogger(__name__)
 
+# the columns of an image-series row, whether an index file or the image headers gave it
+SERIES_COLUMNS = (
+    "subject_id",
+    "visit",
+    "side",
+    "sequence",
+    "series_description",
+    "study_description",
+    "folder",
+    "visit_dir",
+    "study_date",
+    "barcode",
+    "source_file",
+    "source_row",
+)
+
 
 # The knee of an MR series is the suffix of its SeriesDescription (SAG_3D_DESS_RIGHT); thigh and
 # other series have none. The one place that reads it: imaging and synth import it from here.

@@ -33,27 +33,13 @@ from oaicohort.progress import ProgressCallback, no_progress
 from oaicohort.release.dicom_header import HeaderError, SeriesHeader, read_file_header, read_member_header
 from oaicohort.release.image_agree import Agreement, agree
 from oaicohort.release.image_files import SeriesLocation
-from oaicohort.release.image_index import split_series_description
+from oaicohort.release.image_index import SERIES_COLUMNS, split_series_description
 from oaicohort.release.visit_paths import is_screening_study
 from oaicohort.visits import SCREENING_VISIT
 
 log = logging.getLogger(__name__)
 
 TASK = "reading DICOM headers"
-SERIES_COLUMNS = (
-    "subject_id",
-    "visit",
-    "side",
-    "sequence",
-    "series_description",
-    "study_description",
-    "folder",
-    "visit_dir",
-    "study_date",
-    "barcode",
-    "source_file",
-    "source_row",
-)
 _ENROLMENT_STUDY = re.compile(r"(^|\^)\s*ENROLLMENT\s*(\^|$)", re.IGNORECASE)
 # the database's column sizes (image_series)
 _LIMITS = {"series_description": 128, "sequence": 64, "study_description": 128, "barcode": 32}
