@@ -46,7 +46,7 @@ from oaicohort.errors import OAIError
 from oaicohort.release.nda_map import NdaColumn, NdaMap, guess_column
 from oaicohort.release.visit_paths import release_visit
 from oaicohort.synth.image_download import IMAGE_LAYOUTS, write_image_download
-from oaicohort.synth.nda_tables import LEGACY_MAP, write_structures
+from oaicohort.synth.nda_tables import LEGACY_MAP, write_structure, write_structures
 from oaicohort.synth.sas_writer import write_sas7bdat
 
 DISTRIBUTIONS = ("ascii", "ascii-categories", "zip", "sas", "nda")
@@ -181,13 +181,7 @@ class _Structures:
         paths = []
         for structure, rows in sorted(self.rows.items()):
             columns = self.columns[structure]
-            path = package / f"{structure}.txt"
-            with open(path, "w", encoding="utf-8", newline="") as fh:
-                fh.write("\t".join(columns) + "\n")
-                fh.write("\t".join(f"Description of {c}" for c in columns) + "\n")
-                for row in rows:
-                    fh.write("\t".join(row.get(c, "") for c in columns) + "\n")
-            paths.append(path)
+            paths.append(write_structure(package, structure, columns, rows))
         return paths
 
 

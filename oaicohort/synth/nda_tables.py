@@ -17,7 +17,7 @@ mapped one and the full lower-case name (``v00ksurgr``) for the other.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -110,14 +110,19 @@ class _Structures:
         for structure in sorted({*self.rows, *self.listed}):
             columns = self.columns.setdefault(structure, list(COMMON))
             rows = [*self.rows.get(structure, {}).values(), *self.listed.get(structure, [])]
-            path = package / f"{structure}.txt"
-            with open(path, "w", encoding="utf-8", newline="") as fh:
-                fh.write("\t".join(columns) + "\n")
-                fh.write("\t".join(f"Description of {c}" for c in columns) + "\n")
-                for row in rows:
-                    fh.write("\t".join(row.get(c, "") for c in columns) + "\n")
-            paths.append(path)
+            paths.append(write_structure(package, structure, columns, rows))
         return paths
+
+
+def write_structure(package: Path, structure: str, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> Path:
+    """``<structure>.txt`` as NDA writes one: tab-delimited, a description row under the header."""
+    path = package / f"{structure}.txt"
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("\t".join(columns) + "\n")
+        fh.write("\t".join(f"Description of {c}" for c in columns) + "\n")
+        for row in rows:
+            fh.write("\t".join(row.get(c, "") for c in columns) + "\n")
+    return path
 
 
 def _real_place(mapping: NdaMap, name: str, visit: str, default: str) -> tuple[NdaColumn, bool]:
