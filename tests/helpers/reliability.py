@@ -18,17 +18,10 @@ from sqlalchemy.engine import make_url
 
 from oaicli.progress import is_progress_line
 from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
+from oaicohort.ingest.writer import TABLES
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_TABLES = (
-    "subjects",
-    "subject_visits",
-    "knees",
-    "xray_readings",
-    "knee_replacements",
-    "image_series",
-    "clinical_values",
-)
+DATA_TABLES = TABLES  # every table an ingest writes
 LABEL_TABLES = ("label_definitions", "knee_labels", "splits", "split_assignments")
 # columns that differ between databases holding the same data (surrogate ids, paths, times)
 _VOLATILE = {
