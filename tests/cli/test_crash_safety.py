@@ -19,7 +19,7 @@ from sqlalchemy import select
 from oaicohort.cohort.labels import derive_labels, stored_definition, stored_labels
 from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
-from oaicohort.db.schema import IngestRun, Knee, SplitAssignment, Store, Volume
+from oaicohort.db.schema import IngestRun, Knee, SplitAssignment
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.store.index import verify_store
@@ -32,6 +32,7 @@ from tests.helpers.reliability import (
     kill_when,
     run_oai,
     spawn_oai,
+    store_checksums,
     table_rows,
     write_lock_held,
     write_lock_held_for,
@@ -160,26 +161,14 @@ def image_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _volumes(db: Database, store: Path) -> dict[tuple[int, str, str], str]:
-    with db.read() as s:
-        rows = s.execute(
-            select(Knee.subject_id, Knee.side, Volume.view, Volume.checksum, Volume.status)
-            .join(Knee, Knee.id == Volume.knee_id)
-            .join(Store, Store.id == Volume.store_id)
-            .where(Store.path == str(store.resolve()))
-        ).all()
-    assert {r.status for r in rows} <= {"ok"}
-    return {(r.subject_id, r.side, r.view): r.checksum for r in rows}
-
-
-def test_preprocess_killed_at_random_points_verifies_and_reruns_to_the_same_volumes(
+def test_preprocess_killed_at_random_points_verifies_and_reruns_to_the_samestore_checksums(
     database_url: str, image_release: Path, tmp_path: Path
 ) -> None:
     small = PreprocessParams.preset_named("small")
     reference = open_database(tmp_path / "ref.sqlite")
     ingest_release(reference, image_release)
     run_preprocess(reference, tmp_path / "ref.zarr", small, views=("sag",))
-    expected = _volumes(reference, tmp_path / "ref.zarr")
+    expected = store_checksums(reference, tmp_path / "ref.zarr")
     reference.dispose()
 
     db = open_database(database_url)
@@ -189,11 +178,11 @@ def test_preprocess_killed_at_random_points_verifies_and_reruns_to_the_same_volu
     rng = random.Random(SEED)
     done: dict[tuple[int, str, str], str] = {}
     # when the first volume is indexed, then at a seeded random moment
-    kill_points = ((lambda: bool(_volumes(db, store)), 0.0), (lambda: True, rng.uniform(1.5, 4.0)))
+    kill_points = ((lambda: bool(store_checksums(db, store)), 0.0), (lambda: True, rng.uniform(1.5, 4.0)))
     for n, (ready, delay) in enumerate(kill_points):
         proc = spawn_oai(database_url, *args)
         killed = kill_when(proc, ready, delay=delay)
-        now = _volumes(db, store)
+        now = store_checksums(db, store)
         if n == 0:
             assert killed and 0 < len(now) < len(expected)
         assert set(done) <= set(now)  # what was indexed stays indexed
@@ -205,7 +194,7 @@ def test_preprocess_killed_at_random_points_verifies_and_reruns_to_the_same_volu
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["failed"] == 0 and summary["skipped"] + summary["done"] == summary["selected"]
-    assert _volumes(db, store) == expected
+    assert store_checksums(db, store) == expected
     report = verify_store(db, store)
     assert report["mismatches"] == [] and report["ok"] == summary["selected"]
     assert report["orphans"]["sag"] == []  # slots of killed writes were reused

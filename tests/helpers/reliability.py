@@ -9,15 +9,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from oaicli.progress import is_progress_line
 from oaicohort.db import POSTGRES_WRITE_LOCK_KEY, Database
+from oaicohort.db.schema import Knee, Store, Volume
 from oaicohort.ingest.writer import TABLES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,3 +158,18 @@ def counts(db: Database, tables: tuple[str, ...]) -> dict[str, int]:
 def run_statuses(db: Database) -> list[str]:
     with db.read() as s:
         return list(s.execute(text("SELECT status FROM ingest_runs ORDER BY id")).scalars())
+
+
+def store_checksums(db: Database, store: Path) -> dict[tuple[int, str, str], str]:
+    """The checksum of every volume the database indexes in ``store``, by (subject, side, view);
+    every row must be ok, and each (knee, view) indexed once."""
+    with db.read() as s:
+        rows = s.execute(
+            select(Knee.subject_id, Knee.side, Volume.view, Volume.checksum, Volume.status)
+            .join(Knee, Knee.id == Volume.knee_id)
+            .join(Store, Store.id == Volume.store_id)
+            .where(Store.path == str(store.resolve()))
+        ).all()
+    assert {r.status for r in rows} <= {"ok"}
+    assert max(Counter((r.subject_id, r.side, r.view) for r in rows).values(), default=1) == 1  # each once
+    return {(r.subject_id, r.side, r.view): r.checksum for r in rows}

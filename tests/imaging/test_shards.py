@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from oaicli.main import app
 from oaicohort.db import Database, open_database
-from oaicohort.db.schema import Knee, SlotClaim, Store, Volume
+from oaicohort.db.schema import SlotClaim
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.mri import run_preprocess
 from oaicohort.imaging.runs.slots import Shard, ShardError
@@ -22,7 +22,7 @@ from oaicohort.imaging.store.index import verify_store
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
 from tests.helpers.databases import fresh_database_url
-from tests.helpers.reliability import kill_when, run_oai, spawn_oai
+from tests.helpers.reliability import kill_when, run_oai, spawn_oai, store_checksums
 
 SUBJECTS = 12
 SEED = 11
@@ -47,7 +47,7 @@ def expected(release: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tu
     try:
         ingest_release(db, release)
         run_preprocess(db, folder / "ref.zarr", SMALL, views=("sag", "cor"))
-        return _volumes(db, folder / "ref.zarr")
+        return store_checksums(db, folder / "ref.zarr")
     finally:
         db.dispose()
 
@@ -59,19 +59,6 @@ def postgres(tmp_path: Path, release: Path) -> Database:
         ingest_release(db, release)
         yield db
         db.dispose()
-
-
-def _volumes(db: Database, store: Path) -> dict[tuple[int, str, str], str]:
-    with db.read() as s:
-        rows = s.execute(
-            select(Knee.subject_id, Knee.side, Volume.view, Volume.checksum, Volume.status)
-            .join(Knee, Knee.id == Volume.knee_id)
-            .join(Store, Store.id == Volume.store_id)
-            .where(Store.path == str(store.resolve()))
-        ).all()
-    assert {r.status for r in rows} <= {"ok"}
-    assert max(Counter((r.subject_id, r.side, r.view) for r in rows).values(), default=1) == 1  # each once
-    return {(r.subject_id, r.side, r.view): r.checksum for r in rows}
 
 
 def _claims(db: Database) -> int:
@@ -113,7 +100,7 @@ def test_three_concurrent_shards_write_one_store_as_one_run_would(
     assert sum(s["done"] for s in summaries) == sum(s["selected"] for s in summaries) == len(expected) // 2
     assert all(s["selected"] > 0 for s in summaries)  # every shard had work
     cor = {k: v for k, v in expected.items() if k[2] == "cor"}
-    assert _volumes(postgres, store) == cor  # every series once, identical checksums
+    assert store_checksums(postgres, store) == cor  # every series once, identical checksums
     report = verify_store(postgres, store)
     assert report["mismatches"] == [] and report["ok"] == len(cor)
     assert report["orphans"]["cor"] == []  # no shard took another's slot
@@ -123,7 +110,7 @@ def test_three_concurrent_shards_write_one_store_as_one_run_would(
     for proc in procs:
         _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    assert _volumes(postgres, store) == expected
+    assert store_checksums(postgres, store) == expected
     report = verify_store(postgres, store)
     assert report["mismatches"] == [] and report["ok"] == len(expected)
 
@@ -137,11 +124,11 @@ def test_a_killed_shard_is_completed_by_its_rerun(
     sag = {k: v for k, v in expected.items() if k[2] == "sag"}
     victim = spawn_oai(url, *_shard_args(store, "1/2"))
     other = spawn_oai(url, *_shard_args(store, "2/2"))
-    indexed = lambda: len(_volumes(postgres, store)) >= 2  # noqa: E731 - a condition
+    indexed = lambda: len(store_checksums(postgres, store)) >= 2  # noqa: E731 - a condition
     assert kill_when(victim, indexed, delay=0.0)
     _out, err = other.communicate(timeout=300)
     assert other.returncode == 0, err
-    now = _volumes(postgres, store)
+    now = store_checksums(postgres, store)
     assert 0 < len(now) < len(sag) and all(sag[k] == v for k, v in now.items())
     assert verify_store(postgres, store)["mismatches"] == []
     assert _claims(postgres) > 0  # the killed shard's claims stay until its rerun
@@ -149,7 +136,7 @@ def test_a_killed_shard_is_completed_by_its_rerun(
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["failed"] == 0 and summary["done"] > 0
-    assert _volumes(postgres, store) == sag  # complete, each series once
+    assert store_checksums(postgres, store) == sag  # complete, each series once
     report = verify_store(postgres, store)
     assert report["mismatches"] == [] and report["ok"] == len(sag)
     assert report["orphans"]["sag"] == []  # the killed shard's slots were reused
@@ -239,6 +226,6 @@ def test_launcher_local_runs_one_job_per_shard(
     assert [j["shard"] for j in jobs] == ["1/2", "2/2"] and all("error" not in j for j in jobs)
     sag = {k: v for k, v in expected.items() if k[2] == "sag"}
     assert sum(j["done"] for j in jobs) == len(sag)
-    assert _volumes(postgres, store) == sag
+    assert store_checksums(postgres, store) == sag
     assert verify_store(postgres, store)["mismatches"] == []
     assert (tmp_path / "vol.zarr.jobs").is_dir()
