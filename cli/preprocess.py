@@ -47,6 +47,13 @@ def preprocess_command(
         help="Start a new, empty store where the database indexes a store that is gone (by default "
         "a missing store path is an error: an unmounted disk must not replace the real store).",
     ),
+    xray_stored_scale: int | None = typer.Option(
+        None,
+        "--xray-stored-scale",
+        min=1,
+        help="--view xray: store each knee ROI at K times the model's input; training augments it at that size "
+        "and then downscales, as the reference (2: 700 pixels for a 350 input). Default 1 (the store's, if it exists).",
+    ),
     roi_file: Path | None = typer.Option(
         None,
         "--roi-file",
@@ -84,6 +91,10 @@ def preprocess_command(
         params = PreprocessParams.preset_named(preset) if preset else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
+    if xray_stored_scale is not None:
+        if view != "xray":
+            raise typer.BadParameter("only applies to --view xray", param_hint="--xray-stored-scale")
+        params = _with_stored_scale(store, params, xray_stored_scale)
     if view == "xray":
         _preprocess_xray(ctx, store, params, visit, workers, strict, limit, roi_file, replace_missing_store, json_out)
         return
@@ -105,6 +116,20 @@ def preprocess_command(
         emit_json(summary.to_dict())
         return
     _print_summary(summary, f"{', '.join(summary.views)}, visit {summary.visit}", "done", "Failed series")
+
+
+def _with_stored_scale(store: Path, params: PreprocessParams | None, scale: int) -> PreprocessParams:
+    """``params`` (else the existing store's, else the full preset) with the X-ray ROI stored at
+    ``scale`` times the model's input; a store made at another scale then refuses it, naming both."""
+    import dataclasses
+
+    from oaicohort.imaging.recipe.params import PreprocessParams
+    from oaicohort.imaging.store.identity import is_present
+    from oaicohort.imaging.store.volume_store import VolumeStore
+
+    if params is None:
+        params = VolumeStore.open(store).params if is_present(store) else PreprocessParams.full()
+    return dataclasses.replace(params, xray_stored_scale=scale)
 
 
 def _preprocess_xray(

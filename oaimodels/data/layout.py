@@ -42,22 +42,32 @@ class InputLayout:
     spacing_ratio: float = 1.0  # stored D spacing / H spacing (cor/ax: through-plane / in-plane block)
     # (mean, std) subtracted/divided after [0, 1] scaling: the reference's per modality (normalisation)
     normalisation: tuple[float, float] = MRI_NORMALISATION
+    # in-plane factor the augmented crop is reduced by (k x k means) before the model: an X-ray ROI
+    # stored at the reference's 700 pixels is augmented there and given to the model at 350
+    downscale: int = 1
 
     @property
     def derived_views(self) -> bool:
         return len(self.model_views) > 1
 
+    @property
+    def input_crop(self) -> Shape3:
+        """(D, H, W) of the crop as the model receives it (after ``downscale``)."""
+        d, h, w = self.crop_shape
+        return (d, h // self.downscale, w // self.downscale)
+
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample ``(1, D, H, W)`` shape of every view of the model input (builder kwarg)."""
-        shape = (1, *self.crop_shape)
+        shape = (1, *self.input_crop)
         if self.source_view == XRAY_VIEW:  # a one-slice volume is given as a (1, H, W) image
-            return {XRAY_VIEW: (1, *self.crop_shape[1:])}
+            return {XRAY_VIEW: (1, *self.input_crop[1:])}
         if self.derived_views:
             derived = view_shapes_from_volume(shape)
             return {v: tuple(derived[v]) for v in self.model_views}
         return {self.source_view: shape}
 
     def to_dict(self) -> dict[str, Any]:
+        downscale = {"downscale": self.downscale} if self.downscale != 1 else {}  # older layouts: 1
         return {
             "model": self.model,
             "source_view": self.source_view,
@@ -66,6 +76,7 @@ class InputLayout:
             "model_views": list(self.model_views),
             "spacing_ratio": self.spacing_ratio,
             "normalisation": list(self.normalisation),
+            **downscale,
             "input_shapes": {k: list(v) for k, v in self.input_shapes().items()},
         }
 
@@ -82,6 +93,7 @@ class InputLayout:
             tuple(data["model_views"]),
             float(data.get("spacing_ratio", 1.0)),
             (float(mean), float(std)),
+            int(data.get("downscale", 1)),
         )
 
 
@@ -115,7 +127,9 @@ def resolve_layout(
 
     Crop: ``crop_shape`` if given, else the model's paper shape when the stored volume is large
     enough for it, else the store's own training crop (reduced-size stores, e.g. the ``small``
-    preprocessing preset of the demo). The model is then built for that crop.
+    preprocessing preset of the demo). The model is then built for that crop. A radiograph store
+    whose ROIs are ``xray_stored_scale`` times the model's input is read whole and downscaled
+    after the augmentations (``downscale``).
     """
     spec = get_spec(model)
     views = model_views(model, view)
@@ -129,8 +143,12 @@ def resolve_layout(
         raise DataError(
             f"{model} reads {source!r}, which the store does not hold; run `oai preprocess {how}`"
         ) from None
+    params = getattr(store, "params", None)
+    downscale = int(getattr(params, "xray_stored_scale", 1)) if source == XRAY_VIEW else 1
     if crop_shape is not None:
         crop = tuple(int(n) for n in crop_shape)
+    elif downscale > 1:  # the whole ROI, reduced to the model's input after the augmentations
+        crop = stored
     else:
         # the radiograph ROI is stored as a one-slice volume (1, H, W)
         paper = tuple(int(n) for n in spec.input_shapes[source][1:])
@@ -139,10 +157,11 @@ def resolve_layout(
         crop = paper if fits else tuple(int(n) for n in store.crop_shape(source))
     if len(crop) != 3 or any(c < 1 or c > s for c, s in zip(crop, stored)):
         raise DataError(f"crop {crop} does not fit the stored {source} volumes {stored} (need 1 <= crop <= stored)")
+    if any(n % downscale for n in crop[1:]):
+        raise DataError(f"crop {crop} is not divisible by the store's xray_stored_scale {downscale}")
     # stored D spacing over H spacing (cor/ax: through-plane block / in-plane block)
-    params = getattr(store, "params", None)
     ratio = 1.0
     if source in ("cor", "ax") and params is not None:
         through, inplane, _lr = params.reprojection_blocks
         ratio = through / inplane
-    return InputLayout(model, source, stored, crop, views, ratio, normalisation_for(source))  # type: ignore[arg-type]
+    return InputLayout(model, source, stored, crop, views, ratio, normalisation_for(source), downscale)  # type: ignore[arg-type]

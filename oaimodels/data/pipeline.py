@@ -18,20 +18,22 @@ from oaicohort.vocabulary import XRAY_VIEW
 from ..networks.multiview import views_from_volume
 from .augment import AugmentParams
 from .layout import InputLayout
-from .transforms import Compose, Crop, Normalise, RandomGamma, RandomRotation, ScaleToUnit
+from .transforms import Compose, Crop, Downscale, Normalise, RandomGamma, RandomRotation, ScaleToUnit, Step
 
 
 def recipe_transforms(layout: InputLayout, augment: AugmentParams) -> Compose:
-    """Crop, [0, 1] scaling, in-slice rotation, gamma, normalisation (REFERENCE.md sections 3 and 5)."""
-    return Compose(
-        (
-            Crop(layout.stored_shape, layout.crop_shape, random=augment.random_crop),
-            ScaleToUnit(),
-            RandomRotation(augment.rotate_p, augment.max_rotation_deg, layout.source_view, layout.spacing_ratio),
-            RandomGamma(augment.gamma_p, augment.gamma_low, augment.gamma_high),
-            Normalise(*layout.normalisation),
-        )
-    )
+    """Crop, [0, 1] scaling, in-slice rotation, gamma, [downscale,] normalisation (REFERENCE.md
+    sections 3 and 5; the downscale only for a layout that has one: radiographs stored at 700 px)."""
+    steps: list[Step] = [
+        Crop(layout.stored_shape, layout.crop_shape, random=augment.random_crop),
+        ScaleToUnit(),
+        RandomRotation(augment.rotate_p, augment.max_rotation_deg, layout.source_view, layout.spacing_ratio),
+        RandomGamma(augment.gamma_p, augment.gamma_low, augment.gamma_high),
+    ]
+    if layout.downscale > 1:
+        steps.append(Downscale(layout.downscale))
+    steps.append(Normalise(*layout.normalisation))
+    return Compose(tuple(steps))
 
 
 def inference_transforms(layout: InputLayout) -> Compose:

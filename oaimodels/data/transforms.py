@@ -1,7 +1,7 @@
 """The input pipeline's steps: small typed transforms, each with one job, chained by :class:`Compose`.
 
 As TorchIO's and MONAI's transforms, a step is an object with one job (crop, scale, rotate, gamma,
-normalise), and the same composition serves training and inference, with the random parts off
+downscale, normalise), and the same composition serves training and inference, with the random parts off
 (:meth:`Compose.inference`). Unlike theirs, every step works on a whole batch ``(B, D, H, W)`` on
 the model's device: per-volume parameters are tensors of length B, so a batch costs a few
 kernels instead of B Python calls.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .normalisation import MRI_NORMALISATION
 from .rotation import rotate_sagittal, to_device
@@ -201,6 +202,24 @@ class RandomGamma:
 
     def inference(self) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class Downscale:
+    """Means of ``factor x factor`` in-plane blocks (H, W) of every slice: the reference's x0.5
+    downscale of its augmented 700-pixel radiograph (a bilinear x0.5 with ``align_corners=False``
+    is exactly a 2x2 mean)."""
+
+    factor: int
+
+    def draw(self, batch: int, generator: torch.Generator | None) -> None:
+        return None
+
+    def __call__(self, x: torch.Tensor, params: None = None) -> torch.Tensor:
+        return F.avg_pool2d(x, self.factor) if self.factor > 1 else x
+
+    def inference(self) -> Downscale:
+        return self
 
 
 @dataclass(frozen=True)

@@ -51,14 +51,17 @@ XRAY: dict[str, str] = {
     "epochs_warmup to each milestone): absolute epochs 25 and 45",
     "lr_gamma": f"{_OPTIM}:32 (mstep_factor 0.1)",
     "augment": f"{_DATA}:250-257 (xr_pa: RandomCrop 700, PTRotate2D +-15 deg p 0.5, PTGammaCorrection 0.5-2 "
-    "p 0.5), applied here to the stored 350-pixel ROI, after its x0.5 downscale (the reference rotates "
-    "at 700 pixels, then downscales)",
+    "p 0.5), applied at the stored ROI's resolution (store.xray_stored_scale)",
     "init": f"{REF} entry/conf/model/xr_cnn.yaml:10 (fe.pretrained: true)",
-    "crop": f"{_RUNNER}:195 (input_size [[700,700]], downscale [[0.5,0.5]]): the stored 350x350 ROI",
+    "crop": f"{_RUNNER}:195 (input_size [[700,700]], downscale [[0.5,0.5]]): the whole stored ROI",
+    "xray_stored_scale": f"{_RUNNER}:195 (input_size [[700,700]], downscale [[0.5,0.5]]): augmented at 700 "
+    "pixels, then downscaled x0.5",
     "xray_resample_mm": f"{REF} entry/prepare_data_xr_mipt.py:28-29 (pixel_spacing 0.195)",
     "xray_roi_mm": f"{_RUNNER}:195 (700 pixels) x 0.195 mm = 136.5 mm",
     "xray_size": f"{_RUNNER}:195 (700 pixels, downscale 0.5)",
 }
+# why the default store holds the ROI at the model's input size (benchmarks/xray_augment_scale.py)
+XRAY_STORED_SCALE_WHY = "the ROI stored at the model's input size and augmented there (1/4 of the storage)"
 # the BATCH_SIZE line of each model's block of the runner
 BATCH_LINES: dict[str, int] = {
     "2d_fc": 44, "2d_lstm": 58, "2d_trf": 72, "2dind_trf": 110, "2dsh_trf": 124, "2p1d": 138,
@@ -155,14 +158,16 @@ def recipe_sources(
         )
         lines.append(RecipeLine("normalisation", list(layout.normalisation), norm_source))
     if store_params is not None and xray:
-        for name in ("xray_resample_mm", "xray_roi_mm", "xray_size"):
+        for name in ("xray_resample_mm", "xray_roi_mm", "xray_size", "xray_stored_scale"):
             lines.append(RecipeLine(f"store.{name}", getattr(store_params, name), _store_source(name, store_params)))
     return lines
 
 
 def _store_source(name: str, params: Any) -> str:
-    reference = {"xray_resample_mm": 0.195, "xray_roi_mm": 136.5, "xray_size": 350}
+    reference = {"xray_resample_mm": 0.195, "xray_roi_mm": 136.5, "xray_size": 350, "xray_stored_scale": 2}
     value = getattr(params, name)
+    if name == "xray_stored_scale" and value == 1:
+        return f"ours: {XRAY_STORED_SCALE_WHY} (the reference's: 2, {XRAY[name]})"
     if name == "xray_size" and getattr(params, "preset", "full") != "full":
         return f"ours: the {params.preset} preset scales the 700-pixel ROI down to {value} (demos, tests)"
     if value == reference[name]:

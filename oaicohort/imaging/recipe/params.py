@@ -77,6 +77,8 @@ _LEGACY_VALUES: dict[str, Any] = {
     # stores made before the screening visit existed had no P01 series to take, so they hold what
     # taking them would have given: the behaviour is the default and stays out of the hash
     "xray_baseline_from_screening": True,
+    # stores made before issue 21's last item held the ROI at the model's input size
+    "xray_stored_scale": 1,
 }
 
 
@@ -114,7 +116,11 @@ class PreprocessParams:
     xray_sequence: str = "BILATERAL PA FIXED FLEXION KNEE"
     xray_roi_mm: float = 136.5
     xray_resample_mm: float = 0.195
-    xray_size: int = 350
+    xray_size: int = 350  # the model's input (350 x 350)
+    # the stored ROI is this many times ``xray_size`` wide: training rotates and gamma-corrects it
+    # at the stored size and then takes k x k means down to ``xray_size``, as the reference does at
+    # 700 pixels (2); 1 stores the ROI at the model's input size and augments it there
+    xray_stored_scale: int = 1
     xray_percentiles: tuple[float, float] = (5.0, 99.0)
     xray_flip_left: bool = True
     # a participant without a baseline bilateral PA: take the screening visit's (P01), as many
@@ -132,6 +138,8 @@ class PreprocessParams:
             raise ValueError(f"intensity_mode must be 'reference' or 'rescale', not {self.intensity_mode!r}")
         if not 0 <= self.percentile_low < self.percentile_high <= 100:
             raise ValueError("need 0 <= percentile_low < percentile_high <= 100")
+        if self.xray_stored_scale < 1:
+            raise ValueError(f"xray_stored_scale must be >= 1, not {self.xray_stored_scale}")
         if self.downsample < 1 or self.margin < 0:
             raise ValueError("downsample must be >= 1 and margin >= 0")
         region = (self.n_slices, *self.inplane_size)
@@ -202,6 +210,11 @@ class PreprocessParams:
     # ------------------------------------------------------------------ geometry
 
     @property
+    def xray_stored_size(self) -> int:
+        """Width in pixels of a stored knee ROI: the model's input times ``xray_stored_scale``."""
+        return self.xray_size * self.xray_stored_scale
+
+    @property
     def region_shape(self) -> tuple[int, int, int]:
         """Full-resolution (slices, rows, cols) region every series is brought to."""
         return (self.n_slices, *self.inplane_size)
@@ -209,7 +222,7 @@ class PreprocessParams:
     def stored_shape(self, view: str) -> tuple[int, int, int]:
         """(D, H, W) of one stored volume of ``view`` (``xray``: one ROI, D = 1)."""
         if view == XRAY_VIEW:
-            return (1, self.xray_size, self.xray_size)
+            return (1, self.xray_stored_size, self.xray_stored_size)
         s, r, c = self.region_shape
         if view == "sag":
             f = self.downsample

@@ -8,11 +8,14 @@ As the Oulu pipeline of the reference (OAI_DISTRIBUTIONS.md section 4), with the
    ``prepare_data_xr_mipt.py`` pixel spacing and ``runner.sh`` input size); parts outside the
    image are padded with the image's 1st percentile (air). Stores made before issue 21 used
    140 mm at 0.2 mm and record it;
-2. downscaled x0.5 by 2x2 means to ``xray_size`` (350 x 350);
+2. downscaled by block means to the stored size, ``xray_size x xray_stored_scale``: x0.5 by 2x2
+   means to 350 x 350 by default; at ``xray_stored_scale=2`` the 700 pixels are stored as they are
+   and training downscales after its augmentations, as the reference
+   (``oaimodels.data.transforms.Downscale``);
 3. left knees flipped left-right so every knee looks like a right one (``xray_flip_left``);
 4. intensities clipped to the ROI's [5th, 99th] percentiles and mapped onto 0..255 (uint8).
 
-Stored as ``(1, 350, 350)`` in the store's ``xray`` array (D = 1, so the volume machinery of the
+Stored as ``(1, 350, 350)`` (or ``(1, 700, 700)``) in the store's ``xray`` array (D = 1, so the volume machinery of the
 store and the data loaders applies unchanged).
 """
 
@@ -54,10 +57,13 @@ def crop_knee(image: np.ndarray, spacing_mm: float, centre: tuple[float, float],
     """The stored ROI of the knee at ``centre`` (row, col source pixels) of ``image``."""
     if side not in ("R", "L"):
         raise ValueError(f"knee side must be 'R' or 'L', not {side!r}")
-    roi_mm, step_mm, size = float(params.xray_roi_mm), float(params.xray_resample_mm), int(params.xray_size)
+    roi_mm, step_mm, size = float(params.xray_roi_mm), float(params.xray_resample_mm), int(params.xray_stored_size)
     fine = int(round(roi_mm / step_mm))  # 700
     if fine % size:
-        raise ValueError(f"the resampled ROI ({fine} px) is not a multiple of xray_size {size}")
+        raise ValueError(
+            f"the resampled ROI ({fine} px) is not a multiple of the stored size {size} "
+            f"(xray_size {params.xray_size} x xray_stored_scale {params.xray_stored_scale})"
+        )
     factor = fine // size
     offsets = (np.arange(fine) - (fine - 1) / 2) * (step_mm / spacing_mm)  # source pixels
     rows = centre[0] + offsets

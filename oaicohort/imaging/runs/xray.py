@@ -228,7 +228,7 @@ def _record(db: Database, store: VolumeStore, task: RadiographTask, outcome: Kne
         position = slots.take(XRAY_VIEW)
         key = knee_key(task.subject_id, outcome.side)
         volume.checksum = store.write(XRAY_VIEW, position, outcome.image, key=key, visit=task.visit)
-        step = store.params.xray_roi_mm / store.params.xray_size
+        step = store.params.xray_roi_mm / store.params.xray_stored_size
         volume.array_path, volume.position = XRAY_VIEW, position
         volume.shape, volume.spacing_mm = list(outcome.image.shape), [0.0, step, step]
         volume.notes = outcome.notes

@@ -171,11 +171,13 @@ class VolumeStore:
             return cls.create(root, params, views=views, zstd_level=zstd_level)
         store = cls.open(root, mode="r+")
         if store.params_hash != params.hash():
+            held, asked = store.params.to_dict(), params.to_dict()
+            differ = ", ".join(f"{k} {held.get(k)!r} here, {v!r} asked" for k, v in asked.items() if held.get(k) != v)
             raise StoreError(
                 f"{root}: this store holds volumes preprocessed with other parameters "
                 f"(preset {store.params.preset!r}, hash {store.params_hash[:12]}) than requested "
-                f"(preset {params.preset!r}, hash {params.hash()[:12]}); a store is bound to one "
-                "parameter set, so give a new --store path for the new parameters"
+                f"(preset {params.preset!r}, hash {params.hash()[:12]}{'; ' + differ if differ else ''}); "
+                "a store is bound to one parameter set, so give a new --store path for the new parameters"
             )
         for view in views:
             if view not in store.views:
