@@ -1,6 +1,7 @@
 """Does augmenting the radiograph at twice the model's resolution change results? (issue 21)
 
     python benchmarks/xray_augment_scale.py --seeds 0 1 4 --json xray_scale.json
+    python benchmarks/xray_augment_scale.py --inputs-only --size full --subjects 40
 
 The reference rotates and gamma-corrects its 700-pixel knee ROI and only then downscales it x0.5
 for the model; a store at ``xray_stored_scale=1`` holds the ROI at the model's input size and
@@ -20,6 +21,9 @@ gamma 0.5-2 p 0.5), the same seed, folds and epochs. Two measurements:
    themselves make (normalised units).
 2. **Results:** the validation folds' AP and ROC AUC per epoch (``fold_k/log.jsonl``): the last
    epoch's and the mean of the last four, never the best epoch (chosen on the same knees).
+
+``--inputs-only --size full`` measures (1) alone at the reference's own sizes: 700-pixel ROIs
+augmented at 700 and reduced to 350, against 350-pixel ROIs augmented at 350 (no training).
 
 This decides a default, so it reads validation folds only: the held-out site is never
 evaluated, and the fresh seeds of ``benchmarks/demo_seeds.py`` (from 100 on) are refused.
@@ -64,8 +68,28 @@ SCALES = (1, 2)
 LAST = 4  # epochs averaged at the end of training
 
 
-def _store(scale: int) -> PreprocessParams:
-    return dataclasses.replace(PreprocessParams.small(), xray_stored_scale=scale)
+def _store(scale: int, size: str = "small") -> PreprocessParams:
+    return dataclasses.replace(PreprocessParams.preset_named(size), xray_stored_scale=scale)
+
+
+def inputs_only(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Measurement (1) on ``args.subjects`` synthetic subjects at ``args.size`` (no training)."""
+    seed = args.seeds[0]
+    release = root / "release"
+    write_release(release, subjects=args.subjects, seed=seed)
+    write_radiographs(release, size=args.size, seed=seed, workers=args.workers)
+    db = open_database(root / "oai.sqlite")
+    try:
+        ingest_release(db, release)
+        stores = {scale: root / f"store_x{scale}.zarr" for scale in SCALES}
+        for scale, path in stores.items():
+            run_xray_preprocess(db, path, _store(scale, args.size), workers=args.workers)
+    finally:
+        db.dispose()
+    one = VolumeStore.open(stores[1])
+    knees = [(int(k) // 10, "R" if int(k) % 10 == 1 else "L") for k in one.knee_keys("xray")]
+    shapes = {scale: list(VolumeStore.open(path).volume_shape("xray")) for scale, path in stores.items()}
+    return {"size": args.size, "knees": len(knees), "stored_shapes": shapes, **input_difference(stores, knees)}
 
 
 def input_difference(stores: dict[int, Path], knees: list[tuple[int, str]], samples: int = 4) -> dict[str, float]:
@@ -172,11 +196,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--inputs-only", action="store_true", help="measure the model inputs only, no training")
+    parser.add_argument("--size", choices=("small", "full"), default="small", help="radiographs and preset")
     args = parser.parse_args(argv)
     fresh = [s for s in args.seeds if s >= FIRST_FRESH_SEED]
     if fresh:
         parser.error(f"seeds {fresh} are kept fresh for benchmarks/demo_seeds.py (use seeds below {FIRST_FRESH_SEED})")
     root = args.out or Path(tempfile.mkdtemp(prefix="xray_scale_"))
+    if args.inputs_only:
+        result = inputs_only(root, args)
+        print(json.dumps(result, indent=2))
+        print(
+            f"inputs ({args.size}): mean |x2 - x1| {result['scale2_vs_scale1']:.4f} augmented, "
+            f"{result['scale2_vs_scale1_unaugmented']:.4f} unaugmented, against the augmentations' own "
+            f"{result['augmentation_effect']:.4f} (normalised units, {result['knees']} knees)"
+        )
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        return 0
+    if args.size != "small":
+        parser.error("training runs use the small preset (the demo's); --size full goes with --inputs-only")
     rows = []
     for seed in args.seeds:
         row = run_seed(seed, root, args)

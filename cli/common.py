@@ -264,20 +264,12 @@ def guard_output(
     from oaicohort.db import resolve_url
     from oaicohort.outputs import check_output
 
-    protected = []
-    try:  # run folders are the model layer's; an install without it (no torch) has made none
-        from oaimodels.run_folder import run_file_role
-
-        protected.append(run_file_role)
-    except ImportError:
-        pass
     return check_output(
         path,
         option=option,
         inputs=list(inputs),
         database=database,
         database_url=resolve_url(state(ctx).db),
-        protected=protected,
         allow=allow,
     )
 

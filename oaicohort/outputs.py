@@ -10,9 +10,9 @@ A path is refused, in one line naming it and what it is, when it is, or lies ins
 - a volume store (a folder with ``zarr.json``, or a store the database indexes);
 - a release: a root the database ingested, or an existing OAI release file (a table or image
   index, by its name);
-- an input of the same command;
-- whatever the caller's ``protected`` check names (the model layer's: a run folder's own files,
-  ``oaimodels.run_folder.run_file_role``).
+- a run folder or one of its own files (``oaicohort.run_files``: config.json, knees.csv, a fold
+  folder's weights and logs; an evaluation's ``eval/`` is an output);
+- an input of the same command.
 
 ``allow`` names the one kind a command writes on purpose (``preprocess --store`` a store, ``train
 --out`` a run folder, ``synth`` a release), which is then accepted at the path itself (never
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from oaicohort.errors import OAIError
 from oaicohort.files import clean_leftovers
+from oaicohort.run_files import run_part
 
 if TYPE_CHECKING:
     from oaicohort.db import Database
@@ -39,9 +40,6 @@ SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 STORE_MARKER = "zarr.json"
 
 DATABASE, STORE, RUN, RELEASE, INPUT = "database", "store", "run", "release", "input"
-
-Protected = Callable[[Path], "Found | None"]
-"""A check of the caller's: what ``path`` is (a :class:`Found`), or None when it is nothing of its."""
 
 
 @dataclass(frozen=True)
@@ -178,13 +176,17 @@ def _known_to(database: Database | None, url: str | None) -> tuple[list[Path], l
     return [_resolve(r) for r in roots if r], [_resolve(s) for s in stores if s]
 
 
+def _run_of(target: Path) -> Found | None:
+    part = run_part(target)
+    return None if part is None else Found(RUN, part[1], part[0])
+
+
 def find_protected(
     path: str | os.PathLike[str],
     *,
     inputs: Sequence[Path | str] = (),
     database: Database | None = None,
     database_url: str | None = None,
-    protected: Sequence[Protected] = (),
 ) -> Found | None:
     """What ``path`` is among the things no output may overwrite, or None."""
     target = _resolve(path)
@@ -194,7 +196,7 @@ def find_protected(
         lambda: _database_of(target, url),
         lambda: _input_of(target, [_resolve(i) for i in inputs]),
         lambda: _store_of(target, stores),
-        *(lambda check=check: check(target) for check in protected),
+        lambda: _run_of(target),
         lambda: _release_of(target, roots),
     ]
     for check in checks:
@@ -211,13 +213,12 @@ def check_output(
     inputs: Sequence[Path | str] = (),
     database: Database | None = None,
     database_url: str | None = None,
-    protected: Sequence[Protected] = (),
     allow: str | None = None,
 ) -> Path:
     """Refuse ``path`` (given with ``option``) when writing it would overwrite an input; returns it
     resolved. ``allow``: the kind the command writes on purpose, accepted at ``path`` itself."""
     target = _resolve(path)
-    found = find_protected(target, inputs=inputs, database=database, database_url=database_url, protected=protected)
+    found = find_protected(target, inputs=inputs, database=database, database_url=database_url)
     # the kind a command writes on purpose, at the path itself, and never over a file
     allowed = found is not None and found.kind == allow and found.at == target and not target.is_file()
     if found is not None and not allowed:

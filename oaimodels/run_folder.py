@@ -34,8 +34,9 @@ recalibrated.csv (probabilities recalibrated on the validation folds, never the 
 PNG plots (roc, pr, confusion, calibration) and report.md. Comparing several runs writes
 report.md and overlaid roc/pr plots to ``comparison/`` beside the first run (or ``--out``).
 
-Every file name above is a constant of this module; other modules import them rather than
-spell the names out.
+Every file name above is a constant of this module (the run's own top-level names are
+``oaicohort.run_files``', re-exported here: the output guard needs them without the model layer);
+other modules import them rather than spell the names out.
 
 Checkpoints are plain dicts of tensors and JSON-able values, so they load with
 ``torch.load(path, weights_only=True)`` (no arbitrary pickles). Every file is written to a
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -59,12 +59,10 @@ import pandas as pd
 from oaicohort import files
 from oaicohort.cohort.export import json_safe
 from oaicohort.errors import InputFileError
-from oaicohort.outputs import RUN, Found
+from oaicohort.run_files import CONFIG, ENVIRONMENT, KNEES, LABELS, MLFLOW_RUN, RUN_FILES, fold_dirs, is_run_folder
 
-CONFIG = "config.json"
-ENVIRONMENT = "environment.json"
-LABELS = "labels.json"
-KNEES = "knees.csv"
+__all__ = ["CONFIG", "ENVIRONMENT", "KNEES", "LABELS", "MLFLOW_RUN", "RUN_FILES", "fold_dirs", "is_run_folder"]
+
 LOG = "log.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -82,7 +80,6 @@ CONFUSION_PLOT = "confusion.png"
 CALIBRATION_PLOT = "calibration.png"
 PLOTS = (ROC_PLOT, PR_PLOT, CONFUSION_PLOT, CALIBRATION_PLOT)
 RECALIBRATED = "recalibrated.csv"
-MLFLOW_RUN = "mlflow.json"
 JOBS = "jobs.json"
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "oai-toolkit")
@@ -92,47 +89,10 @@ def fold_dir(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / f"fold_{fold}"
 
 
-def fold_dirs(run_dir: Path) -> dict[int, Path]:
-    """The fold folders present in ``run_dir``, by fold number."""
-    out = {}
-    for p in sorted(Path(run_dir).glob("fold_*")):
-        suffix = p.name.removeprefix("fold_")
-        if p.is_dir() and suffix.isdigit():
-            out[int(suffix)] = p
-    return dict(sorted(out.items()))
-
-
 KNEES_COLUMNS = ("knee_id", "subject_id", "side", "label", "role", "fold", "position", "y")
 """The columns every ``knees.csv`` has; runs since the volume checksums also have ``checksum``."""
 CHECKSUM = "checksum"
 """knees.csv's sha256 of the volume each knee was trained or tested on (``oaimodels.run_volumes``)."""
-
-RUN_FILES = (CONFIG, ENVIRONMENT, LABELS, KNEES, MLFLOW_RUN)
-"""The run's own files at its top level (``eval/``, ``comparison/`` and new names are outputs)."""
-_FOLD = re.compile(r"fold_\d+")
-
-
-def is_run_folder(path: Path) -> bool:
-    """A folder holding a run: its ``config.json`` and its knee list or a fold folder."""
-    path = Path(path)
-    return (path / CONFIG).is_file() and ((path / KNEES).is_file() or bool(fold_dirs(path)))
-
-
-def run_file_role(path: Path) -> Found | None:
-    """What ``path`` is of a run folder: the folder itself, one of its own files (config.json,
-    knees.csv, ...) or anything in a fold folder (weights, logs); None for anything else, an
-    evaluation's ``eval/`` included (the output-path guard's check, ``oaicohort.outputs``)."""
-    path = Path(path)
-    for folder in (path, *list(path.parents)[:3]):
-        if not is_run_folder(folder):
-            continue
-        if folder == path:
-            return Found(RUN, f"is the run folder {folder}", folder)
-        first = path.relative_to(folder).parts[0]
-        if first in RUN_FILES or _FOLD.fullmatch(first):
-            return Found(RUN, f"is the run's own {path.relative_to(folder)} (run {folder})", path)
-        return None
-    return None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

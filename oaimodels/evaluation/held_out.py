@@ -356,7 +356,7 @@ def evaluate_runs(
     if len({d.name for d in dirs}) < len(dirs) and out_dir is not None:
         raise EvaluationError("run folders to compare must have distinct names")
     if out_dir is not None:
-        out_dir = check_output(out_dir, option="out", database=db, protected=[rf.run_file_role])
+        out_dir = check_output(out_dir, option="out", database=db)
     checks: list[SharedTestCheck] = []  # one per group of comparable runs (``comparable``) of 2 or more
     if len(dirs) > 1:
         for d in dirs:  # a folder that is not a run is explained before its test knees are read

@@ -92,8 +92,7 @@ def explain_run(
 
     A run with a fold that stopped before its last epoch is refused unless ``allow_incomplete``."""
     run = TrainedRun.open(run_dir, allow_incomplete=allow_incomplete)
-    out_dir = check_output(out_dir, option="out", inputs=[store or run.store_path], database=db,
-                           protected=[rf.run_file_role])  # fmt: skip
+    out_dir = check_output(out_dir, option="out", inputs=[store or run.store_path], database=db)
     dev = resolve_device(device)
     vs = VolumeStore.open(store or run.store_path)
     run.check_store(vs)

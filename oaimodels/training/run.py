@@ -121,8 +121,7 @@ def prepare_run(
 
 def _check_out(p: PreparedRun, db: Database | None) -> None:
     """The run folder may be a run (to resume), never the store, the database or inside either."""
-    check_output(p.run_dir, option="--out", inputs=[p.config.store], database=db, protected=[rf.run_file_role],
-                 allow=RUN)  # fmt: skip
+    check_output(p.run_dir, option="--out", inputs=[p.config.store], database=db, allow=RUN)
 
 
 def _init_run_folder(p: PreparedRun, *, resume: bool, db: Database | None = None, whole_run: bool = True) -> None:

@@ -223,6 +223,21 @@ def test_the_guard_itself(tmp_path: Path) -> None:
     assert OutputPathError("x").exit_code == 2
 
 
+def test_a_run_folder_is_protected_without_the_model_layer(run_copy: ToyRun) -> None:
+    """The guard knows a run's files from the cohort layer alone (an install without torch)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['oaimodels'] = None; sys.modules['torch'] = None\n"
+        "from oaicohort.outputs import check_output\n"
+        f"check_output({str(run_copy.run / 'knees.csv')!r}, option='--out')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "is the run's own knees.csv" in result.stderr, result.stderr
+    assert "ModuleNotFoundError" not in result.stderr and "ImportError" not in result.stderr
+
+
 # --------------------------------------------------------------------------- no temporary outlives its command
 
 
