@@ -161,6 +161,16 @@ def test_a_second_run_of_one_shard_is_refused_while_others_share_the_store(postg
             pass
         with pytest.raises(ConcurrentWriteError, match="shards \\(--shard\\) or another"):
             run_preprocess(postgres, store.path, SMALL)  # an unsharded run needs the store alone
+        # a shard of another N would select other subjects: refused while these run, naming their N
+        with (
+            pytest.raises(
+                ConcurrentWriteError, match=r"shards of N=2 are writing this store.*the same N \(K/2 while they run\)"
+            ),
+            run_locks(postgres, store, Shard(3, 3)),
+        ):
+            pass
+    with run_locks(postgres, store, Shard(3, 3)):  # once they are done, another N may run
+        pass
     summary = run_preprocess(postgres, store.path, SMALL, shard=Shard(2, 2))
     assert summary.done == summary.selected > 0
 

@@ -11,7 +11,8 @@ written under the same lock (``runs.mri``), since a chunk write is a read-modify
 Who may write a store at once (``run_locks``): an unsharded run has the store alone (the file
 lock of ``writer.writer_lock``, and on PostgreSQL an exclusive session lock on the store); shards
 (``Shard``, ``--shard K/N``, PostgreSQL only) share the store and each holds its own shard's
-lock, so a shard runs once at a time. PostgreSQL drops a session lock with its connection, so a
+lock, so a shard runs once at a time, and a shared lock on its N, so shards of another N (which
+would select other subjects and write some series twice) are refused while they run. PostgreSQL drops a session lock with its connection, so a
 killed run blocks nobody. Its claims stay until the next run of the same shard (or an unsharded
 run) takes them back (``take_back``): its reserved slots are then reusable orphans.
 """
@@ -24,6 +25,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -39,6 +41,8 @@ UNSHARDED = "all"  # the owner of an unsharded run's claims
 # advisory lock namespaces (the two-int form: apart from the one-bigint writer lock of db.locks)
 _STORE_LOCKS = 0x0A1C
 _SHARD_LOCKS = 0x0A1D
+_COUNT_LOCKS = 0x0A1E  # shared, one per shard count N of a store: shards of another N are refused
+_MAX_SHARDS = 4096  # the shard counts a running shard's lock is looked up among
 
 
 class ShardError(OAIError):
@@ -128,9 +132,33 @@ def run_locks(db: Database, store: VolumeStore, shard: Shard | None) -> Iterator
                         f"{store.path}: shard {shard.label} of this store is being written by another process; "
                         "wait for it to finish"
                     )
+                take("pg_try_advisory_lock_shared", _COUNT_LOCKS, f"{store_id}:n={shard.n}")
+                other = _other_shard_count(conn, store_id, shard.n)
+                if other is not None:
+                    raise ConcurrentWriteError(
+                        f"{store.path}: shards of N={other} are writing this store; shard {shard.label} would "
+                        f"select other subjects than theirs and write some series twice: run every shard of a "
+                        f"store with the same N (K/{other} while they run)"
+                    )
             yield
         finally:
             conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+
+
+def _other_shard_count(conn: Any, store_id: str, n: int) -> int | None:
+    """The N of another running process's shards of this store, if any (its count lock in pg_locks:
+    an advisory lock on two int4 keys shows them as classid and objid, objsubid 2)."""
+    held = {
+        int(objid)
+        for (objid,) in conn.exec_driver_sql(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            f"AND classid = {_COUNT_LOCKS} AND pid <> pg_backend_pid()"
+        )
+    }
+    for m in range(1, _MAX_SHARDS + 1):
+        if m != n and _key(f"{store_id}:n={m}") & 0xFFFFFFFF in held:
+            return m
+    return None
 
 
 def owner_of(shard: Shard | None) -> str:
