@@ -115,7 +115,6 @@ class FakeSag:
 
 
 def test_dry_run_shows_the_xray_recipe_with_its_sources(xray_study: tuple[Path, Path], tmp_path: Path) -> None:
-
     from typer.testing import CliRunner
 
     from oaicli.main import app
