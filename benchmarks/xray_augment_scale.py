@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.inputs_only:
         result = inputs_only(root, args)
         print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(
             f"inputs ({args.size}): mean |x2 - x1| {result['scale2_vs_scale1']:.4f} augmented, "
             f"{result['scale2_vs_scale1_unaugmented']:.4f} unaugmented, against the augmentations' own "
