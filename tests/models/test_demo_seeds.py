@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_seeds.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_seeds"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.benchmarks import load_benchmark
 
 
 def test_seeds_used_for_choices_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script()
+    script = load_benchmark("demo_seeds")
     with pytest.raises(SystemExit) as info:
         script.main(["--model", "3d_shufflenet", "--seeds", "2", "--first-seed", "0"])
     assert info.value.code == 2
@@ -38,7 +26,7 @@ def test_seeds_used_for_choices_are_refused(capsys: pytest.CaptureFixture[str]) 
 def test_a_tiny_run_on_a_fresh_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # one seed: the mean and SD over seeds are mean_sd's (test above); this checks one real demo
     # runs on the first fresh seed and is reported and removed
-    script = _script()
+    script = load_benchmark("demo_seeds")
     out = tmp_path / "seeds.json"
     args = ["--model", "3d_shufflenet", "--seeds", "1", "--subjects", "60", "--epochs", "1", "--folds", "0",
             "--bootstrap", "20", "--workers", "1", "--threads", "1", "--out", str(tmp_path / "work"),

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "xray_augment_scale.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("xray_augment_scale", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["xray_augment_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.benchmarks import load_benchmark
 
 
 def test_fresh_seeds_and_full_size_training_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script()
+    script = load_benchmark("xray_augment_scale")
     for args, needle in (
         (["--seeds", "0", "100"], "seeds [100] are kept fresh"),
         (["--size", "full"], "--size full goes with --inputs-only"),
@@ -34,7 +22,7 @@ def test_fresh_seeds_and_full_size_training_are_refused(capsys: pytest.CaptureFi
 
 
 def test_inputs_of_both_scales_are_measured_under_the_same_draws(tmp_path: Path) -> None:
-    script = _script()
+    script = load_benchmark("xray_augment_scale")
     out = tmp_path / "inputs.json"
     args = ["--inputs-only", "--subjects", "6", "--seeds", "0", "--workers", "1", "--out", str(tmp_path / "w")]
     assert script.main([*args, "--keep", "--json", str(out)]) == 0
