@@ -73,6 +73,9 @@ def preprocess_command(
     partition: str | None = typer.Option(None, "--partition", help="With --launcher slurm: the SLURM partition."),
     account: str | None = typer.Option(None, "--account", help="With --launcher slurm: the SLURM account."),
     time: str | None = typer.Option(None, "--time", help="With --launcher: each job's time limit (H:MM:SS)."),
+    array_parallelism: int | None = typer.Option(
+        None, "--array-parallelism", min=1, help="With --launcher slurm: at most N shard jobs run at once (default 64)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="With --launcher: wait for the jobs and report failures."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

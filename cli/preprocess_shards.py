@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from oaicohort.imaging.recipe.params import PreprocessParams
     from oaicohort.imaging.runs.slots import Shard
 
-_LAUNCH_ONLY = ("shards", "partition", "account", "time", "wait")
+_LAUNCH_ONLY = ("shards", "partition", "account", "time", "array_parallelism", "wait")
 
 
 def check_shard_options(ctx: typer.Context, *, view: str) -> Shard | None:
@@ -71,6 +71,8 @@ def launch_shards(
     db_url = resolve_url(state(ctx).db)
     guard_output(ctx, options["store"], "--store", allow=STORE)
     launcher = LauncherOptions(options["launcher"], partition=options["partition"], account=options["account"])
+    if options.get("array_parallelism") is not None:
+        launcher.array_parallelism = int(options["array_parallelism"])
     if options["time"] is not None:
         try:
             launcher.time_min = parse_time(options["time"])

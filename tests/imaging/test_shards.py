@@ -182,6 +182,7 @@ def test_a_second_run_of_one_shard_is_refused_while_others_share_the_store(postg
         (("--shard", "4/3"), "between 1 and N"),
         (("--shard", "three"), "K/N"),
         (("--shards", "3"), "needs --launcher"),
+        (("--array-parallelism", "2"), "needs --launcher"),
         (("--launcher", "local"), "--shards N"),
         (("--launcher", "pbs", "--shards", "2"), "choose slurm or local"),
         (("--launcher", "local", "--shards", "2", "--shard", "1/2"), "--shard K/N for one shard"),
@@ -241,3 +242,22 @@ def test_launcher_local_runs_one_job_per_shard(
     assert store_checksums(postgres, store) == sag
     assert verify_store(postgres, store)["mismatches"] == []
     assert (tmp_path / "vol.zarr.jobs").is_dir()
+
+
+def test_array_parallelism_reaches_the_shard_jobs_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import oaicli.preprocess_shards as cli_shards
+    from oaicohort.imaging.runs import shard_jobs
+
+    seen = {}
+
+    def submit(job: object, shards: int, options: object) -> tuple[list[object], list[object]]:
+        seen.update(shards=shards, options=options)
+        return [], []
+
+    monkeypatch.setattr(shard_jobs, "submit_shards", submit)
+    monkeypatch.setattr(cli_shards, "guard_output", lambda *a, **k: None)  # no database is opened here
+    monkeypatch.setenv("OAI_DB", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    args = ["preprocess", "--store", str(tmp_path / "vol.zarr"), "--launcher", "slurm", "--shards", "5"]
+    result = CliRunner().invoke(app, [*args, "--array-parallelism", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["shards"] == 5 and seen["options"].array_parallelism == 2  # type: ignore[attr-defined]
