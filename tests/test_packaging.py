@@ -78,7 +78,7 @@ def test_cohort_commands_run_without_torch(torch_free_env: dict[str, str], tmp_p
         assert "torch" not in result.stderr
         return json.loads(result.stdout) if "--json" in args else {}
 
-    synth = ok("synth", str(release), "--subjects", "40", "--images", "--image-size", "small", "--json")
+    synth = ok("synth", str(release), "--subjects", "20", "--images", "--image-size", "small", "--json")
     assert synth["images"] > 0
     ingest = ok("ingest", str(release), "--json")
     assert ingest["status"] == "succeeded"
