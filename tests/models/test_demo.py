@@ -46,9 +46,8 @@ def test_demo_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["n_knees"] == m["n_knees"]
     assert (eval_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the folder is reusable: a second run resumes in place instead of failing
-    again = run_demo(config)
-    assert again.metrics["ap"] == pytest.approx(m["ap"])
+    # a second run in the same folder reuses the release and resumes the finished fold:
+    # tests/cli/test_cli_usability.py (the `oai demo` command run twice)
 
 
 class _StopAtTraining(Exception):

@@ -21,23 +21,39 @@ def test_seeds_used_for_choices_are_refused(capsys: pytest.CaptureFixture[str]) 
     assert script.mean_sd([0.5, math.nan]) == (0.5, None)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_tiny_run_on_a_fresh_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # one seed: the mean and SD over seeds are mean_sd's (test above); this checks one real demo
-    # runs on the first fresh seed and is reported and removed
+def test_fresh_seeds_are_run_summarised_and_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script's own work around each demo: the fresh seeds in order, the config each demo gets,
+    mean and SD over seeds, the JSON and the folders removed. The demo itself is run_demo's, whole
+    and tested end to end in test_demo; here it is replaced by one that writes a folder and returns a
+    real DemoResult with per-seed numbers."""
+    from oaimodels.demo import DemoConfig, DemoResult
+
     script = load_benchmark("demo_seeds")
+    given: list[DemoConfig] = []
+    aps = {100: 0.5, 101: 0.7}
+
+    def demo(config: DemoConfig) -> DemoResult:
+        given.append(config)
+        config.out.mkdir(parents=True)
+        metrics = {"ap": aps[config.seed], "roc_auc": 0.6, "prevalence": 0.25, "n_knees": 40}
+        return DemoResult(config.out, {}, {}, metrics, config.out / "report.md", {}, subjects=60, epochs=1)
+
+    monkeypatch.setattr(script, "run_demo", demo)
     out = tmp_path / "seeds.json"
-    args = ["--model", "3d_shufflenet", "--seeds", "1", "--subjects", "60", "--epochs", "1", "--folds", "0",
+    args = ["--model", "3d_shufflenet", "--seeds", "2", "--subjects", "60", "--epochs", "1", "--folds", "0",
             "--bootstrap", "20", "--workers", "1", "--threads", "1", "--out", str(tmp_path / "work"),
             "--json", str(out)]  # fmt: skip
     assert script.main(args) == 0
+    assert [(c.seed, c.model, c.subjects, c.epochs, c.folds, c.bootstrap, c.fresh) for c in given] == [
+        (100, "3d_shufflenet", 60, 1, [0], 20, True), (101, "3d_shufflenet", 60, 1, [0], 20, True),
+    ]  # fmt: skip
     result = json.loads(out.read_text())
-    (row,) = result["rows"]
-    assert row["seed"] == 100
-    assert 0 <= row["ap"] <= 1 and 0 <= row["roc_auc"] <= 1 and 0 < row["prevalence"] < 1
-    assert row["subjects"] == 60 and row["epochs"] == 1 and row["test_knees"] > 0
-    assert result["summary"]["ap"]["mean"] == pytest.approx(row["ap"]) and result["summary"]["ap"]["sd"] is None
+    assert [r["seed"] for r in result["rows"]] == [100, 101]
+    assert [r["ap"] for r in result["rows"]] == [0.5, 0.7] and all(r["test_knees"] == 40 for r in result["rows"])
+    assert result["summary"]["ap"]["mean"] == pytest.approx(0.6)
+    assert result["summary"]["ap"]["sd"] == pytest.approx(math.sqrt(0.02))
     printed = capsys.readouterr().out
     assert "seed 100: AP" in printed and "held-out AP" in printed and "prevalence" in printed
     assert not (tmp_path / "work" / "seed100").exists()  # each demo folder is removed after its seed
