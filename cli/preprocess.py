@@ -126,13 +126,9 @@ def _with_stored_scale(store: Path, params: PreprocessParams | None, scale: int)
     ``scale`` times the model's input; a store made at another scale then refuses it, naming both."""
     import dataclasses
 
-    from oaicohort.imaging.recipe.params import PreprocessParams
-    from oaicohort.imaging.store.identity import is_present
-    from oaicohort.imaging.store.volume_store import VolumeStore
+    from oaicohort.imaging.store.identity import params_at
 
-    if params is None:
-        params = VolumeStore.open(store).params if is_present(store) else PreprocessParams.full()
-    return dataclasses.replace(params, xray_stored_scale=scale)
+    return dataclasses.replace(params or params_at(store), xray_stored_scale=scale)
 
 
 def _preprocess_xray(

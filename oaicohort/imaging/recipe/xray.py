@@ -15,8 +15,8 @@ As the Oulu pipeline of the reference (OAI_DISTRIBUTIONS.md section 4), with the
 3. left knees flipped left-right so every knee looks like a right one (``xray_flip_left``);
 4. intensities clipped to the ROI's [5th, 99th] percentiles and mapped onto 0..255 (uint8).
 
-Stored as ``(1, 350, 350)`` (or ``(1, 700, 700)``) in the store's ``xray`` array (D = 1, so the volume machinery of the
-store and the data loaders applies unchanged).
+Stored as ``(1, 350, 350)`` (or ``(1, 700, 700)``) in the store's ``xray`` array (D = 1, so the
+volume machinery of the store and the data loaders applies unchanged).
 """
 
 from __future__ import annotations

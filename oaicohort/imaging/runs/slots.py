@@ -12,9 +12,10 @@ Who may write a store at once (``run_locks``): an unsharded run has the store al
 lock of ``writer.writer_lock``, and on PostgreSQL an exclusive session lock on the store); shards
 (``Shard``, ``--shard K/N``, PostgreSQL only) share the store and each holds its own shard's
 lock, so a shard runs once at a time, and a shared lock on its N, so shards of another N (which
-would select other subjects and write some series twice) are refused while they run. PostgreSQL drops a session lock with its connection, so a
-killed run blocks nobody. Its claims stay until the next run of the same shard (or an unsharded
-run) takes them back (``take_back``): its reserved slots are then reusable orphans.
+would select other subjects and write some series twice) are refused while they run.
+PostgreSQL drops a session lock with its connection, so a killed run blocks nobody. Its claims
+stay until the next run of the same shard (or an unsharded run) takes them back (``take_back``):
+its reserved slots are then reusable orphans.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from oaicohort.errors import DatabaseStateError
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.slots import Shard, SlotAllocator, check_shard, owner_of, run_locks, take_back
 from oaicohort.imaging.runs.writer import count_outcome, take_tasks, write_results, writer_lock
-from oaicohort.imaging.store.identity import claim_store, is_present, record_store
+from oaicohort.imaging.store.identity import claim_store, params_at, record_store
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.progress import ProgressCallback
 
@@ -161,7 +161,7 @@ def run_store(
     check_shard(db, shard)
     ref = StoreRef.at(store_path)
     if params is None:
-        params = VolumeStore.open(ref.path).params if is_present(ref.path) else PreprocessParams.full()
+        params = params_at(ref.path)
     sequence = kind.sequence(params)
     if not any(has_series(db, v, sequence) for v in kind.visits(params, visit)):
         raise DatabaseStateError(

@@ -28,6 +28,7 @@ from sqlalchemy import delete, select
 from oaicohort.db import Database
 from oaicohort.db.schema import Store, Volume
 from oaicohort.db.stores import StoreRef, canonical_path, new_store_id, row_at, row_of, volume_count
+from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.checks import StoreIntegrityError
 from oaicohort.imaging.store.volume_store import StoreError, VolumeStore
 
@@ -41,6 +42,12 @@ class StoreMovedError(StoreIntegrityError):
 def is_present(root: Path) -> bool:
     """Whether ``root`` holds anything (a missing or empty folder is where a new store may go)."""
     return root.exists() and any(root.iterdir())
+
+
+def params_at(root: Path) -> PreprocessParams:
+    """The parameters of the store at ``root``, or the full preset where there is none yet: what a
+    run given no preset preprocesses with."""
+    return VolumeStore.open(root).params if is_present(root) else PreprocessParams.full()
 
 
 def _moved(ref: StoreRef, indexed_at: str) -> StoreMovedError:
