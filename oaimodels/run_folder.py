@@ -35,7 +35,7 @@ PNG plots (roc, pr, confusion, calibration) and report.md. Comparing several run
 report.md and overlaid roc/pr plots to ``comparison/`` beside the first run (or ``--out``).
 
 Every file name above is a constant of this module (the run's own top-level names are
-``oaicohort.run_files``', re-exported here: the output guard needs them without the model layer);
+``oaicohort.run_files``, re-exported here: the output guard needs them without the model layer);
 other modules import them rather than spell the names out.
 
 Checkpoints are plain dicts of tensors and JSON-able values, so they load with
@@ -59,9 +59,16 @@ import pandas as pd
 from oaicohort import files
 from oaicohort.cohort.export import json_safe
 from oaicohort.errors import InputFileError
-from oaicohort.run_files import CONFIG, ENVIRONMENT, KNEES, LABELS, MLFLOW_RUN, RUN_FILES, fold_dirs, is_run_folder
-
-__all__ = ["CONFIG", "ENVIRONMENT", "KNEES", "LABELS", "MLFLOW_RUN", "RUN_FILES", "fold_dirs", "is_run_folder"]
+from oaicohort.run_files import (  # noqa: F401 - the run's own names, importable from here with the rest
+    CONFIG,
+    ENVIRONMENT,
+    KNEES,
+    LABELS,
+    MLFLOW_RUN,
+    RUN_FILES,
+    fold_dirs,
+    is_run_folder,
+)
 
 LOG = "log.jsonl"
 LAST = "last.pt"
