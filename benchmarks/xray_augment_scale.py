@@ -56,6 +56,7 @@ from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.radiograph_release import write_radiographs
+from oaimodels import run_folder as rf
 from oaimodels.data import AugmentParams, resolve_layout
 from oaimodels.data.augment import cpu_generator
 from oaimodels.data.pipeline import BatchPreparer
@@ -121,11 +122,7 @@ def input_difference(stores: dict[int, Path], knees: list[tuple[int, str]], samp
 
 
 def _fold_logs(run: Path) -> dict[int, list[dict[str, Any]]]:
-    logs = {}
-    for log in sorted(run.glob("fold_*/log.jsonl")):
-        fold = int(log.parent.name.split("_")[1])
-        logs[fold] = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return logs
+    return {fold: rf.read_log(folder / rf.LOG) for fold, folder in rf.fold_dirs(run).items()}
 
 
 def _summary(logs: dict[int, list[dict[str, Any]]]) -> dict[str, float]:
@@ -177,9 +174,7 @@ def run_seed(seed: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def _validation_knees(run: Path, folds: list[int]) -> list[tuple[int, str]]:
     """Up to 256 knees of the validation folds (training knees whose fold is validated)."""
-    import pandas as pd
-
-    table = pd.read_csv(run / "knees.csv")
+    table = rf.read_table(run / rf.KNEES, ("subject_id", "side", "role", "fold"))
     val = table[(table["role"] == "train") & table["fold"].isin(folds)].head(256)
     return [(int(s), str(side)) for s, side in zip(val["subject_id"], val["side"])]
 
