@@ -52,7 +52,8 @@ from oaicohort.cohort.splits import make_split
 from oaicohort.db import open_database
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.xray import run_xray_preprocess
-from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
+from oaicohort.imaging.store.selection import select_slots, store_slots
+from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth.clinical import write_release
 from oaicohort.synth.radiograph_release import write_radiographs
@@ -87,8 +88,8 @@ def inputs_only(root: Path, args: argparse.Namespace) -> dict[str, Any]:
             run_xray_preprocess(db, path, _store(scale, args.size), workers=args.workers)
     finally:
         db.dispose()
-    one = VolumeStore.open(stores[1])
-    knees = [(int(k) // 10, "R" if int(k) % 10 == 1 else "L") for k in one.knee_keys("xray")]
+    slots = store_slots(VolumeStore.open(stores[1]), "xray", visit=None)
+    knees = [(int(subject), str(side)) for subject, side in zip(slots["subject_id"], slots["side"])]
     shapes = {scale: list(VolumeStore.open(path).volume_shape("xray")) for scale, path in stores.items()}
     return {"size": args.size, "knees": len(knees), "stored_shapes": shapes, **input_difference(stores, knees)}
 
@@ -100,8 +101,8 @@ def input_difference(stores: dict[int, Path], knees: list[tuple[int, str]], samp
     preparers: dict[int, BatchPreparer] = {}
     for scale, path in stores.items():
         vs = VolumeStore.open(path)
-        keys = {int(k): i for i, k in enumerate(vs.knee_keys("xray"))}
-        positions = [keys[knee_key(s, side)] for s, side in knees]
+        chosen = select_slots(store_slots(vs, "xray", visit=None), knees, where=f"{path} (xray)")
+        positions = [int(p) for p in chosen["position"]]
         batches[scale] = torch.from_numpy(vs.read_many("xray", positions))
         preparers[scale] = BatchPreparer(resolve_layout(MODEL, "xray", vs), AugmentParams())
     diffs, effects = [], []

@@ -17,6 +17,7 @@ from oaicohort.cohort.splits import make_split
 from oaicohort.db import Database, open_database
 from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.runs.xray import run_xray_preprocess
+from oaicohort.imaging.store.selection import select_slots, store_slots
 from oaicohort.imaging.store.volume_store import VolumeStore
 from oaicohort.ingest.run import ingest_release
 from oaicohort.synth import write_release
@@ -168,7 +169,6 @@ def test_layout_and_batches_of_the_xray_array(xray_study: tuple[Path, Path]) -> 
 
 def test_a_radiograph_read_for_prediction_gives_the_stored_rois(xray_study: tuple[Path, Path]) -> None:
     """``oai predict`` on a release or a radiograph folder crops the knees exactly as the store."""
-    from oaicohort.imaging.store.selection import store_slots
     from oaimodels.inference.inputs import radiograph_scans, release_radiograph_scans
 
     store_path, _ = xray_study
@@ -274,11 +274,13 @@ def test_the_stored_scale_is_a_recorded_parameter_old_stores_keep_their_hash() -
 def test_a_scale_2_store_holds_the_same_rois_at_twice_the_pixels(two_stores: dict[str, Path]) -> None:
     one, two = VolumeStore.open(two_stores["x1"]), VolumeStore.open(two_stores["x2"])
     assert one.volume_shape("xray") == (1, 70, 70) and two.volume_shape("xray") == (1, 140, 140)
-    keys = {int(k): i for i, k in enumerate(two.knee_keys("xray"))}
-    assert sorted(keys) == sorted(int(k) for k in one.knee_keys("xray"))
-    for position, key in enumerate(one.knee_keys("xray")[:6]):
-        small = one.read("xray", position).astype(np.float64)
-        fine = two.read("xray", keys[int(key)]).astype(np.float64)
+    slots = {name: store_slots(store, "xray", visit=None) for name, store in (("x1", one), ("x2", two))}
+    knees = {name: list(zip(frame["subject_id"], frame["side"])) for name, frame in slots.items()}
+    assert sorted(knees["x1"]) == sorted(knees["x2"]) and knees["x1"]
+    fine_positions = select_slots(slots["x2"], knees["x1"][:6], where="x2")["position"]
+    for position, fine_position in zip(slots["x1"]["position"][:6], fine_positions, strict=True):
+        small = one.read("xray", int(position)).astype(np.float64)
+        fine = two.read("xray", int(fine_position)).astype(np.float64)
         means = fine.reshape(1, 70, 2, 70, 2).mean(axis=(2, 4))
         # the same ROI: each store maps its own [5, 99] percentiles onto 0..255, so the grey levels
         # differ by a near-linear map; after it, the 2x2 means are the 70-pixel ROI to a grey level or two
