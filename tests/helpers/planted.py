@@ -26,8 +26,8 @@ from oaicohort.imaging.recipe.params import PreprocessParams
 from oaicohort.imaging.store.volume_store import VolumeStore, knee_key
 from oaicohort.synth.mri_anatomy import knee_anatomy, render_anatomy
 from oaicohort.synth.raster import IMAGE_SIZES
-from oaimodels.networks import registry
 from oaimodels.networks.slice_transformer import SliceTransformer
+from tests.helpers.training import register_test_model
 
 PLANTED_MODEL = "toy2d_trf"
 LATENT_RANGE = (-3.0, 3.0)
@@ -142,13 +142,4 @@ def _build(*, input_shapes: Mapping[str, Sequence[int]] | None = None, init: str
 
 
 def register_planted_model() -> None:
-    if PLANTED_MODEL in registry._REGISTRY:
-        return
-    row = registry.PaperRow(
-        views=("sag",), params_m=0.0, gmacs=0.0, ap=0.0, ap_sd=0.0, auc=0.0, auc_sd=0.0, latency_ms=0.0
-    )
-    registry.register_model(
-        PLANTED_MODEL, family="test", summary="tiny 2D + transformer for tests", views=("sag",),
-        input_shapes={"sag": (1, 16, 40, 40)}, small_shapes={"sag": (1, 16, 40, 40)}, paper=(row,),
-        batch_size=8, imagenet_encoder=False,
-    )(_build)  # fmt: skip
+    register_test_model(PLANTED_MODEL, "tiny 2D + transformer for tests", (1, 16, 40, 40), _build)

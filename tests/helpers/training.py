@@ -8,7 +8,7 @@ erase the difference).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,24 +120,32 @@ def _build_toy(*, input_shapes: Mapping[str, Sequence[int]] | None = None, init:
     return ToyVolumeNet()
 
 
-def register_toy_model() -> None:
-    """Register ``toy3d`` in the model registry (idempotent); see :func:`toy_model`."""
-    if TOY_MODEL in registry._REGISTRY:
+def register_test_model(
+    name: str, summary: str, sag_shape: tuple[int, int, int, int], build: Callable[..., nn.Module]
+) -> None:
+    """Register a sagittal test model ``name`` built by ``build`` (idempotent): no paper numbers,
+    no ImageNet encoder, batch 8, ``sag_shape`` as both its paper and its small input."""
+    if name in registry._REGISTRY:
         return
     row = registry.PaperRow(
         views=("sag",), params_m=0.0, gmacs=0.0, ap=0.0, ap_sd=0.0, auc=0.0, auc_sd=0.0, latency_ms=0.0
     )
     registry.register_model(
-        TOY_MODEL,
+        name,
         family="test",
-        summary="tiny 3D CNN for tests",
+        summary=summary,
         views=("sag",),
-        input_shapes={"sag": (1, 16, 32, 32)},
-        small_shapes={"sag": (1, 16, 32, 32)},
+        input_shapes={"sag": sag_shape},
+        small_shapes={"sag": sag_shape},
         paper=(row,),
         batch_size=8,
         imagenet_encoder=False,
-    )(_build_toy)
+    )(build)
+
+
+def register_toy_model() -> None:
+    """Register ``toy3d`` in the model registry (idempotent); see :func:`toy_model`."""
+    register_test_model(TOY_MODEL, "tiny 3D CNN for tests", (1, 16, 32, 32), _build_toy)
 
 
 @contextmanager
